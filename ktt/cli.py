@@ -1,0 +1,191 @@
+"""The ``ktt`` command line. Heavy libraries are imported inside commands, never at start-up."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+SOURCE_HELP = "A file (CSV, TSV, JSON, JSONL, Parquet, Arrow, Feather) or an SQLAlchemy URL."
+
+
+class KTTGroup(click.Group):
+    """Turns the library's validation errors into one clear line and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            click.echo(f"error: {msg}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=KTTGroup)
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+def main(verbose):
+    """KTT: hierarchical text classification, tracked end to end."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _split_ratios(ctx, param, value):
+    try:
+        parts = [float(x) for x in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not three comma-separated numbers") from None
+    if len(parts) != 3:
+        raise click.BadParameter(f"{value!r} must be three numbers: train,val,test")
+    return parts
+
+
+def _ingest_options(f):
+    opts = [
+        click.option("--text-col", default="text", show_default=True, help="Column holding the text."),
+        click.option("-c", "--label-cols", default="labels", show_default=True,
+                     help="Label column, or several comma-separated columns, coarsest first."),
+        click.option("--label-sep", default=">", show_default=True,
+                     help="Separator inside a single string label column (`a > b > c`)."),
+        click.option("--depth", type=click.IntRange(min=1), default=None,
+                     help="Levels to keep; deeper paths are cut, shorter ones are invalid."),
+        click.option("--invalid-rows", type=click.Choice(["error", "drop"]), default="error", show_default=True,
+                     help="Refuse, or drop and report, rows with empty text, no label or a short path."),
+        click.option("--keep-duplicates", is_flag=True, help="Keep exact duplicate (text, path) rows."),
+        click.option("--split", "split_ratios", default="0.8,0.1,0.1", show_default=True, callback=_split_ratios,
+                     help="train,val,test ratios when the data has no split column."),
+        click.option("--split-col", default="split", show_default=True,
+                     help="A column of train/val/test values honoured when present."),
+        click.option("--seed", default=0, show_default=True, help="Seed of the random split."),
+        click.option("--out", "out_root", default="datasets", show_default=True, envvar="KTT_DATASETS",
+                     help="Datasets folder (env KTT_DATASETS)."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing dataset of that name."),
+        click.option("--track/--no-track", default=True, show_default=True,
+                     help="Log the dataset to MLflow as a dataset input."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _finish_ingest(df, name, where, opts, meta):
+    from .data import prepare, write_dataset
+
+    splits, hierarchy, report = prepare(
+        df, text_col=opts["text_col"], label_cols=[c.strip() for c in opts["label_cols"].split(",")],
+        label_sep=opts["label_sep"], depth=opts["depth"], invalid_rows=opts["invalid_rows"],
+        keep_duplicates=opts["keep_duplicates"], split_col=opts["split_col"] or None,
+        split_ratios=opts["split_ratios"], seed=opts["seed"], where=where)
+    path = write_dataset(splits, hierarchy, opts["out_root"], name, overwrite=opts["overwrite"],
+                         meta={"source": where, "report": report, **meta})
+    for k in ("rows_invalid", "rows_duplicate", "texts_with_several_paths"):
+        if report[k]:
+            click.echo(f"note: {k.replace('_', ' ')}: {report[k]}" +
+                       (f" (first: {report['invalid_examples'][0]})" if k == "rows_invalid" else ""), err=True)
+    click.echo(f"wrote {path}: train/val/test {report['rows_train']}/{report['rows_val']}/{report['rows_test']} "
+               f"rows, classes per level {hierarchy.sizes}")
+    if opts["track"]:
+        import mlflow
+
+        from .data import load_dataset
+        from .tracking import check_tracking_uri, log_dataset
+        check_tracking_uri()
+        with mlflow.start_run(run_name=f"ingest-{name}", nested=mlflow.active_run() is not None):
+            mlflow.set_tag("ktt.stage", "ingest")
+            log_dataset(load_dataset(path), context="ingest")
+            mlflow.log_dict(report, "ingest_report.json")
+
+
+@main.command()
+@click.argument("source")
+@click.option("-n", "--name", required=True, help="Dataset name: written to <out>/<name>/.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "jsonl", "parquet", "arrow"]), default=None,
+              help="Override the format guessed from the file name.")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV/JSON files.")
+@click.option("--table", default=None, help="SQL: table to read.")
+@click.option("--query", default=None, help="SQL: query to read instead of a table.")
+@click.option("--label-table", default=None,
+              help="SQL: a table of (id, name, parent_id) classes; the label column then holds leaf ids.")
+@_ingest_options
+def ingest(source, name, fmt, encoding, table, query, label_table, **opts):
+    """Ingest SOURCE into datasets/NAME (train/val/test parquet + hierarchy.json).
+
+    SOURCE is a file (CSV, TSV, JSON, JSONL, Parquet, Arrow, Feather) or an SQLAlchemy URL.
+    """
+    from . import data
+
+    if "://" in source:
+        df = data.read_sql(source, table=table, query=query)
+        where = f"{source} ({table or 'query'})"
+        if label_table:
+            labels = data.read_sql(source, table=label_table)
+            col = opts["label_cols"].split(",")[0].strip()
+            if col not in df.columns:
+                raise ValueError(f"{where}: no column {col!r}; columns are {list(df.columns)}")
+            df = df.assign(**{col: data.paths_from_label_table(df[col], labels)})
+    else:
+        if table or query or label_table:
+            raise ValueError("--table, --query and --label-table are for SQL sources only")
+        df = data.read_file(source, fmt, encoding=encoding)
+        where = source
+    _finish_ingest(df, name, where, opts, {})
+
+
+@main.command()
+@click.option("-n", "--name", default="synthetic", show_default=True, help="Dataset name.")
+@click.option("--rows", default=3000, show_default=True, help="Rows to generate.")
+@click.option("--noise", default=0.05, show_default=True, help="Share of rows given a sibling's label.")
+@_ingest_options
+def generate(name, rows, noise, **opts):
+    """Generate the synthetic product-title dataset (no third-party data) into datasets/NAME."""
+    from .synth import generate as gen
+
+    _finish_ingest(gen(rows, opts["seed"], noise), name, f"ktt.synth(rows={rows}, seed={opts['seed']})",
+                   opts, {"synthetic": True})
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("model")
+@click.argument("dataset")
+@click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="Override a hyperparameter from hyperparameters.json (repeatable).")
+@click.option("--params", "params_str", default="", help="Several overrides in one string: 'a=1 b=2'.")
+@click.option("-r", "--reference", is_flag=True, help="Also write the reference set for drift monitoring.")
+@click.option("--experiment", default=None, help="MLflow experiment name.")
+@click.option("--run-name", default=None, help="MLflow run name.")
+@click.option("--datasets", "datasets_root", default="datasets", show_default=True, envvar="KTT_DATASETS",
+              help="Datasets folder (env KTT_DATASETS).")
+@click.option("--weights", "weights_root", default="weights", show_default=True, envvar="KTT_WEIGHTS",
+              help="Checkpoint folder (env KTT_WEIGHTS).")
+@click.pass_context
+def train(ctx, model, dataset, params, params_str, reference, experiment, run_name, datasets_root, weights_root):
+    """Train MODEL on DATASET, tracked in MLflow.
+
+    Any other `--name value` pair is a hyperparameter override, so `mlflow run . -P alpha=0.001`
+    works as well as `ktt train tfidf_hsgd synthetic -p alpha=0.001`.
+    """
+    from . import hparams
+    from .train import train as run_train
+
+    extra = list(ctx.args)
+    pairs = list(params) + params_str.split()
+    while extra:
+        key = extra.pop(0)
+        if not key.startswith("--") or not extra:
+            raise ValueError(f"unexpected argument {key!r}; hyperparameters go as --name value or -p name=value")
+        pairs.append(f"{key[2:].replace('-', '_')}={extra.pop(0)}")
+    run_id = run_train(model, dataset, overrides=hparams.parse_overrides(pairs), datasets_root=datasets_root,
+                       weights_root=weights_root, experiment=experiment, run_name=run_name, reference=reference)
+    click.echo(f"MLflow run {run_id}")
+
+
+@main.command("models")
+def list_models():
+    """List the registered models."""
+    from . import registry
+
+    for name in registry.available():
+        click.echo(name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Everything a fit logs to MLflow, and checkpoints mirrored to ``weights/<model>/<dataset>/``."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import mlflow
+
+log = logging.getLogger(__name__)
+
+KINDS = ("best", "last")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename into ``path``: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; checkpoints are ordinary files
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _claim(folder: Path, kind: str, ext: str) -> tuple[Path, Path]:
+    """Reserve ``<kind>_<ISO time><ext>`` exclusively (two runs in one second get distinct names).
+
+    Returns the reserved name and a temp file beside it to write into.
+    """
+    t = dt.datetime.now().replace(microsecond=0)
+    while True:
+        final = folder / f"{kind}_{t.isoformat()}{ext}"
+        try:
+            # O_EXCL on a placeholder: the name is ours even before the checkpoint is written.
+            os.close(os.open(folder / f".{final.name}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            if not final.exists():
+                return final, folder / f".{final.name}.claim"
+            os.unlink(folder / f".{final.name}.claim")
+        except FileExistsError:
+            pass
+        t += dt.timedelta(seconds=1)
+
+
+class RunLogger:
+    """The :class:`ktt.model.FitLogger` of a tracked fit.
+
+    Checkpoints are written atomically (temp file, fsync, rename) under
+    ``weights/<model>/<dataset>/``; each run keeps one ``best_`` and one ``last_`` file.
+    """
+
+    def __init__(self, model_name: str, dataset_name: str, weights_root: str | os.PathLike = "weights"):
+        self.folder = Path(weights_root) / model_name / dataset_name
+        self.paths: dict[str, Path] = {}
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            probe = self.folder / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise RuntimeError(f"cannot write checkpoints to {self.folder}: {e.strerror}") from None
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        if clean:
+            mlflow.log_metrics(clean, step=step)
+
+    def checkpoint(self, model, kind: str, state: dict | None = None) -> Path:
+        if kind not in KINDS:
+            raise ValueError(f"checkpoint kind must be one of {KINDS}, not {kind!r}")
+        final, claim = _claim(self.folder, kind, model.checkpoint_ext)
+        try:
+            atomic_write(final, lambda tmp: model.save(tmp, state=state))
+        except OSError as e:
+            raise RuntimeError(f"cannot write checkpoint {final}: {e.strerror}; "
+                               f"the previous {kind} checkpoint is intact") from None
+        finally:
+            claim.unlink(missing_ok=True)
+        old = self.paths.get(kind)
+        self.paths[kind] = final
+        if old is not None and old != final:
+            old.unlink(missing_ok=True)
+        return final
+
+    def log_checkpoints(self) -> None:
+        for p in self.paths.values():
+            mlflow.log_artifact(str(p), artifact_path="checkpoints")
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def check_tracking_uri() -> str:
+    """Fail at start, not after training, when the tracking server cannot be reached."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+        except (urllib.error.URLError, OSError) as e:
+            raise RuntimeError(f"MLflow tracking server {uri} is unreachable ({e}); "
+                               "start it or set MLFLOW_TRACKING_URI") from None
+    return uri
+
+
+def log_dataset(ds, context: str = "training") -> None:
+    """Log an intermediate dataset as an MLflow dataset input, with its row counts and hash."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types import ColSpec, Schema
+
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local files
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(Path(ds.path).resolve()))
+    schema = Schema([ColSpec("string", "text"), ColSpec("string", "labels")])
+    mlflow.log_input(MetaDataset(source, name=ds.name, digest=ds.digest, schema=schema), context=context)
+    mlflow.log_params({"dataset": ds.name, "dataset_digest": ds.digest,
+                       **{f"rows_{s}": n for s, n in ds.manifest.get("rows", {}).items()}})
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    mlflow.log_text(text, artifact_file)
+
+
+def log_dict(d: dict, artifact_file: str) -> None:
+    mlflow.log_text(json.dumps(d, indent=1, default=str), artifact_file)

@@ -1,0 +1,74 @@
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("KTT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+sys.path.insert(0, str(ROOT))
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"real data missing: {path} (set KTT_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def bigbasket_path():
+    return _need(SHARED / "bigbasket_products.parquet")
+
+
+@pytest.fixture(scope="session")
+def bigbasket_df(bigbasket_path):
+    return pd.read_parquet(bigbasket_path)
+
+
+@pytest.fixture(scope="session")
+def raw_csv():
+    return _need(SHARED / "raw" / "bigbasket_products.csv")
+
+
+@pytest.fixture(scope="session")
+def clinc_df():
+    return pd.read_parquet(_need(SHARED / "clinc150.parquet"))
+
+
+@pytest.fixture(scope="session")
+def bigbasket(bigbasket_df):
+    """The full BigBasket dataset with its official split, loaded as a ktt Dataset."""
+    from ktt.data import load_dataset, prepare, write_dataset
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="ktt-bb-"))
+    splits, h, _ = prepare(bigbasket_df)
+    write_dataset(splits, h, root, "bigbasket")
+    return load_dataset("bigbasket", root)
+
+
+@pytest.fixture(scope="session")
+def bigbasket_small(bigbasket_df, tmp_path_factory):
+    """A real 600/150/150-row slice of BigBasket (its own hierarchy), for fast tracked runs."""
+    from ktt.data import prepare, write_dataset
+
+    df = bigbasket_df[bigbasket_df.labels.map(lambda p: p[0]).isin(["Beverages", "Snacks & Branded Foods"])]
+    parts = [df[df.split == s].head(n) for s, n in (("train", 600), ("val", 150), ("test", 150))]
+    splits, h, _ = prepare(pd.concat(parts))
+    root = tmp_path_factory.mktemp("datasets")
+    write_dataset(splits, h, root, "bb_small")
+    return root
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    """A fresh SQLite MLflow store for one test; returns its URI."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()

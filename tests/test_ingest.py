@@ -1,0 +1,179 @@
+"""Ingestion from every supported source, on real data, and its errors."""
+import json
+import sqlite3
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.feather as feather
+import pytest
+
+from ktt.data import IngestError, load_dataset, prepare, read_file, read_sql, write_dataset, paths_from_label_table
+
+RAW_COLS = ["category", "sub_category", "type"]
+
+
+def ingest_df(df, tmp_path, name="ds", **kw):
+    splits, h, report = prepare(df, **kw)
+    return load_dataset(write_dataset(splits, h, tmp_path, name)), report
+
+
+def test_raw_bigbasket_csv_as_is(raw_csv, tmp_path):
+    df = read_file(raw_csv)
+    assert len(df) == 27555
+    with pytest.raises(IngestError, match=r"row \d+: column 'product' is empty.*--invalid-rows drop"):
+        prepare(df, text_col="product", label_cols=RAW_COLS)
+    ds, report = ingest_df(df, tmp_path, text_col="product", label_cols=RAW_COLS, invalid_rows="drop")
+    assert ds.hierarchy.depth == 3
+    assert report["rows_invalid"] == 1
+    assert report["rows_duplicate"] > 1000  # the scrape repeats rows
+    n = report["rows_train"] + report["rows_val"] + report["rows_test"]
+    assert n == 27555 - 1 - report["rows_duplicate"]
+    assert abs(report["rows_train"] / n - 0.8) < 0.01
+    assert ds.hierarchy.sizes[0] == 11
+    # nothing lost: every kept row is an original (product, path) pair
+    orig = set(zip(df["product"].str.strip(), *(df[c].str.strip() for c in RAW_COLS)))
+    assert all((t, *p) in orig for t, p in zip(ds.train.texts, ds.train.paths))
+
+
+def test_official_split_column_honoured(bigbasket_df, tmp_path):
+    ds, _ = ingest_df(bigbasket_df, tmp_path, "all", keep_duplicates=True)
+    assert [len(ds.train), len(ds.val), len(ds.test)] == [(bigbasket_df.split == s).sum() for s in ("train", "val", "test")]
+    assert ds.hierarchy.sizes == [11, 99, 597]
+    assert set(ds.test.texts) == set(bigbasket_df[bigbasket_df.split == "test"].text)
+    # by default exact (text, path) duplicates go, the first occurrence (and its split) kept
+    dedup, report = ingest_df(bigbasket_df, tmp_path, "dedup")
+    key = bigbasket_df.text.str.strip() + bigbasket_df.labels.map(" > ".join)
+    first = bigbasket_df[~key.duplicated()]
+    assert report["rows_duplicate"] == key.duplicated().sum() > 0
+    assert [len(dedup.train), len(dedup.val), len(dedup.test)] == [(first.split == s).sum() for s in ("train", "val", "test")]
+
+
+@pytest.mark.parametrize("fmt", ["csv_string", "json", "jsonl", "parquet", "arrow", "feather", "tsv"])
+def test_every_file_format(clinc_df, tmp_path, fmt):
+    df = clinc_df.sample(400, random_state=0)[["text", "labels"]].reset_index(drop=True)
+    path = tmp_path / f"data.{fmt.split('_')[0]}"
+    if fmt == "csv_string":
+        df.assign(labels=df.labels.map(" > ".join)).to_csv(path, index=False)
+    elif fmt == "tsv":
+        df.assign(labels=df.labels.map("/".join)).to_csv(path, sep="\t", index=False)
+    elif fmt == "json":
+        df.assign(labels=df.labels.map(list)).to_json(path, orient="records")
+    elif fmt == "jsonl":
+        df.assign(labels=df.labels.map(list)).to_json(path, orient="records", lines=True)
+    elif fmt == "parquet":
+        df.to_parquet(path)
+    elif fmt == "arrow":
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, pa.Table.from_pandas(df).schema) as w:
+            w.write_table(pa.Table.from_pandas(df))
+    else:
+        feather.write_feather(df, path)
+    ds, _ = ingest_df(read_file(path), tmp_path, label_sep="/" if fmt == "tsv" else ">", seed=1)
+    all_paths = set(ds.train.paths) | set(ds.val.paths) | set(ds.test.paths)
+    assert all_paths == {tuple(p) for p in df.labels}
+    assert sorted(ds.train.texts + ds.val.texts + ds.test.texts) == sorted(df.text.str.strip())
+
+
+def test_split_is_seeded(clinc_df, tmp_path):
+    df = clinc_df.drop(columns="split").head(500)
+    a, _ = ingest_df(df, tmp_path, "a", seed=3)
+    b, _ = ingest_df(df, tmp_path, "b", seed=3)
+    c, _ = ingest_df(df, tmp_path, "c", seed=4)
+    assert a.test.texts == b.test.texts != c.test.texts
+    assert (len(a.train), len(a.val), len(a.test)) == (400, 50, 50)
+
+
+def test_depth_cut_and_ragged_paths(bigbasket_df, tmp_path):
+    df = bigbasket_df.head(300).copy()
+    ds, _ = ingest_df(df, tmp_path, "d2", depth=2)
+    assert ds.hierarchy.depth == 2
+    df.at[5, "labels"] = list(df.at[5, "labels"][:2])
+    with pytest.raises(IngestError, match=r"ragged label depth: paths have 2 to 3 levels \(row 6 has 2\)"):
+        prepare(df)
+    with pytest.raises(IngestError, match=r"row 6: label path .* fewer than depth 3"):
+        prepare(df, depth=3)
+    _, report = ingest_df(df, tmp_path, "d3", depth=3, invalid_rows="drop")
+    assert report["rows_invalid"] == 1
+
+
+def test_same_name_under_two_parents_is_two_classes(tmp_path):
+    df = pd.DataFrame({"text": [f"t{i}" for i in range(40)],
+                       "labels": [["Food", "Organic"], ["Drinks", "Organic"]] * 20})
+    ds, _ = ingest_df(df, tmp_path)
+    assert ds.hierarchy.sizes == [2, 2]
+
+
+def test_sqlite_table_query_and_label_table(bigbasket_df, tmp_path):
+    db = tmp_path / "shop.db"
+    df = bigbasket_df.head(500)
+    with sqlite3.connect(db) as con:
+        df.assign(path=df.labels.map(" > ".join))[["text", "path"]].to_sql("products", con, index=False)
+        # a label table with parent links; products_ids refers to leaf ids
+        paths = sorted({tuple(p[: d + 1]) for p in df.labels for d in range(3)}, key=len)
+        ids = {p: i for i, p in enumerate(paths)}
+        pd.DataFrame({"id": list(ids.values()), "name": [p[-1] for p in ids],
+                      "parent_id": [ids.get(p[:-1]) for p in ids]}).to_sql("labels", con, index=False)
+        pd.DataFrame({"text": df.text, "label_id": [ids[tuple(p)] for p in df.labels]}).to_sql("items", con, index=False)
+    url = f"sqlite:///{db}"
+    a, _ = ingest_df(read_sql(url, table="products"), tmp_path, "a", label_cols=["path"], split_col=None)
+    b, _ = ingest_df(read_sql(url, query="SELECT text, path FROM products WHERE rowid <= 400"), tmp_path, "b", keep_duplicates=True,
+                     label_cols=["path"])
+    items = read_sql(url, table="items")
+    items["labels"] = paths_from_label_table(items.label_id, read_sql(url, table="labels"))
+    c, _ = ingest_df(items, tmp_path, "c")
+    assert a.hierarchy == c.hierarchy == ingest_df(df, tmp_path, "d")[0].hierarchy
+    assert len(b.train) + len(b.val) + len(b.test) == 400
+    with pytest.raises(IngestError, match="no table 'nope'"):
+        read_sql(url, table="nope")
+    with pytest.raises(IngestError, match="exactly one of"):
+        read_sql(url)
+    bad = pd.DataFrame({"id": [1, 1], "name": ["x", "x"], "parent_id": [None, 7]})
+    with pytest.raises(IngestError, match="class id 1 .* two different parents"):
+        paths_from_label_table(pd.Series([1]), bad)
+
+
+def test_bad_files(tmp_path, bigbasket_path):
+    with pytest.raises(IngestError, match="no such file"):
+        read_file(tmp_path / "missing.csv")
+    (tmp_path / "x.xlsx").write_text("x")
+    with pytest.raises(IngestError, match="unknown format '.xlsx'"):
+        read_file(tmp_path / "x.xlsx")
+    trunc = tmp_path / "trunc.parquet"
+    trunc.write_bytes(bigbasket_path.read_bytes()[:5000])
+    with pytest.raises(IngestError, match="trunc.parquet: cannot read as parquet"):
+        read_file(trunc)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,labels\ncr\xe8me br\xfbl\xe9e,Food > Dessert\n".encode("latin-1"))
+    with pytest.raises(IngestError, match="latin.csv: not valid utf-8 .* --encoding"):
+        read_file(latin)
+    assert read_file(latin, encoding="latin-1").text[0] == "crème brûlée"
+
+
+def test_bad_rows_are_named(bigbasket_df):
+    df = bigbasket_df.head(100).copy()
+    with pytest.raises(IngestError, match=r"input: no column 'title'; columns are \['text'"):
+        prepare(df, text_col="title")
+    nums = df.assign(labels=range(100))
+    with pytest.raises(IngestError, match=r"column 'labels', row 1: label 0 is a int"):
+        prepare(nums)
+    nan = df.copy()
+    nan.loc[3, "labels"] = None
+    with pytest.raises(IngestError, match=r"row 4: label 'labels' is missing"):
+        prepare(nan)
+    with pytest.raises(IngestError, match="value 'holdout' is not one of train/val/test"):
+        prepare(df.assign(split="holdout"))
+
+
+def test_write_is_all_or_nothing(bigbasket_df, tmp_path):
+    splits, h, _ = prepare(bigbasket_df.head(300))
+    write_dataset(splits, h, tmp_path, "x")
+    before = (tmp_path / "x" / "test.parquet").read_bytes()
+    with pytest.raises(IngestError, match="already exists; pass --overwrite"):
+        write_dataset(splits, h, tmp_path, "x")
+    broken = dict(splits, test=object())  # fails while writing
+    with pytest.raises(AttributeError):
+        write_dataset(broken, h, tmp_path, "x", overwrite=True)
+    assert (tmp_path / "x" / "test.parquet").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # no temp folders left behind
+    manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
+    assert manifest["rows"] == {s: len(p) for s, p in splits.items()}
+    assert len(manifest["digest"]) == 16

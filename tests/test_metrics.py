@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from ktt.hierarchy import Hierarchy
+from ktt.metrics import evaluate, level_table
+
+TOY = Hierarchy.from_paths([("A", "a1"), ("A", "a2"), ("B", "b1"), ("B", "b2")])
+
+
+def test_perfect_predictions(bigbasket):
+    y = bigbasket.test.codes
+    m = evaluate(bigbasket.hierarchy, y, y)
+    assert all(m[k] == 1.0 for k in ("leaf_accuracy", "path_accuracy", "h_precision", "h_recall", "h_f1"))
+    assert m["violation_rate"] == 0.0
+
+
+def test_hierarchical_partial_credit():
+    # true A>a1; predicted A>a2: right parent, wrong leaf -> hP = hR = 1/2
+    t, p = TOY.encode([("A", "a1")]), TOY.encode([("A", "a2")])
+    m = evaluate(TOY, t, p)
+    assert m["h_precision"] == pytest.approx(0.5) and m["h_recall"] == pytest.approx(0.5)
+    assert m["L1_accuracy"] == 1.0 and m["leaf_accuracy"] == 0.0
+    # predicted B>b1: nothing shared
+    assert evaluate(TOY, t, TOY.encode([("B", "b1")]))["h_f1"] == 0.0
+
+
+def test_violations_counted_and_ancestors_of_each_prediction_used():
+    t = TOY.encode([("A", "a1"), ("A", "a1")])
+    p = t.copy()
+    p[1, 1] = TOY.encode([("B", "b1")])[0, 1]  # level-2 prediction under the other parent
+    m = evaluate(TOY, t, p)
+    assert m["violation_rate"] == 0.5
+    # row 2 predicts {A, B, b1} against {A, a1}: 1 of 3 predicted right, 1 of 2 true found
+    assert m["h_precision"] == pytest.approx((2 + 1) / (2 + 3))
+    assert m["h_recall"] == pytest.approx((2 + 1) / (2 + 2))
+
+
+def test_matches_sklearn_on_real_noise(bigbasket):
+    rng = np.random.default_rng(0)
+    y = bigbasket.test.codes
+    pred = y.copy()
+    flip = rng.random(len(y)) < 0.3
+    pred[flip] = bigbasket.hierarchy.leaf_paths()[rng.integers(bigbasket.hierarchy.n_leaves, size=flip.sum())]
+    m = evaluate(bigbasket.hierarchy, y, pred)
+    for d in range(3):
+        assert m[f"L{d + 1}_accuracy"] == pytest.approx(accuracy_score(y[:, d], pred[:, d]))
+        assert m[f"L{d + 1}_macro_f1"] == pytest.approx(f1_score(y[:, d], pred[:, d], average="macro"))
+    assert m["violation_rate"] == 0.0  # whole leaf paths were swapped in
+    assert 0 < m["h_f1"] < 1 and m["h_f1"] >= m["leaf_accuracy"]
+    assert "| 3 | 597 |" in level_table(bigbasket.hierarchy, m)
+
+
+def test_shape_errors():
+    with pytest.raises(ValueError, match="expected two"):
+        evaluate(TOY, np.zeros((3, 2), int), np.zeros((2, 2), int))
