@@ -9,6 +9,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export BENTOML_DO_NOT_TRACK := true
 export PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION := python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 PYTEST_ARGS ?=
 export KTT_DATASETS ?= datasets
 export KTT_WEIGHTS ?= weights
@@ -39,7 +40,7 @@ run: env $(KTT_DATASETS)/$(DATASET)/hierarchy.json
 	@echo "Open the MLflow UI:  $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI)"
 
 test: env
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.ok
 	$(VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

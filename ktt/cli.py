@@ -175,7 +175,10 @@ def train(ctx, model, dataset, params, params_str, reference, experiment, run_na
         pairs.append(f"{key[2:].replace('-', '_')}={extra.pop(0)}")
     run_id = run_train(model, dataset, overrides=hparams.parse_overrides(pairs), datasets_root=datasets_root,
                        weights_root=weights_root, experiment=experiment, run_name=run_name, reference=reference)
-    click.echo(f"MLflow run {run_id}")
+    from mlflow import MlflowClient
+    m = MlflowClient().get_run(run_id).data.metrics
+    click.echo(f"MLflow run {run_id}: test leaf accuracy {m['test_leaf_accuracy']:.4f}, "
+               f"hierarchical F1 {m['test_h_f1']:.4f}, violation rate {m['test_violation_rate']:.4f}")
 
 
 @main.command("models")

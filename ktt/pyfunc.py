@@ -28,14 +28,11 @@ class KTTModel(mlflow.pyfunc.PythonModel):
         info = json.loads(Path(context.artifacts["info"]).read_text())
         self.model = registry.get(info["model"]).load(context.artifacts["checkpoint"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: list[str], params=None) -> list[list[str]]:
         return self.model.predict_paths(_texts(model_input))
 
 
-def log_pyfunc(model_name: str, checkpoint: Path, hierarchy) -> None:
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
+def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         info = Path(tmp) / "info.json"
         info.write_text(json.dumps({"model": model_name, "depth": hierarchy.depth}))
@@ -44,5 +41,5 @@ def log_pyfunc(model_name: str, checkpoint: Path, hierarchy) -> None:
             artifacts={"checkpoint": str(checkpoint), "info": str(info)},
             code_paths=[str(ROOT / "ktt"), str(ROOT / "models")],
             pip_requirements=str(ROOT / "requirements" / "main.txt"),
-            signature=ModelSignature(inputs=Schema([ColSpec("string", "text")])),
+            input_example=example,
         )

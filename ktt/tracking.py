@@ -67,9 +67,8 @@ class RunLogger:
         self.paths: dict[str, Path] = {}
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            probe = self.folder / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            with tempfile.NamedTemporaryFile(dir=self.folder, prefix=".write-test-"):
+                pass
         except OSError as e:
             raise RuntimeError(f"cannot write checkpoints to {self.folder}: {e.strerror}") from None
 

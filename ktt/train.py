@@ -78,7 +78,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
             mlflow.log_artifact(str(ref_path), artifact_path="checkpoints")
         if log_model:
             from .pyfunc import log_pyfunc
-            log_pyfunc(model, logger.paths["best"], ds.hierarchy)
+            log_pyfunc(model, logger.paths["best"], ds.hierarchy, ds.test.texts[:3])
         log.info("run %s: test leaf accuracy %.4f, checkpoints %s", run.info.run_id,
                  metrics["leaf_accuracy"], [str(p) for p in logger.paths.values()])
         return run.info.run_id

@@ -38,12 +38,12 @@ def clinc_df():
 
 @pytest.fixture(scope="session")
 def bigbasket(bigbasket_df):
-    """The full BigBasket dataset with its official split, loaded as a ktt Dataset."""
+    """The full BigBasket dataset, official split as-is (the protocol of the README's baseline)."""
     from ktt.data import load_dataset, prepare, write_dataset
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="ktt-bb-"))
-    splits, h, _ = prepare(bigbasket_df)
+    splits, h, _ = prepare(bigbasket_df, keep_duplicates=True)
     write_dataset(splits, h, root, "bigbasket")
     return load_dataset("bigbasket", root)
 

@@ -1,0 +1,19 @@
+"""Write one benchmark's section into docs/benchmarks.md, between its own markers."""
+from __future__ import annotations
+
+import platform
+import re
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+HEADER = "# Benchmarks\n\nEvery number below is written by the command shown above it.\n"
+
+
+def write_section(key: str, body: str) -> None:
+    text = DOC.read_text() if DOC.exists() else HEADER
+    block = f"<!-- {key}:start -->\n{body.rstrip()}\n\nMachine: {platform.processor() or platform.machine()}, " \
+            f"Python {platform.python_version()}.\n<!-- {key}:end -->"
+    pattern = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(text)

@@ -1,0 +1,76 @@
+"""The command line and the MLproject entry points, run as a user runs them."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ktt(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ktt", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd or ROOT, timeout=600)
+
+
+def test_startup_imports_nothing_heavy():
+    code = "import sys, ktt.cli; print(sorted(m for m in ('mlflow', 'torch', 'transformers', 'pandas', 'sklearn') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def test_models_listed():
+    assert {"tfidf_lsgd", "tfidf_hsgd"} <= set(ktt("models").stdout.split())
+
+
+def test_ingest_raw_csv_and_errors(raw_csv, tmp_path, tracking):
+    out = ktt("ingest", raw_csv, "-n", "bb", "--text-col", "product", "-c", "category,sub_category,type",
+              "--out", tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: ") and "column 'product' is empty" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "bb").exists()
+    out = ktt("ingest", raw_csv, "-n", "bb", "--text-col", "product", "-c", "category,sub_category,type",
+              "--invalid-rows", "drop", "--out", tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "classes per level [11," in out.stdout and "rows invalid: 1" in out.stderr
+    manifest = json.loads((tmp_path / "bb" / "manifest.json").read_text())
+    assert manifest["depth"] == 3
+    run = MlflowClient().search_runs(["0"])[0]  # ingestion is logged as a dataset input
+    assert run.inputs.dataset_inputs[0].dataset.digest == manifest["digest"]
+    out = ktt("ingest", tmp_path / "nope.csv", "-n", "x", "--out", tmp_path, "--no-track")
+    assert out.returncode == 2 and "nope.csv: no such file" in out.stderr
+
+
+def test_train_errors_are_one_line(tmp_path, tracking):
+    out = ktt("train", "nope", "synthetic", "--datasets", tmp_path)
+    assert out.returncode == 2 and "no dataset 'synthetic'" in out.stderr and "Traceback" not in out.stderr
+    ktt("generate", "--rows", 300, "--out", tmp_path, "--no-track")
+    out = ktt("train", "nope", "synthetic", "--datasets", tmp_path)
+    assert out.returncode == 2 and "unknown model 'nope'; available:" in out.stderr
+    out = ktt("train", "tfidf_lsgd", "synthetic", "--datasets", tmp_path, "--alpha", "x")
+    assert out.returncode == 2 and "'alpha': 'x' is not a valid float" in out.stderr
+
+
+@pytest.mark.slow
+def test_mlflow_run_entry_points(tmp_path, tracking):
+    """`mlflow run . --env-manager local` for generate and main, with a -P hyperparameter override."""
+    env = {**os.environ, "KTT_DATASETS": str(tmp_path / "datasets"), "KTT_WEIGHTS": str(tmp_path / "weights"),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+
+    def mlflow_run(*args):
+        out = subprocess.run([mlflow_bin, "run", ".", "--env-manager", "local", *args], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+    mlflow_run("-e", "generate", "-P", "rows=800")
+    mlflow_run("-P", "model=tfidf_lsgd", "-P", "dataset=synthetic", "-P", "alpha=0.0003")
+    runs = MlflowClient().search_runs(["0"], order_by=["start_time DESC"])
+    train_run = runs[0]
+    assert train_run.data.params["alpha"] == "0.0003" and train_run.data.params["model"] == "tfidf_lsgd"
+    assert train_run.data.tags["mlflow.project.entryPoint"] == "main"
+    assert train_run.data.metrics["test_leaf_accuracy"] > 0.5
+    assert len(list((tmp_path / "weights" / "tfidf_lsgd" / "synthetic").glob("best_*.pt"))) == 1

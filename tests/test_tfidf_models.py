@@ -1,0 +1,64 @@
+"""The two TF-IDF models on the full BigBasket split."""
+import numpy as np
+import pytest
+
+from ktt import registry
+from ktt.metrics import evaluate
+
+# ../shared/data/README.md: TF-IDF + LinearSVC sanity baseline, test accuracy at the leaf level
+BASELINE_LEAF = 0.700
+
+
+@pytest.fixture(scope="module", params=["tfidf_lsgd", "tfidf_hsgd"])
+def fitted(request, bigbasket):
+    return registry.get(request.param)(bigbasket.hierarchy).fit(bigbasket.train, bigbasket.val)
+
+
+def test_within_two_points_of_baseline(fitted, bigbasket):
+    m = evaluate(bigbasket.hierarchy, bigbasket.test.codes, fitted.predict(bigbasket.test.texts))
+    assert m["leaf_accuracy"] >= BASELINE_LEAF - 0.02
+    assert m["L1_accuracy"] > m["L2_accuracy"] > m["L3_accuracy"]
+    assert m["violation_rate"] == 0.0  # both models only predict valid paths
+
+
+def test_scores_per_level(fitted, bigbasket):
+    texts = bigbasket.test.texts[:200]
+    scores = fitted.predict_proba(texts)
+    assert [s.shape for s in scores] == [(200, n) for n in bigbasket.hierarchy.sizes]
+    for s in scores:
+        assert np.allclose(s.sum(axis=1), 1.0, atol=1e-4)
+    # the leaf prediction is the leaf argmax, its ancestors follow from it
+    assert (fitted.predict(texts)[:, -1] == scores[-1].argmax(axis=1)).mean() > 0.95
+
+
+def test_save_load_reproduces_predictions(fitted, bigbasket, tmp_path):
+    fitted.save(tmp_path / "m.pt")
+    loaded = type(fitted).load(tmp_path / "m.pt")
+    texts = bigbasket.test.texts
+    assert np.array_equal(loaded.predict(texts), fitted.predict(texts))
+    for a, b in zip(loaded.predict_proba(texts[:100]), fitted.predict_proba(texts[:100])):
+        assert np.array_equal(a, b)
+    assert loaded.params == fitted.params
+    other = "tfidf_hsgd" if fitted.name == "tfidf_lsgd" else "tfidf_lsgd"
+    with pytest.raises(ValueError, match=f"is a '{fitted.name}' checkpoint, not '{other}'"):
+        registry.get(other).load(tmp_path / "m.pt")
+
+
+def test_predict_paths_are_names(fitted, bigbasket):
+    paths = fitted.predict_paths(bigbasket.test.texts[:50])
+    assert all(len(p) == 3 and all(isinstance(x, str) for x in p) for p in paths)
+
+
+def test_hyperparameters_validated(bigbasket):
+    cls = registry.get("tfidf_hsgd")
+    with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) \['alpah'\] for model 'tfidf_hsgd'"):
+        cls(bigbasket.hierarchy, alpah=1)
+    with pytest.raises(ValueError, match="'min_df': '1.5' is not a valid int"):
+        cls(bigbasket.hierarchy, min_df="1.5")
+    assert cls(bigbasket.hierarchy, alpha="0.001", min_df="3").params["min_df"] == 3
+
+
+def test_registry():
+    assert {"tfidf_lsgd", "tfidf_hsgd"} <= set(registry.available())
+    with pytest.raises(KeyError, match="unknown model 'nope'; available: .*tfidf_hsgd"):
+        registry.get("nope")

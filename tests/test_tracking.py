@@ -1,0 +1,114 @@
+"""A tracked fit against a real (SQLite) MLflow store."""
+import os
+import re
+import threading
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from ktt import registry
+from ktt.data import load_dataset
+from ktt.tracking import RunLogger, atomic_write
+from ktt.train import train
+
+CKPT = re.compile(r"^(best|last)_\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.pt$")
+
+
+def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
+    weights = tmp_path / "weights"
+    run_id = train("tfidf_hsgd", "bb_small", overrides={"alpha": "0.0002"}, datasets_root=bigbasket_small,
+                   weights_root=weights, experiment="t")
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["alpha"] == "0.0002" and run.data.params["min_df"] == "1"
+    assert run.data.params["dataset"] == "bb_small"
+    m = run.data.metrics
+    assert 0.3 < m["test_leaf_accuracy"] <= 1 and m["test_violation_rate"] == 0
+    assert {"val_h_f1", "test_L1_macro_f1", "train_time_s"} <= set(m)
+    # the dataset input with its digest
+    ds = load_dataset("bb_small", bigbasket_small)
+    assert [i.dataset.digest for i in run.inputs.dataset_inputs] == [ds.digest]
+    # checkpoint mirrored to weights/<model>/<dataset>/ and logged as an artifact
+    files = os.listdir(weights / "tfidf_hsgd" / "bb_small")
+    assert len(files) == 1 and CKPT.match(files[0])
+    arts = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+    assert arts == {f"checkpoints/{files[0]}"}
+    assert {"metrics/test_levels.md", "metrics/test_confusions.json"} <= {
+        a.path for a in client.list_artifacts(run_id, "metrics")}
+    # the logged model: registered, loaded by alias, predicts the same paths as the checkpoint
+    version = mlflow.register_model(f"runs:/{run_id}/model", "bb-hsgd")
+    client.set_registered_model_alias("bb-hsgd", "champion", version.version)
+    pyfunc = mlflow.pyfunc.load_model("models:/bb-hsgd@champion")
+    texts = ds.test.texts[:40]
+    ckpt = registry.get("tfidf_hsgd").load(weights / "tfidf_hsgd" / "bb_small" / files[0])
+    assert pyfunc.predict(texts) == ckpt.predict_paths(texts)
+    assert pyfunc.predict(pd.DataFrame({"text": texts})) == ckpt.predict_paths(texts)
+
+
+def test_bad_hyperparameter_fails_before_any_run(tracking, bigbasket_small, tmp_path):
+    with pytest.raises(ValueError, match="unknown hyperparameter"):
+        train("tfidf_lsgd", "bb_small", overrides={"nope": "1"}, datasets_root=bigbasket_small,
+              weights_root=tmp_path)
+    assert MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]) == []
+
+
+def test_unreachable_tracking_server_fails_at_start(monkeypatch, bigbasket_small, tmp_path):
+    mlflow.set_tracking_uri("http://127.0.0.1:9")  # discard port: nothing listens
+    try:
+        with pytest.raises(RuntimeError, match="MLflow tracking server http://127.0.0.1:9 is unreachable"):
+            train("tfidf_lsgd", "bb_small", datasets_root=bigbasket_small, weights_root=tmp_path)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+class _Stub:
+    checkpoint_ext = ".pt"
+
+    def __init__(self, payload=b"x", fail=False):
+        self.payload, self.fail = payload, fail
+
+    def save(self, path, state=None):
+        with open(path, "wb") as f:
+            f.write(self.payload[: len(self.payload) // 2])
+            if self.fail:
+                raise OSError(28, "No space left on device")
+            f.write(self.payload[len(self.payload) // 2:])
+
+
+def test_checkpoint_write_is_atomic(tmp_path):
+    log = RunLogger("m", "d", tmp_path)
+    good = log.checkpoint(_Stub(b"good-checkpoint"), "last")
+    with pytest.raises(RuntimeError, match="No space left on device; the previous last checkpoint is intact"):
+        log.checkpoint(_Stub(b"half-written", fail=True), "last")
+    assert good.read_bytes() == b"good-checkpoint"
+    assert os.listdir(good.parent) == [good.name]  # no temp or half files
+    newer = log.checkpoint(_Stub(b"newer"), "last")  # a run keeps one last_ file
+    assert os.listdir(good.parent) == [newer.name] and newer.read_bytes() == b"newer"
+
+
+def test_concurrent_runs_never_share_a_name(tmp_path):
+    names = []
+
+    def one():
+        names.append(RunLogger("m", "d", tmp_path).checkpoint(_Stub(b"x" * 1000), "best"))
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(set(names)) == 6 and all(CKPT.match(p.name) for p in names)
+    assert all(p.read_bytes() == b"x" * 1000 for p in names)
+
+
+def test_unwritable_weights_folder(tmp_path):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "m").write_text("a file where a folder should be")
+    with pytest.raises(RuntimeError, match="cannot write checkpoints to"):
+        RunLogger("m", "d", tmp_path / "ro")
+
+
+def test_atomic_write_cleans_up(tmp_path):
+    with pytest.raises(ZeroDivisionError):
+        atomic_write(tmp_path / "f", lambda p: 1 / 0)
+    assert list(tmp_path.iterdir()) == []
