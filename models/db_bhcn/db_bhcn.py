@@ -1,0 +1,70 @@
+"""BHCN: one head per level, each fed the encoder output and the previous level's activations.
+
+z_1 = W_1 x;  z_i = W_i [dropout(LayerNorm(act(z_{i-1}))) ⊕ x];  outputs LogSoftmax(z_i).
+Loss = λ_L Σ_i w_i NLL(z_i, y_i) + λ_H Σ_{i<D} mean(f_i · NLL(z_i, parent(argmax z_{i+1}))),
+w = 1 − linspace(−γ_L, γ_L, D), f_i = 1 − min-max-normalised (−log p_{i+1}) at the true child.
+
+Predictions are the argmax of each level: *not* guaranteed to be a valid path (the
+hierarchical term makes violations rare; ``violation_rate`` measures them).
+"""
+import torch
+from torch import nn
+
+from ktt.nn import TorchModel
+
+ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+
+
+class BHCNHead(nn.Module):
+    def __init__(self, hidden: int, sizes: list[int], dropout: float, act: str):
+        super().__init__()
+        if act not in ACTS:
+            raise ValueError(f"act must be one of {sorted(ACTS)}, not {act!r}")
+        self.drop = nn.Dropout(dropout)
+        self.act = ACTS[act]()
+        self.first = nn.Linear(hidden, sizes[0])
+        self.norms = nn.ModuleList(nn.LayerNorm(n) for n in sizes[:-1])
+        self.levels = nn.ModuleList(nn.Linear(n + hidden, m) for n, m in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, x):
+        x = self.drop(x)
+        z = [self.first(x)]
+        for norm, lin in zip(self.norms, self.levels):
+            z.append(lin(torch.cat([self.drop(norm(self.act(z[-1]))), x], dim=-1)))
+        return z  # logits per level
+
+
+def bhcn_level_loss(logp, codes, gamma_l, lambda_l, lambda_h, parents):
+    """λ_L Σ w_i NLL_i + λ_H Σ mean(f_i · NLL(level i, parent of the predicted child))."""
+    depth = len(logp)
+    w = 1 - torch.linspace(-gamma_l, gamma_l, depth, device=codes.device)
+    loss = lambda_l * sum(w[i] * nn.functional.nll_loss(logp[i], codes[:, i]) for i in range(depth))
+    for i in range(depth - 1 if lambda_h else 0):
+        child_nll = -logp[i + 1].gather(1, codes[:, i + 1:i + 2]).squeeze(1).detach()
+        span = (child_nll.max() - child_nll.min()).clamp(min=1e-9)
+        f = 1 - (child_nll - child_nll.min()) / span
+        parent_of_pred = parents[i + 1][logp[i + 1].argmax(1)]
+        loss = loss + lambda_h * (f * nn.functional.nll_loss(logp[i], parent_of_pred, reduction="none")).mean()
+    return loss
+
+
+class DBBHCN(TorchModel):
+    defaults = {**TorchModel.defaults, "encoder_lr": 3e-5, "classifier_lr": 5e-4, "gamma_l": -0.1,
+                "lambda_l": 1.0, "lambda_h": 0.7, "dropout": 0.3, "act": "relu"}
+
+    def build_head(self, hidden):
+        head = BHCNHead(hidden, self.hierarchy.sizes, self.params["dropout"], self.params["act"])
+        for d in range(self.hierarchy.depth):
+            head.register_buffer(f"parent{d}", torch.as_tensor(self.hierarchy.parent_of(d)), persistent=False)
+        return head
+
+    def _parents(self):
+        return [getattr(self.net_.head, f"parent{d}") for d in range(self.hierarchy.depth)]
+
+    def loss(self, z, codes):
+        p = self.params
+        logp = [zi.float().log_softmax(-1) for zi in z]
+        return bhcn_level_loss(logp, codes, p["gamma_l"], p["lambda_l"], p["lambda_h"], self._parents())
+
+    def level_scores(self, z):
+        return [zi.float().softmax(-1) for zi in z]

@@ -1,0 +1,28 @@
+"""Encoder + dropout + one linear layer over the leaf classes, cross-entropy.
+
+Predictions are always valid paths: the leaf is predicted, ancestors follow from it.
+Level scores are the leaf probabilities summed under each ancestor.
+"""
+import torch
+from torch import nn
+
+from ktt.nn import TorchModel
+
+
+class DBLinear(TorchModel):
+    defaults = {**TorchModel.defaults, "encoder_lr": 5e-5, "classifier_lr": 1e-3, "dropout": 0.25}
+    consistent = True
+
+    def build_head(self, hidden):
+        head = nn.Sequential(nn.Dropout(self.params["dropout"]), nn.Linear(hidden, self.hierarchy.n_leaves))
+        head.register_buffer("R", torch.as_tensor(self.hierarchy.leaf_matrix()), persistent=False)
+        return head
+
+    def loss(self, logits, codes):
+        return nn.functional.cross_entropy(logits.float(), codes[:, -1])
+
+    def level_scores(self, logits):
+        return self.split_levels(logits.float().softmax(-1) @ self.net_.head.R.T)
+
+    def predict(self, texts):
+        return self.hierarchy.leaf_paths()[self.predict_proba(texts)[-1].argmax(axis=1)]
