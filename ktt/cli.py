@@ -150,6 +150,8 @@ def generate(name, rows, noise, **opts):
               help="Override a hyperparameter from hyperparameters.json (repeatable).")
 @click.option("--params", "params_str", default="", help="Several overrides in one string: 'a=1 b=2'.")
 @click.option("-r", "--reference", is_flag=True, help="Also write the reference set for drift monitoring.")
+@click.option("--resume", default=None, metavar="CHECKPOINT|RUN",
+              help="Continue from a last_ checkpoint file or the last_ checkpoint of an MLflow run.")
 @click.option("--experiment", default=None, help="MLflow experiment name.")
 @click.option("--run-name", default=None, help="MLflow run name.")
 @click.option("--datasets", "datasets_root", default="datasets", show_default=True, envvar="KTT_DATASETS",
@@ -157,7 +159,8 @@ def generate(name, rows, noise, **opts):
 @click.option("--weights", "weights_root", default="weights", show_default=True, envvar="KTT_WEIGHTS",
               help="Checkpoint folder (env KTT_WEIGHTS).")
 @click.pass_context
-def train(ctx, model, dataset, params, params_str, reference, experiment, run_name, datasets_root, weights_root):
+def train(ctx, model, dataset, params, params_str, reference, resume, experiment, run_name, datasets_root,
+          weights_root):
     """Train MODEL on DATASET, tracked in MLflow.
 
     Any other `--name value` pair is a hyperparameter override, so `mlflow run . -P alpha=0.001`
@@ -174,7 +177,8 @@ def train(ctx, model, dataset, params, params_str, reference, experiment, run_na
             raise ValueError(f"unexpected argument {key!r}; hyperparameters go as --name value or -p name=value")
         pairs.append(f"{key[2:].replace('-', '_')}={extra.pop(0)}")
     run_id = run_train(model, dataset, overrides=hparams.parse_overrides(pairs), datasets_root=datasets_root,
-                       weights_root=weights_root, experiment=experiment, run_name=run_name, reference=reference)
+                       weights_root=weights_root, experiment=experiment, run_name=run_name, reference=reference,
+                       resume=resume)
     from mlflow import MlflowClient
     m = MlflowClient().get_run(run_id).data.metrics
     click.echo(f"MLflow run {run_id}: test leaf accuracy {m['test_leaf_accuracy']:.4f}, "

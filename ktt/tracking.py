@@ -90,6 +90,8 @@ class RunLogger:
             claim.unlink(missing_ok=True)
         old = self.paths.get(kind)
         self.paths[kind] = final
+        if mlflow.active_run():  # lets `--resume runs:/<id>` find it even if this process dies
+            mlflow.set_tag(f"ktt.checkpoint.{kind}", str(final.resolve()))
         if old is not None and old != final:
             old.unlink(missing_ok=True)
         return final

