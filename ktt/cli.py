@@ -185,6 +185,35 @@ def train(ctx, model, dataset, params, params_str, reference, resume, experiment
                f"hierarchical F1 {m['test_h_f1']:.4f}, violation rate {m['test_violation_rate']:.4f}")
 
 
+@main.command()
+@click.argument("model")
+@click.argument("dataset")
+@click.option("--n-trials", default=20, show_default=True, type=click.IntRange(min=1), help="Trials to add to the study.")
+@click.option("--timeout", default=None, type=float, help="Stop starting trials after this many seconds (0: no limit).")
+@click.option("--storage", default=None, help="Optuna storage: a journal file path (default tuning/<study>.journal) "
+              "or an SQLAlchemy URL such as postgresql://... (shared by workers on many machines).")
+@click.option("--study-name", default=None, help="Default: <model>-<dataset>. An existing study is resumed.")
+@click.option("--sampler", type=click.Choice(["tpe", "random"]), default="tpe", show_default=True)
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Local worker processes.")
+@click.option("--metric", default="val_h_f1", show_default=True, help="Validation metric to maximise.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--write-back", is_flag=True, help="Write the best params into hyperparameters.json.")
+@click.option("--experiment", default=None, help="MLflow experiment name.")
+@click.option("--datasets", "datasets_root", default="datasets", show_default=True, envvar="KTT_DATASETS")
+@click.option("--weights", "weights_root", default="weights", show_default=True, envvar="KTT_WEIGHTS")
+def tune(model, dataset, write_back, **kw):
+    """Tune MODEL on DATASET with Optuna; every trial is a nested MLflow run."""
+    from .tune import Sweep, run_sweep, write_back as do_write_back
+
+    study = run_sweep(Sweep(model, dataset, **kw))
+    best = study.best_trial
+    click.echo(f"study {study.study_name}: {len(study.trials)} trials, best #{best.number} "
+               f"{kw['metric']}={best.value:.4f} {best.params}")
+    if write_back:
+        click.echo(f"wrote best params to {do_write_back(study, model)}")
+
+
 @main.command("models")
 def list_models():
     """List the registered models."""

@@ -117,6 +117,32 @@ class Hierarchy:
         """``(n_leaves, depth)`` indices of every leaf and its ancestors."""
         return self.encode(self.levels[-1])
 
+    def split_levels(self, scores: np.ndarray) -> list[np.ndarray]:
+        """``(n, n_classes)`` scores over all classes -> one ``(n, n_i)`` slice per level."""
+        return [scores[:, o:o + n] for o, n in zip(self.offsets, self.sizes)]
+
+    def decode_scores(self, scores: list[np.ndarray], mode: str = "argmax",
+                      conditional: list[np.ndarray] | None = None) -> np.ndarray:
+        """Per-level scores -> ``(n, depth)`` class indices.
+
+        ``argmax``: each level on its own (may break the hierarchy); ``leaf``: the best leaf
+        and its ancestors; ``top_down``: each level picks the best child, by ``conditional``
+        scores, of the class picked one level up.
+        """
+        if mode == "argmax":
+            return np.stack([s.argmax(axis=1) for s in scores], axis=1)
+        if mode == "leaf":
+            return self.leaf_paths()[scores[-1].argmax(axis=1)]
+        if mode == "top_down":
+            cond = conditional if conditional is not None else scores
+            codes = np.empty((len(cond[0]), self.depth), dtype=np.int64)
+            codes[:, 0] = cond[0].argmax(axis=1)
+            for d in range(1, self.depth):
+                under = self.parent_of(d)[None, :] == codes[:, d - 1][:, None]
+                codes[:, d] = np.where(under, cond[d], -np.inf).argmax(axis=1)
+            return codes
+        raise ValueError(f"decode mode must be 'argmax', 'leaf' or 'top_down', not {mode!r}")
+
     def is_consistent(self, codes: np.ndarray) -> np.ndarray:
         """Per row: does each level's prediction sit under the previous level's?"""
         codes = np.asarray(codes)

@@ -17,7 +17,8 @@ def load(model: str, path: str | os.PathLike | None = None) -> dict:
         entry = json.loads(path.read_text()).get(model, {})
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON: {e}") from None
-    return {k: v for k, v in entry.items() if k != "tune"}  # "tune" holds search spaces
+    # "tune" holds the search space, "_tuned_from" where tuned values came from
+    return {k: v for k, v in entry.items() if k != "tune" and not k.startswith("_")}
 
 
 def parse_overrides(pairs) -> dict:

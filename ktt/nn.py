@@ -7,7 +7,6 @@ that resume exactly) lives here once.
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 import tempfile
@@ -94,7 +93,7 @@ class TorchModel(Model):
 
     def split_levels(self, y: torch.Tensor) -> list[torch.Tensor]:
         """``(batch, n_classes)`` scores over all classes -> one ``(batch, n_i)`` slice per level."""
-        return [y[:, o:o + n] for o, n in zip(self.hierarchy.offsets, self.hierarchy.sizes)]
+        return self.hierarchy.split_levels(y)
 
     # -- set-up ---------------------------------------------------------------------------
     def _build(self, tokenizer=None, encoder=None):
@@ -206,7 +205,7 @@ class TorchModel(Model):
         return scores, (sum(losses) / len(texts) if codes is not None else None)
 
     def _decode(self, scores: list[np.ndarray]) -> np.ndarray:
-        return np.stack([s.argmax(axis=1) for s in scores], axis=1)
+        return self.hierarchy.decode_scores(scores, self.decode)
 
     def predict_proba(self, texts):
         return self._predict_scores(list(texts))[0]
@@ -233,6 +232,45 @@ class TorchModel(Model):
         df = pd.DataFrame(feats.numpy(), columns=[str(i) for i in range(24)])
         df.insert(0, "targets", [names[c] for c in split.codes[:, -1]])
         return pd.concat([df, pd.DataFrame(leaf, columns=names)], axis=1)
+
+    # -- export ---------------------------------------------------------------------------
+    decode = "argmax"  # how serving turns scores into a path: "argmax" per level, or "leaf"
+
+    def export_onnx(self, classifier_path, encoder_path=None):
+        """``encoder.onnx``: (input_ids, attention_mask) -> pooled ``features``;
+        ``classifier.onnx``: ``features`` -> ``scores``, all levels concatenated. Weights inlined."""
+        if encoder_path is None:
+            raise ValueError(f"{self.name} exports two graphs: give encoder_path too")
+        net = self.net_.eval().cpu()
+        self.device_ = torch.device("cpu")
+        model = self
+
+        class Encoder(nn.Module):
+            def forward(self, input_ids, attention_mask):
+                return net.pool(input_ids, attention_mask)
+
+        class Classifier(nn.Module):
+            def forward(self, features):
+                return torch.cat(model.level_scores(net.head(features)), dim=-1)
+
+        ids, mask = self._batch(["a short title", "a somewhat longer product title here"])
+        batch = {0: "batch"}
+        with torch.no_grad():
+            torch.onnx.export(Encoder(), (ids, mask), str(encoder_path), input_names=["input_ids", "attention_mask"],
+                              output_names=["features"], opset_version=17, dynamo=False,
+                              dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
+                                            "attention_mask": {0: "batch", 1: "tokens"}, "features": batch})
+            torch.onnx.export(Classifier(), (net.pool(ids, mask),), str(classifier_path), input_names=["features"],
+                              output_names=["scores"], opset_version=17, dynamo=False,
+                              dynamic_axes={"features": batch, "scores": batch})
+
+    def serving_config(self) -> dict:
+        """What a server needs besides the graphs: tokenisation, the hierarchy and how to decode."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.tokenizer_.save_pretrained(tmp)
+            tok = (Path(tmp) / "tokenizer.json").read_text()
+        return {"model": self.name, "kind": "transformer", "decode": self.decode,
+                "max_len": self.params["max_len"], "tokenizer": tok, "hierarchy": self.hierarchy.to_dict()}
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, path, state=None):

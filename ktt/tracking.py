@@ -62,8 +62,10 @@ class RunLogger:
     ``weights/<model>/<dataset>/``; each run keeps one ``best_`` and one ``last_`` file.
     """
 
-    def __init__(self, model_name: str, dataset_name: str, weights_root: str | os.PathLike = "weights"):
+    def __init__(self, model_name: str, dataset_name: str, weights_root: str | os.PathLike = "weights",
+                 callbacks=()):
         self.folder = Path(weights_root) / model_name / dataset_name
+        self.callbacks = list(callbacks)  # each called as cb(metrics, step), e.g. to report to Optuna
         self.paths: dict[str, Path] = {}
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -76,6 +78,8 @@ class RunLogger:
         clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
         if clean:
             mlflow.log_metrics(clean, step=step)
+        for cb in self.callbacks:
+            cb(clean, step)
 
     def checkpoint(self, model, kind: str, state: dict | None = None) -> Path:
         if kind not in KINDS:

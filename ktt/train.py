@@ -55,12 +55,13 @@ def resolve_checkpoint(source: str, kind: str = "last") -> Path:
 def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_root="datasets",
           weights_root="weights", experiment: str | None = None, run_name: str | None = None,
           reference: bool = False, log_model: bool = True, tags: dict | None = None,
-          resume: str | None = None) -> str:
+          resume: str | None = None, callbacks=()) -> str:
     """Fit ``model`` on ``dataset`` inside an MLflow run; returns the run ID.
 
     Everything that can be checked is checked before the run starts: the tracking
     server, the dataset, the model name and every hyperparameter. ``resume`` (a ``last_``
     checkpoint or an MLflow run) continues a fit from the end of its last finished epoch.
+    ``callbacks`` see every ``log_metrics`` call of the fit (``cb(metrics, step)``).
     """
     tracking.check_tracking_uri()
     ds = load_dataset(dataset, datasets_root)
@@ -83,7 +84,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
         mlflow.set_experiment(experiment)
     nested = mlflow.active_run() is not None
     with mlflow.start_run(run_name=run_name or f"{model}-{ds.name}", nested=nested) as run:
-        logger = tracking.RunLogger(model, ds.name, weights_root)
+        logger = tracking.RunLogger(model, ds.name, weights_root, callbacks)
         mlflow.set_tags({"ktt.model": model, "ktt.dataset": ds.name, "ktt.git_commit": tracking.git_commit(),
                          **({"ktt.resumed_from": resume} if resume else {}), **(tags or {})})
         mlflow.log_params({**params, "model": model})

@@ -1,44 +1,33 @@
-"""What both TF-IDF models share: stemming, the vectoriser, and checkpoint I/O."""
+"""What both TF-IDF models share: stemming, the vectoriser, checkpoint I/O and ONNX export."""
 from __future__ import annotations
 
 import pickle
-import re
 
 import numpy as np
-
-import snowballstemmer
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ktt.hierarchy import Hierarchy
-
-_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
+from ktt.text import stem
 
 
 class StemPreprocessor:
-    """Lower-case, split on non-word characters, Snowball-stem, re-join with spaces.
+    """``ktt.text.stem`` as a picklable callable.
 
-    Kept outside the vectoriser so the ONNX graph (and the serving environment) sees
-    plain space-separated tokens.
+    Kept outside the vectoriser so the ONNX graph sees plain space-separated tokens and the
+    server can run the same function without scikit-learn.
     """
 
     def __init__(self, language: str = "english"):
         self.language = language
-        self._stemmer = snowballstemmer.stemmer(language)
 
     def __call__(self, texts):
-        stem = self._stemmer.stemWords
-        return [" ".join(stem(_TOKEN.findall(t.lower()))) for t in texts]
-
-    def __getstate__(self):
-        return {"language": self.language}
-
-    def __setstate__(self, state):
-        self.__init__(state["language"])
+        return stem(texts, self.language)
 
 
 def make_vectorizer(params: dict) -> TfidfVectorizer:
+    # No sublinear_tf: skl2onnx ignores it silently, and the ONNX graph must match exactly.
     return TfidfVectorizer(min_df=params["min_df"], ngram_range=(1, params["ngram_max"]),
-                           sublinear_tf=True, token_pattern=r"\S+", lowercase=False, dtype=np.float32)
+                           token_pattern=r"\S+", lowercase=False, dtype=np.float32)
 
 
 def save_sklearn(model, path, fitted: dict) -> None:
@@ -56,3 +45,92 @@ def load_sklearn(cls, path):
     for k, v in ckpt["fitted"].items():
         setattr(model, k, v)
     return model
+
+
+def export_vectorizer(vectorizer, path) -> None:
+    """The fitted vectoriser as ``encoder.onnx``: stemmed ``text`` (n, 1) -> TF-IDF ``features``."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    onx = to_onnx(vectorizer, initial_types=[("text", StringTensorType([None, 1]))],
+                  final_types=[("features", FloatTensorType([None, len(vectorizer.vocabulary_)]))],
+                  target_opset={"": 17, "ai.onnx.ml": 3})
+    with open(path, "wb") as f:
+        f.write(onx.SerializeToString())
+
+
+def sgd_block(clf, columns) -> dict:
+    """One fitted modified-Huber ``SGDClassifier`` as a block of the linear graph;
+    ``columns[k]`` is the output column of ``clf.classes_[k]``."""
+    if clf.loss != "modified_huber":
+        raise ValueError(f"ONNX export supports loss='modified_huber' only, not {clf.loss!r}")
+    return {"W": clf.coef_.astype(np.float32), "b": clf.intercept_.astype(np.float32),
+            "columns": np.asarray(columns), "binary": len(clf.classes_) == 2}
+
+
+def linear_proba_nodes(blocks, n_out: int, constant_columns=()):
+    """ONNX nodes computing every block's ``predict_proba`` (as scikit-learn does for modified
+    Huber) into the columns of one ``(n, n_out)`` tensor ``proba``, from input ``features``.
+
+    A column in ``constant_columns`` is 1 (a parent with one child seen in training); a
+    column no block writes is 0.
+    """
+    from onnx import helper, numpy_helper
+
+    W = np.concatenate([b["W"] for b in blocks]).T  # (features, decisions)
+    bias = np.concatenate([b["b"] for b in blocks])
+    A = np.zeros((W.shape[1], n_out), np.float32)  # decision -> output column
+    c = np.zeros(n_out, np.float32)
+    G = np.zeros((n_out, n_out), np.float32)  # column j <- the sum over its block
+    group_size = np.ones(n_out, np.float32)
+    s_const = np.ones(n_out, np.float32)  # 1 where no normalisation happens
+    i = 0
+    for blk in blocks:
+        cols = blk["columns"]
+        if blk["binary"]:  # one decision: P(classes_[1]) = p, P(classes_[0]) = 1 - p
+            A[i, cols[1]], A[i, cols[0]], c[cols[0]] = 1.0, -1.0, 1.0
+            i += 1
+        else:
+            A[np.arange(i, i + len(cols)), cols] = 1.0
+            G[np.ix_(cols, cols)] = 1.0
+            s_const[cols], group_size[cols] = 0.0, len(cols)
+            i += len(cols)
+    c[list(constant_columns)] = 1.0
+    consts = {"W": W, "bias": bias, "A": A, "c": c, "G": G, "s_const": s_const, "inv_size": 1.0 / group_size,
+              "lo": np.float32(-1.0), "hi": np.float32(1.0), "one": np.float32(1.0), "half": np.float32(0.5),
+              "zero": np.float32(0.0)}
+    nodes = [
+        helper.make_node("MatMul", ["features", "W"], ["xw"]),
+        helper.make_node("Add", ["xw", "bias"], ["decision"]),
+        helper.make_node("Clip", ["decision", "lo", "hi"], ["clipped"]),
+        helper.make_node("Add", ["clipped", "one"], ["shifted"]),
+        helper.make_node("Mul", ["shifted", "half"], ["p"]),
+        helper.make_node("MatMul", ["p", "A"], ["pa"]),
+        helper.make_node("Add", ["pa", "c"], ["expanded"]),
+        helper.make_node("MatMul", ["expanded", "G"], ["group_sum"]),
+        helper.make_node("Add", ["group_sum", "s_const"], ["denominator"]),
+        helper.make_node("Div", ["expanded", "denominator"], ["ratio"]),
+        helper.make_node("Equal", ["denominator", "zero"], ["all_zero"]),  # scikit-learn: uniform then
+        helper.make_node("Where", ["all_zero", "inv_size", "ratio"], ["proba"]),
+    ]
+    return nodes, [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]
+
+
+def save_graph(nodes, inits, n_features: int, outputs: dict, path) -> None:
+    """Write a graph from input ``features`` (n, n_features) to the named (n, width) outputs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, "ktt_classifier", [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, [None, w]) for k, w in outputs.items()], inits)
+    # IR 8 goes with opset 17 and loads in older onnxruntime builds (the serving environment's)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def serving_config(model, decode: str) -> dict:
+    """What a server needs besides the graphs."""
+    return {"model": model.name, "kind": "tfidf", "decode": decode, "language": model.params["language"],
+            "hierarchy": model.hierarchy.to_dict()}

@@ -12,6 +12,7 @@ from ktt.nn import TorchModel
 class DBLinear(TorchModel):
     defaults = {**TorchModel.defaults, "encoder_lr": 5e-5, "classifier_lr": 1e-3, "dropout": 0.25}
     consistent = True
+    decode = "leaf"
 
     def build_head(self, hidden):
         head = nn.Sequential(nn.Dropout(self.params["dropout"]), nn.Linear(hidden, self.hierarchy.n_leaves))
@@ -23,6 +24,3 @@ class DBLinear(TorchModel):
 
     def level_scores(self, logits):
         return self.split_levels(logits.float().softmax(-1) @ self.net_.head.R.T)
-
-    def predict(self, texts):
-        return self.hierarchy.leaf_paths()[self.predict_proba(texts)[-1].argmax(axis=1)]

@@ -10,7 +10,8 @@ import numpy as np
 from sklearn.linear_model import SGDClassifier
 
 from ktt.model import Model, NullLogger
-from models.tfidf_common import StemPreprocessor, load_sklearn, make_vectorizer, save_sklearn
+from models.tfidf_common import (StemPreprocessor, export_vectorizer, linear_proba_nodes, load_sklearn,
+                                 make_vectorizer, save_graph, save_sklearn, serving_config, sgd_block)
 
 
 class TfidfHSGD(Model):
@@ -68,14 +69,40 @@ class TfidfHSGD(Model):
         return out
 
     def predict(self, texts):
-        cond = self.conditional_proba(texts)
-        codes = np.empty((len(texts), self.hierarchy.depth), dtype=np.int64)
-        codes[:, 0] = cond[0].argmax(axis=1)
-        for d in range(1, self.hierarchy.depth):
-            # -1 outside the chosen parent's children, so argmax stays under the parent
-            under = self.hierarchy.parent_of(d)[None, :] == codes[:, d - 1][:, None]
-            codes[:, d] = np.where(under, cond[d], -1.0).argmax(axis=1)
-        return codes
+        return self.hierarchy.decode_scores([], "top_down", conditional=self.conditional_proba(texts))
+
+    def export_onnx(self, classifier_path, encoder_path=None):
+        """``encoder.onnx``: stemmed text -> TF-IDF; ``classifier.onnx``: TF-IDF -> ``conditional``
+        P(class | parent) and chained ``scores``, all classes concatenated level by level."""
+        from onnx import helper, numpy_helper
+
+        export_vectorizer(self.vectorizer_, encoder_path)
+        h = self.hierarchy
+        blocks, constant = [], []
+        for d, level in enumerate(self.nodes_):
+            for node in level.values():
+                if isinstance(node, int):
+                    constant.append(h.offsets[d] + node)
+                else:
+                    blocks.append(sgd_block(node, h.offsets[d] + node.classes_))
+        nodes, inits = linear_proba_nodes(blocks, h.n_classes, constant)
+        nodes.append(helper.make_node("Identity", ["proba"], ["conditional"]))
+        for d, (o, n) in enumerate(zip(h.offsets, h.sizes)):
+            inits += [numpy_helper.from_array(np.array([o]), f"start{d}"), numpy_helper.from_array(np.array([o + n]), f"end{d}"),
+                      numpy_helper.from_array(np.array([1]), f"axis{d}")]
+            nodes.append(helper.make_node("Slice", ["proba", f"start{d}", f"end{d}", f"axis{d}"], [f"cond{d}"]))
+            if d == 0:
+                nodes.append(helper.make_node("Identity", ["cond0"], ["marginal0"]))
+                continue
+            inits.append(numpy_helper.from_array(h.parent_of(d), f"parents{d}"))
+            nodes += [helper.make_node("Gather", [f"marginal{d - 1}", f"parents{d}"], [f"up{d}"], axis=1),
+                      helper.make_node("Mul", [f"up{d}", f"cond{d}"], [f"marginal{d}"])]
+        nodes.append(helper.make_node("Concat", [f"marginal{d}" for d in range(h.depth)], ["scores"], axis=1))
+        save_graph(nodes, inits, len(self.vectorizer_.vocabulary_),
+                   {"scores": h.n_classes, "conditional": h.n_classes}, classifier_path)
+
+    def serving_config(self):
+        return serving_config(self, "top_down")
 
     def save(self, path, state=None):
         save_sklearn(self, path, {k: getattr(self, k) for k in ("preprocessor_", "vectorizer_", "nodes_")})

@@ -8,7 +8,8 @@ import numpy as np
 from sklearn.linear_model import SGDClassifier
 
 from ktt.model import Model, NullLogger
-from models.tfidf_common import StemPreprocessor, load_sklearn, make_vectorizer, save_sklearn
+from models.tfidf_common import (StemPreprocessor, export_vectorizer, linear_proba_nodes, load_sklearn,
+                                 make_vectorizer, save_graph, save_sklearn, serving_config, sgd_block)
 
 
 class TfidfLSGD(Model):
@@ -45,7 +46,21 @@ class TfidfLSGD(Model):
         return [leaf @ r[o:o + n].T for o, n in zip(off, self.hierarchy.sizes)]
 
     def predict(self, texts):
-        return self.hierarchy.leaf_paths()[self.leaf_scores(texts).argmax(axis=1)]
+        return self.hierarchy.decode_scores([self.leaf_scores(texts)], "leaf")
+
+    def export_onnx(self, classifier_path, encoder_path=None):
+        """``encoder.onnx``: stemmed text -> TF-IDF; ``classifier.onnx``: TF-IDF -> ``scores`` of all classes."""
+        from onnx import helper, numpy_helper
+
+        export_vectorizer(self.vectorizer_, encoder_path)
+        h = self.hierarchy
+        nodes, inits = linear_proba_nodes([sgd_block(self.clf_, self.clf_.classes_)], h.n_leaves)
+        nodes.append(helper.make_node("MatMul", ["proba", "leaf_to_class"], ["scores"]))
+        inits.append(numpy_helper.from_array(h.leaf_matrix().T.copy(), "leaf_to_class"))
+        save_graph(nodes, inits, len(self.vectorizer_.vocabulary_), {"scores": h.n_classes}, classifier_path)
+
+    def serving_config(self):
+        return serving_config(self, "leaf")
 
     def save(self, path, state=None):
         save_sklearn(self, path, {k: getattr(self, k) for k in ("preprocessor_", "vectorizer_", "clf_")})

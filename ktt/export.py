@@ -1,0 +1,150 @@
+"""Export a trained model to ONNX and to a BentoML 0.13.1 service under ``build/<model>_<dataset>/``."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class Source:
+    model: str
+    dataset: str
+    checkpoint: Path
+    run_id: str | None = None
+
+
+def _from_run(run_id: str) -> Source:
+    import mlflow
+
+    from .train import resolve_checkpoint
+
+    client = mlflow.MlflowClient()
+    try:
+        tags = client.get_run(run_id).data.tags
+    except Exception:
+        raise FileNotFoundError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
+    if "ktt.model" not in tags:
+        raise ValueError(f"MLflow run {run_id} is not a KTT training run (no ktt.model tag)")
+    return Source(tags["ktt.model"], tags["ktt.dataset"], resolve_checkpoint(run_id, "best"), run_id)
+
+
+def resolve_source(source: str | None = None, model: str | None = None, dataset: str | None = None,
+                   weights_root: str | os.PathLike = "weights") -> Source:
+    """A run ID, ``runs:/<id>[/...]``, ``models:/<name>@<alias>``, ``models:/<name>/<version>``,
+    or (no source) a model and dataset: the newest ``best_`` checkpoint under ``weights/``."""
+    if source is None:
+        if not (model and dataset):
+            raise ValueError("give a source (run ID, runs:/ or models:/ URI) or both --model and --dataset")
+        folder = Path(weights_root) / model / dataset
+        best = sorted(folder.glob("best_*.pt"))
+        if not best:
+            raise FileNotFoundError(f"no best_ checkpoint in {folder}; train {model} on {dataset} first")
+        return Source(model, dataset, best[-1])  # ISO times sort by name
+    if source.startswith("models:/"):
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        ref = source[len("models:/"):]
+        try:
+            if "@" in ref:
+                name, alias = ref.split("@", 1)
+                mv = client.get_model_version_by_alias(name, alias)
+            else:
+                name, version = ref.split("/", 1)
+                mv = client.get_model_version(name, version)
+        except Exception as e:
+            raise FileNotFoundError(f"no registered model version {source!r}: {str(e).splitlines()[0]}") from None
+        run_id = mv.run_id
+        if not run_id:
+            raise ValueError(f"{source} was not logged by a run; KTT needs the run's checkpoints")
+        return _from_run(run_id)
+    if source.startswith("runs:/"):
+        return _from_run(source[len("runs:/"):].strip("/").split("/")[0])
+    if RUN_ID.match(source):
+        return _from_run(source)
+    raise ValueError(f"cannot read export source {source!r}: expected a run ID, runs:/<id>, "
+                     "models:/<name>@<alias> or models:/<name>/<version>")
+
+
+def export_onnx(model, folder: Path) -> dict[str, Path]:
+    """``encoder.onnx``, ``classifier.onnx`` and ``serving.json`` (tokenisation, hierarchy, decoding)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"encoder": folder / "encoder.onnx", "classifier": folder / "classifier.onnx",
+             "config": folder / "serving.json"}
+    model.export_onnx(paths["classifier"], paths["encoder"])
+    paths["config"].write_text(json.dumps(model.serving_config()))
+    return paths
+
+
+def register(run_id: str, name: str, alias: str = "champion") -> int:
+    """Register the run's logged pyfunc model as ``name`` and point ``alias`` at the new version."""
+    import mlflow
+
+    version = mlflow.register_model(f"runs:/{run_id}/model", name)
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, version.version)
+    return int(version.version)
+
+
+def build_bento(model_name: str, onnx_dir: Path, out: Path, serving_python: str | None = None) -> Path:
+    """Build the BentoService in the serving environment (the main one never imports bentoml)."""
+    py = serving_python or os.environ.get("KTT_SERVING_PYTHON", str(ROOT / ".venv-serving" / "bin" / "python"))
+    if not Path(py).exists():
+        raise RuntimeError(f"no serving environment at {py}: run `make env` (or set KTT_SERVING_PYTHON)")
+    svc = ROOT / "models" / model_name / "bentoml" / "svc_lts.py"
+    if not svc.exists():
+        raise FileNotFoundError(f"model {model_name!r} has no BentoML service ({svc})")
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python",
+           "PYTHONPATH": str(ROOT)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    proc = subprocess.run([py, "-m", "ktt.serving.build", model_name, str(onnx_dir), str(out)],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"building the BentoService failed:\n{proc.stderr[-3000:]}")
+    return out
+
+
+def export(source: str | None = None, *, model: str | None = None, dataset: str | None = None,
+           onnx: bool = True, bento: bool = False, monitoring: bool = False, register_as: str | None = None,
+           alias: str = "champion", build_root: str | os.PathLike = "build",
+           weights_root: str | os.PathLike = "weights") -> dict:
+    """Export; returns what was built. The export is logged to the source run when there is one."""
+    from . import registry
+
+    src = resolve_source(source, model, dataset, weights_root)
+    est = registry.get(src.model).load(src.checkpoint)
+    out = Path(build_root) / f"{src.model}_{src.dataset}"
+    built: dict = {"model": src.model, "dataset": src.dataset, "checkpoint": str(src.checkpoint), "build": str(out)}
+    onnx_dir = out / "onnx"
+    if onnx or bento or monitoring:
+        built["onnx"] = {k: str(v) for k, v in export_onnx(est, onnx_dir).items()}
+    if bento or monitoring:
+        built["inference"] = str(build_bento(src.model, onnx_dir, out / "inference"))
+    if monitoring:
+        from .monitoring import build_monitoring
+        built.update(build_monitoring(est, src, out))
+    if src.run_id:
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        for f in onnx_dir.glob("*"):
+            client.log_artifact(src.run_id, str(f), "onnx")
+        client.set_tag(src.run_id, "ktt.export", json.dumps(built))
+        if register_as:
+            built["registered"] = f"models:/{register_as}@{alias}"
+            built["version"] = register(src.run_id, register_as, alias)
+    elif register_as:
+        raise ValueError("--register needs an MLflow run as the source, not a weights/ checkpoint")
+    return built

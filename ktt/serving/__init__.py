@@ -1,0 +1,1 @@
+"""Serving: runs in the serving environment (numpy, onnxruntime, tokenizers; no torch, no MLflow)."""

@@ -1,0 +1,82 @@
+"""ONNX inference for every KTT model: preprocess, run ``encoder.onnx`` then ``classifier.onnx``, decode.
+
+Imports only numpy, onnxruntime, tokenizers / snowballstemmer and ``ktt.hierarchy``, so the
+BentoService, the monitoring sidecar and in-process benchmarks all share it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ktt.hierarchy import Hierarchy
+
+MAX_TEXT_CHARS = 10_000  # longer texts are cut: titles and tickets never need more
+
+
+class Predictor:
+    """Label paths and per-level scores from the exported graphs of one model."""
+
+    def __init__(self, encoder, classifier, config: dict | str):
+        """``encoder`` and ``classifier``: onnxruntime sessions, or paths to the graphs."""
+        import onnxruntime as ort
+
+        self.config = json.loads(config) if isinstance(config, str) else config
+        self.hierarchy = Hierarchy.from_dict(self.config["hierarchy"])
+        self.encoder, self.classifier = (
+            s if isinstance(s, ort.InferenceSession) else ort.InferenceSession(s, providers=["CPUExecutionProvider"])
+            for s in (encoder, classifier))
+        self.outputs = [o.name for o in self.classifier.get_outputs()]
+        if self.config["kind"] == "transformer":
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_str(self.config["tokenizer"])
+            self.tokenizer.enable_truncation(self.config["max_len"])
+            self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id("[PAD]") or 0)
+
+    @classmethod
+    def from_dir(cls, folder: str | Path) -> "Predictor":
+        folder = Path(folder)
+        return cls(str(folder / "encoder.onnx"), str(folder / "classifier.onnx"),
+                   (folder / "serving.json").read_text())
+
+    def features(self, texts: list[str]) -> np.ndarray:
+        """What the encoder graph makes of the texts: pooled encoder states or TF-IDF vectors."""
+        texts = [t[:MAX_TEXT_CHARS] for t in texts]
+        if self.config["kind"] == "transformer":
+            enc = self.tokenizer.encode_batch(texts)
+            ids = np.array([e.ids for e in enc], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+            return self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        from ktt.text import stem
+
+        stemmed = np.array(stem(texts, self.config["language"]), dtype=object).reshape(-1, 1)
+        return self.encoder.run(None, {"text": stemmed})[0]
+
+    def scores(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self.classifier.run(None, {"features": features})))
+
+    def decode(self, out: dict[str, np.ndarray]) -> np.ndarray:
+        h = self.hierarchy
+        cond = h.split_levels(out["conditional"]) if "conditional" in out else None
+        return h.decode_scores(h.split_levels(out["scores"]), self.config["decode"], cond)
+
+    def predict(self, texts: list[str]) -> tuple[list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
+        """Per text: the class names along the path; plus codes, all-class scores and features."""
+        feats = self.features(texts)
+        out = self.scores(feats)
+        codes = self.decode(out)
+        return self.hierarchy.decode(codes), codes, out["scores"], feats
+
+    def explain(self, codes: np.ndarray, scores: np.ndarray) -> list[dict]:
+        """The JSON form: path plus the score of the chosen class and the top 3 at every level."""
+        h, out = self.hierarchy, []
+        for row, s in zip(codes, scores):
+            levels = []
+            for d, (level_scores, c) in enumerate(zip(h.split_levels(s[None])[:], row)):
+                top = np.argsort(-level_scores[0])[:3]
+                levels.append({"level": d + 1, "class": h.levels[d][c][-1], "score": float(level_scores[0, c]),
+                               "top": [{"class": h.levels[d][t][-1], "score": float(level_scores[0, t])} for t in top]})
+            out.append({"path": [lv["class"] for lv in levels], "levels": levels})
+        return out

@@ -1,0 +1,12 @@
+"""BentoService of `db_achmcnn`: the shared KTT API (ktt/serving/bento.py) over this model's ONNX graphs."""
+import bentoml
+
+from ktt.serving.bento import SERVING_ENV, KTTService
+
+
+@bentoml.env(**SERVING_ENV)
+class DBACHMCNN(KTTService):
+    pass
+
+
+SERVICE = DBACHMCNN
