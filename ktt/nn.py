@@ -246,21 +246,29 @@ class TorchModel(Model):
         model = self
 
         class Encoder(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = net  # a submodule, so its weights are exported as initializers
+
             def forward(self, input_ids, attention_mask):
-                return net.pool(input_ids, attention_mask)
+                return self.net.pool(input_ids, attention_mask)
 
         class Classifier(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.head = net.head
+
             def forward(self, features):
-                return torch.cat(model.level_scores(net.head(features)), dim=-1)
+                return torch.cat(model.level_scores(self.head(features)), dim=-1)
 
         ids, mask = self._batch(["a short title", "a somewhat longer product title here"])
         batch = {0: "batch"}
         with torch.no_grad():
-            torch.onnx.export(Encoder(), (ids, mask), str(encoder_path), input_names=["input_ids", "attention_mask"],
+            torch.onnx.export(Encoder().eval(), (ids, mask), str(encoder_path), input_names=["input_ids", "attention_mask"],
                               output_names=["features"], opset_version=17, dynamo=False,
                               dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
                                             "attention_mask": {0: "batch", 1: "tokens"}, "features": batch})
-            torch.onnx.export(Classifier(), (net.pool(ids, mask),), str(classifier_path), input_names=["features"],
+            torch.onnx.export(Classifier().eval(), (net.pool(ids, mask),), str(classifier_path), input_names=["features"],
                               output_names=["scores"], opset_version=17, dynamo=False,
                               dynamic_axes={"features": batch, "scores": batch})
 

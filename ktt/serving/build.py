@@ -4,8 +4,18 @@
 """
 import importlib
 import json
+import shutil
 import sys
 from pathlib import Path
+
+PATCH = Path(__file__).resolve().parents[2] / "scripts" / "patch_bentoml.py"
+# bentoml 0.13.1 needs the same Python 3.11 patch in the image as in the serving venv.
+DOCKER_PATCH = """
+COPY --chown=bentoml:bentoml patch_bentoml.py ./
+RUN python patch_bentoml.py
+ENV BENTOML_DO_NOT_TRACK=true PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python
+"""
+INSTALL_STEP = "RUN ./bentoml-init.sh install_pip_packages\n"
 
 
 def main(model: str, onnx_dir: str, out: str) -> None:
@@ -15,8 +25,15 @@ def main(model: str, onnx_dir: str, out: str) -> None:
     svc.pack("encoder", str(onnx_dir / "encoder.onnx"))
     svc.pack("classifier", str(onnx_dir / "classifier.onnx"))
     svc.pack("config", json.loads((onnx_dir / "serving.json").read_text()))
-    Path(out).mkdir(parents=True, exist_ok=True)
-    svc.save_to_dir(out)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    svc.save_to_dir(str(out))
+    shutil.copy(PATCH, out / "patch_bentoml.py")
+    dockerfile = out / "Dockerfile"
+    text = dockerfile.read_text()
+    if INSTALL_STEP not in text:
+        raise RuntimeError("unexpected BentoML Dockerfile: no pip install step to patch after")
+    dockerfile.write_text(text.replace(INSTALL_STEP, INSTALL_STEP + DOCKER_PATCH, 1))
     print(out)
 
 

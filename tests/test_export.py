@@ -1,0 +1,156 @@
+"""ONNX parity for all seven models, and the BentoML 0.13.1 service built and served for real."""
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from ktt import registry
+from ktt.export import export, export_onnx, resolve_source
+from ktt.serving.runtime import Predictor
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVING_BIN = ROOT / ".venv-serving" / "bin"
+MODELS = ["tfidf_lsgd", "tfidf_hsgd", "db_linear", "db_bhcn", "db_bhcn_awx", "db_ahmcnf", "db_achmcnn"]
+TINY = {"epochs": 1, "batch_size": 32, "encoder_lr": 1e-3, "classifier_lr": 3e-3, "h_hidden_dim": 64,
+        "global_hidden": 64, "local_hidden": 64}
+needs_serving = pytest.mark.skipif(not (SERVING_BIN / "bentoml").exists(), reason="no serving env: run `make env`")
+
+
+@pytest.fixture(scope="module")
+def real_titles(bigbasket_df):
+    return bigbasket_df[bigbasket_df.split == "test"].text.head(200).tolist()
+
+
+def fitted(name, bb300, tiny_encoder):
+    cls = registry.get(name)
+    params = {k: v for k, v in TINY.items() if k in cls.defaults}
+    if "encoder" in cls.defaults:
+        params["encoder"] = tiny_encoder
+    return cls(bb300["train"].hierarchy, **params).fit(bb300["train"], bb300["val"])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_parity(name, bb300, tiny_encoder, real_titles, tmp_path):
+    model = fitted(name, bb300, tiny_encoder)
+    export_onnx(model, tmp_path)
+    pred = Predictor.from_dir(tmp_path)
+    paths, codes, scores, _ = pred.predict(real_titles)
+    ref = np.concatenate(model.predict_proba(real_titles), axis=1)
+    assert scores.shape == ref.shape
+    assert np.abs(scores - ref).max() < 1e-4
+    assert np.array_equal(codes, model.predict(real_titles))
+    assert paths == model.predict_paths(real_titles)
+    import onnx
+    for f in ("encoder.onnx", "classifier.onnx"):  # weights inlined: one file each, nothing external
+        assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(tmp_path / f).graph.initializer)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classifier.onnx", "encoder.onnx", "serving.json"]
+
+
+def test_source_resolution_errors(tmp_path, tracking):
+    with pytest.raises(FileNotFoundError, match="no best_ checkpoint in"):
+        resolve_source(None, "tfidf_hsgd", "nope", tmp_path)
+    with pytest.raises(ValueError, match="cannot read export source 'latest'"):
+        resolve_source("latest")
+    with pytest.raises(FileNotFoundError, match="no registered model version 'models:/nope@champion'"):
+        resolve_source("models:/nope@champion")
+    with pytest.raises(FileNotFoundError, match="no MLflow run '0123456789abcdef0123456789abcdef'"):
+        resolve_source("0123456789abcdef0123456789abcdef")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    """`bentoml serve` (or serve-gunicorn) of a built bundle on a free loopback port."""
+
+    def __init__(self, bundle, gunicorn=False):
+        self.port = free_port()
+        cmd = [str(SERVING_BIN / "bentoml"), "serve-gunicorn" if gunicorn else "serve", str(bundle),
+               "--port", str(self.port)] + (["--workers", "1"] if gunicorn else [])
+        env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        for _ in range(120):
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).ok:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.5)
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.proc.stdout.read()[-3000:])
+        raise TimeoutError("service did not start")
+
+    def post(self, route, body, raw=False):
+        data = body if raw else json.dumps(body)
+        return requests.post(f"{self.url}/{route}", data=data, headers={"Content-Type": "application/json"}, timeout=30)
+
+    def stop(self):
+        os.killpg(self.proc.pid, 15)
+        self.proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@needs_serving
+@pytest.mark.parametrize("name", ["tfidf_hsgd", "db_bhcn"])
+def test_registered_model_exported_and_served(name, tracking, bigbasket_small, tiny_encoder, real_titles, tmp_path):
+    from ktt.train import train
+
+    overrides = {**{k: v for k, v in TINY.items() if k in registry.get(name).defaults}}
+    if name.startswith("db_"):
+        overrides["encoder"] = tiny_encoder
+    run_id = train(name, "bb_small", overrides=overrides, datasets_root=bigbasket_small, weights_root=tmp_path / "w")
+    export(run_id, onnx=False, register_as=f"bb-{name}", weights_root=tmp_path / "w", build_root=tmp_path / "b")
+    built = export(f"models:/bb-{name}@champion", bento=True, build_root=tmp_path / "build")
+    bundle = Path(built["inference"])
+    assert bundle == tmp_path / "build" / f"{name}_bb_small" / "inference"
+    model = registry.get(name).load(resolve_source(run_id).checkpoint)
+    expected = ["\n".join(p) for p in model.predict_paths(real_titles)]
+
+    from mlflow import MlflowClient
+    arts = {a.path for a in MlflowClient().list_artifacts(run_id, "onnx")}
+    assert arts == {"onnx/encoder.onnx", "onnx/classifier.onnx", "onnx/serving.json"}
+
+    svc = Served(bundle, gunicorn=name == "tfidf_hsgd")
+    try:
+        got = [svc.post("predict", {"text": t}).json() for t in real_titles[:40]]
+        assert got == expected[:40]
+        assert svc.post("predict", [{"text": t} for t in real_titles]).json() == expected
+        js = svc.post("predict_json", {"text": real_titles[0]}).json()
+        assert "\n".join(js["path"]) == expected[0] and len(js["levels"]) == model.hierarchy.depth
+        for body, msg in [({"txt": "x"}, "\"text\" field"), ({"text": 3}, "must be a string"),
+                          ({"text": "  "}, "is empty"), ({"text": "x" * 20000}, "the limit is 10,000"),
+                          ([], "empty list")]:
+            r = svc.post("predict", body)
+            assert r.status_code == 400 and msg in r.text
+        r = svc.post("predict", "{not json", raw=True)
+        assert r.status_code == 400
+        assert svc.post("predict", {"text": real_titles[1]}).json() == expected[1]  # still alive
+    finally:
+        svc.stop()
+
+
+@needs_serving
+def test_dockerfile_is_buildable(tmp_path, bb300, tiny_encoder):
+    from ktt.export import build_bento
+    model = fitted("tfidf_lsgd", bb300, tiny_encoder)
+    export_onnx(model, tmp_path / "onnx")
+    bundle = build_bento("tfidf_lsgd", tmp_path / "onnx", tmp_path / "inference")
+    docker = (bundle / "Dockerfile").read_text()
+    assert docker.startswith("FROM python:3.11-slim")
+    assert (bundle / "python_version").read_text().startswith("3.11")
+    install = docker.index("install_pip_packages")
+    assert install < docker.index("RUN python patch_bentoml.py") < docker.index("COPY --chown=bentoml:bentoml . ./")
+    assert (bundle / "patch_bentoml.py").read_text() == (ROOT / "scripts" / "patch_bentoml.py").read_text()
+    reqs = (bundle / "requirements.txt").read_text().splitlines()
+    assert "BentoML==0.13.1" in reqs and "protobuf==3.20.3" in reqs
+    assert not any(r.lower().startswith(("torch==", "mlflow")) for r in reqs)
