@@ -196,7 +196,8 @@ def train(ctx, model, dataset, params, params_str, reference, resume, experiment
 @click.option("--sampler", type=click.Choice(["tpe", "random"]), default="tpe", show_default=True)
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Local worker processes.")
-@click.option("--metric", default="val_h_f1", show_default=True, help="Validation metric to maximise.")
+@click.option("--metric", default="best_val_h_f1", show_default=True,
+              help="Metric to maximise: best_val_<name>, the selected checkpoint's validation score.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--write-back", is_flag=True, help="Write the best params into hyperparameters.json.")
 @click.option("--experiment", default=None, help="MLflow experiment name.")

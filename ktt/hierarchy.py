@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 SEP = " > "
+DECODE_MODES = ("argmax", "leaf", "path", "top_down")
 
 
 @dataclass(frozen=True)
@@ -126,13 +127,18 @@ class Hierarchy:
         """Per-level scores -> ``(n, depth)`` class indices.
 
         ``argmax``: each level on its own (may break the hierarchy); ``leaf``: the best leaf
-        and its ancestors; ``top_down``: each level picks the best child, by ``conditional``
-        scores, of the class picked one level up.
+        and its ancestors; ``path``: the path with the highest sum of log scores over its
+        levels; ``top_down``: each level picks the best child, by ``conditional`` scores, of
+        the class picked one level up. All but ``argmax`` give valid paths only.
         """
         if mode == "argmax":
             return np.stack([s.argmax(axis=1) for s in scores], axis=1)
         if mode == "leaf":
             return self.leaf_paths()[scores[-1].argmax(axis=1)]
+        if mode == "path":
+            paths = self.leaf_paths()
+            total = sum(np.log(np.maximum(s[:, paths[:, d]], 1e-12)) for d, s in enumerate(scores))
+            return paths[total.argmax(axis=1)]
         if mode == "top_down":
             cond = conditional if conditional is not None else scores
             codes = np.empty((len(cond[0]), self.depth), dtype=np.int64)
@@ -141,7 +147,7 @@ class Hierarchy:
                 under = self.parent_of(d)[None, :] == codes[:, d - 1][:, None]
                 codes[:, d] = np.where(under, cond[d], -np.inf).argmax(axis=1)
             return codes
-        raise ValueError(f"decode mode must be 'argmax', 'leaf' or 'top_down', not {mode!r}")
+        raise ValueError(f"decode mode must be one of {DECODE_MODES}, not {mode!r}")
 
     def is_consistent(self, codes: np.ndarray) -> np.ndarray:
         """Per row: does each level's prediction sit under the previous level's?"""

@@ -71,7 +71,12 @@ class TorchModel(Model):
         "epochs": 3, "encoder_lr": 3e-5, "classifier_lr": 5e-4, "weight_decay": 0.01, "warmup": 0.1,
         "clip": 1.0, "dropout": 0.25, "patience": 2, "monitor": "h_f1", "seed": 0, "amp": True,
         "device": "auto", "freeze_encoder": False, "log_every": 20,
+        "decode": "argmax",  # scores -> path: argmax per level, or leaf / path (always valid paths)
     }
+
+    @property
+    def consistent(self) -> bool:
+        return self.params["decode"] != "argmax"
 
     # -- what a subclass provides ---------------------------------------------------------
     def build_head(self, hidden: int) -> nn.Module:
@@ -99,6 +104,8 @@ class TorchModel(Model):
     def _build(self, tokenizer=None, encoder=None):
         if self.params["pooling"] not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', not {self.params['pooling']!r}")
+        if self.params["decode"] not in ("argmax", "leaf", "path"):
+            raise ValueError(f"decode must be 'argmax', 'leaf' or 'path', not {self.params['decode']!r}")
         if tokenizer is None:
             tokenizer, encoder = load_pretrained(self.params["encoder"])
         torch.manual_seed(self.params["seed"])  # the head's initial weights
@@ -205,7 +212,7 @@ class TorchModel(Model):
         return scores, (sum(losses) / len(texts) if codes is not None else None)
 
     def _decode(self, scores: list[np.ndarray]) -> np.ndarray:
-        return self.hierarchy.decode_scores(scores, self.decode)
+        return self.hierarchy.decode_scores(scores, self.params["decode"])
 
     def predict_proba(self, texts):
         return self._predict_scores(list(texts))[0]
@@ -234,8 +241,6 @@ class TorchModel(Model):
         return pd.concat([df, pd.DataFrame(leaf, columns=names)], axis=1)
 
     # -- export ---------------------------------------------------------------------------
-    decode = "argmax"  # how serving turns scores into a path: "argmax" per level, or "leaf"
-
     def export_onnx(self, classifier_path, encoder_path=None):
         """``encoder.onnx``: (input_ids, attention_mask) -> pooled ``features``;
         ``classifier.onnx``: ``features`` -> ``scores``, all levels concatenated. Weights inlined."""
@@ -277,7 +282,7 @@ class TorchModel(Model):
         with tempfile.TemporaryDirectory() as tmp:
             self.tokenizer_.save_pretrained(tmp)
             tok = (Path(tmp) / "tokenizer.json").read_text()
-        return {"model": self.name, "kind": "transformer", "decode": self.decode,
+        return {"model": self.name, "kind": "transformer", "decode": self.params["decode"],
                 "max_len": self.params["max_len"], "tokenizer": tok, "hierarchy": self.hierarchy.to_dict()}
 
     # -- checkpoints ----------------------------------------------------------------------

@@ -97,7 +97,8 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
             logger.checkpoint(est, "best")
         best = cls.load(logger.paths["best"])
 
-        for name, split in (("val", ds.val), ("test", ds.test)):
+        # the checkpoint that fit selected, evaluated once: "best_val_*" (the per-epoch series is "val_*")
+        for name, split in (("best_val", ds.val), ("test", ds.test)):
             t0 = time.perf_counter()
             pred = best.predict(split.texts)
             metrics = evaluate(ds.hierarchy, split.codes, pred)

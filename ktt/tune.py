@@ -127,7 +127,7 @@ class Sweep:
     sampler: str = "tpe"
     pruner: str = "median"
     workers: int = 1
-    metric: str = "val_h_f1"
+    metric: str = "best_val_h_f1"
     seed: int = 0
     datasets_root: str = "datasets"
     weights_root: str = "weights"
@@ -148,11 +148,11 @@ def _objective(sweep: Sweep, space: dict, defaults: dict, parent_run_id: str):
 
     def objective(trial):
         params = {**defaults, **suggest(trial, space)}
-        direction_metric = sweep.metric
+        per_epoch = sweep.metric.removeprefix("best_")  # the same metric, logged after every epoch
 
         def report(metrics, step):
-            if direction_metric in metrics and step is not None:
-                trial.report(metrics[direction_metric], step)
+            if per_epoch in metrics and step is not None:
+                trial.report(metrics[per_epoch], step)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {step}")
         try:
@@ -254,7 +254,7 @@ def _log_study(study, sweep: Sweep) -> None:
         log.warning("study %s has no completed trial", study.study_name)
         return
     best = study.best_trial
-    mlflow.log_metric(f"best_{sweep.metric}", best.value)
+    mlflow.log_metric("best_trial_value", best.value)
     mlflow.log_dict({"trial": best.number, "value": best.value, "params": best.params,
                      "mlflow_run_id": best.user_attrs.get("mlflow_run_id")}, "best_params.json")
     mlflow.set_tag("ktt.best_run_id", best.user_attrs.get("mlflow_run_id", ""))

@@ -27,7 +27,7 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     assert run.data.params["dataset"] == "bb_small"
     m = run.data.metrics
     assert 0.3 < m["test_leaf_accuracy"] <= 1 and m["test_violation_rate"] == 0
-    assert {"val_h_f1", "test_L1_macro_f1", "train_time_s"} <= set(m)
+    assert {"best_val_h_f1", "test_L1_macro_f1", "train_time_s"} <= set(m)
     # the dataset input with its digest
     ds = load_dataset("bb_small", bigbasket_small)
     assert [i.dataset.digest for i in run.inputs.dataset_inputs] == [ds.digest]

@@ -38,9 +38,9 @@ def test_sweep_with_two_workers_and_write_back(tracking, bigbasket_small, hp_fil
     parent_id = study.user_attrs["mlflow_parent_run_id"]
     kids = children(parent_id)
     assert len(kids) == 6 and {r.data.tags["ktt.trial"] for r in kids} == {str(i) for i in range(6)}
-    assert all("val_h_f1" in r.data.metrics for r in kids)
+    assert all("best_val_h_f1" in r.data.metrics for r in kids)
     parent = MlflowClient().get_run(parent_id)
-    assert parent.data.metrics["best_val_h_f1"] == pytest.approx(study.best_value)
+    assert parent.data.metrics["best_trial_value"] == pytest.approx(study.best_value)
     assert parent.data.params["storage"] == str(tmp_path / "s.journal")
     arts = {a.path for a in MlflowClient().list_artifacts(parent_id, "plots")}
     assert "plots/optimization_history.png" in arts and "plots/param_importances.png" in arts

@@ -10,9 +10,8 @@ from ktt.nn import TorchModel
 
 
 class DBLinear(TorchModel):
-    defaults = {**TorchModel.defaults, "encoder_lr": 5e-5, "classifier_lr": 1e-3, "dropout": 0.25}
-    consistent = True
-    decode = "leaf"
+    defaults = {**TorchModel.defaults, "encoder_lr": 5e-5, "classifier_lr": 1e-3, "dropout": 0.25,
+                "decode": "leaf"}
 
     def build_head(self, hidden):
         head = nn.Sequential(nn.Dropout(self.params["dropout"]), nn.Linear(hidden, self.hierarchy.n_leaves))

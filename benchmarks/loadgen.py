@@ -1,0 +1,47 @@
+"""Closed-loop HTTP load from its own process: N client threads, each with a keep-alive session.
+
+    python benchmarks/loadgen.py URL TEXTS_JSON --concurrency 8 --seconds 10
+Prints one JSON line: requests/s, p50/p99 latency in ms, errors.
+"""
+import argparse
+import json
+import threading
+import time
+
+import numpy as np
+import requests
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("url")
+    ap.add_argument("texts")
+    ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--seconds", type=float, default=10)
+    args = ap.parse_args()
+    texts = json.load(open(args.texts))
+    lat, errors, lock = [], [0], threading.Lock()
+    stop = time.perf_counter() + args.seconds
+
+    def client(k):
+        s, i = requests.Session(), k
+        while time.perf_counter() < stop:
+            body = json.dumps({"text": texts[i % len(texts)]})
+            t0 = time.perf_counter()
+            r = s.post(args.url, data=body, headers={"Content-Type": "application/json"}, timeout=60)
+            dt = time.perf_counter() - t0
+            with lock:
+                lat.append(dt) if r.status_code == 200 else errors.__setitem__(0, errors[0] + 1)
+            i += args.concurrency
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(args.concurrency)]
+    t0 = time.perf_counter()
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    wall = time.perf_counter() - t0
+    ms = np.array(lat) * 1000
+    print(json.dumps({"rps": len(lat) / wall, "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+                      "errors": errors[0], "requests": len(lat)}))
+
+
+if __name__ == "__main__":
+    main()

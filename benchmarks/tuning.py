@@ -1,0 +1,84 @@
+"""Tuning sweeps on BigBasket: tfidf_hsgd with 2 workers, and pruned vs unpruned db_linear.
+
+    .venv/bin/python benchmarks/tuning.py
+
+Part 1: 20 trials of tfidf_hsgd (deduplicated BigBasket, full training split), 2 worker
+processes on one journal-file study. Part 2: db_linear (all-MiniLM-L6-v2) on a seeded
+1,500-row sample, 3 epochs a trial, 6 trials, TPE with the median pruner vs no pruner.
+"""
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import mlflow  # noqa: E402
+
+from benchmarks.report import write_section  # noqa: E402
+from ktt.data import prepare, write_dataset  # noqa: E402
+from ktt.tune import Sweep, run_sweep  # noqa: E402
+
+DATA = Path(os.environ.get("KTT_SHARED_DATA", ROOT.parent / "shared" / "data")) / "bigbasket_products.parquet"
+
+
+def main():
+    tmp = Path(tempfile.mkdtemp(prefix="ktt-tune-bench-"))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    splits, h, _ = prepare(pd.read_parquet(DATA))
+    write_dataset(splits, h, tmp / "datasets", "bigbasket")
+    small = dict(splits, train=splits["train"].sample(1500, random_state=0), val=splits["val"].sample(500, random_state=0))
+    write_dataset(small, h, tmp / "datasets", "bigbasket_1500")
+    common = {"datasets_root": tmp / "datasets", "weights_root": tmp / "weights"}
+
+    t0 = time.perf_counter()
+    study = run_sweep(Sweep("tfidf_hsgd", "bigbasket", n_trials=20, workers=2, storage=str(tmp / "hsgd.journal"),
+                            experiment="tune-tfidf_hsgd", **common))
+    wall = time.perf_counter() - t0
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    kids = mlflow.MlflowClient().search_runs([mlflow.get_experiment_by_name("tune-tfidf_hsgd").experiment_id],
+                                             f"tags.mlflow.parentRunId = '{parent}'")
+    part1 = [f"| tfidf_hsgd | 2 | {len(study.trials)} | {len(kids)} | {study.trials[0].value:.4f} | "
+             f"{study.best_value:.4f} (trial {study.best_trial.number}) | {wall:.0f} |"]
+    print(part1[0], flush=True)
+
+    # db_linear's own search space, 3 epochs a trial on the small sample
+    hp = json.loads((ROOT / "hyperparameters.json").read_text())
+    hp["db_linear"]["epochs"] = 3
+    (tmp / "hp.json").write_text(json.dumps(hp))
+    os.environ["KTT_HYPERPARAMETERS"] = str(tmp / "hp.json")
+    part2 = []
+    for pruner in ("none", "median"):
+        t0 = time.perf_counter()
+        study = run_sweep(Sweep("db_linear", "bigbasket_1500", n_trials=6, pruner=pruner, seed=0,
+                                storage=str(tmp / f"linear-{pruner}.journal"), experiment=f"tune-db_linear-{pruner}",
+                                **common))
+        wall = time.perf_counter() - t0
+        states = [t.state.name for t in study.trials]
+        epochs = sum(len(t.intermediate_values) for t in study.trials)
+        part2.append(f"| db_linear | {pruner} | {len(states)} | {states.count('PRUNED')} | {epochs} | "
+                     f"{study.best_value:.4f} | {wall:.0f} |")
+        print(part2[-1], flush=True)
+    shutil.rmtree(tmp / "weights", ignore_errors=True)
+    body = "\n".join([
+        "## Tuning (issue 4)", "", "Command: `.venv/bin/python benchmarks/tuning.py`", "",
+        "Objective: `best_val_h_f1` (hierarchical F1 of the selected checkpoint on validation). Trial 0 is "
+        "always the defaults from `hyperparameters.json`.", "",
+        "| model | workers | trials | MLflow child runs | defaults (trial 0) | best | wall s |",
+        "|---|---|---|---|---|---|---|", *part1, "",
+        "Pruned vs unpruned, the same budget of 6 trials (db_linear, all-MiniLM-L6-v2, 1,500 training rows, "
+        "500 validation rows, 3 epochs a trial, TPE seeded):", "",
+        "| model | pruner | trials | pruned | epochs trained | best | wall s |", "|---|---|---|---|---|---|---|",
+        *part2])
+    write_section("tuning", body)
+
+
+if __name__ == "__main__":
+    main()
