@@ -221,13 +221,12 @@ def tune(model, dataset, write_back, **kw):
 @click.option("--dataset", default=None)
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Write encoder.onnx and classifier.onnx.")
 @click.option("--bento", is_flag=True, help="Build the BentoService in build/<model>_<dataset>/inference.")
-@click.option("--monitoring", is_flag=True, help="Also the drift sidecar, Prometheus, Grafana and docker-compose.")
 @click.option("--register", "register_as", default=None, metavar="NAME",
               help="Register the run's model as NAME and point --alias at the new version.")
 @click.option("--alias", default="champion", show_default=True)
 @click.option("--build", "build_root", default="build", show_default=True, envvar="KTT_BUILD")
 @click.option("--weights", "weights_root", default="weights", show_default=True, envvar="KTT_WEIGHTS")
-def export_cmd(source, **kw):
+def export_cmd(source, **kw):  # --monitoring comes with the monitored stack (issue 6)
     """Export SOURCE (a run ID, runs:/<id>, models:/<name>@<alias> or models:/<name>/<version>).
 
     Builds ONNX graphs and, with --bento, a BentoML 0.13.1 service under build/<model>_<dataset>/.

@@ -77,13 +77,14 @@ def resolve_source(source: str | None = None, model: str | None = None, dataset:
                      "models:/<name>@<alias> or models:/<name>/<version>")
 
 
-def export_onnx(model, folder: Path) -> dict[str, Path]:
-    """``encoder.onnx``, ``classifier.onnx`` and ``serving.json`` (tokenisation, hierarchy, decoding)."""
+def export_onnx(model, folder: Path, monitoring: bool = False) -> dict[str, Path]:
+    """``encoder.onnx``, ``classifier.onnx`` and ``serving.json`` (tokenisation, hierarchy, decoding,
+    and whether the service forwards rows to the drift sidecar)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"encoder": folder / "encoder.onnx", "classifier": folder / "classifier.onnx",
              "config": folder / "serving.json"}
     model.export_onnx(paths["classifier"], paths["encoder"])
-    paths["config"].write_text(json.dumps(model.serving_config()))
+    paths["config"].write_text(json.dumps({**model.serving_config(), "monitoring": monitoring}))
     return paths
 
 
@@ -119,7 +120,7 @@ def build_bento(model_name: str, onnx_dir: Path, out: Path, serving_python: str 
 def export(source: str | None = None, *, model: str | None = None, dataset: str | None = None,
            onnx: bool = True, bento: bool = False, monitoring: bool = False, register_as: str | None = None,
            alias: str = "champion", build_root: str | os.PathLike = "build",
-           weights_root: str | os.PathLike = "weights") -> dict:
+           weights_root: str | os.PathLike = "weights", datasets_root: str | os.PathLike = "datasets") -> dict:
     """Export; returns what was built. The export is logged to the source run when there is one."""
     from . import registry
 
@@ -129,12 +130,12 @@ def export(source: str | None = None, *, model: str | None = None, dataset: str 
     built: dict = {"model": src.model, "dataset": src.dataset, "checkpoint": str(src.checkpoint), "build": str(out)}
     onnx_dir = out / "onnx"
     if onnx or bento or monitoring:
-        built["onnx"] = {k: str(v) for k, v in export_onnx(est, onnx_dir).items()}
+        built["onnx"] = {k: str(v) for k, v in export_onnx(est, onnx_dir, monitoring).items()}
     if bento or monitoring:
         built["inference"] = str(build_bento(src.model, onnx_dir, out / "inference"))
     if monitoring:
-        from .monitoring import build_monitoring
-        built.update(build_monitoring(est, src, out))
+        from .monitoring.build import build_monitoring
+        built.update(build_monitoring(est, src, out, datasets_root))
     if src.run_id:
         import mlflow
 

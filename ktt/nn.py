@@ -230,15 +230,11 @@ class TorchModel(Model):
 
     def gen_reference_set(self, split):
         """``targets`` (leaf names), 24 average-pooled feature columns ``"0"``..``"23"``, one score column per leaf."""
-        import pandas as pd
+        from .serving.runtime import reference_frame
 
-        texts = list(split.texts)
-        feats = torch.nn.functional.adaptive_avg_pool1d(torch.as_tensor(self.features(texts))[:, None], 24)[:, 0]
-        leaf = self.predict_proba(texts)[-1]
-        names = self.hierarchy.leaf_names
-        df = pd.DataFrame(feats.numpy(), columns=[str(i) for i in range(24)])
-        df.insert(0, "targets", [names[c] for c in split.codes[:, -1]])
-        return pd.concat([df, pd.DataFrame(leaf, columns=names)], axis=1)
+        texts, names = list(split.texts), self.hierarchy.leaf_names
+        return reference_frame(self.features(texts), self.predict_proba(texts)[-1], names,
+                               [names[c] for c in split.codes[:, -1]])
 
     # -- export ---------------------------------------------------------------------------
     def export_onnx(self, classifier_path, encoder_path=None):

@@ -134,3 +134,12 @@ def serving_config(model, decode: str) -> dict:
     """What a server needs besides the graphs."""
     return {"model": model.name, "kind": "tfidf", "decode": decode, "language": model.params["language"],
             "hierarchy": model.hierarchy.to_dict()}
+
+
+def reference_set(model, split):
+    """``targets``, the TF-IDF vector average-pooled into ``"0"``..``"23"``, one score column per leaf."""
+    from ktt.serving.runtime import reference_frame
+
+    feats = model.vectorizer_.transform(model.preprocessor_(split.texts)).toarray()
+    names = model.hierarchy.leaf_names
+    return reference_frame(feats, model.predict_proba(split.texts)[-1], names, [names[c] for c in split.codes[:, -1]])

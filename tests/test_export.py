@@ -101,7 +101,7 @@ class Served:
 
 @pytest.mark.slow
 @needs_serving
-@pytest.mark.parametrize("name", ["tfidf_hsgd", "db_bhcn"])
+@pytest.mark.parametrize("name", MODELS)
 def test_registered_model_exported_and_served(name, tracking, bigbasket_small, tiny_encoder, real_titles, tmp_path):
     from ktt.train import train
 

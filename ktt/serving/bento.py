@@ -83,7 +83,12 @@ class KTTService(bentoml.BentoService):
         return (paths, codes, scores), per_task, texts
 
     def after_predict(self, texts, codes, scores, features):
-        """Hook for monitoring (the drift sidecar); nothing by default."""
+        """Forward pooled features and leaf scores to the drift sidecar, when built with monitoring."""
+        if self.artifacts.config.get("monitoring"):
+            from ktt.serving.forward import forwarder
+
+            h = self.predictor.hierarchy
+            forwarder().submit(features, scores[:, h.offsets[-1]:])
 
     @staticmethod
     def _regroup(values, per_task):

@@ -13,6 +13,27 @@ import numpy as np
 from ktt.hierarchy import Hierarchy
 
 MAX_TEXT_CHARS = 10_000  # longer texts are cut: titles and tickets never need more
+N_MONITORED_FEATURES = 24
+
+
+def pool_features(features: np.ndarray, bins: int = N_MONITORED_FEATURES) -> np.ndarray:
+    """Average-pool ``(n, d)`` features into ``bins`` columns (as torch's adaptive_avg_pool1d):
+    the reduced features that reference sets hold and drift monitoring compares."""
+    d = features.shape[1]
+    starts = (np.arange(bins) * d) // bins
+    ends = -((-(np.arange(1, bins + 1)) * d) // bins)
+    csum = np.concatenate([np.zeros((len(features), 1)), np.cumsum(features, axis=1, dtype=np.float64)], axis=1)
+    return ((csum[:, ends] - csum[:, starts]) / (ends - starts)).astype(np.float32)
+
+
+def reference_frame(features: np.ndarray, leaf_scores: np.ndarray, leaf_names: list[str], targets=None):
+    """The reference-set / monitoring schema: ``targets``, ``"0"``..``"23"``, one score column per leaf."""
+    import pandas as pd
+
+    df = pd.DataFrame(pool_features(features), columns=[str(i) for i in range(N_MONITORED_FEATURES)])
+    if targets is not None:
+        df.insert(0, "targets", targets)
+    return pd.concat([df, pd.DataFrame(leaf_scores, columns=leaf_names)], axis=1)
 
 
 class Predictor:

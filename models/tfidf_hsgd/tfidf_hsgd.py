@@ -11,7 +11,8 @@ from sklearn.linear_model import SGDClassifier
 
 from ktt.model import Model, NullLogger
 from models.tfidf_common import (StemPreprocessor, export_vectorizer, linear_proba_nodes, load_sklearn,
-                                 make_vectorizer, save_graph, save_sklearn, serving_config, sgd_block)
+                                 make_vectorizer, reference_set, save_graph, save_sklearn, serving_config,
+                                 sgd_block)
 
 
 class TfidfHSGD(Model):
@@ -100,6 +101,9 @@ class TfidfHSGD(Model):
         nodes.append(helper.make_node("Concat", [f"marginal{d}" for d in range(h.depth)], ["scores"], axis=1))
         save_graph(nodes, inits, len(self.vectorizer_.vocabulary_),
                    {"scores": h.n_classes, "conditional": h.n_classes}, classifier_path)
+
+    def gen_reference_set(self, split):
+        return reference_set(self, split)
 
     def serving_config(self):
         return serving_config(self, "top_down")

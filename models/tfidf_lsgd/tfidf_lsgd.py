@@ -9,7 +9,8 @@ from sklearn.linear_model import SGDClassifier
 
 from ktt.model import Model, NullLogger
 from models.tfidf_common import (StemPreprocessor, export_vectorizer, linear_proba_nodes, load_sklearn,
-                                 make_vectorizer, save_graph, save_sklearn, serving_config, sgd_block)
+                                 make_vectorizer, reference_set, save_graph, save_sklearn, serving_config,
+                                 sgd_block)
 
 
 class TfidfLSGD(Model):
@@ -58,6 +59,9 @@ class TfidfLSGD(Model):
         nodes.append(helper.make_node("MatMul", ["proba", "leaf_to_class"], ["scores"]))
         inits.append(numpy_helper.from_array(h.leaf_matrix().T.copy(), "leaf_to_class"))
         save_graph(nodes, inits, len(self.vectorizer_.vocabulary_), {"scores": h.n_classes}, classifier_path)
+
+    def gen_reference_set(self, split):
+        return reference_set(self, split)
 
     def serving_config(self):
         return serving_config(self, "leaf")

@@ -1,0 +1,1 @@
+"""Drift monitoring: the Evidently sidecar and the monitored build tree."""

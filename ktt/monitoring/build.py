@@ -1,0 +1,102 @@
+"""The monitored build tree: sidecar, Prometheus, Grafana and docker-compose around the inference service."""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]
+PORTS = {"inference": 5000, "monitoring": 5001, "prometheus": 9090, "grafana": 3000}
+SIDECAR_REQUIREMENTS = ["evidently==0.7.23", "pandas<3", "pyarrow<26", "numpy", "prometheus-client", "pyyaml"]
+
+
+def find_reference(src, est, datasets_root="datasets") -> Path | None:
+    """The ``*_reference.parquet`` of the source: beside its checkpoint, in its run, or made from the dataset."""
+    local = sorted(Path(src.checkpoint).parent.glob("*_reference.parquet"))
+    if local:
+        return local[-1]
+    if src.run_id:
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        for art in client.list_artifacts(src.run_id, "checkpoints"):
+            if art.path.endswith("_reference.parquet"):
+                return Path(mlflow.artifacts.download_artifacts(run_id=src.run_id, artifact_path=art.path))
+    return None
+
+
+def _write_yaml(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def build_monitoring(est, src, out: Path, datasets_root="datasets") -> dict:
+    """Write everything but ``inference/`` (built before) under ``out``; returns what was written."""
+    from ..data import load_dataset
+
+    model_dir = ROOT / "models" / src.model / "bentoml"
+    ref_path = find_reference(src, est, datasets_root)
+    mon = out / "monitoring"
+    mon.mkdir(parents=True, exist_ok=True)
+    if ref_path is None:
+        try:
+            ds = load_dataset(src.dataset, datasets_root)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no reference set for {src.model} on {src.dataset}: train with --reference "
+                                    f"or keep datasets/{src.dataset} so one can be made") from None
+        log.info("no reference set found: making one from the test split of %s", src.dataset)
+        est.gen_reference_set(ds.test).to_parquet(mon / "references.parquet", index=False)
+    else:
+        shutil.copy(ref_path, mon / "references.parquet")
+
+    template = yaml.safe_load((model_dir / "evidently.yaml").read_text())
+    template["service"]["reference_path"] = "./references.parquet"
+    _write_yaml(mon / "evidently.yaml", template)
+    shutil.copy(ROOT / "ktt" / "monitoring" / "sidecar.py", mon / "monitoring.py")
+    (mon / "requirements.txt").write_text("\n".join(SIDECAR_REQUIREMENTS) + "\n")
+    (mon / "Dockerfile").write_text(
+        "FROM python:3.11-slim\nWORKDIR /app\nCOPY requirements.txt ./\n"
+        "RUN pip install --no-cache-dir -r requirements.txt\nCOPY . ./\n"
+        f"EXPOSE {PORTS['monitoring']}\nCMD [\"python\", \"monitoring.py\", \"evidently.yaml\", \"--port\", "
+        f"\"{PORTS['monitoring']}\"]\n")
+
+    _write_yaml(out / "prometheus" / "prometheus.yaml", prometheus_config("inference", "monitoring"))
+    prov = out / "grafana" / "provisioning"
+    (prov / "dashboards").mkdir(parents=True, exist_ok=True)
+    shutil.copy(model_dir / "dashboard.json", prov / "dashboards" / "dashboard.json")
+    _write_yaml(prov / "dashboards" / "dashboard.yml", {"apiVersion": 1, "providers": [{
+        "name": "ktt", "folder": "KTT", "type": "file", "disableDeletion": False,
+        "options": {"path": "/etc/grafana/provisioning/dashboards"}}]})
+    _write_yaml(prov / "datasources" / "datasource.yml", {"apiVersion": 1, "datasources": [{
+        "name": "Prometheus", "type": "prometheus", "access": "proxy", "uid": "prometheus",
+        "url": f"http://prometheus:{PORTS['prometheus']}", "isDefault": True}]})
+    _write_yaml(out / "docker-compose.yaml", compose())
+    return {"monitoring": str(mon), "compose": str(out / "docker-compose.yaml")}
+
+
+def prometheus_config(inference: str, monitoring: str, interval: str = "10s") -> dict:
+    return {"global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "scrape_configs": [
+                {"job_name": "inference", "static_configs": [{"targets": [f"{inference}:{PORTS['inference']}"]}]},
+                {"job_name": "monitoring", "static_configs": [{"targets": [f"{monitoring}:{PORTS['monitoring']}"]}]}]}
+
+
+def compose() -> dict:
+    return {"services": {
+        "inference": {"build": "./inference", "ports": [f"{PORTS['inference']}:5000"],
+                      "environment": {"EVIDENTLY_HOST": "monitoring", "EVIDENTLY_PORT": str(PORTS["monitoring"])},
+                      "depends_on": ["monitoring"]},
+        "monitoring": {"build": "./monitoring", "ports": [f"{PORTS['monitoring']}:{PORTS['monitoring']}"]},
+        "prometheus": {"image": "prom/prometheus:v2.53.0", "ports": [f"{PORTS['prometheus']}:9090"],
+                       "command": ["--config.file=/etc/prometheus/prometheus.yaml"],
+                       "volumes": ["./prometheus/prometheus.yaml:/etc/prometheus/prometheus.yaml:ro",
+                                   "prometheus_data:/prometheus"],
+                       "depends_on": ["inference", "monitoring"]},
+        "grafana": {"image": "grafana/grafana:10.4.2", "ports": [f"{PORTS['grafana']}:3000"],
+                    "volumes": ["./grafana/provisioning:/etc/grafana/provisioning:ro", "grafana_data:/var/lib/grafana"],
+                    "depends_on": ["prometheus"]}},
+        "volumes": {"prometheus_data": {}, "grafana_data": {}}}
+

@@ -1,0 +1,225 @@
+"""The drift-monitoring sidecar: rows in over HTTP, Evidently 0.7 drift out as Prometheus gauges.
+
+    python -m ktt.monitoring.sidecar evidently.yaml [--port 5001]
+
+``POST /iterate`` takes ``{"data": [[...], ...]}`` rows in the reference set's column order
+(minus ``targets``): 24 pooled features, then one score per leaf class. The latest
+``window_size`` rows are kept; every ``calculation_period_sec`` a background thread compares
+them with the reference set (off the request path) and updates the gauges on ``GET /metrics``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger("ktt.monitoring")
+MONITORS = ("data_drift", "cat_target_drift")
+MAX_BODY = 10 * 1024 * 1024
+
+
+def load_config(path: str | Path) -> dict:
+    """``evidently.yaml``: the ``service`` section, with ``reference_path`` relative to the file."""
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text())["service"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not an evidently.yaml with a 'service' section ({e})") from None
+    required = ("reference_path", "min_reference_size", "use_reference", "moving_reference", "window_size",
+                "calculation_period_sec", "monitors")
+    missing = [k for k in required if k not in cfg]
+    if missing:
+        raise ValueError(f"{path}: missing {missing}")
+    unknown = sorted(set(cfg["monitors"]) - set(MONITORS))
+    if unknown:
+        raise ValueError(f"{path}: unknown monitors {unknown}; known: {list(MONITORS)}")
+    if cfg["window_size"] < 2 or cfg["calculation_period_sec"] <= 0:
+        raise ValueError(f"{path}: window_size must be >= 2 and calculation_period_sec > 0")
+    cfg["reference_path"] = str((path.parent / cfg["reference_path"]).resolve())
+    return cfg
+
+
+class Monitor:
+    """A window of recent rows, the reference set, and the gauges they drive."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        ref = pd.read_parquet(cfg["reference_path"])
+        self.features = [c for c in ref.columns if c.isdigit()]
+        self.classes = [c for c in ref.columns if c != "targets" and not c.isdigit()]
+        self.columns = self.features + self.classes
+        self.reference = self._with_prediction(ref[self.columns])
+        self.window: deque = deque(maxlen=int(cfg["window_size"]))
+        self.lock = threading.Lock()
+        r = self.registry = CollectorRegistry()
+        self.rows_total = Counter("ktt_monitoring_rows", "Rows received", registry=r)
+        self.rejected_total = Counter("ktt_monitoring_rejected_requests", "Requests refused with 400", registry=r)
+        self.window_rows = Gauge("ktt_monitoring_window_rows", "Rows in the current window", registry=r)
+        self.runs_total = Counter("ktt_monitoring_calculations", "Drift calculations done", registry=r)
+        self.last_run = Gauge("ktt_monitoring_last_calculation_timestamp_seconds", "When drift was last computed",
+                              registry=r)
+        self.column_drift = Gauge("ktt_feature_drift_score", "Drift score of one monitored column (K-S p-value: low is drift)",
+                                  ["column"], registry=r)
+        self.drift_share = Gauge("ktt_drifted_columns_share", "Share of feature columns that drifted", registry=r)
+        self.drift_count = Gauge("ktt_drifted_columns_count", "Feature columns that drifted", registry=r)
+        self.dataset_drift = Gauge("ktt_dataset_drift", "1 if the share of drifted columns reaches drift_share",
+                                   registry=r)
+        self.target_drift = Gauge("ktt_prediction_drift_score", "Drift p-value of the predicted class distribution",
+                                  registry=r)
+        self.class_share = Gauge("ktt_predicted_class_share", "Share of the window predicted as each class",
+                                 ["class_name"], registry=r)
+
+    def _with_prediction(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Adds the predicted class and the model's confidence (its top leaf score), a strong drift signal."""
+        df = df.reset_index(drop=True).copy()
+        scores = df[self.classes].to_numpy()
+        df["prediction"] = np.array(self.classes, dtype=object)[scores.argmax(axis=1)]
+        df["confidence"] = scores.max(axis=1)
+        return df
+
+    def add(self, body) -> int:
+        """Validate and keep the rows of one POST; raises ValueError with what is wrong."""
+        rows = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(rows, list) or not rows:
+            raise ValueError('expected {"data": [[...], ...]} with at least one row')
+        arr = np.asarray(rows, dtype=object)
+        if arr.ndim != 2 or arr.shape[1] != len(self.columns):
+            raise ValueError(f"each row needs {len(self.columns)} numbers ({len(self.features)} features, "
+                             f"{len(self.classes)} class scores)")
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            raise ValueError("rows must hold numbers only") from None
+        if not np.isfinite(arr).all():
+            raise ValueError("rows must hold finite numbers")
+        with self.lock:
+            self.window.extend(arr)
+            self.window_rows.set(len(self.window))
+        self.rows_total.inc(len(arr))
+        return len(arr)
+
+    def calculate(self) -> bool:
+        """One drift calculation over the current window; False while too few rows arrived."""
+        from evidently import DataDefinition, Dataset, Report
+        from evidently.metrics import DriftedColumnsCount, ValueDrift
+
+        with self.lock:
+            rows = list(self.window)
+        if len(rows) < max(int(self.cfg["min_reference_size"]), 2):
+            return False
+        current = self._with_prediction(pd.DataFrame(rows, columns=self.columns))
+        numeric = self.features + ["confidence"]
+        # one stat test for every window size (Evidently would switch K-S to Wasserstein for big references)
+        test = self.cfg.get("num_stattest", "ks")
+        metrics = []
+        if "data_drift" in self.cfg["monitors"]:
+            metrics += [DriftedColumnsCount(columns=numeric, num_method=test),
+                        *(ValueDrift(column=c, method=test) for c in numeric)]
+        if "cat_target_drift" in self.cfg["monitors"]:
+            metrics.append(ValueDrift(column="prediction"))
+        definition = DataDefinition(numerical_columns=numeric, categorical_columns=["prediction"])
+        snap = Report(metrics).run(Dataset.from_pandas(current[numeric + ["prediction"]], data_definition=definition),
+                                   Dataset.from_pandas(self.reference[numeric + ["prediction"]],
+                                                       data_definition=definition))
+        for m in snap.dict()["metrics"]:
+            cfg, value = m["config"], m["value"]
+            if cfg["type"].endswith("DriftedColumnsCount"):
+                self.drift_count.set(value["count"])
+                self.drift_share.set(value["share"])
+                self.dataset_drift.set(float(value["share"] >= cfg.get("drift_share", 0.5)))
+            elif cfg["column"] == "prediction":
+                self.target_drift.set(value)
+            else:
+                self.column_drift.labels(cfg["column"]).set(value)
+        shares = current["prediction"].value_counts(normalize=True)
+        for c in self.classes:
+            self.class_share.labels(c).set(float(shares.get(c, 0.0)))
+        if self.cfg.get("moving_reference") and not self.cfg.get("use_reference", True):
+            self.reference = current
+        self.runs_total.inc()
+        self.last_run.set(time.time())
+        return True
+
+    def run_forever(self, stop: threading.Event) -> None:
+        while not stop.wait(float(self.cfg["calculation_period_sec"])):
+            try:
+                self.calculate()
+            except Exception:  # a bad window must not stop monitoring
+                log.exception("drift calculation failed")
+
+
+def make_handler(monitor: Monitor):
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, code: int, body: bytes, ctype: str = "application/json"):
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path == "/metrics":
+                self._send(200, generate_latest(monitor.registry), CONTENT_TYPE_LATEST)
+            elif self.path in ("/healthz", "/"):
+                self._send(200, b'{"status": "ok"}')
+            else:
+                self._send(404, b'{"error": "not found"}')
+
+        def do_POST(self):
+            if self.path != "/iterate":
+                return self._send(404, b'{"error": "not found"}')
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                if length > MAX_BODY:
+                    raise ValueError(f"body of {length:,} bytes; the limit is {MAX_BODY:,}")
+                added = monitor.add(json.loads(self.rfile.read(length) or b"null"))
+            except (ValueError, json.JSONDecodeError) as e:
+                monitor.rejected_total.inc()
+                return self._send(400, json.dumps({"error": str(e)}).encode())
+            self._send(200, json.dumps({"rows": added}).encode())
+
+        def log_message(self, *args):  # requests are counted, not logged one by one
+            pass
+
+    return Handler
+
+
+def serve(config: str | Path, host: str = "0.0.0.0", port: int = 5001) -> None:
+    monitor = Monitor(load_config(config))
+    stop = threading.Event()
+    threading.Thread(target=monitor.run_forever, args=(stop,), daemon=True).start()
+    server = ThreadingHTTPServer((host, port), make_handler(monitor))
+    log.info("monitoring on %s:%d, reference %s", host, port, monitor.cfg["reference_path"])
+    try:
+        server.serve_forever()
+    finally:
+        stop.set()
+        server.server_close()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config")
+    ap.add_argument("--host", default="0.0.0.0")
+    ap.add_argument("--port", type=int, default=5001)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    try:
+        serve(args.config, args.host, args.port)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
