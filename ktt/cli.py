@@ -15,6 +15,8 @@ class KTTGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise  # click's own: --help, usage errors (Exit is a RuntimeError)
         except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             click.echo(f"error: {msg}", err=True)

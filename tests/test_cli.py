@@ -22,6 +22,12 @@ def test_startup_imports_nothing_heavy():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize("cmd", ["ingest", "generate", "train", "tune", "export", "models"])
+def test_help_of_every_command(cmd):
+    out = ktt(cmd, "--help")
+    assert out.returncode == 0 and out.stdout.startswith("Usage:") and out.stderr == ""
+
+
 def test_models_listed():
     assert {"tfidf_lsgd", "tfidf_hsgd"} <= set(ktt("models").stdout.split())
 
