@@ -7,6 +7,7 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ktt.hierarchy import Hierarchy
+from ktt.model import Model
 from ktt.text import stem
 
 
@@ -28,6 +29,44 @@ def make_vectorizer(params: dict) -> TfidfVectorizer:
     # No sublinear_tf: skl2onnx ignores it silently, and the ONNX graph must match exactly.
     return TfidfVectorizer(min_df=params["min_df"], ngram_range=(1, params["ngram_max"]),
                            token_pattern=r"\S+", lowercase=False, dtype=np.float32)
+
+
+class TfidfModel(Model):
+    """Base of the TF-IDF models: stemming, the vectoriser, SGD classifiers, checkpoints."""
+
+    defaults = {"loss": "modified_huber", "alpha": 1e-4, "max_iter": 1000, "min_df": 1, "ngram_max": 2,
+                "language": "english", "seed": 0}
+    consistent = True
+    fitted: tuple[str, ...] = ()  # the attributes fit sets, besides the preprocessor and vectoriser
+
+    def get_preprocessor(self):
+        return StemPreprocessor(self.params["language"])
+
+    def fit_features(self, texts):
+        """Fit the preprocessor and vectoriser; the training matrix."""
+        self.preprocessor_ = self.get_preprocessor()
+        self.vectorizer_ = make_vectorizer(self.params)
+        return self.vectorizer_.fit_transform(self.preprocessor_(texts))
+
+    def features(self, texts):
+        return self.vectorizer_.transform(self.preprocessor_(texts))
+
+    def make_sgd(self):
+        from sklearn.linear_model import SGDClassifier
+
+        p = self.params
+        return SGDClassifier(loss=p["loss"], alpha=p["alpha"], max_iter=p["max_iter"], random_state=p["seed"],
+                             n_jobs=-1, tol=1e-4)
+
+    def gen_reference_set(self, split):
+        return reference_set(self, split)
+
+    def save(self, path, state=None):
+        save_sklearn(self, path, {k: getattr(self, k) for k in ("preprocessor_", "vectorizer_", *self.fitted)})
+
+    @classmethod
+    def load(cls, path):
+        return load_sklearn(cls, path)
 
 
 def save_sklearn(model, path, fitted: dict) -> None:
@@ -140,6 +179,6 @@ def reference_set(model, split):
     """``targets``, the TF-IDF vector average-pooled into ``"0"``..``"23"``, one score column per leaf."""
     from ktt.serving.runtime import reference_frame
 
-    feats = model.vectorizer_.transform(model.preprocessor_(split.texts)).toarray()
+    feats = model.features(split.texts).toarray()
     names = model.hierarchy.leaf_names
     return reference_frame(feats, model.predict_proba(split.texts)[-1], names, [names[c] for c in split.codes[:, -1]])

@@ -7,28 +7,18 @@ P(class) = P(parent) * P(class | parent).
 from __future__ import annotations
 
 import numpy as np
-from sklearn.linear_model import SGDClassifier
 
-from ktt.model import Model, NullLogger
-from models.tfidf_common import (StemPreprocessor, export_vectorizer, linear_proba_nodes, load_sklearn,
-                                 make_vectorizer, reference_set, save_graph, save_sklearn, serving_config,
+from ktt.model import NullLogger
+from models.tfidf_common import (TfidfModel, export_vectorizer, linear_proba_nodes, save_graph, serving_config,
                                  sgd_block)
 
 
-class TfidfHSGD(Model):
-    defaults = {"loss": "modified_huber", "alpha": 1e-4, "max_iter": 1000, "min_df": 1, "ngram_max": 2,
-                "language": "english", "seed": 0}
-    consistent = True
-
-    def get_preprocessor(self):
-        return StemPreprocessor(self.params["language"])
+class TfidfHSGD(TfidfModel):
+    fitted = ("nodes_",)
 
     def fit(self, train, val=None, logger=None):
         logger = logger or NullLogger()
-        p = self.params
-        self.preprocessor_ = self.get_preprocessor()
-        self.vectorizer_ = make_vectorizer(p)
-        x = self.vectorizer_.fit_transform(self.preprocessor_(train.texts))
+        x = self.fit_features(train.texts)
         codes = train.codes
         # nodes_[d]: {parent index at level d-1 (-1: root): classifier over its children, or
         # the one child's index when only one was seen in training}
@@ -42,15 +32,14 @@ class TfidfHSGD(Model):
                 if len(np.unique(y)) == 1:
                     level[int(parent)] = int(y[0])
                 else:
-                    level[int(parent)] = SGDClassifier(loss=p["loss"], alpha=p["alpha"], max_iter=p["max_iter"],
-                                                       random_state=p["seed"], n_jobs=-1, tol=1e-4).fit(x[rows], y)
+                    level[int(parent)] = self.make_sgd().fit(x[rows], y)
             self.nodes_.append(level)
         logger.checkpoint(self, "best")
         return self
 
     def conditional_proba(self, texts) -> list[np.ndarray]:
         """Per level, P(class | its parent) for every class, ``(n, n_classes_at_level)``."""
-        x = self.vectorizer_.transform(self.preprocessor_(texts))
+        x = self.features(texts)
         out = []
         for d, level in enumerate(self.nodes_):
             cond = np.zeros((x.shape[0], self.hierarchy.sizes[d]), dtype=np.float32)
@@ -102,15 +91,5 @@ class TfidfHSGD(Model):
         save_graph(nodes, inits, len(self.vectorizer_.vocabulary_),
                    {"scores": h.n_classes, "conditional": h.n_classes}, classifier_path)
 
-    def gen_reference_set(self, split):
-        return reference_set(self, split)
-
     def serving_config(self):
         return serving_config(self, "top_down")
-
-    def save(self, path, state=None):
-        save_sklearn(self, path, {k: getattr(self, k) for k in ("preprocessor_", "vectorizer_", "nodes_")})
-
-    @classmethod
-    def load(cls, path):
-        return load_sklearn(cls, path)

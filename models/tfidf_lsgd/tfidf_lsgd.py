@@ -5,36 +5,23 @@ Predictions are always valid paths (the ancestors of the predicted leaf).
 from __future__ import annotations
 
 import numpy as np
-from sklearn.linear_model import SGDClassifier
 
-from ktt.model import Model, NullLogger
-from models.tfidf_common import (StemPreprocessor, export_vectorizer, linear_proba_nodes, load_sklearn,
-                                 make_vectorizer, reference_set, save_graph, save_sklearn, serving_config,
+from ktt.model import NullLogger
+from models.tfidf_common import (TfidfModel, export_vectorizer, linear_proba_nodes, save_graph, serving_config,
                                  sgd_block)
 
 
-class TfidfLSGD(Model):
-    defaults = {"loss": "modified_huber", "alpha": 1e-4, "max_iter": 1000, "min_df": 1, "ngram_max": 2,
-                "language": "english", "seed": 0}
-    consistent = True
-
-    def get_preprocessor(self):
-        return StemPreprocessor(self.params["language"])
+class TfidfLSGD(TfidfModel):
+    fitted = ("clf_",)
 
     def fit(self, train, val=None, logger=None):
         logger = logger or NullLogger()
-        p = self.params
-        self.preprocessor_ = self.get_preprocessor()
-        self.vectorizer_ = make_vectorizer(p)
-        x = self.vectorizer_.fit_transform(self.preprocessor_(train.texts))
-        self.clf_ = SGDClassifier(loss=p["loss"], alpha=p["alpha"], max_iter=p["max_iter"],
-                                  random_state=p["seed"], n_jobs=-1, tol=1e-4)
-        self.clf_.fit(x, train.codes[:, -1])
+        self.clf_ = self.make_sgd().fit(self.fit_features(train.texts), train.codes[:, -1])
         logger.checkpoint(self, "best")
         return self
 
     def leaf_scores(self, texts) -> np.ndarray:
-        x = self.vectorizer_.transform(self.preprocessor_(texts))
+        x = self.features(texts)
         proba = self.clf_.predict_proba(x) if hasattr(self.clf_, "predict_proba") else \
             self.clf_.decision_function(x)
         full = np.zeros((len(texts), self.hierarchy.n_leaves), dtype=np.float32)
@@ -60,15 +47,5 @@ class TfidfLSGD(Model):
         inits.append(numpy_helper.from_array(h.leaf_matrix().T.copy(), "leaf_to_class"))
         save_graph(nodes, inits, len(self.vectorizer_.vocabulary_), {"scores": h.n_classes}, classifier_path)
 
-    def gen_reference_set(self, split):
-        return reference_set(self, split)
-
     def serving_config(self):
         return serving_config(self, "leaf")
-
-    def save(self, path, state=None):
-        save_sklearn(self, path, {k: getattr(self, k) for k in ("preprocessor_", "vectorizer_", "clf_")})
-
-    @classmethod
-    def load(cls, path):
-        return load_sklearn(cls, path)
