@@ -36,6 +36,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-write", action="store_true", help="print the rows, leave docs/benchmarks.md alone")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ktt-bench-"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
@@ -67,7 +68,8 @@ def main():
         f"{args.epochs} epochs on this machine's CPU; hyperparameters from `hyperparameters.json`.", "",
         "| model | L1 acc | L2 acc | L3 acc | L1 macro-F1 | L2 macro-F1 | L3 macro-F1 | hier. F1 | "
         "violation rate | train s |", "|---|---|---|---|---|---|---|---|---|---|", *rows])
-    write_section("all-models-bigbasket", body)
+    if not args.no_write:
+        write_section("all-models-bigbasket", body)
 
 
 if __name__ == "__main__":

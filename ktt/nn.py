@@ -45,6 +45,19 @@ def load_pretrained(name: str):
                            f"Use the offline default encoder={DEFAULT_ENCODER!r} or a local model folder.") from None
 
 
+def multilabel_bce(pred: torch.Tensor, target: torch.Tensor, logits: bool = True) -> torch.Tensor:
+    """BCE summed over classes, averaged over rows.
+
+    A row has one positive per level among hundreds of classes: averaged over classes too, the
+    positives' gradient shrinks by ``n_classes`` and a short run learns to say "no" everywhere.
+    """
+    if logits:
+        loss = nn.functional.binary_cross_entropy_with_logits(pred.float(), target, reduction="sum")
+    else:
+        loss = nn.functional.binary_cross_entropy(pred.float().clamp(1e-7, 1 - 1e-7), target, reduction="sum")
+    return loss / len(target)
+
+
 class Net(nn.Module):
     """Encoder -> pooled text vector -> head."""
 

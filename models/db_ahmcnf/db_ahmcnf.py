@@ -3,13 +3,13 @@
 Global layer i: act(LayerNorm(W_i [A_{i-1} ⊕ x])) (layer 1 sees x alone); local branch i:
 transition layer + classifier over level i; a global classifier over all classes on the last
 layer. Output = g · σ(global) + (1 − g) · σ(local), g = ``global_weight``. Loss =
-BCE(local) + BCE(global) + λ_H Σ max(0, ŷ_child − ŷ_parent)². Per-level argmax is *not*
+BCE(local) + BCE(global) (summed over classes) + λ_H Σ max(0, ŷ_child − ŷ_parent)². Per-level argmax is *not*
 guaranteed to be a valid path.
 """
 import torch
 from torch import nn
 
-from ktt.nn import TorchModel
+from ktt.nn import TorchModel, multilabel_bce
 
 
 class HMCNFHead(nn.Module):
@@ -50,11 +50,10 @@ class DBAHMCNF(TorchModel):
 
     def loss(self, out, codes):
         target = self.multi_hot(codes)
-        bce = nn.functional.binary_cross_entropy_with_logits
         y = self.combined(out)
         child, parent = self.net_.head.pairs
         violation = (y[:, child] - y[:, parent]).clamp(min=0).pow(2).sum(-1).mean()
-        return bce(out[0].float(), target) + bce(out[1].float(), target) + self.params["lambda_h"] * violation
+        return multilabel_bce(out[0], target) + multilabel_bce(out[1], target) + self.params["lambda_h"] * violation
 
     def level_scores(self, out):
         return self.split_levels(self.combined(out))
