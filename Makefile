@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 export KTT_DATASETS ?= datasets
 export KTT_WEIGHTS ?= weights
 
-.PHONY: env run test test-fast clean
+.PHONY: env run test test-fast clean prometheus
 env: $(VENV)/.ok $(SERVING)/.ok
 
 # One pip command for everything, torch included, so pip takes the CPU torch build.
@@ -30,8 +30,16 @@ $(SERVING)/.ok: requirements/serving.txt scripts/patch_bentoml.py
 	$(SERVING)/bin/python scripts/patch_bentoml.py
 	touch $@
 
-$(KTT_DATASETS)/$(DATASET)/hierarchy.json: | $(VENV)/.ok
-	$(VENV)/bin/ktt generate --name $(DATASET)
+SHARED_DATA ?= ../shared/data
+# DATASET=synthetic (default) is generated; DATASET=bigbasket / clinc150 are ingested from SHARED_DATA.
+$(KTT_DATASETS)/synthetic/hierarchy.json: | $(VENV)/.ok
+	$(VENV)/bin/ktt generate --name synthetic
+
+$(KTT_DATASETS)/bigbasket/hierarchy.json: | $(VENV)/.ok
+	$(VENV)/bin/ktt ingest $(SHARED_DATA)/bigbasket_products.parquet --name bigbasket
+
+$(KTT_DATASETS)/clinc150/hierarchy.json: | $(VENV)/.ok
+	$(VENV)/bin/ktt ingest $(SHARED_DATA)/clinc150.parquet --name clinc150
 
 run: env $(KTT_DATASETS)/$(DATASET)/hierarchy.json
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/mlflow run . --env-manager local \
@@ -39,7 +47,12 @@ run: env $(KTT_DATASETS)/$(DATASET)/hierarchy.json
 	@echo
 	@echo "Open the MLflow UI:  $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI)"
 
-test: env
+# The monitoring tests scrape with a real Prometheus (Debian's package); without root they are skipped.
+prometheus:
+	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null; } || \
+	  echo "prometheus not installed: the native-stack test will be skipped"
+
+test: env prometheus
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.ok

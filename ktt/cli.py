@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -17,7 +18,7 @@ class KTTGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise  # click's own: --help, usage errors (Exit is a RuntimeError)
-        except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        except (ValueError, KeyError, FileNotFoundError, TimeoutError, RuntimeError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             click.echo(f"error: {msg}", err=True)
             sys.exit(2)
@@ -27,6 +28,7 @@ class KTTGroup(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 def main(verbose):
     """KTT: hierarchical text classification, tracked end to end."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 
@@ -223,12 +225,15 @@ def tune(model, dataset, write_back, **kw):
 @click.option("--dataset", default=None)
 @click.option("--onnx/--no-onnx", default=True, show_default=True, help="Write encoder.onnx and classifier.onnx.")
 @click.option("--bento", is_flag=True, help="Build the BentoService in build/<model>_<dataset>/inference.")
+@click.option("--monitoring", is_flag=True,
+              help="Also build the drift sidecar, Prometheus, Grafana and docker-compose (implies --bento).")
+@click.option("--datasets", "datasets_root", default="datasets", show_default=True, envvar="KTT_DATASETS")
 @click.option("--register", "register_as", default=None, metavar="NAME",
               help="Register the run's model as NAME and point --alias at the new version.")
 @click.option("--alias", default="champion", show_default=True)
 @click.option("--build", "build_root", default="build", show_default=True, envvar="KTT_BUILD")
 @click.option("--weights", "weights_root", default="weights", show_default=True, envvar="KTT_WEIGHTS")
-def export_cmd(source, **kw):  # --monitoring comes with the monitored stack (issue 6)
+def export_cmd(source, **kw):
     """Export SOURCE (a run ID, runs:/<id>, models:/<name>@<alias> or models:/<name>/<version>).
 
     Builds ONNX graphs and, with --bento, a BentoML 0.13.1 service under build/<model>_<dataset>/.
@@ -238,6 +243,28 @@ def export_cmd(source, **kw):  # --monitoring comes with the monitored stack (is
     built = export(source, **kw)
     for k, v in built.items():
         click.echo(f"{k}: {v}")
+
+
+@main.command("serve")
+@click.argument("build", type=click.Path(exists=True, file_okay=False))
+@click.option("--port", "inference_port", default=5000, show_default=True, help="Inference service port.")
+@click.option("--monitoring-port", default=5001, show_default=True, help="Drift sidecar port.")
+@click.option("--prometheus-port", default=9090, show_default=True)
+@click.option("--no-prometheus", is_flag=True, help="Do not start Prometheus even if it is installed.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Inference workers.")
+@click.option("--drift-period", type=float, default=None, help="Seconds between drift checks (overrides evidently.yaml).")
+def serve(build, no_prometheus, **kw):
+    """Run BUILD (build/<model>_<dataset>, made by `ktt export --monitoring`) natively until Ctrl-C."""
+    from .monitoring.stack import Stack
+
+    stack = Stack(build, prometheus=None if no_prometheus else "auto", **kw)
+    urls = stack.start()
+    for name, url in urls.items():
+        click.echo(f"{name:<11} {url}")
+    if not stack.prometheus:
+        click.echo("prometheus  not installed: metrics are on each service's /metrics")
+    click.echo("Ctrl-C stops everything.")
+    stack.run_forever()
 
 
 @main.command("models")

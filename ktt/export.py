@@ -97,11 +97,17 @@ def register(run_id: str, name: str, alias: str = "champion") -> int:
     return int(version.version)
 
 
-def build_bento(model_name: str, onnx_dir: Path, out: Path, serving_python: str | None = None) -> Path:
-    """Build the BentoService in the serving environment (the main one never imports bentoml)."""
-    py = serving_python or os.environ.get("KTT_SERVING_PYTHON", str(ROOT / ".venv-serving" / "bin" / "python"))
-    if not Path(py).exists():
+def serving_python() -> Path:
+    """The serving environment's python (bentoml 0.13.1): ``KTT_SERVING_PYTHON`` or ``.venv-serving``."""
+    py = Path(os.environ.get("KTT_SERVING_PYTHON", str(ROOT / ".venv-serving" / "bin" / "python")))
+    if not py.exists():
         raise RuntimeError(f"no serving environment at {py}: run `make env` (or set KTT_SERVING_PYTHON)")
+    return py
+
+
+def build_bento(model_name: str, onnx_dir: Path, out: Path) -> Path:
+    """Build the BentoService in the serving environment (the main one never imports bentoml)."""
+    py = serving_python()
     svc = ROOT / "models" / model_name / "bentoml" / "svc_lts.py"
     if not svc.exists():
         raise FileNotFoundError(f"model {model_name!r} has no BentoML service ({svc})")

@@ -1,16 +1,25 @@
-"""The drift sidecar on a real reference set: BigBasket rows show no drift, CLINC150 rows move the gauges."""
+"""The drift sidecar on a real reference set, and the whole monitored stack run natively with a real Prometheus."""
 import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
 import threading
+import time
 from pathlib import Path
 import urllib.error
 import urllib.request
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+import requests
 import yaml
 
 from ktt import registry
+from ktt.monitoring.dashboard import dashboard, metric_names
 from ktt.monitoring.sidecar import Monitor, load_config, make_handler
 from ktt.serving.runtime import pool_features
 
@@ -77,3 +86,200 @@ def test_bad_config(tmp_path):
     (tmp_path / "e.yaml").write_text(yaml.safe_dump({"service": {"reference_path": "r.parquet"}}))
     with pytest.raises(ValueError, match="missing"):
         load_config(tmp_path / "e.yaml")
+
+
+# -- the whole monitored stack, natively: ktt export --monitoring, ktt serve, a real Prometheus ----------
+
+SERVING_BIN = ROOT / ".venv-serving" / "bin"
+KTT = ROOT / ".venv" / "bin" / "ktt"
+needs_stack = pytest.mark.skipif(not (SERVING_BIN / "bentoml").exists() or not shutil.which("prometheus"),
+                                 reason="needs the serving env (`make env`) and Prometheus (`make test` installs it)")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_class(model):
+    return re.search(r"^class (\w+)\(KTTService\)", (ROOT / "models" / model / "bentoml" / "svc_lts.py").read_text(),
+                     re.M).group(1)
+
+
+@pytest.fixture(scope="module")
+def monitored_build(bigbasket_path, tmp_path_factory):
+    """tfidf_hsgd trained on BigBasket and exported with --monitoring, all through the CLI."""
+    tmp = tmp_path_factory.mktemp("stack")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "KTT_DATASETS": str(tmp / "datasets"),
+           "KTT_WEIGHTS": str(tmp / "weights"), "KTT_BUILD": str(tmp / "build")}
+    for cmd in (["ingest", str(bigbasket_path), "--name", "bigbasket"], ["train", "tfidf_hsgd", "bigbasket"],
+                ["export", "--model", "tfidf_hsgd", "--dataset", "bigbasket", "--monitoring"]):
+        proc = subprocess.run([str(KTT), *cmd], env=env, capture_output=True, text=True, cwd=tmp)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "build" / "tfidf_hsgd_bigbasket", env
+
+
+def test_build_tree_and_compose(monitored_build):
+    build, _ = monitored_build
+    for part in ("docker-compose.yaml", "grafana/provisioning/dashboards/dashboard.json",
+                 "grafana/provisioning/dashboards/dashboard.yml", "grafana/provisioning/datasources/datasource.yml",
+                 "inference/Dockerfile", "monitoring/Dockerfile", "monitoring/evidently.yaml", "monitoring/monitoring.py",
+                 "monitoring/references.parquet", "monitoring/requirements.txt", "prometheus/prometheus.yaml"):
+        assert (build / part).is_file(), part
+    compose = yaml.safe_load((build / "docker-compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"inference", "monitoring", "prometheus", "grafana"}
+    ports = {name: int(s["ports"][0].split(":")[0]) for name, s in services.items()}
+    assert ports == {"inference": 5000, "monitoring": 5001, "prometheus": 9090, "grafana": 3000}
+    assert services["inference"]["environment"] == {"EVIDENTLY_HOST": "monitoring", "EVIDENTLY_PORT": "5001"}
+    for name, s in services.items():
+        if "build" in s:
+            assert (build / s["build"] / "Dockerfile").is_file()
+        for vol in s.get("volumes", []):
+            src = vol.split(":")[0]
+            assert src in compose["volumes"] or (build / src).exists(), f"{name}: {src}"
+        assert set(s.get("depends_on", [])) <= set(services)
+    prom = yaml.safe_load((build / "prometheus/prometheus.yaml").read_text())
+    targets = {c["job_name"]: c["static_configs"][0]["targets"] for c in prom["scrape_configs"]}
+    assert targets == {"inference": ["inference:5000"], "monitoring": ["monitoring:5001"]}
+    ds = yaml.safe_load((build / "grafana/provisioning/datasources/datasource.yml").read_text())["datasources"][0]
+    assert ds["url"] == "http://prometheus:9090" and ds["uid"] == "prometheus"
+    dash = json.loads((build / "grafana/provisioning/dashboards/dashboard.json").read_text())
+    assert dash == json.loads((ROOT / "models/tfidf_hsgd/bentoml/dashboard.json").read_text())
+
+
+def test_dashboards_are_generated():
+    """The committed dashboards are what scripts/make_dashboards.py writes (no hand edits drift away)."""
+    for model in registry.available():
+        committed = json.loads((ROOT / "models" / model / "bentoml" / "dashboard.json").read_text())
+        assert committed == dashboard(service_class(model), model)
+
+
+class Stack:
+    """`ktt serve` as a user runs it, on free loopback ports, stopped with Ctrl-C (SIGINT)."""
+
+    def __init__(self, build, env):
+        self.ports = {"inference": free_port(), "monitoring": free_port(), "prometheus": free_port()}
+        self.urls = {k: f"http://127.0.0.1:{p}" for k, p in self.ports.items()}
+        cmd = [str(KTT), "serve", str(build), "--port", str(self.ports["inference"]),
+               "--monitoring-port", str(self.ports["monitoring"]), "--prometheus-port", str(self.ports["prometheus"]),
+               "--drift-period", "2"]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        lines = []
+        for line in self.proc.stdout:
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                return
+        raise RuntimeError("ktt serve did not start:\n" + "".join(lines))
+
+    def query(self, expr):
+        r = requests.get(self.urls["prometheus"] + "/api/v1/query", params={"query": expr}, timeout=10).json()
+        assert r["status"] == "success", (expr, r)
+        return r["data"]["result"]
+
+    def value(self, expr):
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    def send(self, texts):
+        for i in range(0, len(texts), 20):
+            r = requests.post(self.urls["inference"] + "/predict", json=[{"text": t} for t in texts[i:i + 20]],
+                              timeout=30)
+            assert r.status_code == 200, r.text
+        sent = time.time()
+        # wait until Prometheus has scraped a drift calculation made after the last row arrived
+        for _ in range(120):
+            last = self.value("ktt_monitoring_last_calculation_timestamp_seconds")
+            if last and last > sent:
+                return
+            time.sleep(0.5)
+        raise TimeoutError("no drift calculation reached Prometheus")
+
+    def interrupt(self):
+        os.killpg(self.proc.pid, signal.SIGINT)
+        return self.proc.wait(timeout=60)
+
+
+@pytest.mark.slow
+@needs_stack
+def test_native_stack_shows_drift_in_prometheus(monitored_build, bigbasket_df, clinc_df):
+    build, env = monitored_build
+    stack = Stack(build, env)
+    try:
+        titles = bigbasket_df[bigbasket_df.split == "test"].text.sample(200, random_state=1).tolist()
+        stack.send(titles)
+        assert stack.value("ktt_dataset_drift") == 0.0
+        calm = stack.value("ktt_drifted_columns_share")
+        assert stack.value("ktt_prediction_drift_score") > 0.01
+
+        stack.send(clinc_df.text.sample(200, random_state=1).tolist())  # the window is all CLINC150 now
+        assert stack.value("ktt_dataset_drift") == 1.0
+        assert stack.value("ktt_drifted_columns_share") > calm
+        assert stack.value('ktt_feature_drift_score{column="confidence"}') < 1e-6  # far less sure of these
+        # the service's side: every row classified and delivered, none dropped
+        assert stack.value("ktt_predicted_rows_total") == 400
+        assert stack.value("ktt_forwarded_rows_total") == 400
+        assert stack.value("sum(ktt_forward_dropped_rows_total)") == 0
+
+        # every dashboard queries only metrics that really exist, and each expression is valid PromQL
+        scraped = set()
+        for name in ("inference", "monitoring"):
+            text = requests.get(stack.urls[name] + "/metrics", timeout=10).text
+            scraped |= {re.split(r"[{ ]", line)[0] for line in text.splitlines() if line and line[0] != "#"}
+        for model in registry.available():
+            dash = json.loads((ROOT / "models" / model / "bentoml" / "dashboard.json").read_text())
+            exprs = [t["expr"].replace(f"BENTOML_{service_class(model)}_", "BENTOML_TfidfHSGD_")
+                     for p in dash["panels"] for t in p["targets"]]
+            for expr in exprs:
+                missing = metric_names(expr) - scraped
+                assert not missing, f"{model}: {expr} reads {missing}, which no service exports"
+                assert model != "tfidf_hsgd" or stack.query(expr), f"no data for {expr}"
+    finally:
+        code = stack.interrupt()
+    assert code == 0
+    for port in stack.ports.values():  # Ctrl-C stopped all three
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_forwarder_never_blocks_and_counts_what_it_drops(setup):
+    """Sidecar down, then too slow: submit() stays instant and every undelivered row is counted."""
+    from ktt.serving import metrics
+    from ktt.serving.forward import Forwarder
+
+    def dropped(reason):
+        return metrics.DROPPED_ROWS.labels(reason)._value.get()
+
+    feats, scores = np.random.rand(5, 64), np.random.rand(5, 10)
+    before = dropped("unreachable")
+    down = Forwarder(f"http://127.0.0.1:{free_port()}/iterate", maxsize=4, timeout=0.2)
+    for _ in range(3):
+        down.submit(feats, scores)
+    for _ in range(50):
+        if dropped("unreachable") - before == 15:
+            break
+        time.sleep(0.1)
+    assert dropped("unreachable") - before == 15
+
+    class Sleepy(BaseHTTPRequestHandler):
+        def do_POST(self):
+            time.sleep(1)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sleepy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        full_before = dropped("queue_full")
+        slow = Forwarder(f"http://127.0.0.1:{server.server_address[1]}/iterate", maxsize=2, timeout=5)
+        start = time.perf_counter()
+        for _ in range(20):
+            slow.submit(feats, scores)
+        assert time.perf_counter() - start < 0.5  # never waits on the sidecar
+        assert dropped("queue_full") - full_before >= 5 * (20 - 3)  # at most one in flight + 2 queued
+    finally:
+        server.shutdown()

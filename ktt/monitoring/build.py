@@ -63,7 +63,8 @@ def build_monitoring(est, src, out: Path, datasets_root="datasets") -> dict:
         f"EXPOSE {PORTS['monitoring']}\nCMD [\"python\", \"monitoring.py\", \"evidently.yaml\", \"--port\", "
         f"\"{PORTS['monitoring']}\"]\n")
 
-    _write_yaml(out / "prometheus" / "prometheus.yaml", prometheus_config("inference", "monitoring"))
+    _write_yaml(out / "prometheus" / "prometheus.yaml", prometheus_config(f"inference:{PORTS['inference']}",
+                                                                        f"monitoring:{PORTS['monitoring']}"))
     prov = out / "grafana" / "provisioning"
     (prov / "dashboards").mkdir(parents=True, exist_ok=True)
     shutil.copy(model_dir / "dashboard.json", prov / "dashboards" / "dashboard.json")
@@ -78,10 +79,10 @@ def build_monitoring(est, src, out: Path, datasets_root="datasets") -> dict:
 
 
 def prometheus_config(inference: str, monitoring: str, interval: str = "10s") -> dict:
+    """Scrape the inference service and the sidecar, each given as ``host:port``."""
     return {"global": {"scrape_interval": interval, "evaluation_interval": interval},
-            "scrape_configs": [
-                {"job_name": "inference", "static_configs": [{"targets": [f"{inference}:{PORTS['inference']}"]}]},
-                {"job_name": "monitoring", "static_configs": [{"targets": [f"{monitoring}:{PORTS['monitoring']}"]}]}]}
+            "scrape_configs": [{"job_name": "inference", "static_configs": [{"targets": [inference]}]},
+                               {"job_name": "monitoring", "static_configs": [{"targets": [monitoring]}]}]}
 
 
 def compose() -> dict:

@@ -46,6 +46,8 @@ def load_config(path: str | Path) -> dict:
         raise ValueError(f"{path}: unknown monitors {unknown}; known: {list(MONITORS)}")
     if cfg["window_size"] < 2 or cfg["calculation_period_sec"] <= 0:
         raise ValueError(f"{path}: window_size must be >= 2 and calculation_period_sec > 0")
+    if not 0 < float(cfg.get("drift_share", 0.5)) <= 1:
+        raise ValueError(f"{path}: drift_share must be in (0, 1], not {cfg['drift_share']!r}")
     cfg["reference_path"] = str((path.parent / cfg["reference_path"]).resolve())
     return cfg
 
@@ -67,7 +69,8 @@ class Monitor:
         self.rejected_total = Counter("ktt_monitoring_rejected_requests", "Requests refused with 400", registry=r)
         self.window_rows = Gauge("ktt_monitoring_window_rows", "Rows in the current window", registry=r)
         self.runs_total = Counter("ktt_monitoring_calculations", "Drift calculations done", registry=r)
-        self.last_run = Gauge("ktt_monitoring_last_calculation_timestamp_seconds", "When drift was last computed",
+        self.last_run = Gauge("ktt_monitoring_last_calculation_timestamp_seconds",
+                              "Arrival time up to which the last drift calculation saw rows",
                               registry=r)
         self.column_drift = Gauge("ktt_feature_drift_score", "Drift score of one monitored column (K-S p-value: low is drift)",
                                   ["column"], registry=r)
@@ -114,6 +117,7 @@ class Monitor:
         from evidently import DataDefinition, Dataset, Report
         from evidently.metrics import DriftedColumnsCount, ValueDrift
 
+        started = time.time()
         with self.lock:
             rows = list(self.window)
         if len(rows) < max(int(self.cfg["min_reference_size"]), 2):
@@ -137,7 +141,7 @@ class Monitor:
             if cfg["type"].endswith("DriftedColumnsCount"):
                 self.drift_count.set(value["count"])
                 self.drift_share.set(value["share"])
-                self.dataset_drift.set(float(value["share"] >= cfg.get("drift_share", 0.5)))
+                self.dataset_drift.set(float(value["share"] >= float(self.cfg.get("drift_share", 0.5))))
             elif cfg["column"] == "prediction":
                 self.target_drift.set(value)
             else:
@@ -148,7 +152,7 @@ class Monitor:
         if self.cfg.get("moving_reference") and not self.cfg.get("use_reference", True):
             self.reference = current
         self.runs_total.inc()
-        self.last_run.set(time.time())
+        self.last_run.set(started)  # the window as of this time: rows that came later are not in it
         return True
 
     def run_forever(self, stop: threading.Event) -> None:
@@ -195,8 +199,11 @@ def make_handler(monitor: Monitor):
     return Handler
 
 
-def serve(config: str | Path, host: str = "0.0.0.0", port: int = 5001) -> None:
-    monitor = Monitor(load_config(config))
+def serve(config: str | Path, host: str = "0.0.0.0", port: int = 5001, period: float | None = None) -> None:
+    cfg = load_config(config)
+    if period:
+        cfg["calculation_period_sec"] = period
+    monitor = Monitor(cfg)
     stop = threading.Event()
     threading.Thread(target=monitor.run_forever, args=(stop,), daemon=True).start()
     server = ThreadingHTTPServer((host, port), make_handler(monitor))
@@ -213,10 +220,11 @@ def main():
     ap.add_argument("config")
     ap.add_argument("--host", default="0.0.0.0")
     ap.add_argument("--port", type=int, default=5001)
+    ap.add_argument("--period", type=float, default=None, help="override calculation_period_sec")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
     try:
-        serve(args.config, args.host, args.port)
+        serve(args.config, args.host, args.port, args.period)
     except KeyboardInterrupt:
         pass
 

@@ -15,6 +15,7 @@ from bentoml.service.artifacts.common import JSONArtifact
 import logging
 from pathlib import Path
 
+from ktt.serving import metrics
 from ktt.serving.runtime import MAX_TEXT_CHARS, Predictor
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class KTTService(bentoml.BentoService):
             self._predictor = Predictor(self.artifacts.encoder, self.artifacts.classifier, self.artifacts.config)
         return self._predictor
 
-    def _run(self, bodies, tasks):
+    def _run(self, bodies, tasks, endpoint):
         """Parse every request (discarding bad ones with 400), run all texts as one batch."""
         per_task, texts = [], []
         for body, task in zip(bodies, tasks):
@@ -66,6 +67,7 @@ class KTTService(bentoml.BentoService):
                 got = parse_request(body)
             except ValueError as e:
                 task.discard(http_status=400, err_msg=str(e))
+                metrics.BAD_REQUESTS.labels(endpoint).inc()
                 continue
             per_task.append((len(texts), len(got), isinstance(body, list) or isinstance(body.get("text"), list)))
             texts += got
@@ -75,10 +77,12 @@ class KTTService(bentoml.BentoService):
             paths, codes, scores, feats = self.predictor.predict(texts)
         except Exception as e:  # never a crash: the batch fails with a 500 that says why
             logger.exception("prediction failed")
+            metrics.FAILED_BATCHES.inc()
             for task in tasks:
                 if not task.is_discarded:
                     task.discard(http_status=500, err_msg=f"prediction failed: {type(e).__name__}: {e}")
             return [], [], None
+        metrics.PREDICTED_ROWS.inc(len(texts))
         self.after_predict(texts, codes, scores, feats)
         return (paths, codes, scores), per_task, texts
 
@@ -96,14 +100,14 @@ class KTTService(bentoml.BentoService):
 
     @bentoml.api(input=JsonInput(), output=JsonOutput(), batch=True, mb_max_batch_size=128, mb_max_latency=100)
     def predict(self, parsed_json_list, tasks):
-        result, per_task, _ = self._run(parsed_json_list, tasks)
+        result, per_task, _ = self._run(parsed_json_list, tasks, "predict")
         if not per_task:
             return []
         return self._regroup(["\n".join(p) for p in result[0]], per_task)
 
     @bentoml.api(input=JsonInput(), output=JsonOutput(), batch=True, mb_max_batch_size=128, mb_max_latency=100)
     def predict_json(self, parsed_json_list, tasks):
-        result, per_task, _ = self._run(parsed_json_list, tasks)
+        result, per_task, _ = self._run(parsed_json_list, tasks, "predict_json")
         if not per_task:
             return []
         return self._regroup(self.predictor.explain(result[1], result[2]), per_task)

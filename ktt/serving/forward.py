@@ -15,13 +15,10 @@ import urllib.error
 import urllib.request
 
 import numpy as np
-from prometheus_client import Counter
-
+from ktt.serving.metrics import DROPPED_ROWS, FORWARDED_ROWS
 from ktt.serving.runtime import pool_features
 
 log = logging.getLogger(__name__)
-SENT = Counter("ktt_forwarded_rows", "Rows delivered to the drift sidecar")
-DROPPED = Counter("ktt_forward_dropped_rows", "Rows not delivered to the drift sidecar", ["reason"])
 _lock = threading.Lock()
 _instance = None
 
@@ -37,7 +34,7 @@ class Forwarder:
         try:
             self.queue.put_nowait(rows)
         except queue.Full:
-            DROPPED.labels("queue_full").inc(len(rows))
+            DROPPED_ROWS.labels("queue_full").inc(len(rows))
 
     def _run(self) -> None:
         while True:
@@ -46,9 +43,9 @@ class Forwarder:
             req = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
             try:
                 urllib.request.urlopen(req, timeout=self.timeout).close()
-                SENT.inc(len(rows))
+                FORWARDED_ROWS.inc(len(rows))
             except (urllib.error.URLError, OSError) as e:
-                DROPPED.labels("unreachable" if not isinstance(e, urllib.error.HTTPError) else "refused").inc(len(rows))
+                DROPPED_ROWS.labels("unreachable" if not isinstance(e, urllib.error.HTTPError) else "refused").inc(len(rows))
 
 
 def forwarder() -> Forwarder:

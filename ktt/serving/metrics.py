@@ -1,0 +1,18 @@
+"""Prometheus metrics of the inference service, beside BentoML's own ``BENTOML_<Service>_*``.
+
+Under ``bentoml serve-gunicorn`` BentoML sets ``prometheus_multiproc_dir`` before this module
+is imported, so every worker's counts add up on ``/metrics``. Labelled series are created at
+import so that dashboards and alerts see 0, not "no data", before the first event.
+"""
+from prometheus_client import Counter
+
+PREDICTED_ROWS = Counter("ktt_predicted_rows", "Texts classified")
+BAD_REQUESTS = Counter("ktt_bad_requests", "Requests refused with HTTP 400", ["endpoint"])
+FAILED_BATCHES = Counter("ktt_failed_batches", "Micro-batches that failed with HTTP 500")
+FORWARDED_ROWS = Counter("ktt_forwarded_rows", "Rows delivered to the drift sidecar")
+DROPPED_ROWS = Counter("ktt_forward_dropped_rows", "Rows not delivered to the drift sidecar", ["reason"])
+
+for _endpoint in ("predict", "predict_json"):
+    BAD_REQUESTS.labels(_endpoint)
+for _reason in ("queue_full", "unreachable", "refused"):
+    DROPPED_ROWS.labels(_reason)
