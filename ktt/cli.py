@@ -267,6 +267,20 @@ def serve(build, no_prometheus, **kw):
     stack.run_forever()
 
 
+@main.command("experiment")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--datasets", "datasets_root", default=None, help="Where to write the experiment's dataset "
+              "(default: a temporary folder).")
+@click.option("--weights", "weights_root", default="weights", show_default=True, envvar="KTT_WEIGHTS")
+def experiment(file, **kw):
+    """Run the model comparison described in FILE (experiments/<name>.yaml) as one MLflow experiment."""
+    from .experiment import load_spec, ranking_table, run_experiment
+
+    parent, rows = run_experiment(file, **kw)
+    click.echo(ranking_table(rows, load_spec(file)["rank_by"]))
+    click.echo(f"parent run {parent}: ranking.md and ranking.png are its artifacts")
+
+
 @main.command("models")
 def list_models():
     """List the registered models."""

@@ -1,0 +1,165 @@
+"""``ktt experiment <file>.yaml``: one declarative model comparison, one MLflow experiment.
+
+A file names the data (generated, or a file ingested with ``ktt ingest``'s options), the
+models with their overrides, an optional tuning budget, seeds and the metric to rank by::
+
+    name: bigbasket
+    data: {source: ../shared/data/bigbasket_products.parquet, ingest: {keep_duplicates: false}}
+    models: {tfidf_lsgd: {}, db_bhcn: {epochs: 3}}
+    tune: {n_trials: 10, models: [tfidf_hsgd]}       # optional
+    seed: 0
+    rank_by: test_h_f1
+
+A parent run holds the file, the ranked table (``ranking.md``) and a bar chart
+(``ranking.png``); each model is a nested run (tuning studies are runs of their own, tagged
+with the experiment).
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from . import registry
+
+log = logging.getLogger(__name__)
+KEYS = {"name", "experiment", "data", "models", "tune", "seed", "rank_by", "train_rows", "description"}
+INGEST_KEYS = {"text_col", "label_cols", "label_sep", "depth", "invalid_rows", "keep_duplicates", "split_col",
+               "split_ratios", "seed"}
+
+
+def load_spec(path: str | Path) -> dict:
+    """Read and validate an experiment file; errors name the file and the bad entry."""
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: expected a mapping with name, data, models")
+    unknown = sorted(set(spec) - KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(KEYS)}")
+    for key in ("name", "data", "models"):
+        if not spec.get(key):
+            raise ValueError(f"{path}: '{key}' is missing")
+    data = spec["data"]
+    if not isinstance(data, dict) or ("generate" in data) == ("source" in data):
+        raise ValueError(f"{path}: data needs exactly one of 'generate' (synthetic rows) or 'source' (a file)")
+    bad = sorted(set(data.get("ingest") or {}) - INGEST_KEYS)
+    if bad:
+        raise ValueError(f"{path}: unknown ingest options {bad}; known: {sorted(INGEST_KEYS)}")
+    if "source" in data:
+        data["source"] = str((path.parent / data["source"]).resolve()) if not Path(data["source"]).is_absolute() \
+            else data["source"]
+    if not isinstance(spec["models"], dict):
+        raise ValueError(f"{path}: models must map model names to overrides ({{tfidf_lsgd: {{}}}})")
+    for name, overrides in spec["models"].items():
+        try:  # an unknown model or hyperparameter, or a value of the wrong type
+            registry.get(name).check_params(overrides or {})
+        except (KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"{path}: models.{name}: {e.args[0] if e.args else e}") from None
+    spec.setdefault("seed", 0)
+    spec.setdefault("rank_by", "test_h_f1")
+    spec.setdefault("experiment", f"ktt-{spec['name']}")
+    return spec
+
+
+def make_dataset(spec: dict, root: Path) -> str:
+    """Generate or ingest the experiment's data into ``root``; returns the dataset name."""
+    import pandas as pd
+
+    from .data import prepare, read_file, write_dataset
+
+    data, name = spec["data"], f"exp_{spec['name']}"
+    opts = {"seed": spec["seed"], **(data.get("ingest") or {})}
+    if "label_cols" in opts and isinstance(opts["label_cols"], str):
+        opts["label_cols"] = [c.strip() for c in opts["label_cols"].split(",")]
+    if "generate" in data:
+        from .synth import generate
+
+        gen = data["generate"] or {}
+        df, where = generate(gen.get("rows", 3000), spec["seed"], gen.get("noise", 0.05)), "ktt.synth"
+    else:
+        df, where = read_file(data["source"]), data["source"]
+    splits, h, report = prepare(df, where=where, **opts)
+    if spec.get("train_rows"):
+        splits["train"] = splits["train"].sample(min(spec["train_rows"], len(splits["train"])),
+                                                 random_state=spec["seed"])
+    write_dataset(splits, h, root, name, meta={"source": where, "report": report}, overwrite=True)
+    return name
+
+
+def run_experiment(path: str | Path, datasets_root: str | Path | None = None,
+                   weights_root: str | Path = "weights") -> tuple[str, list[dict]]:
+    """Run every model of the file; returns the parent run ID and the ranked rows."""
+    import mlflow
+
+    from .tracking import check_tracking_uri
+    from .train import train
+    from .tune import Sweep, run_sweep
+
+    spec = load_spec(path)
+    check_tracking_uri()
+    root = Path(datasets_root or tempfile.mkdtemp(prefix="ktt-exp-"))
+    dataset = make_dataset(spec, root)
+    mlflow.set_experiment(spec["experiment"])
+    tags = {"ktt.experiment": spec["name"]}
+
+    tuned = {}
+    tune = spec.get("tune") or {}
+    for name in tune.get("models", list(spec["models"]) if tune else []):
+        study = run_sweep(Sweep(name, dataset, n_trials=int(tune.get("n_trials", 10)),
+                                timeout=tune.get("timeout"), seed=spec["seed"], datasets_root=str(root),
+                                weights_root=str(weights_root), experiment=spec["experiment"]))
+        tuned[name] = study.best_trial.params
+
+    rows = []
+    with mlflow.start_run(run_name=f"experiment-{spec['name']}", tags={**tags, "ktt.stage": "experiment"}) as parent:
+        mlflow.log_dict(spec, "experiment.yaml")
+        mlflow.log_params({"dataset": dataset, "models": ",".join(spec["models"]), "rank_by": spec["rank_by"],
+                           "seed": spec["seed"]})
+        for name, overrides in spec["models"].items():
+            params = {"seed": spec["seed"]} if "seed" in registry.get(name).defaults else {}
+            params.update(tuned.get(name, {}), **(overrides or {}))
+            run_id = train(name, dataset, overrides=params, datasets_root=root, weights_root=weights_root,
+                           log_model=False, tags=tags)
+            m = mlflow.MlflowClient().get_run(run_id).data.metrics
+            if spec["rank_by"] not in m:
+                raise ValueError(f"rank_by {spec['rank_by']!r} is not a metric of the runs; "
+                                 f"some are {sorted(k for k in m if k.startswith('test_'))}")
+            rows.append({"model": name, "run_id": run_id, "tuned": name in tuned, **m})
+        rows.sort(key=lambda r: r[spec["rank_by"]], reverse=True)
+        mlflow.log_text(ranking_table(rows, spec["rank_by"]), "ranking.md")
+        mlflow.log_figure(ranking_chart(rows, spec["rank_by"], spec["name"]), "ranking.png")
+        mlflow.log_metric(f"best_{spec['rank_by']}", rows[0][spec["rank_by"]])
+        mlflow.set_tag("ktt.best_model", rows[0]["model"])
+    return parent.info.run_id, rows
+
+
+def ranking_table(rows: list[dict], rank_by: str) -> str:
+    cols = [rank_by] + [c for c in ("test_h_f1", "test_leaf_accuracy", "test_violation_rate", "train_time_s")
+                        if c != rank_by]
+    lines = ["| rank | model | " + " | ".join(cols) + " | run |", "|---" * (len(cols) + 3) + "|"]
+    for i, r in enumerate(rows, 1):
+        vals = " | ".join(f"{r[c]:.0f}" if c == "train_time_s" else f"{r[c]:.4f}" for c in cols)
+        lines.append(f"| {i} | {r['model']}{' (tuned)' if r['tuned'] else ''} | {vals} | {r['run_id'][:8]} |")
+    return "\n".join(lines) + "\n"
+
+
+def ranking_chart(rows: list[dict], rank_by: str, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.2))
+    ax.barh([r["model"] for r in rows][::-1], [r[rank_by] for r in rows][::-1], color="#4c72b0")
+    ax.set_xlabel(rank_by)
+    ax.set_title(f"{title}: models by {rank_by}")
+    fig.tight_layout()
+    return fig
