@@ -146,6 +146,12 @@ def _label_paths(df: pd.DataFrame, label_cols: Sequence[str], label_sep: str, wh
             raise IngestError(f"{where}: column {col!r}, row {i + 1}: label {v!r} is a "
                               f"{type(v).__name__}, not a path; give class names as strings "
                               f"(`a{label_sep}b`) or a list column")
+    present = [p for p in out if p]
+    if present and all(len(p) == 1 and p[0].lstrip("-").isdigit() for p in present):
+        # a CSV reads an id column as strings: numbers alone are class ids, not paths
+        raise IngestError(f"{where}: column {col!r} holds only numbers (row 1: {present[0][0]!r}): class ids, "
+                          f"not label paths; give class names (`a{label_sep}b`), several columns with -c, "
+                          "or, for an SQL source, --label-table to map ids to names")
     return out
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import tempfile
 import warnings
@@ -87,8 +88,10 @@ class RunLogger:
         final, claim = _claim(self.folder, kind, model.checkpoint_ext)
         try:
             atomic_write(final, lambda tmp: model.save(tmp, state=state))
-        except OSError as e:
-            raise RuntimeError(f"cannot write checkpoint {final}: {e.strerror}; "
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+            free = shutil.disk_usage(self.folder).free / 1e9
+            raise RuntimeError(f"cannot write checkpoint {final}: {why} ({free:.1f} GB free there); "
                                f"the previous {kind} checkpoint is intact") from None
         finally:
             claim.unlink(missing_ok=True)

@@ -98,14 +98,14 @@ class KTTService(bentoml.BentoService):
     def _regroup(values, per_task):
         return [values[i:i + n] if many else values[i] for i, n, many in per_task]
 
-    @bentoml.api(input=JsonInput(), output=JsonOutput(), batch=True, mb_max_batch_size=128, mb_max_latency=100)
+    @bentoml.api(input=JsonInput(), output=JsonOutput(), batch=True, mb_max_batch_size=128, mb_max_latency=1000)
     def predict(self, parsed_json_list, tasks):
         result, per_task, _ = self._run(parsed_json_list, tasks, "predict")
         if not per_task:
             return []
         return self._regroup(["\n".join(p) for p in result[0]], per_task)
 
-    @bentoml.api(input=JsonInput(), output=JsonOutput(), batch=True, mb_max_batch_size=128, mb_max_latency=100)
+    @bentoml.api(input=JsonInput(), output=JsonOutput(), batch=True, mb_max_batch_size=128, mb_max_latency=1000)
     def predict_json(self, parsed_json_list, tasks):
         result, per_task, _ = self._run(parsed_json_list, tasks, "predict_json")
         if not per_task:

@@ -1,0 +1,243 @@
+"""Faults and bad input, end to end with real processes: what a user's machine does to KTT.
+
+Each test says what it does to the system and what must hold; docs/reliability.md records
+the results.
+"""
+import json
+import os
+import random
+import re
+import resource
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import requests
+from mlflow import MlflowClient
+
+from ktt import registry
+
+ROOT = Path(__file__).resolve().parent.parent
+KTT = str(ROOT / ".venv" / "bin" / "ktt")
+SERVING_BIN = ROOT / ".venv-serving" / "bin"
+CKPT = re.compile(r"^(best|last)_\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.pt$")
+TINY = ["-p", "epochs=6", "-p", "batch_size=16", "-p", "encoder_lr=1e-3", "-p", "classifier_lr=3e-3",
+        "-p", "log_every=1", "-p", "patience=10"]
+
+
+@pytest.fixture
+def env(tmp_path, bigbasket_small):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(store).search_experiments()  # the store exists, as after a first `make run`
+    mlflow.set_tracking_uri(store)
+    yield {**os.environ, "MLFLOW_TRACKING_URI": store, "KTT_DATASETS": str(bigbasket_small),
+           "KTT_WEIGHTS": str(tmp_path / "weights")}
+    mlflow.set_tracking_uri(None)
+
+
+def ktt(*args, env, **kw):
+    return subprocess.run([KTT, *args], env=env, capture_output=True, text=True, **kw)
+
+
+def checkpoints(env, model="db_linear"):
+    folder = Path(env["KTT_WEIGHTS"]) / model / "bb_small"
+    return sorted(p for p in folder.iterdir() if CKPT.match(p.name)) if folder.exists() else []
+
+
+def all_load(paths, model="db_linear"):
+    for p in paths:
+        registry.get(model).load(p)  # raises on a truncated or corrupt file
+    return True
+
+
+def test_two_trainings_of_the_same_model_and_dataset_at_once(env, tiny_encoder):
+    cmd = [KTT, "train", "db_linear", "bb_small", "-p", f"encoder={tiny_encoder}", *TINY[:2], "-p", "epochs=3"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    runs = MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    paths = checkpoints(env)
+    assert len(paths) == 4 and all_load(paths)  # one best_ and one last_ each, none clobbered
+    tagged = {r.data.tags[f"ktt.checkpoint.{k}"] for r in runs for k in ("best", "last")}
+    assert tagged == {str(p.resolve()) for p in paths}
+
+
+def test_killed_while_writing_a_checkpoint(env, tiny_encoder):
+    """SIGKILL the moment a checkpoint's temp file appears; every best_/last_ file still loads; resume works."""
+    folder = Path(env["KTT_WEIGHTS"]) / "db_linear" / "bb_small"
+    cmd = [KTT, "train", "db_linear", "bb_small", "-p", f"encoder={tiny_encoder}", *TINY]
+    killed_mid_write = 0
+    for attempt in range(3):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        stale = set(folder.glob(".*.tmp")) if folder.exists() else set()  # left by the kills before
+        seen = set()
+        while proc.poll() is None:
+            tmp = (set(folder.glob(".*.pt.*.tmp")) if folder.exists() else set()) - stale
+            if tmp - seen:
+                seen |= tmp
+                if len(seen) == 2 + attempt:  # a different write each attempt (the 2nd, 3rd, 4th)
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    killed_mid_write += any(p.exists() for p in tmp)
+                    break
+            time.sleep(0.001)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, "training ended before it could be killed"
+        assert all_load(checkpoints(env))
+    assert killed_mid_write >= 1  # at least one kill landed inside a write
+    last = [p for p in checkpoints(env) if p.name.startswith("last_")]
+    state = registry.get("db_linear").load(last[-1]).resume_state_
+    resumed = ktt("train", "db_linear", "bb_small", "--resume", str(last[-1]), env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run = MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()],
+                                     filter_string="attributes.status = 'FINISHED'")[0]
+    epochs = [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_h_f1")]
+    assert epochs[0] == state["epoch"] + 1 and epochs[-1] == 5  # continued after the last saved epoch
+
+
+def test_disk_full_while_checkpointing(env, tiny_encoder):
+    """A file-size limit (EFBIG, as ENOSPC would) hits the checkpoint write: clear error, old files intact."""
+    first = ktt("train", "db_linear", "bb_small", "-p", f"encoder={tiny_encoder}", *TINY[:2], "-p", "epochs=1",
+                env=env, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {p: p.read_bytes() for p in checkpoints(env)}
+    limit = Path(env["MLFLOW_TRACKING_URI"][len("sqlite:///"):]).stat().st_size + 2_000_000
+    assert min(len(b) for b in before.values()) > limit  # the checkpoint cannot fit, the store can grow
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    second = ktt("train", "db_linear", "bb_small", "-p", f"encoder={tiny_encoder}", *TINY[:2], "-p", "epochs=1",
+                 env=env, timeout=600, preexec_fn=small_disk)
+    assert second.returncode == 2
+    # torch.save turns EFBIG/ENOSPC into "enforce fail ... unexpected pos": KTT names the file and the free space
+    assert re.search(r"^error: cannot write checkpoint \S+/best_\S+\.pt: .+ \(\d+\.\d GB free there\); the previous "
+                     r"best checkpoint is intact\n$", second.stderr), second.stderr[-2000:]
+    assert "Traceback" not in second.stderr
+    assert {p: p.read_bytes() for p in checkpoints(env)} == before
+    folder = Path(env["KTT_WEIGHTS"]) / "db_linear" / "bb_small"
+    assert not list(folder.glob(".*.tmp"))  # the half-written temp file was removed
+
+
+@pytest.mark.parametrize("kind", ["truncated_parquet", "latin1_csv", "numeric_labels", "nan_paths"])
+def test_malformed_files_leave_nothing_behind(kind, bigbasket_path, tmp_path, env):
+    df = pd.read_parquet(bigbasket_path).head(500)
+    src = tmp_path / f"in.{'parquet' if 'parquet' in kind else 'csv'}"
+    expected = {"truncated_parquet": "cannot read as parquet", "latin1_csv": "not valid utf-8",
+                "numeric_labels": "holds only numbers", "nan_paths": "row 7: label 'labels' is missing"}[kind]
+    if kind == "truncated_parquet":
+        src.write_bytes(bigbasket_path.read_bytes()[:20000])
+    elif kind == "latin1_csv":
+        src.write_bytes("text,labels\ncrème brûlée,Food > Dessert > Cold\n".encode("latin-1"))
+    else:
+        df = df.assign(labels=df.labels.map(" > ".join))
+        if kind == "numeric_labels":
+            df["labels"] = range(len(df))
+        else:
+            df.loc[6, "labels"] = None
+        df[["text", "labels"]].to_csv(src, index=False)
+    out = tmp_path / "datasets"
+    result = ktt("ingest", str(src), "--name", "x", "--out", str(out), "--no-track", env=env)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    assert not out.exists() or list(out.iterdir()) == []  # no dataset, no temp folder
+
+
+def test_one_megabyte_cell_is_kept_intact(tmp_path, env, bigbasket_path):
+    df = pd.read_parquet(bigbasket_path).head(300)
+    big = "organic basmati rice " * 50_000  # 1 MB in one title
+    df.loc[0, "text"] = big
+    df[["text", "labels", "split"]].to_parquet(tmp_path / "in.parquet")
+    result = ktt("ingest", str(tmp_path / "in.parquet"), "--name", "x", "--out", str(tmp_path / "d"), "--no-track",
+                 env=env)
+    assert result.returncode == 0, result.stderr
+    texts = pd.concat(pd.read_parquet(tmp_path / "d" / "x" / f"{s}.parquet") for s in ("train", "val", "test")).text
+    assert (texts == big).sum() == 1  # stored whole: truncation is the model's business (max_len), not ingest's
+
+
+# -- the served model under 10,000 mixed requests ------------------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kb(sid: int) -> int:
+    out = subprocess.run(["ps", "-o", "rss=", "--sid", str(sid)], capture_output=True, text=True).stdout
+    return sum(int(x) for x in out.split())
+
+
+BAD = [(b"{not json", None), (b'{"txt": "x"}', "text"), (b'{"text": 42}', "must be a string"),
+       (b'{"text": ""}', "empty"), (b"[]", "empty list"), (b'{"text": ["a", 1]}', "must be a string"),
+       (json.dumps({"text": "x" * 20_000}).encode(), "limit"), (json.dumps([{"text": "a"}] * 300).encode(), "limit"),
+       (b"null", None), (b'"just a string"', None)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SERVING_BIN / "bentoml").exists(), reason="no serving env: run `make env`")
+def test_served_model_under_10000_mixed_requests(env, bigbasket_df, tmp_path):
+    trained = ktt("train", "tfidf_lsgd", "bb_small", env=env, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    built = ktt("export", "--model", "tfidf_lsgd", "--dataset", "bb_small", "--bento", "--build", str(tmp_path / "b"),
+                env=env, timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    port = free_port()
+    server = subprocess.Popen([str(SERVING_BIN / "bentoml"), "serve-gunicorn", str(tmp_path / "b/tfidf_lsgd_bb_small/inference"),
+                               "--port", str(port), "--workers", "1"], env={**env, "BENTOML_DO_NOT_TRACK": "true"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if requests.get(url + "/healthz", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        titles = bigbasket_df.text.sample(2000, random_state=0).tolist()
+        codes, errors, lock, shed = {}, [], threading.Lock(), [0]
+        memory = []
+
+        def client(seed, n):
+            rng = random.Random(seed)
+            with requests.Session() as s:
+                for i in range(n):
+                    if rng.random() < 0.6:
+                        body, want = json.dumps({"text": rng.choice(titles)}).encode(), 200
+                    else:
+                        body, want = rng.choice(BAD)[0], 400
+                    for attempt in range(20):  # 429 is BentoML's micro-batcher shedding load: retry it
+                        r = s.post(url + "/predict", data=body, headers={"Content-Type": "application/json"},
+                                   timeout=30)
+                        if r.status_code != 429:
+                            break
+                        with lock:
+                            shed[0] += 1
+                        time.sleep(0.05 * (attempt + 1))
+                    with lock:
+                        codes[r.status_code] = codes.get(r.status_code, 0) + 1
+                        if r.status_code != want or (want == 200 and r.json().count("\n") != 2):
+                            errors.append((body[:80], r.status_code, r.text[:200]))
+                    if seed == 0 and i % 250 == 0:
+                        memory.append(rss_kb(server.pid))
+        threads = [threading.Thread(target=client, args=(k, 1250)) for k in range(8)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert sum(codes.values()) == 10_000
+        assert not errors, errors[:5]
+        assert set(codes) == {200, 400}  # every request answered as it should be: no 5xx, nothing lost
+        assert server.poll() is None and requests.get(url + "/healthz", timeout=5).ok
+        warm = memory[len(memory) // 4]
+        assert memory[-1] - warm < 30_000, memory  # flat: under 30 MB after warm-up
+        print(f"codes {codes}, 429s retried {shed[0]}, RSS kB over the run {memory}")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
