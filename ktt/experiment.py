@@ -7,6 +7,7 @@ models with their overrides, an optional tuning budget, seeds and the metric to 
     data: {source: ../shared/data/bigbasket_products.parquet, ingest: {keep_duplicates: false}}
     models: {tfidf_lsgd: {}, db_bhcn: {epochs: 3}}
     tune: {n_trials: 10, models: [tfidf_hsgd]}       # optional
+    train_rows: 8000                                  # optional seeded samples (val_rows too)
     seed: 0
     rank_by: test_h_f1
 
@@ -25,7 +26,7 @@ import yaml
 from . import registry
 
 log = logging.getLogger(__name__)
-KEYS = {"name", "experiment", "data", "models", "tune", "seed", "rank_by", "train_rows", "description"}
+KEYS = {"name", "experiment", "data", "models", "tune", "seed", "rank_by", "train_rows", "val_rows", "description"}
 INGEST_KEYS = {"text_col", "label_cols", "label_sep", "depth", "invalid_rows", "keep_duplicates", "split_col",
                "split_ratios", "seed"}
 
@@ -87,9 +88,10 @@ def make_dataset(spec: dict, root: Path) -> str:
     else:
         df, where = read_file(data["source"]), data["source"]
     splits, h, report = prepare(df, where=where, **opts)
-    if spec.get("train_rows"):
-        splits["train"] = splits["train"].sample(min(spec["train_rows"], len(splits["train"])),
-                                                 random_state=spec["seed"])
+    for split in ("train", "val"):  # seeded samples; the test split is always whole
+        n = spec.get(f"{split}_rows")
+        if n:
+            splits[split] = splits[split].sample(min(int(n), len(splits[split])), random_state=spec["seed"])
     write_dataset(splits, h, root, name, meta={"source": where, "report": report}, overwrite=True)
     return name
 

@@ -1,0 +1,47 @@
+"""Run an experiment file and write its per-level table into docs/benchmarks.md.
+
+    .venv/bin/python benchmarks/experiment_table.py experiments/clinc150.yaml
+
+The numbers come from ``ktt experiment`` itself (one MLflow experiment, each model a run);
+this script only formats them. Runs go to a temporary SQLite store unless
+MLFLOW_TRACKING_URI is set.
+"""
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.report import write_section  # noqa: E402
+
+
+def main(path: str) -> None:
+    import mlflow
+
+    from ktt.experiment import load_spec, run_experiment
+
+    tmp = Path(tempfile.mkdtemp(prefix="ktt-exp-"))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    spec = load_spec(path)
+    _, rows = run_experiment(path, datasets_root=tmp / "datasets", weights_root=tmp / "weights")
+    depth = max(int(k[len("test_L"):].split("_")[0]) for k in rows[0] if k.startswith("test_L"))
+    levels = range(1, depth + 1)
+    head = ["model", *(f"L{i} acc" for i in levels), *(f"L{i} macro-F1" for i in levels), "hier. F1",
+            "violation rate", "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in rows:
+        cells = [r["model"] + (" (tuned)" if r["tuned"] else ""), *(f"{r[f'test_L{i}_accuracy']:.3f}" for i in levels),
+                 *(f"{r[f'test_L{i}_macro_f1']:.3f}" for i in levels), f"{r['test_h_f1']:.3f}",
+                 f"{r['test_violation_rate']:.3f}", f"{r['train_time_s']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    write_section(f"experiment-{spec['name']}", "\n".join([
+        f"## Experiment `{spec['name']}`", "",
+        f"Command: `.venv/bin/python benchmarks/experiment_table.py {path}` (the same runs as "
+        f"`ktt experiment {path}`; ranked by {spec['rank_by']}).", "",
+        " ".join(str(spec.get("description", "")).split()), "", *lines]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
