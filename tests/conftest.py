@@ -61,6 +61,19 @@ def bigbasket_small(bigbasket_df, tmp_path_factory):
     return root
 
 
+@pytest.fixture(autouse=True)
+def no_leaked_mlflow_state(monkeypatch):
+    """mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID and keeps the id in a global: one test's
+    experiment must not follow the next test into another store (or into its subprocesses)."""
+    import mlflow.tracking.fluent as fluent
+
+    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    fluent._active_experiment_id = None
+    yield
+    fluent._active_experiment_id = None
+
+
 @pytest.fixture
 def tracking(tmp_path, monkeypatch):
     """A fresh SQLite MLflow store for one test; returns its URI."""

@@ -111,7 +111,8 @@ def service_class(model):
 def monitored_build(bigbasket_path, tmp_path_factory):
     """tfidf_hsgd trained on BigBasket and exported with --monitoring, all through the CLI."""
     tmp = tmp_path_factory.mktemp("stack")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "KTT_DATASETS": str(tmp / "datasets"),
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "KTT_DATASETS": str(tmp / "datasets"),
            "KTT_WEIGHTS": str(tmp / "weights"), "KTT_BUILD": str(tmp / "build")}
     for cmd in (["ingest", str(bigbasket_path), "--name", "bigbasket"], ["train", "tfidf_hsgd", "bigbasket"],
                 ["export", "--model", "tfidf_hsgd", "--dataset", "bigbasket", "--monitoring"]):
