@@ -22,10 +22,15 @@ def test_startup_imports_nothing_heavy():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("cmd", ["ingest", "generate", "train", "tune", "export", "models"])
+@pytest.mark.parametrize("cmd", ["ingest", "generate", "train", "tune", "export", "serve", "experiment", "models"])
 def test_help_of_every_command(cmd):
     out = ktt(cmd, "--help")
     assert out.returncode == 0 and out.stdout.startswith("Usage:") and out.stderr == ""
+
+
+def test_every_command_is_tested():
+    from ktt.cli import main
+    assert set(main.commands) == {"ingest", "generate", "train", "tune", "export", "serve", "experiment", "models"}
 
 
 def test_models_listed():
