@@ -141,7 +141,16 @@ def log_dataset(ds, context: str = "training") -> None:
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(Path(ds.path).resolve()))
     schema = Schema([ColSpec("string", "text"), ColSpec("string", "labels")])
-    mlflow.log_input(MetaDataset(source, name=ds.name, digest=ds.digest, schema=schema), context=context)
+    dataset = MetaDataset(source, name=ds.name, digest=ds.digest, schema=schema)
+    try:
+        mlflow.log_input(dataset, context=context)
+    except mlflow.exceptions.MlflowException as e:
+        # MLflow's SQL store inserts a new dataset row after checking it is absent: two runs logging
+        # the same dataset at once (tuning workers, parallel trainings) race to a UNIQUE error.
+        # The row exists by now, so a second try links to it.
+        if "UNIQUE constraint" not in str(e) and "IntegrityError" not in str(e):
+            raise
+        mlflow.log_input(dataset, context=context)
     mlflow.log_params({"dataset": ds.name, "dataset_digest": ds.digest,
                        **{f"rows_{s}": n for s, n in ds.manifest.get("rows", {}).items()}})
 

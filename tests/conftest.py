@@ -63,15 +63,18 @@ def bigbasket_small(bigbasket_df, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def no_leaked_mlflow_state(monkeypatch):
-    """mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID and keeps the id in a global: one test's
-    experiment must not follow the next test into another store (or into its subprocesses)."""
+    """mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID and keeps the id in a global, and a test
+    that fails inside a run leaves it on the active-run stack: neither may follow the next test into
+    another store (or into its subprocesses)."""
     import mlflow.tracking.fluent as fluent
 
     for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
     fluent._active_experiment_id = None
+    fluent._active_run_stack.get().clear()
     yield
     fluent._active_experiment_id = None
+    fluent._active_run_stack.get().clear()
 
 
 @pytest.fixture

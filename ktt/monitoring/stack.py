@@ -124,6 +124,8 @@ class Stack:
 
     def run_forever(self) -> None:
         """Block until Ctrl-C/SIGTERM or a process dies; always stop everything."""
+        # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python keeps it so
+        signal.signal(signal.SIGINT, _interrupt)
         signal.signal(signal.SIGTERM, _interrupt)
         try:
             while True:
