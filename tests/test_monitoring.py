@@ -186,8 +186,12 @@ class Stack:
 
     def send(self, texts):
         for i in range(0, len(texts), 20):
-            r = requests.post(self.urls["inference"] + "/predict", json=[{"text": t} for t in texts[i:i + 20]],
-                              timeout=30)
+            for attempt in range(10):  # 408/429: BentoML's micro-batcher shedding load on a busy machine
+                r = requests.post(self.urls["inference"] + "/predict",
+                                  json=[{"text": t} for t in texts[i:i + 20]], timeout=60)
+                if r.status_code not in (408, 429):
+                    break
+                time.sleep(1 + attempt)
             assert r.status_code == 200, r.text
         sent = time.time()
         # wait until Prometheus has scraped a drift calculation made after the last row arrived
@@ -219,9 +223,10 @@ def test_native_stack_shows_drift_in_prometheus(monitored_build, bigbasket_df, c
         assert stack.value("ktt_dataset_drift") == 1.0
         assert stack.value("ktt_drifted_columns_share") > calm
         assert stack.value('ktt_feature_drift_score{column="confidence"}') < 1e-6  # far less sure of these
-        # the service's side: every row classified and delivered, none dropped
-        assert stack.value("ktt_predicted_rows_total") == 400
-        assert stack.value("ktt_forwarded_rows_total") == 400
+        # the service's side: every row classified and delivered, none dropped (a request timed out
+        # by the batcher may still have been classified, hence >=)
+        classified = stack.value("ktt_predicted_rows_total")
+        assert classified >= 400 and stack.value("ktt_forwarded_rows_total") == classified
         assert stack.value("sum(ktt_forward_dropped_rows_total)") == 0
 
         # every dashboard queries only metrics that really exist, and each expression is valid PromQL
