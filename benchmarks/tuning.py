@@ -4,7 +4,7 @@
 
 Part 1: 20 trials of tfidf_hsgd (deduplicated BigBasket, full training split), 2 worker
 processes on one journal-file study. Part 2: db_linear (all-MiniLM-L6-v2) on a seeded
-800-row sample (300 validation rows), 3 epochs a trial, 6 trials, TPE with the median pruner vs no pruner.
+300-row sample (150 validation rows), 3 epochs a trial, 5 trials, TPE with the median pruner vs no pruner.
 """
 import json
 import os
@@ -34,8 +34,8 @@ def main():
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     splits, h, _ = prepare(pd.read_parquet(DATA))
     write_dataset(splits, h, tmp / "datasets", "bigbasket")
-    small = dict(splits, train=splits["train"].sample(800, random_state=0), val=splits["val"].sample(300, random_state=0))
-    write_dataset(small, h, tmp / "datasets", "bigbasket_800")
+    small = dict(splits, train=splits["train"].sample(300, random_state=0), val=splits["val"].sample(150, random_state=0))
+    write_dataset(small, h, tmp / "datasets", "bigbasket_300")
     common = {"datasets_root": tmp / "datasets", "weights_root": tmp / "weights"}
 
     t0 = time.perf_counter()
@@ -57,7 +57,7 @@ def main():
     part2 = []
     for pruner in ("none", "median"):
         t0 = time.perf_counter()
-        study = run_sweep(Sweep("db_linear", "bigbasket_800", n_trials=6, pruner=pruner, seed=0,
+        study = run_sweep(Sweep("db_linear", "bigbasket_300", n_trials=5, pruner=pruner, seed=0,
                                 storage=str(tmp / f"linear-{pruner}.journal"), experiment=f"tune-db_linear-{pruner}",
                                 **common))
         wall = time.perf_counter() - t0
@@ -73,8 +73,8 @@ def main():
         "always the defaults from `hyperparameters.json`.", "",
         "| model | workers | trials | MLflow child runs | defaults (trial 0) | best | wall s |",
         "|---|---|---|---|---|---|---|", *part1, "",
-        "Pruned vs unpruned, the same budget of 6 trials (db_linear, all-MiniLM-L6-v2, 800 training rows, "
-        "300 validation rows, 3 epochs a trial, TPE seeded):", "",
+        "Pruned vs unpruned, the same budget of 5 trials (db_linear, all-MiniLM-L6-v2, 300 training rows, "
+        "150 validation rows, 3 epochs a trial, TPE seeded):", "",
         "| model | pruner | trials | pruned | epochs trained | best | wall s |", "|---|---|---|---|---|---|---|",
         *part2])
     write_section("tuning", body)
