@@ -204,7 +204,12 @@ class Stack:
 
     def interrupt(self):
         os.killpg(self.proc.pid, signal.SIGINT)
-        return self.proc.wait(timeout=60)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # still fail, but leave no stack running behind the test
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=60)
+            raise
 
 
 @pytest.mark.slow
