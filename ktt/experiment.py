@@ -72,8 +72,6 @@ def load_spec(path: str | Path) -> dict:
 
 def make_dataset(spec: dict, root: Path) -> str:
     """Generate or ingest the experiment's data into ``root``; returns the dataset name."""
-    import pandas as pd
-
     from .data import prepare, read_file, write_dataset
 
     data, name = spec["data"], f"exp_{spec['name']}"
