@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 SEP = " > "
-DECODE_MODES = ("argmax", "leaf", "path", "top_down")
+DECODE_MODES = ("path", "leaf", "top_down", "argmax")
 
 
 @dataclass(frozen=True)
@@ -122,23 +122,38 @@ class Hierarchy:
         """``(n, n_classes)`` scores over all classes -> one ``(n, n_i)`` slice per level."""
         return [scores[:, o:o + n] for o, n in zip(self.offsets, self.sizes)]
 
-    def decode_scores(self, scores: list[np.ndarray], mode: str = "argmax",
+    def path_log_scores(self, log_scores: list[np.ndarray]) -> np.ndarray:
+        """``(n, n_leaves)``: for every leaf, the sum of ``log_scores`` along its path.
+
+        A leaf has exactly one path, so summing top-down (each class adds its parent's total)
+        scores every path of the tree in one pass over the classes: exhaustive search costs no
+        more than reading the scores, and no beam is needed at any leaf count.
+        """
+        total = log_scores[0]
+        for d in range(1, self.depth):
+            total = total[:, self.parent_of(d)] + log_scores[d]
+        return total
+
+    def decode_scores(self, scores: list[np.ndarray], mode: str = "path",
                       conditional: list[np.ndarray] | None = None) -> np.ndarray:
         """Per-level scores -> ``(n, depth)`` class indices.
 
-        ``argmax``: each level on its own (may break the hierarchy); ``leaf``: the best leaf
-        and its ancestors; ``path``: the path with the highest sum of log scores over its
-        levels; ``top_down``: each level picks the best child, by ``conditional`` scores, of
-        the class picked one level up. All but ``argmax`` give valid paths only.
+        ``path`` (default): the whole path with the highest joint score, the product of its
+        classes' ``conditional`` scores P(class | parent) when given, else of its per-level
+        ``scores``; ``leaf``: the best leaf and its ancestors (the joint score when level
+        scores are derived from leaf probabilities); ``top_down``: greedy, each level picks the
+        best child of the class picked one level up. All three give valid paths only.
+        ``argmax``: each level on its own, for research: the levels may disagree (a class of
+        level 2 under another class than the one level 1 picked).
         """
         if mode == "argmax":
             return np.stack([s.argmax(axis=1) for s in scores], axis=1)
         if mode == "leaf":
             return self.leaf_paths()[scores[-1].argmax(axis=1)]
         if mode == "path":
-            paths = self.leaf_paths()
-            total = sum(np.log(np.maximum(s[:, paths[:, d]], 1e-12)) for d, s in enumerate(scores))
-            return paths[total.argmax(axis=1)]
+            use = conditional if conditional is not None else scores
+            logs = [np.log(np.maximum(np.asarray(s, dtype=np.float64), 1e-30)) for s in use]
+            return self.leaf_paths()[self.path_log_scores(logs).argmax(axis=1)]
         if mode == "top_down":
             cond = conditional if conditional is not None else scores
             codes = np.empty((len(cond[0]), self.depth), dtype=np.int64)
@@ -147,7 +162,7 @@ class Hierarchy:
                 under = self.parent_of(d)[None, :] == codes[:, d - 1][:, None]
                 codes[:, d] = np.where(under, cond[d], -np.inf).argmax(axis=1)
             return codes
-        raise ValueError(f"decode mode must be one of {DECODE_MODES}, not {mode!r}")
+        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, not {mode!r}")
 
     def is_consistent(self, codes: np.ndarray) -> np.ndarray:
         """Per row: does each level's prediction sit under the previous level's?"""

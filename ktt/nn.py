@@ -45,17 +45,13 @@ def load_pretrained(name: str):
                            f"Use the offline default encoder={DEFAULT_ENCODER!r} or a local model folder.") from None
 
 
-def multilabel_bce(pred: torch.Tensor, target: torch.Tensor, logits: bool = True) -> torch.Tensor:
-    """BCE summed over classes, averaged over rows.
+def multilabel_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per row: binary cross-entropy on logits, summed over classes, ``(batch,)``.
 
-    A row has one positive per level among hundreds of classes: averaged over classes too, the
+    A row has one positive per level among hundreds of classes: averaged over classes, the
     positives' gradient shrinks by ``n_classes`` and a short run learns to say "no" everywhere.
     """
-    if logits:
-        loss = nn.functional.binary_cross_entropy_with_logits(pred.float(), target, reduction="sum")
-    else:
-        loss = nn.functional.binary_cross_entropy(pred.float().clamp(1e-7, 1 - 1e-7), target, reduction="sum")
-    return loss / len(target)
+    return nn.functional.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").sum(-1)
 
 
 class Net(nn.Module):
@@ -84,7 +80,7 @@ class TorchModel(Model):
         "epochs": 3, "encoder_lr": 3e-5, "classifier_lr": 5e-4, "weight_decay": 0.01, "warmup": 0.1,
         "clip": 1.0, "dropout": 0.25, "patience": 2, "monitor": "h_f1", "seed": 0, "amp": True,
         "device": "auto", "freeze_encoder": False, "log_every": 20,
-        "decode": "argmax",  # scores -> path: argmax per level, or leaf / path (always valid paths)
+        "decode": "path",  # scores -> path: best whole path (default), best leaf, or per-level argmax
     }
 
     @property
@@ -96,7 +92,8 @@ class TorchModel(Model):
         raise NotImplementedError
 
     def loss(self, out, codes: torch.Tensor) -> torch.Tensor:
-        """Training loss of the head's output against ``(batch, depth)`` class indices."""
+        """Per-row training loss, ``(batch,)``, of the head's output against ``(batch, depth)``
+        class indices. Each row's loss depends on that row alone, never on the rest of the batch."""
         raise NotImplementedError
 
     def level_scores(self, out) -> list[torch.Tensor]:
@@ -117,8 +114,8 @@ class TorchModel(Model):
     def _build(self, tokenizer=None, encoder=None):
         if self.params["pooling"] not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', not {self.params['pooling']!r}")
-        if self.params["decode"] not in ("argmax", "leaf", "path"):
-            raise ValueError(f"decode must be 'argmax', 'leaf' or 'path', not {self.params['decode']!r}")
+        if self.params["decode"] not in ("path", "leaf", "argmax"):
+            raise ValueError(f"decode must be 'path', 'leaf' or 'argmax', not {self.params['decode']!r}")
         if tokenizer is None:
             tokenizer, encoder = load_pretrained(self.params["encoder"])
         torch.manual_seed(self.params["seed"])  # the head's initial weights
@@ -172,6 +169,8 @@ class TorchModel(Model):
             sched.load_state_dict(state["scheduler"])
             start, best, bad, step = state["epoch"] + 1, state["best"], state["bad_epochs"], state["step"]
             torch.set_rng_state(state["rng"])
+            if state.get("cuda_rng") is not None and self.device_.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device_)
             del self.resume_state_
 
         for epoch in range(start, p["epochs"]):
@@ -183,7 +182,7 @@ class TorchModel(Model):
                 idx = order[i:i + p["batch_size"]]
                 with self._autocast():
                     out = self.net_(*self._batch([train.texts[j] for j in idx]))
-                    loss = self.loss(out, codes[idx].to(self.device_))
+                    loss = self.loss(out, codes[idx].to(self.device_)).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.net_.parameters(), p["clip"])
@@ -204,7 +203,8 @@ class TorchModel(Model):
                 bad += 1
             logger.checkpoint(self, "last", state={
                 "epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "best": best,
-                "bad_epochs": bad, "step": step, "rng": torch.get_rng_state()})
+                "bad_epochs": bad, "step": step, "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.device_) if self.device_.type == "cuda" else None})
             if bad >= p["patience"]:
                 break
         return self
@@ -218,8 +218,7 @@ class TorchModel(Model):
             with self._autocast():
                 out = self.net_(*self._batch(texts[i:i + bs]))
                 if codes is not None:
-                    losses.append(self.loss(out, torch.as_tensor(codes[i:i + bs]).to(self.device_)).item()
-                                  * len(texts[i:i + bs]))
+                    losses.append(self.loss(out, torch.as_tensor(codes[i:i + bs]).to(self.device_)).sum().item())
                 outs.append([s.float().cpu().numpy() for s in self.level_scores(out)])
         scores = [np.concatenate(level) for level in zip(*outs)]
         return scores, (sum(losses) / len(texts) if codes is not None else None)

@@ -71,3 +71,47 @@ def test_bad_hierarchies(tmp_path):
     (tmp_path / "h.json").write_text("{}")
     with pytest.raises(ValueError, match="cannot read hierarchy"):
         Hierarchy.load(tmp_path / "h.json")
+
+
+# -- decoding ----------------------------------------------------------------------------------
+def brute_force_best_path(h, levels):
+    """The leaf whose path has the highest product of per-level scores, by enumerating every path."""
+    best, best_score = None, -np.inf
+    for leaf, path in enumerate(h.leaf_paths()):
+        score = sum(np.log(max(levels[d][c], 1e-30)) for d, c in enumerate(path))
+        if score > best_score:
+            best, best_score = leaf, score
+    return h.leaf_paths()[best]
+
+
+def test_path_decoding_is_the_brute_force_best_path(h):
+    rng = np.random.default_rng(0)
+    scores = [rng.dirichlet(np.ones(n) * 0.3, size=40) for n in h.sizes]
+    codes = h.decode_scores(scores, "path")
+    assert h.is_consistent(codes).all()
+    for row in range(40):
+        assert codes[row].tolist() == brute_force_best_path(h, [s[row] for s in scores]).tolist()
+    # with conditional scores P(class | parent) the joint is their product along the path
+    cond = [rng.dirichlet(np.ones(n), size=40) for n in h.sizes]
+    assert np.array_equal(h.decode_scores(scores, "path", conditional=cond), h.decode_scores(cond, "path"))
+
+
+def test_every_decode_mode_but_argmax_gives_valid_paths(h):
+    rng = np.random.default_rng(1)
+    scores = [rng.random((200, n)) for n in h.sizes]
+    for mode in ("path", "leaf", "top_down"):
+        assert h.is_consistent(h.decode_scores(scores, mode)).all(), mode
+    assert not h.is_consistent(h.decode_scores(scores, "argmax")).all()
+    with pytest.raises(ValueError, match="decode must be one of path, leaf, top_down, argmax, not 'best'"):
+        h.decode_scores(scores, "best")
+
+
+def test_decoding_by_hand():
+    # A = .9 and B = .85 at level 1; b1 (under B) = .8 beats a1 = .3 and a2 = .2 at level 2
+    h = Hierarchy.from_paths([("A", "a1"), ("A", "a2"), ("B", "b1")])
+    scores = [np.array([[0.9, 0.85]]), np.array([[0.3, 0.2, 0.8]])]
+    assert h.decode_scores(scores, "argmax").tolist() == [[0, 2]]  # A > b1: not a path
+    assert not h.is_consistent(h.decode_scores(scores, "argmax"))[0]
+    assert h.decode_scores(scores, "top_down").tolist() == [[0, 0]]  # greedy: A, then its best child
+    assert h.decode_scores(scores, "path").tolist() == [[1, 2]]  # .85 * .8 = .68 > .9 * .3 = .27
+    assert h.decode_scores(scores, "leaf").tolist() == [[1, 2]]

@@ -1,15 +1,32 @@
 """Adapted C-HMCNN: an MLP with sigmoid outputs over all classes, then the max-constraint module.
 
-MCM: ŷ_A = max over B in descendants(A) ∪ {A} of h_B (M = ancestor matrix), so a parent
-never scores below its children. Trained with MCLoss: BCE (summed over classes) on (1 − y)·MCM(h) + y·MCM(y ⊙ h),
-computed on logits (σ is monotonic), which keeps the gradients of saturated outputs alive.
-Per-level argmax is *not* guaranteed to be a valid path (ties and near-ties across branches).
+MCM: ŷ_A = max over B in descendants(A) ∪ {A} of h_B (M = ancestor matrix), so a parent never
+scores below its children. Trained with MCLoss: per row, BCE summed over classes on
+(1 − y)·MCM(h) + y·MCM(y ⊙ h). Both run on logits (σ is monotonic, so max of σ = σ of max, and
+σ(−∞) = 0 = y ⊙ h off the true path), which keeps the gradients of saturated outputs alive.
+
+Consistent scores do not make per-level argmax a path: with A = .9, B = .85 at level 1 and
+b1 = .8 (a child of B) above every child of A, argmax picks A then b1. Decoded by the best whole
+path (``decode=path``: the product of its classes' scores), which is always in the tree.
 """
 import torch
 from torch import nn
 
 from ktt.nn import TorchModel, multilabel_bce
 from models.db_bhcn.db_bhcn import ACTS
+
+
+def mcm(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max-constraint module on logits; ``mask`` (n_classes, n_classes): 0 where column B is row A
+    or a descendant of A, −1e9 elsewhere."""
+    return (z[:, None, :] + mask[None]).amax(-1)
+
+
+def mc_loss(z: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row MCLoss, ``(batch,)``: BCE on (1 − y)·MCM(h) + y·MCM(y ⊙ h), h = σ(z)."""
+    positive = target.bool()
+    out = torch.where(positive, mcm(z.masked_fill(~positive, -1e9), mask), mcm(z, mask))
+    return multilabel_bce(out, target)
 
 
 class DBACHMCNN(TorchModel):
@@ -27,21 +44,11 @@ class DBACHMCNN(TorchModel):
             layers += [nn.Linear(width, p["h_hidden_dim"]), ACTS[p["h_nonlinear"]](), nn.Dropout(p["h_dropout"])]
             width = p["h_hidden_dim"]
         head = nn.Sequential(*layers, nn.Linear(width, h.n_classes))
-        # additive mask: 0 where B is A or a descendant of A, else -1e9 (so B never wins the max)
-        mask = (torch.as_tensor(h.ancestor_matrix()) - 1) * 1e9
-        head.register_buffer("mask", mask.float(), persistent=False)
+        head.register_buffer("mask", (torch.as_tensor(h.ancestor_matrix()) - 1).float() * 1e9, persistent=False)
         return head
 
-    def mcm(self, z):
-        """The max-constraint module on logits: sigmoid is monotonic, so max of σ = σ of max."""
-        return (z[:, None, :] + self.net_.head.mask[None]).amax(-1)
-
     def loss(self, logits, codes):
-        y = self.multi_hot(codes)
-        z = logits.float()
-        # MCM(y ⊙ h) in logit space: non-positive classes are masked out (σ(-1e9) = 0)
-        train_out = torch.where(y.bool(), self.mcm(z.masked_fill(~y.bool(), -1e9)), self.mcm(z))
-        return multilabel_bce(train_out, y)
+        return mc_loss(logits.float(), self.multi_hot(codes), self.net_.head.mask)
 
     def level_scores(self, logits):
-        return self.split_levels(torch.sigmoid(self.mcm(logits.float())))
+        return self.split_levels(torch.sigmoid(mcm(logits.float(), self.net_.head.mask)))

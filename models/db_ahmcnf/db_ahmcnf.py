@@ -2,9 +2,14 @@
 
 Global layer i: act(LayerNorm(W_i [A_{i-1} ⊕ x])) (layer 1 sees x alone); local branch i:
 transition layer + classifier over level i; a global classifier over all classes on the last
-layer. Output = g · σ(global) + (1 − g) · σ(local), g = ``global_weight``. Loss =
-BCE(local) + BCE(global) (summed over classes) + λ_H Σ max(0, ŷ_child − ŷ_parent)². Per-level argmax is *not*
-guaranteed to be a valid path.
+layer. Output ŷ = g · σ(global) + (1 − g) · σ(local), g = ``global_weight``.
+
+Per-row loss = C · [mean_c BCE(local) + mean_c BCE(global) + λ_H Σ_(child, parent) max(0, ŷ_child − ŷ_parent)²],
+C = number of classes: the paper's loss (BCE averaged over classes, the violation penalty summed
+over parent-child pairs), multiplied by C so the positives' BCE gradient is not C times too weak
+(written as BCE summed over classes + λ_H · C · Σ violations²). λ_H keeps its designed meaning.
+
+Decoded by the best whole path (``decode=path``: the product of its classes' scores).
 """
 import torch
 from torch import nn
@@ -30,6 +35,19 @@ class HMCNFHead(nn.Module):
         return torch.cat(local, dim=-1), self.glob(a)  # logits: local (all levels), global
 
 
+def hmcnf_output(local, glob, global_weight):
+    """ŷ = g · σ(global) + (1 − g) · σ(local), over all classes."""
+    return global_weight * torch.sigmoid(glob.float()) + (1 - global_weight) * torch.sigmoid(local.float())
+
+
+def hmcnf_loss(local, glob, target, pairs, global_weight, lambda_h):
+    """Per-row HMCN-F loss, ``(batch,)``; ``pairs``: (2, n_pairs) global indices of (child, parent)."""
+    y = hmcnf_output(local, glob, global_weight)
+    child, parent = pairs
+    violation = (y[:, child] - y[:, parent]).clamp(min=0).pow(2).sum(-1)
+    return multilabel_bce(local, target) + multilabel_bce(glob, target) + lambda_h * target.shape[1] * violation
+
+
 class DBAHMCNF(TorchModel):
     defaults = {**TorchModel.defaults, "encoder_lr": 3e-5, "classifier_lr": 1e-3, "lambda_h": 0.05,
                 "dropout": 0.25, "global_hidden": 384, "local_hidden": 384, "global_weight": 0.5}
@@ -37,23 +55,14 @@ class DBAHMCNF(TorchModel):
     def build_head(self, hidden):
         p, h = self.params, self.hierarchy
         head = HMCNFHead(hidden, h.sizes, p["global_hidden"], p["local_hidden"], p["dropout"])
-        # (child, parent) global index pairs for the violation penalty
         pairs = [(o + c, h.offsets[d - 1] + par) for d, o in enumerate(h.offsets) if d
                  for c, par in enumerate(h.parent_of(d))]
         head.register_buffer("pairs", torch.as_tensor(pairs).T.contiguous(), persistent=False)
         return head
 
-    def combined(self, out):
-        g = self.params["global_weight"]
-        local, glob = out
-        return g * torch.sigmoid(glob.float()) + (1 - g) * torch.sigmoid(local.float())
-
     def loss(self, out, codes):
-        target = self.multi_hot(codes)
-        y = self.combined(out)
-        child, parent = self.net_.head.pairs
-        violation = (y[:, child] - y[:, parent]).clamp(min=0).pow(2).sum(-1).mean()
-        return multilabel_bce(out[0], target) + multilabel_bce(out[1], target) + self.params["lambda_h"] * violation
+        p = self.params
+        return hmcnf_loss(*out, self.multi_hot(codes), self.net_.head.pairs, p["global_weight"], p["lambda_h"])
 
     def level_scores(self, out):
-        return self.split_levels(self.combined(out))
+        return self.split_levels(hmcnf_output(*out, self.params["global_weight"]))

@@ -1,11 +1,13 @@
 """BHCN: one head per level, each fed the encoder output and the previous level's activations.
 
 z_1 = W_1 x;  z_i = W_i [dropout(LayerNorm(act(z_{i-1}))) ⊕ x];  outputs LogSoftmax(z_i).
-Loss = λ_L Σ_i w_i NLL(z_i, y_i) + λ_H Σ_{i<D} mean(f_i · NLL(z_i, parent(argmax z_{i+1}))),
-w = 1 − linspace(−γ_L, γ_L, D), f_i = 1 − min-max-normalised (−log p_{i+1}) at the true child.
+Per-row loss = λ_L Σ_i w_i NLL(z_i, y_i) + λ_H Σ_{i<D} f_i · NLL(z_i, parent(argmax z_{i+1})),
+w = 1 − linspace(−γ_L, γ_L, D); f_i = 1 − (−log p_{i+1} min-max-normalised over the classes of
+level i+1 *within the row*, read at the true child): 1 when the true child is the row's most
+likely class, 0 when it is the least likely, so the hierarchical term fades when the child
+prediction it relies on is itself wrong. f_i is a weight (no gradient flows through it).
 
-Predictions are the argmax of each level: *not* guaranteed to be a valid path (the
-hierarchical term makes violations rare; ``violation_rate`` measures them).
+Decoded by the best whole path (``decode=path``: the product of the per-level probabilities).
 """
 import torch
 from torch import nn
@@ -35,16 +37,20 @@ class BHCNHead(nn.Module):
 
 
 def bhcn_level_loss(logp, codes, gamma_l, lambda_l, lambda_h, parents):
-    """λ_L Σ w_i NLL_i + λ_H Σ mean(f_i · NLL(level i, parent of the predicted child))."""
+    """Per-row BHCN loss, ``(batch,)``, from per-level log-probabilities ``logp[i]`` (batch, n_i).
+
+    ``parents[i]`` maps each class of level i to its parent's index at level i - 1.
+    """
     depth = len(logp)
     w = 1 - torch.linspace(-gamma_l, gamma_l, depth, device=codes.device)
-    loss = lambda_l * sum(w[i] * nn.functional.nll_loss(logp[i], codes[:, i]) for i in range(depth))
+    nll = [-lp.gather(1, codes[:, i:i + 1]).squeeze(1) for i, lp in enumerate(logp)]
+    loss = lambda_l * sum(w[i] * nll[i] for i in range(depth))
     for i in range(depth - 1 if lambda_h else 0):
-        child_nll = -logp[i + 1].gather(1, codes[:, i + 1:i + 2]).squeeze(1).detach()
-        span = (child_nll.max() - child_nll.min()).clamp(min=1e-9)
-        f = 1 - (child_nll - child_nll.min()) / span
+        neg = -logp[i + 1].detach()
+        lo, hi = neg.min(1).values, neg.max(1).values
+        f = 1 - (nll[i + 1].detach() - lo) / (hi - lo).clamp(min=1e-9)
         parent_of_pred = parents[i + 1][logp[i + 1].argmax(1)]
-        loss = loss + lambda_h * (f * nn.functional.nll_loss(logp[i], parent_of_pred, reduction="none")).mean()
+        loss = loss + lambda_h * f * -logp[i].gather(1, parent_of_pred[:, None]).squeeze(1)
     return loss
 
 

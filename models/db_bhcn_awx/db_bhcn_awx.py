@@ -1,15 +1,48 @@
 """BHCN levels with an AWX output layer over sigmoid leaf scores.
 
-ŷ_j = min(1, (Σ_leaves (R_jl σ(z_l))^n)^(1/n)) for every class j (n = ``awx_norm``;
-n <= 0 means max). Trained with BCE on the global multi-hot target plus the BHCN per-level
-term λ_L Σ w_i NLL_i. A parent's score is never below its children's, but the per-level
-argmax is *not* guaranteed to be a valid path.
+ŷ_j = min(1, (Σ_leaves (R_jl σ(z_l))^n)^(1/n)) for every class j (n = ``awx_norm``; n <= 0
+means max). Per-row loss = BCE(ŷ, multi-hot path) summed over classes + λ_L Σ_i w_i NLL_i
+(the BHCN per-level term, no hierarchical term).
+
+ŷ and the BCE are computed in log space (log σ(z) = −softplus(−z), then a log-sum-exp over each
+class's leaves; a leaf's BCE on its logit): a confident leaf keeps an exact, non-zero gradient
+where σ(z) rounds to 1 in float32, and no op runs that CUDA autocast refuses
+(``binary_cross_entropy`` on probabilities). Where the n-norm overshoots 1 for a *negative*
+inner class, the clip passes the gradient straight through (the class is still pushed down);
+for a positive class the clip means "already right".
 """
+import math
+
 import torch
 from torch import nn
 
-from ktt.nn import TorchModel
+from ktt.nn import TorchModel, multilabel_bce
 from models.db_bhcn.db_bhcn import BHCNHead, bhcn_level_loss
+
+#: an inner class's log(1 − ŷ) is evaluated at ŷ ≤ 1 − 1e-4 (bounded loss and gradient when it overshoots)
+_LOG_MAX_NEG = math.log1p(-1e-4)
+
+
+def awx_log(leaf_logits: torch.Tensor, leaf_mask: torch.Tensor, norm: float) -> torch.Tensor:
+    """log of the unclipped AWX output, ``(batch, n_classes)``. ``leaf_mask``: (n_classes, n_leaves),
+    0 where leaf l is class j or under it, −inf elsewhere."""
+    ls = nn.functional.logsigmoid(leaf_logits.float())[:, None, :] + leaf_mask[None]
+    return ls.amax(-1) if norm <= 0 else torch.logsumexp(norm * ls, dim=-1) / norm
+
+
+def awx_bce(leaf_logits: torch.Tensor, leaf_mask: torch.Tensor, norm: float, target: torch.Tensor) -> torch.Tensor:
+    """Per-row BCE of ŷ = min(1, AWX) against a multi-hot target, summed over classes.
+
+    The leaves (the last ``n_leaves`` classes) have ŷ = σ(z): their BCE is taken on the logits,
+    exact at any confidence. Inner classes use log ŷ; where ŷ overshoots 1 on a negative class the
+    cap passes the gradient straight through.
+    """
+    n_leaves = leaf_logits.shape[1]
+    log_y = awx_log(leaf_logits, leaf_mask, norm)[:, :-n_leaves]
+    inner_t, leaf_t = target[:, :-n_leaves], target[:, -n_leaves:]
+    capped = log_y - (log_y - log_y.clamp(max=_LOG_MAX_NEG)).detach()  # value capped, gradient straight through
+    inner = inner_t * -log_y.clamp(max=0.0) + (1 - inner_t) * -torch.log(-torch.expm1(capped))
+    return inner.sum(-1) + multilabel_bce(leaf_logits, leaf_t)
 
 
 class DBBHCNAWX(TorchModel):
@@ -18,21 +51,18 @@ class DBBHCNAWX(TorchModel):
 
     def build_head(self, hidden):
         head = BHCNHead(hidden, self.hierarchy.sizes, self.params["dropout"], self.params["act"])
-        head.register_buffer("R", torch.as_tensor(self.hierarchy.leaf_matrix()), persistent=False)
+        mask = torch.where(torch.as_tensor(self.hierarchy.leaf_matrix()) > 0, 0.0, -math.inf)
+        head.register_buffer("leaf_mask", mask, persistent=False)
         return head
 
-    def awx(self, leaf_logits):
-        s = torch.sigmoid(leaf_logits.float())[:, None, :] * self.net_.head.R[None]  # (batch, classes, leaves)
-        n = self.params["awx_norm"]
-        y = s.amax(-1) if n <= 0 else s.pow(n).sum(-1).clamp(min=1e-12).pow(1 / n)
-        return y.clamp(max=1 - 1e-6)
+    def _log_y(self, z):
+        return awx_log(z[-1], self.net_.head.leaf_mask, self.params["awx_norm"])
 
     def loss(self, z, codes):
         p = self.params
-        target = self.multi_hot(codes)
-        bce = nn.functional.binary_cross_entropy(self.awx(z[-1]), target)
         logp = [zi.float().log_softmax(-1) for zi in z]
-        return bce + bhcn_level_loss(logp, codes, p["gamma_l"], p["lambda_l"], 0.0, [])
+        return (awx_bce(z[-1], self.net_.head.leaf_mask, p["awx_norm"], self.multi_hot(codes))
+                + bhcn_level_loss(logp, codes, p["gamma_l"], p["lambda_l"], 0.0, []))
 
     def level_scores(self, z):
-        return self.split_levels(self.awx(z[-1]))
+        return self.split_levels(self._log_y(z).clamp(max=0.0).exp())

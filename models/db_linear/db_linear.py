@@ -1,7 +1,8 @@
 """Encoder + dropout + one linear layer over the leaf classes, cross-entropy.
 
-Predictions are always valid paths: the leaf is predicted, ancestors follow from it.
-Level scores are the leaf probabilities summed under each ancestor.
+Predictions are always valid paths: the leaf is predicted, ancestors follow from it. Level
+scores are the leaf probabilities summed under each ancestor, so a leaf's probability *is* its
+whole path's joint score and ``decode=leaf`` (the default here) is the joint-path decoding.
 """
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ class DBLinear(TorchModel):
         return head
 
     def loss(self, logits, codes):
-        return nn.functional.cross_entropy(logits.float(), codes[:, -1])
+        return nn.functional.cross_entropy(logits.float(), codes[:, -1], reduction="none")
 
     def level_scores(self, logits):
         return self.split_levels(logits.float().softmax(-1) @ self.net_.head.R.T)

@@ -1,8 +1,10 @@
-"""TF-IDF + one SGD classifier per parent node (root included), predicted top-down.
+"""TF-IDF + one SGD classifier per parent node (root included), decoded by whole-path score.
 
-Every prediction is a valid path: each level picks among the children of the class
-chosen one level up. Scores per level are the chained probabilities
-P(class) = P(parent) * P(class | parent).
+Each node's classifier gives P(class | parent) over its children; a path's joint score is the
+product of its classes' conditional probabilities, and prediction takes the best whole path
+(``decode=path``; ``top_down`` is the greedy walk from the root). Every prediction is a valid
+path. Scores per level are the chained probabilities P(class) = P(parent) * P(class | parent).
+Only losses whose classifiers give probabilities are accepted (``PROBA_LOSSES``).
 """
 from __future__ import annotations
 
@@ -13,8 +15,20 @@ from models.tfidf_common import (TfidfModel, export_vectorizer, linear_proba_nod
                                  sgd_block)
 
 
+PROBA_LOSSES = ("modified_huber", "log_loss")
+
+
 class TfidfHSGD(TfidfModel):
+    defaults = {**TfidfModel.defaults, "decode": "path"}
     fitted = ("nodes_",)
+
+    def __init__(self, hierarchy, **params):
+        super().__init__(hierarchy, **params)
+        if self.params["loss"] not in PROBA_LOSSES:
+            raise ValueError(f"tfidf_hsgd scores whole paths from node probabilities: loss must be one of "
+                             f"{', '.join(PROBA_LOSSES)}, not {self.params['loss']!r}")
+        if self.params["decode"] not in ("path", "top_down"):
+            raise ValueError(f"decode must be 'path' or 'top_down', not {self.params['decode']!r}")
 
     def fit(self, train, val=None, logger=None):
         logger = logger or NullLogger()
@@ -59,7 +73,7 @@ class TfidfHSGD(TfidfModel):
         return out
 
     def predict(self, texts):
-        return self.hierarchy.decode_scores([], "top_down", conditional=self.conditional_proba(texts))
+        return self.hierarchy.decode_scores([], self.params["decode"], conditional=self.conditional_proba(texts))
 
     def export_onnx(self, classifier_path, encoder_path=None):
         """``encoder.onnx``: stemmed text -> TF-IDF; ``classifier.onnx``: TF-IDF -> ``conditional``
@@ -92,4 +106,4 @@ class TfidfHSGD(TfidfModel):
                    {"scores": h.n_classes, "conditional": h.n_classes}, classifier_path)
 
     def serving_config(self):
-        return serving_config(self, "top_down")
+        return serving_config(self, self.params["decode"])
