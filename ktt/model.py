@@ -68,8 +68,8 @@ class Model(ABC):
         """Scores per level: a list of ``(n, n_classes_at_level)`` arrays."""
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
-        """``(n, depth)`` class indices; by default the argmax of each level's scores."""
-        return np.stack([s.argmax(axis=1) for s in self.predict_proba(texts)], axis=1)
+        """``(n, depth)`` class indices; by default the path of the tree with the best joint score."""
+        return self.hierarchy.decode_scores(self.predict_proba(texts), "path")
 
     def predict_paths(self, texts: Sequence[str]) -> list[list[str]]:
         """The predicted class name at every level, coarsest first."""

@@ -62,3 +62,27 @@ def test_registry():
     assert {"tfidf_lsgd", "tfidf_hsgd"} <= set(registry.available())
     with pytest.raises(KeyError, match="unknown model 'nope'; available: .*tfidf_hsgd"):
         registry.get("nope")
+
+
+def test_hsgd_decodes_the_best_whole_path(bigbasket):
+    model = registry.get("tfidf_hsgd")(bigbasket.hierarchy).fit(bigbasket.train, bigbasket.val)
+    h, texts = bigbasket.hierarchy, bigbasket.test.texts[:300]
+    cond = model.conditional_proba(texts)
+    pred = model.predict(texts)
+    # the joint P(path) = Π P(class | parent) = the chained leaf score: the best path is its best leaf
+    joint = model.predict_proba(texts)[-1]
+    assert np.array_equal(pred, h.leaf_paths()[joint.argmax(axis=1)])
+    greedy = h.decode_scores([], "top_down", conditional=cond)
+    chosen = joint[np.arange(len(texts)), pred[:, -1]]
+    greedy_score = joint[np.arange(len(texts)), greedy[:, -1]]
+    assert (chosen >= greedy_score).all() and (chosen > greedy_score).any()
+    model.params["decode"] = "top_down"
+    assert np.array_equal(model.predict(texts), greedy)
+
+
+def test_hsgd_refuses_losses_without_probabilities(bigbasket):
+    with pytest.raises(ValueError, match="tfidf_hsgd scores whole paths from node probabilities: loss must be one "
+                                         "of modified_huber, log_loss, not 'hinge'"):
+        registry.get("tfidf_hsgd")(bigbasket.hierarchy, loss="hinge")
+    with pytest.raises(ValueError, match="decode must be 'path' or 'top_down', not 'argmax'"):
+        registry.get("tfidf_hsgd")(bigbasket.hierarchy, decode="argmax")

@@ -38,7 +38,9 @@ def test_loss_decreases(trained, bb300):
     losses = [m["train_loss"] for m in rec.metrics if "train_loss" in m]
     per_epoch = -(-len(bb300["train"]) // 16)
     assert len(losses) == 3 * per_epoch
-    assert np.mean(losses[-per_epoch:]) < 0.9 * np.mean(losses[:per_epoch])
+    # 5%: BHCN's per-row f_i keeps its hierarchical term (which rises while the child predictions it
+    # follows are still random) in every row's loss, so its total falls more slowly at first
+    assert np.mean(losses[-per_epoch:]) < 0.95 * np.mean(losses[:per_epoch])
     val = [m for m in rec.metrics if "val_loss" in m]
     assert len(val) == 3 and val[-1]["val_loss"] < val[0]["val_loss"]
 
