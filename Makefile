@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 export KTT_DATASETS ?= datasets
 export KTT_WEIGHTS ?= weights
 
-.PHONY: env run test test-fast clean prometheus
+.PHONY: env run test test-fast clean prometheus mutation
 env: $(VENV)/.ok $(SERVING)/.ok
 
 # One pip command for everything, torch included, so pip takes the CPU torch build.
@@ -57,6 +57,13 @@ test: env prometheus
 
 test-fast: $(VENV)/.ok
 	$(VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# Mutation testing of the core formulas (pyproject.toml [tool.mutmut]); slow, not part of `make test`.
+mutation: $(VENV)/.ok
+	$(VENV)/bin/pip install -q mutmut==3.8.1
+	rm -rf mutants
+	KTT_SHARED_DATA=$(abspath $(SHARED_DATA)) $(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut results
 
 clean:
 	rm -rf $(VENV) $(SERVING) mlruns mlflow.db datasets

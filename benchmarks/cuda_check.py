@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +91,7 @@ def run(data: Path, encoder: str, runs: str, out: Path, device: str = "cuda", re
         print(spec, flush=True)
         logger = Saver(tempfile.mkdtemp())
         t0 = time.time()
-        model = cls(h, **params).fit(ds.train, ds.val, logger)
+        cls(h, **params).fit(ds.train, ds.val, logger)
         fit_s = time.time() - t0
         best = cls.load(logger.paths["best"])
         m = evaluate(h, ds.test.codes, best.predict(ds.test.texts))

@@ -10,6 +10,7 @@ models with their overrides, an optional tuning budget, seeds and the metric to 
     train_rows: 8000                                  # optional seeded samples (val_rows too)
     seed: 0
     rank_by: test_h_f1
+    rank_order: max          # optional: min for losses, violation rates and times (their default)
 
 A parent run holds the file, the ranked table (``ranking.md``) and a bar chart
 (``ranking.png``); each model is a nested run (tuning studies are runs of their own, tagged
@@ -26,7 +27,8 @@ import yaml
 from . import registry
 
 log = logging.getLogger(__name__)
-KEYS = {"name", "experiment", "data", "models", "tune", "seed", "rank_by", "train_rows", "val_rows", "description"}
+KEYS = {"name", "experiment", "data", "models", "tune", "seed", "rank_by", "rank_order", "train_rows", "val_rows",
+        "description"}
 INGEST_KEYS = {"text_col", "label_cols", "label_sep", "depth", "invalid_rows", "keep_duplicates", "split_col",
                "split_ratios", "seed"}
 
@@ -66,6 +68,9 @@ def load_spec(path: str | Path) -> dict:
             raise ValueError(f"{path}: models.{name}: {e.args[0] if e.args else e}") from None
     spec.setdefault("seed", 0)
     spec.setdefault("rank_by", "test_h_f1")
+    spec.setdefault("rank_order", "min" if lower_is_better(spec["rank_by"]) else "max")
+    if spec["rank_order"] not in ("min", "max"):
+        raise ValueError(f"{path}: rank_order must be 'min' or 'max', not {spec['rank_order']!r}")
     spec.setdefault("experiment", f"ktt-{spec['name']}")
     return spec
 
@@ -133,12 +138,22 @@ def run_experiment(path: str | Path, datasets_root: str | Path | None = None,
                 raise ValueError(f"rank_by {spec['rank_by']!r} is not a metric of the runs; "
                                  f"some are {sorted(k for k in m if k.startswith('test_'))}")
             rows.append({"model": name, "run_id": run_id, "tuned": name in tuned, **m})
-        rows.sort(key=lambda r: r[spec["rank_by"]], reverse=True)
+        rows = rank(rows, spec["rank_by"], spec["rank_order"])
         mlflow.log_text(ranking_table(rows, spec["rank_by"]), "ranking.md")
         mlflow.log_figure(ranking_chart(rows, spec["rank_by"], spec["name"]), "ranking.png")
         mlflow.log_metric(f"best_{spec['rank_by']}", rows[0][spec["rank_by"]])
         mlflow.set_tag("ktt.best_model", rows[0]["model"])
     return parent.info.run_id, rows
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses, violation rates and times rank lowest first; every other metric highest first."""
+    return any(k in metric for k in ("loss", "violation_rate", "time_s"))
+
+
+def rank(rows: list[dict], rank_by: str, order: str = "max") -> list[dict]:
+    """``rows`` best first by ``rank_by`` (``order``: ``max`` or ``min`` is best); ties keep file order."""
+    return sorted(rows, key=lambda r: r[rank_by], reverse=order == "max")
 
 
 def ranking_table(rows: list[dict], rank_by: str) -> str:

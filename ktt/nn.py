@@ -8,7 +8,6 @@ that resume exactly) lives here once.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 from pathlib import Path
 

@@ -1,7 +1,6 @@
 """One tracked fit: load the dataset, fit, checkpoint, evaluate, log everything to MLflow."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path

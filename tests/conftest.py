@@ -1,13 +1,82 @@
 import os
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-import pandas as pd
-import pytest
+# huggingface_hub reads this once, at import: set before anything imports it (no network here)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("KTT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    """A loopback port free right now (another process may take it before we bind: see ``Server``)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A server process started on free loopback ports, its output in a log file (never an undrained pipe).
+
+    ``make_cmd(ports)`` builds the command from ``n_ports`` free ports; ``ready(ports, log_text)``
+    says when it is up. A start that loses a port to another process is retried on new ports;
+    any other exit, or no readiness within ``timeout`` seconds, fails loudly with the log's end.
+    """
+
+    def __init__(self, make_cmd, ready, env=None, n_ports=1, timeout=180, attempts=3):
+        for _ in range(attempts):
+            self.ports = [free_port() for _ in range(n_ports)]
+            self.log = Path(tempfile.mkstemp(prefix="ktt-server-", suffix=".log")[1])
+            with open(self.log, "w") as out:
+                self.proc = subprocess.Popen(make_cmd(self.ports), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, start_new_session=True)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if ready(self.ports, self.text()):
+                    return
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.25)
+            else:
+                self.stop()
+                raise TimeoutError(f"server not ready after {timeout} s: {self.text()[-3000:]}")
+            if "address already in use" not in self.text().lower():
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.text()[-3000:]}")
+        raise RuntimeError(f"no free port after {attempts} attempts: {self.text()[-3000:]}")
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        """Signal the whole process group; SIGKILL what is left after ``timeout`` seconds."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+                raise
+        return self.proc.returncode
+
+
+def http_ok(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(url, timeout=1).ok
+    except requests.RequestException:
+        return False
 
 
 def _need(path: Path) -> Path:

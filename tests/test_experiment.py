@@ -13,7 +13,7 @@ from ktt.experiment import load_spec
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("name", ["smoke", "bigbasket", "clinc150"])
+@pytest.mark.parametrize("name", ["smoke", "bigbasket", "clinc150", "hierarchy_pays"])
 def test_shipped_experiments_are_valid(name):
     spec = load_spec(ROOT / "experiments" / f"{name}.yaml")
     assert spec["name"] == name and spec["models"]
@@ -55,3 +55,19 @@ def test_bad_experiment_files(tmp_path, change, message):
     (tmp_path / "e.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(ValueError, match=message):
         load_spec(tmp_path / "e.yaml")
+
+
+def test_ranking_in_both_directions(tmp_path):
+    from ktt.experiment import load_spec, rank
+
+    rows = [{"model": "a", "test_h_f1": 0.7, "val_loss": 1.2}, {"model": "b", "test_h_f1": 0.8, "val_loss": 0.9},
+            {"model": "c", "test_h_f1": 0.7, "val_loss": 2.0}]
+    assert [r["model"] for r in rank(rows, "test_h_f1", "max")] == ["b", "a", "c"]  # ties keep file order
+    assert [r["model"] for r in rank(rows, "val_loss", "min")] == ["b", "a", "c"]
+    spec = yaml.safe_load((ROOT / "experiments" / "smoke.yaml").read_text())
+    for rank_by, order in (("test_h_f1", "max"), ("test_violation_rate", "min"), ("train_time_s", "min"),
+                           ("best_val_loss", "min")):
+        (tmp_path / "e.yaml").write_text(yaml.safe_dump({**spec, "rank_by": rank_by}))
+        assert load_spec(tmp_path / "e.yaml")["rank_order"] == order
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump({**spec, "rank_by": "train_time_s", "rank_order": "max"}))
+    assert load_spec(tmp_path / "e.yaml")["rank_order"] == "max"

@@ -1,15 +1,13 @@
 """ONNX parity for all seven models, and the BentoML 0.13.1 service built and served for real."""
 import json
 import os
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
+from conftest import Server, http_ok
 from ktt import registry
 from ktt.export import export, export_onnx, resolve_source
 from ktt.serving.runtime import Predictor
@@ -63,40 +61,24 @@ def test_source_resolution_errors(tmp_path, tracking):
         resolve_source("0123456789abcdef0123456789abcdef")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Served:
     """`bentoml serve` (or serve-gunicorn) of a built bundle on a free loopback port."""
 
     def __init__(self, bundle, gunicorn=False):
-        self.port = free_port()
-        cmd = [str(SERVING_BIN / "bentoml"), "serve-gunicorn" if gunicorn else "serve", str(bundle),
-               "--port", str(self.port)] + (["--workers", "1"] if gunicorn else [])
         env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+        self.server = Server(
+            lambda ports: [str(SERVING_BIN / "bentoml"), "serve-gunicorn" if gunicorn else "serve", str(bundle),
+                           "--port", str(ports[0])] + (["--workers", "1"] if gunicorn else []),
+            lambda ports, log: http_ok(f"http://127.0.0.1:{ports[0]}/healthz"), env=env)
+        self.port = self.server.ports[0]
         self.url = f"http://127.0.0.1:{self.port}"
-        for _ in range(120):
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).ok:
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.5)
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.proc.stdout.read()[-3000:])
-        raise TimeoutError("service did not start")
 
     def post(self, route, body, raw=False):
         data = body if raw else json.dumps(body)
         return requests.post(f"{self.url}/{route}", data=data, headers={"Content-Type": "application/json"}, timeout=30)
 
     def stop(self):
-        os.killpg(self.proc.pid, 15)
-        self.proc.wait(timeout=30)
+        self.server.stop()
 
 
 @pytest.mark.slow

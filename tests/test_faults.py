@@ -9,7 +9,6 @@ import random
 import re
 import resource
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -21,6 +20,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
+from conftest import Server, http_ok
 from ktt import registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,12 +166,6 @@ def test_one_megabyte_cell_is_kept_intact(tmp_path, env, bigbasket_path):
 
 # -- the served model under 10,000 mixed requests ------------------------------------------------------
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_kb(sid: int) -> int:
     out = subprocess.run(["ps", "-o", "rss=", "--sid", str(sid)], capture_output=True, text=True).stdout
     return sum(int(x) for x in out.split())
@@ -191,18 +185,13 @@ def test_served_model_under_10000_mixed_requests(env, bigbasket_df, tmp_path):
     built = ktt("export", "--model", "tfidf_lsgd", "--dataset", "bb_small", "--bento", "--build", str(tmp_path / "b"),
                 env=env, timeout=600)
     assert built.returncode == 0, built.stderr[-2000:]
-    port = free_port()
-    server = subprocess.Popen([str(SERVING_BIN / "bentoml"), "serve-gunicorn", str(tmp_path / "b/tfidf_lsgd_bb_small/inference"),
-                               "--port", str(port), "--workers", "1"], env={**env, "BENTOML_DO_NOT_TRACK": "true"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    server = Server(lambda ports: [str(SERVING_BIN / "bentoml"), "serve-gunicorn",
+                                   str(tmp_path / "b/tfidf_lsgd_bb_small/inference"), "--port", str(ports[0]),
+                                   "--workers", "1"],
+                    lambda ports, log: http_ok(f"http://127.0.0.1:{ports[0]}/healthz"),
+                    env={**env, "BENTOML_DO_NOT_TRACK": "true"})
+    url = f"http://127.0.0.1:{server.ports[0]}"
     try:
-        for _ in range(120):
-            try:
-                if requests.get(url + "/healthz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
         titles = bigbasket_df.text.sample(2000, random_state=0).tolist()
         codes, errors, lock, shed = {}, [], threading.Lock(), [0]
         memory = []
@@ -228,17 +217,18 @@ def test_served_model_under_10000_mixed_requests(env, bigbasket_df, tmp_path):
                         if r.status_code != want or (want == 200 and r.json().count("\n") != 2):
                             errors.append((body[:80], r.status_code, r.text[:200]))
                     if seed == 0 and i % 250 == 0:
-                        memory.append(rss_kb(server.pid))
+                        memory.append(rss_kb(server.proc.pid))
         threads = [threading.Thread(target=client, args=(k, 1250)) for k in range(8)]
         [t.start() for t in threads]
         [t.join() for t in threads]
         assert sum(codes.values()) == 10_000
         assert not errors, errors[:5]
         assert set(codes) == {200, 400}  # every request answered as it should be: no 5xx, nothing lost
-        assert server.poll() is None and requests.get(url + "/healthz", timeout=5).ok
+        assert server.proc.poll() is None and requests.get(url + "/healthz", timeout=5).ok
         warm = memory[len(memory) // 4]
-        assert memory[-1] - warm < 30_000, memory  # flat: under 30 MB after warm-up
+        # flat: under 30 MB of growth after warm-up. Machine-dependent (allocator, Python build); on
+        # this project's machines the growth measured 0.5-1 MB (docs/reliability.md)
+        assert memory[-1] - warm < 30_000, memory
         print(f"codes {codes}, 429s retried {shed[0]}, RSS kB over the run {memory}")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        server.stop()

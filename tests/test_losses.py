@@ -5,7 +5,6 @@ A, B, a1, a2, b1 (offsets 0, 2).
 """
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode

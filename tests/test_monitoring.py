@@ -18,9 +18,10 @@ import pytest
 import requests
 import yaml
 
+from conftest import Server, free_port
 from ktt import registry
 from ktt.monitoring.dashboard import dashboard, metric_names
-from ktt.monitoring.sidecar import Monitor, load_config, make_handler
+from ktt.monitoring.sidecar import Monitor, is_drift, load_config, make_handler
 from ktt.serving.runtime import pool_features
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,17 @@ def test_no_drift_on_same_distribution_and_drift_on_another(setup):
     mon.calculate()
     assert mon.drift_share._value.get() > calm_share
     assert mon.column_drift.labels("confidence")._value.get() < 1e-6  # the model is far less sure of these
+    # the flag follows the configured drift_share, at its exact boundary
+    share = mon.drift_share._value.get()
+    for drift_share, flagged in ((share, 1.0), (min(1.0, share + 0.01), 0.0 if share < 1 else 1.0)):
+        mon.cfg["drift_share"] = drift_share
+        mon.calculate()
+        assert mon.dataset_drift._value.get() == flagged, (share, drift_share)
+
+
+def test_drift_decision():
+    assert is_drift(0.25, 0.25) and is_drift(0.6, 0.5)
+    assert not is_drift(0.2499, 0.25) and not is_drift(0.49, 0.5)
 
 
 def test_http_interface(setup):
@@ -94,12 +106,6 @@ SERVING_BIN = ROOT / ".venv-serving" / "bin"
 KTT = ROOT / ".venv" / "bin" / "ktt"
 needs_stack = pytest.mark.skipif(not (SERVING_BIN / "bentoml").exists() or not shutil.which("prometheus"),
                                  reason="needs the serving env (`make env`) and Prometheus (`make test` installs it)")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def service_class(model):
@@ -161,19 +167,13 @@ class Stack:
     """`ktt serve` as a user runs it, on free loopback ports, stopped with Ctrl-C (SIGINT)."""
 
     def __init__(self, build, env):
-        self.ports = {"inference": free_port(), "monitoring": free_port(), "prometheus": free_port()}
+        names = ("inference", "monitoring", "prometheus")
+        self.server = Server(
+            lambda p: [str(KTT), "serve", str(build), "--port", str(p[0]), "--monitoring-port", str(p[1]),
+                       "--prometheus-port", str(p[2]), "--drift-period", "2"],
+            lambda p, log: "Ctrl-C stops everything" in log, env=env, n_ports=3)
+        self.ports = dict(zip(names, self.server.ports))
         self.urls = {k: f"http://127.0.0.1:{p}" for k, p in self.ports.items()}
-        cmd = [str(KTT), "serve", str(build), "--port", str(self.ports["inference"]),
-               "--monitoring-port", str(self.ports["monitoring"]), "--prometheus-port", str(self.ports["prometheus"]),
-               "--drift-period", "2"]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
-        lines = []
-        for line in self.proc.stdout:
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                return
-        raise RuntimeError("ktt serve did not start:\n" + "".join(lines))
 
     def query(self, expr):
         r = requests.get(self.urls["prometheus"] + "/api/v1/query", params={"query": expr}, timeout=10).json()
@@ -203,13 +203,8 @@ class Stack:
         raise TimeoutError("no drift calculation reached Prometheus")
 
     def interrupt(self):
-        os.killpg(self.proc.pid, signal.SIGINT)
-        try:
-            return self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:  # still fail, but leave no stack running behind the test
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=60)
-            raise
+        """Ctrl-C; a stack still up after 60 s still fails the test, but is killed, not left behind."""
+        return self.server.stop(signal.SIGINT)
 
 
 @pytest.mark.slow

@@ -29,6 +29,11 @@ MONITORS = ("data_drift", "cat_target_drift")
 MAX_BODY = 10 * 1024 * 1024
 
 
+def is_drift(share: float, drift_share: float) -> bool:
+    """The dataset drifted when at least ``drift_share`` of the monitored columns did."""
+    return share >= drift_share
+
+
 def load_config(path: str | Path) -> dict:
     """``evidently.yaml``: the ``service`` section, with ``reference_path`` relative to the file."""
     path = Path(path)
@@ -141,7 +146,7 @@ class Monitor:
             if cfg["type"].endswith("DriftedColumnsCount"):
                 self.drift_count.set(value["count"])
                 self.drift_share.set(value["share"])
-                self.dataset_drift.set(float(value["share"] >= float(self.cfg.get("drift_share", 0.5))))
+                self.dataset_drift.set(float(is_drift(value["share"], float(self.cfg.get("drift_share", 0.5)))))
             elif cfg["column"] == "prediction":
                 self.target_drift.set(value)
             else:

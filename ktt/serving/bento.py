@@ -16,36 +16,12 @@ import logging
 from pathlib import Path
 
 from ktt.serving import metrics
-from ktt.serving.runtime import MAX_TEXT_CHARS, Predictor
+from ktt.serving.runtime import Predictor, parse_request
 
 logger = logging.getLogger(__name__)
-MAX_TEXTS_PER_REQUEST = 256
 _REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements" / "serving.txt"
 # The same pins as the serving environment; the base image exists for Python 3.11.
 SERVING_ENV = {"requirements_txt_file": str(_REQUIREMENTS), "docker_base_image": "python:3.11-slim"}
-
-
-def parse_request(body) -> list[str]:
-    """The texts of one request, or ValueError with what is wrong."""
-    items = body if isinstance(body, list) else [body]
-    if not items:
-        raise ValueError("empty list: send {\"text\": \"...\"} or a list of them")
-    texts = []
-    for item in items:
-        if not isinstance(item, dict) or "text" not in item:
-            raise ValueError("each item must be a JSON object with a \"text\" field")
-        value = item["text"]
-        for t in value if isinstance(value, list) else [value]:
-            if not isinstance(t, str):
-                raise ValueError(f"\"text\" must be a string, not {type(t).__name__}")
-            if not t.strip():
-                raise ValueError("\"text\" is empty")
-            if len(t) > MAX_TEXT_CHARS:
-                raise ValueError(f"\"text\" has {len(t):,} characters; the limit is {MAX_TEXT_CHARS:,}")
-            texts.append(t)
-    if len(texts) > MAX_TEXTS_PER_REQUEST:
-        raise ValueError(f"{len(texts)} texts in one request; the limit is {MAX_TEXTS_PER_REQUEST}")
-    return texts
 
 
 @bentoml.artifacts([OnnxModelArtifact("encoder", backend="onnxruntime"),

@@ -12,7 +12,8 @@ import numpy as np
 
 from ktt.hierarchy import Hierarchy
 
-MAX_TEXT_CHARS = 10_000  # longer texts are cut: titles and tickets never need more
+MAX_TEXT_CHARS = 10_000  # a request with a longer text is refused (in-process callers: cut); titles never need more
+MAX_TEXTS_PER_REQUEST = 256
 N_MONITORED_FEATURES = 24
 
 
@@ -34,6 +35,29 @@ def reference_frame(features: np.ndarray, leaf_scores: np.ndarray, leaf_names: l
     if targets is not None:
         df.insert(0, "targets", targets)
     return pd.concat([df, pd.DataFrame(leaf_scores, columns=leaf_names)], axis=1)
+
+
+def parse_request(body) -> list[str]:
+    """The texts of one request, or ValueError with what is wrong."""
+    items = body if isinstance(body, list) else [body]
+    if not items:
+        raise ValueError("empty list: send {\"text\": \"...\"} or a list of them")
+    texts = []
+    for item in items:
+        if not isinstance(item, dict) or "text" not in item:
+            raise ValueError("each item must be a JSON object with a \"text\" field")
+        value = item["text"]
+        for t in value if isinstance(value, list) else [value]:
+            if not isinstance(t, str):
+                raise ValueError(f"\"text\" must be a string, not {type(t).__name__}")
+            if not t.strip():
+                raise ValueError("\"text\" is empty")
+            if len(t) > MAX_TEXT_CHARS:
+                raise ValueError(f"\"text\" has {len(t):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+            texts.append(t)
+    if len(texts) > MAX_TEXTS_PER_REQUEST:
+        raise ValueError(f"{len(texts)} texts in one request; the limit is {MAX_TEXTS_PER_REQUEST}")
+    return texts
 
 
 class Predictor:
