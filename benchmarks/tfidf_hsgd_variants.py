@@ -1,0 +1,127 @@
+"""Why tfidf_hsgd does not beat tfidf_lsgd: the variants tried, on one split, in one run.
+
+    .venv/bin/python benchmarks/tfidf_hsgd_variants.py
+
+Deduplicated BigBasket, official split, the TF-IDF features of ``hyperparameters.json`` for all
+rows. Each row changes one thing about the per-parent-node classifiers or their decoding.
+"""
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.report import write_section  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "bigbasket_products.parquet"
+
+
+def group_softmax(decision, parents, temperature):
+    """Softmax of decision values over each parent's children."""
+    out = np.zeros_like(decision)
+    for p in np.unique(parents):
+        cols = np.flatnonzero(parents == p)
+        z = decision[:, cols] / temperature
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        out[:, cols] = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+def main() -> None:
+    from scipy.optimize import minimize_scalar
+    from sklearn.linear_model import SGDClassifier
+
+    from ktt import registry
+    from ktt.data import load_dataset, prepare, write_dataset
+    from ktt.metrics import evaluate
+
+    warnings.simplefilter("ignore")
+    tmp = Path(tempfile.mkdtemp(prefix="ktt-hsgd-"))
+    splits, h, _ = prepare(pd.read_parquet(DATA))
+    write_dataset(splits, h, tmp, "bigbasket")
+    ds = load_dataset("bigbasket", tmp)
+    test, rows = ds.test, []
+
+    def add(name, codes):
+        m = evaluate(h, test.codes, codes)
+        rows.append(f"| {name} | {m['L1_accuracy']:.3f} | {m['leaf_accuracy']:.3f} | {m['h_f1']:.3f} |")
+        print(rows[-1], flush=True)
+
+    def hsgd(**sgd):
+        model = registry.get("tfidf_hsgd")(h)
+        if sgd:
+            p = model.params
+            kw = {"loss": p["loss"], "alpha": p["alpha"], "max_iter": p["max_iter"], "random_state": p["seed"],
+                  "n_jobs": -1, "tol": 1e-4, **sgd}
+            model.make_sgd = lambda: SGDClassifier(**kw)
+        return model.fit(ds.train, ds.val)
+
+    add("tfidf_lsgd (flat, the target)", registry.get("tfidf_lsgd")(h).fit(ds.train, ds.val).predict(test.texts))
+    base = hsgd()
+    cond = base.conditional_proba(test.texts)
+    add("tfidf_hsgd, greedy top-down", h.decode_scores([], "top_down", conditional=cond))
+    add("tfidf_hsgd, whole path (default)", h.decode_scores([], "path", conditional=cond))
+    for name, kw in (("loss=log_loss", {"loss": "log_loss"}), ("averaged SGD", {"average": True}),
+                     ("class_weight=balanced", {"class_weight": "balanced"})):
+        add(f"tfidf_hsgd, {name}, whole path", hsgd(**kw).predict(test.texts))
+
+    # per-level temperature on the nodes' decision values, fitted on validation
+    def decisions(texts):
+        x, out = base.features(texts), []
+        for d, level in enumerate(base.nodes_):
+            dec = np.full((x.shape[0], h.sizes[d]), -1e4)
+            for node in level.values():
+                if isinstance(node, int):
+                    dec[:, node] = 0.0
+                    continue
+                f = node.decision_function(x)
+                if f.ndim == 1:
+                    dec[:, node.classes_[1]], dec[:, node.classes_[0]] = f / 2, -f / 2
+                else:
+                    dec[:, node.classes_] = f
+            out.append(dec)
+        return out
+
+    parents = [np.zeros(h.sizes[0], int)] + [h.parent_of(d) for d in range(1, h.depth)]
+    val_dec, test_dec = decisions(ds.val.texts), decisions(test.texts)
+    temps = []
+    for d in range(h.depth):
+        def nll(log_t, d=d):
+            c = group_softmax(val_dec[d], parents[d], np.exp(log_t))
+            return -np.log(np.maximum(c[np.arange(len(c)), ds.val.codes[:, d]], 1e-12)).mean()
+        temps.append(float(np.exp(minimize_scalar(nll, bounds=(-5, 3), method="bounded").x)))
+    cond_t = [group_softmax(test_dec[d], parents[d], temps[d]) for d in range(h.depth)]
+    add("tfidf_hsgd, temperature-scaled softmax per level (T fitted on validation), whole path",
+        h.decode_scores([], "path", conditional=cond_t))
+
+    # every parent node classifies the *leaves* below it; a child's probability sums its leaves'
+    x, codes, leaves = base.features(ds.train.texts), ds.train.codes, h.leaf_paths()
+    x_test = base.features(test.texts)
+    cond_l = [np.zeros((len(test), n)) for n in h.sizes]
+    for d in range(h.depth):
+        parent_codes = codes[:, d - 1] if d else np.full(len(codes), -1)
+        for p in np.unique(parent_codes):
+            rows_p = parent_codes == p
+            if len(np.unique(codes[rows_p, d])) == 1:
+                cond_l[d][:, codes[rows_p, d][0]] = 1.0
+                continue
+            clf = base.make_sgd().fit(x[rows_p], codes[rows_p, -1])
+            np.add.at(cond_l[d].T, leaves[clf.classes_, d], clf.predict_proba(x_test).T)
+    add("tfidf_hsgd, each node over the leaves below it (root = the flat model), whole path",
+        h.decode_scores([], "path", conditional=cond_l))
+
+    write_section("tfidf-hsgd-variants", "\n".join([
+        "## Why tfidf_hsgd stays below tfidf_lsgd: variants tried (issue 10)", "",
+        "Command: `.venv/bin/python benchmarks/tfidf_hsgd_variants.py`", "",
+        f"Deduplicated BigBasket, official split ({len(ds.train)} training / {len(test)} test rows), "
+        "hyperparameters from `hyperparameters.json`; each row changes one thing. Fitted per-level "
+        f"temperatures: {', '.join(f'{t:.2f}' for t in temps)}.", "",
+        "| variant | L1 acc | leaf acc | hier. F1 |", "|---|---|---|---|", *rows]))
+
+
+if __name__ == "__main__":
+    main()
