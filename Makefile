@@ -62,7 +62,7 @@ test-fast: $(VENV)/.ok
 mutation: $(VENV)/.ok
 	$(VENV)/bin/pip install -q mutmut==3.8.1
 	rm -rf mutants
-	KTT_SHARED_DATA=$(abspath $(SHARED_DATA)) $(VENV)/bin/mutmut run --max-children 2
+	KTT_SHARED_DATA=$(abspath $(SHARED_DATA)) KTT_HYPOTHESIS_PROFILE=mutation $(VENV)/bin/mutmut run --max-children 2
 	$(VENV)/bin/mutmut results
 
 clean:

@@ -12,6 +12,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# property tests: 60 random cases each; `make mutation` runs them once per mutant, with fewer
+settings.register_profile("default", max_examples=60, deadline=None)
+settings.register_profile("mutation", max_examples=8, deadline=None)
+settings.load_profile(os.environ.get("KTT_HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("KTT_SHARED_DATA", ROOT.parent / "shared" / "data"))
