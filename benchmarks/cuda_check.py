@@ -18,13 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks import bigbasket  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "bigbasket_products.parquet"
 MODELS = ["db_linear", "db_bhcn", "db_bhcn_awx", "db_ahmcnf", "db_achmcnn"]
 
 
@@ -33,15 +32,12 @@ def run(data: Path, encoder: str, runs: str, out: Path, device: str = "cuda", re
     import torch
 
     from ktt import hparams, registry
-    from ktt.data import load_dataset, prepare, write_dataset
     from ktt.metrics import evaluate
     from ktt.model import NullLogger
 
     torch.use_deterministic_algorithms(True, warn_only=True)
-    splits, h, _ = prepare(pd.read_parquet(data))
-    root = tempfile.mkdtemp()
-    write_dataset(splits, h, root, "bigbasket")
-    ds = load_dataset("bigbasket", root)
+    ds = bigbasket.load(data)
+    h = ds.hierarchy
     res = {"device": torch.cuda.get_device_name(0) if device == "cuda" else device, "torch": torch.__version__,
            "rows": [len(ds.train), len(ds.val), len(ds.test)], "resume": {}, "runs": []}
 
@@ -128,7 +124,7 @@ def render(path: Path) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--data", type=Path, default=bigbasket.DATA)
     ap.add_argument("--encoder", default="all-MiniLM-L6-v2")
     ap.add_argument("--runs", default="db_bhcn:5:32,db_linear:5:32")
     ap.add_argument("--out", type=Path, default=Path("cuda.json"))

@@ -9,33 +9,28 @@ machine one epoch of one model takes about 20 minutes. No MLflow: it measures th
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks import bigbasket  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "bigbasket_products.parquet"
 
 
 def run(models: str, data: Path, encoder: str | None, out: Path) -> None:
     import torch
 
     from ktt import registry
-    from ktt.data import load_dataset, prepare, write_dataset
     from ktt import hparams
     from ktt.metrics import evaluate
     from ktt.model import NullLogger
 
-    splits, h, _ = prepare(pd.read_parquet(data))
-    root = tempfile.mkdtemp()
-    write_dataset(splits, h, root, "bigbasket")
-    ds = load_dataset("bigbasket", root)
+    ds = bigbasket.load(data)
+    h = ds.hierarchy
 
     class Progress(NullLogger):
         def log_metrics(self, m, step=None):
@@ -78,7 +73,7 @@ def render(path: Path) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="db_bhcn:10")
-    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--data", type=Path, default=bigbasket.DATA)
     ap.add_argument("--encoder", default=None, help="encoder path or name (default: hyperparameters.json)")
     ap.add_argument("--out", type=Path, default=Path("encoder_models_full.json"))
     ap.add_argument("--render", type=Path, default=None, help="write a results file into docs/benchmarks.md")

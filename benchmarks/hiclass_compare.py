@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks import bigbasket  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "bigbasket_products.parquet"
 HICLASS = "hiclass==5.0.8"
 
 WORKER = r'''
@@ -48,14 +47,12 @@ def main() -> None:
     import sklearn
 
     from ktt import registry
-    from ktt.data import load_dataset, prepare, write_dataset
     from ktt.hierarchy import SEP
     from ktt.metrics import evaluate
 
     tmp = Path(tempfile.mkdtemp(prefix="ktt-hiclass-"))
-    splits, h, _ = prepare(pd.read_parquet(DATA))
-    write_dataset(splits, h, tmp / "datasets", "bigbasket")
-    ds = load_dataset("bigbasket", tmp / "datasets")
+    ds = bigbasket.load()
+    h = ds.hierarchy
 
     rows = []
 

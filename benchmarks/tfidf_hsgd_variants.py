@@ -6,18 +6,16 @@ Deduplicated BigBasket, official split, the TF-IDF features of ``hyperparameters
 rows. Each row changes one thing about the per-parent-node classifiers or their decoding.
 """
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks import bigbasket  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "bigbasket_products.parquet"
 
 
 def group_softmax(decision, parents, temperature):
@@ -33,17 +31,13 @@ def group_softmax(decision, parents, temperature):
 
 def main() -> None:
     from scipy.optimize import minimize_scalar
-    from sklearn.linear_model import SGDClassifier
 
     from ktt import registry
-    from ktt.data import load_dataset, prepare, write_dataset
     from ktt.metrics import evaluate
 
     warnings.simplefilter("ignore")
-    tmp = Path(tempfile.mkdtemp(prefix="ktt-hsgd-"))
-    splits, h, _ = prepare(pd.read_parquet(DATA))
-    write_dataset(splits, h, tmp, "bigbasket")
-    ds = load_dataset("bigbasket", tmp)
+    ds = bigbasket.load()
+    h = ds.hierarchy
     test, rows = ds.test, []
 
     def add(name, codes):
@@ -53,11 +47,8 @@ def main() -> None:
 
     def hsgd(**sgd):
         model = registry.get("tfidf_hsgd")(h)
-        if sgd:
-            p = model.params
-            kw = {"loss": p["loss"], "alpha": p["alpha"], "max_iter": p["max_iter"], "random_state": p["seed"],
-                  "n_jobs": -1, "tol": 1e-4, **sgd}
-            model.make_sgd = lambda: SGDClassifier(**kw)
+        make = model.make_sgd
+        model.make_sgd = lambda: make().set_params(**sgd)
         return model.fit(ds.train, ds.val)
 
     add("tfidf_lsgd (flat, the target)", registry.get("tfidf_lsgd")(h).fit(ds.train, ds.val).predict(test.texts))

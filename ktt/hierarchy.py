@@ -150,12 +150,11 @@ class Hierarchy:
             return np.stack([s.argmax(axis=1) for s in scores], axis=1)
         if mode == "leaf":
             return self.leaf_paths()[scores[-1].argmax(axis=1)]
+        cond = conditional if conditional is not None else scores
         if mode == "path":
-            use = conditional if conditional is not None else scores
-            logs = [np.log(np.maximum(np.asarray(s, dtype=np.float64), 1e-30)) for s in use]
+            logs = [np.log(np.maximum(np.asarray(s, dtype=np.float64), 1e-30)) for s in cond]
             return self.leaf_paths()[self.path_log_scores(logs).argmax(axis=1)]
         if mode == "top_down":
-            cond = conditional if conditional is not None else scores
             codes = np.empty((len(cond[0]), self.depth), dtype=np.int64)
             codes[:, 0] = cond[0].argmax(axis=1)
             for d in range(1, self.depth):
