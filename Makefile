@@ -62,8 +62,7 @@ test-fast: $(VENV)/.ok
 mutation: $(VENV)/.ok
 	$(VENV)/bin/pip install -q mutmut==3.8.1
 	rm -rf mutants
-	KTT_SHARED_DATA=$(abspath $(SHARED_DATA)) KTT_HYPOTHESIS_PROFILE=mutation $(VENV)/bin/mutmut run --max-children 2
-	$(VENV)/bin/mutmut results
+	KTT_SHARED_DATA=$(abspath $(SHARED_DATA)) KTT_HYPOTHESIS_PROFILE=mutation OMP_NUM_THREADS=1 $(VENV)/bin/python scripts/mutation.py
 
 clean:
 	rm -rf $(VENV) $(SERVING) mlruns mlflow.db datasets

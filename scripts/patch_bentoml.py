@@ -3,6 +3,8 @@
 1. ``bentoml/types.py`` uses instances as dataclass defaults, which 3.11 rejects:
    use ``field(default_factory=...)``.
 2. Its vendored cloudpickle cannot pickle 3.11 code objects: re-export the real one.
+3. Its micro-batching front server answers a body over ``max_request_size`` with an empty 500:
+   answer aiohttp's own 413 (a client mistake).
 """
 import re
 import sys
@@ -26,4 +28,13 @@ marker = "# patched by ktt: re-export the real cloudpickle\n"
 if not vendored.read_text().startswith(marker):
     vendored.write_text(marker + "from cloudpickle import *  # noqa: F401,F403\n"
                         "from cloudpickle import CloudPickler, dump, dumps, load, loads  # noqa: F401\n")
+marshal = root / "marshal" / "marshal.py"
+src = marshal.read_text()
+too_large = ("            except __import__('aiohttp').web.HTTPRequestEntityTooLarge as e:  # patched by ktt\n"
+             "                resp = Response(status=e.status, text=e.text)\n")
+if too_large not in src:
+    anchor = "            except asyncio.CancelledError:\n                resp = Response(status=503)\n"
+    if anchor not in src:
+        sys.exit(f"{marshal}: the code to patch is not there (another bentoml version?)")
+    marshal.write_text(src.replace(anchor, anchor + too_large, 1))
 print(f"patched {root}")

@@ -76,6 +76,12 @@ class Server:
         return self.proc.returncode
 
 
+def rss_kb(sid: int) -> int:
+    """Resident memory of every process in session ``sid`` (a ``Server`` and its workers), in kB."""
+    out = subprocess.run(["ps", "-o", "rss=", "--sid", str(sid)], capture_output=True, text=True, timeout=30).stdout
+    return sum(int(x) for x in out.split())
+
+
 def http_ok(url: str) -> bool:
     import requests
 

@@ -63,6 +63,7 @@ def test_ranking_in_both_directions(tmp_path):
     rows = [{"model": "a", "test_h_f1": 0.7, "val_loss": 1.2}, {"model": "b", "test_h_f1": 0.8, "val_loss": 0.9},
             {"model": "c", "test_h_f1": 0.7, "val_loss": 2.0}]
     assert [r["model"] for r in rank(rows, "test_h_f1", "max")] == ["b", "a", "c"]  # ties keep file order
+    assert rank(rows, "test_h_f1") == rank(rows, "test_h_f1", "max")  # higher is better unless told
     assert [r["model"] for r in rank(rows, "val_loss", "min")] == ["b", "a", "c"]
     spec = yaml.safe_load((ROOT / "experiments" / "smoke.yaml").read_text())
     for rank_by, order in (("test_h_f1", "max"), ("test_violation_rate", "min"), ("train_time_s", "min"),

@@ -20,7 +20,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from conftest import Server, http_ok
+from conftest import Server, http_ok, rss_kb
 from ktt import registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,11 +165,6 @@ def test_one_megabyte_cell_is_kept_intact(tmp_path, env, bigbasket_path):
 
 
 # -- the served model under 10,000 mixed requests ------------------------------------------------------
-
-def rss_kb(sid: int) -> int:
-    out = subprocess.run(["ps", "-o", "rss=", "--sid", str(sid)], capture_output=True, text=True).stdout
-    return sum(int(x) for x in out.split())
-
 
 BAD = [(b"{not json", None), (b'{"txt": "x"}', "text"), (b'{"text": 42}', "must be a string"),
        (b'{"text": ""}', "empty"), (b"[]", "empty list"), (b'{"text": ["a", 1]}', "must be a string"),

@@ -1,7 +1,7 @@
 """The service's request parsing, fast (no server): every limit exactly at and one past it."""
 import pytest
 
-from ktt.serving.runtime import MAX_TEXT_CHARS, MAX_TEXTS_PER_REQUEST, parse_request
+from ktt.serving.runtime import MAX_TEXT_CHARS, MAX_TEXTS_PER_REQUEST, load_json, parse_request
 
 
 def test_shapes_accepted():
@@ -35,6 +35,8 @@ def test_texts_per_request_limit():
     ({"text": ""}, '"text" is empty'),
     ({"text": " \t\n"}, '"text" is empty'),
     ({"text": ["ok", ""]}, '"text" is empty'),
+    ({"text": "Tea \ud800 bags"}, '"text" is not valid Unicode: a lone surrogate \\ud800 at character 4'),
+    ({"text": ["ok", "\udfff"]}, '"text" is not valid Unicode: a lone surrogate \\udfff at character 0'),
 ])
 def test_bad_requests_named(body, message):
     with pytest.raises(ValueError) as err:
@@ -44,3 +46,21 @@ def test_bad_requests_named(body, message):
 
 def test_one_character_is_enough():
     assert parse_request({"text": "x"}) == ["x"]
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"{not json", "the body is not valid JSON: Expecting property name enclosed in double quotes: "
+                   "line 1 column 2 (char 1)"),
+    (b"", "the body is not valid JSON: Expecting value: line 1 column 1 (char 0)"),
+    (b'{"text": "caf\xe9"}', "the body is not UTF-8 text"),
+    (b"[" * 100_000 + b"]" * 100_000, "the body's JSON is nested too deeply"),
+])
+def test_bodies_that_are_not_json_named(data, message):
+    with pytest.raises(ValueError) as err:
+        load_json(data)
+    assert str(err.value) == message
+
+
+def test_json_bodies_read():
+    assert load_json(b'{"text": "Caf\xc3\xa9 \\u00e9"}') == {"text": "Café é"}
+    assert load_json('[{"text": "a"}]') == [{"text": "a"}]

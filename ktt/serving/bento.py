@@ -3,7 +3,10 @@
 ``POST /predict`` takes ``{"text": "..."}``, ``{"text": ["...", ...]}`` or a list of
 ``{"text": ...}`` objects and answers the path as a newline-separated string (a list of them
 for a list input). ``POST /predict_json`` answers the path with per-level scores. Requests
-are micro-batched. Bad requests get HTTP 400 and a message; the service never crashes on input.
+are micro-batched, but each is parsed and preprocessed on its own first, and a batch that still
+fails is re-run request by request: one client's bad input never fails another's request.
+A client mistake gets HTTP 400 and a one-line reason; a server fault gets a 500 that names only
+the request id (the traceback goes to the log under that id).
 """
 from __future__ import annotations
 
@@ -11,17 +14,30 @@ import bentoml
 from bentoml.adapters import JsonInput, JsonOutput
 from bentoml.frameworks.onnx import OnnxModelArtifact
 from bentoml.service.artifacts.common import JSONArtifact
+from bentoml.types import InferenceTask
 
 import logging
 from pathlib import Path
 
 from ktt.serving import metrics
-from ktt.serving.runtime import Predictor, parse_request
+from ktt.serving.runtime import Predictor, load_json, parse_request
 
 logger = logging.getLogger(__name__)
 _REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements" / "serving.txt"
 # The same pins as the serving environment; the base image exists for Python 3.11.
 SERVING_ENV = {"requirements_txt_file": str(_REQUIREMENTS), "docker_base_image": "python:3.11-slim"}
+
+
+class RawJsonInput(JsonInput):
+    """JsonInput that hands the raw bodies to the API, which parses them (``load_json``): BentoML's
+    own parsing answers a body that is not UTF-8 with its bytes and an exception name, and one
+    nested too deeply with a 500 carrying a traceback. Bodies are UTF-8 JSON (RFC 8259)."""
+
+    def from_http_request(self, req):
+        return InferenceTask(http_headers=req.headers, data=req.body)
+
+    def extract_user_func_args(self, tasks):
+        return ([task.data for task in tasks],)
 
 
 @bentoml.artifacts([OnnxModelArtifact("encoder", backend="onnxruntime"),
@@ -35,34 +51,56 @@ class KTTService(bentoml.BentoService):
             self._predictor = Predictor(self.artifacts.encoder, self.artifacts.classifier, self.artifacts.config)
         return self._predictor
 
+    @staticmethod
+    def _fail(task, endpoint, error=None):
+        if error is not None:  # the client's mistake
+            metrics.BAD_REQUESTS.labels(endpoint).inc()
+            task.discard(http_status=400, err_msg=str(error))
+        else:
+            logger.exception("request %s failed", task.task_id)
+            metrics.FAILED_REQUESTS.labels(endpoint).inc()
+            task.discard(http_status=500, err_msg=f"prediction failed (request id {task.task_id}; see the server log)")
+
     def _run(self, bodies, tasks, endpoint):
-        """Parse every request (discarding bad ones with 400), run all texts as one batch."""
-        per_task, texts = [], []
+        """Parse and preprocess each request alone; predict the survivors as one batch."""
+        ready = []  # (task, prepared texts, answer is a list)
         for body, task in zip(bodies, tasks):
             try:
-                got = parse_request(body)
+                parsed = load_json(body)
+                prepared = self.predictor.prepare(parse_request(parsed))
             except ValueError as e:
-                task.discard(http_status=400, err_msg=str(e))
-                metrics.BAD_REQUESTS.labels(endpoint).inc()
+                self._fail(task, endpoint, e)
                 continue
-            per_task.append((len(texts), len(got), isinstance(body, list) or isinstance(body.get("text"), list)))
-            texts += got
-        if not texts:
-            return [], per_task, None
-        try:
-            paths, codes, scores, feats = self.predictor.predict(texts)
-        except Exception as e:  # never a crash: the batch fails with a 500 that says why
-            logger.exception("prediction failed")
-            metrics.FAILED_BATCHES.inc()
-            for task in tasks:
-                if not task.is_discarded:
-                    task.discard(http_status=500, err_msg=f"prediction failed: {type(e).__name__}: {e}")
-            return [], [], None
-        metrics.PREDICTED_ROWS.inc(len(texts))
-        self.after_predict(texts, codes, scores, feats)
-        return (paths, codes, scores), per_task, texts
+            except Exception:  # a preprocessing fault: this request alone fails
+                self._fail(task, endpoint)
+                continue
+            ready.append((task, prepared, isinstance(parsed, list) or isinstance(parsed.get("text"), list)))
+        answers = self._predict(ready, endpoint)
+        return [a for a in answers if a is not None]
 
-    def after_predict(self, texts, codes, scores, features):
+    def _predict(self, ready, endpoint):
+        """One answer per request in ``ready`` (None for one that failed): the whole batch at once,
+        or, when that fails, each request alone so that only the faulty one fails."""
+        if not ready:
+            return []
+        try:
+            paths, codes, scores, feats = self.predictor.run([p for _, prepared, _ in ready for p in prepared])
+        except Exception:
+            if len(ready) == 1:
+                self._fail(ready[0][0], endpoint)
+                return [None]
+            return [a for r in ready for a in self._predict([r], endpoint)]
+        metrics.PREDICTED_ROWS.inc(len(paths))
+        self.after_predict(codes, scores, feats)
+        rows = (["\n".join(p) for p in paths] if endpoint == "predict"
+                else self.predictor.explain(codes, scores))
+        answers, i = [], 0
+        for _, prepared, many in ready:
+            answers.append(rows[i:i + len(prepared)] if many else rows[i])
+            i += len(prepared)
+        return answers
+
+    def after_predict(self, codes, scores, features):
         """Forward pooled features and leaf scores to the drift sidecar, when built with monitoring."""
         if self.artifacts.config.get("monitoring"):
             from ktt.serving.forward import forwarder
@@ -70,20 +108,10 @@ class KTTService(bentoml.BentoService):
             h = self.predictor.hierarchy
             forwarder().submit(features, scores[:, h.offsets[-1]:])
 
-    @staticmethod
-    def _regroup(values, per_task):
-        return [values[i:i + n] if many else values[i] for i, n, many in per_task]
+    @bentoml.api(input=RawJsonInput(), output=JsonOutput(), batch=True, mb_max_batch_size=128, mb_max_latency=1000)
+    def predict(self, bodies, tasks):
+        return self._run(bodies, tasks, "predict")
 
-    @bentoml.api(input=JsonInput(), output=JsonOutput(), batch=True, mb_max_batch_size=128, mb_max_latency=1000)
-    def predict(self, parsed_json_list, tasks):
-        result, per_task, _ = self._run(parsed_json_list, tasks, "predict")
-        if not per_task:
-            return []
-        return self._regroup(["\n".join(p) for p in result[0]], per_task)
-
-    @bentoml.api(input=JsonInput(), output=JsonOutput(), batch=True, mb_max_batch_size=128, mb_max_latency=1000)
-    def predict_json(self, parsed_json_list, tasks):
-        result, per_task, _ = self._run(parsed_json_list, tasks, "predict_json")
-        if not per_task:
-            return []
-        return self._regroup(self.predictor.explain(result[1], result[2]), per_task)
+    @bentoml.api(input=RawJsonInput(), output=JsonOutput(), batch=True, mb_max_batch_size=128, mb_max_latency=1000)
+    def predict_json(self, bodies, tasks):
+        return self._run(bodies, tasks, "predict_json")

@@ -37,6 +37,18 @@ def reference_frame(features: np.ndarray, leaf_scores: np.ndarray, leaf_names: l
     return pd.concat([df, pd.DataFrame(leaf_scores, columns=leaf_names)], axis=1)
 
 
+def load_json(data: bytes | str):
+    """A request body as JSON, or ValueError saying in one line why it is not."""
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError:
+        raise ValueError("the body is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"the body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError("the body's JSON is nested too deeply") from None
+
+
 def parse_request(body) -> list[str]:
     """The texts of one request, or ValueError with what is wrong."""
     items = body if isinstance(body, list) else [body]
@@ -54,6 +66,11 @@ def parse_request(body) -> list[str]:
                 raise ValueError("\"text\" is empty")
             if len(t) > MAX_TEXT_CHARS:
                 raise ValueError(f"\"text\" has {len(t):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:  # JSON's \\ud800 escapes decode to lone surrogates
+                raise ValueError(f"\"text\" is not valid Unicode: a lone surrogate "
+                                 f"\\u{ord(t[e.start]):04x} at character {e.start}") from None
             texts.append(t)
     if len(texts) > MAX_TEXTS_PER_REQUEST:
         raise ValueError(f"{len(texts)} texts in one request; the limit is {MAX_TEXTS_PER_REQUEST}")
@@ -78,7 +95,7 @@ class Predictor:
 
             self.tokenizer = Tokenizer.from_str(self.config["tokenizer"])
             self.tokenizer.enable_truncation(self.config["max_len"])
-            self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id("[PAD]") or 0)
+            self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
 
     @classmethod
     def from_dir(cls, folder: str | Path) -> "Predictor":
@@ -86,18 +103,29 @@ class Predictor:
         return cls(str(folder / "encoder.onnx"), str(folder / "classifier.onnx"),
                    (folder / "serving.json").read_text())
 
-    def features(self, texts: list[str]) -> np.ndarray:
-        """What the encoder graph makes of the texts: pooled encoder states or TF-IDF vectors."""
+    def prepare(self, texts: list[str]) -> list:
+        """Per text, what the encoder graph reads: token ids, or the stemmed text. Run per request,
+        so that a text the preprocessing cannot read fails its own request, not a whole batch."""
         texts = [t[:MAX_TEXT_CHARS] for t in texts]
         if self.config["kind"] == "transformer":
-            enc = self.tokenizer.encode_batch(texts)
-            ids = np.array([e.ids for e in enc], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
-            return self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            return [np.array(e.ids, dtype=np.int64) for e in self.tokenizer.encode_batch(texts)]
         from ktt.text import stem
 
-        stemmed = np.array(stem(texts, self.config["language"]), dtype=object).reshape(-1, 1)
-        return self.encoder.run(None, {"text": stemmed})[0]
+        return stem(texts, self.config["language"])
+
+    def encode(self, prepared: list) -> np.ndarray:
+        """Run the encoder graph on prepared texts (padded here, to the longest in the batch)."""
+        if self.config["kind"] == "transformer":
+            ids = np.full((len(prepared), max(len(p) for p in prepared)), self.pad_id, dtype=np.int64)
+            mask = np.zeros_like(ids)
+            for i, p in enumerate(prepared):
+                ids[i, :len(p)], mask[i, :len(p)] = p, 1
+            return self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        return self.encoder.run(None, {"text": np.array(prepared, dtype=object).reshape(-1, 1)})[0]
+
+    def features(self, texts: list[str]) -> np.ndarray:
+        """What the encoder graph makes of the texts: pooled encoder states or TF-IDF vectors."""
+        return self.encode(self.prepare(texts))
 
     def scores(self, features: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(self.outputs, self.classifier.run(None, {"features": features})))
@@ -109,7 +137,11 @@ class Predictor:
 
     def predict(self, texts: list[str]) -> tuple[list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
         """Per text: the class names along the path; plus codes, all-class scores and features."""
-        feats = self.features(texts)
+        return self.run(self.prepare(texts))
+
+    def run(self, prepared: list) -> tuple[list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
+        """``predict`` from ``prepare``'s output."""
+        feats = self.encode(prepared)
         out = self.scores(feats)
         codes = self.decode(out)
         return self.hierarchy.decode(codes), codes, out["scores"], feats

@@ -1,0 +1,205 @@
+"""The served model under hostile clients: bad input of every kind, mixed with good requests from
+many clients, never fails a good request and never shows the server's internals (issue 13)."""
+import json
+import os
+import random
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import Server, http_ok, rss_kb
+from ktt import registry
+from ktt.export import build_bento, export_onnx
+from ktt.serving.runtime import Predictor
+
+SERVING_BIN = Path(__file__).resolve().parent.parent / ".venv-serving" / "bin"
+
+# (body, what the 400 must say)
+HOSTILE = [
+    (b'{"text": "Tea \\ud800 bags"}', "not valid Unicode: a lone surrogate \\ud800 at character 4"),
+    (b'{"text": ["ok", "\\udfff"]}', "not valid Unicode"),
+    (b'{"text": "caf\xe9"}', "the body is not UTF-8 text"),
+    (b"\xff\xfe{", "the body is not UTF-8 text"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"text": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "nested too deeply"),
+    (b"{not json", "the body is not valid JSON: Expecting property name"),
+    (b"", "the body is not valid JSON"),
+    (b"null", "JSON object with a \"text\" field"),
+    (b'"just a string"', "JSON object with a \"text\" field"),
+    (b"[]", "empty list"),
+    (b'{"text": 42}', "must be a string, not int"),
+    (b'{"text": {"a": 1}}', "must be a string, not dict"),
+    (b'{"text": ["a", null]}', "must be a string, not NoneType"),
+    (b'{"text": "   "}', "is empty"),
+    (json.dumps({"text": "x" * 2_000_000}).encode(), "the limit is 10,000"),
+    (json.dumps([{"text": "tea"}] * 5000).encode(), "5000 texts in one request; the limit is 256"),
+]
+# Nothing from inside the server: tracebacks, source or library paths, exception class names.
+LEAK = re.compile(r"Traceback|File \"|\.py\b|site-packages|/(usr|tmp|home|work|root)/|\b[A-Z]\w*(Error|Exception)\b")
+
+
+def leaks(status, body) -> bool:
+    return bool(LEAK.search(body)) or (status == 500 and "request id" not in body)
+
+
+def metrics_of(url):
+    text = requests.get(url + "/metrics", timeout=10).text
+    got = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name.startswith("ktt_") and s.name.endswith("_total"):
+                got[(s.name, s.labels.get("endpoint"))] = got.get((s.name, s.labels.get("endpoint")), 0) + s.value
+    return got
+
+
+def slow_sender(port, stop):
+    """Open a request, send its headers and a trickle of its body, and hold the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+        while not stop.wait(0.5):
+            try:
+                s.sendall(b" ")
+            except OSError:
+                return
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SERVING_BIN / "bentoml").exists(), reason="no serving env: run `make env`")
+@pytest.mark.parametrize("name", ["db_bhcn", "tfidf_hsgd"])
+def test_hostile_clients_never_fail_good_requests(name, bb300, tiny_encoder, bigbasket_df, tmp_path):
+    cls = registry.get(name)
+    # trained enough that padding a text with others in a batch cannot flip a near-tie
+    params = ({"epochs": 2, "encoder": tiny_encoder, "encoder_lr": 1e-3, "classifier_lr": 3e-3}
+              if "encoder" in cls.defaults else {})
+    model = cls(bb300["train"].hierarchy, **params).fit(bb300["train"], bb300["val"])
+    export_onnx(model, tmp_path / "onnx")
+    bundle = build_bento(name, tmp_path / "onnx", tmp_path / "inference")
+    titles = bigbasket_df[bigbasket_df.split == "test"].text.sample(150, random_state=1).tolist()
+    predictor = Predictor.from_dir(tmp_path / "onnx")
+    alone = {t: "\n".join(predictor.predict([t])[0][0]) for t in titles}
+
+    server = Server(lambda ports: [str(SERVING_BIN / "bentoml"), "serve-gunicorn", str(bundle), "--port",
+                                   str(ports[0]), "--workers", "1"],
+                    lambda ports, log: http_ok(f"http://127.0.0.1:{ports[0]}/healthz"),
+                    env={**os.environ, "BENTOML_DO_NOT_TRACK": "true",
+                         "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python", "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{server.ports[0]}"
+    stop = threading.Event()
+    slow = [threading.Thread(target=slow_sender, args=(server.ports[0], stop)) for _ in range(4)]
+    try:
+        [t.start() for t in slow]
+        before = metrics_of(url)
+        tally, wrong, lock = {"good": 0, "bad": 0, "retried_429": 0}, [], threading.Lock()
+        memory = []
+
+        def client(seed, n):
+            rng = random.Random(seed)
+            with requests.Session() as s:
+                for _ in range(n):
+                    good = rng.random() < 0.5
+                    if good:
+                        title = rng.choice(titles)
+                        body, route = json.dumps({"text": title}).encode(), "predict"
+                    else:
+                        (body, reason), route = rng.choice(HOSTILE), rng.choice(["predict", "predict_json"])
+                    for attempt in range(30):  # 429: the micro-batcher shedding load, not a failure
+                        r = s.post(f"{url}/{route}", data=body, headers={"Content-Type": "application/json"},
+                                   timeout=60)
+                        if r.status_code != 429:
+                            break
+                        with lock:
+                            tally["retried_429"] += 1
+                        time.sleep(0.05 * (attempt + 1))
+                    with lock:
+                        tally["good" if good else "bad"] += 1
+                        if good and (r.status_code != 200 or r.json() != alone[title]):
+                            wrong.append(("good", title, r.status_code, r.text[:200]))
+                        if not good and (r.status_code != 400 or reason not in r.text):
+                            wrong.append(("bad", body[:60], r.status_code, r.text[:200]))
+                        if leaks(r.status_code, r.text):
+                            wrong.append(("leak", body[:60], r.status_code, r.text[:500]))
+
+        for rounds in range(2):  # memory after round 1 vs after round 2: flat once warm
+            threads = [threading.Thread(target=client, args=(100 * rounds + k, 25)) for k in range(16)]
+            [t.start() for t in threads]
+            [t.join() for t in threads]
+            assert tally["good"] + tally["bad"] == 400 * (rounds + 1), "a client thread died"
+            memory.append(rss_kb(server.proc.pid))
+        assert not wrong, wrong[:5]
+        assert tally["good"] + tally["bad"] == 800
+
+        # a body over BentoML's 20 MB request limit never reaches the worker: 413 from the front server
+        big = requests.post(url + "/predict", data=b'{"text": "' + b"a" * 21_000_000 + b'"}', timeout=120)
+        assert big.status_code == 413 and not leaks(413, big.text), big.text[:300]
+
+        after = metrics_of(url)
+        delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        bad = sum(v for (n, _), v in delta.items() if n == "ktt_bad_requests_total")
+        assert bad == tally["bad"]
+        assert delta[("ktt_predicted_rows_total", None)] == tally["good"]
+        assert sum(v for (n, _), v in delta.items() if n == "ktt_failed_requests_total") == 0
+        # flat: under 30 MB of growth from round 1 to round 2 (machine-dependent: allocator, Python
+        # build; measured in docs/reliability.md)
+        assert memory[1] - memory[0] < 30_000, memory
+        assert server.proc.poll() is None and http_ok(url + "/healthz")
+        print(f"{name}: {tally}, RSS kB after each round {memory}")
+    finally:
+        stop.set()
+        [t.join() for t in slow]
+        server.stop()
+
+
+FLAKY = '''
+import json
+from bentoml.types import InferenceTask
+from ktt.serving import metrics
+from ktt.serving.bento import KTTService
+
+class Flaky:  # a predictor whose batch run fails whenever a text says "boom"
+    def __init__(self):
+        self.runs = []
+    def prepare(self, texts):
+        return list(texts)
+    def run(self, prepared):
+        self.runs.append(len(prepared))
+        if any("boom" in p for p in prepared):
+            raise RuntimeError("boom at /secret/path.py")
+        return [[p.upper()] for p in prepared], None, None, None
+
+class Service(KTTService):
+    predictor = Flaky()
+    def after_predict(self, *args):
+        pass
+
+svc = object.__new__(Service)
+bodies = [b'{"text": "a"}', b'{"text": "boom"}', b'{"text": ["b", "c"]}', b'{"text": 1}']
+tasks = [InferenceTask(data=b) for b in bodies]
+answers = svc._run(bodies, tasks, "predict")
+print(json.dumps({"answers": answers, "runs": Service.predictor.runs,
+                  "errors": [[t.error.http_status, t.error.err_msg] if t.is_discarded else None for t in tasks],
+                  "ids": [t.task_id for t in tasks],
+                  "failed": metrics.FAILED_REQUESTS.labels("predict")._value.get()}))
+'''
+
+
+@pytest.mark.skipif(not (SERVING_BIN / "bentoml").exists(), reason="no serving env: run `make env`")
+def test_a_failing_batch_is_rerun_request_by_request():
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([str(SERVING_BIN / "python"), "-c", FLAKY], capture_output=True, text=True, timeout=120,
+                         cwd=root, env={**os.environ, "PYTHONPATH": str(root), "BENTOML_DO_NOT_TRACK": "true"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["answers"] == ["A", ["B", "C"]]  # the good requests, in order
+    assert got["runs"] == [4, 1, 1, 2]  # the batch, then each request alone
+    assert got["errors"][0] is None and got["errors"][2] is None
+    assert got["errors"][1] == [500, f"prediction failed (request id {got['ids'][1]}; see the server log)"]
+    assert got["errors"][3] == [400, '"text" must be a string, not int']
+    assert got["failed"] == 1
