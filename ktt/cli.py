@@ -1,6 +1,7 @@
 """The ``ktt`` command line. Heavy libraries are imported inside commands, never at start-up."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -231,6 +232,11 @@ def tune(model, dataset, write_back, **kw):
 @click.option("--register", "register_as", default=None, metavar="NAME",
               help="Register the run's model as NAME and point --alias at the new version.")
 @click.option("--alias", default="champion", show_default=True)
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Also write dynamically quantized graphs (onnx-int8/), compare them with the float ones "
+                   "on the test split, and serve them.")
+@click.option("--max-drop", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="With --quantize: refuse when int8 loses more than this many points of test hF1.")
 @click.option("--build", "build_root", default="build", show_default=True, envvar="KTT_BUILD")
 @click.option("--weights", "weights_root", default="weights", show_default=True, envvar="KTT_WEIGHTS")
 def export_cmd(source, **kw):
@@ -242,7 +248,7 @@ def export_cmd(source, **kw):
 
     built = export(source, **kw)
     for k, v in built.items():
-        click.echo(f"{k}: {v}")
+        click.echo(f"{k}: {json.dumps(v) if isinstance(v, dict) else v}")
 
 
 @main.command("serve")

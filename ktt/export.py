@@ -87,6 +87,47 @@ def export_onnx(model, folder: Path, monitoring: bool = False) -> dict[str, Path
     return paths
 
 
+def quantize_int8(src: Path, dst: Path) -> dict[str, Path]:
+    """Dynamically quantized copies of ``src``'s graphs in ``dst``: int8 weights for every MatMul
+    and Gemm (the encoder's layers; for TF-IDF models, whose encoder holds no matrices, the
+    classifier's), activations quantized at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dst.mkdir(parents=True, exist_ok=True)
+    out = {"encoder": dst / "encoder.onnx", "classifier": dst / "classifier.onnx", "config": dst / "serving.json"}
+    for part in ("encoder", "classifier"):
+        quantize_dynamic(src / f"{part}.onnx", out[part], weight_type=QuantType.QInt8)
+    shutil.copy(src / "serving.json", out["config"])
+    return out
+
+
+def graph_metrics(folder: Path, split, batch_size: int = 256) -> dict[str, float]:
+    """Per-level accuracy, hierarchical F1 and the rest of ``evaluate`` for the graphs in ``folder``."""
+    import numpy as np
+
+    from .metrics import evaluate
+    from .serving.runtime import Predictor
+
+    pred = Predictor.from_dir(folder)
+    codes = np.concatenate([pred.predict(split.texts[i:i + batch_size])[1]
+                            for i in range(0, len(split), batch_size)])
+    return evaluate(split.hierarchy, split.codes, codes)
+
+
+def check_quantized(onnx_dir: Path, int8_dir: Path, split, max_drop: float) -> dict:
+    """Both graphs' test metrics; ValueError when int8 loses more than ``max_drop`` points of hF1."""
+    fp32, int8 = graph_metrics(onnx_dir, split), graph_metrics(int8_dir, split)
+    keys = [k for k in fp32 if k.endswith("_accuracy") or k == "h_f1"]
+    report = {"float": {k: round(fp32[k], 4) for k in keys}, "int8": {k: round(int8[k], 4) for k in keys},
+              "rows": len(split), "max_drop_points": max_drop}
+    drop = 100 * (fp32["h_f1"] - int8["h_f1"])
+    if drop > max_drop:
+        raise ValueError(f"the int8 graphs lose {drop:.2f} points of test hF1 ({fp32['h_f1']:.4f} -> "
+                         f"{int8['h_f1']:.4f}), more than --max-drop {max_drop}; the service was not built "
+                         "(serve the float graphs, or raise --max-drop)")
+    return report
+
+
 def register(run_id: str, name: str, alias: str = "champion") -> int:
     """Register the run's logged pyfunc model as ``name`` and point ``alias`` at the new version."""
     import mlflow
@@ -124,20 +165,41 @@ def build_bento(model_name: str, onnx_dir: Path, out: Path) -> Path:
 
 def export(source: str | None = None, *, model: str | None = None, dataset: str | None = None,
            onnx: bool = True, bento: bool = False, monitoring: bool = False, register_as: str | None = None,
-           alias: str = "champion", build_root: str | os.PathLike = "build",
+           alias: str = "champion", quantize: str | None = None, max_drop: float = 0.5, build_root: str | os.PathLike = "build",
            weights_root: str | os.PathLike = "weights", datasets_root: str | os.PathLike = "datasets") -> dict:
-    """Export; returns what was built. The export is logged to the source run when there is one."""
+    """Export; returns what was built. The export is logged to the source run when there is one.
+
+    ``quantize="int8"`` also writes dynamically quantized graphs (``onnx-int8/``), reports both
+    graphs' accuracy on the dataset's test split, and serves the int8 graphs unless they lose more
+    than ``max_drop`` points of hierarchical F1 (then it refuses, before building anything more).
+    """
     from . import registry
 
+    if quantize not in (None, "int8"):
+        raise ValueError(f"--quantize must be int8, not {quantize!r}")
+    if max_drop < 0:
+        raise ValueError(f"--max-drop must be at least 0, not {max_drop}")
     src = resolve_source(source, model, dataset, weights_root)
     est = registry.get(src.model).load(src.checkpoint)
     out = Path(build_root) / f"{src.model}_{src.dataset}"
     built: dict = {"model": src.model, "dataset": src.dataset, "checkpoint": str(src.checkpoint), "build": str(out)}
     onnx_dir = out / "onnx"
-    if onnx or bento or monitoring:
+    if onnx or bento or monitoring or quantize:
         built["onnx"] = {k: str(v) for k, v in export_onnx(est, onnx_dir, monitoring).items()}
+    served_dir = onnx_dir
+    if quantize:
+        from .data import load_dataset
+
+        served_dir = out / "onnx-int8"
+        built["onnx_int8"] = {k: str(v) for k, v in quantize_int8(onnx_dir, served_dir).items()}
+        test = load_dataset(src.dataset, datasets_root).test
+        built["quantization"] = check_quantized(onnx_dir, served_dir, test, max_drop)
+        if src.run_id:
+            import mlflow
+
+            mlflow.MlflowClient().log_dict(src.run_id, built["quantization"], "onnx-int8/quantization.json")
     if bento or monitoring:
-        built["inference"] = str(build_bento(src.model, onnx_dir, out / "inference"))
+        built["inference"] = str(build_bento(src.model, served_dir, out / "inference"))
     if monitoring:
         from .monitoring.build import build_monitoring
         built.update(build_monitoring(est, src, out, datasets_root))

@@ -136,3 +136,64 @@ def test_dockerfile_is_buildable(tmp_path, bb300, tiny_encoder):
     reqs = (bundle / "requirements.txt").read_text().splitlines()
     assert "BentoML==0.13.1" in reqs and "protobuf==3.20.3" in reqs
     assert not any(r.lower().startswith(("torch==", "mlflow")) for r in reqs)
+
+
+@pytest.mark.parametrize("name", ["tfidf_hsgd", "db_bhcn"])
+def test_int8_graphs_quantized_and_compared(name, bb300, tiny_encoder, tmp_path):
+    import onnx
+
+    from ktt.export import check_quantized, quantize_int8
+
+    export_onnx(fitted(name, bb300, tiny_encoder), tmp_path / "f")
+    q = quantize_int8(tmp_path / "f", tmp_path / "q")
+    ops = {n.op_type for part in ("encoder", "classifier") for n in onnx.load(q[part]).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    weights = "classifier" if name.startswith("tfidf") else "encoder"  # where the matrices are
+    assert q[weights].stat().st_size < 0.5 * (tmp_path / "f" / f"{weights}.onnx").stat().st_size
+    report = check_quantized(tmp_path / "f", tmp_path / "q", bb300["test"], max_drop=100)
+    assert report["rows"] == len(bb300["test"])
+    for graphs in ("float", "int8"):
+        assert set(report[graphs]) == {"L1_accuracy", "L2_accuracy", "L3_accuracy", "leaf_accuracy",
+                                       "path_accuracy", "h_f1"}
+    assert report["float"]["h_f1"] == round(graph_h_f1(tmp_path / "f", bb300["test"]), 4)
+
+
+def graph_h_f1(folder, split):
+    from ktt.metrics import evaluate
+
+    return evaluate(split.hierarchy, split.codes, Predictor.from_dir(folder).predict(split.texts)[1])["h_f1"]
+
+
+def test_int8_export_refused_past_max_drop(bb300, tiny_encoder, tmp_path):
+    from ktt.data import Split
+    from ktt.export import check_quantized
+
+    # "int8" graphs that are much worse: a model trained on shuffled labels
+    train = bb300["train"]
+    shuffled = Split(train.texts, list(np.random.default_rng(0).permutation(np.array(train.paths, dtype=object))),
+                     train.hierarchy)
+    export_onnx(fitted("tfidf_lsgd", bb300, tiny_encoder), tmp_path / "good")
+    export_onnx(registry.get("tfidf_lsgd")(train.hierarchy).fit(shuffled), tmp_path / "bad")
+    good, bad = graph_h_f1(tmp_path / "good", bb300["test"]), graph_h_f1(tmp_path / "bad", bb300["test"])
+    with pytest.raises(ValueError, match=rf"lose {100 * (good - bad):.2f} points of test hF1 \({good:.4f} -> "
+                                         rf"{bad:.4f}\), more than --max-drop 0.5; the service was not built"):
+        check_quantized(tmp_path / "good", tmp_path / "bad", bb300["test"], max_drop=0.5)
+
+
+@pytest.mark.slow
+@needs_serving
+def test_int8_export_serves_the_int8_graphs(tracking, bigbasket_small, tmp_path):
+    from mlflow import MlflowClient
+
+    from ktt.train import train
+
+    run_id = train("tfidf_hsgd", "bb_small", datasets_root=bigbasket_small, weights_root=tmp_path / "w")
+    built = export(run_id, bento=True, quantize="int8", build_root=tmp_path / "b", datasets_root=bigbasket_small)
+    assert built["quantization"]["int8"]["h_f1"] >= built["quantization"]["float"]["h_f1"] - 0.005
+    served = Path(built["inference"])
+    int8 = Path(built["onnx_int8"]["classifier"])
+    assert [p.read_bytes() for p in served.rglob("classifier.onnx")] == [int8.read_bytes()]
+    logged = MlflowClient().download_artifacts(run_id, "onnx-int8/quantization.json", str(tmp_path))
+    assert json.loads(Path(logged).read_text()) == built["quantization"]
+    with pytest.raises(ValueError, match="--quantize must be int8, not 'int4'"):
+        export(run_id, quantize="int4", build_root=tmp_path / "b", datasets_root=bigbasket_small)
