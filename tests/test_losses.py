@@ -187,3 +187,27 @@ def test_default_decode_gives_valid_paths(tiny_model, bb300):
     h = bb300["test"].hierarchy
     assert tiny_model.params["decode"] in ("path", "leaf") and tiny_model.consistent
     assert h.is_consistent(tiny_model.predict(bb300["test"].texts[:50])).all()
+
+
+def test_model_losses_wire_their_formulas_with_their_own_parameters(bb300, tiny_encoder):
+    """Each model's ``loss`` is its formula, fed the model's hyperparameters and hierarchy."""
+    h = bb300["train"].hierarchy
+    codes = torch.as_tensor(bb300["train"].codes[:6])
+    z = [torch.randn(6, n, generator=torch.Generator().manual_seed(d)) for d, n in enumerate(h.sizes)]
+    logp = [zi.log_softmax(-1) for zi in z]
+    parents = [torch.as_tensor(h.parent_of(d)) for d in range(h.depth)]
+    target = torch.zeros(6, h.n_classes)
+    for i, row in enumerate(codes.tolist()):
+        for d, c in enumerate(row):
+            target[i, h.offsets[d] + c] = 1
+
+    def built(name, **params):
+        model = registry.get(name)(h, encoder=tiny_encoder, gamma_l=0.2, lambda_l=0.9, **params)
+        model._build()
+        return model
+
+    torch.testing.assert_close(built("db_bhcn", lambda_h=0.3).loss(z, codes),
+                               bhcn_level_loss(logp, codes, 0.2, 0.9, 0.3, parents))
+    leaf_mask = torch.where(torch.as_tensor(h.leaf_matrix()) > 0, 0.0, -math.inf)
+    torch.testing.assert_close(built("db_bhcn_awx", awx_norm=3.0).loss(z, codes),
+                               awx_bce(z[-1], leaf_mask, 3.0, target) + bhcn_level_loss(logp, codes, 0.2, 0.9, 0, []))

@@ -54,3 +54,20 @@ def test_matches_sklearn_on_real_noise(bigbasket):
 def test_shape_errors():
     with pytest.raises(ValueError, match="expected two"):
         evaluate(TOY, np.zeros((3, 2), int), np.zeros((2, 2), int))
+
+
+def test_level_table_exactly():
+    from ktt.hierarchy import Hierarchy
+    from ktt.metrics import level_table
+
+    h = Hierarchy.from_paths([("A", "a1"), ("A", "a2"), ("B", "b1")])
+    m = {"L1_accuracy": 1.0, "L1_macro_f1": 0.5, "L1_micro_f1": 0.25, "L2_accuracy": 0.125, "L2_macro_f1": 0.0625,
+         "L2_micro_f1": 0.75, "h_precision": 0.1, "h_recall": 0.2, "h_f1": 0.3, "path_accuracy": 0.4,
+         "violation_rate": 0.0}
+    assert level_table(h, m) == (
+        "| level | classes | accuracy | macro F1 | micro F1 |\n"
+        "|---|---|---|---|---|\n"
+        "| 1 | 2 | 1.0000 | 0.5000 | 0.2500 |\n"
+        "| 2 | 3 | 0.1250 | 0.0625 | 0.7500 |\n"
+        "\n"
+        "hierarchical P/R/F1: 0.1000 / 0.2000 / 0.3000; path accuracy 0.4000; violation rate 0.0000\n")
