@@ -61,6 +61,20 @@ def test_save_load(tmp_path, h):
     assert Hierarchy.load(tmp_path / "hierarchy.json") == h
 
 
+def test_hierarchy_json_exactly(tmp_path):
+    """The file a dataset ships: every field, non-ASCII names as written, one value per line."""
+    import json
+
+    h = Hierarchy.from_paths([("Café", "a1"), ("Café", "a2"), ("B", "b1")])
+    h.save(tmp_path / "hierarchy.json")
+    text = (tmp_path / "hierarchy.json").read_text()
+    assert json.loads(text) == {"depth": 2, "sizes": [2, 3], "offsets": [0, 2],
+                                "levels": [[["B"], ["Café"]], [["B", "b1"], ["Café", "a1"], ["Café", "a2"]]],
+                                "parent_of": [[-1, -1], [0, 1, 1]]}
+    assert '"Café"' in text and text.startswith('{\n "depth": 2,\n')
+    assert h.names(1) == ["B > b1", "Café > a1", "Café > a2"]
+
+
 def test_bad_hierarchies(tmp_path):
     with pytest.raises(ValueError, match="no parent"):
         Hierarchy(((("a",),), (("b", "x"),)))
@@ -69,7 +83,7 @@ def test_bad_hierarchies(tmp_path):
     with pytest.raises(ValueError, match="not in the hierarchy"):
         Hierarchy.from_paths([("a", "b")]).encode([("a", "c")])
     (tmp_path / "h.json").write_text("{}")
-    with pytest.raises(ValueError, match="cannot read hierarchy"):
+    with pytest.raises(ValueError, match=f"cannot read hierarchy {tmp_path / 'h.json'}: not a KTT hierarchy: 'levels'"):
         Hierarchy.load(tmp_path / "h.json")
 
 

@@ -202,12 +202,14 @@ def test_model_losses_wire_their_formulas_with_their_own_parameters(bb300, tiny_
             target[i, h.offsets[d] + c] = 1
 
     def built(name, **params):
-        model = registry.get(name)(h, encoder=tiny_encoder, gamma_l=0.2, lambda_l=0.9, **params)
+        model = registry.get(name)(h, encoder=tiny_encoder, **params)
         model._build()
         return model
 
-    torch.testing.assert_close(built("db_bhcn", lambda_h=0.3).loss(z, codes),
+    torch.testing.assert_close(built("db_linear").loss(z[-1], codes),
+                               torch.nn.functional.cross_entropy(z[-1], codes[:, h.depth - 1], reduction="none"))
+    torch.testing.assert_close(built("db_bhcn", gamma_l=0.2, lambda_l=0.9, lambda_h=0.3).loss(z, codes),
                                bhcn_level_loss(logp, codes, 0.2, 0.9, 0.3, parents))
     leaf_mask = torch.where(torch.as_tensor(h.leaf_matrix()) > 0, 0.0, -math.inf)
-    torch.testing.assert_close(built("db_bhcn_awx", awx_norm=3.0).loss(z, codes),
+    torch.testing.assert_close(built("db_bhcn_awx", gamma_l=0.2, lambda_l=0.9, awx_norm=3.0).loss(z, codes),
                                awx_bce(z[-1], leaf_mask, 3.0, target) + bhcn_level_loss(logp, codes, 0.2, 0.9, 0, []))

@@ -57,8 +57,6 @@ def test_shape_errors():
 
 
 def test_level_table_exactly():
-    from ktt.hierarchy import Hierarchy
-    from ktt.metrics import level_table
 
     h = Hierarchy.from_paths([("A", "a1"), ("A", "a2"), ("B", "b1")])
     m = {"L1_accuracy": 1.0, "L1_macro_f1": 0.5, "L1_micro_f1": 0.25, "L2_accuracy": 0.125, "L2_macro_f1": 0.0625,
