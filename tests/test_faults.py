@@ -10,6 +10,7 @@ import re
 import resource
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -70,29 +71,41 @@ def test_two_trainings_of_the_same_model_and_dataset_at_once(env, tiny_encoder):
     assert tagged == {str(p.resolve()) for p in paths}
 
 
+# `ktt` with torch.save wrapped: the N-th checkpoint write stops halfway, synced to disk, and the
+# process SIGKILLs itself there. Deterministic, unlike racing a kill against a write from outside.
+KILLED_MID_WRITE = """
+import io, os, signal, sys
+import torch
+real, calls = torch.save, [0]
+def save(obj, f, *args, **kwargs):
+    if str(f).endswith(".tmp"):
+        calls[0] += 1
+        if calls[0] == int(os.environ["KTT_TEST_KILL_AT_WRITE"]):
+            buf = io.BytesIO()
+            real(obj, buf, *args, **kwargs)
+            with open(f, "wb") as out:
+                out.write(buf.getvalue()[:len(buf.getvalue()) // 2])
+                out.flush()
+                os.fsync(out.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(obj, f, *args, **kwargs)
+torch.save = save
+from ktt.cli import main
+sys.exit(main())
+"""
+
+
 def test_killed_while_writing_a_checkpoint(env, tiny_encoder):
-    """SIGKILL the moment a checkpoint's temp file appears; every best_/last_ file still loads; resume works."""
+    """SIGKILL halfway through the 2nd, 3rd and 4th checkpoint write; every best_/last_ file still loads;
+    resume continues from the last complete one."""
     folder = Path(env["KTT_WEIGHTS"]) / "db_linear" / "bb_small"
-    cmd = [KTT, "train", "db_linear", "bb_small", "-p", f"encoder={tiny_encoder}", *TINY]
-    killed_mid_write = 0
-    for attempt in range(3):
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        stale = set(folder.glob(".*.tmp")) if folder.exists() else set()  # left by the kills before
-        seen = set()
-        while proc.poll() is None:
-            tmp = (set(folder.glob(".*.pt.*.tmp")) if folder.exists() else set()) - stale
-            if tmp - seen:
-                seen |= tmp
-                if len(seen) == 2 + attempt:  # a different write each attempt (the 2nd, 3rd, 4th)
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    killed_mid_write += any(p.exists() for p in tmp)
-                    break
-            time.sleep(0.001)
-        proc.wait()
-        assert proc.returncode == -signal.SIGKILL, "training ended before it could be killed"
+    for n in (2, 3, 4):
+        proc = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, "train", "db_linear", "bb_small", "-p",
+                               f"encoder={tiny_encoder}", *TINY], env={**env, "KTT_TEST_KILL_AT_WRITE": str(n)},
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
         assert all_load(checkpoints(env))
-    assert killed_mid_write >= 1  # at least one kill landed inside a write
+    assert len(list(folder.glob(".*.tmp"))) == 3  # the three half-written files, never read
     last = [p for p in checkpoints(env) if p.name.startswith("last_")]
     state = registry.get("db_linear").load(last[-1]).resume_state_
     resumed = ktt("train", "db_linear", "bb_small", "--resume", str(last[-1]), env=env, timeout=600)
