@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -80,6 +81,15 @@ def rss_kb(sid: int) -> int:
     """Resident memory of every process in session ``sid`` (a ``Server`` and its workers), in kB."""
     out = subprocess.run(["ps", "-o", "rss=", "--sid", str(sid)], capture_output=True, text=True, timeout=30).stdout
     return sum(int(x) for x in out.split())
+
+
+# Nothing from inside a server: tracebacks, source or library paths, exception class names.
+LEAK = re.compile(r"Traceback|File \"|\.py\b|site-packages|/(usr|tmp|home|work|root)/|\b[A-Z]\w*(Error|Exception)\b")
+
+
+def leaks(status: int, body: str) -> bool:
+    """Whether an HTTP answer shows the server's internals (a 500 must name only a request id)."""
+    return bool(LEAK.search(body)) or (status == 500 and "request id" not in body)
 
 
 def http_ok(url: str) -> bool:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import Server, http_ok
+from conftest import Server, http_ok, leaks
 from ktt import registry
 from ktt.export import export, export_onnx, resolve_source
 from ktt.serving.runtime import Predictor
@@ -113,9 +113,9 @@ def test_registered_model_exported_and_served(name, tracking, bigbasket_small, t
                           ({"text": "  "}, "is empty"), ({"text": "x" * 20000}, "the limit is 10,000"),
                           ([], "empty list")]:
             r = svc.post("predict", body)
-            assert r.status_code == 400 and msg in r.text
+            assert r.status_code == 400 and msg in r.text and not leaks(400, r.text)
         r = svc.post("predict", "{not json", raw=True)
-        assert r.status_code == 400
+        assert r.status_code == 400 and "not valid JSON" in r.text and not leaks(400, r.text)
         assert svc.post("predict", {"text": real_titles[1]}).json() == expected[1]  # still alive
     finally:
         svc.stop()

@@ -21,7 +21,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from conftest import Server, http_ok, rss_kb
+from conftest import Server, http_ok, leaks, rss_kb
 from ktt import registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,7 +222,8 @@ def test_served_model_under_10000_mixed_requests(env, bigbasket_df, tmp_path):
                         time.sleep(0.05 * (attempt + 1))
                     with lock:
                         codes[r.status_code] = codes.get(r.status_code, 0) + 1
-                        if r.status_code != want or (want == 200 and r.json().count("\n") != 2):
+                        if r.status_code != want or (want == 200 and r.json().count("\n") != 2) \
+                                or leaks(r.status_code, r.text):
                             errors.append((body[:80], r.status_code, r.text[:200]))
                     if seed == 0 and i % 250 == 0:
                         memory.append(rss_kb(server.proc.pid))
