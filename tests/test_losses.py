@@ -57,6 +57,34 @@ def test_bhcn_by_hand():
     assert bhcn([z1], [z2], [[1, 2]]).item() == pytest.approx(expected, rel=1e-6)
 
 
+def bhcn_reference(z, codes, parent, gamma_l, lambda_l, lambda_h):
+    """BHCN's per-row loss for one row, written from models.md with plain floats."""
+    depth = len(z)
+    logp = [[math.log(p) for p in softmax(zi)] for zi in z]
+    w = [1 - (-gamma_l + 2 * gamma_l * i / (depth - 1)) for i in range(depth)]
+    loss = lambda_l * sum(w[i] * -logp[i][codes[i]] for i in range(depth))
+    for i in range(depth - 1):
+        neg = [-v for v in logp[i + 1]]
+        f = 1 - (neg[codes[i + 1]] - min(neg)) / max(max(neg) - min(neg), 1e-9)
+        pred_child = max(range(len(z[i + 1])), key=lambda c: z[i + 1][c])
+        loss += lambda_h * f * -logp[i][parent[i + 1][pred_child]]
+    return loss
+
+
+def test_bhcn_three_levels_against_the_written_formula():
+    """Three levels (the two-level cases cannot tell level i + 1 from level i - 1), logits close
+    together (max - min of -log p under 1)."""
+    h3 = Hierarchy.from_paths([("A", "a", "x"), ("A", "a", "y"), ("A", "b", "z"), ("B", "c", "w")])
+    gen = torch.Generator().manual_seed(3)
+    z = [0.3 * torch.randn(4, n, generator=gen) for n in h3.sizes]
+    codes = torch.tensor([[0, 0, 1], [0, 1, 2], [1, 2, 3], [0, 0, 0]])
+    parents = [torch.as_tensor(h3.parent_of(d)) for d in range(3)]
+    got = bhcn_level_loss([zi.log_softmax(-1) for zi in z], codes, 0.2, 0.9, 0.7, parents)
+    want = [bhcn_reference([zi[r].tolist() for zi in z], codes[r].tolist(), [p.tolist() for p in parents],
+                           0.2, 0.9, 0.7) for r in range(4)]
+    assert got.tolist() == pytest.approx(want, rel=1e-5)
+
+
 def test_bhcn_f_is_per_row():
     # one row whose true child is its most likely class: f = 1 whatever else is in the batch
     z2 = [0.0, 2.0, 1.0]
@@ -82,6 +110,7 @@ def test_awx_propagation_and_bce_by_hand():
     y_hat = [min(1.0, (s[0] ** 2 + s[1] ** 2) ** 0.5), s[2], s[0], s[1], s[2]]  # n = 2: A, B, a1, a2, b1
     assert awx([z], 2.0).exp()[0].tolist() == pytest.approx(y_hat, rel=1e-5)
     assert awx([z], 0.0).exp()[0].tolist() == pytest.approx([max(s[0], s[1]), s[2], *s], rel=1e-5)
+    assert awx([z], 1.0).exp()[0].tolist() == pytest.approx([s[0] + s[1], s[2], *s], rel=1e-5)  # unclipped
     target = [1, 0, 1, 0, 0]  # path (A, a1)
     expected = sum(bce(p, y) for p, y in zip(y_hat, target))
     assert awx_bce(t(z), LEAF_MASK, 2.0, t(target)).item() == pytest.approx(expected, rel=1e-5)

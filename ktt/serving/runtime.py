@@ -95,6 +95,7 @@ class Predictor:
 
             self.tokenizer = Tokenizer.from_str(self.config["tokenizer"])
             self.tokenizer.enable_truncation(self.config["max_len"])
+            self.tokenizer.no_padding()  # a saved tokenizer.json may pad; encode() pads each batch itself
             self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
 
     @classmethod
