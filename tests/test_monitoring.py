@@ -180,6 +180,16 @@ class Stack:
         assert r["status"] == "success", (expr, r)
         return r["data"]["result"]
 
+    def has_data(self, expr, within=30.0):
+        """Whether ``expr`` returns data within ``within`` seconds (a rate needs two scrapes that
+        succeeded inside its window; one slow scrape of a busy service can leave a gap)."""
+        deadline = time.monotonic() + within
+        while not self.query(expr):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(1)
+        return True
+
     def value(self, expr):
         result = self.query(expr)
         return float(result[0]["value"][1]) if result else None
@@ -244,7 +254,7 @@ def test_native_stack_shows_drift_in_prometheus(monitored_build, bigbasket_df, c
             for expr in exprs:
                 missing = metric_names(expr) - scraped
                 assert not missing, f"{model}: {expr} reads {missing}, which no service exports"
-                assert model != "tfidf_hsgd" or stack.query(expr), f"no data for {expr}"
+                assert model != "tfidf_hsgd" or stack.has_data(expr), f"no data for {expr}"
     finally:
         code = stack.interrupt()
     assert code == 0
