@@ -150,6 +150,9 @@ def main():
     body = "\n".join([
         "## Serving: float and int8, BentoML 0.13.1 vs onnxruntime in-process (issues 5, 13)", "",
         f"Command: {cmd}", "",
+        *(["The checkpoints and dataset are those an `experiments/hierarchy_pays.yaml` run trains "
+           "(`ktt experiment`, or `benchmarks/experiment_table.py`; its temp folder holds `weights/` and "
+           "`datasets/`).", ""] if args.weights else []),
         f"One JSON request per BigBasket test title, {SECONDS:.0f} s per concurrency level, load from a separate "
         "process (`benchmarks/loadgen.py`) on loopback; server and load share this machine's 2 cores. int8: "
         "`quantize_int8` (onnxruntime dynamic quantization, int8 weights of every MatMul/Gemm).", "",
