@@ -91,7 +91,10 @@ class KTTService(bentoml.BentoService):
                 return [None]
             return [a for r in ready for a in self._predict([r], endpoint)]
         metrics.PREDICTED_ROWS.inc(len(paths))
-        self.after_predict(codes, scores, feats)
+        try:
+            self.after_predict(codes, scores, feats)
+        except Exception:  # monitoring never fails a prediction
+            logger.exception("after_predict failed")
         rows = (["\n".join(p) for p in paths] if endpoint == "predict"
                 else self.predictor.explain(codes, scores))
         answers, i = [], 0
