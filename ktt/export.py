@@ -166,7 +166,8 @@ def build_bento(model_name: str, onnx_dir: Path, out: Path) -> Path:
 def export(source: str | None = None, *, model: str | None = None, dataset: str | None = None,
            onnx: bool = True, bento: bool = False, monitoring: bool = False, register_as: str | None = None,
            alias: str = "champion", quantize: str | None = None, max_drop: float = 0.5,
-           build_root: str | os.PathLike = "build", weights_root: str | os.PathLike = "weights", datasets_root: str | os.PathLike = "datasets") -> dict:
+           build_root: str | os.PathLike = "build", weights_root: str | os.PathLike = "weights",
+           datasets_root: str | os.PathLike = "datasets") -> dict:
     """Export; returns what was built. The export is logged to the source run when there is one.
 
     ``quantize="int8"`` also writes dynamically quantized graphs (``onnx-int8/``), reports both
