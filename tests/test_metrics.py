@@ -69,3 +69,16 @@ def test_level_table_exactly():
         "| 2 | 3 | 0.1250 | 0.0625 | 0.7500 |\n"
         "\n"
         "hierarchical P/R/F1: 0.1000 / 0.2000 / 0.3000; path accuracy 0.4000; violation rate 0.0000\n")
+
+
+def test_evaluate_errors_exactly():
+    h = Hierarchy.from_paths([("A", "a1"), ("A", "a2"), ("B", "b1")])
+    for t, p, message in [
+        (np.zeros((2, 2)), np.zeros((3, 2)), "expected two (n, 2) arrays, got (2, 2) and (3, 2)"),
+        (np.zeros((2, 3)), np.zeros((2, 3)), "expected two (n, 2) arrays, got (2, 3) and (2, 3)"),
+        (np.zeros(2), np.zeros(2), "expected two (n, 2) arrays, got (2,) and (2,)"),
+        (np.zeros((0, 2)), np.zeros((0, 2)), "cannot evaluate zero rows"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            evaluate(h, t, p)
+        assert str(err.value) == message
