@@ -188,6 +188,16 @@ def test_losses_are_per_row_and_batch_independent(tiny_model, bb300):
     torch.testing.assert_close(whole[5:6], one, rtol=1e-4, atol=1e-5)
 
 
+def test_scores_are_per_row(tiny_model, bb300):
+    """A row's per-level scores do not depend on the other rows of its batch."""
+    texts = bb300["train"].texts[:8]
+    with torch.no_grad():
+        whole = tiny_model.level_scores(tiny_model.net_(*tiny_model._batch(texts)))
+        halves = [tiny_model.level_scores(tiny_model.net_(*tiny_model._batch(texts[i:i + 4]))) for i in (0, 4)]
+    for d, level in enumerate(whole):
+        torch.testing.assert_close(level, torch.cat([h[d] for h in halves]), rtol=1e-4, atol=1e-5)
+
+
 # CUDA autocast raises on these (torch.amp docs: "unsafe to autocast")
 REFUSED = {"binary_cross_entropy", "binary_cross_entropy_backward"}
 
