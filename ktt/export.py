@@ -79,9 +79,10 @@ def resolve_source(source: str | None = None, model: str | None = None, dataset:
 def export_onnx(model, folder: Path, monitoring: bool = False) -> dict[str, Path]:
     """``encoder.onnx``, ``classifier.onnx`` and ``serving.json`` (tokenisation, hierarchy, decoding,
     and whether the service forwards rows to the drift sidecar)."""
+    from .serving.runtime import graph_files
+
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"encoder": folder / "encoder.onnx", "classifier": folder / "classifier.onnx",
-             "config": folder / "serving.json"}
+    paths = graph_files(folder)
     model.export_onnx(paths["classifier"], paths["encoder"])
     paths["config"].write_text(json.dumps({**model.serving_config(), "monitoring": monitoring}))
     return paths
@@ -93,11 +94,13 @@ def quantize_int8(src: Path, dst: Path) -> dict[str, Path]:
     classifier's), activations quantized at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from .serving.runtime import graph_files
+
     dst.mkdir(parents=True, exist_ok=True)
-    out = {"encoder": dst / "encoder.onnx", "classifier": dst / "classifier.onnx", "config": dst / "serving.json"}
+    given, out = graph_files(src), graph_files(dst)
     for part in ("encoder", "classifier"):
-        quantize_dynamic(src / f"{part}.onnx", out[part], weight_type=QuantType.QInt8)
-    shutil.copy(src / "serving.json", out["config"])
+        quantize_dynamic(given[part], out[part], weight_type=QuantType.QInt8)
+    shutil.copy(given["config"], out["config"])
     return out
 
 

@@ -8,6 +8,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from ktt.serving.runtime import graph_files
+
 PATCH = Path(__file__).resolve().parents[2] / "scripts" / "patch_bentoml.py"
 # bentoml 0.13.1 needs the same Python 3.11 patch in the image as in the serving venv.
 DOCKER_PATCH = """
@@ -21,10 +23,10 @@ INSTALL_STEP = "RUN ./bentoml-init.sh install_pip_packages\n"
 def main(model: str, onnx_dir: str, out: str) -> None:
     module = importlib.import_module(f"models.{model}.bentoml.svc_lts")
     svc = module.SERVICE()
-    onnx_dir = Path(onnx_dir)
-    svc.pack("encoder", str(onnx_dir / "encoder.onnx"))
-    svc.pack("classifier", str(onnx_dir / "classifier.onnx"))
-    svc.pack("config", json.loads((onnx_dir / "serving.json").read_text()))
+    files = graph_files(onnx_dir)
+    svc.pack("encoder", str(files["encoder"]))
+    svc.pack("classifier", str(files["classifier"]))
+    svc.pack("config", json.loads(files["config"].read_text()))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     svc.save_to_dir(str(out))

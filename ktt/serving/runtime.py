@@ -17,6 +17,13 @@ MAX_TEXTS_PER_REQUEST = 256
 N_MONITORED_FEATURES = 24
 
 
+def graph_files(folder: str | Path) -> dict[str, Path]:
+    """Where an exported model's two graphs and its serving config live in ``folder``."""
+    folder = Path(folder)
+    return {"encoder": folder / "encoder.onnx", "classifier": folder / "classifier.onnx",
+            "config": folder / "serving.json"}
+
+
 def pool_features(features: np.ndarray, bins: int = N_MONITORED_FEATURES) -> np.ndarray:
     """Average-pool ``(n, d)`` features into ``bins`` columns (as torch's adaptive_avg_pool1d):
     the reduced features that reference sets hold and drift monitoring compares."""
@@ -100,9 +107,8 @@ class Predictor:
 
     @classmethod
     def from_dir(cls, folder: str | Path) -> "Predictor":
-        folder = Path(folder)
-        return cls(str(folder / "encoder.onnx"), str(folder / "classifier.onnx"),
-                   (folder / "serving.json").read_text())
+        files = graph_files(folder)
+        return cls(str(files["encoder"]), str(files["classifier"]), files["config"].read_text())
 
     def prepare(self, texts: list[str]) -> list:
         """Per text, what the encoder graph reads: token ids, or the stemmed text. Run per request,
