@@ -5,24 +5,32 @@ import json
 import logging
 import os
 import sys
+import traceback
 
 import click
 
-SOURCE_HELP = "A file (CSV, TSV, JSON, JSONL, Parquet, Arrow, Feather) or an SQLAlchemy URL."
+from .errors import BadValue, UserError
 
 
 class KTTGroup(click.Group):
-    """Turns the library's validation errors into one clear line and exit code 2."""
+    """A user's mistake (:class:`ktt.errors.UserError`) is one line and exit code 2 (with ``-v``,
+    its traceback first). Anything else is a bug: its traceback, then a line saying so, exit 1."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise  # click's own: --help, usage errors (Exit is a RuntimeError)
-        except (ValueError, KeyError, FileNotFoundError, TimeoutError, RuntimeError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            click.echo(f"error: {msg}", err=True)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise  # click's own: --help, usage errors
+        except UserError as e:
+            if ctx.params.get("verbose"):
+                traceback.print_exc()
+            click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except Exception as e:
+            traceback.print_exc()
+            click.echo(f"error: unexpected {type(e).__name__} (a bug in KTT, not a mistake in your input; "
+                       "the traceback above says where)", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=KTTGroup)
@@ -125,11 +133,11 @@ def ingest(source, name, fmt, encoding, table, query, label_table, **opts):
             labels = data.read_sql(source, table=label_table)
             col = opts["label_cols"].split(",")[0].strip()
             if col not in df.columns:
-                raise ValueError(f"{where}: no column {col!r}; columns are {list(df.columns)}")
+                raise BadValue(f"{where}: no column {col!r}; columns are {list(df.columns)}")
             df = df.assign(**{col: data.paths_from_label_table(df[col], labels)})
     else:
         if table or query or label_table:
-            raise ValueError("--table, --query and --label-table are for SQL sources only")
+            raise BadValue("--table, --query and --label-table are for SQL sources only")
         df = data.read_file(source, fmt, encoding=encoding)
         where = source
     _finish_ingest(df, name, where, opts, {})
@@ -179,14 +187,13 @@ def train(ctx, model, dataset, params, params_str, reference, resume, experiment
     while extra:
         key = extra.pop(0)
         if not key.startswith("--") or not extra:
-            raise ValueError(f"unexpected argument {key!r}; hyperparameters go as --name value or -p name=value")
+            raise BadValue(f"unexpected argument {key!r}; hyperparameters go as --name value or -p name=value")
         pairs.append(f"{key[2:].replace('-', '_')}={extra.pop(0)}")
-    run_id = run_train(model, dataset, overrides=hparams.parse_overrides(pairs), datasets_root=datasets_root,
-                       weights_root=weights_root, experiment=experiment, run_name=run_name, reference=reference,
-                       resume=resume)
-    from mlflow import MlflowClient
-    m = MlflowClient().get_run(run_id).data.metrics
-    click.echo(f"MLflow run {run_id}: test leaf accuracy {m['test_leaf_accuracy']:.4f}, "
+    fit = run_train(model, dataset, overrides=hparams.parse_overrides(pairs), datasets_root=datasets_root,
+                    weights_root=weights_root, experiment=experiment, run_name=run_name, reference=reference,
+                    resume=resume)
+    m = fit.metrics
+    click.echo(f"MLflow run {fit.run_id}: test leaf accuracy {m['test_leaf_accuracy']:.4f}, "
                f"hierarchical F1 {m['test_h_f1']:.4f}, violation rate {m['test_violation_rate']:.4f}")
 
 

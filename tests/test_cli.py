@@ -63,6 +63,22 @@ def test_train_errors_are_one_line(tmp_path, tracking):
     assert out.returncode == 2 and "unknown model 'nope'; available:" in out.stderr
     out = ktt("train", "tfidf_lsgd", "synthetic", "--datasets", tmp_path, "--alpha", "x")
     assert out.returncode == 2 and "'alpha': 'x' is not a valid float" in out.stderr
+    out = ktt("train", "tfidf_lsgd", "synthetic", "--datasets", tmp_path, "-p", "min_df=0")
+    assert out.returncode == 2 and out.stderr == ("error: hyperparameter 'min_df' of model 'tfidf_lsgd': 0 is not "
+                                                  "in [1, inf)\n")
+    out = ktt("-v", "train", "tfidf_lsgd", "synthetic", "--datasets", tmp_path, "-p", "min_df=0")
+    assert out.returncode == 2 and "Traceback" in out.stderr and out.stderr.endswith("is not in [1, inf)\n")
+
+
+def test_a_bug_keeps_its_traceback(tmp_path):
+    """An exception that is not a user's mistake is not disguised as one: traceback, a line saying so, exit 1."""
+    code = ("import sys, ktt.train; ktt.train.train = lambda *a, **k: {}['oops']; from ktt.cli import main; "
+            f"sys.argv = ['ktt', 'train', 'tfidf_lsgd', 'x', '--datasets', {str(tmp_path)!r}]; main()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1
+    assert "Traceback" in out.stderr and "KeyError: 'oops'" in out.stderr
+    assert out.stderr.splitlines()[-1] == ("error: unexpected KeyError (a bug in KTT, not a mistake in your input; "
+                                           "the traceback above says where)")
 
 
 @pytest.mark.slow

@@ -1,0 +1,28 @@
+"""The errors KTT raises for a user's mistake (a bad value, a missing file, an unreachable server).
+
+The command line prints these as one line; any other exception is a bug and keeps its
+traceback. Each subclasses the built-in a caller would expect, so ``except ValueError`` works.
+"""
+
+
+class UserError(Exception):
+    """A mistake in what the user gave KTT, explained by the message alone."""
+
+
+class BadValue(UserError, ValueError):
+    """A value (option, hyperparameter, file content, request) that KTT cannot use."""
+
+
+class NotFound(UserError, FileNotFoundError):
+    """A file, dataset, run, checkpoint or registered model that does not exist."""
+
+
+class UnknownName(UserError, KeyError):
+    """A name (model, dataset column) that is not among the known ones."""
+
+    def __str__(self):  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class Unavailable(UserError, RuntimeError):
+    """Something outside KTT that it needs and cannot use: a server, an environment, a folder."""
