@@ -31,7 +31,7 @@ def run(data: Path, encoder: str, runs: str, out: Path, device: str = "cuda", re
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
 
-    from ktt import hparams, registry
+    from ktt import registry
     from ktt.metrics import evaluate
     from ktt.model import NullLogger
 
@@ -62,7 +62,7 @@ def run(data: Path, encoder: str, runs: str, out: Path, device: str = "cuda", re
     fast = {"epochs": 2, "batch_size": 32, "amp": True, "device": device, "encoder": encoder, "patience": 5}
     for name in MODELS if resume_rows else ():
         cls = registry.get(name)
-        params = {**hparams.load(name), **fast}
+        params = registry.params(name, fast)
         tmp = Path(tempfile.mkdtemp())
         t0 = time.time()
         straight = cls(h, **params).fit(small, ds.val.head(300))
@@ -82,8 +82,8 @@ def run(data: Path, encoder: str, runs: str, out: Path, device: str = "cuda", re
     for spec in filter(None, runs.split(",")):
         name, epochs, batch = spec.split(":")
         cls = registry.get(name)
-        params = {**hparams.load(name), "epochs": int(epochs), "patience": int(epochs), "batch_size": int(batch),
-                  "encoder": encoder, "device": device}
+        params = registry.params(name, {"epochs": int(epochs), "patience": int(epochs), "batch_size": int(batch),
+                                        "encoder": encoder, "device": device})
         print(spec, flush=True)
         logger = Saver(tempfile.mkdtemp())
         t0 = time.time()

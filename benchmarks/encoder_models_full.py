@@ -25,7 +25,6 @@ def run(models: str, data: Path, encoder: str | None, out: Path) -> None:
     import torch
 
     from ktt import registry
-    from ktt import hparams
     from ktt.metrics import evaluate
     from ktt.model import NullLogger
 
@@ -41,9 +40,8 @@ def run(models: str, data: Path, encoder: str | None, out: Path) -> None:
                "rows": [len(ds.train), len(ds.val), len(ds.test)], "models": {}}
     for name, epochs in (m.split(":") for m in models.split(",")):
         cls = registry.get(name)
-        params = {**hparams.load(name), "epochs": int(epochs), "patience": int(epochs)}
-        if encoder:
-            params["encoder"] = encoder
+        params = registry.params(name, {"epochs": int(epochs), "patience": int(epochs),
+                                        **({"encoder": encoder} if encoder else {})})
         start = time.time()
         model = cls(h, **params).fit(ds.train, ds.val, Progress())
         r = evaluate(h, ds.test.codes, model.predict(ds.test.texts))

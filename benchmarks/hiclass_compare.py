@@ -63,7 +63,7 @@ def main() -> None:
         print(rows[-1], flush=True)
 
     for name in ("tfidf_lsgd", "tfidf_hsgd"):
-        model = registry.get(name)(h)
+        model = registry.create(name, h)
         x = model.fit_features(ds.train.texts)  # featurisation outside the timed fit, as for HiClass
         model.fit_features = lambda texts, x=x: x
         t0 = time.perf_counter()

@@ -34,7 +34,7 @@ def main():
             ds = load_dataset(write_dataset(splits, h, tmp, "bb_dup" if keep else "bb"))
             for name in ("tfidf_lsgd", "tfidf_hsgd"):
                 t0 = time.perf_counter()
-                model = registry.get(name)(ds.hierarchy).fit(ds.train, ds.val)
+                model = registry.create(name, ds.hierarchy).fit(ds.train, ds.val)
                 fit_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 pred = model.predict(ds.test.texts)

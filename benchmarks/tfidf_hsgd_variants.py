@@ -46,12 +46,12 @@ def main() -> None:
         print(rows[-1], flush=True)
 
     def hsgd(**sgd):
-        model = registry.get("tfidf_hsgd")(h)
+        model = registry.create("tfidf_hsgd", h)
         make = model.make_sgd
         model.make_sgd = lambda: make().set_params(**sgd)
         return model.fit(ds.train, ds.val)
 
-    add("tfidf_lsgd (flat, the target)", registry.get("tfidf_lsgd")(h).fit(ds.train, ds.val).predict(test.texts))
+    add("tfidf_lsgd (flat, the target)", registry.create("tfidf_lsgd", h).fit(ds.train, ds.val).predict(test.texts))
     base = hsgd()
     cond = base.conditional_proba(test.texts)
     add("tfidf_hsgd, greedy top-down", h.decode_scores([], "top_down", conditional=cond))

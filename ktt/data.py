@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .hierarchy import SEP, Hierarchy
+from .errors import BadValue, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
                   "validation": "val", "dev": "val", "test": "test", "testing": "test"}
 
 
-class IngestError(ValueError):
+class IngestError(BadValue):
     """Bad input to ingestion; the message names the file, column and row."""
 
 
@@ -333,7 +334,7 @@ def load_dataset(name_or_path: str | os.PathLike, root: str | os.PathLike = "dat
     if not (p / "hierarchy.json").exists():
         known = sorted(d.name for d in Path(root).glob("*/") if (d / "hierarchy.json").exists()) \
             if Path(root).is_dir() else []
-        raise FileNotFoundError(f"no dataset {str(name_or_path)!r} (looked in {p}); known datasets: "
+        raise NotFound(f"no dataset {str(name_or_path)!r} (looked in {p}); known datasets: "
                                 f"{known or 'none'}; create one with `ktt ingest`")
     h = Hierarchy.load(p / "hierarchy.json")
     manifest = json.loads((p / "manifest.json").read_text()) if (p / "manifest.json").exists() else {}

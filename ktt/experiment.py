@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from . import registry
+from .errors import BadValue, NotFound, UserError
 
 log = logging.getLogger(__name__)
 KEYS = {"name", "experiment", "data", "models", "tune", "seed", "rank_by", "rank_order", "train_rows", "val_rows",
@@ -39,40 +40,47 @@ def load_spec(path: str | Path) -> dict:
     try:
         spec = yaml.safe_load(path.read_text())
     except OSError as e:
-        raise FileNotFoundError(f"{path}: {e.strerror}") from None
+        raise NotFound(f"{path}: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from None
+        raise BadValue(f"{path}: not valid YAML ({e})") from None
     if not isinstance(spec, dict):
-        raise ValueError(f"{path}: expected a mapping with name, data, models")
+        raise BadValue(f"{path}: expected a mapping with name, data, models")
     unknown = sorted(set(spec) - KEYS)
     if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(KEYS)}")
+        raise BadValue(f"{path}: unknown keys {unknown}; known: {sorted(KEYS)}")
     for key in ("name", "data", "models"):
         if not spec.get(key):
-            raise ValueError(f"{path}: '{key}' is missing")
+            raise BadValue(f"{path}: '{key}' is missing")
     data = spec["data"]
     if not isinstance(data, dict) or ("generate" in data) == ("source" in data):
-        raise ValueError(f"{path}: data needs exactly one of 'generate' (synthetic rows) or 'source' (a file)")
+        raise BadValue(f"{path}: data needs exactly one of 'generate' (synthetic rows) or 'source' (a file)")
     bad = sorted(set(data.get("ingest") or {}) - INGEST_KEYS)
     if bad:
-        raise ValueError(f"{path}: unknown ingest options {bad}; known: {sorted(INGEST_KEYS)}")
+        raise BadValue(f"{path}: unknown ingest options {bad}; known: {sorted(INGEST_KEYS)}")
     if "source" in data:
         data["source"] = str((path.parent / data["source"]).resolve()) if not Path(data["source"]).is_absolute() \
             else data["source"]
     if not isinstance(spec["models"], dict):
-        raise ValueError(f"{path}: models must map model names to overrides ({{tfidf_lsgd: {{}}}})")
-    for name, overrides in spec["models"].items():
-        try:  # an unknown model or hyperparameter, or a value of the wrong type
-            registry.get(name).check_params(overrides or {})
-        except (KeyError, ValueError, TypeError) as e:
-            raise ValueError(f"{path}: models.{name}: {e.args[0] if e.args else e}") from None
+        raise BadValue(f"{path}: models must map model names to overrides ({{tfidf_lsgd: {{}}}})")
     spec.setdefault("seed", 0)
+    for name in spec["models"]:
+        try:  # every value each model will train with: an unknown name, a wrong type, a bad value
+            model_params(spec, name)
+        except (UserError, TypeError) as e:
+            raise BadValue(f"{path}: models.{name}: {e}") from None
     spec.setdefault("rank_by", "test_h_f1")
     spec.setdefault("rank_order", "min" if lower_is_better(spec["rank_by"]) else "max")
     if spec["rank_order"] not in ("min", "max"):
-        raise ValueError(f"{path}: rank_order must be 'min' or 'max', not {spec['rank_order']!r}")
+        raise BadValue(f"{path}: rank_order must be 'min' or 'max', not {spec['rank_order']!r}")
     spec.setdefault("experiment", f"ktt-{spec['name']}")
     return spec
+
+
+def model_params(spec: dict, name: str, tuned: dict | None = None) -> dict:
+    """What model ``name`` trains with: its defaults and ``hyperparameters.json`` entry, the
+    experiment's seed, tuned values, then the file's overrides; checked by the model class."""
+    params = {"seed": spec["seed"]} if "seed" in registry.get(name).defaults else {}
+    return registry.params(name, {**params, **(tuned or {}), **(spec["models"][name] or {})})
 
 
 def make_dataset(spec: dict, root: Path) -> str:
@@ -128,16 +136,14 @@ def run_experiment(path: str | Path, datasets_root: str | Path | None = None,
         mlflow.log_dict(spec, "experiment.yaml")
         mlflow.log_params({"dataset": dataset, "models": ",".join(spec["models"]), "rank_by": spec["rank_by"],
                            "seed": spec["seed"]})
-        for name, overrides in spec["models"].items():
-            params = {"seed": spec["seed"]} if "seed" in registry.get(name).defaults else {}
-            params.update(tuned.get(name, {}), **(overrides or {}))
-            run_id = train(name, dataset, overrides=params, datasets_root=root, weights_root=weights_root,
-                           log_model=False, tags=tags)
-            m = mlflow.MlflowClient().get_run(run_id).data.metrics
+        for name in spec["models"]:
+            fit = train(name, dataset, overrides=model_params(spec, name, tuned.get(name)), datasets_root=root,
+                        weights_root=weights_root, log_model=False, tags=tags)
+            m = fit.metrics
             if spec["rank_by"] not in m:
-                raise ValueError(f"rank_by {spec['rank_by']!r} is not a metric of the runs; "
-                                 f"some are {sorted(k for k in m if k.startswith('test_'))}")
-            rows.append({"model": name, "run_id": run_id, "tuned": name in tuned, **m})
+                raise BadValue(f"rank_by {spec['rank_by']!r} is not a metric of the runs; "
+                               f"some are {sorted(k for k in m if k.startswith('test_'))}")
+            rows.append({"model": name, "run_id": fit.run_id, "tuned": name in tuned, **m})
         rows = rank(rows, spec["rank_by"], spec["rank_order"])
         mlflow.log_text(ranking_table(rows, spec["rank_by"]), "ranking.md")
         mlflow.log_figure(ranking_chart(rows, spec["rank_by"], spec["name"]), "ranking.png")

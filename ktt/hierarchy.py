@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+from .errors import BadValue
 
 SEP = " > "
 DECODE_MODES = ("path", "leaf", "top_down", "argmax")
@@ -27,17 +28,17 @@ class Hierarchy:
 
     def __post_init__(self):
         if not self.levels or any(len(lv) == 0 for lv in self.levels):
-            raise ValueError("a hierarchy needs at least one level and one class per level")
+            raise BadValue("a hierarchy needs at least one level and one class per level")
         index = []
         for depth, lv in enumerate(self.levels, start=1):
             seen = {}
             for i, path in enumerate(lv):
                 if len(path) != depth:
-                    raise ValueError(f"class {SEP.join(path)!r} is at level {depth} but has {len(path)} parts")
+                    raise BadValue(f"class {SEP.join(path)!r} is at level {depth} but has {len(path)} parts")
                 if path in seen:
-                    raise ValueError(f"class {SEP.join(path)!r} appears twice at level {depth}")
+                    raise BadValue(f"class {SEP.join(path)!r} appears twice at level {depth}")
                 if depth > 1 and path[:-1] not in index[-1]:
-                    raise ValueError(f"class {SEP.join(path)!r} has no parent {SEP.join(path[:-1])!r} at level {depth - 1}")
+                    raise BadValue(f"class {SEP.join(path)!r} has no parent {SEP.join(path[:-1])!r} at level {depth - 1}")
                 seen[path] = i
             index.append(seen)
         object.__setattr__(self, "_index", tuple(index))
@@ -48,10 +49,10 @@ class Hierarchy:
         """Build from label paths (all the same depth), classes sorted per level."""
         paths = [tuple(p) for p in paths]
         if not paths:
-            raise ValueError("cannot build a hierarchy from zero label paths")
+            raise BadValue("cannot build a hierarchy from zero label paths")
         depth = len(paths[0])
         if any(len(p) != depth for p in paths):
-            raise ValueError("all label paths must have the same depth")
+            raise BadValue("all label paths must have the same depth")
         levels = tuple(tuple(sorted({p[: d + 1] for p in paths})) for d in range(depth))
         return cls(levels)
 
@@ -91,11 +92,6 @@ class Hierarchy:
         up = self._index[level - 1]
         return np.array([up[p[:-1]] for p in self.levels[level]], dtype=np.int64)
 
-    def children_of(self, level: int) -> list[np.ndarray]:
-        """For each class at ``level``, the indices of its children at ``level + 1``."""
-        parents = self.parent_of(level + 1)
-        return [np.flatnonzero(parents == i) for i in range(self.sizes[level])]
-
     # -- encoding -----------------------------------------------------------------
     def encode(self, paths: Iterable[Sequence[str]]) -> np.ndarray:
         """Label paths -> ``(n, depth)`` class indices per level. Unknown paths raise."""
@@ -103,11 +99,11 @@ class Hierarchy:
         for row, p in enumerate(paths):
             p = tuple(p)
             if len(p) != self.depth:
-                raise ValueError(f"row {row}: label path {list(p)} has {len(p)} levels, expected {self.depth}")
+                raise BadValue(f"row {row}: label path {list(p)} has {len(p)} levels, expected {self.depth}")
             try:
                 out.append([self._index[d][p[: d + 1]] for d in range(self.depth)])
             except KeyError:
-                raise ValueError(f"row {row}: label path {SEP.join(p)!r} is not in the hierarchy") from None
+                raise BadValue(f"row {row}: label path {SEP.join(p)!r} is not in the hierarchy") from None
         return np.asarray(out, dtype=np.int64).reshape(-1, self.depth)
 
     def decode(self, codes: np.ndarray) -> list[list[str]]:
@@ -161,7 +157,7 @@ class Hierarchy:
                 under = self.parent_of(d)[None, :] == codes[:, d - 1][:, None]
                 codes[:, d] = np.where(under, cond[d], -np.inf).argmax(axis=1)
             return codes
-        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, not {mode!r}")
+        raise BadValue(f"decode must be one of {', '.join(DECODE_MODES)}, not {mode!r}")
 
     def is_consistent(self, codes: np.ndarray) -> np.ndarray:
         """Per row: does each level's prediction sit under the previous level's?"""
@@ -205,7 +201,7 @@ class Hierarchy:
         try:
             return cls(tuple(tuple(tuple(p) for p in lv) for lv in d["levels"]))
         except (KeyError, TypeError) as e:
-            raise ValueError(f"not a KTT hierarchy: {e}") from None
+            raise BadValue(f"not a KTT hierarchy: {e}") from None
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
@@ -215,4 +211,4 @@ class Hierarchy:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError, ValueError) as e:
-            raise ValueError(f"cannot read hierarchy {path}: {e}") from None
+            raise BadValue(f"cannot read hierarchy {path}: {e}") from None

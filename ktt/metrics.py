@@ -21,6 +21,12 @@ def _ancestor_sets(h: Hierarchy, codes: np.ndarray) -> np.ndarray:
     return out
 
 
+def metric_names(depth: int) -> list[str]:
+    """The names :func:`evaluate` returns for a hierarchy of ``depth`` levels, in its order."""
+    per_level = [f"L{d}_{m}" for d in range(1, depth + 1) for m in ("accuracy", "macro_f1", "micro_f1")]
+    return per_level + ["leaf_accuracy", "path_accuracy", "h_precision", "h_recall", "h_f1", "violation_rate"]
+
+
 def evaluate(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """Per-level accuracy and macro/micro F1, leaf accuracy, hierarchical P/R/F1, violation rate.
 

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import os
+import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Sequence
 
 import numpy as np
 
+from .errors import BadValue
 from .hierarchy import Hierarchy
 
 
@@ -29,19 +32,67 @@ class NullLogger:
         pass
 
 
+@dataclass(frozen=True)
+class Interval:
+    """A numeric constraint: ``Interval(0, 1, closed="left")`` is [0, 1); ``None`` is unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+    closed: str = "both"  # which ends belong: both, left, right, neither
+
+    def __contains__(self, v) -> bool:
+        lo_ok = self.low is None or (v >= self.low if self.closed in ("both", "left") else v > self.low)
+        hi_ok = self.high is None or (v <= self.high if self.closed in ("both", "right") else v < self.high)
+        return lo_ok and hi_ok
+
+    def __str__(self) -> str:
+        left = "[" if self.closed in ("both", "left") and self.low is not None else "("
+        right = "]" if self.closed in ("both", "right") and self.high is not None else ")"
+        return f"{left}{'-inf' if self.low is None else self.low}, {'inf' if self.high is None else self.high}{right}"
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A string constraint: the whole value matches ``regex``; ``what`` describes it in errors."""
+
+    regex: str
+    what: str
+
+    def __contains__(self, v) -> bool:
+        return isinstance(v, str) and re.fullmatch(self.regex, v) is not None
+
+    def __str__(self) -> str:
+        return self.what
+
+
+class _RegisteredName:
+    """``Model.name``: the name the class is registered under (read from the registry, never set on it)."""
+
+    def __get__(self, obj, cls) -> str:
+        from .registry import name_of
+        return name_of(cls)
+
+
 class Model(ABC):
     """A hierarchical classifier over a fixed :class:`Hierarchy`.
 
-    Subclasses declare their hyperparameters and defaults in ``defaults``; ``__init__``
-    rejects unknown names and casts values to the default's type, so command-line
-    overrides (strings) and JSON values arrive typed.
+    Subclasses declare every hyperparameter and its default in ``defaults`` and, where a value
+    can be wrong, its allowed values in ``constraints`` (a tuple of choices, an
+    :class:`Interval` or a :class:`Pattern`). ``__init__`` rejects unknown names, casts values
+    to the default's type (command-line overrides arrive as strings) and checks constraints.
     """
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = _RegisteredName()
     defaults: ClassVar[dict[str, Any]] = {}
+    constraints: ClassVar[dict[str, Any]] = {}
     checkpoint_ext: ClassVar[str] = ".pt"
     #: True when ``predict`` can only return valid paths (documented per model).
     consistent: ClassVar[bool] = False
+    #: Hyperparameters a resumed fit may change; every other one comes from the checkpoint.
+    resumable: ClassVar[frozenset[str]] = frozenset()
+    #: Monitoring: the share of the reference set's pooled feature columns that must drift for the
+    #: drift sidecar to report dataset drift (written into the service's ``evidently.yaml``).
+    drift_share: ClassVar[float] = 0.5
 
     def __init__(self, hierarchy: Hierarchy, **params):
         self.hierarchy = hierarchy
@@ -49,13 +100,19 @@ class Model(ABC):
 
     @classmethod
     def check_params(cls, params: dict) -> dict:
+        """``defaults`` updated with ``params``, typed and checked; ``BadValue`` names the bad entry."""
         unknown = sorted(set(params) - set(cls.defaults))
         if unknown:
-            raise ValueError(f"unknown hyperparameter(s) {unknown} for model {cls.name!r}; "
-                             f"known: {sorted(cls.defaults)}")
+            raise BadValue(f"unknown hyperparameter(s) {unknown} for model {cls.name!r}; "
+                           f"known: {sorted(cls.defaults)}")
         out = dict(cls.defaults)
         for k, v in params.items():
             out[k] = _cast(k, v, cls.defaults[k])
+        for k, allowed in cls.constraints.items():
+            if out[k] not in allowed:
+                want = f"one of {list(allowed)}" if isinstance(allowed, (tuple, list, frozenset, set)) else \
+                    f"in {allowed}" if isinstance(allowed, Interval) else str(allowed)
+                raise BadValue(f"hyperparameter {k!r} of model {cls.name!r}: {out[k]!r} is not {want}")
         return out
 
     # -- training and inference -------------------------------------------------------
@@ -75,10 +132,6 @@ class Model(ABC):
         """The predicted class name at every level, coarsest first."""
         return self.hierarchy.decode(self.predict(texts))
 
-    def get_preprocessor(self):
-        """A callable mapping raw texts to what the model (and its ONNX graph) consumes."""
-        return lambda texts: list(texts)
-
     # -- persistence ------------------------------------------------------------------
     @abstractmethod
     def save(self, path: str | os.PathLike, state: dict | None = None) -> None:
@@ -89,20 +142,20 @@ class Model(ABC):
     def load(cls, path: str | os.PathLike) -> "Model":
         """Rebuild a model from a checkpoint written by :meth:`save`."""
 
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike) -> "Model":
-        return cls.load(path)
+    # -- export, serving and monitoring -------------------------------------------------
+    def export_onnx(self, classifier_path, encoder_path) -> None:
+        """Write ``encoder.onnx`` (the :meth:`serving_config` input -> ``features``) and
+        ``classifier.onnx`` (``features`` -> ``scores`` of all classes, level by level)."""
+        raise NotImplementedError(f"{self.name} cannot be exported to ONNX")
 
-    # -- export and monitoring (later stages) -------------------------------------------
+    def serving_config(self) -> dict:
+        """What the numpy-only server needs besides the graphs: ``input`` (how texts become the
+        encoder's input), ``decode`` (see ``Hierarchy.decode_scores``) and the hierarchy."""
+        raise NotImplementedError(f"{self.name} cannot be served")
+
     def gen_reference_set(self, split) -> "pd.DataFrame":  # noqa: F821
         """Reference rows for drift monitoring: ``targets``, features ``"0"``..``"23"``, leaf scores."""
-        raise NotImplementedError(f"{self.name} cannot generate a reference set yet")
-
-    def export_onnx(self, classifier_path, encoder_path=None) -> None:
-        raise NotImplementedError(f"{self.name} cannot be exported to ONNX yet")
-
-    def export_bento_resources(self, *args, **kwargs):
-        raise NotImplementedError(f"{self.name} cannot be exported to BentoML yet")
+        raise NotImplementedError(f"{self.name} cannot generate a reference set")
 
 
 def _cast(key: str, value, default):
@@ -131,4 +184,4 @@ def _cast(key: str, value, default):
             return int(f)
         return t(value)
     except (ValueError, TypeError):
-        raise ValueError(f"hyperparameter {key!r}: {value!r} is not a valid {t.__name__}") from None
+        raise BadValue(f"hyperparameter {key!r}: {value!r} is not a valid {t.__name__}") from None

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .metrics import evaluate
-from .model import Model, NullLogger
+from .errors import BadValue, Unavailable
+from .metrics import evaluate, metric_names
+from .model import Interval, Model, NullLogger, Pattern
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 
@@ -40,7 +41,7 @@ def load_pretrained(name: str):
         return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
     except (OSError, ValueError) as e:
         where = "the local folder" if Path(path).exists() else "the Hugging Face Hub (no network?) or a local cache"
-        raise RuntimeError(f"cannot load encoder {name!r} from {where}: {str(e).splitlines()[0]}. "
+        raise Unavailable(f"cannot load encoder {name!r} from {where}: {str(e).splitlines()[0]}. "
                            f"Use the offline default encoder={DEFAULT_ENCODER!r} or a local model folder.") from None
 
 
@@ -75,12 +76,23 @@ class TorchModel(Model):
     """Base of the encoder models. Subclasses add their own entries to ``defaults``."""
 
     defaults = {
-        "encoder": DEFAULT_ENCODER, "pooling": "mean", "max_len": 64, "batch_size": 16, "eval_batch_size": 64,
-        "epochs": 3, "encoder_lr": 3e-5, "classifier_lr": 5e-4, "weight_decay": 0.01, "warmup": 0.1,
+        "encoder": DEFAULT_ENCODER, "pooling": "mean", "max_len": 64, "batch_size": 32, "eval_batch_size": 64,
+        "epochs": 3, "encoder_lr": 1e-4, "classifier_lr": 2e-3, "weight_decay": 0.01, "warmup": 0.1,
         "clip": 1.0, "dropout": 0.25, "patience": 2, "monitor": "h_f1", "seed": 0, "amp": True,
         "device": "auto", "freeze_encoder": False, "log_every": 20,
         "decode": "path",  # scores -> path: best whole path (default), best leaf, or per-level argmax
     }
+    constraints = {
+        "pooling": ("mean", "cls"), "decode": ("path", "leaf", "argmax"),
+        "monitor": Pattern(r"loss|h_f1|h_precision|h_recall|leaf_accuracy|path_accuracy|L\d+_(accuracy|macro_f1|micro_f1)",
+                           "loss or a validation metric to maximise (h_f1, leaf_accuracy, L2_macro_f1, ...)"),
+        "device": Pattern(r"auto|cpu|cuda(:\d+)?|mps", "auto, cpu, cuda, cuda:N or mps"),
+        "max_len": Interval(1), "batch_size": Interval(1), "eval_batch_size": Interval(1), "epochs": Interval(1),
+        "encoder_lr": Interval(0), "classifier_lr": Interval(0, None, "neither"), "weight_decay": Interval(0),
+        "warmup": Interval(0, 1), "clip": Interval(0, None, "neither"), "dropout": Interval(0, 1, "left"),
+        "patience": Interval(1), "log_every": Interval(1),
+    }
+    resumable = frozenset({"epochs", "patience", "log_every", "device"})
 
     @property
     def consistent(self) -> bool:
@@ -111,10 +123,6 @@ class TorchModel(Model):
 
     # -- set-up ---------------------------------------------------------------------------
     def _build(self, tokenizer=None, encoder=None):
-        if self.params["pooling"] not in ("mean", "cls"):
-            raise ValueError(f"pooling must be 'mean' or 'cls', not {self.params['pooling']!r}")
-        if self.params["decode"] not in ("path", "leaf", "argmax"):
-            raise ValueError(f"decode must be 'path', 'leaf' or 'argmax', not {self.params['decode']!r}")
         if tokenizer is None:
             tokenizer, encoder = load_pretrained(self.params["encoder"])
         torch.manual_seed(self.params["seed"])  # the head's initial weights
@@ -147,9 +155,9 @@ class TorchModel(Model):
         if state is None:
             self._build()
         monitor = p["monitor"]
-        allowed = {"loss", *evaluate(self.hierarchy, val.codes[:1], val.codes[:1])}
+        allowed = {"loss", *metric_names(self.hierarchy.depth)} - {"violation_rate"}
         if monitor not in allowed:
-            raise ValueError(f"monitor {monitor!r} is not a validation metric; use one of {sorted(allowed)}")
+            raise BadValue(f"monitor {monitor!r} is not a validation metric; use one of {sorted(allowed)}")
         if p["freeze_encoder"]:
             self.net_.encoder.requires_grad_(False)
         opt = torch.optim.AdamW([
@@ -248,11 +256,9 @@ class TorchModel(Model):
                                [names[c] for c in split.codes[:, -1]])
 
     # -- export ---------------------------------------------------------------------------
-    def export_onnx(self, classifier_path, encoder_path=None):
+    def export_onnx(self, classifier_path, encoder_path):
         """``encoder.onnx``: (input_ids, attention_mask) -> pooled ``features``;
         ``classifier.onnx``: ``features`` -> ``scores``, all levels concatenated. Weights inlined."""
-        if encoder_path is None:
-            raise ValueError(f"{self.name} exports two graphs: give encoder_path too")
         net = self.net_.eval().cpu()
         self.device_ = torch.device("cpu")
         model = self
@@ -289,7 +295,7 @@ class TorchModel(Model):
         with tempfile.TemporaryDirectory() as tmp:
             self.tokenizer_.save_pretrained(tmp)
             tok = (Path(tmp) / "tokenizer.json").read_text()
-        return {"model": self.name, "kind": "transformer", "decode": self.params["decode"],
+        return {"model": self.name, "input": "token_ids", "decode": self.params["decode"],
                 "max_len": self.params["max_len"], "tokenizer": tok, "hierarchy": self.hierarchy.to_dict()}
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -311,7 +317,7 @@ class TorchModel(Model):
 
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if ckpt.get("model") != cls.name:
-            raise ValueError(f"{path} is a {ckpt.get('model')!r} checkpoint, not {cls.name!r}")
+            raise BadValue(f"{path} is a {ckpt.get('model')!r} checkpoint, not {cls.name!r}")
         model = cls(Hierarchy.from_dict(ckpt["hierarchy"]), **ckpt["params"])
         cfg = dict(ckpt["encoder_config"])
         encoder = AutoModel.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))

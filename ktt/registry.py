@@ -1,7 +1,15 @@
-"""Models found by name (as in timm): ``register`` a lazily imported class, ``get`` it by name."""
+"""Models created by name through one door (as in timm).
+
+``create(name, hierarchy, **overrides)`` is the one way to build a model: the class's
+``defaults``, then its entry in ``hyperparameters.json``, then ``overrides``, each value typed
+and checked by the class. ``ktt train``, ``ktt tune``, ``ktt experiment`` and a notebook all
+build models here, so they train the same model for the same name.
+"""
 from __future__ import annotations
 
 import importlib
+
+from .errors import UnknownName
 
 _MODELS: dict[str, str] = {}
 _loaded = False
@@ -18,7 +26,8 @@ def _load_bundled() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        importlib.import_module("models")  # its __init__ registers the bundled models
+        for name, target in importlib.import_module("models").MODELS.items():
+            register(name, target)
 
 
 def available() -> list[str]:
@@ -30,8 +39,25 @@ def get(name: str):
     """The model class registered as ``name``."""
     _load_bundled()
     if name not in _MODELS:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(_MODELS))}")
+        raise UnknownName(f"unknown model {name!r}; available: {', '.join(sorted(_MODELS))}")
     module, _, cls = _MODELS[name].partition(":")
-    model_cls = getattr(importlib.import_module(module), cls)
-    model_cls.name = name
-    return model_cls
+    return getattr(importlib.import_module(module), cls)
+
+
+def name_of(cls) -> str:
+    """The name ``cls`` is registered under (its class name when it is not registered)."""
+    _load_bundled()
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    return next((n for n, t in _MODELS.items() if t == target), cls.__name__)
+
+
+def params(name: str, overrides: dict | None = None, file=None) -> dict:
+    """Every hyperparameter of model ``name``: defaults < ``hyperparameters.json`` < ``overrides``."""
+    from . import hparams
+
+    return get(name).check_params({**hparams.load(name, file), **(overrides or {})})
+
+
+def create(name: str, hierarchy, file=None, **overrides):
+    """A new, unfitted model ``name`` over ``hierarchy`` (hyperparameters as in :func:`params`)."""
+    return get(name)(hierarchy, **params(name, overrides, file))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from .errors import BadValue
 
 # category -> sub-category -> type -> words typical of that type
 TAXONOMY = {
@@ -45,7 +46,7 @@ SIZES = ["100 g", "250 g", "500 g", "1 kg", "200 ml", "500 ml", "1 L", "Set of 2
 def generate(n_rows: int = 3000, seed: int = 0, noise: float = 0.05) -> pd.DataFrame:
     """``n_rows`` synthetic rows: ``text`` and ``labels`` (a 3-level path)."""
     if n_rows < 30:
-        raise ValueError(f"n_rows must be at least 30, not {n_rows}")
+        raise BadValue(f"n_rows must be at least 30, not {n_rows}")
     rng = np.random.default_rng(seed)
     leaves = [(c, s, t, w) for c, subs in TAXONOMY.items() for s, types in subs.items() for t, w in types.items()]
     rows = []

@@ -1,14 +1,19 @@
-"""What both TF-IDF models share: stemming, the vectoriser, checkpoint I/O and ONNX export."""
+"""The base of the TF-IDF models (as ``ktt.nn`` is of the encoder models): stemming, the
+vectoriser, SGD classifiers, checkpoint I/O, ONNX export of linear blocks and the reference set."""
 from __future__ import annotations
 
 import pickle
 
 import numpy as np
+import snowballstemmer
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from ktt.hierarchy import Hierarchy
-from ktt.model import Model
-from ktt.text import stem
+from .errors import BadValue
+from .hierarchy import Hierarchy
+from .model import Interval, Model
+from .text import stem
+
+LANGUAGES = tuple(snowballstemmer.algorithms())
 
 
 class StemPreprocessor:
@@ -36,7 +41,13 @@ class TfidfModel(Model):
 
     defaults = {"loss": "modified_huber", "alpha": 1e-4, "max_iter": 1000, "min_df": 1, "ngram_max": 2,
                 "language": "english", "seed": 0}
+    constraints = {"loss": ("hinge", "log_loss", "modified_huber", "squared_hinge", "perceptron", "squared_error",
+                            "huber", "epsilon_insensitive", "squared_epsilon_insensitive"),
+                   "alpha": Interval(0, None, "neither"), "max_iter": Interval(1), "min_df": Interval(1),
+                   "ngram_max": Interval(1), "language": LANGUAGES}
     consistent = True
+    # sparse pooled TF-IDF features move less than dense ones (docs/monitoring.md)
+    drift_share = 0.25
     fitted: tuple[str, ...] = ()  # the attributes fit sets, besides the preprocessor and vectoriser
 
     def get_preprocessor(self):
@@ -75,11 +86,18 @@ def save_sklearn(model, path, fitted: dict) -> None:
                      "fitted": fitted}, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+class _Unpickler(pickle.Unpickler):
+    """Reads checkpoints written before this module moved from ``models/tfidf_common.py``."""
+
+    def find_class(self, module, name):
+        return super().find_class("ktt.tfidf" if module == "models.tfidf_common" else module, name)
+
+
 def load_sklearn(cls, path):
     with open(path, "rb") as f:
-        ckpt = pickle.load(f)
+        ckpt = _Unpickler(f).load()
     if ckpt.get("model") != cls.name:
-        raise ValueError(f"{path} is a {ckpt.get('model')!r} checkpoint, not {cls.name!r}")
+        raise BadValue(f"{path} is a {ckpt.get('model')!r} checkpoint, not {cls.name!r}")
     model = cls(Hierarchy.from_dict(ckpt["hierarchy"]), **ckpt["params"])
     for k, v in ckpt["fitted"].items():
         setattr(model, k, v)
@@ -102,7 +120,7 @@ def sgd_block(clf, columns) -> dict:
     """One fitted modified-Huber ``SGDClassifier`` as a block of the linear graph;
     ``columns[k]`` is the output column of ``clf.classes_[k]``."""
     if clf.loss != "modified_huber":
-        raise ValueError(f"ONNX export supports loss='modified_huber' only, not {clf.loss!r}")
+        raise BadValue(f"ONNX export supports loss='modified_huber' only, not {clf.loss!r}")
     return {"W": clf.coef_.astype(np.float32), "b": clf.intercept_.astype(np.float32),
             "columns": np.asarray(columns), "binary": len(clf.classes_) == 2}
 
@@ -171,13 +189,13 @@ def save_graph(nodes, inits, n_features: int, outputs: dict, path) -> None:
 
 def serving_config(model, decode: str) -> dict:
     """What a server needs besides the graphs."""
-    return {"model": model.name, "kind": "tfidf", "decode": decode, "language": model.params["language"],
+    return {"model": model.name, "input": "stemmed_text", "decode": decode, "language": model.params["language"],
             "hierarchy": model.hierarchy.to_dict()}
 
 
 def reference_set(model, split):
     """``targets``, the TF-IDF vector average-pooled into ``"0"``..``"23"``, one score column per leaf."""
-    from ktt.serving.runtime import reference_frame
+    from .serving.runtime import reference_frame
 
     feats = model.features(split.texts).toarray()
     names = model.hierarchy.leaf_names

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 
-from . import hparams, registry, tracking
+from . import registry, tracking
+from .errors import BadValue
 from .data import load_dataset
 from .metrics import evaluate, level_table
 
@@ -28,34 +30,20 @@ def confusion_summary(h, y_true: np.ndarray, y_pred: np.ndarray, top: int = 20) 
     return pd.DataFrame(rows, columns=["level", "true", "predicted", "count"])
 
 
-# What may change when resuming; everything else comes from the checkpoint.
-RESUMABLE = {"epochs", "patience", "log_every", "device"}
+@dataclass
+class Fit:
+    """What one tracked fit produced."""
 
-
-def resolve_checkpoint(source: str, kind: str = "last") -> Path:
-    """A checkpoint path, or the ``kind`` checkpoint of an MLflow run (``runs:/<id>`` or a bare run ID)."""
-    if Path(source).is_file():
-        return Path(source)
-    run_id = source[len("runs:/"):].strip("/").split("/")[0] if source.startswith("runs:/") else source
-    client = mlflow.MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except Exception:
-        raise FileNotFoundError(f"{source!r} is neither a checkpoint file nor an MLflow run") from None
-    for art in client.list_artifacts(run_id, "checkpoints"):
-        if Path(art.path).name.startswith(f"{kind}_") and art.path.endswith(".pt"):
-            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=art.path))
-    local = run.data.tags.get(f"ktt.checkpoint.{kind}")  # a run killed before it logged artifacts
-    if local and Path(local).is_file():
-        return Path(local)
-    raise FileNotFoundError(f"MLflow run {run_id} has no {kind}_ checkpoint")
+    run_id: str
+    metrics: dict[str, float] = field(default_factory=dict)  # everything logged at the end, by name
+    checkpoints: dict[str, Path] = field(default_factory=dict)  # "best" (and "last") under weights/
 
 
 def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_root="datasets",
           weights_root="weights", experiment: str | None = None, run_name: str | None = None,
           reference: bool = False, log_model: bool = True, tags: dict | None = None,
-          resume: str | None = None, callbacks=()) -> str:
-    """Fit ``model`` on ``dataset`` inside an MLflow run; returns the run ID.
+          resume: str | None = None, callbacks=()) -> Fit:
+    """Fit ``model`` on ``dataset`` inside an MLflow run (hyperparameters as ``registry.create``).
 
     Everything that can be checked is checked before the run starts: the tracking
     server, the dataset, the model name and every hyperparameter. ``resume`` (a ``last_``
@@ -66,18 +54,18 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
     ds = load_dataset(dataset, datasets_root)
     cls = registry.get(model)
     if resume:
-        est = cls.load(resolve_checkpoint(resume))
+        est = cls.load(tracking.resolve_checkpoint(resume))
         if getattr(est, "resume_state_", None) is None:
-            raise ValueError(f"{resume} holds no training state; resume from a last_ checkpoint")
+            raise BadValue(f"{resume} holds no training state; resume from a last_ checkpoint")
         if est.hierarchy != ds.hierarchy:
-            raise ValueError(f"{resume} was trained on another hierarchy than dataset {ds.name!r}")
-        fixed = sorted(set(overrides or {}) - RESUMABLE)
+            raise BadValue(f"{resume} was trained on another hierarchy than dataset {ds.name!r}")
+        fixed = sorted(set(overrides or {}) - cls.resumable)
         if fixed:
-            raise ValueError(f"cannot change {fixed} when resuming; only {sorted(RESUMABLE)}")
+            raise BadValue(f"cannot change {fixed} when resuming; only {sorted(cls.resumable)}")
         est.params.update(cls.check_params({**est.params, **(overrides or {})}))
         params = est.params
     else:
-        params = cls.check_params({**hparams.load(model), **(overrides or {})})
+        params = registry.params(model, overrides)
         est = cls(ds.hierarchy, **params)
     if experiment:
         mlflow.set_experiment(experiment)
@@ -91,20 +79,23 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
 
         t0 = time.perf_counter()
         est.fit(ds.train, ds.val, logger)
-        mlflow.log_metric("train_time_s", time.perf_counter() - t0)
+        train_time = time.perf_counter() - t0
+        mlflow.log_metric("train_time_s", train_time)
         if "best" not in logger.paths:  # a model that saves nothing during fit: its only checkpoint
             logger.checkpoint(est, "best")
         best = cls.load(logger.paths["best"])
 
         # the checkpoint that fit selected, evaluated once: "best_val_*" (the per-epoch series is "val_*")
+        final = {"train_time_s": train_time}
         for name, split in (("best_val", ds.val), ("test", ds.test)):
             t0 = time.perf_counter()
             pred = best.predict(split.texts)
             metrics = evaluate(ds.hierarchy, split.codes, pred)
             metrics["predict_rows_per_s"] = len(split) / max(time.perf_counter() - t0, 1e-9)
+            final.update({f"{name}_{k}": v for k, v in metrics.items()})
             logger.log_metrics({f"{name}_{k}": v for k, v in metrics.items()})
             tracking.log_dict(metrics, f"metrics/{name}_metrics.json")
-            tracking.log_text(level_table(ds.hierarchy, metrics), f"metrics/{name}_levels.md")
+            mlflow.log_text(level_table(ds.hierarchy, metrics), f"metrics/{name}_levels.md")
             mlflow.log_table(confusion_summary(ds.hierarchy, split.codes, pred), f"metrics/{name}_confusions.json")
         logger.log_checkpoints()
 
@@ -119,4 +110,4 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
             log_pyfunc(model, logger.paths["best"], ds.hierarchy, ds.test.texts[:3])
         log.info("run %s: test leaf accuracy %.4f, checkpoints %s", run.info.run_id,
                  metrics["leaf_accuracy"], [str(p) for p in logger.paths.values()])
-        return run.info.run_id
+        return Fit(run.info.run_id, final, dict(logger.paths))

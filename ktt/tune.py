@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import hparams, registry
+from .errors import BadValue, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,25 +34,25 @@ def check_space(model: str, space: dict) -> dict:
     """Validate a search space against the model's hyperparameters; errors name the bad entry."""
     known = registry.get(model).defaults
     if not space:
-        raise ValueError(f"model {model!r} has no search space: add a \"tune\" section to its entry in "
+        raise BadValue(f"model {model!r} has no search space: add a \"tune\" section to its entry in "
                          "hyperparameters.json")
     for name, spec in space.items():
         where = f"search space of {model!r}, parameter {name!r}"
         if name not in known:
-            raise ValueError(f"{where}: unknown hyperparameter; known: {sorted(known)}")
+            raise BadValue(f"{where}: unknown hyperparameter; known: {sorted(known)}")
         kind = spec.get("type") if isinstance(spec, dict) else None
         if kind not in TYPES:
-            raise ValueError(f"{where}: type must be one of {TYPES}, not {kind!r}")
+            raise BadValue(f"{where}: type must be one of {TYPES}, not {kind!r}")
         if kind == "fixed" and "value" not in spec:
-            raise ValueError(f"{where}: a fixed parameter needs a \"value\"")
+            raise BadValue(f"{where}: a fixed parameter needs a \"value\"")
         if kind == "categorical" and not spec.get("choices"):
-            raise ValueError(f"{where}: empty \"choices\"")
+            raise BadValue(f"{where}: empty \"choices\"")
         if kind in ("uniform", "loguniform", "int"):
             lo, hi = spec.get("low"), spec.get("high")
             if not isinstance(lo, (int, float)) or not isinstance(hi, (int, float)) or not lo < hi:
-                raise ValueError(f"{where}: empty range [{lo}, {hi}]: need numbers with low < high")
+                raise BadValue(f"{where}: empty range [{lo}, {hi}]: need numbers with low < high")
             if kind == "loguniform" and lo <= 0:
-                raise ValueError(f"{where}: a log-uniform range must be positive, not [{lo}, {hi}]")
+                raise BadValue(f"{where}: a log-uniform range must be positive, not [{lo}, {hi}]")
     return space
 
 
@@ -72,9 +72,7 @@ def suggest(trial, space: dict) -> dict:
 
 
 def load_space(model: str, path=None) -> dict:
-    path = Path(path or os.environ.get("KTT_HYPERPARAMETERS", hparams.DEFAULT_FILE))
-    entry = json.loads(path.read_text()).get(model, {}) if path.exists() else {}
-    return check_space(model, entry.get("tune", {}))
+    return check_space(model, hparams.entry(model, path).get("tune", {}))
 
 
 # -- storage, sampler, pruner ---------------------------------------------------------------
@@ -92,14 +90,14 @@ def open_storage(url: str | None, study_name: str):
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return url, JournalStorage(JournalFileBackend(url))
     except Exception as e:
-        raise RuntimeError(f"cannot open Optuna storage {url!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise Unavailable(f"cannot open Optuna storage {url!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
 
 def make_sampler(name: str, seed: int):
     import optuna
 
     if name not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, not {name!r}")
+        raise BadValue(f"sampler must be one of {SAMPLERS}, not {name!r}")
     return optuna.samplers.TPESampler(seed=seed) if name == "tpe" else optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -107,7 +105,7 @@ def make_pruner(name: str, epochs: int | None):
     import optuna
 
     if name not in PRUNERS:
-        raise ValueError(f"pruner must be one of {PRUNERS}, not {name!r}")
+        raise BadValue(f"pruner must be one of {PRUNERS}, not {name!r}")
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     if name == "hyperband":
@@ -137,7 +135,7 @@ class Sweep:
         self.study_name = self.study_name or f"{self.model}-{self.dataset}"
         self.timeout = self.timeout or None  # 0: no time limit
         if self.n_trials < 1 or self.workers < 1:
-            raise ValueError(f"n_trials and workers must be at least 1, not {self.n_trials} and {self.workers}")
+            raise BadValue(f"n_trials and workers must be at least 1, not {self.n_trials} and {self.workers}")
 
 
 def _objective(sweep: Sweep, space: dict, defaults: dict, parent_run_id: str):
@@ -156,16 +154,16 @@ def _objective(sweep: Sweep, space: dict, defaults: dict, parent_run_id: str):
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {step}")
         try:
-            run_id = train(sweep.model, sweep.dataset, overrides=params, datasets_root=sweep.datasets_root,
-                           weights_root=sweep.weights_root, run_name=f"trial-{trial.number}", log_model=False,
-                           tags={"mlflow.parentRunId": parent_run_id, "ktt.trial": str(trial.number),
-                                 "ktt.study": sweep.study_name}, callbacks=[report])
+            fit = train(sweep.model, sweep.dataset, overrides=params, datasets_root=sweep.datasets_root,
+                        weights_root=sweep.weights_root, run_name=f"trial-{trial.number}", log_model=False,
+                        tags={"mlflow.parentRunId": parent_run_id, "ktt.trial": str(trial.number),
+                              "ktt.study": sweep.study_name}, callbacks=[report])
         except optuna.TrialPruned:
             run = mlflow.last_active_run()
             mlflow.MlflowClient().set_tag(run.info.run_id, "ktt.pruned", "true")
             raise
-        value = mlflow.MlflowClient().get_run(run_id).data.metrics[sweep.metric]
-        trial.set_user_attr("mlflow_run_id", run_id)
+        value = fit.metrics[sweep.metric]
+        trial.set_user_attr("mlflow_run_id", fit.run_id)
         return value
 
     return objective
@@ -198,9 +196,8 @@ def run_sweep(sweep: Sweep) -> "optuna.Study":  # noqa: F821
 
     check_tracking_uri()
     load_dataset(sweep.dataset, sweep.datasets_root)
-    cls = registry.get(sweep.model)
     space = load_space(sweep.model)
-    defaults = cls.check_params(hparams.load(sweep.model))
+    defaults = registry.params(sweep.model)
     make_sampler(sweep.sampler, sweep.seed)
     make_pruner(sweep.pruner, defaults.get("epochs"))
     url, storage = open_storage(sweep.storage, sweep.study_name)
@@ -209,7 +206,7 @@ def run_sweep(sweep: Sweep) -> "optuna.Study":  # noqa: F821
                                     load_if_exists=True, sampler=make_sampler(sweep.sampler, sweep.seed),
                                     pruner=make_pruner(sweep.pruner, defaults.get("epochs")))
     except Exception as e:
-        raise RuntimeError(f"cannot open study {sweep.study_name!r} in {url}: {e}") from None
+        raise Unavailable(f"cannot open study {sweep.study_name!r} in {url}: {e}") from None
     if not study.trials:  # a new study starts from the current defaults
         study.enqueue_trial({k: defaults[k] for k, s in space.items() if s["type"] != "fixed"})
     target = len(study.trials) - sum(t.state == optuna.trial.TrialState.WAITING for t in study.trials) \
@@ -275,7 +272,7 @@ def _log_study(study, sweep: Sweep) -> None:
 
 def write_back(study, model: str, path=None) -> Path:
     """Put the best trial's params into the model's entry of hyperparameters.json, noting their origin."""
-    path = Path(path or os.environ.get("KTT_HYPERPARAMETERS", hparams.DEFAULT_FILE))
+    path = hparams.file(path)
     data = json.loads(path.read_text())
     entry = data.setdefault(model, {})
     best = study.best_trial

@@ -7,6 +7,7 @@ import yaml
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from ktt import registry
 from ktt.cli import main
 from ktt.experiment import load_spec
 
@@ -55,6 +56,24 @@ def test_bad_experiment_files(tmp_path, change, message):
     (tmp_path / "e.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(ValueError, match=message):
         load_spec(tmp_path / "e.yaml")
+
+
+def test_a_bad_value_anywhere_fails_before_anything_trains(tracking, tmp_path):
+    """The last model's value is out of range: the whole file is refused in under a second, no run started."""
+    import time
+
+    from ktt.experiment import run_experiment
+
+    spec = {**yaml.safe_load((ROOT / "experiments/smoke.yaml").read_text()),
+            "models": {"tfidf_lsgd": {}, "tfidf_hsgd": {}, "db_bhcn": {"epochs": 1, "act": "swish"}}}
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(spec))
+    registry.get("db_bhcn")  # importing torch is not what is timed (about 1 s cold on this machine)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"models.db_bhcn: hyperparameter 'act' of model 'db_bhcn': 'swish' is not "
+                                         r"one of \['relu', 'gelu', 'tanh'\]"):
+        run_experiment(tmp_path / "e.yaml", datasets_root=tmp_path / "d", weights_root=tmp_path / "w")
+    assert time.perf_counter() - t0 < 1.0
+    assert mlflow.search_runs(search_all_experiments=True).empty and not (tmp_path / "d").exists()
 
 
 def test_ranking_in_both_directions(tmp_path):

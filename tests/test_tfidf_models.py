@@ -1,4 +1,6 @@
 """The two TF-IDF models on the full BigBasket split."""
+import re
+
 import numpy as np
 import pytest
 
@@ -44,6 +46,25 @@ def test_save_load_reproduces_predictions(fitted, bigbasket, tmp_path):
         registry.get(other).load(tmp_path / "m.pt")
 
 
+def test_checkpoints_from_before_the_base_moved_still_load(fitted, bigbasket, tmp_path, monkeypatch):
+    """TF-IDF checkpoints pickled the preprocessor as models.tfidf_common.StemPreprocessor."""
+    import sys
+    import types
+
+    from ktt import tfidf
+
+    old = types.ModuleType("models.tfidf_common")
+    old.StemPreprocessor = tfidf.StemPreprocessor
+    monkeypatch.setitem(sys.modules, "models.tfidf_common", old)
+    monkeypatch.setattr(tfidf.StemPreprocessor, "__module__", "models.tfidf_common")
+    fitted.save(tmp_path / "old.pt")
+    assert b"models.tfidf_common" in (tmp_path / "old.pt").read_bytes()
+    monkeypatch.undo()
+    loaded = type(fitted).load(tmp_path / "old.pt")
+    assert type(loaded.preprocessor_) is tfidf.StemPreprocessor
+    assert np.array_equal(loaded.predict(bigbasket.test.texts[:200]), fitted.predict(bigbasket.test.texts[:200]))
+
+
 def test_predict_paths_are_names(fitted, bigbasket):
     paths = fitted.predict_paths(bigbasket.test.texts[:50])
     assert all(len(p) == 3 and all(isinstance(x, str) for x in p) for p in paths)
@@ -81,8 +102,9 @@ def test_hsgd_decodes_the_best_whole_path(bigbasket):
 
 
 def test_hsgd_refuses_losses_without_probabilities(bigbasket):
-    with pytest.raises(ValueError, match="tfidf_hsgd scores whole paths from node probabilities: loss must be one "
-                                         "of modified_huber, log_loss, not 'hinge'"):
+    with pytest.raises(ValueError, match=re.escape("hyperparameter 'loss' of model 'tfidf_hsgd': 'hinge' is not one "
+                                                   "of ['modified_huber', 'log_loss']")):
         registry.get("tfidf_hsgd")(bigbasket.hierarchy, loss="hinge")
-    with pytest.raises(ValueError, match="decode must be 'path' or 'top_down', not 'argmax'"):
+    with pytest.raises(ValueError, match=re.escape("hyperparameter 'decode' of model 'tfidf_hsgd': 'argmax' is not "
+                                                   "one of ['path', 'top_down']")):
         registry.get("tfidf_hsgd")(bigbasket.hierarchy, decode="argmax")

@@ -117,5 +117,5 @@ def test_hub_name_without_network_fails_clearly(monkeypatch, bb300):
 
 
 def test_bad_monitor_refused(bb300, tiny_encoder):
-    with pytest.raises(ValueError, match="monitor 'acc' is not a validation metric"):
+    with pytest.raises(ValueError, match="'monitor' of model 'db_linear': 'acc' is not loss or a validation metric"):
         make("db_linear", bb300["train"].hierarchy, tiny_encoder, monitor="acc").fit(bb300["train"], bb300["val"])

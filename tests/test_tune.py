@@ -7,6 +7,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from ktt import registry
 from ktt.tune import Sweep, check_space, run_sweep, write_back
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +32,7 @@ def test_sweep_with_two_workers_and_write_back(tracking, bigbasket_small, hp_fil
                   datasets_root=bigbasket_small, weights_root=tmp_path / "w")
     study = run_sweep(sweep)
     assert len(study.trials) == 6
-    defaults = json.loads(hp_file.read_text())["tfidf_hsgd"]
+    defaults = registry.params("tfidf_hsgd", file=hp_file)  # what `ktt train` would use
     first = study.trials[0]
     assert first.params == {k: defaults[k] for k in ("alpha", "min_df", "ngram_max", "max_iter")}
     parent_id = study.user_attrs["mlflow_parent_run_id"]

@@ -12,6 +12,7 @@ path (``decode=path``: the product of its classes' scores), which is always in t
 import torch
 from torch import nn
 
+from ktt.model import Interval
 from ktt.nn import TorchModel, multilabel_bce
 from models.db_bhcn.db_bhcn import ACTS
 
@@ -30,15 +31,12 @@ def mc_loss(z: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.
 
 
 class DBACHMCNN(TorchModel):
-    defaults = {**TorchModel.defaults, "encoder_lr": 2e-5, "classifier_lr": 5e-4, "h_dropout": 0.7,
-                "h_nonlinear": "relu", "h_hidden_dim": 512, "h_layer_count": 3}
+    defaults = {**TorchModel.defaults, "h_dropout": 0.7, "h_nonlinear": "relu", "h_hidden_dim": 512, "h_layer_count": 3}
+    constraints = {**TorchModel.constraints, "h_nonlinear": tuple(ACTS), "h_dropout": Interval(0, 1, "left"),
+                   "h_hidden_dim": Interval(1), "h_layer_count": Interval(1)}
 
     def build_head(self, hidden):
         p, h = self.params, self.hierarchy
-        if p["h_nonlinear"] not in ACTS:
-            raise ValueError(f"h_nonlinear must be one of {sorted(ACTS)}, not {p['h_nonlinear']!r}")
-        if p["h_layer_count"] < 1:
-            raise ValueError(f"h_layer_count must be at least 1, not {p['h_layer_count']}")
         layers, width = [], hidden
         for _ in range(p["h_layer_count"] - 1):
             layers += [nn.Linear(width, p["h_hidden_dim"]), ACTS[p["h_nonlinear"]](), nn.Dropout(p["h_dropout"])]

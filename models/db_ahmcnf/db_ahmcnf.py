@@ -14,6 +14,7 @@ Decoded by the best whole path (``decode=path``: the product of its classes' sco
 import torch
 from torch import nn
 
+from ktt.model import Interval
 from ktt.nn import TorchModel, multilabel_bce
 
 
@@ -49,8 +50,10 @@ def hmcnf_loss(local, glob, target, pairs, global_weight, lambda_h):
 
 
 class DBAHMCNF(TorchModel):
-    defaults = {**TorchModel.defaults, "encoder_lr": 3e-5, "classifier_lr": 1e-3, "lambda_h": 0.05,
-                "dropout": 0.25, "global_hidden": 384, "local_hidden": 384, "global_weight": 0.5}
+    defaults = {**TorchModel.defaults, "lambda_h": 0.05, "dropout": 0.25,
+                "global_hidden": 384, "local_hidden": 384, "global_weight": 0.5}
+    constraints = {**TorchModel.constraints, "lambda_h": Interval(0), "global_hidden": Interval(1),
+                   "local_hidden": Interval(1), "global_weight": Interval(0, 1)}
 
     def build_head(self, hidden):
         p, h = self.params, self.hierarchy

@@ -12,6 +12,7 @@ Decoded by the best whole path (``decode=path``: the product of the per-level pr
 import torch
 from torch import nn
 
+from ktt.model import Interval
 from ktt.nn import TorchModel
 
 ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -20,8 +21,6 @@ ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 class BHCNHead(nn.Module):
     def __init__(self, hidden: int, sizes: list[int], dropout: float, act: str):
         super().__init__()
-        if act not in ACTS:
-            raise ValueError(f"act must be one of {sorted(ACTS)}, not {act!r}")
         self.drop = nn.Dropout(dropout)
         self.act = ACTS[act]()
         self.first = nn.Linear(hidden, sizes[0])
@@ -55,8 +54,9 @@ def bhcn_level_loss(logp, codes, gamma_l, lambda_l, lambda_h, parents):
 
 
 class DBBHCN(TorchModel):
-    defaults = {**TorchModel.defaults, "encoder_lr": 3e-5, "classifier_lr": 5e-4, "gamma_l": -0.1,
-                "lambda_l": 1.0, "lambda_h": 0.7, "dropout": 0.3, "act": "relu"}
+    defaults = {**TorchModel.defaults, "gamma_l": -0.1, "lambda_l": 1.0, "lambda_h": 0.7,
+                "dropout": 0.3, "act": "relu"}
+    constraints = {**TorchModel.constraints, "act": tuple(ACTS), "lambda_l": Interval(0), "lambda_h": Interval(0)}
 
     def build_head(self, hidden):
         head = BHCNHead(hidden, self.hierarchy.sizes, self.params["dropout"], self.params["act"])

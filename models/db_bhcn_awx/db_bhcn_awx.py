@@ -16,8 +16,9 @@ import math
 import torch
 from torch import nn
 
+from ktt.model import Interval
 from ktt.nn import TorchModel, multilabel_bce
-from models.db_bhcn.db_bhcn import BHCNHead, bhcn_level_loss
+from models.db_bhcn.db_bhcn import ACTS, BHCNHead, bhcn_level_loss
 
 #: an inner class's log(1 − ŷ) is evaluated at ŷ ≤ 1 − 1e-4 (bounded loss and gradient when it overshoots)
 _LOG_MAX_NEG = math.log1p(-1e-4)
@@ -46,8 +47,9 @@ def awx_bce(leaf_logits: torch.Tensor, leaf_mask: torch.Tensor, norm: float, tar
 
 
 class DBBHCNAWX(TorchModel):
-    defaults = {**TorchModel.defaults, "encoder_lr": 5.2e-5, "classifier_lr": 3.7e-4, "gamma_l": -0.34,
-                "lambda_l": 0.73, "dropout": 0.47, "act": "relu", "awx_norm": 5.0}
+    defaults = {**TorchModel.defaults, "gamma_l": -0.34, "lambda_l": 0.73, "dropout": 0.47,
+                "act": "relu", "awx_norm": 5.0}
+    constraints = {**TorchModel.constraints, "act": tuple(ACTS), "lambda_l": Interval(0), "awx_norm": Interval(1)}
 
     def build_head(self, hidden):
         head = BHCNHead(hidden, self.hierarchy.sizes, self.params["dropout"], self.params["act"])

@@ -11,8 +11,7 @@ from ktt.nn import TorchModel
 
 
 class DBLinear(TorchModel):
-    defaults = {**TorchModel.defaults, "encoder_lr": 5e-5, "classifier_lr": 1e-3, "dropout": 0.25,
-                "decode": "leaf"}
+    defaults = {**TorchModel.defaults, "dropout": 0.25, "decode": "leaf"}
 
     def build_head(self, hidden):
         head = nn.Sequential(nn.Dropout(self.params["dropout"]), nn.Linear(hidden, self.hierarchy.n_leaves))

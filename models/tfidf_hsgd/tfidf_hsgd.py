@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ktt.model import NullLogger
-from models.tfidf_common import (TfidfModel, export_vectorizer, linear_proba_nodes, save_graph, serving_config,
+from ktt.tfidf import (TfidfModel, export_vectorizer, linear_proba_nodes, save_graph, serving_config,
                                  sgd_block)
 
 
@@ -20,15 +20,9 @@ PROBA_LOSSES = ("modified_huber", "log_loss")
 
 class TfidfHSGD(TfidfModel):
     defaults = {**TfidfModel.defaults, "decode": "path"}
+    # paths are scored by multiplying node probabilities: only losses that give them
+    constraints = {**TfidfModel.constraints, "loss": PROBA_LOSSES, "decode": ("path", "top_down")}
     fitted = ("nodes_",)
-
-    def __init__(self, hierarchy, **params):
-        super().__init__(hierarchy, **params)
-        if self.params["loss"] not in PROBA_LOSSES:
-            raise ValueError(f"tfidf_hsgd scores whole paths from node probabilities: loss must be one of "
-                             f"{', '.join(PROBA_LOSSES)}, not {self.params['loss']!r}")
-        if self.params["decode"] not in ("path", "top_down"):
-            raise ValueError(f"decode must be 'path' or 'top_down', not {self.params['decode']!r}")
 
     def fit(self, train, val=None, logger=None):
         logger = logger or NullLogger()
@@ -75,7 +69,7 @@ class TfidfHSGD(TfidfModel):
     def predict(self, texts):
         return self.hierarchy.decode_scores([], self.params["decode"], conditional=self.conditional_proba(texts))
 
-    def export_onnx(self, classifier_path, encoder_path=None):
+    def export_onnx(self, classifier_path, encoder_path):
         """``encoder.onnx``: stemmed text -> TF-IDF; ``classifier.onnx``: TF-IDF -> ``conditional``
         P(class | parent) and chained ``scores``, all classes concatenated level by level."""
         from onnx import helper, numpy_helper

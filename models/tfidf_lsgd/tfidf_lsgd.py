@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ktt.model import NullLogger
-from models.tfidf_common import (TfidfModel, export_vectorizer, linear_proba_nodes, save_graph, serving_config,
+from ktt.tfidf import (TfidfModel, export_vectorizer, linear_proba_nodes, save_graph, serving_config,
                                  sgd_block)
 
 
@@ -36,7 +36,7 @@ class TfidfLSGD(TfidfModel):
     def predict(self, texts):
         return self.hierarchy.decode_scores([self.leaf_scores(texts)], "leaf")
 
-    def export_onnx(self, classifier_path, encoder_path=None):
+    def export_onnx(self, classifier_path, encoder_path):
         """``encoder.onnx``: stemmed text -> TF-IDF; ``classifier.onnx``: TF-IDF -> ``scores`` of all classes."""
         from onnx import helper, numpy_helper
 

@@ -1,0 +1,87 @@
+"""The layers: no import circle, `ktt/` knows no model, a model knows no CLI, serving stays lean."""
+import ast
+from pathlib import Path
+
+import pytest
+
+from ktt import registry
+from ktt.metrics import evaluate, metric_names
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every ktt/models module -> the ktt/models modules it imports anywhere (functions included)."""
+    files = {module_name(p): p for p in [*ROOT.glob("ktt/**/*.py"), *ROOT.glob("models/**/*.py")]}
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+                mod = ".".join(base + ([node.module] if node.module else []))
+                found |= {mod} | {f"{mod}.{a.name}" for a in node.names}
+        graph[name] = {m for m in found if m in files and m != name}
+    return graph
+
+
+def reachable(graph, start):
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_no_import_circle():
+    graph = import_graph()
+    assert [m for m in graph if m in reachable(graph, m)] == []
+
+
+def test_layers():
+    graph = import_graph()
+    for name, deps in graph.items():
+        if name.startswith("ktt"):  # the library knows no specific model
+            assert not {d for d in deps if d.startswith("models")}, name
+        if name.startswith("models."):  # a model folder knows no CLI, tracking or export
+            assert not {d for d in deps if d.split(".")[:2] in (["ktt", "cli"], ["ktt", "train"], ["ktt", "tune"],
+                                                                 ["ktt", "experiment"], ["ktt", "export"],
+                                                                 ["ktt", "tracking"])}, name
+        if name.startswith("ktt.serving"):  # runs in the serving environment: no MLflow, no torch, no export
+            assert deps <= {"ktt", "ktt.serving", "ktt.serving.runtime", "ktt.serving.metrics", "ktt.serving.forward",
+                            "ktt.hierarchy", "ktt.text", "ktt.errors"}, name
+    assert "models" not in graph["models"]  # the bundled list imports nothing: registry reads it
+
+
+def test_registry_builds_without_touching_classes(bigbasket):
+    cls = registry.get("db_bhcn")
+    assert "name" not in vars(cls) and cls.name == "db_bhcn"
+    model = registry.create("db_bhcn", bigbasket.hierarchy, epochs=1)
+    assert model.params == registry.params("db_bhcn", {"epochs": 1}) == cls.check_params({"epochs": 1})
+
+
+def test_defaults_have_one_source():
+    """hyperparameters.json holds search spaces (and tuned values), never a copy of a class default."""
+    import json
+
+    for name, entry in json.loads((ROOT / "hyperparameters.json").read_text()).items():
+        copies = {k for k, v in entry.items() if k in registry.get(name).defaults and v == registry.get(name).defaults[k]}
+        assert not copies, f"{name}: {sorted(copies)} repeat the class defaults"
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_metric_names_are_what_evaluate_returns(bigbasket, depth):
+    from ktt.hierarchy import Hierarchy
+
+    h = Hierarchy.from_paths([p[:depth] for p in bigbasket.train.paths[:200]])
+    codes = h.encode([p[:depth] for p in bigbasket.train.paths[:50]])
+    assert list(evaluate(h, codes, codes)) == metric_names(depth)
