@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -14,21 +15,25 @@ from pathlib import Path
 
 import mlflow
 
+from .errors import NotFound, Unavailable
+
 log = logging.getLogger(__name__)
 
 KINDS = ("best", "last")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename into ``path``: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    while True:  # not mkstemp: its 0600 mode would outlive the rename; 0666 here is cut by the umask
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; checkpoints are ordinary files
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -73,7 +78,7 @@ class RunLogger:
             with tempfile.NamedTemporaryFile(dir=self.folder, prefix=".write-test-"):
                 pass
         except OSError as e:
-            raise RuntimeError(f"cannot write checkpoints to {self.folder}: {e.strerror}") from None
+            raise Unavailable(f"cannot write checkpoints to {self.folder}: {e.strerror}") from None
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
@@ -91,7 +96,7 @@ class RunLogger:
         except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
             why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
             free = shutil.disk_usage(self.folder).free / 1e9
-            raise RuntimeError(f"cannot write checkpoint {final}: {why} ({free:.1f} GB free there); "
+            raise Unavailable(f"cannot write checkpoint {final}: {why} ({free:.1f} GB free there); "
                                f"the previous {kind} checkpoint is intact") from None
         finally:
             claim.unlink(missing_ok=True)
@@ -126,7 +131,7 @@ def check_tracking_uri() -> str:
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
         except (urllib.error.URLError, OSError) as e:
-            raise RuntimeError(f"MLflow tracking server {uri} is unreachable ({e}); "
+            raise Unavailable(f"MLflow tracking server {uri} is unreachable ({e}); "
                                "start it or set MLFLOW_TRACKING_URI") from None
     return uri
 
@@ -155,9 +160,33 @@ def log_dataset(ds, context: str = "training") -> None:
                        **{f"rows_{s}": n for s, n in ds.manifest.get("rows", {}).items()}})
 
 
-def log_text(text: str, artifact_file: str) -> None:
-    mlflow.log_text(text, artifact_file)
-
-
 def log_dict(d: dict, artifact_file: str) -> None:
     mlflow.log_text(json.dumps(d, indent=1, default=str), artifact_file)
+
+
+def run_artifact(run_id: str, folder: str, name_matches) -> Path | None:
+    """The first artifact under ``folder`` of run ``run_id`` whose file name ``name_matches``,
+    downloaded (a local path as it is); ``None`` when there is none."""
+    client = mlflow.MlflowClient()
+    for art in client.list_artifacts(run_id, folder):
+        if name_matches(Path(art.path).name):
+            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=art.path))
+    return None
+
+
+def resolve_checkpoint(source: str, kind: str = "last") -> Path:
+    """A checkpoint path, or the ``kind`` checkpoint of an MLflow run (``runs:/<id>`` or a bare run ID)."""
+    if Path(source).is_file():
+        return Path(source)
+    run_id = source[len("runs:/"):].strip("/").split("/")[0] if source.startswith("runs:/") else source
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except Exception:
+        raise NotFound(f"{source!r} is neither a checkpoint file nor an MLflow run") from None
+    found = run_artifact(run_id, "checkpoints", lambda n: n.startswith(f"{kind}_") and n.endswith(".pt"))
+    if found:
+        return found
+    local = run.data.tags.get(f"ktt.checkpoint.{kind}")  # a run killed before it logged artifacts
+    if local and Path(local).is_file():
+        return Path(local)
+    raise NotFound(f"MLflow run {run_id} has no {kind}_ checkpoint")

@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_alias_version_and_latest_are_told_apart(tracking, bigbasket_small, tmp_path):
     first = train("tfidf_lsgd", "bb_small", overrides={"alpha": "0.0001"}, datasets_root=bigbasket_small,
-                  weights_root=tmp_path)
+                  weights_root=tmp_path).run_id
     second = train("tfidf_lsgd", "bb_small", overrides={"alpha": "0.001"}, datasets_root=bigbasket_small,
-                   weights_root=tmp_path)
+                   weights_root=tmp_path).run_id
     assert register(first, "bb-lsgd") == 1  # champion -> version 1
     assert register(second, "bb-lsgd", alias="challenger") == 2  # the latest version, not the champion
     assert resolve_source("models:/bb-lsgd@champion").run_id == first
@@ -32,9 +32,9 @@ def test_alias_version_and_latest_are_told_apart(tracking, bigbasket_small, tmp_
 def test_resume_by_run_id(tracking, bigbasket_small, tmp_path, tiny_encoder):
     common = {"encoder": tiny_encoder, "batch_size": "32", "patience": "5", "log_every": "1000"}
     first = train("db_linear", "bb_small", overrides={**common, "epochs": "1"}, datasets_root=bigbasket_small,
-                  weights_root=tmp_path, log_model=False)
+                  weights_root=tmp_path, log_model=False).run_id
     resumed = train("db_linear", "bb_small", overrides={"epochs": "3"}, resume=first,
-                    datasets_root=bigbasket_small, weights_root=tmp_path, log_model=False)
+                    datasets_root=bigbasket_small, weights_root=tmp_path, log_model=False).run_id
     client = MlflowClient()
     assert [m.step for m in client.get_metric_history(first, "val_h_f1")] == [0]
     assert [m.step for m in client.get_metric_history(resumed, "val_h_f1")] == [1, 2]  # continues, epoch 2 on

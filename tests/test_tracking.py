@@ -18,10 +18,15 @@ CKPT = re.compile(r"^(best|last)_\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.pt$")
 
 def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     weights = tmp_path / "weights"
-    run_id = train("tfidf_hsgd", "bb_small", overrides={"alpha": "0.0002"}, datasets_root=bigbasket_small,
-                   weights_root=weights, experiment="t")
+    fit = train("tfidf_hsgd", "bb_small", overrides={"alpha": "0.0002"}, datasets_root=bigbasket_small,
+                weights_root=weights, experiment="t")
+    run_id = fit.run_id
     client = MlflowClient()
     run = client.get_run(run_id)
+    # train() returns what it logged: the final metrics and the checkpoint files
+    assert fit.metrics == pytest.approx({k: run.data.metrics[k] for k in fit.metrics})
+    assert {"train_time_s", "test_h_f1", "best_val_h_f1"} <= set(fit.metrics)
+    assert fit.checkpoints["best"].is_file() and fit.checkpoints["best"].parent == weights / "tfidf_hsgd" / "bb_small"
     assert run.info.status == "FINISHED"
     assert run.data.params["alpha"] == "0.0002" and run.data.params["min_df"] == "1"
     assert run.data.params["dataset"] == "bb_small"
