@@ -30,7 +30,7 @@ from benchmarks.bigbasket import load  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
 from ktt import registry  # noqa: E402
 from ktt.data import load_dataset  # noqa: E402
-from ktt.export import check_quantized, build_bento, export_onnx, quantize_int8  # noqa: E402
+from ktt.export import build_bento, check_quantized, export_onnx, quantize_int8, service_files  # noqa: E402
 from ktt.serving.runtime import Predictor  # noqa: E402
 
 SECONDS = float(os.environ.get("KTT_BENCH_SECONDS", 10))
@@ -98,8 +98,8 @@ def models(args):
             yield name, registry.get(name).load(best), ds.test, True
         return
     ds = load()
-    yield "tfidf_hsgd", registry.get("tfidf_hsgd")(ds.hierarchy).fit(ds.train), ds.test, True
-    bhcn = registry.get("db_bhcn")(ds.hierarchy)
+    yield "tfidf_hsgd", registry.create("tfidf_hsgd", ds.hierarchy).fit(ds.train), ds.test, True
+    bhcn = registry.create("db_bhcn", ds.hierarchy)
     bhcn._build()
     yield "db_bhcn", bhcn, ds.test, False
 
@@ -126,7 +126,8 @@ def main():
         for graphs in ("float", "int8"):
             size = sum(f.stat().st_size for f in (tmp / name / graphs).glob("*.onnx")) / 2**20
             ip = in_process(Predictor.from_dir(tmp / name / graphs), texts)
-            bundle = build_bento(name, tmp / name / graphs, tmp / name / f"inference-{graphs}")
+            svc = service_files(registry.get(name), tmp / name / "bentoml")["svc_lts.py"]
+            bundle = build_bento(svc, tmp / name / graphs, tmp / name / f"inference-{graphs}")
             port += 1
             srv = served(bundle, port, tmp / "texts.json", texts)
             label = f"{name} | {graphs} ({size:.0f} MiB)"

@@ -1,6 +1,7 @@
 """Export a trained model to ONNX and to a BentoML 0.13.1 service under ``build/<model>_<dataset>/``."""
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from .errors import BadValue, NotFound
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,15 +28,15 @@ class Source:
 def _from_run(run_id: str) -> Source:
     import mlflow
 
-    from .train import resolve_checkpoint
+    from .tracking import resolve_checkpoint
 
     client = mlflow.MlflowClient()
     try:
         tags = client.get_run(run_id).data.tags
     except Exception:
-        raise FileNotFoundError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
+        raise NotFound(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
     if "ktt.model" not in tags:
-        raise ValueError(f"MLflow run {run_id} is not a KTT training run (no ktt.model tag)")
+        raise BadValue(f"MLflow run {run_id} is not a KTT training run (no ktt.model tag)")
     return Source(tags["ktt.model"], tags["ktt.dataset"], resolve_checkpoint(run_id, "best"), run_id)
 
 
@@ -44,11 +46,11 @@ def resolve_source(source: str | None = None, model: str | None = None, dataset:
     or (no source) a model and dataset: the newest ``best_`` checkpoint under ``weights/``."""
     if source is None:
         if not (model and dataset):
-            raise ValueError("give a source (run ID, runs:/ or models:/ URI) or both --model and --dataset")
+            raise BadValue("give a source (run ID, runs:/ or models:/ URI) or both --model and --dataset")
         folder = Path(weights_root) / model / dataset
         best = sorted(folder.glob("best_*.pt"))
         if not best:
-            raise FileNotFoundError(f"no best_ checkpoint in {folder}; train {model} on {dataset} first")
+            raise NotFound(f"no best_ checkpoint in {folder}; train {model} on {dataset} first")
         return Source(model, dataset, best[-1])  # ISO times sort by name
     if source.startswith("models:/"):
         import mlflow
@@ -63,16 +65,16 @@ def resolve_source(source: str | None = None, model: str | None = None, dataset:
                 name, version = ref.split("/", 1)
                 mv = client.get_model_version(name, version)
         except Exception as e:
-            raise FileNotFoundError(f"no registered model version {source!r}: {str(e).splitlines()[0]}") from None
+            raise NotFound(f"no registered model version {source!r}: {str(e).splitlines()[0]}") from None
         run_id = mv.run_id
         if not run_id:
-            raise ValueError(f"{source} was not logged by a run; KTT needs the run's checkpoints")
+            raise BadValue(f"{source} was not logged by a run; KTT needs the run's checkpoints")
         return _from_run(run_id)
     if source.startswith("runs:/"):
         return _from_run(source[len("runs:/"):].strip("/").split("/")[0])
     if RUN_ID.match(source):
         return _from_run(source)
-    raise ValueError(f"cannot read export source {source!r}: expected a run ID, runs:/<id>, "
+    raise BadValue(f"cannot read export source {source!r}: expected a run ID, runs:/<id>, "
                      "models:/<name>@<alias> or models:/<name>/<version>")
 
 
@@ -125,7 +127,7 @@ def check_quantized(onnx_dir: Path, int8_dir: Path, split, max_drop: float) -> d
               "rows": len(split), "max_drop_points": max_drop}
     drop = 100 * (fp32["h_f1"] - int8["h_f1"])
     if drop > max_drop:
-        raise ValueError(f"the int8 graphs lose {drop:.2f} points of test hF1 ({fp32['h_f1']:.4f} -> "
+        raise BadValue(f"the int8 graphs lose {drop:.2f} points of test hF1 ({fp32['h_f1']:.4f} -> "
                          f"{int8['h_f1']:.4f}), more than --max-drop {max_drop}; the service was not built "
                          "(serve the float graphs, or raise --max-drop)")
     return report
@@ -140,26 +142,58 @@ def register(run_id: str, name: str, alias: str = "champion") -> int:
     return int(version.version)
 
 
-def serving_python() -> Path:
-    """The serving environment's python (bentoml 0.13.1): ``KTT_SERVING_PYTHON`` or ``.venv-serving``."""
-    py = Path(os.environ.get("KTT_SERVING_PYTHON", str(ROOT / ".venv-serving" / "bin" / "python")))
-    if not py.exists():
-        raise RuntimeError(f"no serving environment at {py}: run `make env` (or set KTT_SERVING_PYTHON)")
-    return py
+SERVICE_TEMPLATE = '''"""BentoService of `{model}`, written by `ktt export`: the shared KTT API
+(ktt/serving/bento.py) over this model's ONNX graphs."""
+import bentoml
+
+from ktt.serving.bento import SERVING_ENV, KTTService
 
 
-def build_bento(model_name: str, onnx_dir: Path, out: Path) -> Path:
+@bentoml.env(**SERVING_ENV)
+class {service}(KTTService):
+    pass
+
+
+SERVICE = {service}
+'''
+
+
+def service_files(model_cls, folder: Path) -> dict[str, Path]:
+    """The spec's per-model ``bentoml/`` folder, generated: ``svc_lts.py`` (the BentoService, a class
+    named after the model class), ``evidently.yaml`` (the drift sidecar's template) and
+    ``dashboard.json`` (Grafana). A file of the same name in ``models/<name>/bentoml/`` overrides
+    the generated one (an override of ``svc_lts.py`` keeps the class name)."""
+    from .monitoring.build import evidently_template
+    from .monitoring.dashboard import dashboard
+
+    service, name = model_cls.__name__, model_cls.name
+    generated = {"svc_lts.py": SERVICE_TEMPLATE.format(model=name, service=service),
+                 "evidently.yaml": evidently_template(model_cls.drift_share),
+                 "dashboard.json": json.dumps(dashboard(service, name), indent=2) + "\n",
+                 "__init__.py": ""}
+    own = Path(inspect.getfile(model_cls)).parent / "bentoml"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, text in generated.items():
+        paths[name] = folder / name
+        if (own / name).is_file():
+            shutil.copy(own / name, paths[name])
+        else:
+            paths[name].write_text(text)
+    return paths
+
+
+def build_bento(svc_file: Path, onnx_dir: Path, out: Path) -> Path:
     """Build the BentoService in the serving environment (the main one never imports bentoml)."""
+    from .serving import serving_python
+
     py = serving_python()
-    svc = ROOT / "models" / model_name / "bentoml" / "svc_lts.py"
-    if not svc.exists():
-        raise FileNotFoundError(f"model {model_name!r} has no BentoML service ({svc})")
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python",
            "PYTHONPATH": str(ROOT)}
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         shutil.rmtree(out)
-    proc = subprocess.run([py, "-m", "ktt.serving.build", model_name, str(onnx_dir), str(out)],
+    proc = subprocess.run([py, "-m", "ktt.serving.build", str(svc_file), str(onnx_dir), str(out)],
                           capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"building the BentoService failed:\n{proc.stderr[-3000:]}")
@@ -180,9 +214,9 @@ def export(source: str | None = None, *, model: str | None = None, dataset: str 
     from . import registry
 
     if quantize not in (None, "int8"):
-        raise ValueError(f"--quantize must be int8, not {quantize!r}")
+        raise BadValue(f"--quantize must be int8, not {quantize!r}")
     if max_drop < 0:
-        raise ValueError(f"--max-drop must be at least 0, not {max_drop}")
+        raise BadValue(f"--max-drop must be at least 0, not {max_drop}")
     src = resolve_source(source, model, dataset, weights_root)
     est = registry.get(src.model).load(src.checkpoint)
     out = Path(build_root) / f"{src.model}_{src.dataset}"
@@ -203,10 +237,11 @@ def export(source: str | None = None, *, model: str | None = None, dataset: str 
 
             mlflow.MlflowClient().log_dict(src.run_id, built["quantization"], "onnx-int8/quantization.json")
     if bento or monitoring:
-        built["inference"] = str(build_bento(src.model, served_dir, out / "inference"))
+        files = service_files(type(est), out / "bentoml")
+        built["inference"] = str(build_bento(files["svc_lts.py"], served_dir, out / "inference"))
     if monitoring:
         from .monitoring.build import build_monitoring
-        built.update(build_monitoring(est, src, out, datasets_root))
+        built.update(build_monitoring(est, src, out, files, datasets_root))
     if src.run_id:
         import mlflow
 
@@ -218,5 +253,5 @@ def export(source: str | None = None, *, model: str | None = None, dataset: str 
             built["registered"] = f"models:/{register_as}@{alias}"
             built["version"] = register(src.run_id, register_as, alias)
     elif register_as:
-        raise ValueError("--register needs an MLflow run as the source, not a weights/ checkpoint")
+        raise BadValue("--register needs an MLflow run as the source, not a weights/ checkpoint")
     return built

@@ -1,3 +1,4 @@
+import json
 import os
 import re
 import signal
@@ -22,6 +23,9 @@ settings.load_profile(os.environ.get("KTT_HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("KTT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SERVING_BIN = ROOT / ".venv-serving" / "bin"
+KTT = ROOT / ".venv" / "bin" / "ktt"
+needs_serving = pytest.mark.skipif(not (SERVING_BIN / "bentoml").exists(), reason="no serving env: run `make env`")
 sys.path.insert(0, str(ROOT))
 
 
@@ -99,6 +103,28 @@ def http_ok(url: str) -> bool:
         return requests.get(url, timeout=1).ok
     except requests.RequestException:
         return False
+
+
+class Served:
+    """`bentoml serve` (or serve-gunicorn) of a built bundle on a free loopback port."""
+
+    def __init__(self, bundle, gunicorn=False):
+        env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
+        self.server = Server(
+            lambda ports: [str(SERVING_BIN / "bentoml"), "serve-gunicorn" if gunicorn else "serve", str(bundle),
+                           "--port", str(ports[0])] + (["--workers", "1"] if gunicorn else []),
+            lambda ports, log: http_ok(f"http://127.0.0.1:{ports[0]}/healthz"), env=env)
+        self.port = self.server.ports[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def post(self, route, body, raw=False):
+        import requests
+
+        data = body if raw else json.dumps(body)
+        return requests.post(f"{self.url}/{route}", data=data, headers={"Content-Type": "application/json"}, timeout=30)
+
+    def stop(self):
+        self.server.stop()
 
 
 def _need(path: Path) -> Path:

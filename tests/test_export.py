@@ -1,23 +1,19 @@
 """ONNX parity for all seven models, and the BentoML 0.13.1 service built and served for real."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 
-from conftest import Server, http_ok, leaks
+from conftest import Served, leaks, needs_serving
 from ktt import registry
 from ktt.export import export, export_onnx, resolve_source
 from ktt.serving.runtime import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVING_BIN = ROOT / ".venv-serving" / "bin"
 MODELS = ["tfidf_lsgd", "tfidf_hsgd", "db_linear", "db_bhcn", "db_bhcn_awx", "db_ahmcnf", "db_achmcnn"]
 TINY = {"epochs": 1, "batch_size": 32, "encoder_lr": 1e-3, "classifier_lr": 3e-3, "h_hidden_dim": 64,
         "global_hidden": 64, "local_hidden": 64}
-needs_serving = pytest.mark.skipif(not (SERVING_BIN / "bentoml").exists(), reason="no serving env: run `make env`")
 
 
 @pytest.fixture(scope="module")
@@ -61,26 +57,6 @@ def test_source_resolution_errors(tmp_path, tracking):
         resolve_source("0123456789abcdef0123456789abcdef")
 
 
-class Served:
-    """`bentoml serve` (or serve-gunicorn) of a built bundle on a free loopback port."""
-
-    def __init__(self, bundle, gunicorn=False):
-        env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
-        self.server = Server(
-            lambda ports: [str(SERVING_BIN / "bentoml"), "serve-gunicorn" if gunicorn else "serve", str(bundle),
-                           "--port", str(ports[0])] + (["--workers", "1"] if gunicorn else []),
-            lambda ports, log: http_ok(f"http://127.0.0.1:{ports[0]}/healthz"), env=env)
-        self.port = self.server.ports[0]
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def post(self, route, body, raw=False):
-        data = body if raw else json.dumps(body)
-        return requests.post(f"{self.url}/{route}", data=data, headers={"Content-Type": "application/json"}, timeout=30)
-
-    def stop(self):
-        self.server.stop()
-
-
 @pytest.mark.slow
 @needs_serving
 @pytest.mark.parametrize("name", MODELS)
@@ -90,7 +66,8 @@ def test_registered_model_exported_and_served(name, tracking, bigbasket_small, t
     overrides = {**{k: v for k, v in TINY.items() if k in registry.get(name).defaults}}
     if name.startswith("db_"):
         overrides["encoder"] = tiny_encoder
-    run_id = train(name, "bb_small", overrides=overrides, datasets_root=bigbasket_small, weights_root=tmp_path / "w")
+    run_id = train(name, "bb_small", overrides=overrides, datasets_root=bigbasket_small,
+                   weights_root=tmp_path / "w").run_id
     export(run_id, onnx=False, register_as=f"bb-{name}", weights_root=tmp_path / "w", build_root=tmp_path / "b")
     built = export(f"models:/bb-{name}@champion", bento=True, build_root=tmp_path / "build")
     bundle = Path(built["inference"])
@@ -123,10 +100,11 @@ def test_registered_model_exported_and_served(name, tracking, bigbasket_small, t
 
 @needs_serving
 def test_dockerfile_is_buildable(tmp_path, bb300, tiny_encoder):
-    from ktt.export import build_bento
+    from ktt.export import build_bento, service_files
     model = fitted("tfidf_lsgd", bb300, tiny_encoder)
     export_onnx(model, tmp_path / "onnx")
-    bundle = build_bento("tfidf_lsgd", tmp_path / "onnx", tmp_path / "inference")
+    bundle = build_bento(service_files(type(model), tmp_path / "bentoml")["svc_lts.py"], tmp_path / "onnx",
+                         tmp_path / "inference")
     docker = (bundle / "Dockerfile").read_text()
     assert docker.startswith("FROM python:3.11-slim")
     assert (bundle / "python_version").read_text().startswith("3.11")
@@ -187,7 +165,7 @@ def test_int8_export_serves_the_int8_graphs(tracking, bigbasket_small, tmp_path)
 
     from ktt.train import train
 
-    run_id = train("tfidf_hsgd", "bb_small", datasets_root=bigbasket_small, weights_root=tmp_path / "w")
+    run_id = train("tfidf_hsgd", "bb_small", datasets_root=bigbasket_small, weights_root=tmp_path / "w").run_id
     built = export(run_id, bento=True, quantize="int8", build_root=tmp_path / "b", datasets_root=bigbasket_small)
     assert built["quantization"]["int8"]["h_f1"] >= built["quantization"]["float"]["h_f1"] - 0.005
     served = Path(built["inference"])

@@ -21,12 +21,10 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from conftest import Server, http_ok, leaks, rss_kb
+from conftest import KTT, SERVING_BIN, Server, http_ok, leaks, rss_kb
 from ktt import registry
 
 ROOT = Path(__file__).resolve().parent.parent
-KTT = str(ROOT / ".venv" / "bin" / "ktt")
-SERVING_BIN = ROOT / ".venv-serving" / "bin"
 CKPT = re.compile(r"^(best|last)_\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.pt$")
 TINY = ["-p", "epochs=6", "-p", "batch_size=16", "-p", "encoder_lr=1e-3", "-p", "classifier_lr=3e-3",
         "-p", "log_every=1", "-p", "patience=10"]

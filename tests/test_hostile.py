@@ -12,12 +12,11 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Server, http_ok, leaks, rss_kb
+from conftest import SERVING_BIN, Server, http_ok, leaks, rss_kb
 from ktt import registry
-from ktt.export import build_bento, export_onnx
+from ktt.export import build_bento, export_onnx, service_files
 from ktt.serving.runtime import Predictor
 
-SERVING_BIN = Path(__file__).resolve().parent.parent / ".venv-serving" / "bin"
 
 # (body, what the 400 must say)
 HOSTILE = [
@@ -70,7 +69,8 @@ def test_hostile_clients_never_fail_good_requests(name, bb300, tiny_encoder, big
               if "encoder" in cls.defaults else {})
     model = cls(bb300["train"].hierarchy, **params).fit(bb300["train"], bb300["val"])
     export_onnx(model, tmp_path / "onnx")
-    bundle = build_bento(name, tmp_path / "onnx", tmp_path / "inference")
+    bundle = build_bento(service_files(cls, tmp_path / "bentoml")["svc_lts.py"], tmp_path / "onnx",
+                         tmp_path / "inference")
     titles = bigbasket_df[bigbasket_df.split == "test"].text.sample(150, random_state=1).tolist()
     predictor = Predictor.from_dir(tmp_path / "onnx")
     alone = {t: "\n".join(predictor.predict([t])[0][0]) for t in titles}

@@ -18,8 +18,10 @@ import pytest
 import requests
 import yaml
 
-from conftest import Server, free_port
+from conftest import KTT, SERVING_BIN, Server, free_port
 from ktt import registry
+from ktt.export import service_files
+from ktt.monitoring.build import evidently_template
 from ktt.monitoring.dashboard import dashboard, metric_names
 from ktt.monitoring.sidecar import Monitor, is_drift, load_config, make_handler
 from ktt.serving.runtime import pool_features
@@ -33,7 +35,7 @@ def setup(bigbasket, clinc_df, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mon")
     model = registry.get("tfidf_lsgd")(bigbasket.hierarchy).fit(bigbasket.train)
     model.gen_reference_set(bigbasket.test).to_parquet(tmp / "references.parquet")
-    (tmp / "evidently.yaml").write_text((ROOT / "models/tfidf_lsgd/bentoml/evidently.yaml").read_text())
+    (tmp / "evidently.yaml").write_text(evidently_template(type(model).drift_share))
 
     def rows(texts):
         feats = model.vectorizer_.transform(model.preprocessor_(texts)).toarray()
@@ -102,15 +104,12 @@ def test_bad_config(tmp_path):
 
 # -- the whole monitored stack, natively: ktt export --monitoring, ktt serve, a real Prometheus ----------
 
-SERVING_BIN = ROOT / ".venv-serving" / "bin"
-KTT = ROOT / ".venv" / "bin" / "ktt"
 needs_stack = pytest.mark.skipif(not (SERVING_BIN / "bentoml").exists() or not shutil.which("prometheus"),
                                  reason="needs the serving env (`make env`) and Prometheus (`make test` installs it)")
 
 
 def service_class(model):
-    return re.search(r"^class (\w+)\(KTTService\)", (ROOT / "models" / model / "bentoml" / "svc_lts.py").read_text(),
-                     re.M).group(1)
+    return registry.get(model).__name__  # the generated BentoService is named after the model class
 
 
 @pytest.fixture(scope="module")
@@ -153,14 +152,24 @@ def test_build_tree_and_compose(monitored_build):
     ds = yaml.safe_load((build / "grafana/provisioning/datasources/datasource.yml").read_text())["datasources"][0]
     assert ds["url"] == "http://prometheus:9090" and ds["uid"] == "prometheus"
     dash = json.loads((build / "grafana/provisioning/dashboards/dashboard.json").read_text())
-    assert dash == json.loads((ROOT / "models/tfidf_hsgd/bentoml/dashboard.json").read_text())
+    assert dash == dashboard("TfidfHSGD", "tfidf_hsgd")
+    # the spec's per-model bentoml/ folder, generated beside the tree
+    assert sorted(p.name for p in (build / "bentoml").iterdir()) == ["__init__.py", "dashboard.json",
+                                                                      "evidently.yaml", "svc_lts.py"]
+    assert json.loads((build / "bentoml/dashboard.json").read_text()) == dash
+    assert "class TfidfHSGD(KTTService)" in (build / "bentoml/svc_lts.py").read_text()
 
 
-def test_dashboards_are_generated():
-    """The committed dashboards are what scripts/make_dashboards.py writes (no hand edits drift away)."""
+def test_service_files_are_generated_per_model(tmp_path):
+    """Every model's svc_lts.py, evidently.yaml and dashboard.json come from one template each."""
     for model in registry.available():
-        committed = json.loads((ROOT / "models" / model / "bentoml" / "dashboard.json").read_text())
-        assert committed == dashboard(service_class(model), model)
+        cls = registry.get(model)
+        files = service_files(cls, tmp_path / model)
+        assert json.loads(files["dashboard.json"].read_text()) == dashboard(service_class(model), model)
+        assert f"class {cls.__name__}(KTTService)" in files["svc_lts.py"].read_text()
+        cfg = yaml.safe_load(files["evidently.yaml"].read_text())["service"]
+        assert cfg["drift_share"] == (0.25 if model.startswith("tfidf") else 0.5)
+        assert cfg["monitors"] == ["cat_target_drift", "data_drift"] and cfg["window_size"] == 100
 
 
 class Stack:
@@ -248,7 +257,7 @@ def test_native_stack_shows_drift_in_prometheus(monitored_build, bigbasket_df, c
             text = requests.get(stack.urls[name] + "/metrics", timeout=10).text
             scraped |= {re.split(r"[{ ]", line)[0] for line in text.splitlines() if line and line[0] != "#"}
         for model in registry.available():
-            dash = json.loads((ROOT / "models" / model / "bentoml" / "dashboard.json").read_text())
+            dash = dashboard(service_class(model), model)
             exprs = [t["expr"].replace(f"BENTOML_{service_class(model)}_", "BENTOML_TfidfHSGD_")
                      for p in dash["panels"] for t in p["targets"]]
             for expr in exprs:

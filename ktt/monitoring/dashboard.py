@@ -1,9 +1,9 @@
 """The Grafana dashboard of one model's monitored service, built from the metrics it really exports.
 
 ``BENTOML_<Service>_*`` come from BentoML (``serve-gunicorn``), ``ktt_*`` from the service
-(:mod:`ktt.serving.metrics`) and the drift sidecar (:mod:`ktt.monitoring.sidecar`). The
-committed ``models/<name>/bentoml/dashboard.json`` files are written by
-``python scripts/make_dashboards.py`` and checked against a live scrape by the tests.
+(:mod:`ktt.serving.metrics`) and the drift sidecar (:mod:`ktt.monitoring.sidecar`). ``ktt export``
+writes it into ``build/<model>_<dataset>/bentoml/dashboard.json`` and the Grafana provisioning;
+the tests check every expression against a live scrape.
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import NotFound, Unavailable
 from .build import PORTS, prometheus_config
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class Stack:
         self.build = Path(self.build)
         for part in ("inference", "monitoring/evidently.yaml", "monitoring/monitoring.py"):
             if not (self.build / part).exists():
-                raise FileNotFoundError(f"{self.build / part} is missing: build the tree with "
+                raise NotFound(f"{self.build / part} is missing: build the tree with "
                                         f"`ktt export ... --monitoring`")
         if self.prometheus == "auto":
             self.prometheus = shutil.which("prometheus")
@@ -64,7 +65,7 @@ class Stack:
         out.close()
 
     def start(self, timeout: float = 120) -> dict[str, str]:
-        from ..export import serving_python
+        from ..serving import serving_python
 
         mon = self.build / "monitoring"
         sidecar = [sys.executable, "monitoring.py", "evidently.yaml", "--host", self.host,
@@ -94,7 +95,7 @@ class Stack:
                 self.check()
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise TimeoutError(f"{name} did not answer on {url} within {timeout:.0f}s; "
+                    raise Unavailable(f"{name} did not answer on {url} within {timeout:.0f}s; "
                                        f"see {self.logs / name}.log")
                 time.sleep(0.5)
         return self.urls()

@@ -1,6 +1,8 @@
 """Build a model's BentoService from its exported graphs (run in the serving environment).
 
-    python -m ktt.serving.build MODEL ONNX_DIR OUT_DIR
+    python -m ktt.serving.build SVC_LTS_PY ONNX_DIR OUT_DIR
+
+``SVC_LTS_PY`` is the service module ``ktt export`` wrote (``build/<model>_<dataset>/bentoml/``).
 """
 import importlib
 import json
@@ -20,8 +22,11 @@ ENV BENTOML_DO_NOT_TRACK=true PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python
 INSTALL_STEP = "RUN ./bentoml-init.sh install_pip_packages\n"
 
 
-def main(model: str, onnx_dir: str, out: str) -> None:
-    module = importlib.import_module(f"models.{model}.bentoml.svc_lts")
+def main(svc_file: str, onnx_dir: str, out: str) -> None:
+    # imported as a top-level module from its own folder: BentoML copies it (and the ktt modules
+    # it imports) into the bundle under that name
+    sys.path.insert(0, str(Path(svc_file).resolve().parent))
+    module = importlib.import_module(Path(svc_file).stem)
     svc = module.SERVICE()
     files = graph_files(onnx_dir)
     svc.pack("encoder", str(files["encoder"]))

@@ -84,6 +84,49 @@ def parse_request(body) -> list[str]:
     return texts
 
 
+class TokenIds:
+    """``input: token_ids``: a Hugging Face ``tokenizer`` (JSON) truncating at ``max_len``; the
+    encoder graph reads ``input_ids`` and ``attention_mask``."""
+
+    def __init__(self, config: dict):
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_str(config["tokenizer"])
+        self.tokenizer.enable_truncation(config["max_len"])
+        self.tokenizer.no_padding()  # a saved tokenizer.json may pad; feed() pads each batch itself
+        self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+
+    def prepare(self, texts: list[str]) -> list:
+        return [np.array(e.ids, dtype=np.int64) for e in self.tokenizer.encode_batch(texts)]
+
+    def feed(self, prepared: list) -> dict[str, np.ndarray]:
+        ids = np.full((len(prepared), max(len(p) for p in prepared)), self.pad_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for i, p in enumerate(prepared):
+            ids[i, :len(p)], mask[i, :len(p)] = p, 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+class StemmedText:
+    """``input: stemmed_text``: Snowball stems of ``language`` joined by spaces; the encoder graph
+    reads them as ``text``, ``(n, 1)`` strings."""
+
+    def __init__(self, config: dict):
+        self.language = config["language"]
+
+    def prepare(self, texts: list[str]) -> list:
+        from ktt.text import stem
+
+        return stem(texts, self.language)
+
+    def feed(self, prepared: list) -> dict[str, np.ndarray]:
+        return {"text": np.array(prepared, dtype=object).reshape(-1, 1)}
+
+
+#: How texts become an encoder graph's input, by ``serving_config()["input"]``.
+INPUTS = {"token_ids": TokenIds, "stemmed_text": StemmedText}
+
+
 class Predictor:
     """Label paths and per-level scores from the exported graphs of one model."""
 
@@ -97,13 +140,7 @@ class Predictor:
             s if isinstance(s, ort.InferenceSession) else ort.InferenceSession(s, providers=["CPUExecutionProvider"])
             for s in (encoder, classifier))
         self.outputs = [o.name for o in self.classifier.get_outputs()]
-        if self.config["kind"] == "transformer":
-            from tokenizers import Tokenizer
-
-            self.tokenizer = Tokenizer.from_str(self.config["tokenizer"])
-            self.tokenizer.enable_truncation(self.config["max_len"])
-            self.tokenizer.no_padding()  # a saved tokenizer.json may pad; encode() pads each batch itself
-            self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+        self.input = INPUTS[self.config["input"]](self.config)
 
     @classmethod
     def from_dir(cls, folder: str | Path) -> "Predictor":
@@ -113,22 +150,11 @@ class Predictor:
     def prepare(self, texts: list[str]) -> list:
         """Per text, what the encoder graph reads: token ids, or the stemmed text. Run per request,
         so that a text the preprocessing cannot read fails its own request, not a whole batch."""
-        texts = [t[:MAX_TEXT_CHARS] for t in texts]
-        if self.config["kind"] == "transformer":
-            return [np.array(e.ids, dtype=np.int64) for e in self.tokenizer.encode_batch(texts)]
-        from ktt.text import stem
-
-        return stem(texts, self.config["language"])
+        return self.input.prepare([t[:MAX_TEXT_CHARS] for t in texts])
 
     def encode(self, prepared: list) -> np.ndarray:
-        """Run the encoder graph on prepared texts (padded here, to the longest in the batch)."""
-        if self.config["kind"] == "transformer":
-            ids = np.full((len(prepared), max(len(p) for p in prepared)), self.pad_id, dtype=np.int64)
-            mask = np.zeros_like(ids)
-            for i, p in enumerate(prepared):
-                ids[i, :len(p)], mask[i, :len(p)] = p, 1
-            return self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-        return self.encoder.run(None, {"text": np.array(prepared, dtype=object).reshape(-1, 1)})[0]
+        """Run the encoder graph on prepared texts (token ids padded to the longest in the batch)."""
+        return self.encoder.run(None, self.input.feed(prepared))[0]
 
     def features(self, texts: list[str]) -> np.ndarray:
         """What the encoder graph makes of the texts: pooled encoder states or TF-IDF vectors."""
