@@ -110,13 +110,13 @@ def make_dataset(spec: dict, root: Path) -> str:
 def run_experiment(path: str | Path, datasets_root: str | Path | None = None,
                    weights_root: str | Path = "weights") -> tuple[str, list[dict]]:
     """Run every model of the file; returns the parent run ID and the ranked rows."""
+    spec = load_spec(path)  # first: a bad file fails before MLflow, the data or any model is touched
     import mlflow
 
     from .tracking import check_tracking_uri
     from .train import train
     from .tune import Sweep, run_sweep
 
-    spec = load_spec(path)
     check_tracking_uri()
     root = Path(datasets_root or tempfile.mkdtemp(prefix="ktt-exp-"))
     dataset = make_dataset(spec, root)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 from .hierarchy import Hierarchy
 
@@ -34,6 +33,8 @@ def evaluate(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
     precision/recall follow Kiritchenko et al.: each label set is augmented with all
     ancestors, so a wrong leaf under the right parent still earns partial credit.
     """
+    from sklearn.metrics import f1_score  # here: importing this module (model validation) stays light
+
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape or y_true.ndim != 2 or y_true.shape[1] != h.depth:
         raise ValueError(f"expected two (n, {h.depth}) arrays, got {y_true.shape} and {y_pred.shape}")

@@ -6,7 +6,6 @@ import pickle
 
 import numpy as np
 import snowballstemmer
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 from .errors import BadValue
 from .hierarchy import Hierarchy
@@ -30,7 +29,10 @@ class StemPreprocessor:
         return stem(texts, self.language)
 
 
-def make_vectorizer(params: dict) -> TfidfVectorizer:
+def make_vectorizer(params: dict):
+    """A TF-IDF vectoriser over stemmed, space-separated tokens."""
+    from sklearn.feature_extraction.text import TfidfVectorizer  # here: validating a model stays light
+
     # No sublinear_tf: skl2onnx ignores it silently, and the ONNX graph must match exactly.
     return TfidfVectorizer(min_df=params["min_df"], ngram_range=(1, params["ngram_max"]),
                            token_pattern=r"\S+", lowercase=False, dtype=np.float32)
