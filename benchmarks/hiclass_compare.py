@@ -72,7 +72,7 @@ def main() -> None:
         if name == "tfidf_lsgd":
             add(name, "leaf (= whole path)", model.predict(ds.test.texts), fit_s)
             continue
-        cond = model.conditional_proba(ds.test.texts)
+        cond = model.conditional_proba(model.features(ds.test.texts))
         add(name, "whole path (default)", h.decode_scores([], "path", conditional=cond), fit_s)
         add(name, "greedy top-down", h.decode_scores([], "top_down", conditional=cond), fit_s)
         hsgd, x_train = model, x

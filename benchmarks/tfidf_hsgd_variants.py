@@ -53,7 +53,7 @@ def main() -> None:
 
     add("tfidf_lsgd (flat, the target)", registry.create("tfidf_lsgd", h).fit(ds.train, ds.val).predict(test.texts))
     base = hsgd()
-    cond = base.conditional_proba(test.texts)
+    cond = base.conditional_proba(base.features(test.texts))
     add("tfidf_hsgd, greedy top-down", h.decode_scores([], "top_down", conditional=cond))
     add("tfidf_hsgd, whole path (default)", h.decode_scores([], "path", conditional=cond))
     for name, kw in (("loss=log_loss", {"loss": "log_loss"}), ("averaged SGD", {"average": True}),

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import threads
 from .errors import BadValue, Unavailable
 from .metrics import evaluate, metric_names
 from .model import Interval, Model, NullLogger, Pattern
@@ -79,7 +80,7 @@ class TorchModel(Model):
         "encoder": DEFAULT_ENCODER, "pooling": "mean", "max_len": 64, "batch_size": 32, "eval_batch_size": 64,
         "epochs": 3, "encoder_lr": 1e-4, "classifier_lr": 2e-3, "weight_decay": 0.01, "warmup": 0.1,
         "clip": 1.0, "dropout": 0.25, "patience": 2, "monitor": "h_f1", "seed": 0, "amp": True,
-        "device": "auto", "freeze_encoder": False, "log_every": 20,
+        "device": "auto", "freeze_encoder": False, "freeze_embeddings": False, "bucket": True, "log_every": 20,
         "decode": "path",  # scores -> path: best whole path (default), best leaf, or per-level argmax
     }
     constraints = {
@@ -142,9 +143,6 @@ class TorchModel(Model):
         on = self.params["amp"] and self.device_.type == "cuda"
         return torch.autocast(self.device_.type, dtype=torch.bfloat16, enabled=on)
 
-    def get_preprocessor(self):
-        return lambda texts: self._batch(texts)
-
     # -- training -------------------------------------------------------------------------
     def fit(self, train, val, logger=None):
         from tqdm.auto import tqdm
@@ -158,12 +156,18 @@ class TorchModel(Model):
         allowed = {"loss", *metric_names(self.hierarchy.depth)} - {"violation_rate"}
         if monitor not in allowed:
             raise BadValue(f"monitor {monitor!r} is not a validation metric; use one of {sorted(allowed)}")
+        if threads.configured():
+            torch.set_num_threads(threads.configured())
         if p["freeze_encoder"]:
             self.net_.encoder.requires_grad_(False)
+        if p["freeze_embeddings"]:  # half of MiniLM's weights; their gradient is almost all zeros
+            self.net_.encoder.get_input_embeddings().requires_grad_(False)
+        # fused: one kernel for all tensors instead of a Python loop over them (CPU and CUDA)
         opt = torch.optim.AdamW([
             {"params": [q for q in self.net_.encoder.parameters() if q.requires_grad], "lr": p["encoder_lr"]},
             {"params": list(self.net_.head.parameters()), "lr": p["classifier_lr"]},
-        ], weight_decay=p["weight_decay"])
+        ], weight_decay=p["weight_decay"], fused=self.device_.type in ("cpu", "cuda"))
+        lengths = self._lengths(train.texts) if p["bucket"] else None
         steps_per_epoch = math.ceil(len(train) / p["batch_size"])
         total = steps_per_epoch * p["epochs"]
         warm = max(1, int(p["warmup"] * total))
@@ -182,11 +186,9 @@ class TorchModel(Model):
 
         for epoch in range(start, p["epochs"]):
             self.net_.train()
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(p["seed"] + epoch))
-            bar = tqdm(range(0, len(train), p["batch_size"]), desc=f"epoch {epoch + 1}/{p['epochs']}",
+            bar = tqdm(self._batches(len(train), epoch, lengths), desc=f"epoch {epoch + 1}/{p['epochs']}",
                        leave=False, disable=None)
-            for i in bar:
-                idx = order[i:i + p["batch_size"]]
+            for idx in bar:
                 with self._autocast():
                     out = self.net_(*self._batch([train.texts[j] for j in idx]))
                     loss = self.loss(out, codes[idx].to(self.device_)).mean()
@@ -215,6 +217,22 @@ class TorchModel(Model):
             if bad >= p["patience"]:
                 break
         return self
+
+    def _lengths(self, texts) -> torch.Tensor:
+        """Tokens per text, truncated at ``max_len``."""
+        enc = self.tokenizer_(list(texts), truncation=True, max_length=self.params["max_len"])
+        return torch.tensor([len(ids) for ids in enc["input_ids"]])
+
+    def _batches(self, n: int, epoch: int, lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The epoch's batches of row indices, from a shuffle seeded by ``seed + epoch``. With
+        ``lengths`` (``bucket``), each window of 50 batches is sorted by length before it is cut,
+        so a batch pads its texts to similar lengths, and the batches are then shuffled."""
+        g = torch.Generator().manual_seed(self.params["seed"] + epoch)
+        order, bs = torch.randperm(n, generator=g), self.params["batch_size"]
+        if lengths is None:
+            return list(order.split(bs))
+        batches = [b for w in order.split(50 * bs) for b in w[torch.argsort(lengths[w], stable=True)].split(bs)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=g)]
 
     # -- inference ------------------------------------------------------------------------
     @torch.no_grad()

@@ -7,10 +7,11 @@ import pickle
 import numpy as np
 import snowballstemmer
 
+from . import threads
 from .errors import BadValue
 from .hierarchy import Hierarchy
 from .model import Interval, Model
-from .text import stem
+from .text import stem, stemmer, words
 
 LANGUAGES = tuple(snowballstemmer.algorithms())
 
@@ -38,6 +39,85 @@ def make_vectorizer(params: dict):
                            token_pattern=r"\S+", lowercase=False, dtype=np.float32)
 
 
+class Featuriser:
+    """``vectorizer.transform(stem(texts))`` of a fitted ``make_vectorizer``, without a Python
+    loop per word or n-gram: the texts' words are stemmed once per distinct word, mapped to
+    integer ids, every n-gram becomes one int64 key (ids in base ``n_tokens``) and is looked up
+    in a pandas hash index of the vocabulary's keys. The counts then go through the
+    vectoriser's own idf weighting and normalisation, so the matrix is the same, value for
+    value (``tests/test_hardware.py`` compares them on real data). Texts go in chunks, so
+    memory stays bounded however many there are."""
+
+    def __init__(self, vectorizer, language: str, chunk: int = 20_000):
+        import pandas as pd
+        from sklearn.feature_extraction.text import TfidfTransformer
+
+        self.stemmer, self.chunk, self.dtype = stemmer(language), chunk, vectorizer.dtype
+        grams = {tuple(g.split(" ")): i for g, i in vectorizer.vocabulary_.items()}
+        self.tokens = pd.Index(sorted({t for g in grams for t in g}))
+        self.n_features = len(grams)
+        self.index = {}  # n -> (index of the vocabulary's n-gram keys, their feature columns)
+        for n in range(vectorizer.ngram_range[0], vectorizer.ngram_range[1] + 1):
+            of_n = [(g, i) for g, i in grams.items() if len(g) == n]
+            ids = self.tokens.get_indexer([t for g, _ in of_n for t in g]).reshape(-1, n)
+            self.index[n] = (pd.Index(self._keys(ids)), np.array([i for _, i in of_n], dtype=np.int64))
+        self.tfidf = TfidfTransformer(norm=vectorizer.norm, use_idf=vectorizer.use_idf,
+                                      smooth_idf=vectorizer.smooth_idf, sublinear_tf=vectorizer.sublinear_tf)
+        if vectorizer.use_idf:
+            self.tfidf.idf_ = vectorizer.idf_
+        if len(self.tokens) ** vectorizer.ngram_range[1] >= 2 ** 62:  # keys would overflow int64
+            raise BadValue(f"{len(self.tokens)} distinct tokens are too many for {vectorizer.ngram_range[1]}-grams")
+
+    def _keys(self, ids: np.ndarray) -> np.ndarray:
+        """``(m, n)`` token ids -> one int64 key per row."""
+        keys = ids[:, 0].astype(np.int64)
+        for k in range(1, ids.shape[1]):
+            keys = keys * len(self.tokens) + ids[:, k]
+        return keys
+
+    def __call__(self, texts):
+        import scipy.sparse as sp
+
+        texts = list(texts)
+        if not texts:  # scikit-learn refuses zero rows
+            return sp.csr_matrix((0, self.n_features), dtype=self.dtype)
+        parts = [self._counts(texts[i:i + self.chunk]) for i in range(0, len(texts), self.chunk)]
+        counts = sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
+        return self.tfidf.transform(counts, copy=False)
+
+    def _counts(self, texts):
+        import itertools
+
+        import pandas as pd
+        import scipy.sparse as sp
+
+        per_text = words(texts)
+        lengths = np.fromiter(map(len, per_text), np.int64, len(per_text))
+        codes, vocabulary = pd.factorize(np.array(list(itertools.chain.from_iterable(per_text)), dtype=object))
+        stems = np.array(self.stemmer.stemWords(list(vocabulary)), dtype=object)
+        ids = self.tokens.get_indexer(stems)[codes] if len(codes) else np.zeros(0, np.int64)
+        if (stems == "").any():  # an empty stem vanishes when joined and split: its neighbours meet
+            keep = stems[codes] != ""
+            ids, lengths = ids[keep], np.bincount(np.repeat(np.arange(len(texts)), lengths)[keep],
+                                                  minlength=len(texts))
+        row = np.repeat(np.arange(len(texts)), lengths)
+        left = np.repeat(lengths.cumsum(), lengths) - np.arange(len(ids))  # words from here to the text's end
+        rows, cols = [], []
+        for n, (index, columns) in self.index.items():
+            if len(ids) < n:
+                continue
+            window = np.lib.stride_tricks.sliding_window_view(ids, n)
+            ok = (left[:len(window)] >= n) & (window >= 0).all(axis=1)
+            found = index.get_indexer(self._keys(window[ok]))
+            rows.append(row[:len(window)][ok][found >= 0])
+            cols.append(columns[found[found >= 0]])
+        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        counts = sp.csr_matrix((np.ones(len(rows), self.dtype), (rows, cols)), shape=(len(texts), self.n_features))
+        counts.sum_duplicates()
+        return counts
+
+
 class TfidfModel(Model):
     """Base of the TF-IDF models: stemming, the vectoriser, SGD classifiers, checkpoints."""
 
@@ -59,17 +139,35 @@ class TfidfModel(Model):
         """Fit the preprocessor and vectoriser; the training matrix."""
         self.preprocessor_ = self.get_preprocessor()
         self.vectorizer_ = make_vectorizer(self.params)
+        self.featuriser_ = None
         return self.vectorizer_.fit_transform(self.preprocessor_(texts))
 
     def features(self, texts):
-        return self.vectorizer_.transform(self.preprocessor_(texts))
+        """The TF-IDF matrix of ``texts`` (sparse, one row per text): what the vectoriser makes of
+        the preprocessor's output, computed with array lookups (:class:`Featuriser`)."""
+        if getattr(self, "featuriser_", None) is None:  # made from the fitted parts, never saved
+            self.featuriser_ = Featuriser(self.vectorizer_, self.params["language"])
+        return self.featuriser_(texts)
+
+    # a subclass scores features, so the classifier can be timed (and used) without featurising
+    def proba_from_features(self, x) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def predict_from_features(self, x) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_proba(self, texts):
+        return self.proba_from_features(self.features(texts))
+
+    def predict(self, texts):
+        return self.predict_from_features(self.features(texts))
 
     def make_sgd(self):
         from sklearn.linear_model import SGDClassifier
 
         p = self.params
         return SGDClassifier(loss=p["loss"], alpha=p["alpha"], max_iter=p["max_iter"], random_state=p["seed"],
-                             n_jobs=-1, tol=1e-4)
+                             n_jobs=threads.configured() or -1, tol=1e-4)
 
     def gen_reference_set(self, split):
         return reference_set(self, split)

@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from . import registry, tracking
+from . import registry, threads, tracking
 from .errors import BadValue
 from .data import load_dataset
 from .metrics import evaluate, level_table
@@ -73,6 +73,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
     with mlflow.start_run(run_name=run_name or f"{model}-{ds.name}", nested=nested) as run:
         logger = tracking.RunLogger(model, ds.name, weights_root, callbacks)
         mlflow.set_tags({"ktt.model": model, "ktt.dataset": ds.name, "ktt.git_commit": tracking.git_commit(),
+                         "ktt.threads": str(threads.configured() or "default"),
                          **({"ktt.resumed_from": resume} if resume else {}), **(tags or {})})
         mlflow.log_params({**params, "model": model})
         tracking.log_dataset(ds)

@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import hparams, registry
+from . import hparams, registry, threads
 from .errors import BadValue, Unavailable
 
 log = logging.getLogger(__name__)
@@ -226,9 +227,17 @@ def run_sweep(sweep: Sweep) -> "optuna.Study":  # noqa: F821
                 target)
         if sweep.workers == 1:
             _worker(*args)
-        else:
+        else:  # each worker gets its share of the cores (read by training), not all of them
             procs = [mp.get_context("spawn").Process(target=_worker, args=(*args, i)) for i in range(sweep.workers)]
-            [p.start() for p in procs]
+            saved = os.environ.get(threads.ENV)
+            os.environ[threads.ENV] = str(threads.share(sweep.workers))
+            try:
+                [p.start() for p in procs]
+            finally:
+                if saved is None:
+                    del os.environ[threads.ENV]
+                else:
+                    os.environ[threads.ENV] = saved
             [p.join() for p in procs]
         study = optuna.load_study(study_name=sweep.study_name, storage=storage)
         _log_study(study, sweep)

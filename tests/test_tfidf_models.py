@@ -88,7 +88,7 @@ def test_registry():
 def test_hsgd_decodes_the_best_whole_path(bigbasket):
     model = registry.get("tfidf_hsgd")(bigbasket.hierarchy).fit(bigbasket.train, bigbasket.val)
     h, texts = bigbasket.hierarchy, bigbasket.test.texts[:300]
-    cond = model.conditional_proba(texts)
+    cond = model.conditional_proba(model.features(texts))
     pred = model.predict(texts)
     # the joint P(path) = Π P(class | parent) = the chained leaf score: the best path is its best leaf
     joint = model.predict_proba(texts)[-1]

@@ -7,7 +7,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from ktt import registry
+from ktt import registry, threads
 from ktt.tune import Sweep, check_space, run_sweep, write_back
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +43,8 @@ def test_sweep_with_two_workers_and_write_back(tracking, bigbasket_small, hp_fil
     assert best_kid.data.metrics["best_val_h_f1"] == pytest.approx(study.best_value)
     assert len(kids) == 6 and {r.data.tags["ktt.trial"] for r in kids} == {str(i) for i in range(6)}
     assert all("best_val_h_f1" in r.data.metrics for r in kids)
+    # two workers share the cores: each trains with its share, not every core
+    assert {r.data.tags["ktt.threads"] for r in kids} == {str(threads.share(2))}
     parent = MlflowClient().get_run(parent_id)
     assert parent.data.metrics["best_trial_value"] == pytest.approx(study.best_value)
     assert parent.data.params["storage"] == str(tmp_path / "s.journal")

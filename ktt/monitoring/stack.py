@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import threads
 from ..errors import NotFound, Unavailable
 from .build import PORTS, prometheus_config
 
@@ -78,6 +79,7 @@ class Stack:
                                   "--port", str(self.inference_port),  # it binds all interfaces
                                   "--workers", str(self.workers)],
                     env={"EVIDENTLY_HOST": self.host, "EVIDENTLY_PORT": str(self.monitoring_port),
+                         threads.ENV: str(threads.share(self.workers)),
                          "BENTOML_DO_NOT_TRACK": "true", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"})
         if self.prometheus:
             cfg = prometheus_config(f"{self.host}:{self.inference_port}", f"{self.host}:{self.monitoring_port}",

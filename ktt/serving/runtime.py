@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ktt import threads
 from ktt.hierarchy import Hierarchy
 
 MAX_TEXT_CHARS = 10_000  # a request with a longer text is refused (in-process callers: cut); titles never need more
@@ -136,9 +137,11 @@ class Predictor:
 
         self.config = json.loads(config) if isinstance(config, str) else config
         self.hierarchy = Hierarchy.from_dict(self.config["hierarchy"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads.configured() or 0  # 0: onnxruntime's default, every core
         self.encoder, self.classifier = (
-            s if isinstance(s, ort.InferenceSession) else ort.InferenceSession(s, providers=["CPUExecutionProvider"])
-            for s in (encoder, classifier))
+            s if isinstance(s, ort.InferenceSession) else
+            ort.InferenceSession(s, options, providers=["CPUExecutionProvider"]) for s in (encoder, classifier))
         self.outputs = [o.name for o in self.classifier.get_outputs()]
         self.input = INPUTS[self.config["input"]](self.config)
 
