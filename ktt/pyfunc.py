@@ -28,6 +28,9 @@ class KTTModel(mlflow.pyfunc.PythonModel):
         info = json.loads(Path(context.artifacts["info"]).read_text())
         self.model = registry.get(info["model"]).load(context.artifacts["checkpoint"])
 
+    def __getstate__(self):  # MLflow pickles this object: the model comes from the artifacts, never the pickle
+        return {k: v for k, v in self.__dict__.items() if k != "model"}
+
     def predict(self, context, model_input: list[str], params=None) -> list[list[str]]:
         return self.model.predict_paths(_texts(model_input))
 

@@ -52,7 +52,7 @@ class Featuriser:
         import pandas as pd
         from sklearn.feature_extraction.text import TfidfTransformer
 
-        self.stemmer, self.chunk, self.dtype = stemmer(language), chunk, vectorizer.dtype
+        self.language, self.chunk, self.dtype = language, chunk, vectorizer.dtype
         grams = {tuple(g.split(" ")): i for g, i in vectorizer.vocabulary_.items()}
         self.tokens = pd.Index(sorted({t for g in grams for t in g}))
         self.n_features = len(grams)
@@ -94,7 +94,7 @@ class Featuriser:
         per_text = words(texts)
         lengths = np.fromiter(map(len, per_text), np.int64, len(per_text))
         codes, vocabulary = pd.factorize(np.array(list(itertools.chain.from_iterable(per_text)), dtype=object))
-        stems = np.array(self.stemmer.stemWords(list(vocabulary)), dtype=object)
+        stems = np.array(stemmer(self.language).stemWords(list(vocabulary)), dtype=object)  # C objects do not pickle
         ids = self.tokens.get_indexer(stems)[codes] if len(codes) else np.zeros(0, np.int64)
         if (stems == "").any():  # an empty stem vanishes when joined and split: its neighbours meet
             keep = stems[codes] != ""

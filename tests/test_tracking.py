@@ -2,6 +2,7 @@
 import os
 import re
 import threading
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -51,6 +52,9 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     ckpt = registry.get("tfidf_hsgd").load(weights / "tfidf_hsgd" / "bb_small" / files[0])
     assert pyfunc.predict(texts) == ckpt.predict_paths(texts)
     assert pyfunc.predict(pd.DataFrame({"text": texts})) == ckpt.predict_paths(texts)
+    # the logged python model is the loader only: the model itself travels as the checkpoint artifact
+    logged = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "pf")))
+    assert (logged / "python_model.pkl").stat().st_size < 10_000
 
 
 def test_bad_hyperparameter_fails_before_any_run(tracking, bigbasket_small, tmp_path):
