@@ -229,7 +229,7 @@ def tracking(short_rows: int = 2000) -> str:
 
         repeat = 3 if name.startswith("tfidf") else 2
         base = best_of(untracked, repeat)
-        for label, log_model in (("SQLite, checkpoints, metrics, figures", False),
+        for label, log_model in (("SQLite: params, metrics, tables; checkpoints as artifacts", False),
                                  ("... and the logged pyfunc model", True)):
             t = best_of(lambda: tracked(log_model), repeat)
             rows.append(f"| {name} ({dataset}) | {label} | {base:.1f} | {t:.1f} | {100 * (t - base) / base:+.1f}% |")
