@@ -114,12 +114,15 @@ def _finish_ingest(df, name, where, opts, meta):
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "jsonl", "parquet", "arrow"]), default=None,
               help="Override the format guessed from the file name.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV/JSON files.")
+@click.option("--delimiter", default=None, help="CSV/TSV field delimiter (default: sniffed from the file).")
+@click.option("--columns", default=None,
+              help="The file has no header row: these comma-separated names, in order, name its columns.")
 @click.option("--table", default=None, help="SQL: table to read.")
 @click.option("--query", default=None, help="SQL: query to read instead of a table.")
 @click.option("--label-table", default=None,
               help="SQL: a table of (id, name, parent_id) classes; the label column then holds leaf ids.")
 @_ingest_options
-def ingest(source, name, fmt, encoding, table, query, label_table, **opts):
+def ingest(source, name, fmt, encoding, delimiter, columns, table, query, label_table, **opts):
     """Ingest SOURCE into datasets/NAME (train/val/test parquet + hierarchy.json).
 
     SOURCE is a file (CSV, TSV, JSON, JSONL, Parquet, Arrow, Feather) or an SQLAlchemy URL.
@@ -138,7 +141,10 @@ def ingest(source, name, fmt, encoding, table, query, label_table, **opts):
     else:
         if table or query or label_table:
             raise BadValue("--table, --query and --label-table are for SQL sources only")
-        df = data.read_file(source, fmt, encoding=encoding)
+        if "\\t" == delimiter:  # as typed in a shell
+            delimiter = "\t"
+        names = [c.strip() for c in columns.split(",")] if columns else None
+        df = data.read_file(source, fmt, encoding=encoding, sep=delimiter, names=names)
         where = source
     _finish_ingest(df, name, where, opts, {})
 

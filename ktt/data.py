@@ -20,8 +20,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .hierarchy import SEP, Hierarchy
 from .errors import BadValue, NotFound
+from .hierarchy import SEP, Hierarchy
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,26 @@ class IngestError(BadValue):
 
 
 # -- reading ------------------------------------------------------------------------
+def sniff_delimiter(path: Path, encoding: str) -> str:
+    """The delimiter of a delimited text file: Python's ``csv.Sniffer`` on its first 64 KiB, among
+    comma, tab, semicolon and pipe; a comma (a tab for ``.tsv``) when it cannot tell."""
+    import csv
+
+    with open(path, encoding=encoding, newline="") as f:
+        sample = f.read(1 << 16)
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",\t;|").delimiter
+    except csv.Error:
+        return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
 def read_file(path: str | os.PathLike, fmt: str | None = None, *, encoding: str = "utf-8",
-              sep: str | None = None) -> pd.DataFrame:
-    """Read a flat file into a DataFrame, with errors that name the file."""
+              sep: str | None = None, names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read a flat file into a DataFrame, with errors that name the file.
+
+    A CSV/TSV's delimiter is ``sep`` or sniffed; ``names`` says the file has no header row and
+    names its columns, in order.
+    """
     path = Path(path)
     if not path.is_file():
         raise IngestError(f"{path}: no such file")
@@ -47,10 +64,20 @@ def read_file(path: str | os.PathLike, fmt: str | None = None, *, encoding: str 
     if fmt not in set(FORMATS.values()):
         raise IngestError(f"{path}: unknown format {fmt or path.suffix!r}; use one of "
                           f"{sorted(set(FORMATS.values()))} (--format)")
+    if names is not None and fmt != "csv":
+        raise IngestError(f"{path}: --columns names the columns of a header-less CSV/TSV, not of {fmt}")
+    if names is not None and len(set(names)) != len(names):
+        raise IngestError(f"--columns {','.join(names)}: a name appears twice")
     try:
         if fmt == "csv":
-            return pd.read_csv(path, encoding=encoding, sep=sep or ("\t" if path.suffix == ".tsv" else ","),
-                               dtype=str, keep_default_na=False, na_values=[""])
+            sep = sep or sniff_delimiter(path, encoding)
+            df = pd.read_csv(path, encoding=encoding, sep=sep, dtype=str, keep_default_na=False, na_values=[""],
+                             header=None if names is not None else "infer", names=names,
+                             index_col=False if names is not None else None)
+            if names is not None and df[names[-1]].isna().all() and len(df):
+                raise IngestError(f"{path}: --columns names {len(names)} columns but the rows hold fewer "
+                                  f"(delimiter {sep!r}); check the delimiter (--delimiter) or the names")
+            return df
         if fmt in ("json", "jsonl"):
             return pd.read_json(path, lines=fmt == "jsonl", encoding=encoding, dtype=False)
         if fmt == "parquet":
@@ -61,6 +88,8 @@ def read_file(path: str | os.PathLike, fmt: str | None = None, *, encoding: str 
         except Exception:  # an Arrow *stream* rather than a file
             with open(path, "rb") as f:
                 return ipc.open_stream(f).read_pandas()
+    except IngestError:
+        raise
     except UnicodeDecodeError as e:
         raise IngestError(f"{path}: not valid {encoding} text at byte {e.start}; pass --encoding "
                           f"(for example latin-1)") from None
@@ -125,6 +154,21 @@ def paths_from_label_table(leaf_ids: pd.Series, labels: pd.DataFrame, *, id_col:
 
 
 # -- validating and splitting -----------------------------------------------------------
+def _json_path(value: str, label_sep: str, where: str) -> list[str]:
+    """A label cell holding a JSON list: its strings are the levels, or one string is the whole
+    path (``["Clothing >> Women >> Shorts"]``), split on ``label_sep``."""
+    try:
+        parts = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise IngestError(f"{where}: label {value[:80]!r} starts like a JSON list but is not one ({e.msg} at "
+                          f"character {e.pos})") from None
+    if not isinstance(parts, list) or not parts or not all(isinstance(x, str) for x in parts):
+        raise IngestError(f"{where}: label {value[:80]!r} must be a JSON list of strings (class names)")
+    if len(parts) == 1:
+        parts = parts[0].split(label_sep)
+    return [x.strip() for x in parts]
+
+
 def _label_paths(df: pd.DataFrame, label_cols: Sequence[str], label_sep: str, where: str) -> list:
     """Each row's label path as a list of stripped strings, or None where it is missing."""
     if len(label_cols) > 1:
@@ -141,6 +185,8 @@ def _label_paths(df: pd.DataFrame, label_cols: Sequence[str], label_sep: str, wh
             out.append([x.strip() for x in v])
         elif v is None or (isinstance(v, float) and np.isnan(v)):
             out.append(None)
+        elif isinstance(v, str) and v.lstrip().startswith("["):
+            out.append(_json_path(v, label_sep, f"{where}: column {col!r}, row {i + 1}"))
         elif isinstance(v, str):
             out.append([x.strip() for x in v.split(label_sep)])
         else:

@@ -177,3 +177,65 @@ def test_write_is_all_or_nothing(bigbasket_df, tmp_path):
     manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
     assert manifest["rows"] == {s: len(p) for s, p in splits.items()}
     assert len(manifest["digest"]) == 16
+
+
+def catalog_export(bigbasket_df, path, sep):
+    """A raw catalog export as it comes: no header row, the category a JSON list holding one
+    '>>'-separated string (a few rows: a JSON list of the levels), a delimiter other than a comma."""
+    rows = bigbasket_df.head(400)
+    with open(path, "w", newline="") as f:
+        import csv
+
+        w = csv.writer(f, delimiter=sep)
+        for i, (text, labels) in enumerate(zip(rows.text, rows.labels)):
+            cat = json.dumps(list(labels)) if i % 10 == 0 else json.dumps([" >> ".join(labels)])
+            w.writerow([f"sku-{i}", text, cat, f"{i % 7}.99"])
+    return rows
+
+
+@pytest.mark.parametrize("sep", [";", "\t", ","])
+def test_headerless_csv_with_json_list_labels(bigbasket_df, tmp_path, sep):
+    rows = catalog_export(bigbasket_df, tmp_path / "export.csv", sep)
+    df = read_file(tmp_path / "export.csv", names=["sku", "title", "category", "price"])  # delimiter sniffed
+    assert list(df.columns) == ["sku", "title", "category", "price"] and len(df) == len(rows)
+    splits, h, _ = prepare(df, text_col="title", label_cols=["category"], label_sep=">>", keep_duplicates=True)
+    got = pd.concat(splits.values())
+    assert sorted(map(tuple, got.labels)) == sorted(map(tuple, rows.labels))  # no wrapper left on any level
+    assert all(not c.startswith(("[", '"')) and not c.endswith(("]", '"')) for lv in h.levels for p in lv for c in p)
+
+
+def test_headerless_csv_through_the_cli(bigbasket_df, tmp_path):
+    import subprocess
+    import sys
+
+    catalog_export(bigbasket_df, tmp_path / "export.csv", ";")
+    cmd = [sys.executable, "-m", "ktt", "ingest", str(tmp_path / "export.csv"), "-n", "shop", "--out", str(tmp_path),
+           "--no-track", "--columns", "sku,title,category,price", "--text-col", "title", "-c", "category",
+           "--label-sep", ">>"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert load_dataset("shop", tmp_path).hierarchy.depth == 3
+    # a header-less file read as if it had a header: the first product became the column names
+    bad_cmd = [("shop2" if a == "shop" else a) for a in cmd[:10] + cmd[12:]]
+    bad = subprocess.run(bad_cmd, capture_output=True, text=True)
+    assert bad.returncode == 2 and "no column 'title'" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "shop2").exists()
+
+
+@pytest.mark.parametrize("cell, message", [
+    ('["Food >> Pasta', "starts like a JSON list but is not one"),
+    ('[1, 2]', "must be a JSON list of strings"),
+    ('[]', "must be a JSON list of strings"),
+])
+def test_bad_json_list_labels(cell, message):
+    df = pd.DataFrame({"text": ["a", "b"], "labels": ['["Food >> Pasta"]', cell]})
+    with pytest.raises(IngestError, match=f"column 'labels', row 2: label .* {message}"):
+        prepare(df, label_sep=">>")
+
+
+def test_columns_are_checked(tmp_path):
+    (tmp_path / "a.csv").write_text("x;y\n")
+    with pytest.raises(IngestError, match="a name appears twice"):
+        read_file(tmp_path / "a.csv", names=["t", "t"])
+    with pytest.raises(IngestError, match="names the columns of a header-less CSV/TSV, not of parquet"):
+        read_file(tmp_path / "a.csv", "parquet", names=["t"])
