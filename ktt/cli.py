@@ -108,6 +108,13 @@ def _finish_ingest(df, name, where, opts, meta):
             mlflow.log_dict(report, "ingest_report.json")
 
 
+def _experiment_of(dataset: str) -> str | None:
+    """Runs go to an experiment named after the dataset, unless the environment chose one
+    (``MLFLOW_EXPERIMENT_NAME``/``_ID``, or ``mlflow run``'s ``MLFLOW_RUN_ID``)."""
+    chosen = ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")
+    return None if any(os.environ.get(k) for k in chosen) else os.path.basename(os.path.normpath(dataset))
+
+
 @main.command()
 @click.argument("source")
 @click.option("-n", "--name", required=True, help="Dataset name: written to <out>/<name>/.")
@@ -171,7 +178,7 @@ def generate(name, rows, noise, **opts):
 @click.option("-r", "--reference", is_flag=True, help="Also write the reference set for drift monitoring.")
 @click.option("--resume", default=None, metavar="CHECKPOINT|RUN",
               help="Continue from a last_ checkpoint file or the last_ checkpoint of an MLflow run.")
-@click.option("--experiment", default=None, help="MLflow experiment name.")
+@click.option("--experiment", default=None, help="MLflow experiment name (default: the dataset's name).")
 @click.option("--run-name", default=None, help="MLflow run name.")
 @click.option("--datasets", "datasets_root", default="datasets", show_default=True, envvar="KTT_DATASETS",
               help="Datasets folder (env KTT_DATASETS).")
@@ -196,7 +203,8 @@ def train(ctx, model, dataset, params, params_str, reference, resume, experiment
             raise BadValue(f"unexpected argument {key!r}; hyperparameters go as --name value or -p name=value")
         pairs.append(f"{key[2:].replace('-', '_')}={extra.pop(0)}")
     fit = run_train(model, dataset, overrides=hparams.parse_overrides(pairs), datasets_root=datasets_root,
-                    weights_root=weights_root, experiment=experiment, run_name=run_name, reference=reference,
+                    weights_root=weights_root, experiment=experiment or _experiment_of(dataset), run_name=run_name,
+                    reference=reference,
                     resume=resume)
     m = fit.metrics
     click.echo(f"MLflow run {fit.run_id}: test leaf accuracy {m['test_leaf_accuracy']:.4f}, "
@@ -218,13 +226,14 @@ def train(ctx, model, dataset, params, params_str, reference, resume, experiment
               help="Metric to maximise: best_val_<name>, the selected checkpoint's validation score.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--write-back", is_flag=True, help="Write the best params into hyperparameters.json.")
-@click.option("--experiment", default=None, help="MLflow experiment name.")
+@click.option("--experiment", default=None, help="MLflow experiment name (default: the dataset's name).")
 @click.option("--datasets", "datasets_root", default="datasets", show_default=True, envvar="KTT_DATASETS")
 @click.option("--weights", "weights_root", default="weights", show_default=True, envvar="KTT_WEIGHTS")
 def tune(model, dataset, write_back, **kw):
     """Tune MODEL on DATASET with Optuna; every trial is a nested MLflow run."""
     from .tune import Sweep, run_sweep, write_back as do_write_back
 
+    kw["experiment"] = kw.get("experiment") or _experiment_of(dataset)
     study = run_sweep(Sweep(model, dataset, **kw))
     best = study.best_trial
     click.echo(f"study {study.study_name}: {len(study.trials)} trials, best #{best.number} "

@@ -48,10 +48,12 @@ def resolve_source(source: str | None = None, model: str | None = None, dataset:
         if not (model and dataset):
             raise BadValue("give a source (run ID, runs:/ or models:/ URI) or both --model and --dataset")
         folder = Path(weights_root) / model / dataset
-        best = sorted(folder.glob("best_*.pt"))
+        from .tracking import checkpoint_time
+
+        best = list(folder.glob("best_*.pt"))
         if not best:
             raise NotFound(f"no best_ checkpoint in {folder}; train {model} on {dataset} first")
-        return Source(model, dataset, best[-1])  # ISO times sort by name
+        return Source(model, dataset, max(best, key=checkpoint_time))
     if source.startswith("models:/"):
         import mlflow
 

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import mlflow
 
-from .errors import NotFound, Unavailable
+from .errors import BadValue, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
 KINDS = ("best", "last")
+# ISO 8601 basic format: no ':', which Windows and some artifact stores cannot write
+TIME_FORMAT = "%Y%m%dT%H%M%S"
 
 
 def atomic_write(path: Path, write) -> None:
@@ -43,13 +45,13 @@ def atomic_write(path: Path, write) -> None:
 
 
 def _claim(folder: Path, kind: str, ext: str) -> tuple[Path, Path]:
-    """Reserve ``<kind>_<ISO time><ext>`` exclusively (two runs in one second get distinct names).
+    """Reserve ``<kind>_<ISO time, basic format><ext>`` exclusively (two runs in one second get distinct names).
 
     Returns the reserved name and a temp file beside it to write into.
     """
     t = dt.datetime.now().replace(microsecond=0)
     while True:
-        final = folder / f"{kind}_{t.isoformat()}{ext}"
+        final = folder / f"{kind}_{t.strftime(TIME_FORMAT)}{ext}"
         try:
             # O_EXCL on a placeholder: the name is ours even before the checkpoint is written.
             os.close(os.open(folder / f".{final.name}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
@@ -111,6 +113,18 @@ class RunLogger:
     def log_checkpoints(self) -> None:
         for p in self.paths.values():
             mlflow.log_artifact(str(p), artifact_path="checkpoints")
+
+
+def checkpoint_time(path: Path) -> dt.datetime:
+    """When a ``best_``/``last_`` checkpoint was named: the basic format, or the extended one
+    (``2026-11-27T22:55:44``) that earlier versions wrote."""
+    stamp = Path(path).stem.partition("_")[2]
+    for fmt, width in ((TIME_FORMAT, 15), ("%Y-%m-%dT%H:%M:%S", 19)):
+        try:
+            return dt.datetime.strptime(stamp[:width], fmt)
+        except ValueError:
+            continue
+    raise BadValue(f"{Path(path).name}: not a best_/last_<time> checkpoint name")
 
 
 def git_commit() -> str | None:

@@ -70,6 +70,18 @@ def test_train_errors_are_one_line(tmp_path, tracking):
     assert out.returncode == 2 and "Traceback" in out.stderr and out.stderr.endswith("is not in [1, inf)\n")
 
 
+def test_runs_go_to_an_experiment_named_after_the_dataset(tmp_path, tracking):
+    ktt("generate", "--rows", 300, "--out", tmp_path, "--no-track")
+    common = ["--datasets", tmp_path, "--weights", tmp_path / "w", "-p", "max_iter=50"]
+    assert ktt("train", "tfidf_lsgd", "synthetic", *common).returncode == 0
+    assert ktt("train", "tfidf_lsgd", "synthetic", *common, env={"MLFLOW_EXPERIMENT_NAME": "mine"}).returncode == 0
+    client = MlflowClient()
+    for name in ("synthetic", "mine"):
+        exp = client.get_experiment_by_name(name)
+        runs = client.search_runs([exp.experiment_id])
+        assert len(runs) == 1 and runs[0].data.tags["ktt.dataset"] == "synthetic"
+
+
 def test_a_bug_keeps_its_traceback(tmp_path):
     """An exception that is not a user's mistake is not disguised as one: traceback, a line saying so, exit 1."""
     code = ("import sys, ktt.train; ktt.train.train = lambda *a, **k: {}['oops']; from ktt.cli import main; "

@@ -25,7 +25,7 @@ from conftest import KTT, SERVING_BIN, Server, http_ok, leaks, rss_kb
 from ktt import registry
 
 ROOT = Path(__file__).resolve().parent.parent
-CKPT = re.compile(r"^(best|last)_\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.pt$")
+CKPT = re.compile(r"^(best|last)_\d{8}T\d{6}\.pt$")  # ISO 8601 basic: no ':' in file names
 TINY = ["-p", "epochs=6", "-p", "batch_size=16", "-p", "encoder_lr=1e-3", "-p", "classifier_lr=3e-3",
         "-p", "log_every=1", "-p", "patience=10"]
 

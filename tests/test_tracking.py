@@ -14,7 +14,7 @@ from ktt.data import load_dataset
 from ktt.tracking import RunLogger, atomic_write
 from ktt.train import train
 
-CKPT = re.compile(r"^(best|last)_\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.pt$")
+CKPT = re.compile(r"^(best|last)_\d{8}T\d{6}\.pt$")  # ISO 8601 basic: no ':' in file names
 
 
 def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
@@ -121,3 +121,19 @@ def test_atomic_write_cleans_up(tmp_path):
     with pytest.raises(ZeroDivisionError):
         atomic_write(tmp_path / "f", lambda p: 1 / 0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_old_checkpoint_names_still_load_and_the_newest_wins(bb300, tmp_path):
+    """Names with ':' (before issue 14) load and sort by time among the new ones."""
+    from ktt.export import resolve_source
+
+    model = registry.create("tfidf_lsgd", bb300["train"].hierarchy).fit(bb300["train"])
+    folder = tmp_path / "tfidf_lsgd" / "ds"
+    folder.mkdir(parents=True)
+    for name in ("best_2026-11-27T23:59:59.pt", "best_20261127T120000.pt"):
+        model.save(folder / name)
+    newest = resolve_source(None, "tfidf_lsgd", "ds", tmp_path).checkpoint
+    assert newest.name == "best_2026-11-27T23:59:59.pt"
+    assert registry.get("tfidf_lsgd").load(newest).predict_paths(["rice"]) == model.predict_paths(["rice"])
+    model.save(folder / "best_20261128T000000.pt")
+    assert resolve_source(None, "tfidf_lsgd", "ds", tmp_path).checkpoint.name == "best_20261128T000000.pt"
