@@ -98,6 +98,8 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
             tracking.log_dict(metrics, f"metrics/{name}_metrics.json")
             mlflow.log_text(level_table(ds.hierarchy, metrics), f"metrics/{name}_levels.md")
             mlflow.log_table(confusion_summary(ds.hierarchy, split.codes, pred), f"metrics/{name}_confusions.json")
+        from .figures import log_all
+        log_all(ds.hierarchy, ds.test.codes, pred, metrics, "test")
         logger.log_checkpoints()
 
         if reference:

@@ -40,6 +40,11 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     # checkpoint mirrored to weights/<model>/<dataset>/ and logged as an artifact
     files = os.listdir(weights / "tfidf_hsgd" / "bb_small")
     assert len(files) == 1 and CKPT.match(files[0])
+    figures = {a.path: a.file_size for a in client.list_artifacts(run_id, "figures")}
+    assert set(figures) == {f"figures/test_{n}.png" for n in ("levels", "confusion_level1", "confused_leaves")}
+    png = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="figures/test_levels.png",
+                                                   dst_path=str(tmp_path / "fig")))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and min(figures.values()) > 5_000
     arts = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
     assert arts == {f"checkpoints/{files[0]}"}
     assert {"metrics/test_levels.md", "metrics/test_confusions.json"} <= {

@@ -1,0 +1,81 @@
+"""The pictures a fit logs to its MLflow run (``figures/``), so the UI shows more than numbers."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def levels(h, metrics: dict[str, float], title: str):
+    """Accuracy and macro/micro F1 at every level, as grouped bars."""
+    plt = _pyplot()
+    names = [("accuracy", "#4c72b0"), ("macro_f1", "#dd8452"), ("micro_f1", "#55a868")]
+    x = np.arange(h.depth)
+    fig, ax = plt.subplots(figsize=(1.6 * h.depth + 3, 3.6))
+    for i, (m, colour) in enumerate(names):
+        vals = [metrics[f"L{d + 1}_{m}"] for d in range(h.depth)]
+        bars = ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=m.replace("_", " "), color=colour)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(x, [f"level {d + 1}\n({h.sizes[d]} classes)" for d in range(h.depth)])
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"{title}: hierarchical F1 {metrics['h_f1']:.3f}")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_level1(h, y_true: np.ndarray, y_pred: np.ndarray, title: str):
+    """Level 1's confusion matrix, each row normalised to the share of its true class."""
+    plt = _pyplot()
+    n = h.sizes[0]
+    counts = np.zeros((n, n))
+    np.add.at(counts, (y_true[:, 0], y_pred[:, 0]), 1)
+    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    names = [p[-1][:28] for p in h.levels[0]]
+    size = max(4.0, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title}: level 1, share of each true class")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def confused_leaves(h, y_true: np.ndarray, y_pred: np.ndarray, title: str, top: int = 20):
+    """The ``top`` most frequent (true leaf, predicted leaf) mistakes."""
+    plt = _pyplot()
+    d = h.depth - 1
+    wrong = y_true[:, d] != y_pred[:, d]
+    pairs, counts = np.unique(np.stack([y_true[wrong, d], y_pred[wrong, d]], 1), axis=0, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:top]
+    names = [p[-1][:30] for p in h.levels[d]]
+    labels = [f"{names[t]} -> {names[p]}" for t, p in pairs[order]]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * max(len(order), 1) + 1.2))
+    ax.barh(labels[::-1], counts[order][::-1], color="#c44e52")
+    ax.set_xlabel("rows")
+    ax.set_title(f"{title}: most confused leaves (true -> predicted)")
+    fig.tight_layout()
+    return fig
+
+
+def log_all(h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, float], split: str) -> None:
+    """Log the three figures of one evaluated split under ``figures/`` of the active run."""
+    import mlflow
+
+    plt = _pyplot()
+    for name, fig in (("levels", levels(h, metrics, split)),
+                      ("confusion_level1", confusion_level1(h, y_true, y_pred, split)),
+                      ("confused_leaves", confused_leaves(h, y_true, y_pred, split))):
+        mlflow.log_figure(fig, f"figures/{split}_{name}.png")
+        plt.close(fig)
