@@ -128,6 +128,10 @@ class Model(ABC):
         """``(n, depth)`` class indices; by default the path of the tree with the best joint score."""
         return self.hierarchy.decode_scores(self.predict_proba(texts), "path")
 
+    def predict_scored(self, texts: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """``predict`` and ``predict_proba`` together (a model overrides it to share the work)."""
+        return self.predict(texts), self.predict_proba(texts)
+
     def predict_paths(self, texts: Sequence[str]) -> list[list[str]]:
         """The predicted class name at every level, coarsest first."""
         return self.hierarchy.decode(self.predict(texts))

@@ -257,6 +257,10 @@ class TorchModel(Model):
     def predict(self, texts):
         return self._decode(self.predict_proba(texts))
 
+    def predict_scored(self, texts):
+        scores = self.predict_proba(texts)
+        return self._decode(scores), scores
+
     @torch.no_grad()
     def features(self, texts) -> np.ndarray:
         """Pooled encoder output, ``(n, hidden)``."""

@@ -162,6 +162,10 @@ class TfidfModel(Model):
     def predict(self, texts):
         return self.predict_from_features(self.features(texts))
 
+    def predict_scored(self, texts):
+        x = self.features(texts)
+        return self.predict_from_features(x), self.proba_from_features(x)
+
     def make_sgd(self):
         from sklearn.linear_model import SGDClassifier
 

@@ -74,8 +74,9 @@ def test_a_new_model_trains_loads_exports_and_serves(tmp_path, bigbasket_small, 
 
     # the logged pyfunc carries its own code: loaded from elsewhere, without the copy on the path
     del env["PYTHONPATH"]
-    paths = json.loads(run("-c", "import json, mlflow; m = mlflow.pyfunc.load_model('runs:/%s/model'); "
-                                 "print(json.dumps(m.predict(%r)))" % (run_id, TITLES), cwd=tmp_path).splitlines()[-1])
+    paths = json.loads(run("-c", "import json, mlflow, pandas as pd; m = mlflow.pyfunc.load_model('runs:/%s/model'); "
+                                 "print(json.dumps([p.split(' > ') for p in m.predict(pd.DataFrame({'text': %r}))['path']]))"
+                                 % (run_id, TITLES), cwd=tmp_path).splitlines()[-1])
     assert len(paths) == len(TITLES) and all(len(p) == 3 for p in paths)
     env["PYTHONPATH"] = str(repo)
 

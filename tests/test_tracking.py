@@ -1,10 +1,14 @@
 """A tracked fit against a real (SQLite) MLflow store."""
+import json
 import os
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -55,8 +59,26 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     pyfunc = mlflow.pyfunc.load_model("models:/bb-hsgd@champion")
     texts = ds.test.texts[:40]
     ckpt = registry.get("tfidf_hsgd").load(weights / "tfidf_hsgd" / "bb_small" / files[0])
-    assert pyfunc.predict(texts) == ckpt.predict_paths(texts)
-    assert pyfunc.predict(pd.DataFrame({"text": texts})) == ckpt.predict_paths(texts)
+    paths = ckpt.predict_paths(texts)
+    got = pyfunc.predict(pd.DataFrame({"text": texts}))
+    assert got["path"].tolist() == [" > ".join(p) for p in paths]
+    assert got.columns.tolist() == ["path", "L1", "L1_confidence", "L2", "L2_confidence", "L3", "L3_confidence"]
+    scores = ckpt.predict_proba(texts)  # each level's confidence is the model's score of the chosen class
+    codes = ckpt.predict(texts)
+    for d in range(3):
+        assert got[f"L{d + 1}"].tolist() == [p[d] for p in paths]
+        assert np.allclose(got[f"L{d + 1}_confidence"], scores[d][np.arange(len(texts)), codes[:, d]])
+    assert pyfunc.metadata.signature.inputs.input_names() == ["text"]
+    # the registered model answers a CSV of titles through MLflow's own CLI
+    pd.DataFrame({"text": texts[:5]}).to_csv(tmp_path / "titles.csv", index=False)
+    out = subprocess.run([str(Path(sys.executable).with_name("mlflow")), "models", "predict", "-m",
+                          "models:/bb-hsgd@champion", "-i", str(tmp_path / "titles.csv"), "-t", "csv",
+                          "--env-manager", "local", "-o", str(tmp_path / "out.json")],
+                         capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": tracking})
+    assert out.returncode == 0, out.stderr[-2000:]
+    served = pd.DataFrame(json.loads((tmp_path / "out.json").read_text())["predictions"])
+    assert served["path"].tolist() == got["path"].tolist()[:5]
+    assert np.allclose(served["L3_confidence"], got["L3_confidence"][:5])
     # the logged python model is the loader only: the model itself travels as the checkpoint artifact
     logged = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "pf")))
     assert (logged / "python_model.pkl").stat().st_size < 10_000
