@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 export KTT_DATASETS ?= datasets
 export KTT_WEIGHTS ?= weights
 
-.PHONY: env run test test-fast clean prometheus mutation
+.PHONY: env run test test-fast clean prometheus chromium mutation
 env: $(VENV)/.ok $(SERVING)/.ok
 
 # One pip command for everything, torch included, so pip takes the CPU torch build.
@@ -52,7 +52,12 @@ prometheus:
 	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null; } || \
 	  echo "prometheus not installed: the native-stack test will be skipped"
 
-test: env prometheus
+# The UI test looks at the MLflow run page in a real headless browser (Debian's chromium).
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } || \
+	  echo "chromium not installed: the MLflow UI test will be skipped"
+
+test: env prometheus chromium
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.ok
