@@ -45,9 +45,8 @@ class TfidfHSGD(TfidfModel):
         logger.checkpoint(self, "best")
         return self
 
-    def conditional_proba(self, texts) -> list[np.ndarray]:
-        """Per level, P(class | its parent) for every class, ``(n, n_classes_at_level)``."""
-        x = self.features(texts)
+    def conditional_proba(self, x) -> list[np.ndarray]:
+        """Per level, P(class | its parent) for every class, ``(n, n_classes_at_level)``, from TF-IDF ``x``."""
         out = []
         for d, level in enumerate(self.nodes_):
             cond = np.zeros((x.shape[0], self.hierarchy.sizes[d]), dtype=np.float32)
@@ -59,15 +58,15 @@ class TfidfHSGD(TfidfModel):
             out.append(cond)
         return out
 
-    def predict_proba(self, texts):
-        cond = self.conditional_proba(texts)
+    def proba_from_features(self, x):
+        cond = self.conditional_proba(x)
         out = [cond[0]]
         for d in range(1, self.hierarchy.depth):
             out.append(out[-1][:, self.hierarchy.parent_of(d)] * cond[d])
         return out
 
-    def predict(self, texts):
-        return self.hierarchy.decode_scores([], self.params["decode"], conditional=self.conditional_proba(texts))
+    def predict_from_features(self, x):
+        return self.hierarchy.decode_scores([], self.params["decode"], conditional=self.conditional_proba(x))
 
     def export_onnx(self, classifier_path, encoder_path):
         """``encoder.onnx``: stemmed text -> TF-IDF; ``classifier.onnx``: TF-IDF -> ``conditional``

@@ -20,21 +20,20 @@ class TfidfLSGD(TfidfModel):
         logger.checkpoint(self, "best")
         return self
 
-    def leaf_scores(self, texts) -> np.ndarray:
-        x = self.features(texts)
+    def leaf_scores(self, x) -> np.ndarray:
         proba = self.clf_.predict_proba(x) if hasattr(self.clf_, "predict_proba") else \
             self.clf_.decision_function(x)
-        full = np.zeros((len(texts), self.hierarchy.n_leaves), dtype=np.float32)
+        full = np.zeros((x.shape[0], self.hierarchy.n_leaves), dtype=np.float32)
         full[:, self.clf_.classes_] = proba  # leaves never seen in training score 0
         return full
 
-    def predict_proba(self, texts):
-        leaf = self.leaf_scores(texts)
+    def proba_from_features(self, x):
+        leaf = self.leaf_scores(x)
         r, off = self.hierarchy.leaf_matrix(), self.hierarchy.offsets
         return [leaf @ r[o:o + n].T for o, n in zip(off, self.hierarchy.sizes)]
 
-    def predict(self, texts):
-        return self.hierarchy.decode_scores([self.leaf_scores(texts)], "leaf")
+    def predict_from_features(self, x):
+        return self.hierarchy.decode_scores([self.leaf_scores(x)], "leaf")
 
     def export_onnx(self, classifier_path, encoder_path):
         """``encoder.onnx``: stemmed text -> TF-IDF; ``classifier.onnx``: TF-IDF -> ``scores`` of all classes."""
