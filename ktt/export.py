@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
 from .errors import BadValue, NotFound
 
 log = logging.getLogger(__name__)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
 from .errors import BadValue
 
 SEP = " > "

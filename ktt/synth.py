@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from .errors import BadValue
 
 # category -> sub-category -> type -> words typical of that type
