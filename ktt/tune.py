@@ -177,6 +177,8 @@ def _worker(sweep: Sweep, space: dict, defaults: dict, parent_run_id: str, track
     import optuna
     from optuna.study import MaxTrialsCallback
 
+    if sweep.workers > 1:  # each worker gets its share of the cores (read by training), not all of them
+        os.environ[threads.ENV] = str(threads.share(sweep.workers))
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment_id=experiment_id)
     _, storage = open_storage(sweep.storage, sweep.study_name)
@@ -227,17 +229,9 @@ def run_sweep(sweep: Sweep) -> "optuna.Study":  # noqa: F821
                 target)
         if sweep.workers == 1:
             _worker(*args)
-        else:  # each worker gets its share of the cores (read by training), not all of them
+        else:
             procs = [mp.get_context("spawn").Process(target=_worker, args=(*args, i)) for i in range(sweep.workers)]
-            saved = os.environ.get(threads.ENV)
-            os.environ[threads.ENV] = str(threads.share(sweep.workers))
-            try:
-                [p.start() for p in procs]
-            finally:
-                if saved is None:
-                    del os.environ[threads.ENV]
-                else:
-                    os.environ[threads.ENV] = saved
+            [p.start() for p in procs]
             [p.join() for p in procs]
         study = optuna.load_study(study_name=sweep.study_name, storage=storage)
         _log_study(study, sweep)
