@@ -52,30 +52,29 @@ def confusion_level1(h, y_true: np.ndarray, y_pred: np.ndarray, title: str):
     return fig
 
 
-def confused_leaves(h, y_true: np.ndarray, y_pred: np.ndarray, title: str, top: int = 20):
-    """The ``top`` most frequent (true leaf, predicted leaf) mistakes."""
+def confused_leaves(h, confusions, title: str):
+    """The leaf level's most frequent (true, predicted) mistakes, from ``train.confusion_summary``'s
+    table (``level``, ``true``, ``predicted``, ``count``; most frequent first)."""
+    from .hierarchy import SEP
+
     plt = _pyplot()
-    d = h.depth - 1
-    wrong = y_true[:, d] != y_pred[:, d]
-    pairs, counts = np.unique(np.stack([y_true[wrong, d], y_pred[wrong, d]], 1), axis=0, return_counts=True)
-    order = np.argsort(-counts, kind="stable")[:top]
-    names = [p[-1][:30] for p in h.levels[d]]
-    labels = [f"{names[t]} -> {names[p]}" for t, p in pairs[order]]
-    fig, ax = plt.subplots(figsize=(8, 0.3 * max(len(order), 1) + 1.2))
-    ax.barh(labels[::-1], counts[order][::-1], color="#c44e52")
+    leaf = confusions[confusions.level == h.depth]
+    labels = [f"{t.split(SEP)[-1][:30]} -> {p.split(SEP)[-1][:30]}" for t, p in zip(leaf.true, leaf.predicted)]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * max(len(leaf), 1) + 1.2))
+    ax.barh(labels[::-1], leaf["count"].to_numpy()[::-1], color="#c44e52")
     ax.set_xlabel("rows")
     ax.set_title(f"{title}: most confused leaves (true -> predicted)")
     fig.tight_layout()
     return fig
 
 
-def log_all(h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, float], split: str) -> None:
+def log_all(h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, float], confusions, split: str) -> None:
     """Log the three figures of one evaluated split under ``figures/`` of the active run."""
     import mlflow
 
     plt = _pyplot()
     for name, fig in (("levels", levels(h, metrics, split)),
                       ("confusion_level1", confusion_level1(h, y_true, y_pred, split)),
-                      ("confused_leaves", confused_leaves(h, y_true, y_pred, split))):
+                      ("confused_leaves", confused_leaves(h, confusions, split))):
         mlflow.log_figure(fig, f"figures/{split}_{name}.png")
         plt.close(fig)

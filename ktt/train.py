@@ -93,13 +93,16 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
             pred = best.predict(split.texts)
             metrics = evaluate(ds.hierarchy, split.codes, pred)
             metrics["predict_rows_per_s"] = len(split) / max(time.perf_counter() - t0, 1e-9)
-            final.update({f"{name}_{k}": v for k, v in metrics.items()})
-            logger.log_metrics({f"{name}_{k}": v for k, v in metrics.items()})
+            prefixed = {f"{name}_{k}": v for k, v in metrics.items()}
+            final.update(prefixed)
+            logger.log_metrics(prefixed)
             tracking.log_dict(metrics, f"metrics/{name}_metrics.json")
             mlflow.log_text(level_table(ds.hierarchy, metrics), f"metrics/{name}_levels.md")
-            mlflow.log_table(confusion_summary(ds.hierarchy, split.codes, pred), f"metrics/{name}_confusions.json")
-        from .figures import log_all
-        log_all(ds.hierarchy, ds.test.codes, pred, metrics, "test")
+            confusions = confusion_summary(ds.hierarchy, split.codes, pred)
+            mlflow.log_table(confusions, f"metrics/{name}_confusions.json")
+            if name == "test":
+                from .figures import log_all
+                log_all(ds.hierarchy, split.codes, pred, metrics, confusions, name)
         logger.log_checkpoints()
 
         if reference:
