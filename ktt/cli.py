@@ -204,8 +204,7 @@ def train(ctx, model, dataset, params, params_str, reference, resume, experiment
         pairs.append(f"{key[2:].replace('-', '_')}={extra.pop(0)}")
     fit = run_train(model, dataset, overrides=hparams.parse_overrides(pairs), datasets_root=datasets_root,
                     weights_root=weights_root, experiment=experiment or _experiment_of(dataset), run_name=run_name,
-                    reference=reference,
-                    resume=resume)
+                    reference=reference, resume=resume)
     m = fit.metrics
     click.echo(f"MLflow run {fit.run_id}: test leaf accuracy {m['test_leaf_accuracy']:.4f}, "
                f"hierarchical F1 {m['test_h_f1']:.4f}, violation rate {m['test_violation_rate']:.4f}")

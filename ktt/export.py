@@ -176,13 +176,12 @@ def service_files(model_cls, folder: Path) -> dict[str, Path]:
                  "__init__.py": ""}
     own = Path(inspect.getfile(model_cls)).parent / "bentoml"
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, text in generated.items():
-        paths[name] = folder / name
-        if (own / name).is_file():
-            shutil.copy(own / name, paths[name])
+    paths = {file: folder / file for file in generated}
+    for file, text in generated.items():
+        if (own / file).is_file():
+            shutil.copy(own / file, paths[file])
         else:
-            paths[name].write_text(text)
+            paths[file].write_text(text)
     return paths
 
 

@@ -156,8 +156,8 @@ class TorchModel(Model):
         allowed = {"loss", *metric_names(self.hierarchy.depth)} - {"violation_rate"}
         if monitor not in allowed:
             raise BadValue(f"monitor {monitor!r} is not a validation metric; use one of {sorted(allowed)}")
-        if threads.configured():
-            torch.set_num_threads(threads.configured())
+        if n_threads := threads.configured():
+            torch.set_num_threads(n_threads)
         if p["freeze_encoder"]:
             self.net_.encoder.requires_grad_(False)
         if p["freeze_embeddings"]:  # half of MiniLM's weights; their gradient is almost all zeros
