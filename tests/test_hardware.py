@@ -79,3 +79,24 @@ def test_words_ascii_route_is_the_regular_expression(texts):
     def same(batch):
         assert words(batch) == [_TOKEN.findall(t.lower()) for t in batch]
     same()
+
+
+def test_length_buckets_by_hand(bigbasket):
+    """Eight rows, batches of 2, one window: rows of neighbouring lengths share a batch."""
+    import torch
+
+    model = registry.create("db_bhcn", bigbasket.hierarchy, batch_size=2)
+    lengths = torch.tensor([7, 1, 6, 2, 5, 3, 8, 4])
+    batches = model._batches(8, 0, lengths)
+    # sorted by length: rows 1,3 (1, 2), 5,7 (3, 4), 4,2 (5, 6), 0,6 (7, 8); batch order is shuffled
+    assert sorted(sorted(b.tolist()) for b in batches) == [[0, 6], [1, 3], [2, 4], [5, 7]]
+    assert [b.tolist() for b in batches] == [b.tolist() for b in model._batches(8, 0, lengths)]  # seeded
+    plain = model._batches(8, 0)  # without buckets: the seeded shuffle cut in order, as before
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(0))
+    assert [b.tolist() for b in plain] == [order[i:i + 2].tolist() for i in range(0, 8, 2)]
+    # windows of 50 batches: a batch never mixes rows from two windows of the shuffle
+    big = model._batches(300, 1, torch.arange(300) % 17)
+    order = torch.randperm(300, generator=torch.Generator().manual_seed(1))
+    window = {int(r): i // 100 for i, r in enumerate(order)}
+    assert sorted(int(r) for b in big for r in b) == list(range(300))
+    assert all(len({window[int(r)] for r in b}) == 1 for b in big)

@@ -85,3 +85,17 @@ def test_metric_names_are_what_evaluate_returns(bigbasket, depth):
     h = Hierarchy.from_paths([p[:depth] for p in bigbasket.train.paths[:200]])
     codes = h.encode([p[:depth] for p in bigbasket.train.paths[:50]])
     assert list(evaluate(h, codes, codes)) == metric_names(depth)
+
+
+def test_interval_and_pattern_by_hand():
+    from ktt.model import Interval, Pattern
+
+    half_open = Interval(0, 1, "left")
+    assert 0 in half_open and 0.999 in half_open and 1 not in half_open and -0.001 not in half_open
+    positive = Interval(0, None, "neither")
+    assert 0 not in positive and 1e-12 in positive and 1e300 in positive
+    assert 1 in Interval(1) and 0 not in Interval(1) and 5 in Interval(None, 5) and 6 not in Interval(None, 5)
+    assert (str(half_open), str(positive), str(Interval(1)), str(Interval(None, 5, "right"))) == \
+        ("[0, 1)", "(0, inf)", "[1, inf)", "(-inf, 5]")
+    device = Pattern(r"cpu|cuda(:\d+)?", "cpu or cuda[:N]")
+    assert "cuda:1" in device and "cpu" in device and "cuda:" not in device and "xcpu" not in device and 3 not in device
