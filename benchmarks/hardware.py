@@ -227,9 +227,9 @@ def tracking(short_rows: int = 2000) -> str:
             train(name, dataset, overrides=params, datasets_root=tmp / "datasets", weights_root=tmp / "weights",
                   log_model=log_model)
 
-        repeat = 3 if name.startswith("tfidf") else 2
+        repeat = 3
         base = best_of(untracked, repeat)
-        for label, log_model in (("SQLite: params, metrics, tables; checkpoints as artifacts", False),
+        for label, log_model in (("SQLite: params, metrics, tables, figures; checkpoints as artifacts", False),
                                  ("... and the logged pyfunc model", True)):
             t = best_of(lambda: tracked(log_model), repeat)
             rows.append(f"| {name} ({dataset}) | {label} | {base:.1f} | {t:.1f} | {100 * (t - base) / base:+.1f}% |")
