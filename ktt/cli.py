@@ -60,9 +60,9 @@ def _ingest_options(f):
         click.option("--label-sep", default=">", show_default=True,
                      help="Separator inside a single string label column (`a > b > c`)."),
         click.option("--depth", type=click.IntRange(min=1), default=None,
-                     help="Levels to keep; deeper paths are cut, shorter ones are invalid."),
+                     help="Deepest level to keep; deeper paths are cut. Shorter paths keep their length."),
         click.option("--invalid-rows", type=click.Choice(["error", "drop"]), default="error", show_default=True,
-                     help="Refuse, or drop and report, rows with empty text, no label or a short path."),
+                     help="Refuse, or drop and report, rows with empty text, no label or an empty class name."),
         click.option("--keep-duplicates", is_flag=True, help="Keep exact duplicate (text, path) rows."),
         click.option("--split", "split_ratios", default="0.8,0.1,0.1", show_default=True, callback=_split_ratios,
                      help="train,val,test ratios when the data has no split column."),
@@ -95,7 +95,9 @@ def _finish_ingest(df, name, where, opts, meta):
             click.echo(f"note: {k.replace('_', ' ')}: {report[k]}" +
                        (f" (first: {report['invalid_examples'][0]})" if k == "rows_invalid" else ""), err=True)
     click.echo(f"wrote {path}: train/val/test {report['rows_train']}/{report['rows_val']}/{report['rows_test']} "
-               f"rows, classes per level {hierarchy.sizes}")
+               f"rows, classes per level {hierarchy.class_counts}" +
+               (f", paths of {'/'.join(map(str, report['rows_per_path_length']))} levels"
+                if len(report["rows_per_path_length"]) > 1 else ""))
     if opts["track"]:
         import mlflow
 

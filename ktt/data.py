@@ -172,9 +172,13 @@ def _json_path(value: str, label_sep: str, where: str) -> list[str]:
 def _label_paths(df: pd.DataFrame, label_cols: Sequence[str], label_sep: str, where: str) -> list:
     """Each row's label path as a list of stripped strings, or None where it is missing."""
     if len(label_cols) > 1:
-        cols = [df[c] for c in label_cols]
-        return [None if any(pd.isna(v) for v in vals) else [str(v).strip() for v in vals]
-                for vals in zip(*cols)]
+        out = []
+        for vals in zip(*(df[c] for c in label_cols)):
+            parts = ["" if pd.isna(v) else str(v).strip() for v in vals]
+            while parts and not parts[-1]:  # empty deeper columns: the path ends above them
+                parts.pop()
+            out.append(parts or None)  # an empty column above a filled one stays: an empty class name
+        return out
     col = label_cols[0]
     out = []
     for i, v in enumerate(df[col]):
@@ -222,15 +226,8 @@ def prepare(df: pd.DataFrame, *, text_col: str = "text", label_cols: Sequence[st
     text = text.fillna("").str.strip()
     paths = _label_paths(df, label_cols, label_sep, where)
     lens = np.array([0 if p is None else len(p) for p in paths])
-    valid_lens = lens[lens > 0]
-    if depth is None:
-        if len(valid_lens) and valid_lens.min() != valid_lens.max():
-            short = int(np.argmax((lens > 0) & (lens < valid_lens.max())))
-            raise IngestError(
-                f"{where}: ragged label depth: paths have {valid_lens.min()} to {valid_lens.max()} "
-                f"levels (row {short + 1} has {lens[short]}); pass --depth N to cut paths to N levels "
-                "and --invalid-rows drop to drop shorter ones")
-        depth = int(valid_lens.max()) if len(valid_lens) else 1
+    if depth is None:  # paths may have different lengths; they keep them (see ktt.hierarchy)
+        depth = int(lens.max()) if lens.any() else 1
     if depth < 1:
         raise IngestError(f"depth must be at least 1, not {depth}")
 
@@ -240,9 +237,7 @@ def prepare(df: pd.DataFrame, *, text_col: str = "text", label_cols: Sequence[st
             problems.append((i, f"column {text_col!r} is empty"))
         elif p is None:
             problems.append((i, f"label {'/'.join(label_cols)!r} is missing"))
-        elif len(p) < depth:
-            problems.append((i, f"label path {SEP.join(p)!r} has {len(p)} levels, fewer than depth {depth}"))
-        elif any(not x for x in p[:depth]):
+        elif not p or any(not x for x in p[:depth]):
             problems.append((i, f"label path {p[:depth]!r} has an empty class name"))
     if problems and invalid_rows == "error":
         i, why = problems[0]
@@ -281,7 +276,9 @@ def prepare(df: pd.DataFrame, *, text_col: str = "text", label_cols: Sequence[st
                               "change --split or add rows")
     hierarchy = Hierarchy.from_paths(tuple(p) for p in out["labels"])
     report.update({f"rows_{s}": len(p) for s, p in splits.items()})
-    report["classes_per_level"] = hierarchy.sizes
+    report["classes_per_level"] = hierarchy.class_counts
+    report["rows_per_path_length"] = {int(k): int(v) for k, v in
+                                      sorted(out["labels"].map(len).value_counts().items())}
     return splits, hierarchy, report
 
 
@@ -314,7 +311,7 @@ def write_dataset(splits: dict[str, pd.DataFrame], hierarchy: Hierarchy, root: s
             part.to_parquet(tmp / f"{s}.parquet", index=False)
         hierarchy.save(tmp / "hierarchy.json")
         manifest = {"name": name, "digest": _digest(tmp), "rows": {s: len(p) for s, p in splits.items()},
-                    "depth": hierarchy.depth, "classes_per_level": hierarchy.sizes, **(meta or {})}
+                    "depth": hierarchy.depth, "classes_per_level": hierarchy.class_counts, **(meta or {})}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
         if final.exists():
             old = final.with_name(f".{name}.old")

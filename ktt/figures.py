@@ -23,7 +23,7 @@ def levels(h, metrics: dict[str, float], title: str):
         vals = [metrics[f"L{d + 1}_{m}"] for d in range(h.depth)]
         bars = ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=m.replace("_", " "), color=colour)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.set_xticks(x, [f"level {d + 1}\n({h.sizes[d]} classes)" for d in range(h.depth)])
+    ax.set_xticks(x, [f"level {d + 1}\n({h.class_counts[d]} classes)" for d in range(h.depth)])
     ax.set_ylim(0, 1.05)
     ax.set_title(f"{title}: hierarchical F1 {metrics['h_f1']:.3f}")
     ax.legend(loc="lower left", fontsize=8)
@@ -68,13 +68,36 @@ def confused_leaves(h, confusions, title: str):
     return fig
 
 
-def log_all(h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, float], confusions, split: str) -> None:
-    """Log the three figures of one evaluated split under ``figures/`` of the active run."""
+def precision_coverage(curves: dict, title: str):
+    """Hierarchical precision against coverage as the stopping threshold rises, one line per
+    ``curves`` entry (a label: ``metrics.stop_curve``'s rows as a DataFrame); thresholds 0.1,
+    0.3, 0.5, 0.7 and 0.9 marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    for label, c in curves.items():
+        ax.plot(c.coverage, c.h_precision, marker=".", label=label)
+        for _, r in c[c.threshold.round(2).isin([0.1, 0.3, 0.5, 0.7, 0.9])].iterrows():
+            ax.annotate(f"{r.threshold:.1f}", (r.coverage, r.h_precision), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("coverage (share of predicted classes answered)")
+    ax.set_ylabel("hierarchical precision")
+    ax.set_xlim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{title}: stopping threshold")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def log_all(h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, float], confusions, curve,
+            split: str) -> None:
+    """Log the four figures of one evaluated split under ``figures/`` of the active run."""
     import mlflow
 
     plt = _pyplot()
     for name, fig in (("levels", levels(h, metrics, split)),
                       ("confusion_level1", confusion_level1(h, y_true, y_pred, split)),
-                      ("confused_leaves", confused_leaves(h, confusions, split))):
+                      ("confused_leaves", confused_leaves(h, confusions, split)),
+                      ("precision_coverage", precision_coverage({"model": curve}, split))):
         mlflow.log_figure(fig, f"figures/{split}_{name}.png")
         plt.close(fig)

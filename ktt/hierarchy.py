@@ -3,10 +3,19 @@
 A class is a *path* (``("Food", "Pasta")``), not a name: the same name under two
 parents is two classes. Classes are numbered level by level; ``offsets[i]`` is the
 global index of level ``i``'s first class.
+
+Paths of different lengths: a path that ends above the deepest level continues, inside the
+hierarchy only, through *end* classes (``("Food", "Pasta", "")``: "the path ends at Pasta"), one
+per level below its end. So every model sees a fixed-depth tree and learns "ends here" as a
+choice at each node where a path may end, next to that node's real children. End classes never
+appear outside: ``decode`` and ``answers`` cut a path at its first end class, the metrics leave
+them out (see ``ktt.metrics``), and display names of an end class are the path it ends.
+Fixed-depth data has no end classes, and everything is exactly as without them.
 """
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +26,18 @@ import numpy as np
 from .errors import BadValue
 
 SEP = " > "
+END = ""  # the last part of an end class: the path ended one level up (never a class name)
 DECODE_MODES = ("path", "leaf", "top_down", "argmax")
+
+
+def check_threshold(value) -> float:
+    """A stopping threshold in [0, 1] (a number, or one per text), or ``BadValue`` naming it."""
+    values = np.atleast_1d(np.asarray(value, dtype=object))
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v <= 1:
+            raise BadValue(f"threshold must be a number from 0 to 1, not {v!r}")
+    return value
+
 
 
 @dataclass(frozen=True)
@@ -26,6 +46,7 @@ class Hierarchy:
 
     levels: tuple[tuple[tuple[str, ...], ...], ...]
     _index: tuple[dict, ...] = field(init=False, repr=False, compare=False)
+    _end: tuple[np.ndarray, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not self.levels or any(len(lv) == 0 for lv in self.levels):
@@ -36,6 +57,8 @@ class Hierarchy:
             for i, path in enumerate(lv):
                 if len(path) != depth:
                     raise BadValue(f"class {SEP.join(path)!r} is at level {depth} but has {len(path)} parts")
+                if path[0] == END or (depth > 1 and path[-2] == END and path[-1] != END):
+                    raise BadValue(f"class {list(path)} has an empty class name")
                 if path in seen:
                     raise BadValue(f"class {SEP.join(path)!r} appears twice at level {depth}")
                 if depth > 1 and path[:-1] not in index[-1]:
@@ -43,17 +66,20 @@ class Hierarchy:
                 seen[path] = i
             index.append(seen)
         object.__setattr__(self, "_index", tuple(index))
+        object.__setattr__(self, "_end", tuple(np.array([p[-1] == END for p in lv], dtype=bool)
+                                               for lv in self.levels))
 
     # -- construction -------------------------------------------------------------
     @classmethod
     def from_paths(cls, paths: Iterable[Sequence[str]]) -> "Hierarchy":
-        """Build from label paths (all the same depth), classes sorted per level."""
+        """Build from label paths (of one or several lengths), classes sorted per level."""
         paths = [tuple(p) for p in paths]
         if not paths:
             raise BadValue("cannot build a hierarchy from zero label paths")
-        depth = len(paths[0])
-        if any(len(p) != depth for p in paths):
-            raise BadValue("all label paths must have the same depth")
+        depth = max(len(p) for p in paths)
+        if min(len(p) for p in paths) == 0:
+            raise BadValue("a label path needs at least one class")
+        paths = {p + (END,) * (depth - len(p)) for p in paths}
         levels = tuple(tuple(sorted({p[: d + 1] for p in paths})) for d in range(depth))
         return cls(levels)
 
@@ -78,9 +104,31 @@ class Hierarchy:
     def n_leaves(self) -> int:
         return self.sizes[-1]
 
+    @property
+    def variable_depth(self) -> bool:
+        """True when some paths end above the deepest level."""
+        return any(e.any() for e in self._end)
+
+    @property
+    def class_counts(self) -> list[int]:
+        """Real classes per level (``sizes`` less the end classes)."""
+        return [int((~e).sum()) for e in self._end]
+
+    def is_end(self, level: int) -> np.ndarray:
+        """Per class of ``level``: is it an end class (the path ended above)?"""
+        return self._end[level]
+
+    def may_end(self, level: int) -> np.ndarray:
+        """Indices of the real classes of ``level`` at which a path may end."""
+        if level == self.depth - 1:
+            return np.flatnonzero(~self._end[level])
+        ends = self.parent_of(level + 1)[self._end[level + 1]]
+        return np.unique(ends[~self._end[level][ends]])
+
     def names(self, level: int) -> list[str]:
-        """Display names (full paths joined by ``' > '``) of one level's classes."""
-        return [SEP.join(p) for p in self.levels[level]]
+        """Display names (full paths joined by ``' > '``) of one level's classes; an end class
+        shows the path it ends."""
+        return [SEP.join(x for x in p if x != END) for p in self.levels[level]]
 
     @property
     def leaf_names(self) -> list[str]:
@@ -95,21 +143,57 @@ class Hierarchy:
 
     # -- encoding -----------------------------------------------------------------
     def encode(self, paths: Iterable[Sequence[str]]) -> np.ndarray:
-        """Label paths -> ``(n, depth)`` class indices per level. Unknown paths raise."""
+        """Label paths -> ``(n, depth)`` class indices per level (a shorter path continues through
+        end classes). Unknown paths raise."""
         out = []
         for row, p in enumerate(paths):
             p = tuple(p)
-            if len(p) != self.depth:
-                raise BadValue(f"row {row}: label path {list(p)} has {len(p)} levels, expected {self.depth}")
+            if not 0 < len(p) <= self.depth:
+                raise BadValue(f"row {row}: label path {list(p)} has {len(p)} levels, expected "
+                               f"{self.depth if not self.variable_depth else f'1 to {self.depth}'}")
+            p += (END,) * (self.depth - len(p))
             try:
                 out.append([self._index[d][p[: d + 1]] for d in range(self.depth)])
             except KeyError:
                 raise BadValue(f"row {row}: label path {SEP.join(p)!r} is not in the hierarchy") from None
         return np.asarray(out, dtype=np.int64).reshape(-1, self.depth)
 
-    def decode(self, codes: np.ndarray) -> list[list[str]]:
-        """``(n, depth)`` indices -> the predicted class *name* at every level."""
-        return [[self.levels[d][c][-1] for d, c in enumerate(row)] for row in np.asarray(codes)]
+    def decode(self, codes: np.ndarray, depths: np.ndarray | None = None) -> list[list[str]]:
+        """``(n, depth)`` indices -> the class *name* at every level of the path, which ends at its
+        first end class (or after ``depths[i]`` levels, when given: see :meth:`answer_depths`)."""
+        codes = np.asarray(codes)
+        if depths is None:
+            depths = self.path_depths(codes)
+        return [[self.levels[d][c][-1] for d, c in enumerate(row[:k])] for row, k in zip(codes, depths)]
+
+    def path_depths(self, codes: np.ndarray) -> np.ndarray:
+        """``(n,)``: how many levels each path has (the levels before its first end class)."""
+        codes = np.asarray(codes)
+        real = np.stack([~self._end[d][codes[:, d]] for d in range(self.depth)], axis=1)
+        return np.where(real.all(axis=1), self.depth, np.argmin(real, axis=1))
+
+    def confidences(self, codes: np.ndarray, scores: list[np.ndarray]) -> np.ndarray:
+        """``(n, depth)``: each level's score of the class the path takes there."""
+        rows = np.arange(len(codes))
+        return np.stack([np.asarray(s)[rows, np.asarray(codes)[:, d]] for d, s in enumerate(scores)], axis=1)
+
+    def answer_depths(self, codes: np.ndarray, scores: list[np.ndarray], threshold=0.0) -> np.ndarray:
+        """``(n,)`` levels to answer: the path stops at its deepest level whose confidence is at least
+        ``threshold`` (a number, or one per row); 0 when no level clears it. Never below the path's end."""
+        conf = self.confidences(codes, scores)
+        t = np.reshape(np.asarray(check_threshold(threshold), dtype=np.float64), (-1, 1))
+        ok = (conf >= t) | (t <= 0)  # 0: never stop early (scores may be negative margins)
+        ok &= np.arange(self.depth)[None, :] < self.path_depths(codes)[:, None]
+        return np.where(ok.any(axis=1), self.depth - np.argmax(ok[:, ::-1], axis=1), 0)
+
+    def answers(self, codes: np.ndarray, scores: list[np.ndarray], threshold=0.0) -> list[list[tuple[str, float]]]:
+        """Per row, ``(class name, confidence)`` at every level of the answered path (see
+        :meth:`answer_depths`): the prediction as every front-end (``predict_paths``, the pyfunc,
+        the service) returns it."""
+        conf = self.confidences(codes, scores)
+        depths = self.answer_depths(codes, scores, threshold)
+        return [[(self.levels[d][c][-1], float(conf[i, d])) for d, c in enumerate(row[:k])]
+                for i, (row, k) in enumerate(zip(np.asarray(codes), depths))]
 
     def leaf_paths(self) -> np.ndarray:
         """``(n_leaves, depth)`` indices of every leaf and its ancestors."""
@@ -195,6 +279,9 @@ class Hierarchy:
             "offsets": self.offsets,
             "levels": [[list(p) for p in lv] for lv in self.levels],
             "parent_of": [self.parent_of(d).tolist() for d in range(self.depth)],
+            # where a path may end, per level (every real class of the last level; above it, the
+            # classes some path ends at); "" as a class name's last part marks an end class
+            "may_end": [self.may_end(d).tolist() for d in range(self.depth)],
         }
 
     @classmethod

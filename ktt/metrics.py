@@ -1,4 +1,12 @@
-"""One evaluation function for every model and every report."""
+"""One evaluation function for every model and every report.
+
+Paths of different lengths (see ``ktt.hierarchy``): end classes are never scored. A level's
+accuracy counts the rows whose true path reaches that level (a prediction that ended above it is
+wrong there); its F1 scores over the real classes of the level, so a prediction that goes deeper
+than the truth is a false positive there and one that ends early a false negative. Hierarchical
+P/R/F1 compare the real classes on the two paths; ``leaf_accuracy`` asks whether the path ends at
+the right class. On fixed-depth data all of these are the usual definitions.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -6,18 +14,29 @@ import numpy as np
 from .hierarchy import Hierarchy
 
 
-def _ancestor_sets(h: Hierarchy, codes: np.ndarray) -> np.ndarray:
-    """Multi-hot ``(n, n_classes)``: every predicted class and all its ancestors."""
+def _ancestor_sets(h: Hierarchy, codes: np.ndarray, depths: np.ndarray | None = None) -> np.ndarray:
+    """Multi-hot ``(n, n_classes)``: every predicted class (of the first ``depths[i]`` levels, when
+    given) and all its ancestors; end classes left out."""
     off = h.offsets
     out = np.zeros((len(codes), h.n_classes), dtype=bool)
     rows = np.arange(len(codes))
     for d in range(h.depth):
-        c = codes[:, d]
-        out[rows, off[d] + c] = True
+        r = rows if depths is None else rows[depths > d]
+        c = codes[r, d]
+        out[r, off[d] + c] = True
         for up in range(d - 1, -1, -1):  # walk this prediction's own ancestors
             c = h.parent_of(up + 1)[c]
-            out[rows, off[up] + c] = True
+            out[r, off[up] + c] = True
+    for d in range(h.depth):
+        out[:, off[d]:off[d] + h.sizes[d]] &= ~h.is_end(d)
     return out
+
+
+def _hprf(t_set: np.ndarray, p_set: np.ndarray) -> tuple[float, float, float]:
+    inter = (t_set & p_set).sum()
+    hp = inter / p_set.sum() if p_set.any() else float("nan")  # nothing answered: precision undefined
+    hr = inter / t_set.sum()
+    return float(hp), float(hr), float(2 * hp * hr / (hp + hr)) if hp + hr else 0.0
 
 
 def metric_names(depth: int) -> list[str]:
@@ -42,19 +61,38 @@ def evaluate(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
         raise ValueError("cannot evaluate zero rows")
     m: dict[str, float] = {}
     for d in range(h.depth):
-        t, p = y_true[:, d], y_pred[:, d]
-        m[f"L{d + 1}_accuracy"] = float(np.mean(t == p))
-        m[f"L{d + 1}_macro_f1"] = float(f1_score(t, p, average="macro", zero_division=0))
-        m[f"L{d + 1}_micro_f1"] = float(f1_score(t, p, average="micro", zero_division=0))
-    m["leaf_accuracy"] = m[f"L{h.depth}_accuracy"]
+        t, p, end = y_true[:, d], y_pred[:, d], h.is_end(d)
+        reach = ~end[t]
+        labels = np.setdiff1d(np.union1d(t, p), np.flatnonzero(end))
+        m[f"L{d + 1}_accuracy"] = float(np.mean(t[reach] == p[reach])) if reach.any() else float("nan")
+        for avg in ("macro", "micro"):
+            m[f"L{d + 1}_{avg}_f1"] = float(f1_score(t, p, labels=labels, average=avg, zero_division=0))
+    m["leaf_accuracy"] = float(np.mean(y_true[:, -1] == y_pred[:, -1]))  # the path ends at the right class
     m["path_accuracy"] = float(np.mean((y_true == y_pred).all(axis=1)))
-    t_set, p_set = _ancestor_sets(h, y_true), _ancestor_sets(h, y_pred)
-    inter = (t_set & p_set).sum()
-    hp, hr = inter / p_set.sum(), inter / t_set.sum()
-    m["h_precision"], m["h_recall"] = float(hp), float(hr)
-    m["h_f1"] = float(2 * hp * hr / (hp + hr)) if hp + hr else 0.0
+    m["h_precision"], m["h_recall"], m["h_f1"] = _hprf(_ancestor_sets(h, y_true), _ancestor_sets(h, y_pred))
     m["violation_rate"] = float(1.0 - h.is_consistent(y_pred).mean())
     return m
+
+
+def stop_curve(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray, scores: list[np.ndarray],
+               thresholds=None) -> list[dict[str, float]]:
+    """What a confidence threshold does (``Hierarchy.answer_depths``), one row per threshold:
+    ``coverage`` (the share of the predicted paths' classes still answered), hierarchical
+    precision/recall/F1 of the answered classes, and the shares of rows answered to the deepest
+    level of their prediction (``full``) and not at all (``none``)."""
+    thresholds = np.round(np.arange(0, 1.0, 0.05), 2) if thresholds is None else thresholds
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    t_set, full = _ancestor_sets(h, y_true), h.path_depths(y_pred)
+    n_full = _ancestor_sets(h, y_pred).sum()
+    out = []
+    for th in thresholds:
+        depths = h.answer_depths(y_pred, scores, th)
+        p_set = _ancestor_sets(h, y_pred, depths)
+        hp, hr, hf = _hprf(t_set, p_set)
+        out.append({"threshold": float(th), "coverage": float(p_set.sum() / n_full), "h_precision": hp,
+                    "h_recall": hr, "h_f1": hf, "full": float(np.mean(depths == full)),
+                    "none": float(np.mean(depths == 0))})
+    return out
 
 
 def level_table(h: Hierarchy, metrics: dict[str, float]) -> str:
@@ -62,7 +100,7 @@ def level_table(h: Hierarchy, metrics: dict[str, float]) -> str:
     rows = ["| level | classes | accuracy | macro F1 | micro F1 |", "|---|---|---|---|---|"]
     for d in range(h.depth):
         k = f"L{d + 1}"
-        rows.append(f"| {d + 1} | {h.sizes[d]} | {metrics[k + '_accuracy']:.4f} | "
+        rows.append(f"| {d + 1} | {h.class_counts[d]} | {metrics[k + '_accuracy']:.4f} | "
                     f"{metrics[k + '_macro_f1']:.4f} | {metrics[k + '_micro_f1']:.4f} |")
     rows.append("")
     rows.append(f"hierarchical P/R/F1: {metrics['h_precision']:.4f} / {metrics['h_recall']:.4f} / "

@@ -83,8 +83,10 @@ class Model(ABC):
     """
 
     name: ClassVar[str] = _RegisteredName()
-    defaults: ClassVar[dict[str, Any]] = {}
-    constraints: ClassVar[dict[str, Any]] = {}
+    #: ``threshold``: answers stop at the deepest level whose confidence (the level's score of the
+    #: predicted class) is at least this; 0 answers every level (``Hierarchy.answer_depths``).
+    defaults: ClassVar[dict[str, Any]] = {"threshold": 0.0}
+    constraints: ClassVar[dict[str, Any]] = {"threshold": Interval(0, 1)}
     checkpoint_ext: ClassVar[str] = ".pt"
     #: True when ``predict`` can only return valid paths (documented per model).
     consistent: ClassVar[bool] = False
@@ -132,9 +134,17 @@ class Model(ABC):
         """``predict`` and ``predict_proba`` together (a model overrides it to share the work)."""
         return self.predict(texts), self.predict_proba(texts)
 
-    def predict_paths(self, texts: Sequence[str]) -> list[list[str]]:
-        """The predicted class name at every level, coarsest first."""
-        return self.hierarchy.decode(self.predict(texts))
+    def predict_paths(self, texts: Sequence[str], threshold: float | None = None) -> list[list[str]]:
+        """The predicted class names, coarsest first, down to where the path ends or, with a
+        ``threshold`` (default: the ``threshold`` hyperparameter), to its deepest level whose
+        confidence clears it."""
+        return [[name for name, _ in a] for a in self.answers(texts, threshold)]
+
+    def answers(self, texts: Sequence[str], threshold: float | None = None) -> list[list[tuple[str, float]]]:
+        """``predict_paths`` with each level's confidence: ``[(class name, confidence), ...]`` per text."""
+        codes, scores = self.predict_scored(texts)
+        t = self.params.get("threshold", 0.0) if threshold is None else threshold
+        return self.hierarchy.answers(codes, scores, t)
 
     # -- persistence ------------------------------------------------------------------
     @abstractmethod

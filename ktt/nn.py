@@ -77,14 +77,14 @@ class TorchModel(Model):
     """Base of the encoder models. Subclasses add their own entries to ``defaults``."""
 
     defaults = {
-        "encoder": DEFAULT_ENCODER, "pooling": "mean", "max_len": 64, "batch_size": 32, "eval_batch_size": 64,
+        **Model.defaults, "encoder": DEFAULT_ENCODER, "pooling": "mean", "max_len": 64, "batch_size": 32, "eval_batch_size": 64,
         "epochs": 3, "encoder_lr": 1e-4, "classifier_lr": 2e-3, "weight_decay": 0.01, "warmup": 0.1,
         "clip": 1.0, "dropout": 0.25, "patience": 2, "monitor": "h_f1", "seed": 0, "amp": True,
         "device": "auto", "freeze_encoder": False, "freeze_embeddings": False, "bucket": True, "log_every": 20,
         "decode": "path",  # scores -> path: best whole path (default), best leaf, or per-level argmax
     }
     constraints = {
-        "pooling": ("mean", "cls"), "decode": ("path", "leaf", "argmax"),
+        **Model.constraints, "pooling": ("mean", "cls"), "decode": ("path", "leaf", "argmax"),
         "monitor": Pattern(r"loss|h_f1|h_precision|h_recall|leaf_accuracy|path_accuracy|L\d+_(accuracy|macro_f1|micro_f1)",
                            "loss or a validation metric to maximise (h_f1, leaf_accuracy, L2_macro_f1, ...)"),
         "device": Pattern(r"auto|cpu|cuda(:\d+)?|mps", "auto, cpu, cuda, cuda:N or mps"),
@@ -318,6 +318,7 @@ class TorchModel(Model):
             self.tokenizer_.save_pretrained(tmp)
             tok = (Path(tmp) / "tokenizer.json").read_text()
         return {"model": self.name, "input": "token_ids", "decode": self.params["decode"],
+                "threshold": self.params["threshold"],
                 "max_len": self.params["max_len"], "tokenizer": tok, "hierarchy": self.hierarchy.to_dict()}
 
     # -- checkpoints ----------------------------------------------------------------------

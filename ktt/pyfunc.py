@@ -20,35 +20,36 @@ def _texts(model_input) -> list[str]:
     return [str(t) for t in model_input]
 
 
-def answers(model, texts: list[str]) -> pd.DataFrame:
+def answers(model, texts: list[str], threshold: float | None = None) -> pd.DataFrame:
     """Per text: ``path`` (class names joined by " > "), and at every level ``L<d>`` (the class)
-    and ``L<d>_confidence`` (its score)."""
-    import numpy as np
-
+    and ``L<d>_confidence`` (its score); empty (None, NaN) below where the answer stops
+    (``Model.answers``: the path's end, or the ``threshold``)."""
     from .hierarchy import SEP
 
-    codes, scores = model.predict_scored(texts)
-    h, rows = model.hierarchy, np.arange(len(texts))
-    out = {"path": [SEP.join(p) for p in h.decode(codes)]}
-    for d in range(h.depth):
-        out[f"L{d + 1}"] = [h.levels[d][c][-1] for c in codes[:, d]]
-        out[f"L{d + 1}_confidence"] = scores[d][rows, codes[:, d]].astype(float)
+    rows = model.answers(texts, threshold)
+    out = {"path": [SEP.join(name for name, _ in a) for a in rows]}
+    for d in range(model.hierarchy.depth):
+        out[f"L{d + 1}"] = [a[d][0] if d < len(a) else None for a in rows]
+        out[f"L{d + 1}_confidence"] = [a[d][1] if d < len(a) else float("nan") for a in rows]
     return pd.DataFrame(out)
 
 
-def signature(depth: int):
-    """Input: a ``text`` column. Output: ``path``, then ``L<d>`` and ``L<d>_confidence`` per level."""
+def signature(depth: int, threshold: float = 0.0):
+    """Input: a ``text`` column. Output: ``path``, then ``L<d>`` and ``L<d>_confidence`` per level.
+    Parameter: ``threshold`` (per request; the default is the model's)."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     outputs = [ColSpec("string", "path")]
     for d in range(1, depth + 1):
-        outputs += [ColSpec("string", f"L{d}"), ColSpec("double", f"L{d}_confidence")]
-    return ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema(outputs))
+        outputs += [ColSpec("string", f"L{d}", required=False), ColSpec("double", f"L{d}_confidence", required=False)]
+    return ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema(outputs),
+                          params=ParamSchema([ParamSpec("threshold", "double", float(threshold))]))
 
 
 class KTTModel(mlflow.pyfunc.PythonModel):
-    """``predict`` takes a DataFrame with a ``text`` column (the signature) and returns :func:`answers`."""
+    """``predict`` takes a DataFrame with a ``text`` column (the signature) and returns :func:`answers`;
+    ``params={"threshold": t}`` stops answers at the deepest level whose confidence clears ``t``."""
 
     def load_context(self, context):
         from . import registry
@@ -59,10 +60,10 @@ class KTTModel(mlflow.pyfunc.PythonModel):
         return {k: v for k, v in self.__dict__.items() if k != "model"}
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        return answers(self.model, _texts(model_input))
+        return answers(self.model, _texts(model_input), (params or {}).get("threshold"))
 
 
-def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str]) -> None:
+def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str], threshold: float = 0.0) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         info = Path(tmp) / "info.json"
         info.write_text(json.dumps({"model": model_name, "depth": hierarchy.depth}))
@@ -71,5 +72,5 @@ def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str])
             artifacts={"checkpoint": str(checkpoint), "info": str(info)},
             code_paths=[str(ROOT / "ktt"), str(ROOT / "models")],
             pip_requirements=str(ROOT / "requirements" / "main.txt"),
-            signature=signature(hierarchy.depth), input_example=pd.DataFrame({"text": example}),
+            signature=signature(hierarchy.depth, threshold), input_example=pd.DataFrame({"text": example}),
         )

@@ -121,9 +121,9 @@ class Featuriser:
 class TfidfModel(Model):
     """Base of the TF-IDF models: stemming, the vectoriser, SGD classifiers, checkpoints."""
 
-    defaults = {"loss": "modified_huber", "alpha": 1e-4, "max_iter": 1000, "min_df": 1, "ngram_max": 2,
+    defaults = {**Model.defaults, "loss": "modified_huber", "alpha": 1e-4, "max_iter": 1000, "min_df": 1, "ngram_max": 2,
                 "language": "english", "seed": 0}
-    constraints = {"loss": ("hinge", "log_loss", "modified_huber", "squared_hinge", "perceptron", "squared_error",
+    constraints = {**Model.constraints, "loss": ("hinge", "log_loss", "modified_huber", "squared_hinge", "perceptron", "squared_error",
                             "huber", "epsilon_insensitive", "squared_epsilon_insensitive"),
                    "alpha": Interval(0, None, "neither"), "max_iter": Interval(1), "min_df": Interval(1),
                    "ngram_max": Interval(1), "language": LANGUAGES}
@@ -294,7 +294,7 @@ def save_graph(nodes, inits, n_features: int, outputs: dict, path) -> None:
 def serving_config(model, decode: str) -> dict:
     """What a server needs besides the graphs."""
     return {"model": model.name, "input": "stemmed_text", "decode": decode, "language": model.params["language"],
-            "hierarchy": model.hierarchy.to_dict()}
+            "threshold": model.params["threshold"], "hierarchy": model.hierarchy.to_dict()}
 
 
 def reference_set(model, split):

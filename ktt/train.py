@@ -13,7 +13,7 @@ import pandas as pd
 from . import registry, threads, tracking
 from .errors import BadValue
 from .data import load_dataset
-from .metrics import evaluate, level_table
+from .metrics import evaluate, level_table, stop_curve
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
         final = {"train_time_s": train_time}
         for name, split in (("best_val", ds.val), ("test", ds.test)):
             t0 = time.perf_counter()
-            pred = best.predict(split.texts)
+            pred, scores = best.predict_scored(split.texts)
             metrics = evaluate(ds.hierarchy, split.codes, pred)
             metrics["predict_rows_per_s"] = len(split) / max(time.perf_counter() - t0, 1e-9)
             prefixed = {f"{name}_{k}": v for k, v in metrics.items()}
@@ -102,7 +102,9 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
             mlflow.log_table(confusions, f"metrics/{name}_confusions.json")
             if name == "test":
                 from .figures import log_all
-                log_all(ds.hierarchy, split.codes, pred, metrics, confusions, name)
+                curve = pd.DataFrame(stop_curve(ds.hierarchy, split.codes, pred, scores))
+                mlflow.log_table(curve, f"metrics/{name}_stop_curve.json")
+                log_all(ds.hierarchy, split.codes, pred, metrics, confusions, curve, name)
         logger.log_checkpoints()
 
         if reference:
@@ -113,7 +115,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
             mlflow.log_artifact(str(ref_path), artifact_path="checkpoints")
         if log_model:
             from .pyfunc import log_pyfunc
-            log_pyfunc(model, logger.paths["best"], ds.hierarchy, ds.test.texts[:3])
+            log_pyfunc(model, logger.paths["best"], ds.hierarchy, ds.test.texts[:3], best.params.get("threshold", 0.0))
         log.info("run %s: test leaf accuracy %.4f, checkpoints %s", run.info.run_id,
                  metrics["leaf_accuracy"], [str(p) for p in logger.paths.values()])
         return Fit(run.info.run_id, final, dict(logger.paths))

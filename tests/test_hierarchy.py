@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -67,7 +69,7 @@ def test_hierarchy_json_exactly(tmp_path):
     text = (tmp_path / "hierarchy.json").read_text()
     assert json.loads(text) == {"depth": 2, "sizes": [2, 3], "offsets": [0, 2],
                                 "levels": [[["B"], ["Café"]], [["B", "b1"], ["Café", "a1"], ["Café", "a2"]]],
-                                "parent_of": [[-1, -1], [0, 1, 1]]}
+                                "parent_of": [[-1, -1], [0, 1, 1]], "may_end": [[], [0, 1, 2]]}
     assert '"Café"' in text and text.startswith('{\n "depth": 2,\n')
     assert h.names(1) == ["B > b1", "Café > a1", "Café > a2"]
 
@@ -80,7 +82,7 @@ def test_hierarchy_json_exactly(tmp_path):
     (lambda: Hierarchy(((("a",),), (("a", "b"),), (("a", "c", "d"),))),
      "class 'a > c > d' has no parent 'a > c' at level 2"),
     (lambda: Hierarchy.from_paths([]), "cannot build a hierarchy from zero label paths"),
-    (lambda: Hierarchy.from_paths([("a", "b"), ("a",)]), "all label paths must have the same depth"),
+    (lambda: Hierarchy.from_paths([("a", "b"), ()]), "a label path needs at least one class"),
     (lambda: Hierarchy.from_paths([("a", "b")]).encode([("a", "b"), ("a", "b", "c")]),
      "row 1: label path ['a', 'b', 'c'] has 3 levels, expected 2"),
     (lambda: Hierarchy.from_paths([("a", "b")]).encode([("a", "c")]), "row 0: label path 'a > c' is not in the hierarchy"),
@@ -103,8 +105,6 @@ def test_path_log_scores_by_hand():
 def test_bad_hierarchies(tmp_path):
     with pytest.raises(ValueError, match="no parent"):
         Hierarchy(((("a",),), (("b", "x"),)))
-    with pytest.raises(ValueError, match="same depth"):
-        Hierarchy.from_paths([("a", "b"), ("a",)])
     with pytest.raises(ValueError, match="not in the hierarchy"):
         Hierarchy.from_paths([("a", "b")]).encode([("a", "c")])
     (tmp_path / "h.json").write_text("{}")
@@ -154,3 +154,68 @@ def test_decoding_by_hand():
     assert h.decode_scores(scores, "top_down").tolist() == [[0, 0]]  # greedy: A, then its best child
     assert h.decode_scores(scores, "path").tolist() == [[1, 2]]  # .85 * .8 = .68 > .9 * .3 = .27
     assert h.decode_scores(scores, "leaf").tolist() == [[1, 2]]
+
+
+# -- paths of different lengths ----------------------------------------------------------
+@pytest.fixture
+def ragged():
+    """A > B ends at level 2 and also continues to A > B > C; F ends at level 1."""
+    return Hierarchy.from_paths([("A", "B", "C"), ("A", "B"), ("A", "D", "E"), ("F",)])
+
+
+def test_short_paths_continue_through_end_classes(ragged, tmp_path):
+    assert ragged.levels == ((("A",), ("F",)), (("A", "B"), ("A", "D"), ("F", "")),
+                             (("A", "B", ""), ("A", "B", "C"), ("A", "D", "E"), ("F", "", "")))
+    assert ragged.variable_depth and not Hierarchy.from_paths([("A", "B")]).variable_depth
+    assert ragged.class_counts == [2, 2, 2] and ragged.sizes == [2, 3, 4]
+    assert [ragged.is_end(d).tolist() for d in range(3)] == [[False, False], [False, False, True],
+                                                           [True, False, False, True]]
+    assert [ragged.may_end(d).tolist() for d in range(3)] == [[1], [0], [1, 2]]  # F; A > B; both leaves
+    assert ragged.names(2) == ["A > B", "A > B > C", "A > D > E", "F"]  # an end class shows the path it ends
+    ragged.save(tmp_path / "h.json")
+    assert Hierarchy.load(tmp_path / "h.json") == ragged
+    assert json.loads((tmp_path / "h.json").read_text())["may_end"] == [[1], [0], [1, 2]]
+
+
+def test_encode_decode_ragged(ragged):
+    codes = ragged.encode([("A", "B"), ("F",), ("A", "B", "C")])
+    assert codes.tolist() == [[0, 0, 0], [1, 2, 3], [0, 0, 1]]
+    assert ragged.path_depths(codes).tolist() == [2, 1, 3]
+    assert ragged.decode(codes) == [["A", "B"], ["F"], ["A", "B", "C"]]
+    assert ragged.decode(codes, np.array([1, 0, 2])) == [["A"], [], ["A", "B"]]
+    with pytest.raises(ValueError, match=r"row 0: label path \['A', 'B', 'C', 'X'\] has 4 levels, expected 1 to 3"):
+        ragged.encode([("A", "B", "C", "X")])
+    with pytest.raises(ValueError, match=r"row 0: label path \['A', 'B', 'C'\] has 3 levels, expected 2"):
+        Hierarchy.from_paths([("A", "B")]).encode([("A", "B", "C")])
+
+
+def test_empty_names_are_not_end_classes():
+    with pytest.raises(ValueError, match=r"class \['A', '', 'C'\] has an empty class name"):
+        Hierarchy(((("A",),), (("A", ""),), (("A", "", "C"),)))
+    with pytest.raises(ValueError, match=r"class \[''\] has an empty class name"):
+        Hierarchy(((("",),),))
+
+
+def test_answers_stop_at_the_deepest_confident_level(ragged):
+    """Hand-made scores: confidences are the level scores of the path's classes."""
+    codes = ragged.encode([("A", "B"), ("F",), ("A", "B", "C"), ("A", "D", "E")])
+    scores = [np.array([[.9, .1], [.2, .8], [.6, .4], [.7, .3]]),
+              np.array([[.5, .4, .1], [.1, .1, .8], [.3, .3, .4], [.2, .45, .35]]),
+              np.array([[.4, .1, .1, .4]] * 4)]
+    assert ragged.confidences(codes, scores).tolist() == [[.9, .5, .4], [.8, .8, .4], [.6, .3, .1], [.7, .45, .1]]
+    assert ragged.answers(codes, scores) == [[("A", .9), ("B", .5)], [("F", .8)], [("A", .6), ("B", .3), ("C", .1)],
+                                             [("A", .7), ("D", .45), ("E", .1)]]
+    # .45: A > B > C stops at A (B's .3 is below); A > D > E at D; the end class's .4 never counts
+    assert ragged.answer_depths(codes, scores, .45).tolist() == [2, 1, 1, 2]
+    assert ragged.answer_depths(codes, scores, [0, .85, .5, .75]).tolist() == [2, 0, 1, 0]
+    # not monotone: the deepest level that clears it, with everything above
+    assert ragged.answer_depths(codes[:1], [np.array([[.2, .8]]), np.array([[.6, 0, 0]]), scores[2][:1]], .5).tolist() == [2]
+    for bad in (1.5, -0.1, float("nan"), "0.5", True, None):
+        with pytest.raises(ValueError, match="threshold must be a number from 0 to 1, not "):
+            ragged.answers(codes, scores, bad)
+
+
+def test_answers_at_threshold_zero_keep_negative_margins(ragged):
+    codes = ragged.encode([("A", "D", "E")])
+    scores = [np.array([[1.0, -2.0]]), np.array([[-1.0, -0.5, -3.0]]), np.array([[-1.0, -1.0, -0.2, -1.0]])]
+    assert ragged.answer_depths(codes, scores, 0).tolist() == [3]

@@ -85,14 +85,29 @@ def test_split_is_seeded(clinc_df, tmp_path):
 def test_depth_cut_and_ragged_paths(bigbasket_df, tmp_path):
     df = bigbasket_df.head(300).copy()
     ds, _ = ingest_df(df, tmp_path, "d2", depth=2)
-    assert ds.hierarchy.depth == 2
+    assert ds.hierarchy.depth == 2 and not ds.hierarchy.variable_depth
     df.at[5, "labels"] = list(df.at[5, "labels"][:2])
-    with pytest.raises(IngestError, match=r"ragged label depth: paths have 2 to 3 levels \(row 6 has 2\)"):
-        prepare(df)
-    with pytest.raises(IngestError, match=r"row 6: label path .* fewer than depth 3"):
-        prepare(df, depth=3)
-    _, report = ingest_df(df, tmp_path, "d3", depth=3, invalid_rows="drop")
-    assert report["rows_invalid"] == 1
+    short = tuple(df.at[5, "labels"])
+    for depth in (None, 3):  # a shorter path keeps its length, with or without a cap
+        ds, report = ingest_df(df, tmp_path, f"r{depth}", depth=depth)
+        lengths = report["rows_per_path_length"]
+        assert report["rows_invalid"] == 0 and lengths[2] == 1 and sum(lengths.values()) == len(ds.train) + len(ds.val) + len(ds.test)
+        assert ds.hierarchy.depth == 3 and ds.hierarchy.variable_depth
+        split = next(s for s in (ds.train, ds.val, ds.test) if short in s.paths)
+        assert ds.hierarchy.decode(split.codes[[split.paths.index(short)]]) == [list(short)]
+    ds, _ = ingest_df(df, tmp_path, "cut1", depth=1)
+    assert ds.hierarchy.depth == 1 and not ds.hierarchy.variable_depth
+
+
+def test_label_columns_with_empty_deeper_levels(tmp_path):
+    """Several label columns: empty deeper columns end the path; an empty one above a filled one is invalid."""
+    df = pd.DataFrame({"text": [f"t{i}" for i in range(40)], "l1": ["A", "B"] * 20,
+                       "l2": ["a1", None] * 20, "l3": ["x", ""] * 20})
+    splits, h, _ = prepare(df, label_cols=["l1", "l2", "l3"])
+    assert h.names(2) == ["A > a1 > x", "B"] and sorted(map(tuple, splits["train"].labels))[0] == ("A", "a1", "x")
+    df.loc[2, "l2"] = None
+    with pytest.raises(IngestError, match=r"row 3: label path \['A', '', 'x'\] has an empty class name"):
+        prepare(df, label_cols=["l1", "l2", "l3"])
 
 
 def test_same_name_under_two_parents_is_two_classes(tmp_path):

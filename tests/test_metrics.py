@@ -82,3 +82,49 @@ def test_evaluate_errors_exactly():
         with pytest.raises(ValueError) as err:
             evaluate(h, t, p)
         assert str(err.value) == message
+
+
+# -- paths of different lengths and the stopping threshold, by hand -----------------------
+RAGGED = Hierarchy.from_paths([("A", "B", "C"), ("A", "B"), ("A", "D", "E"), ("F",)])
+
+
+def test_variable_depth_metrics_by_hand():
+    """True: A>B, F, A>B>C. Predicted: A>B>C (too deep), A>D>E (wrong), A>B (ends early)."""
+    t = RAGGED.encode([("A", "B"), ("F",), ("A", "B", "C")])
+    p = RAGGED.encode([("A", "B", "C"), ("A", "D", "E"), ("A", "B")])
+    m = evaluate(RAGGED, t, p)
+    # level 1 (A, F, A vs A, A, A): A has P 2/3, R 1 -> F1 .8; F has F1 0
+    assert m["L1_accuracy"] == pytest.approx(2 / 3) and m["L1_macro_f1"] == pytest.approx(0.4)
+    # level 2: rows 1 and 3 reach it and are right; row 2 predicts A>D where the truth ended:
+    # a false positive of A>D (F1 0), A>B has F1 1; micro: tp 2, fp 1, fn 0
+    assert m["L2_accuracy"] == 1.0 and m["L2_macro_f1"] == pytest.approx(0.5) and m["L2_micro_f1"] == pytest.approx(0.8)
+    # level 3: only row 3 reaches it, and its prediction ended above: wrong; no real class is right
+    assert m["L3_accuracy"] == 0.0 and m["L3_macro_f1"] == 0.0
+    # ends at the right class: none of the three; hierarchical sets: true {A,AB},{F},{A,AB,ABC} (6),
+    # predicted {A,AB,ABC},{A,AD,ADE},{A,AB} (8), shared 2 + 0 + 2
+    assert m["leaf_accuracy"] == 0.0 and m["path_accuracy"] == 0.0
+    assert m["h_precision"] == pytest.approx(4 / 8) and m["h_recall"] == pytest.approx(4 / 6)
+    assert m["violation_rate"] == 0.0
+    perfect = evaluate(RAGGED, t, t)
+    assert all(v == 1.0 for k, v in perfect.items() if k != "violation_rate")
+
+
+def test_stop_curve_by_hand():
+    """Two rows, both predicted A>D>E, true A>D>E and A>B>C; confidences .9/.6/.3 and .8/.4/.2."""
+    from ktt.metrics import stop_curve
+
+    t = RAGGED.encode([("A", "D", "E"), ("A", "B", "C")])
+    p = RAGGED.encode([("A", "D", "E"), ("A", "D", "E")])
+    scores = [np.array([[.9, .1], [.8, .2]]), np.array([[0, .6, 0], [0, .4, 0]]), np.array([[0, 0, .3, 0], [0, 0, .2, 0]])]
+    rows = {r["threshold"]: r for r in stop_curve(RAGGED, t, p, scores, [0.0, 0.25, 0.5, 0.85, 0.95])}
+    # 0: everything answered: 6 classes, 4 right (A,AD,ADE; A); truth has 6
+    assert rows[0.0]["coverage"] == 1.0 and rows[0.0]["h_precision"] == pytest.approx(4 / 6)
+    assert rows[0.0]["full"] == 1.0 and rows[0.0]["none"] == 0.0
+    # .25: row 1 keeps 3 levels, row 2 keeps 2 (A, AD): 5 answered, 4 right
+    assert rows[0.25]["coverage"] == pytest.approx(5 / 6) and rows[0.25]["h_precision"] == pytest.approx(4 / 5)
+    # .5: row 1 keeps A, AD; row 2 keeps A: 3 answered, all right; recall 3/6
+    assert rows[0.5]["h_precision"] == 1.0 and rows[0.5]["h_recall"] == pytest.approx(0.5)
+    assert rows[0.5]["full"] == 0.0
+    # .85: row 1 keeps A, row 2 nothing; .95: nothing at all (precision undefined)
+    assert rows[0.85]["coverage"] == pytest.approx(1 / 6) and rows[0.85]["none"] == 0.5
+    assert rows[0.95]["coverage"] == 0.0 and np.isnan(rows[0.95]["h_precision"]) and rows[0.95]["h_recall"] == 0.0

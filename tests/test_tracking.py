@@ -45,7 +45,7 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     files = os.listdir(weights / "tfidf_hsgd" / "bb_small")
     assert len(files) == 1 and CKPT.match(files[0])
     figures = {a.path: a.file_size for a in client.list_artifacts(run_id, "figures")}
-    assert set(figures) == {f"figures/test_{n}.png" for n in ("levels", "confusion_level1", "confused_leaves")}
+    assert set(figures) == {f"figures/test_{n}.png" for n in ("levels", "confusion_level1", "confused_leaves", "precision_coverage")}
     png = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="figures/test_levels.png",
                                                    dst_path=str(tmp_path / "fig")))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and min(figures.values()) > 5_000

@@ -2,7 +2,9 @@
 
 ``POST /predict`` takes ``{"text": "..."}``, ``{"text": ["...", ...]}`` or a list of
 ``{"text": ...}`` objects and answers the path as a newline-separated string (a list of them
-for a list input). ``POST /predict_json`` answers the path with per-level scores. Requests
+for a list input). ``POST /predict_json`` answers the path with per-level scores. An object may
+add ``"threshold": t`` (0 to 1): its paths stop at the deepest level whose score clears ``t``
+(default: the model's ``threshold``). Requests
 are micro-batched, but each is parsed and preprocessed on its own first, and a batch that still
 fails is re-run request by request: one client's bad input never fails another's request.
 A client mistake gets HTTP 400 and a one-line reason; a server fault gets a 500 that names only
@@ -20,7 +22,7 @@ import logging
 from pathlib import Path
 
 from ktt.serving import metrics
-from ktt.serving.runtime import Predictor, load_json, parse_request
+from ktt.serving.runtime import Predictor, load_json, parse_request, parse_thresholds
 
 logger = logging.getLogger(__name__)
 _REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements" / "serving.txt"
@@ -63,18 +65,21 @@ class KTTService(bentoml.BentoService):
 
     def _run(self, bodies, tasks, endpoint):
         """Parse and preprocess each request alone; predict the survivors as one batch."""
-        ready = []  # (task, prepared texts, answer is a list)
+        ready = []  # (task, prepared texts, answer is a list, thresholds)
         for body, task in zip(bodies, tasks):
             try:
                 parsed = load_json(body)
-                prepared = self.predictor.prepare(parse_request(parsed))
+                texts = parse_request(parsed)
+                thresholds = parse_thresholds(parsed, self.predictor.threshold)
+                prepared = self.predictor.prepare(texts)
             except ValueError as e:
                 self._fail(task, endpoint, e)
                 continue
             except Exception:  # a preprocessing fault: this request alone fails
                 self._fail(task, endpoint)
                 continue
-            ready.append((task, prepared, isinstance(parsed, list) or isinstance(parsed.get("text"), list)))
+            ready.append((task, prepared, isinstance(parsed, list) or isinstance(parsed.get("text"), list),
+                          thresholds))
         answers = self._predict(ready, endpoint)
         return [a for a in answers if a is not None]
 
@@ -84,7 +89,9 @@ class KTTService(bentoml.BentoService):
         if not ready:
             return []
         try:
-            paths, codes, scores, feats = self.predictor.run([p for _, prepared, _ in ready for p in prepared])
+            thresholds = [t for *_, ts in ready for t in ts]
+            paths, codes, scores, feats = self.predictor.run([p for _, prepared, *_ in ready for p in prepared],
+                                                             thresholds)
         except Exception:
             if len(ready) == 1:
                 self._fail(ready[0][0], endpoint)
@@ -96,9 +103,9 @@ class KTTService(bentoml.BentoService):
         except Exception:  # monitoring never fails a prediction
             logger.exception("after_predict failed")
         rows = (["\n".join(p) for p in paths] if endpoint == "predict"
-                else self.predictor.explain(codes, scores))
+                else self.predictor.explain(codes, scores, thresholds))
         answers, i = [], 0
-        for _, prepared, many in ready:
+        for _, prepared, many, _ in ready:
             answers.append(rows[i:i + len(prepared)] if many else rows[i])
             i += len(prepared)
         return answers

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ktt import threads
-from ktt.hierarchy import Hierarchy
+from ktt.hierarchy import Hierarchy, check_threshold
 
 MAX_TEXT_CHARS = 10_000  # a request with a longer text is refused (in-process callers: cut); titles never need more
 MAX_TEXTS_PER_REQUEST = 256
@@ -83,6 +83,17 @@ def parse_request(body) -> list[str]:
     if len(texts) > MAX_TEXTS_PER_REQUEST:
         raise ValueError(f"{len(texts)} texts in one request; the limit is {MAX_TEXTS_PER_REQUEST}")
     return texts
+
+
+def parse_thresholds(body, default: float) -> list[float]:
+    """Per text of a request that :func:`parse_request` accepted, its stopping threshold: the
+    item's ``"threshold"`` field, or ``default``; ValueError when it is not a number from 0 to 1."""
+    out = []
+    for item in body if isinstance(body, list) else [body]:
+        t = item.get("threshold", default)
+        value = item["text"]
+        out += [check_threshold(t)] * (len(value) if isinstance(value, list) else 1)
+    return out
 
 
 class TokenIds:
@@ -171,25 +182,37 @@ class Predictor:
         cond = h.split_levels(out["conditional"]) if "conditional" in out else None
         return h.decode_scores(h.split_levels(out["scores"]), self.config["decode"], cond)
 
-    def predict(self, texts: list[str]) -> tuple[list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
-        """Per text: the class names along the path; plus codes, all-class scores and features."""
-        return self.run(self.prepare(texts))
+    @property
+    def threshold(self) -> float:
+        """The model's stopping threshold (a request may send its own)."""
+        return self.config.get("threshold", 0.0)
 
-    def run(self, prepared: list) -> tuple[list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
+    def predict(self, texts: list[str], threshold=None) -> tuple[list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
+        """Per text: the class names along the answered path (``Hierarchy.answers``; ``threshold``:
+        one, or one per text; default: the model's); plus codes, all-class scores and features."""
+        return self.run(self.prepare(texts), threshold)
+
+    def run(self, prepared: list, threshold=None) -> tuple[list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
         """``predict`` from ``prepare``'s output."""
         feats = self.encode(prepared)
         out = self.scores(feats)
-        codes = self.decode(out)
-        return self.hierarchy.decode(codes), codes, out["scores"], feats
+        codes, h = self.decode(out), self.hierarchy
+        t = self.threshold if threshold is None else threshold
+        depths = h.answer_depths(codes, h.split_levels(out["scores"]), t)
+        return h.decode(codes, depths), codes, out["scores"], feats
 
-    def explain(self, codes: np.ndarray, scores: np.ndarray) -> list[dict]:
-        """The JSON form: path plus the score of the chosen class and the top 3 at every level."""
+    def explain(self, codes: np.ndarray, scores: np.ndarray, threshold=None) -> list[dict]:
+        """The JSON form: the answered path, and at each of its levels the class, its score and the
+        level's top 3 classes."""
         h, out = self.hierarchy, []
-        for row, s in zip(codes, scores):
-            levels = []
-            for d, (level_scores, c) in enumerate(zip(h.split_levels(s[None])[:], row)):
-                top = np.argsort(-level_scores[0])[:3]
-                levels.append({"level": d + 1, "class": h.levels[d][c][-1], "score": float(level_scores[0, c]),
-                               "top": [{"class": h.levels[d][t][-1], "score": float(level_scores[0, t])} for t in top]})
-            out.append({"path": [lv["class"] for lv in levels], "levels": levels})
+        levels = h.split_levels(scores)
+        t = self.threshold if threshold is None else threshold
+        for i, (row, k) in enumerate(zip(codes, h.answer_depths(codes, levels, t))):
+            answer = []
+            for d, c in enumerate(row[:k]):
+                s = levels[d][i]
+                top = [j for j in np.argsort(-s) if not h.is_end(d)[j]][:3]
+                answer.append({"level": d + 1, "class": h.levels[d][c][-1], "score": float(s[c]),
+                               "top": [{"class": h.levels[d][j][-1], "score": float(s[j])} for j in top]})
+            out.append({"path": [lv["class"] for lv in answer], "levels": answer})
         return out
