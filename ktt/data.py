@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import BadValue, NotFound
-from .hierarchy import SEP, Hierarchy
+from .hierarchy import Hierarchy
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ without a stopping threshold."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
