@@ -37,6 +37,8 @@ HOSTILE = [
     (b'{"text": "   "}', "is empty"),
     (json.dumps({"text": "x" * 2_000_000}).encode(), "the limit is 10,000"),
     (json.dumps([{"text": "tea"}] * 5000).encode(), "5000 texts in one request; the limit is 256"),
+    (b'{"text": "tea", "threshold": "high"}', "threshold must be a number from 0 to 1, not 'high'"),
+    (b'[{"text": "tea"}, {"text": "milk", "threshold": 1e308}]', "threshold must be a number from 0 to 1, not 1e+308"),
 ]
 def metrics_of(url):
     text = requests.get(url + "/metrics", timeout=10).text
@@ -153,11 +155,12 @@ from ktt.serving import metrics
 from ktt.serving.bento import KTTService
 
 class Flaky:  # a predictor whose batch run fails whenever a text says "boom"
+    threshold = 0.0
     def __init__(self):
         self.runs = []
     def prepare(self, texts):
         return list(texts)
-    def run(self, prepared):
+    def run(self, prepared, threshold=None):
         self.runs.append(len(prepared))
         if any("boom" in p for p in prepared):
             raise RuntimeError("boom at /secret/path.py")
