@@ -9,11 +9,11 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = "# Benchmarks\n\nEvery number below is written by the command shown above it.\n"
 
 
-def write_section(key: str, body: str) -> None:
-    text = DOC.read_text() if DOC.exists() else HEADER
+def write_section(key: str, body: str, doc: Path = DOC) -> None:
+    text = doc.read_text() if doc.exists() else HEADER
     block = f"<!-- {key}:start -->\n{body.rstrip()}\n\nMachine: {platform.processor() or platform.machine()}, " \
             f"Python {platform.python_version()}.\n<!-- {key}:end -->"
     pattern = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text(text)
+    doc.parent.mkdir(exist_ok=True)
+    doc.write_text(text)

@@ -168,8 +168,23 @@ class Model(ABC):
         raise NotImplementedError(f"{self.name} cannot be served")
 
     def gen_reference_set(self, split) -> "pd.DataFrame":  # noqa: F821
-        """Reference rows for drift monitoring: ``targets``, features ``"0"``..``"23"``, leaf scores."""
-        raise NotImplementedError(f"{self.name} cannot generate a reference set")
+        """Reference rows for drift monitoring: ``targets`` (the true leaf), then :meth:`monitoring_frame`."""
+        names = self.hierarchy.leaf_names
+        df = self.monitoring_frame(split.texts)
+        df.insert(0, "targets", [names[c] for c in split.codes[:, -1]])
+        return df
+
+    def monitoring_frame(self, texts: Sequence[str]) -> "pd.DataFrame":  # noqa: F821
+        """What the service forwards to the drift sidecar for ``texts`` (``ktt.serving.runtime.reference_frame``):
+        the model's ``features(texts)`` pooled into ``"0"``..``"23"``, leaf scores, level columns."""
+        from .serving.runtime import level_columns, reference_frame
+
+        if not hasattr(self, "features"):
+            raise NotImplementedError(f"{self.name} cannot be monitored (it has no features())")
+        texts, h = list(texts), self.hierarchy
+        feats = self.features(texts)
+        codes, scores = self.predict_scored(texts)
+        return reference_frame(feats, scores[-1], h.leaf_names, levels=level_columns(h, codes, scores))
 
 
 def _cast(key: str, value, default):

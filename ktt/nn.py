@@ -269,14 +269,6 @@ class TorchModel(Model):
         return np.concatenate([self.net_.pool(*self._batch(texts[i:i + bs])).float().cpu().numpy()
                                for i in range(0, len(texts), bs)])
 
-    def gen_reference_set(self, split):
-        """``targets`` (leaf names), 24 average-pooled feature columns ``"0"``..``"23"``, one score column per leaf."""
-        from .serving.runtime import reference_frame
-
-        texts, names = list(split.texts), self.hierarchy.leaf_names
-        return reference_frame(self.features(texts), self.predict_proba(texts)[-1], names,
-                               [names[c] for c in split.codes[:, -1]])
-
     # -- export ---------------------------------------------------------------------------
     def export_onnx(self, classifier_path, encoder_path):
         """``encoder.onnx``: (input_ids, attention_mask) -> pooled ``features``;

@@ -173,9 +173,6 @@ class TfidfModel(Model):
         return SGDClassifier(loss=p["loss"], alpha=p["alpha"], max_iter=p["max_iter"], random_state=p["seed"],
                              n_jobs=threads.configured() or -1, tol=1e-4)
 
-    def gen_reference_set(self, split):
-        return reference_set(self, split)
-
     def save(self, path, state=None):
         save_sklearn(self, path, {k: getattr(self, k) for k in ("preprocessor_", "vectorizer_", *self.fitted)})
 
@@ -295,12 +292,3 @@ def serving_config(model, decode: str) -> dict:
     """What a server needs besides the graphs."""
     return {"model": model.name, "input": "stemmed_text", "decode": decode, "language": model.params["language"],
             "threshold": model.params["threshold"], "hierarchy": model.hierarchy.to_dict()}
-
-
-def reference_set(model, split):
-    """``targets``, the TF-IDF vector average-pooled into ``"0"``..``"23"``, one score column per leaf."""
-    from .serving.runtime import reference_frame
-
-    feats = model.features(split.texts).toarray()
-    names = model.hierarchy.leaf_names
-    return reference_frame(feats, model.predict_proba(split.texts)[-1], names, [names[c] for c in split.codes[:, -1]])

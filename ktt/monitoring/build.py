@@ -30,12 +30,26 @@ service:
   monitors:
     - cat_target_drift
     - data_drift
+    - confidence_drift
+    - level_prediction_drift
+    - embedding_drift
+  # ktt_drift_alert: 1 when any signal flags the window (docs/monitoring.md, "One alert"):
+  # a level's confidence lower than the reference's (K-S) or more often below low_confidence
+  # (z-test), at p < p_value; a level's predicted classes (chi-square, p < p_value) where the
+  # window holds 1 / classes_per_row rows per class; the domain classifier's ROC AUC over embedding_auc
+  alert:
+    p_value: {p_value}
+    low_confidence: {low_confidence}
+    embedding_auc: {embedding_auc}
+    classes_per_row: {classes_per_row}
 """
 
 
 def evidently_template(drift_share: float) -> str:
     """The ``evidently.yaml`` template of a model whose ``drift_share`` is given."""
-    return EVIDENTLY.format(drift_share=drift_share)
+    from .sidecar import ALERT
+
+    return EVIDENTLY.format(drift_share=drift_share, **ALERT)
 
 
 def find_reference(src) -> Path | None:

@@ -3,15 +3,24 @@
     python -m ktt.monitoring.sidecar evidently.yaml [--port 5001]
 
 ``POST /iterate`` takes ``{"data": [[...], ...]}`` rows in the reference set's column order
-(minus ``targets``): 24 pooled features, then one score per leaf class. The latest
-``window_size`` rows are kept; every ``calculation_period_sec`` a background thread compares
-them with the reference set (off the request path) and updates the gauges on ``GET /metrics``.
+(minus ``targets``): 24 pooled features, one score per leaf class, then per level the predicted
+class and its confidence. The latest ``window_size`` rows are kept; every
+``calculation_period_sec`` a background thread compares them with the reference set (off the
+request path) and updates the gauges on ``GET /metrics``.
+
+Monitors: the spec's ``data_drift`` (K-S per pooled column) and ``cat_target_drift`` (the leaf
+class), and the signals that catch a catalog change (docs/monitoring.md): ``confidence_drift``
+(per level, K-S on the confidence and a z-test on the share below ``alert.low_confidence``),
+``level_prediction_drift`` (chi-square on each level's predicted class) and ``embedding_drift``
+(Evidently's domain classifier on the pooled features). ``ktt_drift_alert`` combines them
+(:func:`alert_signals`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -25,13 +34,35 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger("ktt.monitoring")
-MONITORS = ("data_drift", "cat_target_drift")
+MONITORS = ("data_drift", "cat_target_drift", "confidence_drift", "level_prediction_drift", "embedding_drift")
+#: ``alert`` settings and their defaults (chosen by benchmarks/drift.py, docs/monitoring.md)
+ALERT = {"p_value": 1e-3, "low_confidence": 0.3, "embedding_auc": 0.75, "classes_per_row": 0.2}
+LEVEL_COLUMN = re.compile(r"level(\d+)_(class|confidence)")
 MAX_BODY = 10 * 1024 * 1024
 
 
 def is_drift(share: float, drift_share: float) -> bool:
     """The dataset drifted when at least ``drift_share`` of the monitored columns did."""
     return share >= drift_share
+
+
+def alert_signals(results: dict, window_rows: int, alert: dict) -> dict[str, bool]:
+    """Which signals flag a window; ``ktt_drift_alert`` is 1 when any does. ``results`` per level
+    ``d``: ``confidence_p``, ``confidence_lower`` (window mean below the reference's), ``low_p``,
+    ``low_higher`` (more answers below ``low_confidence`` than in the reference), ``prediction_p``
+    and ``classes``; and ``embedding_auc``. A level's predicted-class test counts only where the
+    window holds at least 1 / ``classes_per_row`` rows per class (the chi-square needs counts)."""
+    p = alert["p_value"]
+    out = {}
+    for d, r in sorted(results.get("levels", {}).items()):
+        if "confidence_p" in r:
+            out[f"confidence_level{d}"] = r["confidence_lower"] and r["confidence_p"] < p
+            out[f"low_confidence_level{d}"] = r["low_higher"] and r["low_p"] < p
+        if "prediction_p" in r and r["classes"] <= alert["classes_per_row"] * window_rows:
+            out[f"prediction_level{d}"] = r["prediction_p"] < p
+    if "embedding_auc" in results:
+        out["embedding"] = results["embedding_auc"] > alert["embedding_auc"]
+    return out
 
 
 def load_config(path: str | Path) -> dict:
@@ -53,6 +84,11 @@ def load_config(path: str | Path) -> dict:
         raise ValueError(f"{path}: window_size must be >= 2 and calculation_period_sec > 0")
     if not 0 < float(cfg.get("drift_share", 0.5)) <= 1:
         raise ValueError(f"{path}: drift_share must be in (0, 1], not {cfg['drift_share']!r}")
+    alert = cfg.get("alert") or {}
+    unknown = sorted(set(alert) - set(ALERT))
+    if unknown or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in alert.values()):
+        raise ValueError(f"{path}: alert takes numbers for {sorted(ALERT)}, not {alert!r}")
+    cfg["alert"] = {**ALERT, **alert}
     cfg["reference_path"] = str((path.parent / cfg["reference_path"]).resolve())
     return cfg
 
@@ -61,11 +97,13 @@ class Monitor:
     """A window of recent rows, the reference set, and the gauges they drive."""
 
     def __init__(self, cfg: dict):
-        self.cfg = cfg
+        self.cfg = {**cfg, "alert": {**ALERT, **(cfg.get("alert") or {})}}
         ref = pd.read_parquet(cfg["reference_path"])
         self.features = [c for c in ref.columns if c.isdigit()]
-        self.classes = [c for c in ref.columns if c != "targets" and not c.isdigit()]
-        self.columns = self.features + self.classes
+        self.level_columns = [c for c in ref.columns if LEVEL_COLUMN.fullmatch(c)]  # absent in old reference sets
+        self.classes = [c for c in ref.columns if c != "targets" and not c.isdigit() and c not in self.level_columns]
+        self.columns = self.features + self.classes + self.level_columns
+        self.depth = len(self.level_columns) // 2
         self.reference = self._with_prediction(ref[self.columns])
         self.window: deque = deque(maxlen=int(cfg["window_size"]))
         self.lock = threading.Lock()
@@ -87,6 +125,22 @@ class Monitor:
                                   registry=r)
         self.class_share = Gauge("ktt_predicted_class_share", "Share of the window predicted as each class",
                                  ["class_name"], registry=r)
+        self.confidence_drift = Gauge("ktt_confidence_drift_score", "K-S p-value of a level's confidence, window "
+                                      "vs reference (low is drift)", ["level"], registry=r)
+        self.confidence_mean = Gauge("ktt_confidence_mean", "Mean confidence of a level's predicted class",
+                                     ["level", "set"], registry=r)
+        self.low_share = Gauge("ktt_low_confidence_share", "Share of rows whose confidence at a level is below "
+                               "alert.low_confidence", ["level", "set"], registry=r)
+        self.low_drift = Gauge("ktt_low_confidence_drift_score", "z-test p-value of the low-confidence share, "
+                               "window vs reference (low is drift)", ["level"], registry=r)
+        self.level_drift = Gauge("ktt_level_prediction_drift_score", "Chi-square p-value of a level's predicted "
+                                 "class distribution (low is drift)", ["level"], registry=r)
+        self.embedding_drift = Gauge("ktt_embedding_drift_score", "ROC AUC of a classifier telling window from "
+                                     "reference on the pooled features (0.5: indistinguishable)", registry=r)
+        self.alert = Gauge("ktt_drift_alert", "1 when any drift signal flags the window (docs/monitoring.md)",
+                           registry=r)
+        self.alert_signal = Gauge("ktt_drift_alert_signal", "1 for each signal that flags the window",
+                                  ["signal"], registry=r)
 
     def _with_prediction(self, df: pd.DataFrame) -> pd.DataFrame:
         """Adds the predicted class and the model's confidence (its top leaf score), a strong drift signal."""
@@ -94,6 +148,10 @@ class Monitor:
         scores = df[self.classes].to_numpy()
         df["prediction"] = np.array(self.classes, dtype=object)[scores.argmax(axis=1)]
         df["confidence"] = scores.max(axis=1)
+        low = self.cfg["alert"]["low_confidence"]
+        for d in range(1, self.depth + 1):
+            df[f"level{d}_class"] = df[f"level{d}_class"].astype(int).astype(str)
+            df[f"level{d}_low"] = (df[f"level{d}_confidence"] < low).astype(int).astype(str)
         return df
 
     def add(self, body) -> int:
@@ -131,26 +189,64 @@ class Monitor:
         numeric = self.features + ["confidence"]
         # one stat test for every window size (Evidently would switch K-S to Wasserstein for big references)
         test = self.cfg.get("num_stattest", "ks")
+        monitors, levels = self.cfg["monitors"], range(1, self.depth + 1)
         metrics = []
-        if "data_drift" in self.cfg["monitors"]:
+        if "data_drift" in monitors:
             metrics += [DriftedColumnsCount(columns=numeric, num_method=test),
                         *(ValueDrift(column=c, method=test) for c in numeric)]
-        if "cat_target_drift" in self.cfg["monitors"]:
+        if "cat_target_drift" in monitors:
             metrics.append(ValueDrift(column="prediction"))
-        definition = DataDefinition(numerical_columns=numeric, categorical_columns=["prediction"])
-        snap = Report(metrics).run(Dataset.from_pandas(current[numeric + ["prediction"]], data_definition=definition),
-                                   Dataset.from_pandas(self.reference[numeric + ["prediction"]],
-                                                       data_definition=definition))
+        if "confidence_drift" in monitors:
+            metrics += [m for d in levels for m in (ValueDrift(column=f"level{d}_confidence", method="ks"),
+                                                    ValueDrift(column=f"level{d}_low", method="z"))]
+        if "level_prediction_drift" in monitors:
+            metrics += [ValueDrift(column=f"level{d}_class", method="chisquare") for d in levels]
+        confidences = [f"level{d}_confidence" for d in levels]
+        categorical = ["prediction", *(f"level{d}_{k}" for d in levels for k in ("class", "low"))]
+        definition = DataDefinition(numerical_columns=numeric + confidences, categorical_columns=categorical)
+        cols = numeric + confidences + categorical
+        snap = Report(metrics).run(Dataset.from_pandas(current[cols], data_definition=definition),
+                                   Dataset.from_pandas(self.reference[cols], data_definition=definition))
+        results: dict = {"levels": {d: {} for d in levels}}
         for m in snap.dict()["metrics"]:
             cfg, value = m["config"], m["value"]
-            if cfg["type"].endswith("DriftedColumnsCount"):
+            kind, column = cfg["type"], cfg.get("column")
+            level = LEVEL_COLUMN.fullmatch(column or "") or re.fullmatch(r"level(\d+)_low", column or "")
+            if kind.endswith("DriftedColumnsCount"):
                 self.drift_count.set(value["count"])
                 self.drift_share.set(value["share"])
                 self.dataset_drift.set(float(is_drift(value["share"], float(self.cfg.get("drift_share", 0.5)))))
-            elif cfg["column"] == "prediction":
+            elif column == "prediction":
                 self.target_drift.set(value)
+            elif level:
+                d = int(level.group(1))
+                key = {"confidence": "confidence_p", "class": "prediction_p"}.get(column.split("_")[1], "low_p")
+                results["levels"][d][key] = value
+                {"confidence_p": self.confidence_drift, "prediction_p": self.level_drift,
+                 "low_p": self.low_drift}[key].labels(str(d)).set(value)
             else:
-                self.column_drift.labels(cfg["column"]).set(value)
+                self.column_drift.labels(column).set(value)
+        if "embedding_drift" in monitors:
+            # Evidently's domain-classifier method itself: its EmbeddingsDrift metric also draws a
+            # t-SNE plot, 6 s of every 8 s calculation
+            from evidently.metrics.embeddings import ModelDriftMethod
+
+            auc, _, _ = ModelDriftMethod()(current[self.features].copy(), self.reference[self.features].copy())
+            self.embedding_drift.set(auc)
+            results["embedding_auc"] = auc
+        for d in levels:
+            r = results["levels"][d]
+            for name, df in (("window", current), ("reference", self.reference)):
+                self.confidence_mean.labels(str(d), name).set(df[f"level{d}_confidence"].mean())
+                self.low_share.labels(str(d), name).set((df[f"level{d}_low"] == "1").mean())
+            r["confidence_lower"] = current[f"level{d}_confidence"].mean() < self.reference[f"level{d}_confidence"].mean()
+            r["low_higher"] = (current[f"level{d}_low"] == "1").mean() > (self.reference[f"level{d}_low"] == "1").mean()
+            r["classes"] = self.reference[f"level{d}_class"].nunique()
+        signals = alert_signals(results, len(current), self.cfg["alert"])
+        for name, on in signals.items():
+            self.alert_signal.labels(name).set(float(on))
+        self.alert.set(float(any(signals.values())))
+        self.last_results = results
         shares = current["prediction"].value_counts(normalize=True)
         for c in self.classes:
             self.class_share.labels(c).set(float(shares.get(c, 0.0)))

@@ -21,6 +21,8 @@ from bentoml.types import InferenceTask
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from ktt.serving import metrics
 from ktt.serving.runtime import Predictor, load_json, parse_request, parse_thresholds
 
@@ -115,8 +117,11 @@ class KTTService(bentoml.BentoService):
         if self.artifacts.config.get("monitoring"):
             from ktt.serving.forward import forwarder
 
+            from ktt.serving.runtime import level_columns
+
             h = self.predictor.hierarchy
-            forwarder().submit(features, scores[:, h.offsets[-1]:])
+            levels = level_columns(h, codes, h.split_levels(scores))
+            forwarder().submit(features, np.concatenate([scores[:, h.offsets[-1]:], levels], axis=1))
 
     @bentoml.api(input=RawJsonInput(), output=JsonOutput(), batch=True, mb_max_batch_size=128, mb_max_latency=1000)
     def predict(self, bodies, tasks):

@@ -31,18 +31,41 @@ def pool_features(features: np.ndarray, bins: int = N_MONITORED_FEATURES) -> np.
     d = features.shape[1]
     starts = (np.arange(bins) * d) // bins
     ends = -((-(np.arange(1, bins + 1)) * d) // bins)
+    if hasattr(features, "tocsr"):  # sparse TF-IDF: never densify (n x vocabulary)
+        from scipy import sparse
+
+        cols = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
+        bin_of = np.repeat(np.arange(bins), ends - starts)
+        avg = sparse.csr_matrix(((1.0 / (ends - starts))[bin_of], (cols, bin_of)), shape=(d, bins))
+        return np.asarray((features.tocsr() @ avg).todense(), dtype=np.float32)
     csum = np.concatenate([np.zeros((len(features), 1)), np.cumsum(features, axis=1, dtype=np.float64)], axis=1)
     return ((csum[:, ends] - csum[:, starts]) / (ends - starts)).astype(np.float32)
 
 
-def reference_frame(features: np.ndarray, leaf_scores: np.ndarray, leaf_names: list[str], targets=None):
-    """The reference-set / monitoring schema: ``targets``, ``"0"``..``"23"``, one score column per leaf."""
+def level_columns(h: Hierarchy, codes: np.ndarray, scores: list[np.ndarray]) -> np.ndarray:
+    """``(n, 2 * depth)``: at every level, the index of the class the decoded path takes there and
+    that class's score (its confidence): what level-wise drift monitoring compares."""
+    conf = h.confidences(codes, scores)
+    return np.stack([np.asarray(codes, dtype=np.float64), conf], axis=2).reshape(len(codes), -1)
+
+
+def level_column_names(depth: int) -> list[str]:
+    return [f"level{d}_{k}" for d in range(1, depth + 1) for k in ("class", "confidence")]
+
+
+def reference_frame(features: np.ndarray, leaf_scores: np.ndarray, leaf_names: list[str], targets=None,
+                    levels: np.ndarray | None = None):
+    """The reference-set / monitoring schema: ``targets``, ``"0"``..``"23"``, one score column per
+    leaf, then :func:`level_columns` (``level<d>_class``, ``level<d>_confidence``)."""
     import pandas as pd
 
     df = pd.DataFrame(pool_features(features), columns=[str(i) for i in range(N_MONITORED_FEATURES)])
     if targets is not None:
         df.insert(0, "targets", targets)
-    return pd.concat([df, pd.DataFrame(leaf_scores, columns=leaf_names)], axis=1)
+    parts = [df, pd.DataFrame(leaf_scores, columns=leaf_names)]
+    if levels is not None:
+        parts.append(pd.DataFrame(levels, columns=level_column_names(levels.shape[1] // 2)))
+    return pd.concat(parts, axis=1)
 
 
 def load_json(data: bytes | str):
