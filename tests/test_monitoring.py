@@ -23,8 +23,8 @@ from ktt import registry
 from ktt.export import service_files
 from ktt.monitoring.build import evidently_template
 from ktt.monitoring.dashboard import dashboard, metric_names
-from ktt.monitoring.sidecar import Monitor, is_drift, load_config, make_handler
-from ktt.serving.runtime import pool_features
+from ktt.monitoring.sidecar import Monitor, alert_signals, is_drift, load_config, make_handler
+from ktt.serving.runtime import level_column_names
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,8 +38,7 @@ def setup(bigbasket, clinc_df, tmp_path_factory):
     (tmp / "evidently.yaml").write_text(evidently_template(type(model).drift_share))
 
     def rows(texts):
-        feats = model.vectorizer_.transform(model.preprocessor_(texts)).toarray()
-        return np.concatenate([pool_features(feats), model.predict_proba(texts)[-1]], axis=1)
+        return model.monitoring_frame(texts).to_numpy()
     return tmp, rows(bigbasket.val.texts[:200]), rows(clinc_df.text.sample(200, random_state=0).tolist())
 
 
@@ -62,6 +61,73 @@ def test_no_drift_on_same_distribution_and_drift_on_another(setup):
         mon.cfg["drift_share"] = drift_share
         mon.calculate()
         assert mon.dataset_drift._value.get() == flagged, (share, drift_share)
+
+
+def test_new_signals_on_real_data(setup):
+    """The per-level signals on real rows: calm on BigBasket, every one of them up on CLINC150."""
+    tmp, bb_rows, clinc_rows = setup
+    mon = Monitor(load_config(tmp / "evidently.yaml"))
+    assert mon.depth == 3 and mon.columns[-6:] == level_column_names(3)
+    mon.add({"data": bb_rows[:100].tolist()})
+    mon.calculate()
+    assert mon.alert._value.get() == 0.0
+    assert mon.embedding_drift._value.get() < 0.75
+    mon.add({"data": clinc_rows[:100].tolist()})
+    mon.calculate()
+    assert mon.alert._value.get() == 1.0
+    for d in ("1", "2", "3"):
+        assert mon.confidence_drift.labels(d)._value.get() < 1e-3 and mon.low_drift.labels(d)._value.get() < 1e-3
+        assert mon.confidence_mean.labels(d, "window")._value.get() < mon.confidence_mean.labels(d, "reference")._value.get()
+        assert mon.low_share.labels(d, "window")._value.get() > mon.low_share.labels(d, "reference")._value.get()
+    assert mon.level_drift.labels("1")._value.get() < 1e-3
+    assert mon.alert_signal.labels("confidence_level1")._value.get() == 1.0
+    # 100 rows over BigBasket's 11 level-1 classes: tested; over its leaves: not (too few rows per class)
+    assert "prediction_level1" in mon.last_results["signals"] and "prediction_level3" not in mon.last_results["signals"]
+
+
+def test_alert_signals_by_hand():
+    """Each signal's rule, on hand-made results: p below p_value in the drifting direction only."""
+    alert = {"p_value": 1e-3, "low_confidence": 0.3, "embedding_auc": 0.75, "classes_per_row": 0.2}
+    calm = {"confidence_p": 0.5, "confidence_lower": True, "low_p": 0.5, "low_higher": True, "prediction_p": 0.5,
+            "classes": 10}
+    assert alert_signals({"levels": {1: calm}, "embedding_auc": 0.6}, 100, alert) == {
+        "confidence_level1": False, "low_confidence_level1": False, "prediction_level1": False, "embedding": False}
+    lower = {**calm, "confidence_p": 1e-4}
+    assert alert_signals({"levels": {1: lower}}, 100, alert)["confidence_level1"]
+    assert not alert_signals({"levels": {1: {**lower, "confidence_lower": False}}}, 100, alert)["confidence_level1"]
+    assert not alert_signals({"levels": {1: {**calm, "confidence_p": 1e-3}}}, 100, alert)["confidence_level1"]  # strict
+    assert alert_signals({"levels": {1: {**calm, "low_p": 0}}}, 100, alert)["low_confidence_level1"]
+    assert not alert_signals({"levels": {1: {**calm, "low_p": 0, "low_higher": False}}}, 100, alert)["low_confidence_level1"]
+    # 10 classes need 50 rows (0.2 classes per row); 49 rows: not tested at all
+    assert alert_signals({"levels": {1: {**calm, "prediction_p": 0}}}, 50, alert)["prediction_level1"]
+    assert "prediction_level1" not in alert_signals({"levels": {1: {**calm, "prediction_p": 0}}}, 49, alert)
+    assert alert_signals({"levels": {}, "embedding_auc": 0.76}, 100, alert) == {"embedding": True}
+    assert alert_signals({"levels": {}, "embedding_auc": 0.75}, 100, alert) == {"embedding": False}
+
+
+def test_reference_sets_without_level_columns_still_work(setup, tmp_path):
+    import pandas as pd
+
+    tmp, bb_rows, clinc_rows = setup
+    ref = pd.read_parquet(tmp / "references.parquet")
+    ref.drop(columns=level_column_names(3)).to_parquet(tmp_path / "references.parquet")
+    (tmp_path / "evidently.yaml").write_text((tmp / "evidently.yaml").read_text())
+    mon = Monitor(load_config(tmp_path / "evidently.yaml"))
+    assert mon.depth == 0
+    mon.add({"data": clinc_rows[:100, :-6].tolist()})
+    assert mon.calculate() and mon.dataset_drift._value.get() == 1.0
+    assert set(mon.last_results["signals"]) == {"embedding"}
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool comes with Debian's prometheus (`make test`)")
+def test_alert_rules_pass_promtool(monitored_build):
+    build, _ = monitored_build
+    out = subprocess.run(["promtool", "check", "rules", str(build / "prometheus" / "alerts.yaml")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "SUCCESS: 3 rules found" in out.stdout, out.stdout + out.stderr
+    out = subprocess.run(["promtool", "check", "config", str(build / "prometheus" / "prometheus.yaml")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_drift_decision():
@@ -112,14 +178,20 @@ def service_class(model):
     return registry.get(model).__name__  # the generated BentoService is named after the model class
 
 
+HELD_OUT = ("Kitchen, Garden & Pets", "Baby Care")
+
+
 @pytest.fixture(scope="module")
-def monitored_build(bigbasket_path, tmp_path_factory):
-    """tfidf_hsgd trained on BigBasket and exported with --monitoring, all through the CLI."""
+def monitored_build(bigbasket_df, tmp_path_factory):
+    """tfidf_hsgd trained on BigBasket without two top-level categories (a catalog change to come)
+    and exported with --monitoring, all through the CLI."""
     tmp = tmp_path_factory.mktemp("stack")
+    known = tmp / "bigbasket_known.parquet"
+    bigbasket_df[~bigbasket_df.labels.map(lambda p: p[0]).isin(HELD_OUT)].to_parquet(known)
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
     env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "KTT_DATASETS": str(tmp / "datasets"),
            "KTT_WEIGHTS": str(tmp / "weights"), "KTT_BUILD": str(tmp / "build")}
-    for cmd in (["ingest", str(bigbasket_path), "--name", "bigbasket"], ["train", "tfidf_hsgd", "bigbasket"],
+    for cmd in (["ingest", str(known), "--name", "bigbasket"], ["train", "tfidf_hsgd", "bigbasket"],
                 ["export", "--model", "tfidf_hsgd", "--dataset", "bigbasket", "--monitoring"]):
         proc = subprocess.run([str(KTT), *cmd], env=env, capture_output=True, text=True, cwd=tmp)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -131,7 +203,8 @@ def test_build_tree_and_compose(monitored_build):
     for part in ("docker-compose.yaml", "grafana/provisioning/dashboards/dashboard.json",
                  "grafana/provisioning/dashboards/dashboard.yml", "grafana/provisioning/datasources/datasource.yml",
                  "inference/Dockerfile", "monitoring/Dockerfile", "monitoring/evidently.yaml", "monitoring/monitoring.py",
-                 "monitoring/references.parquet", "monitoring/requirements.txt", "prometheus/prometheus.yaml"):
+                 "monitoring/references.parquet", "monitoring/requirements.txt", "prometheus/prometheus.yaml",
+                 "prometheus/alerts.yaml"):
         assert (build / part).is_file(), part
     compose = yaml.safe_load((build / "docker-compose.yaml").read_text())
     services = compose["services"]
@@ -169,7 +242,9 @@ def test_service_files_are_generated_per_model(tmp_path):
         assert f"class {cls.__name__}(KTTService)" in files["svc_lts.py"].read_text()
         cfg = yaml.safe_load(files["evidently.yaml"].read_text())["service"]
         assert cfg["drift_share"] == (0.25 if model.startswith("tfidf") else 0.5)
-        assert cfg["monitors"] == ["cat_target_drift", "data_drift"] and cfg["window_size"] == 100
+        assert cfg["monitors"] == ["cat_target_drift", "data_drift", "confidence_drift", "level_prediction_drift",
+                                   "embedding_drift"] and cfg["window_size"] == 100
+        assert cfg["alert"] == {"p_value": 0.001, "low_confidence": 0.3, "embedding_auc": 0.75, "classes_per_row": 0.2}
 
 
 class Stack:
@@ -204,6 +279,8 @@ class Stack:
         return float(result[0]["value"][1]) if result else None
 
     def send(self, texts):
+        """Post ``texts``, 20 a request; then wait for a drift calculation that saw them all to
+        reach Prometheus."""
         for i in range(0, len(texts), 20):
             for attempt in range(10):  # 408/429: BentoML's micro-batcher shedding load on a busy machine
                 r = requests.post(self.urls["inference"] + "/predict",
@@ -232,11 +309,37 @@ def test_native_stack_shows_drift_in_prometheus(monitored_build, bigbasket_df, c
     build, env = monitored_build
     stack = Stack(build, env)
     try:
-        titles = bigbasket_df[bigbasket_df.split == "test"].text.sample(200, random_state=1).tolist()
-        stack.send(titles)
+        top = bigbasket_df.labels.map(lambda p: p[0])
+        titles = bigbasket_df[(bigbasket_df.split == "test") & ~top.isin(HELD_OUT)].text.sample(200, random_state=1)
+        stack.send(titles.tolist())
         assert stack.value("ktt_dataset_drift") == 0.0
+        assert stack.value("ktt_drift_alert") == 0.0 and not stack.query('ALERTS{alertname="KTTDrift"}')
         calm = stack.value("ktt_drifted_columns_share")
         assert stack.value("ktt_prediction_drift_score") > 0.01
+
+        # a catalog change: products of the two categories the model never saw
+        new = bigbasket_df[top.isin(HELD_OUT)].text.sample(200, random_state=1).tolist()
+        seen, done = {}, threading.Event()
+
+        def watch():  # when Prometheus first shows the gauge, and the alert firing
+            while not done.wait(0.5):
+                if "gauge" not in seen and stack.value("ktt_drift_alert") == 1.0:
+                    seen["gauge"] = time.time()
+                if "alert" not in seen and stack.query('ALERTS{alertname="KTTDrift", alertstate="firing"}'):
+                    seen["alert"] = time.time()
+        watcher = threading.Thread(target=watch, daemon=True)
+        started = time.time()
+        watcher.start()
+        stack.send(new)
+        deadline = time.time() + 60
+        while len(seen) < 2 and time.time() < deadline:
+            time.sleep(0.5)
+        done.set()
+        assert set(seen) == {"gauge", "alert"}, seen
+        print(f"ktt_drift_alert = 1 in Prometheus {seen['gauge'] - started:.1f} s after the first shifted request; "
+              f"KTTDrift firing after {seen['alert'] - started:.1f} s")
+        assert stack.value("ktt_drift_alert") == 1.0  # the window is all new products now
+        assert stack.value('ktt_drift_alert_signal{signal="confidence_level1"}') == 1.0
 
         stack.send(clinc_df.text.sample(200, random_state=1).tolist())  # the window is all CLINC150 now
         assert stack.value("ktt_dataset_drift") == 1.0

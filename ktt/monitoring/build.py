@@ -101,6 +101,7 @@ def build_monitoring(est, src, out: Path, files: dict[str, Path], datasets_root=
 
     _write_yaml(out / "prometheus" / "prometheus.yaml", prometheus_config(f"inference:{PORTS['inference']}",
                                                                         f"monitoring:{PORTS['monitoring']}"))
+    _write_yaml(out / "prometheus" / "alerts.yaml", alert_rules())
     prov = out / "grafana" / "provisioning"
     (prov / "dashboards").mkdir(parents=True, exist_ok=True)
     shutil.copy(files["dashboard.json"], prov / "dashboards" / "dashboard.json")
@@ -114,9 +115,31 @@ def build_monitoring(est, src, out: Path, files: dict[str, Path], datasets_root=
     return {"monitoring": str(mon), "compose": str(out / "docker-compose.yaml")}
 
 
+def alert_rules() -> dict:
+    """Prometheus alerting rules (``prometheus/alerts.yaml``, checked by ``promtool check rules``)."""
+    return {"groups": [{"name": "ktt-drift", "rules": [
+        {"alert": "KTTDrift", "expr": "max(ktt_drift_alert) == 1",
+         "labels": {"severity": "warning"},
+         "annotations": {"summary": "Live texts no longer look like the reference set",
+                         "description": "A drift signal flags the latest window (ktt_drift_alert_signal says "
+                                        "which): a catalog change or another kind of text. Check answers "
+                                        "before trusting them; retrain on the new data."}},
+        {"alert": "KTTDriftCheckStale", "expr": "time() - max(ktt_monitoring_last_calculation_timestamp_seconds) > 600",
+         "labels": {"severity": "warning"},
+         "annotations": {"summary": "No drift calculation for 10 minutes",
+                         "description": "The drift sidecar is down, or receives no rows."}},
+        {"alert": "KTTRowsDropped", "expr": "sum(rate(ktt_forward_dropped_rows_total[5m])) > 0", "for": "10m",
+         "labels": {"severity": "info"},
+         "annotations": {"summary": "Rows for the drift sidecar are being dropped",
+                         "description": "The sidecar is unreachable or too slow; drift is computed on fewer rows."}},
+    ]}]}
+
+
 def prometheus_config(inference: str, monitoring: str, interval: str = "10s") -> dict:
-    """Scrape the inference service and the sidecar, each given as ``host:port``."""
+    """Scrape the inference service and the sidecar, each given as ``host:port``; the alerting rules
+    (``alerts.yaml``) are read from beside the configuration file."""
     return {"global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "rule_files": ["alerts.yaml"],
             "scrape_configs": [{"job_name": "inference", "static_configs": [{"targets": [inference]}]},
                                {"job_name": "monitoring", "static_configs": [{"targets": [monitoring]}]}]}
 
@@ -130,6 +153,7 @@ def compose() -> dict:
         "prometheus": {"image": "prom/prometheus:v2.53.0", "ports": [f"{PORTS['prometheus']}:9090"],
                        "command": ["--config.file=/etc/prometheus/prometheus.yaml"],
                        "volumes": ["./prometheus/prometheus.yaml:/etc/prometheus/prometheus.yaml:ro",
+                                   "./prometheus/alerts.yaml:/etc/prometheus/alerts.yaml:ro",
                                    "prometheus_data:/prometheus"],
                        "depends_on": ["inference", "monitoring"]},
         "grafana": {"image": "grafana/grafana:10.4.2", "ports": [f"{PORTS['grafana']}:3000"],

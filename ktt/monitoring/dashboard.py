@@ -50,6 +50,18 @@ def dashboard(service: str, model: str) -> dict:
                legend=["{{column}}"]),
         _panel("Predicted class share, top 10", ["topk(10, ktt_predicted_class_share)"], 12, 24, w=12,
                legend=["{{class_name}}"]),
+        _panel("Drift alert (1 = drift)", ["ktt_drift_alert"], 0, 32, w=4, kind="stat"),
+        _panel("Signals that flag the window", ["ktt_drift_alert_signal"], 4, 32, w=10, legend=["{{signal}}"]),
+        _panel("Domain classifier ROC AUC (0.5: no drift)", ["ktt_embedding_drift_score"], 14, 32, w=10),
+        _panel("Mean confidence per level", ["ktt_confidence_mean"], 0, 40, w=12, unit="percentunit",
+               legend=["level {{level}}, {{set}}"]),
+        _panel("Share below the low-confidence threshold", ["ktt_low_confidence_share"], 12, 40, w=12,
+               unit="percentunit", legend=["level {{level}}, {{set}}"]),
+        _panel("Confidence drift per level (p-values: low is drift)",
+               ["ktt_confidence_drift_score", "ktt_low_confidence_drift_score"], 0, 48, w=12,
+               legend=["K-S, level {{level}}", "low share, level {{level}}"]),
+        _panel("Predicted-class drift per level (p-value: low is drift)", ["ktt_level_prediction_drift_score"],
+               12, 48, w=12, legend=["level {{level}}"]),
     ]
     for i, p in enumerate(panels, 1):
         p["id"] = i

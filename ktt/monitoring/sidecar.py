@@ -246,7 +246,7 @@ class Monitor:
         for name, on in signals.items():
             self.alert_signal.labels(name).set(float(on))
         self.alert.set(float(any(signals.values())))
-        self.last_results = results
+        self.last_results = {**results, "signals": signals}
         shares = current["prediction"].value_counts(normalize=True)
         for c in self.classes:
             self.class_share.labels(c).set(float(shares.get(c, 0.0)))
