@@ -19,11 +19,12 @@ log = logging.getLogger(__name__)
 
 
 def confusion_summary(h, y_true: np.ndarray, y_pred: np.ndarray, top: int = 20) -> pd.DataFrame:
-    """The ``top`` most frequent (true, predicted) mistakes at every level."""
+    """The ``top`` most frequent (true, predicted) mistakes at every level (two paths that both
+    ended above a level are not a mistake there: their difference is counted where it is)."""
     rows = []
     for d in range(h.depth):
-        names = h.names(d)
-        wrong = y_true[:, d] != y_pred[:, d]
+        names, end = h.names(d), h.is_end(d)
+        wrong = (y_true[:, d] != y_pred[:, d]) & ~(end[y_true[:, d]] & end[y_pred[:, d]])
         pairs = pd.Series(list(zip(y_true[wrong, d], y_pred[wrong, d]))).value_counts().head(top)
         rows += [{"level": d + 1, "true": names[t], "predicted": names[p], "count": int(n)}
                  for (t, p), n in pairs.items()]

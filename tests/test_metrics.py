@@ -128,3 +128,13 @@ def test_stop_curve_by_hand():
     # .85: row 1 keeps A, row 2 nothing; .95: nothing at all (precision undefined)
     assert rows[0.85]["coverage"] == pytest.approx(1 / 6) and rows[0.85]["none"] == 0.5
     assert rows[0.95]["coverage"] == 0.0 and np.isnan(rows[0.95]["h_precision"]) and rows[0.95]["h_recall"] == 0.0
+
+
+def test_confusions_on_paths_of_any_depth():
+    """True F (ends at level 1), predicted A > B (ends at level 2): a mistake at levels 1 and 2;
+    at level 3 both paths have ended, so nothing is counted there."""
+    from ktt.train import confusion_summary
+
+    t, p = RAGGED.encode([("F",)]), RAGGED.encode([("A", "B")])
+    table = confusion_summary(RAGGED, t, p)
+    assert table.values.tolist() == [[1, "F", "A", 1], [2, "F", "A > B", 1]]
