@@ -71,8 +71,14 @@ def test_reference_set(trained, bb300):
     model, _ = trained
     ref = model.gen_reference_set(bb300["test"])
     h = bb300["test"].hierarchy
-    assert list(ref.columns) == ["targets", *map(str, range(24)), *h.leaf_names]
+    from ktt.serving.runtime import level_column_names
+
+    assert list(ref.columns) == ["targets", *map(str, range(24)), *h.leaf_names, *level_column_names(h.depth)]
     assert len(ref) == len(bb300["test"]) and set(ref.targets) <= set(h.leaf_names)
+    codes, scores = model.predict_scored(bb300["test"].texts)
+    assert (ref[[f"level{d}_class" for d in (1, 2, 3)]].to_numpy() == codes).all()
+    for d in (1, 2, 3):  # the confidence is the score of the decoded path's class at that level
+        assert np.allclose(ref[f"level{d}_confidence"], scores[d - 1][np.arange(len(codes)), codes[:, d - 1]])
 
 
 class Killed(Exception):
