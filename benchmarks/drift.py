@@ -13,6 +13,7 @@ Writes the table and the detection-curve figure to docs/monitoring.md.
 """
 import argparse
 import json
+from collections import deque
 import multiprocessing as mp
 import sys
 import tempfile
@@ -45,8 +46,7 @@ def _init(config):
 
 def _calculate(rows):
     """One window through the sidecar: its results, the spec's two flags, and the seconds it took."""
-    _monitor.window.clear()
-    _monitor.window.extend(rows)
+    _monitor.window = deque(rows)  # the whole window: the sidecar's own keeps window_size (100) rows
     t0 = time.perf_counter()
     _monitor.calculate()
     return (_monitor.last_results, _monitor.dataset_drift._value.get(), _monitor.target_drift._value.get(),
@@ -74,7 +74,8 @@ def windows(pools, size, rng, n_calm, n_shift):
     for mix in MIXES:
         k = round(mix * size)
         for _ in range(n_shift):
-            yield f"held-out {mix:.0%}", np.concatenate([take(pools["held"], k), take(pools["test"], size - k)])
+            rows = np.concatenate([take(pools["held"], k), take(pools["test"], size - k)])
+            yield f"held-out {mix:.0%}", rows[rng.permutation(size)]
     for _ in range(n_shift):
         yield "CLINC150", take(pools["clinc"], size)
 
