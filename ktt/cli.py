@@ -243,6 +243,24 @@ def tune(model, dataset, write_back, **kw):
         click.echo(f"wrote best params to {do_write_back(study, model)}")
 
 
+@main.command("predict")
+@click.argument("model_uri")
+@click.argument("input_file", metavar="INPUT")
+@click.argument("output_file", metavar="OUTPUT")
+@click.option("--text-col", default="text", show_default=True, help="The input column holding the texts.")
+@click.option("--rows", default=10_000, show_default=True, type=click.IntRange(min=1),
+              help="Rows read, scored and written at a time (memory stays bounded by this).")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Stop each answer at its deepest level whose confidence clears this (default: the model's).")
+def predict(model_uri, input_file, output_file, text_col, rows, threshold):
+    """Score a CSV/TSV/Parquet file with a logged model (models:/NAME@ALIAS, runs:/ID/model, ...):
+    OUTPUT holds INPUT's columns plus path, L<d> and L<d>_confidence."""
+    from .batch import predict_file
+
+    n = predict_file(model_uri, input_file, output_file, text_col=text_col, rows=rows, threshold=threshold)
+    click.echo(f"wrote {output_file}: {n} rows")
+
+
 @main.command("export")
 @click.argument("source", required=False)
 @click.option("--model", default=None, help="With --dataset instead of SOURCE: the newest best_ checkpoint in weights/.")

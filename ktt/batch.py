@@ -1,0 +1,89 @@
+"""Batch scoring of a file on one machine: ``ktt predict MODEL_URI INPUT OUTPUT``.
+
+The model is loaded as MLflow loads it anywhere (``mlflow.pyfunc.load_model``: the same object
+``mlflow.pyfunc.spark_udf`` runs on a Spark cluster), the input is read and the output written
+in chunks, so a file larger than memory streams through; the output appears only when complete.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import BadValue, NotFound
+
+FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def _format(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise BadValue(f"{path.name}: use a .csv, .tsv or .parquet file, not {path.suffix or 'no extension'!r}")
+    return fmt
+
+
+def _chunks(path: Path, fmt: str, rows: int):
+    """(DataFrame chunk, total rows or None) from a CSV/TSV or Parquet file, ``rows`` at a time."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        f = pq.ParquetFile(path)
+        return (b.to_pandas() for b in f.iter_batches(batch_size=rows)), f.metadata.num_rows
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, chunksize=rows), None
+
+
+def predict_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike, *, text_col: str = "text",
+                 rows: int = 10_000, threshold: float | None = None, progress: bool = True) -> int:
+    """Score every row of ``src`` into ``dst``: its columns, then ``path``, ``L<d>`` and
+    ``L<d>_confidence`` (``ktt.pyfunc.answers``). Returns the rows written."""
+    import mlflow
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise NotFound(f"{src}: no such file")
+    fmt_in, fmt_out = _format(src), _format(dst)
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except Exception as e:  # MLflow raises several types for a bad URI; the user needs which URI and why
+        raise NotFound(f"cannot load model {model_uri!r}: {str(e).splitlines()[0]}") from None
+    params = None if threshold is None else {"threshold": float(threshold)}
+    chunks, total = _chunks(src, fmt_in, rows)
+    tmp = dst.with_name(f".{dst.name}.part")
+    written, writer = 0, None
+    try:
+        with tqdm(total=total, unit="rows", disable=not progress) as bar:
+            for chunk in chunks:
+                if text_col not in chunk.columns:
+                    raise BadValue(f"{src.name}: no column {text_col!r} (columns: {list(chunk.columns)}); "
+                                   "name the text column with --text-col")
+                answers = model.predict(pd.DataFrame({"text": chunk[text_col].astype(str)}), params=params)
+                out = pd.concat([chunk.reset_index(drop=True), answers.reset_index(drop=True)], axis=1)
+                if fmt_out == "csv":
+                    out.to_csv(tmp, mode="a" if written else "w", header=not written, index=False,
+                               sep="\t" if dst.suffix.lower() == ".tsv" else ",")
+                else:
+                    table = pa.Table.from_pandas(out, preserve_index=False)
+                    if writer is None:  # answers typed once: a chunk whose level 3 is all empty is still strings
+                        schema = pa.schema([pa.field(f.name, pa.float64() if f.name.endswith("_confidence") else
+                                                     pa.string()) if f.name in answers.columns else f
+                                            for f in table.schema])
+                        writer = pq.ParquetWriter(tmp, schema)
+                    writer.write_table(table.cast(writer.schema))
+                written += len(out)
+                bar.update(len(out))
+        if writer is not None:
+            writer.close()
+            writer = None
+        if not written:
+            raise BadValue(f"{src.name}: no rows to score")
+        os.replace(tmp, dst)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return written

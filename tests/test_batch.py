@@ -1,0 +1,65 @@
+"""`ktt predict MODEL_URI INPUT OUTPUT`: chunked file scoring with the logged model, identical to its predict."""
+import os
+import subprocess
+
+import mlflow
+import pandas as pd
+import pytest
+
+from conftest import KTT
+from ktt.data import load_dataset
+from ktt.train import train
+
+
+@pytest.fixture(scope="module")
+def logged(bigbasket_small, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("batch")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        fit = train("tfidf_hsgd", "bb_small", datasets_root=bigbasket_small, weights_root=tmp / "w")
+    finally:
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    return uri, f"runs:/{fit.run_id}/model", load_dataset("bb_small", bigbasket_small)
+
+
+def ktt(uri, *args):
+    return subprocess.run([str(KTT), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+
+
+@pytest.mark.parametrize("src, dst", [("in.csv", "out.csv"), ("in.parquet", "out.parquet"), ("in.csv", "out.tsv")])
+def test_chunked_scoring_matches_the_model(logged, tmp_path, src, dst):
+    uri, model_uri, ds = logged
+    frame = pd.DataFrame({"sku": [f"s{i}" for i in range(len(ds.test))], "title": ds.test.texts})
+    (frame.to_csv if src.endswith("csv") else frame.to_parquet)(tmp_path / src, index=False)
+    out = ktt(uri, "predict", model_uri, tmp_path / src, tmp_path / dst, "--text-col", "title", "--rows", 40)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"{len(frame)} rows" in out.stdout
+    got = (pd.read_parquet(tmp_path / dst) if dst.endswith("parquet") else
+           pd.read_csv(tmp_path / dst, sep="\t" if dst.endswith("tsv") else ",", keep_default_na=False))
+    mlflow.set_tracking_uri(uri)
+    want = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": frame.title}))
+    assert got.columns.tolist() == ["sku", "title", *want.columns]
+    assert got.sku.tolist() == frame.sku.tolist() and got.path.tolist() == want.path.tolist()
+    for c in want.columns:
+        if c.endswith("_confidence"):
+            assert (got[c] - want[c]).abs().max() < 1e-6, c
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({src, dst})  # no part file left
+
+
+def test_threshold_and_errors(logged, tmp_path):
+    uri, model_uri, ds = logged
+    pd.DataFrame({"text": ds.test.texts[:30]}).to_csv(tmp_path / "in.csv", index=False)
+    out = ktt(uri, "predict", model_uri, tmp_path / "in.csv", tmp_path / "cut.parquet", "--threshold", "0.9")
+    assert out.returncode == 0, out.stderr[-2000:]
+    cut = pd.read_parquet(tmp_path / "cut.parquet")
+    assert cut.L3.isna().any() and (cut.L1_confidence.dropna() >= 0.9).all()
+    for args, msg in [((tmp_path / "in.csv", tmp_path / "o.csv", "--text-col", "title"), "no column 'title'"),
+                      ((tmp_path / "nope.csv", tmp_path / "o.csv"), "nope.csv: no such file"),
+                      ((tmp_path / "in.csv", tmp_path / "o.json"), "use a .csv, .tsv or .parquet file, not '.json'")]:
+        bad = ktt(uri, "predict", model_uri, *args)
+        assert bad.returncode == 2 and msg in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    bad = ktt(uri, "predict", "models:/nope@champion", tmp_path / "in.csv", tmp_path / "o.csv")
+    assert bad.returncode == 2 and "cannot load model 'models:/nope@champion'" in bad.stderr
+    assert not (tmp_path / "o.csv").exists() and not list(tmp_path.glob(".*part"))
