@@ -64,3 +64,15 @@ def test_bodies_that_are_not_json_named(data, message):
 def test_json_bodies_read():
     assert load_json(b'{"text": "Caf\xc3\xa9 \\u00e9"}') == {"text": "Café é"}
     assert load_json('[{"text": "a"}]') == [{"text": "a"}]
+
+
+def test_thresholds_per_text():
+    from ktt.serving.runtime import parse_thresholds
+
+    assert parse_thresholds({"text": "a"}, 0.2) == [0.2]
+    assert parse_thresholds({"text": ["a", "b"], "threshold": 0.5}, 0.2) == [0.5, 0.5]
+    assert parse_thresholds([{"text": "a", "threshold": 1}, {"text": ["b", "c"]}, {"text": "d", "threshold": 0}], 0.3) \
+        == [1, 0.3, 0.3, 0]
+    for bad in ("0.5", None, True, -0.01, 1.01, float("nan"), [0.5]):
+        with pytest.raises(ValueError, match=r"^threshold must be a number from 0 to 1, not "):
+            parse_thresholds([{"text": "a"}, {"text": "b", "threshold": bad}], 0.0)

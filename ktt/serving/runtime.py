@@ -114,6 +114,8 @@ def parse_thresholds(body, default: float) -> list[float]:
     out = []
     for item in body if isinstance(body, list) else [body]:
         t = item.get("threshold", default)
+        if isinstance(t, (list, dict)):  # one number per request object
+            raise ValueError(f"threshold must be a number from 0 to 1, not {t!r}")
         value = item["text"]
         out += [check_threshold(t)] * (len(value) if isinstance(value, list) else 1)
     return out
