@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 export KTT_DATASETS ?= datasets
 export KTT_WEIGHTS ?= weights
 
-.PHONY: env run test test-fast clean prometheus chromium mutation
+.PHONY: env run test test-fast clean prometheus chromium java mutation
 env: $(VENV)/.ok $(SERVING)/.ok
 
 # One pip command for everything, torch included, so pip takes the CPU torch build.
@@ -57,7 +57,12 @@ chromium:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } || \
 	  echo "chromium not installed: the MLflow UI test will be skipped"
 
-test: env prometheus chromium
+# Spark batch scoring (mlflow.pyfunc.spark_udf) runs on Java (Debian's openjdk-17-jre-headless).
+java:
+	@command -v java >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && apt-get install -y -q openjdk-17-jre-headless >/dev/null; } || \
+	  echo "java not installed: the Spark test will be skipped"
+
+test: env prometheus chromium java
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.ok

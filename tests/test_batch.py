@@ -1,6 +1,8 @@
 """`ktt predict MODEL_URI INPUT OUTPUT`: chunked file scoring with the logged model, identical to its predict."""
 import os
+import shutil
 import subprocess
+import sys
 
 import mlflow
 import pandas as pd
@@ -63,3 +65,25 @@ def test_threshold_and_errors(logged, tmp_path):
     bad = ktt(uri, "predict", "models:/nope@champion", tmp_path / "in.csv", tmp_path / "o.csv")
     assert bad.returncode == 2 and "cannot load model 'models:/nope@champion'" in bad.stderr
     assert not (tmp_path / "o.csv").exists() and not list(tmp_path.glob(".*part"))
+
+
+@pytest.mark.skipif(not shutil.which("java"), reason="Spark needs Java: `make test` installs openjdk-17-jre-headless")
+def test_spark_udf_scores_like_the_model(logged):
+    """A registered model on Spark local[2] through MLflow's own spark_udf: the same answers as predict."""
+    from pyspark.sql import SparkSession
+
+    uri, model_uri, ds = logged
+    mlflow.set_tracking_uri(uri)
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # Spark's Python workers: this environment
+    spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
+             .config("spark.sql.shuffle.partitions", "2").getOrCreate())
+    try:
+        udf = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager="local")  # output type from the signature
+        frame = pd.DataFrame({"sku": range(len(ds.test)), "title": ds.test.texts})
+        got = (spark.createDataFrame(frame).repartition(2).withColumn("answer", udf("title"))
+               .select("sku", "answer.*").toPandas().sort_values("sku"))
+    finally:
+        spark.stop()
+    want = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": frame.title}))
+    assert got.path.tolist() == want.path.tolist() and got.L3.tolist() == want.L3.tolist()
+    assert (got.L1_confidence.to_numpy() - want.L1_confidence.to_numpy()).max() < 1e-9
