@@ -30,7 +30,8 @@ def test_help_of_every_command(cmd):
 
 def test_every_command_is_tested():
     from ktt.cli import main
-    assert set(main.commands) == {"ingest", "generate", "train", "tune", "export", "serve", "experiment", "models"}
+    assert set(main.commands) == {"ingest", "generate", "train", "tune", "export", "serve", "experiment", "models",
+                                  "predict"}  # predict: tests/test_batch.py
 
 
 def test_models_listed():
