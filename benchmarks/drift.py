@@ -122,7 +122,7 @@ def main():
                         todo, pool.imap(_calculate, [rows for _, rows in todo])):
                     signals = alert_signals(results, size, ALERT)
                     records.append({"model": name, "window": size, "condition": condition, "alert": any(signals.values()),
-                                    "spec_dataset_drift": spec_drift == 1.0, "spec_prediction_drift": spec_pred < 0.05,
+                                    "spec_dataset_drift": spec_drift == 1.0, "spec_prediction_drift_value": spec_pred,
                                     "seconds": secs, **{f"signal:{k}": v for k, v in signals.items()}})
                 print(f"{name} window {size}: {len(todo)} windows in {time.perf_counter() - t0:.0f} s", flush=True)
     df = pd.DataFrame(records)
@@ -135,7 +135,7 @@ def main():
 
 def write_doc(df, write_section):
     order = ["in-distribution", *(f"held-out {m:.0%}" for m in MIXES), "CLINC150"]
-    rate = df.groupby(["model", "window", "condition"])[["alert", "spec_dataset_drift", "spec_prediction_drift"]].mean()
+    rate = df.groupby(["model", "window", "condition"])[["alert", "spec_dataset_drift"]].mean()
     n = df.groupby(["model", "window", "condition"]).size()
     head = "| model | window | " + " | ".join(order) + " |"
     rows = [head, "|" + "---|" * (len(order) + 2)]
@@ -143,7 +143,7 @@ def write_doc(df, write_section):
         cells = []
         for c in order:
             r = part.loc[(model, size, c)]
-            cells.append(f"**{r.alert:.0%}** ({r.spec_dataset_drift:.0%} / {r.spec_prediction_drift:.0%})")
+            cells.append(f"**{r.alert:.0%}** ({r.spec_dataset_drift:.0%})")
         rows.append(f"| {model} | {size} | " + " | ".join(cells) + " |")
     signal_cols = sorted(c for c in df.columns if c.startswith("signal:"))
     sig = df[df.window == 100].groupby(["model", "condition"])[signal_cols].mean()
@@ -176,8 +176,10 @@ def write_doc(df, write_section):
 
 Trained on BigBasket without {' and '.join(HELD_OUT)} ({df.attrs['train']:,} train titles; db_bhcn one epoch);
 reference set: the validation split ({df.attrs['val']:,} titles). Each cell: the share of windows where
-**`ktt_drift_alert`** rose, then in brackets the spec's two monitors alone (`ktt_dataset_drift`; prediction
-drift p < 0.05). {int(n.max())} windows per cell at most: in-distribution windows are drawn from the
+**`ktt_drift_alert`** rose, then in brackets the spec's `ktt_dataset_drift` alone. (The spec's prediction
+drift on the leaf class is not counted: for a reference over 1,000 rows Evidently's default test is the
+Jensen-Shannon distance, not a p-value, and over hundreds of leaves a window of 200 rows or fewer cannot
+estimate it; the per-level chi-square replaces it where a level has few classes.) {int(n.max())} windows per cell at most: in-distribution windows are drawn from the
 {df.attrs['test']:,} test titles, held-out ones from the {df.attrs['held']:,} titles of the held-out categories, mixed
 into test titles at the given share; CLINC150 windows are utterances. Goals: at most 5% of
 in-distribution windows flagged, at least 95% of held-out windows, 100% of CLINC150 windows.

@@ -121,8 +121,9 @@ class Monitor:
         self.drift_count = Gauge("ktt_drifted_columns_count", "Feature columns that drifted", registry=r)
         self.dataset_drift = Gauge("ktt_dataset_drift", "1 if the share of drifted columns reaches drift_share",
                                    registry=r)
-        self.target_drift = Gauge("ktt_prediction_drift_score", "Drift p-value of the predicted class distribution",
-                                  registry=r)
+        self.target_drift = Gauge("ktt_prediction_drift_score", "Drift score of the predicted leaf (Evidently's "
+                                  "default test: chi-square p-value for references up to 1,000 rows, else "
+                                  "Jensen-Shannon distance)", registry=r)
         self.class_share = Gauge("ktt_predicted_class_share", "Share of the window predicted as each class",
                                  ["class_name"], registry=r)
         self.confidence_drift = Gauge("ktt_confidence_drift_score", "K-S p-value of a level's confidence, window "
