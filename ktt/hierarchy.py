@@ -39,7 +39,6 @@ def check_threshold(value) -> float:
     return value
 
 
-
 @dataclass(frozen=True)
 class Hierarchy:
     """Classes per level (each a full path tuple) and the parent of each class."""
@@ -180,7 +179,10 @@ class Hierarchy:
     def answer_depths(self, codes: np.ndarray, scores: list[np.ndarray], threshold=0.0) -> np.ndarray:
         """``(n,)`` levels to answer: the path stops at its deepest level whose confidence is at least
         ``threshold`` (a number, or one per row); 0 when no level clears it. Never below the path's end."""
-        conf = self.confidences(codes, scores)
+        return self._stop(codes, self.confidences(codes, scores), threshold)
+
+    def _stop(self, codes: np.ndarray, conf: np.ndarray, threshold) -> np.ndarray:
+        """:meth:`answer_depths` from the path's ``confidences``."""
         t = np.reshape(np.asarray(check_threshold(threshold), dtype=np.float64), (-1, 1))
         ok = (conf >= t) | (t <= 0)  # 0: never stop early (scores may be negative margins)
         ok &= np.arange(self.depth)[None, :] < self.path_depths(codes)[:, None]
@@ -191,7 +193,7 @@ class Hierarchy:
         :meth:`answer_depths`): the prediction as every front-end (``predict_paths``, the pyfunc,
         the service) returns it."""
         conf = self.confidences(codes, scores)
-        depths = self.answer_depths(codes, scores, threshold)
+        depths = self._stop(codes, conf, threshold)
         return [[(self.levels[d][c][-1], float(conf[i, d])) for d, c in enumerate(row[:k])]
                 for i, (row, k) in enumerate(zip(np.asarray(codes), depths))]
 

@@ -37,7 +37,9 @@ log = logging.getLogger("ktt.monitoring")
 MONITORS = ("data_drift", "cat_target_drift", "confidence_drift", "level_prediction_drift", "embedding_drift")
 #: ``alert`` settings and their defaults (chosen by benchmarks/drift.py, docs/monitoring.md)
 ALERT = {"p_value": 1e-3, "low_confidence": 0.3, "embedding_auc": 0.75, "classes_per_row": 0.2}
-LEVEL_COLUMN = re.compile(r"level(\d+)_(class|confidence)")
+LEVEL_COLUMN = re.compile(r"level(\d+)_(class|confidence)")  # reference-set / row columns
+LEVEL_TESTED = re.compile(r"level(\d+)_(class|confidence|low)")  # the per-level columns Evidently tests
+LEVEL_RESULT = {"confidence": "confidence_p", "low": "low_p", "class": "prediction_p"}
 MAX_BODY = 10 * 1024 * 1024
 
 
@@ -212,7 +214,7 @@ class Monitor:
         for m in snap.dict()["metrics"]:
             cfg, value = m["config"], m["value"]
             kind, column = cfg["type"], cfg.get("column")
-            level = LEVEL_COLUMN.fullmatch(column or "") or re.fullmatch(r"level(\d+)_low", column or "")
+            level = LEVEL_TESTED.fullmatch(column or "")
             if kind.endswith("DriftedColumnsCount"):
                 self.drift_count.set(value["count"])
                 self.drift_share.set(value["share"])
@@ -220,8 +222,7 @@ class Monitor:
             elif column == "prediction":
                 self.target_drift.set(value)
             elif level:
-                d = int(level.group(1))
-                key = {"confidence": "confidence_p", "class": "prediction_p"}.get(column.split("_")[1], "low_p")
+                d, key = int(level.group(1)), LEVEL_RESULT[level.group(2)]
                 results["levels"][d][key] = value
                 {"confidence_p": self.confidence_drift, "prediction_p": self.level_drift,
                  "low_p": self.low_drift}[key].labels(str(d)).set(value)

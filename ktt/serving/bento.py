@@ -105,7 +105,7 @@ class KTTService(bentoml.BentoService):
         except Exception:  # monitoring never fails a prediction
             logger.exception("after_predict failed")
         rows = (["\n".join(p) for p in paths] if endpoint == "predict"
-                else self.predictor.explain(codes, scores, thresholds))
+                else self.predictor.explain(codes, scores, [len(p) for p in paths]))
         answers, i = [], 0
         for _, prepared, many, _ in ready:
             answers.append(rows[i:i + len(prepared)] if many else rows[i])

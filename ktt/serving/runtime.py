@@ -226,13 +226,12 @@ class Predictor:
         depths = h.answer_depths(codes, h.split_levels(out["scores"]), t)
         return h.decode(codes, depths), codes, out["scores"], feats
 
-    def explain(self, codes: np.ndarray, scores: np.ndarray, threshold=None) -> list[dict]:
-        """The JSON form: the answered path, and at each of its levels the class, its score and the
-        level's top 3 classes."""
+    def explain(self, codes: np.ndarray, scores: np.ndarray, depths) -> list[dict]:
+        """The JSON form of :meth:`run`'s answers (``depths``: levels answered per row, the lengths
+        of its paths): the path, and at each level the class, its score and the level's top 3."""
         h, out = self.hierarchy, []
         levels = h.split_levels(scores)
-        t = self.threshold if threshold is None else threshold
-        for i, (row, k) in enumerate(zip(codes, h.answer_depths(codes, levels, t))):
+        for i, (row, k) in enumerate(zip(codes, depths)):
             answer = []
             for d, c in enumerate(row[:k]):
                 s = levels[d][i]
