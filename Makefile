@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 export KTT_DATASETS ?= datasets
 export KTT_WEIGHTS ?= weights
 
-.PHONY: env run test test-fast clean prometheus chromium java mutation
+.PHONY: env run test test-fast clean prometheus chromium java postgresql mutation
 env: $(VENV)/.ok $(SERVING)/.ok
 
 # One pip command for everything, torch included, so pip takes the CPU torch build.
@@ -62,7 +62,12 @@ java:
 	@command -v java >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && apt-get install -y -q openjdk-17-jre-headless >/dev/null; } || \
 	  echo "java not installed: the Spark test will be skipped"
 
-test: env prometheus chromium java
+# The team-server and tuning-fleet tests start their own PostgreSQL (Debian's postgresql) in a temp folder.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; } || \
+	  echo "postgresql not installed: the team-server and tuning-fleet tests will be skipped"
+
+test: env prometheus chromium java postgresql
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.ok

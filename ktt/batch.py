@@ -47,6 +47,10 @@ def predict_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike,
     if not src.is_file():
         raise NotFound(f"{src}: no such file")
     fmt_in, fmt_out = _format(src), _format(dst)
+    if model_uri.startswith(("models:/", "runs:/")):
+        from .tracking import check_tracking_uri
+
+        check_tracking_uri()
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except Exception as e:  # MLflow raises several types for a bad URI; the user needs which URI and why

@@ -102,9 +102,9 @@ def _finish_ingest(df, name, where, opts, meta):
         import mlflow
 
         from .data import load_dataset
-        from .tracking import check_tracking_uri, log_dataset
+        from .tracking import check_tracking_uri, log_dataset, start_run
         check_tracking_uri()
-        with mlflow.start_run(run_name=f"ingest-{name}", nested=mlflow.active_run() is not None):
+        with start_run(run_name=f"ingest-{name}", nested=mlflow.active_run() is not None):
             mlflow.set_tag("ktt.stage", "ingest")
             log_dataset(load_dataset(path), context="ingest")
             mlflow.log_dict(report, "ingest_report.json")
@@ -226,6 +226,9 @@ def train(ctx, model, dataset, params, params_str, reference, resume, experiment
 @click.option("--metric", default="best_val_h_f1", show_default=True,
               help="Metric to maximise: best_val_<name>, the selected checkpoint's validation score.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--heartbeat", default=60, show_default=True, type=click.IntRange(min=1),
+              help="RDB storage: seconds between a running trial's heartbeats; a trial silent for two is "
+                   "failed and queued again (its worker died).")
 @click.option("--write-back", is_flag=True, help="Write the best params into hyperparameters.json.")
 @click.option("--experiment", default=None, help="MLflow experiment name (default: the dataset's name).")
 @click.option("--datasets", "datasets_root", default="datasets", show_default=True, envvar="KTT_DATASETS")

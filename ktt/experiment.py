@@ -113,7 +113,7 @@ def run_experiment(path: str | Path, datasets_root: str | Path | None = None,
     spec = load_spec(path)  # first: a bad file fails before MLflow, the data or any model is touched
     import mlflow
 
-    from .tracking import check_tracking_uri
+    from .tracking import check_tracking_uri, start_run
     from .train import train
     from .tune import Sweep, run_sweep
 
@@ -132,7 +132,7 @@ def run_experiment(path: str | Path, datasets_root: str | Path | None = None,
         tuned[name] = study.best_trial.params
 
     rows = []
-    with mlflow.start_run(run_name=f"experiment-{spec['name']}", tags={**tags, "ktt.stage": "experiment"}) as parent:
+    with start_run(run_name=f"experiment-{spec['name']}", tags={**tags, "ktt.stage": "experiment"}) as parent:
         mlflow.log_dict(spec, "experiment.yaml")
         mlflow.log_params({"dataset": dataset, "models": ",".join(spec["models"]), "rank_by": spec["rank_by"],
                            "seed": spec["seed"]})

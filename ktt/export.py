@@ -55,6 +55,9 @@ def resolve_source(source: str | None = None, model: str | None = None, dataset:
         if not best:
             raise NotFound(f"no best_ checkpoint in {folder}; train {model} on {dataset} first")
         return Source(model, dataset, max(best, key=checkpoint_time))
+    from .tracking import check_tracking_uri
+
+    check_tracking_uri()  # a registry or a run: the server must answer, and take the login
     if source.startswith("models:/"):
         import mlflow
 

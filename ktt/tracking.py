@@ -137,17 +137,58 @@ def git_commit() -> str | None:
 
 
 def check_tracking_uri() -> str:
-    """Fail at start, not after training, when the tracking server cannot be reached."""
+    """Fail at start, not after training: a tracking server that is unreachable, is not an
+    MLflow server, or refuses the login in ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``."""
     uri = mlflow.get_tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        import urllib.error
-        import urllib.request
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
-        except (urllib.error.URLError, OSError) as e:
-            raise Unavailable(f"MLflow tracking server {uri} is unreachable ({e}); "
-                               "start it or set MLFLOW_TRACKING_URI") from None
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    import urllib.error
+    import urllib.request
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+    except (urllib.error.URLError, OSError) as e:
+        raise Unavailable(f"MLflow tracking server {uri} is unreachable ({e}); "
+                           "start it or set MLFLOW_TRACKING_URI") from None
+    try:
+        mlflow.MlflowClient().search_experiments(max_results=1)
+    except mlflow.exceptions.MlflowException as e:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if e.error_code == "UNAUTHENTICATED":
+            raise Unavailable(f"MLflow tracking server {uri} refused the login of user {user!r}: check "
+                               "MLFLOW_TRACKING_PASSWORD" if user else
+                               f"MLflow tracking server {uri} needs a login: set MLFLOW_TRACKING_USERNAME "
+                               "and MLFLOW_TRACKING_PASSWORD") from None
+        raise Unavailable(f"{uri} does not answer as an MLflow tracking server "
+                           f"({e.error_code}: {str(e.message).splitlines()[0][:200]})") from None
     return uri
+
+
+def start_run(**kwargs):
+    """``mlflow.start_run``, with the two ways a shared server refuses it made plain before any work:
+    a user without permission to write to the experiment, and a server that would have this
+    client write artifacts (checkpoints) to its own disk instead of uploading them."""
+    uri = mlflow.get_tracking_uri()
+    try:
+        active = mlflow.start_run(**kwargs)
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code != "PERMISSION_DENIED":
+            raise
+        exp_id = kwargs.get("experiment_id") or os.environ.get("MLFLOW_EXPERIMENT_ID") or "0"
+        try:
+            name = mlflow.get_experiment(exp_id).name
+        except mlflow.exceptions.MlflowException:  # not even readable
+            name = f"#{exp_id}"
+        raise Unavailable(f"MLflow tracking server {uri}: user {os.environ.get('MLFLOW_TRACKING_USERNAME')!r} "
+                          f"may not write to experiment {name!r}; ask its owner for EDIT permission, "
+                          "or choose another experiment (--experiment)") from None
+    where = active.info.artifact_uri
+    if uri.startswith(("http://", "https://")) and (where.startswith("file:") or "://" not in where
+                                                     and ":" not in where.split("/")[0]):
+        mlflow.end_run("FAILED")
+        raise Unavailable(f"MLflow tracking server {uri} stores artifacts at {where}, a folder that this "
+                          "machine would write to its own disk: start the server with --serve-artifacts "
+                          "(or a shared artifact store) so checkpoints are uploaded to it")
+    return active
 
 
 def log_dataset(ds, context: str = "training") -> None:

@@ -71,7 +71,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
     if experiment:
         mlflow.set_experiment(experiment)
     nested = mlflow.active_run() is not None
-    with mlflow.start_run(run_name=run_name or f"{model}-{ds.name}", nested=nested) as run:
+    with tracking.start_run(run_name=run_name or f"{model}-{ds.name}", nested=nested) as run:
         logger = tracking.RunLogger(model, ds.name, weights_root, callbacks)
         mlflow.set_tags({"ktt.model": model, "ktt.dataset": ds.name, "ktt.git_commit": tracking.git_commit(),
                          "ktt.threads": str(threads.configured() or "default"),

@@ -16,7 +16,10 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import random
 import tempfile
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,21 +80,53 @@ def load_space(model: str, path=None) -> dict:
 
 
 # -- storage, sampler, pruner ---------------------------------------------------------------
-def open_storage(url: str | None, study_name: str):
-    """A journal file by default; any other value is an Optuna RDB URL (SQLite, PostgreSQL, ...)."""
+def open_storage(url: str | None, study_name: str, heartbeat: int | None = None):
+    """A journal file by default; any other value is an Optuna RDB URL (SQLite, PostgreSQL, ...).
+
+    On an RDB, every running trial records a heartbeat each ``heartbeat`` seconds: a trial whose
+    worker died (killed, machine lost) is failed after two silent intervals and run again once,
+    by whichever worker asks for a trial next.
+    """
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     if not url:
         url = str(Path("tuning") / f"{study_name}.journal")
-    try:
-        if "://" in url:
-            return url, optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return url, JournalStorage(JournalFileBackend(url))
-    except Exception as e:
-        raise Unavailable(f"cannot open Optuna storage {url!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    for attempt in range(3):
+        try:
+            if "://" in url:
+                beat = {"heartbeat_interval": heartbeat, "heartbeat_stale_trial_callback": _stale_trial} if heartbeat else {}
+                with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return url, optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **beat)
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            return url, JournalStorage(JournalFileBackend(url))
+        except Exception as e:
+            # workers starting together on a new database race to create Optuna's tables: the loser's
+            # CREATE fails on a duplicate, and the tables exist when it tries again
+            if "duplicate" in str(e).lower() and attempt < 2:
+                time.sleep(0.5 + random.random())
+                continue
+            raise Unavailable(f"cannot open Optuna storage {url!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def _stale_trial(study, trial) -> None:
+    """A trial whose worker died: run it again, and mark its MLflow run KILLED (it would stay RUNNING)."""
+    import mlflow
+    from optuna.storages import RetryFailedTrialCallback
+
+    RetryFailedTrialCallback(max_retry=1)(study, trial)
+    client = mlflow.MlflowClient()
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    if not parent:
+        return
+    exp = client.get_run(parent).info.experiment_id
+    for run in client.search_runs([exp], f"tags.`ktt.study` = '{study.study_name}' and tags.`ktt.trial` = "
+                                         f"'{trial.number}' and attributes.status = 'RUNNING'"):
+        client.set_terminated(run.info.run_id, "KILLED")
+        log.warning("trial %d: its worker died; MLflow run %s marked KILLED, trial queued again",
+                    trial.number, run.info.run_id)
 
 
 def make_sampler(name: str, seed: int):
@@ -128,6 +163,7 @@ class Sweep:
     workers: int = 1
     metric: str = "best_val_h_f1"
     seed: int = 0
+    heartbeat: int = 60
     datasets_root: str = "datasets"
     weights_root: str = "weights"
     experiment: str | None = None
@@ -135,8 +171,9 @@ class Sweep:
     def __post_init__(self):
         self.study_name = self.study_name or f"{self.model}-{self.dataset}"
         self.timeout = self.timeout or None  # 0: no time limit
-        if self.n_trials < 1 or self.workers < 1:
-            raise BadValue(f"n_trials and workers must be at least 1, not {self.n_trials} and {self.workers}")
+        if self.n_trials < 1 or self.workers < 1 or self.heartbeat < 1:
+            raise BadValue(f"n_trials, workers and heartbeat must be at least 1, not {self.n_trials}, "
+                           f"{self.workers} and {self.heartbeat}")
 
 
 def _objective(sweep: Sweep, space: dict, defaults: dict, parent_run_id: str):
@@ -172,30 +209,73 @@ def _objective(sweep: Sweep, space: dict, defaults: dict, parent_run_id: str):
 
 def _worker(sweep: Sweep, space: dict, defaults: dict, parent_run_id: str, tracking_uri: str, experiment_id: str,
             n_trials: int, index: int = 0):
-    """One process of a sweep: runs trials until the study holds ``n_trials`` trials."""
+    """One process of a sweep: runs ``n_trials`` trials (pruned and failed ones count)."""
     import mlflow
     import optuna
-    from optuna.study import MaxTrialsCallback
 
     if sweep.workers > 1:  # each worker gets its share of the cores (read by training), not all of them
         os.environ[threads.ENV] = str(threads.share(sweep.workers))
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment_id=experiment_id)
-    _, storage = open_storage(sweep.storage, sweep.study_name)
+    _, storage = open_storage(sweep.storage, sweep.study_name, sweep.heartbeat)
     study = optuna.load_study(study_name=sweep.study_name, storage=storage,
                               sampler=make_sampler(sweep.sampler, sweep.seed + index),
                               pruner=make_pruner(sweep.pruner, defaults.get("epochs")))
-    study.optimize(_objective(sweep, space, defaults, parent_run_id), timeout=sweep.timeout,
-                   callbacks=[MaxTrialsCallback(n_trials, states=None)], catch=(Exception,))
+    study.optimize(_objective(sweep, space, defaults, parent_run_id), n_trials=n_trials, timeout=sweep.timeout,
+                   catch=(Exception,))
+
+
+def _join(sweep: Sweep, storage, url: str, defaults: dict, space: dict):
+    """Create the study, or join it: ``(study, created)``. Exactly one of several workers
+    starting at once creates it (the storage's unique study name decides)."""
+    import optuna
+
+    kw = dict(study_name=sweep.study_name, storage=storage, sampler=make_sampler(sweep.sampler, sweep.seed),
+              pruner=make_pruner(sweep.pruner, defaults.get("epochs")))
+    try:
+        study = optuna.create_study(direction="maximize", **kw)
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(**kw), False
+    except Exception as e:
+        raise Unavailable(f"cannot open study {sweep.study_name!r} in {url}: {e}") from None
+    study.enqueue_trial({k: defaults[k] for k, s in space.items() if s["type"] != "fixed"})  # from the defaults
+    return study, True
+
+
+def _parent_run(study, storage, created: bool, sweep: Sweep, url: str, space: dict, wait_s: float = 60.0) -> str:
+    """The study's MLflow parent run: made by the worker that created the study; a joining
+    worker waits for it (a creator that died first leaves the joiner to make it)."""
+    import mlflow
+    import optuna
+
+    from .tracking import start_run
+
+    deadline = time.monotonic() + (0 if created else wait_s)
+    while not (parent_id := study.user_attrs.get("mlflow_parent_run_id")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        study = optuna.load_study(study_name=sweep.study_name, storage=storage)  # re-read its attributes
+    if parent_id:
+        return parent_id
+    with start_run(run_name=f"tune-{sweep.study_name}") as parent:
+        mlflow.set_tags({"ktt.stage": "tune", "ktt.model": sweep.model, "ktt.study": sweep.study_name})
+        mlflow.log_params({"model": sweep.model, "dataset": sweep.dataset, "study_name": sweep.study_name,
+                           "storage": url, "sampler": sweep.sampler, "pruner": sweep.pruner,
+                           "metric": sweep.metric, "seed": sweep.seed, "search_space": json.dumps(space)})
+    study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
+    return parent.info.run_id
 
 
 def run_sweep(sweep: Sweep) -> "optuna.Study":  # noqa: F821
-    """Run (or resume, or join) a study; returns it. Everything is validated before any trial."""
+    """Run, resume or join a study and add ``n_trials`` trials to it; returns it.
+
+    Everything is validated before any trial. Workers on other machines join by running the
+    same command with the same ``--storage`` (an RDB such as PostgreSQL) and study name.
+    """
     import mlflow
     import optuna
 
     from .data import load_dataset
-    from .tracking import check_tracking_uri
+    from .tracking import check_tracking_uri, start_run
 
     check_tracking_uri()
     load_dataset(sweep.dataset, sweep.datasets_root)
@@ -203,37 +283,23 @@ def run_sweep(sweep: Sweep) -> "optuna.Study":  # noqa: F821
     defaults = registry.params(sweep.model)
     make_sampler(sweep.sampler, sweep.seed)
     make_pruner(sweep.pruner, defaults.get("epochs"))
-    url, storage = open_storage(sweep.storage, sweep.study_name)
-    try:
-        study = optuna.create_study(study_name=sweep.study_name, storage=storage, direction="maximize",
-                                    load_if_exists=True, sampler=make_sampler(sweep.sampler, sweep.seed),
-                                    pruner=make_pruner(sweep.pruner, defaults.get("epochs")))
-    except Exception as e:
-        raise Unavailable(f"cannot open study {sweep.study_name!r} in {url}: {e}") from None
-    if not study.trials:  # a new study starts from the current defaults
-        study.enqueue_trial({k: defaults[k] for k, s in space.items() if s["type"] != "fixed"})
-    target = len(study.trials) - sum(t.state == optuna.trial.TrialState.WAITING for t in study.trials) \
-        + sweep.n_trials
+    url, storage = open_storage(sweep.storage, sweep.study_name, sweep.heartbeat)
+    study, created = _join(sweep, storage, url, defaults, space)
 
     if sweep.experiment:
         mlflow.set_experiment(sweep.experiment)
-    parent_id = study.user_attrs.get("mlflow_parent_run_id")
-    with mlflow.start_run(run_id=parent_id, run_name=None if parent_id else f"tune-{sweep.study_name}") as parent:
-        study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
-        mlflow.set_tags({"ktt.stage": "tune", "ktt.model": sweep.model, "ktt.study": sweep.study_name})
-        if not parent_id:
-            mlflow.log_params({"model": sweep.model, "dataset": sweep.dataset, "study_name": sweep.study_name,
-                               "storage": url, "sampler": sweep.sampler, "pruner": sweep.pruner,
-                               "metric": sweep.metric, "seed": sweep.seed, "search_space": json.dumps(space)})
-        args = (sweep, space, defaults, parent.info.run_id, mlflow.get_tracking_uri(), parent.info.experiment_id,
-                target)
-        if sweep.workers == 1:
-            _worker(*args)
-        else:
-            procs = [mp.get_context("spawn").Process(target=_worker, args=(*args, i)) for i in range(sweep.workers)]
-            [p.start() for p in procs]
-            [p.join() for p in procs]
-        study = optuna.load_study(study_name=sweep.study_name, storage=storage)
+    parent_id = _parent_run(study, storage, created, sweep, url, space)
+    experiment_id = mlflow.MlflowClient().get_run(parent_id).info.experiment_id
+    shares = [sweep.n_trials // sweep.workers + (i < sweep.n_trials % sweep.workers) for i in range(sweep.workers)]
+    args = (sweep, space, defaults, parent_id, mlflow.get_tracking_uri(), experiment_id)
+    if sweep.workers == 1:
+        _worker(*args, shares[0])
+    else:
+        procs = [mp.get_context("spawn").Process(target=_worker, args=(*args, n, i)) for i, n in enumerate(shares) if n]
+        [p.start() for p in procs]
+        [p.join() for p in procs]
+    study = optuna.load_study(study_name=sweep.study_name, storage=storage)
+    with start_run(run_id=parent_id):  # the summary so far: each worker that finishes brings it up to date
         _log_study(study, sweep)
     return study
 

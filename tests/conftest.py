@@ -233,3 +233,58 @@ def bb300(bigbasket_df):
     parts = [df[df.split == s].head(n) for s, n in (("train", 300), ("val", 100), ("test", 100))]
     splits, h, _ = prepare(pd.concat(parts))
     return {k: Split(v.text.tolist(), [tuple(x) for x in v.labels], h) for k, v in splits.items()}
+
+
+class Postgres:
+    """A throw-away PostgreSQL cluster (Debian's ``postgresql``) in a temp folder on a free port.
+
+    As root, the server runs as the ``postgres`` user (it refuses root). ``url(db)`` creates
+    database ``db`` once and returns its SQLAlchemy URL.
+    """
+
+    def __init__(self):
+        import glob
+        import shutil
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin")) + [os.path.dirname(shutil.which("initdb") or "")]
+        self.bin = next((Path(b) for b in reversed(bins) if b and (Path(b) / "initdb").exists()), None)
+        if self.bin is None:
+            pytest.skip("PostgreSQL is not installed (as root, `make test` installs Debian's postgresql)")
+        self.dir = Path(tempfile.mkdtemp(prefix="ktt-pg-"))
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            shutil.chown(self.dir, "postgres")
+        subprocess.run([*self.as_user, str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-A", "trust",
+                        "-U", "ktt", "--no-sync"], check=True, capture_output=True, timeout=120)
+        self.server = Server(
+            lambda ports: [*self.as_user, str(self.bin / "postgres"), "-D", str(self.dir / "data"), "-p", str(ports[0]),
+                           "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                           "-c", "max_connections=200"],
+            lambda ports, log: "ready to accept connections" in log, timeout=60)
+        self.port = self.server.ports[0]
+        self.made = set()
+
+    def url(self, db: str) -> str:
+        import sqlalchemy
+
+        if db not in self.made:
+            engine = sqlalchemy.create_engine(f"postgresql://ktt@127.0.0.1:{self.port}/postgres",
+                                              isolation_level="AUTOCOMMIT")
+            with engine.connect() as c:
+                c.execute(sqlalchemy.text(f'CREATE DATABASE "{db}"'))
+            engine.dispose()
+            self.made.add(db)
+        return f"postgresql://ktt@127.0.0.1:{self.port}/{db}"
+
+    def stop(self):
+        import shutil
+
+        self.server.stop(signal.SIGINT)  # "fast" shutdown: disconnect clients, stop at once
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    pg = Postgres()
+    yield pg
+    pg.stop()
