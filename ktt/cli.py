@@ -182,12 +182,15 @@ def generate(name, rows, noise, **opts):
               help="Continue from a last_ checkpoint file or the last_ checkpoint of an MLflow run.")
 @click.option("--experiment", default=None, help="MLflow experiment name (default: the dataset's name).")
 @click.option("--run-name", default=None, help="MLflow run name.")
+@click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Train on this many processes of this machine (torchrun, DistributedDataParallel: gloo on "
+                   "CPUs, nccl with one GPU per process); batch_size stays the global batch.")
 @click.option("--datasets", "datasets_root", default="datasets", show_default=True, envvar="KTT_DATASETS",
               help="Datasets folder (env KTT_DATASETS).")
 @click.option("--weights", "weights_root", default="weights", show_default=True, envvar="KTT_WEIGHTS",
               help="Checkpoint folder (env KTT_WEIGHTS).")
 @click.pass_context
-def train(ctx, model, dataset, params, params_str, reference, resume, experiment, run_name, datasets_root,
+def train(ctx, model, dataset, params, params_str, reference, resume, experiment, run_name, nproc, datasets_root,
           weights_root):
     """Train MODEL on DATASET, tracked in MLflow.
 
@@ -204,12 +207,39 @@ def train(ctx, model, dataset, params, params_str, reference, resume, experiment
         if not key.startswith("--") or not extra:
             raise BadValue(f"unexpected argument {key!r}; hyperparameters go as --name value or -p name=value")
         pairs.append(f"{key[2:].replace('-', '_')}={extra.pop(0)}")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        sys.exit(_launch(nproc, model, dataset, hparams.parse_overrides(pairs), datasets_root))
     fit = run_train(model, dataset, overrides=hparams.parse_overrides(pairs), datasets_root=datasets_root,
                     weights_root=weights_root, experiment=experiment or _experiment_of(dataset), run_name=run_name,
                     reference=reference, resume=resume)
+    if fit.run_id is None:  # a torchrun process other than rank 0: rank 0 reports
+        return
     m = fit.metrics
     click.echo(f"MLflow run {fit.run_id}: test leaf accuracy {m['test_leaf_accuracy']:.4f}, "
                f"hierarchical F1 {m['test_h_f1']:.4f}, violation rate {m['test_violation_rate']:.4f}")
+
+
+def _launch(nproc: int, model: str, dataset: str, overrides: dict, datasets_root: str) -> int:
+    """This very command again on ``nproc`` processes, through torchrun, once what can be checked here is."""
+    import subprocess
+
+    from . import registry
+    from .data import load_dataset
+    from .tracking import check_tracking_uri
+
+    if not registry.get(model).distributable:
+        raise BadValue(f"model {model!r} does not train on several processes; leave out --nproc")
+    registry.params(model, overrides)
+    load_dataset(dataset, datasets_root)
+    check_tracking_uri()
+    args, rest = [], iter(sys.argv[1:])
+    for a in rest:  # the processes run the command without --nproc (torchrun would read it as its own)
+        if a == "--nproc":
+            next(rest, None)
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            f"--nproc_per_node={nproc}", "-m", "ktt", *args])
 
 
 @main.command()

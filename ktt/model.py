@@ -92,6 +92,8 @@ class Model(ABC):
     consistent: ClassVar[bool] = False
     #: Hyperparameters a resumed fit may change; every other one comes from the checkpoint.
     resumable: ClassVar[frozenset[str]] = frozenset()
+    #: True when ``fit`` trains on several processes under torchrun (:mod:`ktt.distributed`).
+    distributable: ClassVar[bool] = False
     #: Monitoring: the share of the reference set's pooled feature columns that must drift for the
     #: drift sidecar to report dataset drift (written into the service's ``evidently.yaml``).
     drift_share: ClassVar[float] = 0.5

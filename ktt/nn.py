@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import threads
+from . import distributed, threads
 from .errors import BadValue, Unavailable
 from .metrics import evaluate, metric_names
 from .model import Interval, Model, NullLogger, Pattern
@@ -94,6 +94,7 @@ class TorchModel(Model):
         "patience": Interval(1), "log_every": Interval(1),
     }
     resumable = frozenset({"epochs", "patience", "log_every", "device"})
+    distributable = True
 
     @property
     def consistent(self) -> bool:
@@ -149,6 +150,7 @@ class TorchModel(Model):
 
         logger = logger or NullLogger()
         p = self.params
+        world = distributed.setup()  # a world of one unless started by torchrun
         state = getattr(self, "resume_state_", None)
         if state is None:
             self._build()
@@ -183,15 +185,26 @@ class TorchModel(Model):
             if state.get("cuda_rng") is not None and self.device_.type == "cuda":
                 torch.cuda.set_rng_state(state["cuda_rng"], self.device_)
             del self.resume_state_
+        net = self.net_
+        if world.size > 1:  # gradients averaged across processes; the encoder's pooler is never used
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(self.net_, find_unused_parameters=True,
+                                          device_ids=[self.device_.index or 0] if self.device_.type == "cuda" else None)
 
         for epoch in range(start, p["epochs"]):
             self.net_.train()
             bar = tqdm(self._batches(len(train), epoch, lengths), desc=f"epoch {epoch + 1}/{p['epochs']}",
-                       leave=False, disable=None)
-            for idx in bar:
+                       leave=False, disable=None if world.main else True)
+            for batch in bar:
+                # each process takes every size-th row of the global batch; its loss is scaled so that
+                # DDP's average of the processes' gradients is the gradient of the global batch's mean
+                if len(batch) < world.size:
+                    continue
+                idx = batch[world.rank::world.size]
                 with self._autocast():
-                    out = self.net_(*self._batch([train.texts[j] for j in idx]))
-                    loss = self.loss(out, codes[idx].to(self.device_)).mean()
+                    out = net(*self._batch([train.texts[j] for j in idx]))
+                    loss = self.loss(out, codes[idx].to(self.device_)).sum() * (world.size / len(batch))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.net_.parameters(), p["clip"])
@@ -199,9 +212,10 @@ class TorchModel(Model):
                 sched.step()
                 step += 1
                 if step % p["log_every"] == 0:
-                    logger.log_metrics({"train_loss": loss.item(), "lr": sched.get_last_lr()[-1]}, step=step)
-                    bar.set_postfix(loss=f"{loss.item():.4f}")
-            scores, val_loss = self._predict_scores(val.texts, val.codes)
+                    batch_loss = distributed.mean(loss.item(), world)  # the global batch's, not this part's
+                    logger.log_metrics({"train_loss": batch_loss, "lr": sched.get_last_lr()[-1]}, step=step)
+                    bar.set_postfix(loss=f"{batch_loss:.4f}")
+            scores, val_loss = self._validate(val, world)
             metrics = {**evaluate(self.hierarchy, val.codes, self._decode(scores)), "loss": val_loss}
             logger.log_metrics({f"val_{k}": v for k, v in metrics.items()}, step=epoch)
             score = -metrics["loss"] if monitor == "loss" else metrics[monitor]
@@ -214,9 +228,16 @@ class TorchModel(Model):
                 "epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "best": best,
                 "bad_epochs": bad, "step": step, "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(self.device_) if self.device_.type == "cuda" else None})
-            if bad >= p["patience"]:
+            if distributed.decide(bad >= p["patience"], world):
                 break
         return self
+
+    def _validate(self, val, world):
+        """Scores and mean loss of the validation split; each process scores its part, all see the whole."""
+        part = distributed.part(len(val), world)
+        parts = distributed.gather(self._predict_scores(val.texts[part], val.codes[part]), world)
+        scores = [np.concatenate(level) for level in zip(*(s for s, _ in parts if s))]  # s == []: no rows
+        return scores, sum(loss for _, loss in parts) / max(len(val), 1)
 
     def _lengths(self, texts) -> torch.Tensor:
         """Tokens per text, truncated at ``max_len``."""
@@ -246,7 +267,7 @@ class TorchModel(Model):
                     losses.append(self.loss(out, torch.as_tensor(codes[i:i + bs]).to(self.device_)).sum().item())
                 outs.append([s.float().cpu().numpy() for s in self.level_scores(out)])
         scores = [np.concatenate(level) for level in zip(*outs)]
-        return scores, (sum(losses) / len(texts) if codes is not None else None)
+        return scores, (sum(losses) if codes is not None else None)  # the loss summed over rows
 
     def _decode(self, scores: list[np.ndarray]) -> np.ndarray:
         return self.hierarchy.decode_scores(scores, self.params["decode"])

@@ -10,10 +10,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from . import registry, threads, tracking
+from . import distributed, registry, threads, tracking
 from .errors import BadValue
 from .data import load_dataset
 from .metrics import evaluate, level_table, stop_curve
+from .model import NullLogger
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def confusion_summary(h, y_true: np.ndarray, y_pred: np.ndarray, top: int = 20) 
 class Fit:
     """What one tracked fit produced."""
 
-    run_id: str
+    run_id: str | None  # None on the processes of a distributed fit other than rank 0
     metrics: dict[str, float] = field(default_factory=dict)  # everything logged at the end, by name
     checkpoints: dict[str, Path] = field(default_factory=dict)  # "best" (and "last") under weights/
 
@@ -50,10 +51,17 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
     server, the dataset, the model name and every hyperparameter. ``resume`` (a ``last_``
     checkpoint or an MLflow run) continues a fit from the end of its last finished epoch.
     ``callbacks`` see every ``log_metrics`` call of the fit (``cb(metrics, step)``).
+
+    Under ``torchrun`` every process calls this: all of them fit, each on its part of every
+    batch (:mod:`ktt.distributed`); only rank 0 tracks, checkpoints and evaluates.
     """
-    tracking.check_tracking_uri()
+    world = distributed.setup()
+    if world.main:
+        tracking.check_tracking_uri()
     ds = load_dataset(dataset, datasets_root)
     cls = registry.get(model)
+    if world.size > 1 and not cls.distributable:
+        raise BadValue(f"model {model!r} does not train on several processes; run it without torchrun")
     if resume:
         est = cls.load(tracking.resolve_checkpoint(resume))
         if getattr(est, "resume_state_", None) is None:
@@ -68,6 +76,9 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
     else:
         params = registry.params(model, overrides)
         est = cls(ds.hierarchy, **params)
+    if not world.main:
+        est.fit(ds.train, ds.val, NullLogger())
+        return Fit(None)
     if experiment:
         mlflow.set_experiment(experiment)
     nested = mlflow.active_run() is not None
@@ -75,6 +86,8 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
         logger = tracking.RunLogger(model, ds.name, weights_root, callbacks)
         mlflow.set_tags({"ktt.model": model, "ktt.dataset": ds.name, "ktt.git_commit": tracking.git_commit(),
                          "ktt.threads": str(threads.configured() or "default"),
+                         **({"ktt.processes": str(world.size), "ktt.backend": distributed.backend()}
+                            if world.size > 1 else {}),
                          **({"ktt.resumed_from": resume} if resume else {}), **(tags or {})})
         mlflow.log_params({**params, "model": model})
         tracking.log_dataset(ds)
