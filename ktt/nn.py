@@ -127,6 +127,8 @@ class TorchModel(Model):
     def _build(self, tokenizer=None, encoder=None):
         if tokenizer is None:
             tokenizer, encoder = load_pretrained(self.params["encoder"])
+        if n_threads := threads.configured():  # training, and inference anywhere a pyfunc loads (Spark tasks)
+            torch.set_num_threads(n_threads)
         torch.manual_seed(self.params["seed"])  # the head's initial weights
         self.tokenizer_ = tokenizer
         self.net_ = Net(encoder, self.build_head(encoder.config.hidden_size), self.params["pooling"])
@@ -158,8 +160,6 @@ class TorchModel(Model):
         allowed = {"loss", *metric_names(self.hierarchy.depth)} - {"violation_rate"}
         if monitor not in allowed:
             raise BadValue(f"monitor {monitor!r} is not a validation metric; use one of {sorted(allowed)}")
-        if n_threads := threads.configured():
-            torch.set_num_threads(n_threads)
         if p["freeze_encoder"]:
             self.net_.encoder.requires_grad_(False)
         if p["freeze_embeddings"]:  # half of MiniLM's weights; their gradient is almost all zeros

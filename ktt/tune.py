@@ -12,11 +12,13 @@ on them.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
 import os
 import random
+import secrets
 import tempfile
 import time
 import warnings
@@ -285,6 +287,8 @@ def run_sweep(sweep: Sweep) -> "optuna.Study":  # noqa: F821
     make_pruner(sweep.pruner, defaults.get("epochs"))
     url, storage = open_storage(sweep.storage, sweep.study_name, sweep.heartbeat)
     study, created = _join(sweep, storage, url, defaults, space)
+    if not created:  # a worker joining a running study: with the creator's seed it would sample the same trials
+        sweep = dataclasses.replace(sweep, seed=secrets.randbits(31))
 
     if sweep.experiment:
         mlflow.set_experiment(sweep.experiment)
