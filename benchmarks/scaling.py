@@ -22,6 +22,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import mlflow  # noqa: E402
 
+from benchmarks.hardware import best_of  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
 from conftest import Postgres, Server, http_ok  # noqa: E402
 from ktt import registry  # noqa: E402
@@ -39,15 +40,6 @@ def tracking_server(pg: Postgres, folder: Path) -> tuple[Server, str]:
                                    "--host", "127.0.0.1", "--port", str(ports[0]), "--workers", "2"],
                     lambda ports, log: http_ok(f"http://127.0.0.1:{ports[0]}/health"), env=env)
     return server, f"http://127.0.0.1:{server.ports[0]}"
-
-
-def best_of(fn, repeat=3) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def tracking(tmp: Path, server_url: str) -> str:

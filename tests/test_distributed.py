@@ -89,3 +89,12 @@ def test_a_model_that_cannot_distribute_is_refused(bigbasket_small, tmp_path, tr
     out = subprocess.run([str(KTT), "train", "tfidf_hsgd", "bb_small", "--nproc", "2"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "does not train on several processes" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_parts_cover_the_rows_in_order():
+    from ktt.distributed import World, part
+
+    # 10 rows on 3 ranks, by hand: 4, 3, 3 rows; the first ranks take the remainder
+    assert [part(10, World(r, 3)) for r in range(3)] == [slice(0, 4), slice(4, 7), slice(7, 10)]
+    assert [part(2, World(r, 3)) for r in range(3)] == [slice(0, 1), slice(1, 2), slice(2, 2)]
+    assert part(5, World()) == slice(0, 5)
