@@ -243,5 +243,7 @@ def resolve_checkpoint(source: str, kind: str = "last") -> Path:
         return found
     local = run.data.tags.get(f"ktt.checkpoint.{kind}")  # a run killed before it logged artifacts
     if local and Path(local).is_file():
+        log.warning("MLflow run %s has no uploaded %s checkpoint (killed before the end?); using the file it "
+                    "wrote on this machine, %s", run_id, kind, local)
         return Path(local)
     raise NotFound(f"MLflow run {run_id} has no {kind}_ checkpoint")

@@ -216,3 +216,22 @@ def test_killed_worker_leaves_the_study_usable(team_server, bigbasket_small, tmp
     killed = client.search_runs([exp.experiment_id], f"tags.`ktt.trial` = '{victim.number}'")
     assert [r.info.status for r in killed] == ["KILLED"]
     assert not [r for r in client.search_runs([exp.experiment_id]) if r.info.status == "RUNNING"]
+
+
+def test_a_server_that_would_have_clients_write_artifacts_locally_is_refused(bigbasket_small, tmp_path):
+    """`mlflow server --no-serve-artifacts` with a folder as artifact root hands clients a path to
+    write to on their own disk: KTT refuses before training instead of scattering checkpoints."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    server = Server(lambda ports: [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                                   "--no-serve-artifacts", "--default-artifact-root", str(tmp_path / "server-side"),
+                                   "--host", "127.0.0.1", "--port", str(ports[0]), "--workers", "1"],
+                    lambda ports, log: http_ok(f"http://127.0.0.1:{ports[0]}/health"), env=env)
+    try:
+        out = ktt(f"http://127.0.0.1:{server.ports[0]}", "train", "tfidf_hsgd", "bb_small", cwd=tmp_path / "client",
+                  datasets=bigbasket_small)
+    finally:
+        server.stop()
+    assert out.returncode == 2, out.output
+    assert "a folder that this machine would write to its own disk: start the server with --serve-artifacts" \
+        in out.output and "Traceback" not in out.output
+    assert not (tmp_path / "server-side").exists() and not (tmp_path / "client" / "weights").exists()
