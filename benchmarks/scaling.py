@@ -24,7 +24,7 @@ import mlflow  # noqa: E402
 
 from benchmarks.hardware import best_of  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
-from conftest import Postgres, Server, http_ok  # noqa: E402
+from conftest import Postgres, Server, clean_env, http_ok  # noqa: E402
 from ktt import registry  # noqa: E402
 from ktt.data import load_dataset, prepare, write_dataset  # noqa: E402
 
@@ -34,7 +34,7 @@ CMD = ".venv/bin/python benchmarks/scaling.py"
 
 
 def tracking_server(pg: Postgres, folder: Path) -> tuple[Server, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = clean_env()
     server = Server(lambda ports: [str(ROOT / ".venv/bin/mlflow"), "server", "--backend-store-uri", pg.url("mlflow"),
                                    "--serve-artifacts", "--artifacts-destination", str(folder / "artifacts"),
                                    "--host", "127.0.0.1", "--port", str(ports[0]), "--workers", "2"],
@@ -75,9 +75,8 @@ def tracking(tmp: Path, server_url: str) -> str:
 
 
 def tuning(tmp: Path, pg: Postgres, server_url: str, trials: int = 8) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_TRACKING_URI=server_url, KTT_DATASETS=str(tmp / "datasets"), KTT_WEIGHTS=str(tmp / "weights"),
-               MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
+    env = clean_env(MLFLOW_TRACKING_URI=server_url, KTT_DATASETS=tmp / "datasets", KTT_WEIGHTS=tmp / "weights",
+                    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
     rows = []
     for workers in (1, 2):
         storage, study = pg.url(f"optuna_{workers}"), f"hsgd-{workers}-workers"

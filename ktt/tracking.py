@@ -10,6 +10,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import urllib.parse
 import warnings
 from pathlib import Path
 
@@ -182,8 +183,7 @@ def start_run(**kwargs):
                           f"may not write to experiment {name!r}; ask its owner for EDIT permission, "
                           "or choose another experiment (--experiment)") from None
     where = active.info.artifact_uri
-    if uri.startswith(("http://", "https://")) and (where.startswith("file:") or "://" not in where
-                                                     and ":" not in where.split("/")[0]):
+    if uri.startswith(("http://", "https://")) and urllib.parse.urlparse(where).scheme in ("", "file"):
         mlflow.end_run("FAILED")
         raise Unavailable(f"MLflow tracking server {uri} stores artifacts at {where}, a folder that this "
                           "machine would write to its own disk: start the server with --serve-artifacts "

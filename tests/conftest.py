@@ -81,6 +81,12 @@ class Server:
         return self.proc.returncode
 
 
+def clean_env(**settings) -> dict:
+    """This process's environment without its ``MLFLOW_*`` settings (a test's store, an experiment
+    set by ``mlflow.set_experiment``), plus ``settings``: for a process that must see only what it is given."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {k: str(v) for k, v in settings.items()}
+
+
 def rss_kb(sid: int) -> int:
     """Resident memory of every process in session ``sid`` (a ``Server`` and its workers), in kB."""
     out = subprocess.run(["ps", "-o", "rss=", "--sid", str(sid)], capture_output=True, text=True, timeout=30).stdout

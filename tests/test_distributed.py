@@ -9,7 +9,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import KTT
+from conftest import KTT, clean_env
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +31,8 @@ def still_encoder(tmp_path_factory):
 
 
 def ktt_train(*args, cwd, datasets, tracking):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_TRACKING_URI=tracking, KTT_DATASETS=str(datasets), KTT_WEIGHTS=str(cwd / "weights"),
-               MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
+    env = clean_env(MLFLOW_TRACKING_URI=tracking, KTT_DATASETS=datasets, KTT_WEIGHTS=cwd / "weights",
+                    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
     cwd.mkdir(exist_ok=True)
     out = subprocess.run([str(KTT), "train", "db_bhcn", "bb_small", "--experiment", "ddp", *map(str, args)],
                          cwd=cwd, env=env, capture_output=True, text=True, timeout=900)

@@ -1,7 +1,6 @@
 """docs/adding_a_model.md, followed word for word by a newcomer: a new model folder and one line,
 then `ktt train`, the MLflow pyfunc, `ktt export --bento` and a request to the BentoService."""
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Served, needs_serving
+from conftest import ROOT, Served, clean_env, needs_serving
 
 DOC = ROOT / "docs" / "adding_a_model.md"
 TITLES = ["Basmati Rice 5 kg", "Tomato Ketchup 500 g", "Green Tea Bags, 25 pcs"]
@@ -58,10 +57,9 @@ def test_a_new_model_trains_loads_exports_and_serves(tmp_path, bigbasket_small, 
                     or (ROOT / p.relative_to(repo)).read_bytes() != p.read_bytes())}
     assert changed == {"models/__init__.py", "models/my_model/my_model.py", "models/my_model/__init__.py"}
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update({"PYTHONPATH": str(repo), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                "KTT_DATASETS": str(bigbasket_small), "KTT_WEIGHTS": str(tmp_path / "weights"),
-                "KTT_BUILD": str(tmp_path / "build"), "KTT_SERVING_PYTHON": str(ROOT / ".venv-serving/bin/python")})
+    env = clean_env(PYTHONPATH=repo, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                    KTT_DATASETS=bigbasket_small, KTT_WEIGHTS=tmp_path / "weights", KTT_BUILD=tmp_path / "build",
+                    KTT_SERVING_PYTHON=ROOT / ".venv-serving/bin/python")
 
     def run(*args, cwd=repo):
         proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True)

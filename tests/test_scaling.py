@@ -15,7 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from conftest import KTT, ROOT, Server, http_ok
+from conftest import KTT, ROOT, Server, clean_env, http_ok
 
 pytestmark = pytest.mark.slow
 MLFLOW = ROOT / ".venv" / "bin" / "mlflow"
@@ -32,8 +32,7 @@ def team_server(postgres, tmp_path_factory):
     ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {postgres.url('mlflow_auth')}\n"
                    f"admin_username = {ADMIN[0]}\nadmin_password = {ADMIN[1]}\n"
                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_FLASK_SERVER_SECRET_KEY="ktt-test-secret")
+    env = clean_env(MLFLOW_AUTH_CONFIG_PATH=ini, MLFLOW_FLASK_SERVER_SECRET_KEY="ktt-test-secret")
     server = Server(lambda ports: [str(MLFLOW), "server", "--backend-store-uri", postgres.url("mlflow"),
                                    "--serve-artifacts", "--artifacts-destination", str(folder / "artifacts"),
                                    "--host", "127.0.0.1", "--port", str(ports[0]), "--workers", "2",
@@ -53,9 +52,8 @@ def team_server(postgres, tmp_path_factory):
 
 def ktt(server, *args, user=None, cwd, datasets, password=None, wait=True, **extra):
     """``ktt ARGS`` as a team member on their own machine (their own folder), tracking to ``server``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_TRACKING_URI=server.url if hasattr(server, "url") else server, KTT_DATASETS=str(datasets),
-               KTT_WEIGHTS=str(Path(cwd) / "weights"), MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false", **extra)
+    env = clean_env(MLFLOW_TRACKING_URI=server.url if hasattr(server, "url") else server, KTT_DATASETS=datasets,
+                    KTT_WEIGHTS=Path(cwd) / "weights", MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false", **extra)
     if user:
         env.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password or USERS[user])
     Path(cwd).mkdir(parents=True, exist_ok=True)
@@ -221,7 +219,7 @@ def test_killed_worker_leaves_the_study_usable(team_server, bigbasket_small, tmp
 def test_a_server_that_would_have_clients_write_artifacts_locally_is_refused(bigbasket_small, tmp_path):
     """`mlflow server --no-serve-artifacts` with a folder as artifact root hands clients a path to
     write to on their own disk: KTT refuses before training instead of scattering checkpoints."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = clean_env()
     server = Server(lambda ports: [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'm.db'}",
                                    "--no-serve-artifacts", "--default-artifact-root", str(tmp_path / "server-side"),
                                    "--host", "127.0.0.1", "--port", str(ports[0]), "--workers", "1"],
@@ -235,3 +233,4 @@ def test_a_server_that_would_have_clients_write_artifacts_locally_is_refused(big
     assert "a folder that this machine would write to its own disk: start the server with --serve-artifacts" \
         in out.output and "Traceback" not in out.output
     assert not (tmp_path / "server-side").exists() and not (tmp_path / "client" / "weights").exists()
+

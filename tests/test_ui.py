@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import Server, http_ok
+from conftest import Server, clean_env, http_ok
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM, reason="needs Debian's chromium (`make test` installs it as root)")
@@ -29,7 +29,7 @@ def test_run_page_shows_figures_and_registered_model(tmp_path):
     from PIL import Image
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"MLFLOW_TRACKING_URI": uri}
+    env = clean_env(MLFLOW_TRACKING_URI=uri)
     ktt = [sys.executable, "-m", "ktt"]
     subprocess.run([*ktt, "generate", "--rows", "400", "--out", tmp_path / "d", "--no-track"], env=env, check=True,
                    cwd=tmp_path, capture_output=True)
