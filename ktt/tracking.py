@@ -206,9 +206,10 @@ def log_dataset(ds, context: str = "training") -> None:
         mlflow.log_input(dataset, context=context)
     except mlflow.exceptions.MlflowException as e:
         # MLflow's SQL store inserts a new dataset row after checking it is absent: two runs logging
-        # the same dataset at once (tuning workers, parallel trainings) race to a UNIQUE error.
+        # the same dataset at once (tuning workers, parallel trainings) race to a unique-key error
+        # (SQLite: "UNIQUE constraint failed", PostgreSQL through a server: "violates unique constraint").
         # The row exists by now, so a second try links to it.
-        if "UNIQUE constraint" not in str(e) and "IntegrityError" not in str(e):
+        if "unique constraint" not in str(e).lower() and "IntegrityError" not in str(e):
             raise
         mlflow.log_input(dataset, context=context)
     mlflow.log_params({"dataset": ds.name, "dataset_digest": ds.digest,

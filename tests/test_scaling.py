@@ -234,3 +234,36 @@ def test_a_server_that_would_have_clients_write_artifacts_locally_is_refused(big
         in out.output and "Traceback" not in out.output
     assert not (tmp_path / "server-side").exists() and not (tmp_path / "client" / "weights").exists()
 
+
+def test_runs_logging_one_dataset_at_once_all_link_to_it(team_server, bigbasket_small, monkeypatch):
+    """Runs logging the same dataset into a new experiment at the same moment (tuning workers
+    starting together): on PostgreSQL, MLflow's check-then-insert loses the race with a unique-key
+    error for all but one; every run still ends up linked to the one dataset. Ten experiments of
+    six runs each, as the race is not lost every time."""
+    import mlflow
+
+    from ktt.data import load_dataset
+    from ktt.tracking import log_dataset
+
+    client = client_as(monkeypatch, team_server, "alice")
+    mlflow.set_tracking_uri(team_server.url)
+    ds = load_dataset("bb_small", bigbasket_small)
+    for round in range(10):
+        exp = client.create_experiment(f"one-dataset-{round}")
+        errors, start = [], threading.Barrier(6)
+
+        def one():
+            try:
+                with mlflow.start_run(experiment_id=exp):
+                    start.wait(timeout=60)
+                    log_dataset(ds)
+            except Exception as e:  # noqa: BLE001 - collected for the assertion below
+                errors.append(e)
+
+        workers = [threading.Thread(target=one) for _ in range(6)]
+        [w.start() for w in workers]
+        [w.join() for w in workers]
+        assert not errors, errors
+        runs = client.search_runs([exp])
+        assert len(runs) == 6
+        assert all([i.dataset.digest for i in r.inputs.dataset_inputs] == [ds.digest] for r in runs)
