@@ -42,7 +42,7 @@ def tracking_server(pg: Postgres, folder: Path) -> tuple[Server, str]:
     return server, f"http://127.0.0.1:{server.ports[0]}"
 
 
-def tracking(tmp: Path, server_url: str) -> str:
+def tracking(tmp: Path, server: Server, server_url: str) -> str:
     from ktt.metrics import evaluate
     from ktt.train import train
 
@@ -53,25 +53,34 @@ def tracking(tmp: Path, server_url: str) -> str:
         for split in (ds.val, ds.test):
             evaluate(ds.hierarchy, split.codes, model.predict(split.texts))
 
-    def tracked(uri):
+    def tracked(uri, log_model):
         def fit():
             mlflow.set_tracking_uri(uri)
             train("tfidf_hsgd", "bigbasket", datasets_root=tmp / "datasets", weights_root=tmp / "weights",
-                  experiment="overhead")
+                  experiment="overhead", log_model=log_model)
         return fit
 
+    def requests() -> int:  # the server's access log: one line per request
+        return server.text().count(" HTTP/1.1\" ")
+
     base = best_of(untracked)
-    rows = [f"| none (`NullLogger`) | {base:.1f} | |"]
+    rows = [f"| none (`NullLogger`) | | {base:.1f} | | |"]
     for label, uri in (("SQLite file", f"sqlite:///{tmp / 'overhead.db'}"),
                        ("HTTP: `mlflow server`, PostgreSQL, served artifacts (same machine)", server_url)):
-        t = best_of(tracked(uri))
-        rows.append(f"| {label} | {t:.1f} | {t - base:+.1f} s ({100 * (t - base) / base:+.0f}%) |")
-        print(rows[-1], flush=True)
+        for log_model in (False, True):
+            before = requests()
+            t = best_of(tracked(uri, log_model))
+            sent = f"{(requests() - before) / 3:.0f}" if uri == server_url else ""
+            rows.append(f"| {label} | {'yes' if log_model else 'no'} | {t:.1f} | "
+                        f"{t - base:+.1f} s ({100 * (t - base) / base:+.0f}%) | {sent} |")
+            print(rows[-1], flush=True)
     return "\n".join([
         "One `tfidf_hsgd` fit on BigBasket, best of 3. Tracked is `ktt train`'s whole run: params, per-level "
-        "metrics, tables, figures, both checkpoints and the logged pyfunc model; untracked is the same fit and "
-        "the same two evaluations with nothing logged or saved.", "",
-        "| tracking | wall s | over untracked |", "|---|---|---|", *rows])
+        "metrics, tables, figures and both checkpoints, with or without the logged pyfunc model (which carries "
+        "KTT's code); untracked is the same fit and the same two evaluations with nothing logged or saved. "
+        "Requests: the server's access-log lines per fit.", "",
+        "| tracking | logged model | wall s | over untracked | HTTP requests per fit |", "|---|---|---|---|---|",
+        *rows])
 
 
 def tuning(tmp: Path, pg: Postgres, server_url: str, trials: int = 8) -> str:
@@ -168,7 +177,7 @@ def main():
                        val=splits["val"].sample(500, random_state=0)), h, tmp / "datasets", "bigbasket_short")
     pg = Postgres()
     server, url = tracking_server(pg, tmp)
-    parts = {"tracking": ("What tracking costs a fit: none, SQLite, a tracking server", lambda: tracking(tmp, url)),
+    parts = {"tracking": ("What tracking costs a fit: none, SQLite, a tracking server", lambda: tracking(tmp, server, url)),
              "tuning": ("Tuning workers on PostgreSQL", lambda: tuning(tmp, pg, url)),
              "scoring": ("Batch scoring: in-process, `ktt predict`, Spark", lambda: scoring(tmp))}
     try:
