@@ -64,6 +64,18 @@ def part(n: int, w: World) -> slice:
     return slice(start, start + lo + (w.rank < extra))
 
 
+def rows(batch, w: World):
+    """This rank's rows of a global batch: every ``size``-th, from its rank on."""
+    return batch[w.rank::w.size]
+
+
+def batch_loss(row_losses, batch_size: int, w: World):
+    """This rank's share of the global batch's mean loss: its rows' losses summed, times
+    ``size / batch_size``. DDP averages the ranks' gradients, so the average is the gradient of
+    the mean over the whole batch, even when the ranks hold different numbers of rows."""
+    return row_losses.sum() * (w.size / batch_size)
+
+
 def gather(obj, w: World) -> list:
     """Every rank's ``obj``, in rank order, on every rank."""
     if w.size == 1:

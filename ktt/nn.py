@@ -197,14 +197,12 @@ class TorchModel(Model):
             bar = tqdm(self._batches(len(train), epoch, lengths), desc=f"epoch {epoch + 1}/{p['epochs']}",
                        leave=False, disable=None if world.main else True)
             for batch in bar:
-                # each process takes every size-th row of the global batch; its loss is scaled so that
-                # DDP's average of the processes' gradients is the gradient of the global batch's mean
-                if len(batch) < world.size:
+                if len(batch) < world.size:  # a rank would have no rows
                     continue
-                idx = batch[world.rank::world.size]
+                idx = distributed.rows(batch, world)
                 with self._autocast():
                     out = net(*self._batch([train.texts[j] for j in idx]))
-                    loss = self.loss(out, codes[idx].to(self.device_)).sum() * (world.size / len(batch))
+                    loss = distributed.batch_loss(self.loss(out, codes[idx].to(self.device_)), len(batch), world)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.net_.parameters(), p["clip"])

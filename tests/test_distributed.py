@@ -97,3 +97,18 @@ def test_parts_cover_the_rows_in_order():
     assert [part(10, World(r, 3)) for r in range(3)] == [slice(0, 4), slice(4, 7), slice(7, 10)]
     assert [part(2, World(r, 3)) for r in range(3)] == [slice(0, 1), slice(1, 2), slice(2, 2)]
     assert part(5, World()) == slice(0, 5)
+
+
+def test_batch_loss_averages_to_the_global_mean_by_hand():
+    from ktt.distributed import World, batch_loss, rows
+
+    # a global batch of 3 rows with losses 1, 2, 3 (mean 2) on 2 ranks: rank 0 holds rows 0 and 2,
+    # rank 1 row 1; their shares (1 + 3) * 2/3 = 8/3 and 2 * 2/3 = 4/3 average to (8/3 + 4/3) / 2 = 2
+    losses = torch.tensor([1.0, 2.0, 3.0])
+    ranks = [World(r, 2) for r in range(2)]
+    assert [rows(torch.arange(3), w).tolist() for w in ranks] == [[0, 2], [1]]
+    shares = [batch_loss(losses[rows(torch.arange(3), w)], 3, w).item() for w in ranks]
+    assert shares == pytest.approx([8 / 3, 4 / 3])
+    assert sum(shares) / 2 == pytest.approx(2.0)
+    # one process: the plain mean
+    assert batch_loss(losses, 3, World()).item() == pytest.approx(2.0)
