@@ -51,6 +51,19 @@ def setup() -> World:
     return w
 
 
+def finish(w: World) -> None:
+    """Leave the process group once every rank is done with it. A process that exits without this
+    can abort at interpreter exit (gloo's threads still running: "terminate called without an
+    active exception", SIGABRT), and torchrun then fails the whole run."""
+    if w.size == 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def backend() -> str | None:
     import torch.distributed as dist
 

@@ -78,6 +78,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
         est = cls(ds.hierarchy, **params)
     if not world.main:
         est.fit(ds.train, ds.val, NullLogger())
+        distributed.finish(world)
         return Fit(None)
     if experiment:
         mlflow.set_experiment(experiment)
@@ -95,6 +96,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
         t0 = time.perf_counter()
         est.fit(ds.train, ds.val, logger)
         train_time = time.perf_counter() - t0
+        distributed.finish(world)  # from here on rank 0 works alone
         mlflow.log_metric("train_time_s", train_time)
         if "best" not in logger.paths:  # a model that saves nothing during fit: its only checkpoint
             logger.checkpoint(est, "best")
