@@ -46,6 +46,8 @@ class Hierarchy:
     levels: tuple[tuple[tuple[str, ...], ...], ...]
     _index: tuple[dict, ...] = field(init=False, repr=False, compare=False)
     _end: tuple[np.ndarray, ...] = field(init=False, repr=False, compare=False)
+    _parents: tuple[np.ndarray, ...] = field(init=False, repr=False, compare=False)
+    _cache: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not self.levels or any(len(lv) == 0 for lv in self.levels):
@@ -65,6 +67,11 @@ class Hierarchy:
                 seen[path] = i
             index.append(seen)
         object.__setattr__(self, "_index", tuple(index))
+        parents = [np.full(len(self.levels[0]), -1, dtype=np.int64)]
+        for d in range(1, len(self.levels)):
+            parents.append(np.array([index[d - 1][p[:-1]] for p in self.levels[d]], dtype=np.int64))
+        object.__setattr__(self, "_parents", tuple(parents))
+        object.__setattr__(self, "_cache", {})
         object.__setattr__(self, "_end", tuple(np.array([p[-1] == END for p in lv], dtype=bool)
                                                for lv in self.levels))
 
@@ -134,11 +141,21 @@ class Hierarchy:
         return self.names(self.depth - 1)
 
     def parent_of(self, level: int) -> np.ndarray:
-        """Index (within level - 1) of the parent of every class at ``level``; -1 at level 0."""
-        if level == 0:
-            return np.full(self.sizes[0], -1, dtype=np.int64)
-        up = self._index[level - 1]
-        return np.array([up[p[:-1]] for p in self.levels[level]], dtype=np.int64)
+        """Index (within level - 1) of the parent of every class at ``level``; -1 at level 0 (one
+        array shared by every caller: read it, never write to it)."""
+        return self._parents[level]
+
+    def sum_up(self, leaf_values: np.ndarray, reduce=np.add) -> list[np.ndarray]:
+        """``(n, n_leaves)`` values -> per level, ``(n, n_classes_at_level)``: each class's
+        ``reduce`` (``np.add``, ``np.maximum``) over the leaves at or below it. Classes are sorted
+        paths, so a parent's children are one contiguous run: one ``reduceat`` per level,
+        O(n x classes), where a dense (classes x leaves) matrix costs O(n x classes x leaves)."""
+        out = [np.asarray(leaf_values)]
+        for d in range(self.depth - 1, 0, -1):
+            parents = self._parents[d]
+            starts = np.flatnonzero(np.diff(parents, prepend=-1))
+            out.insert(0, reduce.reduceat(out[0], starts, axis=1))
+        return out
 
     # -- encoding -----------------------------------------------------------------
     def encode(self, paths: Iterable[Sequence[str]]) -> np.ndarray:
@@ -199,7 +216,13 @@ class Hierarchy:
 
     def leaf_paths(self) -> np.ndarray:
         """``(n_leaves, depth)`` indices of every leaf and its ancestors."""
-        return self.encode(self.levels[-1])
+        if "leaf_paths" not in self._cache:
+            paths = np.empty((self.n_leaves, self.depth), dtype=np.int64)
+            paths[:, -1] = np.arange(self.n_leaves)
+            for d in range(self.depth - 1, 0, -1):
+                paths[:, d - 1] = self._parents[d][paths[:, d]]
+            self._cache["leaf_paths"] = paths
+        return self._cache["leaf_paths"]
 
     def split_levels(self, scores: np.ndarray) -> list[np.ndarray]:
         """``(n, n_classes)`` scores over all classes -> one ``(n, n_i)`` slice per level."""

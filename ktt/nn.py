@@ -55,6 +55,64 @@ def multilabel_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return nn.functional.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").sum(-1)
 
 
+class Tree:
+    """The hierarchy's parent links, for reductions over subtrees level by level.
+
+    A class's subtree is itself plus its children's subtrees, so any reduction over descendants
+    (or over the leaves below) is one scatter per level from the bottom up: O(batch x classes)
+    time and memory, where a dense (classes x classes) or (classes x leaves) mask costs
+    O(batch x classes^2).
+    """
+
+    def __init__(self, sizes: list[int], parents: list[torch.Tensor]):
+        self.sizes, self.parents = list(sizes), [None, *parents]
+
+    @classmethod
+    def of(cls, hierarchy) -> "Tree":
+        return cls(hierarchy.sizes, [torch.tensor(hierarchy.parent_of(d)) for d in range(1, hierarchy.depth)])
+
+    @staticmethod
+    def attach(head: nn.Module, hierarchy) -> None:
+        """Keep the parent links as (unsaved) buffers of ``head``, so they move with it to its device."""
+        head.tree_sizes = hierarchy.sizes
+        for d in range(1, hierarchy.depth):
+            head.register_buffer(f"tree_parent{d}", torch.tensor(hierarchy.parent_of(d)), persistent=False)
+
+    @classmethod
+    def on(cls, head: nn.Module) -> "Tree":
+        """The tree :meth:`attach` put on ``head``."""
+        return cls(head.tree_sizes, [getattr(head, f"tree_parent{d}") for d in range(1, len(head.tree_sizes))])
+
+    def _up(self, child: torch.Tensor, d: int, reduce: str) -> torch.Tensor:
+        """Reduce level ``d``'s values ``(batch, n_d)`` into their parents at level ``d - 1``."""
+        # shapes from the tensors, not len(): an exported graph keeps the batch size dynamic
+        index = self.parents[d].expand_as(child)
+        out = torch.full_like(child[:, :1], -math.inf if reduce == "amax" else 0.0).expand(-1, self.sizes[d - 1])
+        if reduce == "amax":
+            return out.scatter_reduce(1, index, child, "amax", include_self=True)
+        if reduce == "sum":
+            return out.scatter_add(1, index, child)
+        # log-sum-exp: shift by each parent's max (no gradient needed through it: LSE does not depend on it)
+        top = self._up(child.detach(), d, "amax")
+        top = torch.where(torch.isfinite(top), top, 0.0)
+        return top + out.scatter_add(1, index, (child - top.gather(1, index)).exp()).log()
+
+    def subtree_max(self, z: torch.Tensor) -> torch.Tensor:
+        """``(batch, n_classes)``: each class's max over itself and its descendants."""
+        levels = list(z.split(self.sizes, dim=1))
+        for d in range(len(levels) - 1, 0, -1):
+            levels[d - 1] = torch.maximum(levels[d - 1], self._up(levels[d], d, "amax"))
+        return torch.cat(levels, dim=1)
+
+    def from_leaves(self, leaf: torch.Tensor, reduce: str) -> torch.Tensor:
+        """``(batch, n_classes)``: for every class, ``reduce`` (sum, amax or logsumexp) of the
+        ``(batch, n_leaves)`` values of the leaves at or below it."""
+        levels = [leaf]
+        for d in range(len(self.sizes) - 1, 0, -1):
+            levels.insert(0, self._up(levels[0], d, reduce))
+        return torch.cat(levels, dim=1)
+
+
 class Net(nn.Module):
     """Encoder -> pooled text vector -> head."""
 

@@ -11,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ktt import registry
 from ktt.hierarchy import Hierarchy
+from ktt.nn import Tree
 from models.db_achmcnn.db_achmcnn import mc_loss, mcm
 from models.db_ahmcnf.db_ahmcnf import hmcnf_loss
 from models.db_bhcn.db_bhcn import bhcn_level_loss
@@ -97,11 +98,11 @@ def test_bhcn_f_is_per_row():
 
 
 # -- AWX ----------------------------------------------------------------------------------
-LEAF_MASK = torch.where(torch.as_tensor(H.leaf_matrix()) > 0, 0.0, -math.inf)
+TREE = Tree.of(H)
 
 
 def awx(leaf_logits, norm):
-    return awx_log(t(*leaf_logits), LEAF_MASK, norm)
+    return awx_log(t(*leaf_logits), TREE, norm)
 
 
 def test_awx_propagation_and_bce_by_hand():
@@ -113,19 +114,19 @@ def test_awx_propagation_and_bce_by_hand():
     assert awx([z], 1.0).exp()[0].tolist() == pytest.approx([s[0] + s[1], s[2], *s], rel=1e-5)  # unclipped
     target = [1, 0, 1, 0, 0]  # path (A, a1)
     expected = sum(bce(p, y) for p, y in zip(y_hat, target))
-    assert awx_bce(t(z), LEAF_MASK, 2.0, t(target)).item() == pytest.approx(expected, rel=1e-5)
+    assert awx_bce(t(z), TREE, 2.0, t(target)).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_awx_keeps_gradient_where_sigmoid_saturates():
     # σ(40) is 1.0 in float32: a wrong but confident leaf must still be pushed down
     logits = t([40.0, 0.0, 0.0]).requires_grad_()
-    loss = awx_bce(logits, LEAF_MASK, 5.0, t([0, 1, 0, 0, 1]))  # true path (B, b1); a1 and A are wrong
+    loss = awx_bce(logits, TREE, 5.0, t([0, 1, 0, 0, 1]))  # true path (B, b1); a1 and A are wrong
     loss.sum().backward()
     assert torch.isfinite(loss).all() and loss.item() > 40  # −log(1 − σ(40)) = 40 for the leaf alone
     assert logits.grad[0, 0] > 0.99  # the leaf's own BCE gradient, σ(40) − 0
     # an inner class overshooting 1 (two confident leaves under A, n = 1) still gets a bounded push down
     logits = t([3.0, 3.0, 0.0]).requires_grad_()
-    loss = awx_bce(logits, LEAF_MASK, 1.0, t([0, 1, 0, 0, 1]))
+    loss = awx_bce(logits, TREE, 1.0, t([0, 1, 0, 0, 1]))
     loss.sum().backward()
     assert torch.isfinite(loss).all() and torch.isfinite(logits.grad).all() and logits.grad[0, 0] > 1
 
@@ -146,12 +147,9 @@ def test_hmcnf_by_hand():
 
 
 # -- C-HMCNN ------------------------------------------------------------------------------
-MASK = (torch.as_tensor(H.ancestor_matrix()) - 1) * 1e9
-
-
 def test_mcm_by_hand():
     z = [0.1, -1.0, 0.5, 2.0, -3.0]  # A, B, a1, a2, b1
-    assert mcm(t(z), MASK)[0].tolist() == pytest.approx([2.0, -1.0, 0.5, 2.0, -3.0])
+    assert mcm(t(z), TREE)[0].tolist() == pytest.approx([2.0, -1.0, 0.5, 2.0, -3.0])
 
 
 def test_mcloss_by_hand():
@@ -160,8 +158,59 @@ def test_mcloss_by_hand():
     # positives: MCM of y ⊙ h, so A takes max(A, a1) (a2 is off the path); negatives: MCM of h
     out = [max(z[0], z[2]), max(z[1], z[4]), z[2], z[3], z[4]]
     expected = sum(bce(sig(v), y) for v, y in zip(out, target))
-    assert mc_loss(t(z), t(target), MASK).item() == pytest.approx(expected, rel=1e-5)
-    assert expected != pytest.approx(sum(bce(sig(v), y) for v, y in zip(mcm(t(z), MASK)[0].tolist(), target)))
+    assert mc_loss(t(z), t(target), TREE).item() == pytest.approx(expected, rel=1e-5)
+    assert expected != pytest.approx(sum(bce(sig(v), y) for v, y in zip(mcm(t(z), TREE)[0].tolist(), target)))
+
+
+# -- level by level equals the dense formulas (a depth-7 tree with paths ending at every depth) ---
+def deep_tree():
+    import random
+
+    rng, paths = random.Random(0), []
+    for i in range(60):
+        depth = rng.randint(1, 7)
+        paths.append(tuple(f"c{rng.randint(0, 2)}" for _ in range(depth)))
+    return Hierarchy.from_paths(paths)
+
+
+def dense_mcm(z, h):
+    """The original C-HMCNN formula: max over a (batch, classes, classes) masked tensor."""
+    mask = (torch.as_tensor(h.ancestor_matrix()) - 1) * 1e9
+    return (z[:, None, :] + mask[None]).amax(-1)
+
+
+def dense_awx_log(leaf_logits, h, norm):
+    """The original AWX formula over a (batch, classes, leaves) masked tensor."""
+    ls = torch.nn.functional.logsigmoid(leaf_logits)[:, None, :] + \
+        torch.where(torch.as_tensor(h.leaf_matrix()) > 0, 0.0, -math.inf)[None]
+    return ls.amax(-1) if norm <= 0 else torch.logsumexp(norm * ls, dim=-1) / norm
+
+
+def test_level_by_level_equals_dense_on_a_depth_7_tree():
+    h = deep_tree()
+    assert h.depth == 7 and h.variable_depth
+    tree, g = Tree.of(h), torch.Generator().manual_seed(0)
+    z = (torch.randn(4, h.n_classes, generator=g) * 3).requires_grad_()
+    target = torch.zeros(4, h.n_classes)
+    for i, leaf in enumerate(torch.randint(h.n_leaves, (4,), generator=g).tolist()):
+        for d, c in enumerate(h.leaf_paths()[leaf]):
+            target[i, h.offsets[d] + c] = 1
+    torch.testing.assert_close(mcm(z, tree), dense_mcm(z, h))
+    mask = (torch.as_tensor(h.ancestor_matrix()) - 1) * 1e9
+    pos = target.bool()
+    dense_loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.where(pos, dense_mcm(z.masked_fill(~pos, -1e9), h), dense_mcm(z, h)), target, reduction="none").sum(-1)
+    torch.testing.assert_close(mc_loss(z, target, tree), dense_loss)
+    grad = torch.autograd.grad(mc_loss(z, target, tree).sum(), z)[0]
+    torch.testing.assert_close(grad, torch.autograd.grad(dense_loss.sum(), z)[0])
+    assert mask.shape == (h.n_classes, h.n_classes)
+    leaf = (torch.randn(4, h.n_leaves, generator=g) * 4).requires_grad_()
+    for norm in (0.0, 1.0, 5.0):
+        torch.testing.assert_close(awx_log(leaf, tree, norm), dense_awx_log(leaf, h, norm))
+        got = torch.autograd.grad(awx_log(leaf, tree, norm).sum(), leaf)[0]
+        torch.testing.assert_close(got, torch.autograd.grad(dense_awx_log(leaf, h, norm).sum(), leaf)[0])
+    p = leaf.softmax(-1)
+    torch.testing.assert_close(tree.from_leaves(p, "sum"), p @ torch.as_tensor(h.leaf_matrix()).T)
 
 
 # -- every model: per-row losses, batch-independent, nothing CUDA autocast refuses -----------
@@ -249,6 +298,5 @@ def test_model_losses_wire_their_formulas_with_their_own_parameters(bb300, tiny_
                                torch.nn.functional.cross_entropy(z[-1], codes[:, h.depth - 1], reduction="none"))
     torch.testing.assert_close(built("db_bhcn", gamma_l=0.2, lambda_l=0.9, lambda_h=0.3).loss(z, codes),
                                bhcn_level_loss(logp, codes, 0.2, 0.9, 0.3, parents))
-    leaf_mask = torch.where(torch.as_tensor(h.leaf_matrix()) > 0, 0.0, -math.inf)
     torch.testing.assert_close(built("db_bhcn_awx", gamma_l=0.2, lambda_l=0.9, awx_norm=3.0).loss(z, codes),
-                               awx_bce(z[-1], leaf_mask, 3.0, target) + bhcn_level_loss(logp, codes, 0.2, 0.9, 0, []))
+                               awx_bce(z[-1], Tree.of(h), 3.0, target) + bhcn_level_loss(logp, codes, 0.2, 0.9, 0, []))

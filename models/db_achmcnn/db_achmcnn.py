@@ -13,20 +13,20 @@ import torch
 from torch import nn
 
 from ktt.model import Interval
-from ktt.nn import TorchModel, multilabel_bce
+from ktt.nn import TorchModel, Tree, multilabel_bce
 from models.db_bhcn.db_bhcn import ACTS
 
 
-def mcm(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Max-constraint module on logits; ``mask`` (n_classes, n_classes): 0 where column B is row A
-    or a descendant of A, −1e9 elsewhere."""
-    return (z[:, None, :] + mask[None]).amax(-1)
+def mcm(z: torch.Tensor, tree: Tree) -> torch.Tensor:
+    """Max-constraint module on logits: each class's max over itself and its descendants,
+    computed level by level (``Tree.subtree_max``, O(batch x classes))."""
+    return tree.subtree_max(z)
 
 
-def mc_loss(z: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def mc_loss(z: torch.Tensor, target: torch.Tensor, tree: Tree) -> torch.Tensor:
     """Per-row MCLoss, ``(batch,)``: BCE on (1 − y)·MCM(h) + y·MCM(y ⊙ h), h = σ(z)."""
     positive = target.bool()
-    out = torch.where(positive, mcm(z.masked_fill(~positive, -1e9), mask), mcm(z, mask))
+    out = torch.where(positive, mcm(z.masked_fill(~positive, -1e9), tree), mcm(z, tree))
     return multilabel_bce(out, target)
 
 
@@ -42,11 +42,11 @@ class DBACHMCNN(TorchModel):
             layers += [nn.Linear(width, p["h_hidden_dim"]), ACTS[p["h_nonlinear"]](), nn.Dropout(p["h_dropout"])]
             width = p["h_hidden_dim"]
         head = nn.Sequential(*layers, nn.Linear(width, h.n_classes))
-        head.register_buffer("mask", (torch.as_tensor(h.ancestor_matrix()) - 1).float() * 1e9, persistent=False)
+        Tree.attach(head, h)
         return head
 
     def loss(self, logits, codes):
-        return mc_loss(logits.float(), self.multi_hot(codes), self.net_.head.mask)
+        return mc_loss(logits.float(), self.multi_hot(codes), Tree.on(self.net_.head))
 
     def level_scores(self, logits):
-        return self.split_levels(torch.sigmoid(mcm(logits.float(), self.net_.head.mask)))
+        return self.split_levels(torch.sigmoid(mcm(logits.float(), Tree.on(self.net_.head))))

@@ -61,7 +61,7 @@ class DBBHCN(TorchModel):
     def build_head(self, hidden):
         head = BHCNHead(hidden, self.hierarchy.sizes, self.params["dropout"], self.params["act"])
         for d in range(self.hierarchy.depth):
-            head.register_buffer(f"parent{d}", torch.as_tensor(self.hierarchy.parent_of(d)), persistent=False)
+            head.register_buffer(f"parent{d}", torch.tensor(self.hierarchy.parent_of(d)), persistent=False)
         return head
 
     def _parents(self):

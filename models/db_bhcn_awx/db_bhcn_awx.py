@@ -17,21 +17,21 @@ import torch
 from torch import nn
 
 from ktt.model import Interval
-from ktt.nn import TorchModel, multilabel_bce
+from ktt.nn import TorchModel, Tree, multilabel_bce
 from models.db_bhcn.db_bhcn import ACTS, BHCNHead, bhcn_level_loss
 
 #: an inner class's log(1 − ŷ) is evaluated at ŷ ≤ 1 − 1e-4 (bounded loss and gradient when it overshoots)
 _LOG_MAX_NEG = math.log1p(-1e-4)
 
 
-def awx_log(leaf_logits: torch.Tensor, leaf_mask: torch.Tensor, norm: float) -> torch.Tensor:
-    """log of the unclipped AWX output, ``(batch, n_classes)``. ``leaf_mask``: (n_classes, n_leaves),
-    0 where leaf l is class j or under it, −inf elsewhere."""
-    ls = nn.functional.logsigmoid(leaf_logits.float())[:, None, :] + leaf_mask[None]
-    return ls.amax(-1) if norm <= 0 else torch.logsumexp(norm * ls, dim=-1) / norm
+def awx_log(leaf_logits: torch.Tensor, tree: Tree, norm: float) -> torch.Tensor:
+    """log of the unclipped AWX output, ``(batch, n_classes)``: per class, the max (n <= 0) or
+    (1/n) log Σ exp(n log σ(z_l)) over the leaves l at or below it, level by level over ``tree``."""
+    ls = nn.functional.logsigmoid(leaf_logits.float())
+    return tree.from_leaves(ls, "amax") if norm <= 0 else tree.from_leaves(norm * ls, "logsumexp") / norm
 
 
-def awx_bce(leaf_logits: torch.Tensor, leaf_mask: torch.Tensor, norm: float, target: torch.Tensor) -> torch.Tensor:
+def awx_bce(leaf_logits: torch.Tensor, tree: Tree, norm: float, target: torch.Tensor) -> torch.Tensor:
     """Per-row BCE of ŷ = min(1, AWX) against a multi-hot target, summed over classes.
 
     The leaves (the last ``n_leaves`` classes) have ŷ = σ(z): their BCE is taken on the logits,
@@ -39,7 +39,7 @@ def awx_bce(leaf_logits: torch.Tensor, leaf_mask: torch.Tensor, norm: float, tar
     cap passes the gradient straight through.
     """
     n_leaves = leaf_logits.shape[1]
-    log_y = awx_log(leaf_logits, leaf_mask, norm)[:, :-n_leaves]
+    log_y = awx_log(leaf_logits, tree, norm)[:, :-n_leaves]
     inner_t, leaf_t = target[:, :-n_leaves], target[:, -n_leaves:]
     capped = log_y - (log_y - log_y.clamp(max=_LOG_MAX_NEG)).detach()  # value capped, gradient straight through
     inner = inner_t * -log_y.clamp(max=0.0) + (1 - inner_t) * -torch.log(-torch.expm1(capped))
@@ -53,17 +53,16 @@ class DBBHCNAWX(TorchModel):
 
     def build_head(self, hidden):
         head = BHCNHead(hidden, self.hierarchy.sizes, self.params["dropout"], self.params["act"])
-        mask = torch.where(torch.as_tensor(self.hierarchy.leaf_matrix()) > 0, 0.0, -math.inf)
-        head.register_buffer("leaf_mask", mask, persistent=False)
+        Tree.attach(head, self.hierarchy)
         return head
 
     def _log_y(self, z):
-        return awx_log(z[-1], self.net_.head.leaf_mask, self.params["awx_norm"])
+        return awx_log(z[-1], Tree.on(self.net_.head), self.params["awx_norm"])
 
     def loss(self, z, codes):
         p = self.params
         logp = [zi.float().log_softmax(-1) for zi in z]
-        return (awx_bce(z[-1], self.net_.head.leaf_mask, p["awx_norm"], self.multi_hot(codes))
+        return (awx_bce(z[-1], Tree.on(self.net_.head), p["awx_norm"], self.multi_hot(codes))
                 + bhcn_level_loss(logp, codes, p["gamma_l"], p["lambda_l"], 0.0, []))
 
     def level_scores(self, z):

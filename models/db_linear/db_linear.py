@@ -7,7 +7,7 @@ whole path's joint score and ``decode=leaf`` (the default here) is the joint-pat
 import torch
 from torch import nn
 
-from ktt.nn import TorchModel
+from ktt.nn import TorchModel, Tree
 
 
 class DBLinear(TorchModel):
@@ -15,11 +15,11 @@ class DBLinear(TorchModel):
 
     def build_head(self, hidden):
         head = nn.Sequential(nn.Dropout(self.params["dropout"]), nn.Linear(hidden, self.hierarchy.n_leaves))
-        head.register_buffer("R", torch.as_tensor(self.hierarchy.leaf_matrix()), persistent=False)
+        Tree.attach(head, self.hierarchy)
         return head
 
     def loss(self, logits, codes):
         return nn.functional.cross_entropy(logits.float(), codes[:, -1], reduction="none")
 
     def level_scores(self, logits):
-        return self.split_levels(logits.float().softmax(-1) @ self.net_.head.R.T)
+        return self.split_levels(Tree.on(self.net_.head).from_leaves(logits.float().softmax(-1), "sum"))

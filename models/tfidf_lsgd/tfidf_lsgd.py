@@ -28,9 +28,7 @@ class TfidfLSGD(TfidfModel):
         return full
 
     def proba_from_features(self, x):
-        leaf = self.leaf_scores(x)
-        r, off = self.hierarchy.leaf_matrix(), self.hierarchy.offsets
-        return [leaf @ r[o:o + n].T for o, n in zip(off, self.hierarchy.sizes)]
+        return self.hierarchy.sum_up(self.leaf_scores(x))
 
     def predict_from_features(self, x):
         return self.hierarchy.decode_scores([self.leaf_scores(x)], "leaf")
