@@ -160,15 +160,48 @@ def ingest(source, name, fmt, encoding, delimiter, columns, table, query, label_
 
 @main.command()
 @click.option("-n", "--name", default="synthetic", show_default=True, help="Dataset name.")
-@click.option("--rows", default=3000, show_default=True, help="Rows to generate.")
-@click.option("--noise", default=0.05, show_default=True, help="Share of rows given a sibling's label.")
+@click.option("--rows", default=3000, show_default=True, type=click.IntRange(min=30), help="Rows to generate.")
+@click.option("--noise", default=0.05, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Share of rows given a sibling's label.")
+@click.option("--categories", type=click.IntRange(min=2), default=None,
+              help="Generate a random taxonomy of this many categories (inner ones included) instead of the "
+                   "small built-in one.")
+@click.option("--max-depth", "max_depth", type=click.IntRange(1, 12), default=7, show_default=True,
+              help="With --categories: the deepest level of the generated taxonomy (paths of 1 to this many levels).")
+@click.option("--taxonomy", "taxonomy_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Category paths from a text file, one `A > B > C` per line (Google's product taxonomy "
+                   "format), instead of a generated taxonomy.")
+@click.option("--inner", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="With --categories or --taxonomy: share of rows labelled at an inner category.")
 @_ingest_options
-def generate(name, rows, noise, **opts):
-    """Generate the synthetic product-title dataset (no third-party data) into datasets/NAME."""
-    from .synth import generate as gen
+def generate(name, rows, noise, categories, max_depth, taxonomy_file, inner, **opts):
+    """Generate a synthetic product-title dataset (no third-party data) into datasets/NAME.
 
-    _finish_ingest(gen(rows, opts["seed"], noise), name, f"ktt.synth(rows={rows}, seed={opts['seed']})",
-                   opts, {"synthetic": True})
+    By default a 3-level catalog of 27 leaves; with --categories (or --taxonomy) a catalog shaped
+    like a real taxonomy: thousands of categories, paths of 1 to --max-depth levels, rows at leaves
+    and at inner categories.
+    """
+    import time
+    from pathlib import Path
+
+    from . import synth
+
+    start = time.perf_counter()
+    if categories and taxonomy_file:
+        raise BadValue("give --categories or --taxonomy, not both")
+    if categories or taxonomy_file:
+        tax = synth.read_taxonomy(taxonomy_file) if taxonomy_file else \
+            synth.random_taxonomy(categories, max_depth, opts["seed"])
+        import pandas as pd
+
+        df = pd.concat(synth.generate_catalog(rows, tax, opts["seed"], noise, inner), ignore_index=True)
+        where = (f"ktt.synth.generate_catalog(rows={rows}, " +
+                 (f"taxonomy={Path(taxonomy_file).name!r}" if taxonomy_file else
+                  f"categories={categories}, max_depth={max_depth}") + f", inner={inner}, seed={opts['seed']})")
+    else:
+        df, where = synth.generate(rows, opts["seed"], noise), f"ktt.synth(rows={rows}, seed={opts['seed']})"
+    _finish_ingest(df, name, where, opts, {"synthetic": True})
+    click.echo(f"generated and ingested {rows:,} rows in {time.perf_counter() - start:.1f} s", err=True)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -85,31 +85,45 @@ def resolve_source(source: str | None = None, model: str | None = None, dataset:
 
 
 def export_onnx(model, folder: Path, monitoring: bool = False) -> dict[str, Path]:
-    """``encoder.onnx``, ``classifier.onnx`` and ``serving.json`` (tokenisation, hierarchy, decoding,
-    and whether the service forwards rows to the drift sidecar)."""
-    from .serving.runtime import graph_files
+    """``encoder.onnx`` and ``classifier.onnx`` (TF-IDF models: ``tfidf.npz``, their sparse
+    arrays) and ``serving.json`` (tokenisation, hierarchy, decoding, and whether the service
+    forwards rows to the drift sidecar)."""
+    from .serving.runtime import exported_files, graph_files
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = graph_files(folder)
-    model.export_onnx(paths["classifier"], paths["encoder"])
+    for f in paths.values():  # a re-export may change the format
+        f.unlink(missing_ok=True)
+    if model.served_from == "arrays":
+        model.export_arrays(paths["arrays"])
+    else:
+        model.export_onnx(paths["classifier"], paths["encoder"])
     paths["config"].write_text(json.dumps({**model.serving_config(), "monitoring": monitoring}))
-    return paths
+    return exported_files(folder)
 
 
 def quantize_int8(src: Path, dst: Path) -> dict[str, Path]:
-    """Dynamically quantized copies of ``src``'s graphs in ``dst``: int8 weights for every MatMul
-    and Gemm (the encoder's layers; for TF-IDF models, whose encoder holds no matrices, the
-    classifier's), activations quantized at run time."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from .serving.runtime import graph_files
+    """Quantized copies of ``src``'s export in ``dst``. Graphs: dynamically quantized, int8
+    weights for every MatMul and Gemm (the encoder's layers), activations quantized at run time.
+    TF-IDF arrays: int8 weights with one scale per decision (``ktt.sparse.quantize``)."""
+    from .serving.runtime import exported_files, graph_files
 
     dst.mkdir(parents=True, exist_ok=True)
-    given, out = graph_files(src), graph_files(dst)
-    for part in ("encoder", "classifier"):
-        quantize_dynamic(given[part], out[part], weight_type=QuantType.QInt8)
+    given, out = exported_files(src), graph_files(dst)
+    if "arrays" in given:
+        import numpy as np
+
+        from .sparse import quantize
+
+        with np.load(given["arrays"]) as f, open(out["arrays"], "wb") as o:
+            np.savez(o, **quantize(dict(f)))
+    else:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        for part in ("encoder", "classifier"):
+            quantize_dynamic(given[part], out[part], weight_type=QuantType.QInt8)
     shutil.copy(given["config"], out["config"])
-    return out
+    return exported_files(dst)
 
 
 def graph_metrics(folder: Path, split, batch_size: int = 256) -> dict[str, float]:
@@ -149,14 +163,14 @@ def register(run_id: str, name: str, alias: str = "champion") -> int:
 
 
 SERVICE_TEMPLATE = '''"""BentoService of `{model}`, written by `ktt export`: the shared KTT API
-(ktt/serving/bento.py) over this model's ONNX graphs."""
+(ktt/serving/bento.py) over this model's {what}."""
 import bentoml
 
-from ktt.serving.bento import SERVING_ENV, KTTService
+from ktt.serving.bento import SERVING_ENV, {base}
 
 
 @bentoml.env(**SERVING_ENV)
-class {service}(KTTService):
+class {service}({base}):
     pass
 
 
@@ -173,7 +187,8 @@ def service_files(model_cls, folder: Path) -> dict[str, Path]:
     from .monitoring.dashboard import dashboard
 
     service, name = model_cls.__name__, model_cls.name
-    generated = {"svc_lts.py": SERVICE_TEMPLATE.format(model=name, service=service),
+    base, what = ("TfidfService", "sparse arrays") if model_cls.served_from == "arrays" else ("KTTService", "ONNX graphs")
+    generated = {"svc_lts.py": SERVICE_TEMPLATE.format(model=name, service=service, base=base, what=what),
                  "evidently.yaml": evidently_template(model_cls.drift_share),
                  "dashboard.json": json.dumps(dashboard(service, name), indent=2) + "\n",
                  "__init__.py": ""}

@@ -196,9 +196,9 @@ class Hierarchy:
     def answer_depths(self, codes: np.ndarray, scores: list[np.ndarray], threshold=0.0) -> np.ndarray:
         """``(n,)`` levels to answer: the path stops at its deepest level whose confidence is at least
         ``threshold`` (a number, or one per row); 0 when no level clears it. Never below the path's end."""
-        return self._stop(codes, self.confidences(codes, scores), threshold)
+        return self.stop_depths(codes, self.confidences(codes, scores), threshold)
 
-    def _stop(self, codes: np.ndarray, conf: np.ndarray, threshold) -> np.ndarray:
+    def stop_depths(self, codes: np.ndarray, conf: np.ndarray, threshold) -> np.ndarray:
         """:meth:`answer_depths` from the path's ``confidences``."""
         t = np.reshape(np.asarray(check_threshold(threshold), dtype=np.float64), (-1, 1))
         ok = (conf >= t) | (t <= 0)  # 0: never stop early (scores may be negative margins)
@@ -210,7 +210,7 @@ class Hierarchy:
         :meth:`answer_depths`): the prediction as every front-end (``predict_paths``, the pyfunc,
         the service) returns it."""
         conf = self.confidences(codes, scores)
-        depths = self._stop(codes, conf, threshold)
+        depths = self.stop_depths(codes, conf, threshold)
         return [[(self.levels[d][c][-1], float(conf[i, d])) for d, c in enumerate(row[:k])]
                 for i, (row, k) in enumerate(zip(np.asarray(codes), depths))]
 

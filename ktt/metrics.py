@@ -15,27 +15,27 @@ from .hierarchy import Hierarchy
 
 
 def _ancestor_sets(h: Hierarchy, codes: np.ndarray, depths: np.ndarray | None = None) -> np.ndarray:
-    """Multi-hot ``(n, n_classes)``: every predicted class (of the first ``depths[i]`` levels, when
-    given) and all its ancestors; end classes left out."""
-    off = h.offsets
-    out = np.zeros((len(codes), h.n_classes), dtype=bool)
-    rows = np.arange(len(codes))
+    """Every predicted class (of the first ``depths[i]`` levels, when given) and all its
+    ancestors, end classes left out, as sorted unique keys ``row * n_classes + class`` (a class
+    numbered across levels): O(n x depth^2) memory, where a multi-hot matrix takes n x classes."""
+    codes = np.asarray(codes)
+    n, off, keys = len(codes), h.offsets, []
+    rows = np.arange(n, dtype=np.int64) * h.n_classes
     for d in range(h.depth):
-        r = rows if depths is None else rows[depths > d]
+        r = slice(None) if depths is None else depths > d
         c = codes[r, d]
-        out[r, off[d] + c] = True
-        for up in range(d - 1, -1, -1):  # walk this prediction's own ancestors
-            c = h.parent_of(up + 1)[c]
-            out[r, off[up] + c] = True
-    for d in range(h.depth):
-        out[:, off[d]:off[d] + h.sizes[d]] &= ~h.is_end(d)
-    return out
+        for up in range(d, -1, -1):  # this prediction and its own ancestors
+            if up < d:
+                c = h.parent_of(up + 1)[c]
+            real = ~h.is_end(up)[c]
+            keys.append(rows[r][real] + off[up] + c[real])
+    return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
 
 
 def _hprf(t_set: np.ndarray, p_set: np.ndarray) -> tuple[float, float, float]:
-    inter = (t_set & p_set).sum()
-    hp = inter / p_set.sum() if p_set.any() else float("nan")  # nothing answered: precision undefined
-    hr = inter / t_set.sum()
+    inter = len(np.intersect1d(t_set, p_set, assume_unique=True))
+    hp = inter / len(p_set) if len(p_set) else float("nan")  # nothing answered: precision undefined
+    hr = inter / len(t_set)
     return float(hp), float(hr), float(2 * hp * hr / (hp + hr)) if hp + hr else 0.0
 
 
@@ -74,7 +74,7 @@ def evaluate(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
     return m
 
 
-def stop_curve(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray, scores: list[np.ndarray],
+def stop_curve(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray, scores: list[np.ndarray] | np.ndarray,
                thresholds=None) -> list[dict[str, float]]:
     """What a confidence threshold does (``Hierarchy.answer_depths``), one row per threshold:
     ``coverage`` (the share of the predicted paths' classes still answered), hierarchical
@@ -82,14 +82,16 @@ def stop_curve(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray, scores: lis
     level of their prediction (``full``) and not at all (``none``)."""
     thresholds = np.round(np.arange(0, 1.0, 0.05), 2) if thresholds is None else thresholds
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    # per-level scores, or already the (n, depth) confidences of the predicted paths
+    conf = scores if isinstance(scores, np.ndarray) else h.confidences(y_pred, scores)
     t_set, full = _ancestor_sets(h, y_true), h.path_depths(y_pred)
-    n_full = _ancestor_sets(h, y_pred).sum()
+    n_full = len(_ancestor_sets(h, y_pred))
     out = []
     for th in thresholds:
-        depths = h.answer_depths(y_pred, scores, th)
+        depths = h.stop_depths(y_pred, conf, th)
         p_set = _ancestor_sets(h, y_pred, depths)
         hp, hr, hf = _hprf(t_set, p_set)
-        out.append({"threshold": float(th), "coverage": float(p_set.sum() / n_full), "h_precision": hp,
+        out.append({"threshold": float(th), "coverage": float(len(p_set) / n_full), "h_precision": hp,
                     "h_recall": hr, "h_f1": hf, "full": float(np.mean(depths == full)),
                     "none": float(np.mean(depths == 0))})
     return out

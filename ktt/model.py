@@ -94,6 +94,9 @@ class Model(ABC):
     resumable: ClassVar[frozenset[str]] = frozenset()
     #: True when ``fit`` trains on several processes under torchrun (:mod:`ktt.distributed`).
     distributable: ClassVar[bool] = False
+    #: What the server scores with: ``onnx`` (:meth:`export_onnx`'s two graphs) or ``arrays``
+    #: (the model's ``export_arrays``: ``tfidf.npz``, scored by ``ktt.sparse``).
+    served_from: ClassVar[str] = "onnx"
     #: Monitoring: the share of the reference set's pooled feature columns that must drift for the
     #: drift sidecar to report dataset drift (written into the service's ``evidently.yaml``).
     drift_share: ClassVar[float] = 0.5
@@ -161,7 +164,8 @@ class Model(ABC):
     # -- export, serving and monitoring -------------------------------------------------
     def export_onnx(self, classifier_path, encoder_path) -> None:
         """Write ``encoder.onnx`` (the :meth:`serving_config` input -> ``features``) and
-        ``classifier.onnx`` (``features`` -> ``scores`` of all classes, level by level)."""
+        ``classifier.onnx`` (``features`` -> ``scores`` of all classes, level by level). A model
+        served from arrays instead (``export_arrays``, ``served_from = "arrays"``) needs neither."""
         raise NotImplementedError(f"{self.name} cannot be exported to ONNX")
 
     def serving_config(self) -> dict:

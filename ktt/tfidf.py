@@ -11,7 +11,8 @@ from . import threads
 from .errors import BadValue
 from .hierarchy import Hierarchy
 from .model import Interval, Model
-from .text import stem, stemmer, words
+from .sparse import PROBA_LOSSES, LinearBlocks, NgramIndex, NodeClassifiers
+from .text import stem
 
 LANGUAGES = tuple(snowballstemmer.algorithms())
 
@@ -41,39 +42,24 @@ def make_vectorizer(params: dict):
 
 class Featuriser:
     """``vectorizer.transform(stem(texts))`` of a fitted ``make_vectorizer``, without a Python
-    loop per word or n-gram: the texts' words are stemmed once per distinct word, mapped to
-    integer ids, every n-gram becomes one int64 key (ids in base ``n_tokens``) and is looked up
-    in a pandas hash index of the vocabulary's keys. The counts then go through the
-    vectoriser's own idf weighting and normalisation, so the matrix is the same, value for
-    value (``tests/test_hardware.py`` compares them on real data). Texts go in chunks, so
-    memory stays bounded however many there are."""
+    loop per word or n-gram (:class:`ktt.sparse.NgramIndex` counts the n-grams). The counts then
+    go through the vectoriser's own idf weighting and normalisation, so the matrix is the same,
+    value for value (``tests/test_hardware.py`` compares them on real data). Texts go in
+    chunks, so memory stays bounded however many there are."""
 
     def __init__(self, vectorizer, language: str, chunk: int = 20_000):
-        import pandas as pd
         from sklearn.feature_extraction.text import TfidfTransformer
 
-        self.language, self.chunk, self.dtype = language, chunk, vectorizer.dtype
-        grams = {tuple(g.split(" ")): i for g, i in vectorizer.vocabulary_.items()}
-        self.tokens = pd.Index(sorted({t for g in grams for t in g}))
-        self.n_features = len(grams)
-        self.index = {}  # n -> (index of the vocabulary's n-gram keys, their feature columns)
-        for n in range(vectorizer.ngram_range[0], vectorizer.ngram_range[1] + 1):
-            of_n = [(g, i) for g, i in grams.items() if len(g) == n]
-            ids = self.tokens.get_indexer([t for g, _ in of_n for t in g]).reshape(-1, n)
-            self.index[n] = (pd.Index(self._keys(ids)), np.array([i for _, i in of_n], dtype=np.int64))
+        self.chunk, self.dtype = chunk, vectorizer.dtype
+        try:
+            self.index = NgramIndex.from_vocabulary(vectorizer.vocabulary_, language)
+        except ValueError as e:
+            raise BadValue(str(e)) from None
+        self.n_features = self.index.n_features
         self.tfidf = TfidfTransformer(norm=vectorizer.norm, use_idf=vectorizer.use_idf,
                                       smooth_idf=vectorizer.smooth_idf, sublinear_tf=vectorizer.sublinear_tf)
         if vectorizer.use_idf:
             self.tfidf.idf_ = vectorizer.idf_
-        if len(self.tokens) ** vectorizer.ngram_range[1] >= 2 ** 62:  # keys would overflow int64
-            raise BadValue(f"{len(self.tokens)} distinct tokens are too many for {vectorizer.ngram_range[1]}-grams")
-
-    def _keys(self, ids: np.ndarray) -> np.ndarray:
-        """``(m, n)`` token ids -> one int64 key per row."""
-        keys = ids[:, 0].astype(np.int64)
-        for k in range(1, ids.shape[1]):
-            keys = keys * len(self.tokens) + ids[:, k]
-        return keys
 
     def __call__(self, texts):
         import scipy.sparse as sp
@@ -81,56 +67,37 @@ class Featuriser:
         texts = list(texts)
         if not texts:  # scikit-learn refuses zero rows
             return sp.csr_matrix((0, self.n_features), dtype=self.dtype)
-        parts = [self._counts(texts[i:i + self.chunk]) for i in range(0, len(texts), self.chunk)]
+        parts = []
+        for i in range(0, len(texts), self.chunk):
+            c = self.index.counts(texts[i:i + self.chunk], self.dtype)
+            parts.append(sp.csr_matrix((c.data, c.indices, c.indptr), shape=c.shape))
         counts = sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
         return self.tfidf.transform(counts, copy=False)
 
-    def _counts(self, texts):
-        import itertools
-
-        import pandas as pd
-        import scipy.sparse as sp
-
-        per_text = words(texts)
-        lengths = np.fromiter(map(len, per_text), np.int64, len(per_text))
-        codes, vocabulary = pd.factorize(np.array(list(itertools.chain.from_iterable(per_text)), dtype=object))
-        stems = np.array(stemmer(self.language).stemWords(list(vocabulary)), dtype=object)  # C objects do not pickle
-        ids = self.tokens.get_indexer(stems)[codes] if len(codes) else np.zeros(0, np.int64)
-        if (stems == "").any():  # an empty stem vanishes when joined and split: its neighbours meet
-            keep = stems[codes] != ""
-            ids, lengths = ids[keep], np.bincount(np.repeat(np.arange(len(texts)), lengths)[keep],
-                                                  minlength=len(texts))
-        row = np.repeat(np.arange(len(texts)), lengths)
-        left = np.repeat(lengths.cumsum(), lengths) - np.arange(len(ids))  # words from here to the text's end
-        rows, cols = [], []
-        for n, (index, columns) in self.index.items():
-            if len(ids) < n:
-                continue
-            window = np.lib.stride_tricks.sliding_window_view(ids, n)
-            ok = (left[:len(window)] >= n) & (window >= 0).all(axis=1)
-            found = index.get_indexer(self._keys(window[ok]))
-            rows.append(row[:len(window)][ok][found >= 0])
-            cols.append(columns[found[found >= 0]])
-        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-        counts = sp.csr_matrix((np.ones(len(rows), self.dtype), (rows, cols)), shape=(len(texts), self.n_features))
-        counts.sum_duplicates()
-        return counts
-
 
 class TfidfModel(Model):
-    """Base of the TF-IDF models: stemming, the vectoriser, SGD classifiers, checkpoints."""
+    """Base of the TF-IDF models: stemming, the vectoriser, SGD classifiers, checkpoints.
+
+    What a subclass learns is a :class:`ktt.sparse.NodeClassifiers` (``nodes_``): one-vs-rest
+    SGD classifiers, each over the features seen in its own rows (a node's classifier over the
+    features seen under that node), their weights below ``min_weight`` dropped, kept as one
+    sparse matrix: the weights grow with what the data holds, never with classes x vocabulary.
+    It scores in-process and, from the same arrays (``tfidf.npz``), in the server.
+    """
 
     defaults = {**Model.defaults, "loss": "modified_huber", "alpha": 1e-4, "max_iter": 1000, "min_df": 1, "ngram_max": 2,
-                "language": "english", "seed": 0}
-    constraints = {**Model.constraints, "loss": ("hinge", "log_loss", "modified_huber", "squared_hinge", "perceptron", "squared_error",
-                            "huber", "epsilon_insensitive", "squared_epsilon_insensitive"),
-                   "alpha": Interval(0, None, "neither"), "max_iter": Interval(1), "min_df": Interval(1),
-                   "ngram_max": Interval(1), "language": LANGUAGES}
+                "language": "english", "seed": 0,
+                "min_weight": 0.03}
+    # every classifier gives probabilities: paths are scored by multiplying them
+    constraints = {**Model.constraints, "loss": PROBA_LOSSES, "alpha": Interval(0, None, "neither"),
+                   "max_iter": Interval(1), "min_df": Interval(1), "ngram_max": Interval(1), "language": LANGUAGES,
+                   "min_weight": Interval(0)}
     consistent = True
     # sparse pooled TF-IDF features move less than dense ones (docs/monitoring.md)
     drift_share = 0.25
-    fitted: tuple[str, ...] = ()  # the attributes fit sets, besides the preprocessor and vectoriser
+    served_from = "arrays"
+    fitted: tuple[str, ...] = ("nodes_",)  # the attributes fit sets, besides the preprocessor and vectoriser
+    chunk = 8192  # rows scored at once: memory stays bounded at any number of texts or classes
 
     def get_preprocessor(self):
         return StemPreprocessor(self.params["language"])
@@ -149,6 +116,35 @@ class TfidfModel(Model):
             self.featuriser_ = Featuriser(self.vectorizer_, self.params["language"])
         return self.featuriser_(texts)
 
+    def fit_nodes(self, x, groups, logger) -> None:
+        """Fit one block of classifiers per ``(level, parent, rows, labels)`` group (``parent``:
+        a class of level - 1, or -1 for all rows) into ``nodes_``, the blocks in parallel on this
+        machine's cores (or on Spark, through joblib's backend: docs/scaling.md)."""
+        from joblib import Parallel, delayed
+
+        level, parent, children, widths, todo = [], [], [], [], []
+        single = []  # (level, parent, child) of a node with one child seen in training
+        for d, up, rows, y in groups:
+            kids = np.unique(y)
+            if len(kids) == 1:
+                single.append((d, up, int(kids[0])))
+                continue
+            level.append(d)
+            parent.append(up)
+            children.append(kids)
+            widths.append(len(kids))
+            todo.append((rows, y, kids))
+        # the cores go to the nodes side by side, or to one node's classes when it is alone (tfidf_lsgd)
+        n_jobs = threads.configured() or threads.cores()
+        make = self.make_sgd if len(todo) > 1 else lambda: self.make_sgd().set_params(n_jobs=n_jobs)
+        fits = Parallel(n_jobs=n_jobs if len(todo) > 1 else 1, prefer="threads")(
+            delayed(fit_block)(x, rows, y, make, self.params["min_weight"]) for rows, y, _ in todo)
+        blocks = LinearBlocks.from_fits(fits, widths, x.shape[1], self.params["loss"])
+        self.nodes_ = NodeClassifiers(self.hierarchy, blocks, level, parent,
+                                      np.concatenate(children) if children else np.zeros(0, np.int64),
+                                      *np.array(single, np.int64).reshape(-1, 3).T)
+        logger.log_metrics({"weights_nonzero": float(len(blocks.w)), "weights_mb": blocks.nbytes / 2**20})
+
     # a subclass scores features, so the classifier can be timed (and used) without featurising
     def proba_from_features(self, x) -> list[np.ndarray]:
         raise NotImplementedError
@@ -156,22 +152,28 @@ class TfidfModel(Model):
     def predict_from_features(self, x) -> np.ndarray:
         raise NotImplementedError
 
+    def _chunks(self, texts, fn):
+        texts = list(texts)
+        return [fn(self.features(texts[i:i + self.chunk])) for i in range(0, max(len(texts), 1), self.chunk)]
+
     def predict_proba(self, texts):
-        return self.proba_from_features(self.features(texts))
+        parts = self._chunks(texts, self.proba_from_features)
+        return [np.concatenate([p[d] for p in parts]) for d in range(self.hierarchy.depth)]
 
     def predict(self, texts):
-        return self.predict_from_features(self.features(texts))
+        return np.concatenate(self._chunks(texts, self.predict_from_features))
 
     def predict_scored(self, texts):
-        x = self.features(texts)
-        return self.predict_from_features(x), self.proba_from_features(x)
+        parts = self._chunks(texts, lambda x: (self.predict_from_features(x), self.proba_from_features(x)))
+        return (np.concatenate([c for c, _ in parts]),
+                [np.concatenate([s[d] for _, s in parts]) for d in range(self.hierarchy.depth)])
 
     def make_sgd(self):
         from sklearn.linear_model import SGDClassifier
 
         p = self.params
         return SGDClassifier(loss=p["loss"], alpha=p["alpha"], max_iter=p["max_iter"], random_state=p["seed"],
-                             n_jobs=threads.configured() or -1, tol=1e-4)
+                             n_jobs=1, tol=1e-4)
 
     def save(self, path, state=None):
         save_sklearn(self, path, {k: getattr(self, k) for k in ("preprocessor_", "vectorizer_", *self.fitted)})
@@ -179,6 +181,39 @@ class TfidfModel(Model):
     @classmethod
     def load(cls, path):
         return load_sklearn(cls, path)
+
+    # -- export -----------------------------------------------------------------------------
+    def export_arrays(self, path) -> None:
+        """``tfidf.npz``: everything the server scores with (the n-gram index, idf, the weights)."""
+        self.features([])  # builds the featuriser, whose n-gram index is what the server needs
+        v, index = self.vectorizer_, self.featuriser_.index
+        arrays = {**index.to_arrays(), **self.nodes_.to_arrays(),
+                  "idf": (v.idf_ if v.use_idf else np.ones(len(v.vocabulary_))).astype(np.float32)}
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    def serving_config(self) -> dict:
+        """What a server needs besides the arrays."""
+        return {"model": self.name, "input": "tfidf", "decode": self.params.get("decode", "leaf"),
+                "language": self.params["language"], "loss": self.params["loss"], "norm": self.vectorizer_.norm,
+                "threshold": self.params["threshold"], "hierarchy": self.hierarchy.to_dict()}
+
+
+def fit_block(x, rows, y, make_sgd, min_weight: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """scikit-learn's SGD classifier (one-vs-rest; one decision for two classes) of the rows
+    ``rows`` of ``x`` over the feature columns seen in them, its weights below ``min_weight``
+    in magnitude dropped. Per decision: (columns, weights, bias)."""
+    import scipy.sparse as sp
+
+    xn = x[rows]
+    cols, local = np.unique(xn.indices, return_inverse=True)  # the node's features, renumbered
+    xn = sp.csr_matrix((xn.data, local.ravel(), xn.indptr), shape=(xn.shape[0], len(cols)))
+    clf = make_sgd().fit(xn, y)
+    out = []
+    for w, b in zip(clf.coef_, clf.intercept_):
+        keep = np.abs(w) >= min_weight
+        out.append((cols[keep].astype(np.int32), w[keep].astype(np.float32), float(b)))
+    return out
 
 
 def save_sklearn(model, path, fitted: dict) -> None:
@@ -205,90 +240,3 @@ def load_sklearn(cls, path):
     return model
 
 
-def export_vectorizer(vectorizer, path) -> None:
-    """The fitted vectoriser as ``encoder.onnx``: stemmed ``text`` (n, 1) -> TF-IDF ``features``."""
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
-
-    onx = to_onnx(vectorizer, initial_types=[("text", StringTensorType([None, 1]))],
-                  final_types=[("features", FloatTensorType([None, len(vectorizer.vocabulary_)]))],
-                  target_opset={"": 17, "ai.onnx.ml": 3})
-    with open(path, "wb") as f:
-        f.write(onx.SerializeToString())
-
-
-def sgd_block(clf, columns) -> dict:
-    """One fitted modified-Huber ``SGDClassifier`` as a block of the linear graph;
-    ``columns[k]`` is the output column of ``clf.classes_[k]``."""
-    if clf.loss != "modified_huber":
-        raise BadValue(f"ONNX export supports loss='modified_huber' only, not {clf.loss!r}")
-    return {"W": clf.coef_.astype(np.float32), "b": clf.intercept_.astype(np.float32),
-            "columns": np.asarray(columns), "binary": len(clf.classes_) == 2}
-
-
-def linear_proba_nodes(blocks, n_out: int, constant_columns=()):
-    """ONNX nodes computing every block's ``predict_proba`` (as scikit-learn does for modified
-    Huber) into the columns of one ``(n, n_out)`` tensor ``proba``, from input ``features``.
-
-    A column in ``constant_columns`` is 1 (a parent with one child seen in training); a
-    column no block writes is 0.
-    """
-    from onnx import helper, numpy_helper
-
-    W = np.concatenate([b["W"] for b in blocks]).T  # (features, decisions)
-    bias = np.concatenate([b["b"] for b in blocks])
-    A = np.zeros((W.shape[1], n_out), np.float32)  # decision -> output column
-    c = np.zeros(n_out, np.float32)
-    G = np.zeros((n_out, n_out), np.float32)  # column j <- the sum over its block
-    group_size = np.ones(n_out, np.float32)
-    s_const = np.ones(n_out, np.float32)  # 1 where no normalisation happens
-    i = 0
-    for blk in blocks:
-        cols = blk["columns"]
-        if blk["binary"]:  # one decision: P(classes_[1]) = p, P(classes_[0]) = 1 - p
-            A[i, cols[1]], A[i, cols[0]], c[cols[0]] = 1.0, -1.0, 1.0
-            i += 1
-        else:
-            A[np.arange(i, i + len(cols)), cols] = 1.0
-            G[np.ix_(cols, cols)] = 1.0
-            s_const[cols], group_size[cols] = 0.0, len(cols)
-            i += len(cols)
-    c[list(constant_columns)] = 1.0
-    consts = {"W": W, "bias": bias, "A": A, "c": c, "G": G, "s_const": s_const, "inv_size": 1.0 / group_size,
-              "lo": np.float32(-1.0), "hi": np.float32(1.0), "one": np.float32(1.0), "half": np.float32(0.5),
-              "zero": np.float32(0.0)}
-    nodes = [
-        helper.make_node("MatMul", ["features", "W"], ["xw"]),
-        helper.make_node("Add", ["xw", "bias"], ["decision"]),
-        helper.make_node("Clip", ["decision", "lo", "hi"], ["clipped"]),
-        helper.make_node("Add", ["clipped", "one"], ["shifted"]),
-        helper.make_node("Mul", ["shifted", "half"], ["p"]),
-        helper.make_node("MatMul", ["p", "A"], ["pa"]),
-        helper.make_node("Add", ["pa", "c"], ["expanded"]),
-        helper.make_node("MatMul", ["expanded", "G"], ["group_sum"]),
-        helper.make_node("Add", ["group_sum", "s_const"], ["denominator"]),
-        helper.make_node("Div", ["expanded", "denominator"], ["ratio"]),
-        helper.make_node("Equal", ["denominator", "zero"], ["all_zero"]),  # scikit-learn: uniform then
-        helper.make_node("Where", ["all_zero", "inv_size", "ratio"], ["proba"]),
-    ]
-    return nodes, [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]
-
-
-def save_graph(nodes, inits, n_features: int, outputs: dict, path) -> None:
-    """Write a graph from input ``features`` (n, n_features) to the named (n, width) outputs."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        nodes, "ktt_classifier", [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, n_features])],
-        [helper.make_tensor_value_info(k, TensorProto.FLOAT, [None, w]) for k, w in outputs.items()], inits)
-    # IR 8 goes with opset 17 and loads in older onnxruntime builds (the serving environment's)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-
-
-def serving_config(model, decode: str) -> dict:
-    """What a server needs besides the graphs."""
-    return {"model": model.name, "input": "stemmed_text", "decode": decode, "language": model.params["language"],
-            "threshold": model.params["threshold"], "hierarchy": model.hierarchy.to_dict()}

@@ -19,6 +19,17 @@ from .model import NullLogger
 log = logging.getLogger(__name__)
 
 
+def predict_confident(model, texts, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """``model``'s paths and each level's confidence on them, ``(n, depth)`` both, in chunks: all
+    classes' scores of a few thousand rows at a time, never of the whole split."""
+    codes, conf = [], []
+    for i in range(0, max(len(texts), 1), chunk):
+        c, s = model.predict_scored(texts[i:i + chunk])
+        codes.append(c)
+        conf.append(model.hierarchy.confidences(c, s))
+    return np.concatenate(codes), np.concatenate(conf)
+
+
 def confusion_summary(h, y_true: np.ndarray, y_pred: np.ndarray, top: int = 20) -> pd.DataFrame:
     """The ``top`` most frequent (true, predicted) mistakes at every level (two paths that both
     ended above a level are not a mistake there: their difference is counted where it is)."""
@@ -106,7 +117,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
         final = {"train_time_s": train_time}
         for name, split in (("best_val", ds.val), ("test", ds.test)):
             t0 = time.perf_counter()
-            pred, scores = best.predict_scored(split.texts)
+            pred, conf = predict_confident(best, split.texts)
             metrics = evaluate(ds.hierarchy, split.codes, pred)
             metrics["predict_rows_per_s"] = len(split) / max(time.perf_counter() - t0, 1e-9)
             prefixed = {f"{name}_{k}": v for k, v in metrics.items()}
@@ -118,7 +129,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
             mlflow.log_table(confusions, f"metrics/{name}_confusions.json")
             if name == "test":
                 from .figures import log_all
-                curve = pd.DataFrame(stop_curve(ds.hierarchy, split.codes, pred, scores))
+                curve = pd.DataFrame(stop_curve(ds.hierarchy, split.codes, pred, conf))
                 mlflow.log_table(curve, f"metrics/{name}_stop_curve.json")
                 log_all(ds.hierarchy, split.codes, pred, metrics, confusions, curve, name)
         logger.log_checkpoints()

@@ -40,6 +40,10 @@ def test_onnx_parity(name, bb300, tiny_encoder, real_titles, tmp_path):
     assert np.abs(scores - ref).max() < 1e-4
     assert np.array_equal(codes, model.predict(real_titles))
     assert paths == model.predict_paths(real_titles)
+    if model.served_from == "arrays":  # TF-IDF: sparse arrays, plain numpy (no pickled objects)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["serving.json", "tfidf.npz"]
+        np.load(tmp_path / "tfidf.npz", allow_pickle=False)["w"].dtype == np.float32
+        return
     import onnx
     for f in ("encoder.onnx", "classifier.onnx"):  # weights inlined: one file each, nothing external
         assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(tmp_path / f).graph.initializer)
@@ -77,7 +81,8 @@ def test_registered_model_exported_and_served(name, tracking, bigbasket_small, t
 
     from mlflow import MlflowClient
     arts = {a.path for a in MlflowClient().list_artifacts(run_id, "onnx")}
-    assert arts == {"onnx/encoder.onnx", "onnx/classifier.onnx", "onnx/serving.json"}
+    assert arts == ({"onnx/tfidf.npz", "onnx/serving.json"} if name.startswith("tfidf") else
+                    {"onnx/encoder.onnx", "onnx/classifier.onnx", "onnx/serving.json"})
 
     svc = Served(bundle, gunicorn=name == "tfidf_hsgd")
     try:
@@ -124,10 +129,16 @@ def test_int8_graphs_quantized_and_compared(name, bb300, tiny_encoder, tmp_path)
 
     export_onnx(fitted(name, bb300, tiny_encoder), tmp_path / "f")
     q = quantize_int8(tmp_path / "f", tmp_path / "q")
-    ops = {n.op_type for part in ("encoder", "classifier") for n in onnx.load(q[part]).graph.node}
-    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
-    weights = "classifier" if name.startswith("tfidf") else "encoder"  # where the matrices are
-    assert q[weights].stat().st_size < 0.5 * (tmp_path / "f" / f"{weights}.onnx").stat().st_size
+    if name.startswith("tfidf"):  # sparse arrays: int8 weights, a scale per decision
+        given, quantized = np.load(tmp_path / "f" / "tfidf.npz"), np.load(q["arrays"])
+        assert quantized["w_int8"].dtype == np.int8 and "w" not in quantized
+        assert quantized["w_int8"].nbytes == given["w"].nbytes / 4
+        scale = quantized["w_scale"][quantized["dec"]]
+        assert np.abs(quantized["w_int8"] * scale - given["w"]).max() <= scale.max() / 2 + 1e-7
+    else:
+        ops = {n.op_type for part in ("encoder", "classifier") for n in onnx.load(q[part]).graph.node}
+        assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+        assert q["encoder"].stat().st_size < 0.5 * (tmp_path / "f" / "encoder.onnx").stat().st_size
     report = check_quantized(tmp_path / "f", tmp_path / "q", bb300["test"], max_drop=100)
     assert report["rows"] == len(bb300["test"])
     for graphs in ("float", "int8"):
@@ -169,8 +180,11 @@ def test_int8_export_serves_the_int8_graphs(tracking, bigbasket_small, tmp_path)
     built = export(run_id, bento=True, quantize="int8", build_root=tmp_path / "b", datasets_root=bigbasket_small)
     assert built["quantization"]["int8"]["h_f1"] >= built["quantization"]["float"]["h_f1"] - 0.005
     served = Path(built["inference"])
-    int8 = Path(built["onnx_int8"]["classifier"])
-    assert [p.read_bytes() for p in served.rglob("classifier.onnx")] == [int8.read_bytes()]
+    int8 = np.load(built["onnx_int8"]["arrays"])
+    served_arrays = [p for p in served.rglob("arrays.pkl")]
+    import pickle
+    assert len(served_arrays) == 1 and np.array_equal(pickle.loads(served_arrays[0].read_bytes())["w_int8"],
+                                                      int8["w_int8"])
     logged = MlflowClient().download_artifacts(run_id, "onnx-int8/quantization.json", str(tmp_path))
     assert json.loads(Path(logged).read_text()) == built["quantization"]
     with pytest.raises(ValueError, match="--quantize must be int8, not 'int4'"):

@@ -55,12 +55,14 @@ def test_same_tfidf_matrix_as_before(bigbasket, clinc_df, params):
     assert model.features([]).shape == (0, old.shape[1])
 
 
-def test_threads_follow_ktt_threads(bb300, tmp_path, monkeypatch):
+def test_threads_follow_ktt_threads(bb300, tiny_encoder, tmp_path, monkeypatch):
     """The server's onnxruntime sessions take KTT_THREADS (set by `ktt serve` and `ktt tune --workers`)."""
     from ktt.export import export_onnx
     from ktt.serving.runtime import Predictor
 
-    model = registry.create("tfidf_lsgd", bb300["train"].hierarchy).fit(bb300["train"])
+    # an encoder model: TF-IDF models are served from arrays, without onnxruntime
+    model = registry.create("db_linear", bb300["train"].hierarchy, encoder=tiny_encoder, epochs=1,
+                            classifier_lr=3e-3).fit(bb300["train"], bb300["val"])
     export_onnx(model, tmp_path)
     monkeypatch.setenv("KTT_THREADS", "1")
     pred = Predictor.from_dir(tmp_path)

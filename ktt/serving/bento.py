@@ -15,7 +15,7 @@ from __future__ import annotations
 import bentoml
 from bentoml.adapters import JsonInput, JsonOutput
 from bentoml.frameworks.onnx import OnnxModelArtifact
-from bentoml.service.artifacts.common import JSONArtifact
+from bentoml.service.artifacts.common import JSONArtifact, PickleArtifact
 from bentoml.types import InferenceTask
 
 import logging
@@ -130,3 +130,14 @@ class KTTService(bentoml.BentoService):
     @bentoml.api(input=RawJsonInput(), output=JsonOutput(), batch=True, mb_max_batch_size=128, mb_max_latency=1000)
     def predict_json(self, bodies, tasks):
         return self._run(bodies, tasks, "predict_json")
+
+
+@bentoml.artifacts([PickleArtifact("arrays"), JSONArtifact("config")])
+class TfidfService(KTTService):
+    """The same API over a TF-IDF model's sparse arrays (``tfidf.npz``) instead of two graphs."""
+
+    @property
+    def predictor(self) -> Predictor:
+        if self._predictor is None:
+            self._predictor = Predictor(None, self.artifacts.arrays, self.artifacts.config)
+        return self._predictor

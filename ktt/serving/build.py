@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ktt.serving.runtime import graph_files
+from ktt.serving.runtime import exported_files, load_arrays
 
 PATCH = Path(__file__).resolve().parents[2] / "scripts" / "patch_bentoml.py"
 # bentoml 0.13.1 needs the same Python 3.11 patch in the image as in the serving venv.
@@ -28,9 +28,12 @@ def main(svc_file: str, onnx_dir: str, out: str) -> None:
     sys.path.insert(0, str(Path(svc_file).resolve().parent))
     module = importlib.import_module(Path(svc_file).stem)
     svc = module.SERVICE()
-    files = graph_files(onnx_dir)
-    svc.pack("encoder", str(files["encoder"]))
-    svc.pack("classifier", str(files["classifier"]))
+    files = exported_files(onnx_dir)
+    if "arrays" in files:
+        svc.pack("arrays", load_arrays(files["arrays"]))
+    else:
+        svc.pack("encoder", str(files["encoder"]))
+        svc.pack("classifier", str(files["classifier"]))
     svc.pack("config", json.loads(files["config"].read_text()))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,7 @@
-"""ONNX inference for every KTT model: preprocess, run ``encoder.onnx`` then ``classifier.onnx``, decode.
+"""Inference for every KTT model: preprocess, score, decode. Encoder models run ``encoder.onnx``
+then ``classifier.onnx``; TF-IDF models score their sparse arrays (``tfidf.npz``) with
+``ktt.sparse``, at the cost of a text's non-zero features (an ONNX graph would hold the weights
+dense, classes x vocabulary).
 
 Imports only numpy, onnxruntime, tokenizers / snowballstemmer and ``ktt.hierarchy``, so the
 BentoService, the monitoring sidecar and in-process benchmarks all share it.
@@ -19,10 +22,18 @@ N_MONITORED_FEATURES = 24
 
 
 def graph_files(folder: str | Path) -> dict[str, Path]:
-    """Where an exported model's two graphs and its serving config live in ``folder``."""
+    """Where an exported model's two graphs (or its arrays) and its serving config live in ``folder``."""
     folder = Path(folder)
     return {"encoder": folder / "encoder.onnx", "classifier": folder / "classifier.onnx",
-            "config": folder / "serving.json"}
+            "arrays": folder / "tfidf.npz", "config": folder / "serving.json"}
+
+
+def exported_files(folder: str | Path) -> dict[str, Path]:
+    """The files an export in ``folder`` holds: ``arrays`` and ``config`` (TF-IDF models), or
+    ``encoder``, ``classifier`` and ``config``."""
+    files = graph_files(folder)
+    keep = ("arrays", "config") if files["arrays"].is_file() else ("encoder", "classifier", "config")
+    return {k: files[k] for k in keep}
 
 
 def pool_features(features: np.ndarray, bins: int = N_MONITORED_FEATURES) -> np.ndarray:
@@ -31,13 +42,13 @@ def pool_features(features: np.ndarray, bins: int = N_MONITORED_FEATURES) -> np.
     d = features.shape[1]
     starts = (np.arange(bins) * d) // bins
     ends = -((-(np.arange(1, bins + 1)) * d) // bins)
-    if hasattr(features, "tocsr"):  # sparse TF-IDF: never densify (n x vocabulary)
-        from scipy import sparse
-
-        cols = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
-        bin_of = np.repeat(np.arange(bins), ends - starts)
-        avg = sparse.csr_matrix(((1.0 / (ends - starts))[bin_of], (cols, bin_of)), shape=(d, bins))
-        return np.asarray((features.tocsr() @ avg).todense(), dtype=np.float32)
+    if hasattr(features, "indptr"):  # sparse TF-IDF (CSR): never densify (n x vocabulary)
+        n = features.shape[0]
+        bin_of = np.searchsorted(ends, np.asarray(features.indices), side="right")
+        row = np.repeat(np.arange(n), np.diff(features.indptr))
+        pooled = np.bincount(row * bins + bin_of, weights=np.asarray(features.data, np.float64) /
+                             (ends - starts)[bin_of], minlength=n * bins)
+        return pooled.reshape(n, bins).astype(np.float32)
     csum = np.concatenate([np.zeros((len(features), 1)), np.cumsum(features, axis=1, dtype=np.float64)], axis=1)
     return ((csum[:, ends] - csum[:, starts]) / (ends - starts)).astype(np.float32)
 
@@ -144,35 +155,73 @@ class TokenIds:
         return {"input_ids": ids, "attention_mask": mask}
 
 
-class StemmedText:
-    """``input: stemmed_text``: Snowball stems of ``language`` joined by spaces; the encoder graph
-    reads them as ``text``, ``(n, 1)`` strings."""
+class Tfidf:
+    """``input: tfidf``: the TF-IDF model's own n-gram index, idf and normalisation (from its
+    arrays); ``feed`` makes the sparse TF-IDF rows that :class:`ktt.sparse.NodeClassifiers` scores."""
 
-    def __init__(self, config: dict):
-        self.language = config["language"]
+    def __init__(self, config: dict, arrays: dict):
+        from ktt.sparse import NgramIndex
+
+        self.index = NgramIndex.from_arrays(arrays, config["language"])
+        self.idf, self.norm = arrays["idf"], config["norm"]
 
     def prepare(self, texts: list[str]) -> list:
-        from ktt.text import stem
+        return list(texts)
 
-        return stem(texts, self.language)
+    def feed(self, prepared: list):
+        from ktt.sparse import tfidf
 
-    def feed(self, prepared: list) -> dict[str, np.ndarray]:
-        return {"text": np.array(prepared, dtype=object).reshape(-1, 1)}
+        return tfidf(self.index.counts(prepared), self.idf, self.norm)
 
 
 #: How texts become an encoder graph's input, by ``serving_config()["input"]``.
-INPUTS = {"token_ids": TokenIds, "stemmed_text": StemmedText}
+INPUTS = {"token_ids": TokenIds}
+
+
+class SparseScorer:
+    """Scores of a TF-IDF model from its arrays (``tfidf.npz``), in place of the two graphs."""
+
+    def __init__(self, config: dict, hierarchy: Hierarchy, arrays: dict):
+        from ktt.sparse import NodeClassifiers
+
+        self.nodes = NodeClassifiers.from_arrays(hierarchy, arrays, config["loss"])
+        self.h, self.flat = hierarchy, config["decode"] == "leaf"
+
+    def scores(self, x) -> dict[str, np.ndarray]:
+        """``scores`` (chained, or leaf sums for a flat model) and ``conditional``, all classes
+        concatenated level by level, as the classifier graphs of encoder models give them."""
+        if self.flat:
+            return {"scores": np.concatenate(self.h.sum_up(self.nodes.leaf_proba(x)), axis=1)}
+        cond = self.nodes.conditional(x)
+        chained = [cond[0]]
+        for d in range(1, self.h.depth):
+            chained.append(chained[-1][:, self.h.parent_of(d)] * cond[d])
+        return {"scores": np.concatenate(chained, axis=1), "conditional": np.concatenate(cond, axis=1)}
+
+
+def load_arrays(source) -> dict[str, np.ndarray]:
+    """A TF-IDF model's arrays: a ``tfidf.npz`` path, or the mapping itself."""
+    if isinstance(source, (str, Path)):
+        with np.load(source, allow_pickle=False) as f:
+            return dict(f)
+    return source
 
 
 class Predictor:
     """Label paths and per-level scores from the exported graphs of one model."""
 
     def __init__(self, encoder, classifier, config: dict | str):
-        """``encoder`` and ``classifier``: onnxruntime sessions, or paths to the graphs."""
-        import onnxruntime as ort
-
+        """``encoder`` and ``classifier``: onnxruntime sessions, or paths to the graphs; for a
+        TF-IDF model (``input: tfidf``) ``encoder`` is None and ``classifier`` its arrays."""
         self.config = json.loads(config) if isinstance(config, str) else config
         self.hierarchy = Hierarchy.from_dict(self.config["hierarchy"])
+        self.sparse = None
+        if self.config["input"] == "tfidf":
+            arrays = load_arrays(classifier)
+            self.input, self.sparse = Tfidf(self.config, arrays), SparseScorer(self.config, self.hierarchy, arrays)
+            return
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads.configured() or 0  # 0: onnxruntime's default, every core
         self.encoder, self.classifier = (
@@ -183,7 +232,9 @@ class Predictor:
 
     @classmethod
     def from_dir(cls, folder: str | Path) -> "Predictor":
-        files = graph_files(folder)
+        files = exported_files(folder)
+        if "arrays" in files:
+            return cls(None, files["arrays"], files["config"].read_text())
         return cls(str(files["encoder"]), str(files["classifier"]), files["config"].read_text())
 
     def prepare(self, texts: list[str]) -> list:
@@ -192,7 +243,10 @@ class Predictor:
         return self.input.prepare([t[:MAX_TEXT_CHARS] for t in texts])
 
     def encode(self, prepared: list) -> np.ndarray:
-        """Run the encoder graph on prepared texts (token ids padded to the longest in the batch)."""
+        """Run the encoder graph on prepared texts (token ids padded to the longest in the batch);
+        TF-IDF models: their sparse TF-IDF rows."""
+        if self.sparse:
+            return self.input.feed(prepared)
         return self.encoder.run(None, self.input.feed(prepared))[0]
 
     def features(self, texts: list[str]) -> np.ndarray:
@@ -200,6 +254,8 @@ class Predictor:
         return self.encode(self.prepare(texts))
 
     def scores(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        if self.sparse:
+            return self.sparse.scores(features)
         return dict(zip(self.outputs, self.classifier.run(None, {"features": features})))
 
     def decode(self, out: dict[str, np.ndarray]) -> np.ndarray:

@@ -1,0 +1,406 @@
+"""Sparse TF-IDF features and sparse linear classifiers, in numpy (and pandas) alone.
+
+The TF-IDF models train with scikit-learn, but what they learn is kept here in plain arrays, so
+the same code scores in-process and in the (scikit-learn-free) server, at a cost that grows with
+a text's non-zero features and never with the vocabulary or with classes x vocabulary:
+
+* :class:`NgramIndex` maps texts to the vectoriser's n-gram columns (counts, CSR arrays);
+* :class:`LinearBlocks` holds blocks of one-vs-rest linear classifiers (one block per node of
+  the tree, or one over the leaves) in one CSR weight matrix, features x decisions, that keeps
+  only the weights training made non-zero.
+
+A CSR matrix here is anything with ``indptr``, ``indices``, ``data`` and ``shape`` (a
+:class:`Csr`, or a scipy ``csr_matrix``).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from .text import stemmer, words
+
+PROBA_LOSSES = ("modified_huber", "log_loss")
+
+
+@dataclass
+class Csr:
+    """A CSR matrix as three arrays and a shape (what scipy's ``csr_matrix`` holds)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    shape: tuple[int, int]
+
+    @property
+    def nnz(self) -> int:
+        return len(self.data)
+
+    def rows(self, which: np.ndarray) -> "Csr":
+        """The rows ``which`` (in that order, repeats allowed)."""
+        start, stop = self.indptr[which], self.indptr[np.asarray(which) + 1]
+        take = ragged_range(start, stop)
+        return Csr(np.concatenate([[0], np.cumsum(stop - start)]), self.indices[take], self.data[take],
+                   (len(which), self.shape[1]))
+
+
+def ragged_range(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(a, b) for a, b in zip(start, stop)])`` without a Python loop."""
+    start, stop = np.asarray(start, dtype=np.int64), np.asarray(stop, dtype=np.int64)
+    lengths = stop - start
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    first = np.repeat(start - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return first + np.arange(total)
+
+
+class NgramIndex:
+    """Texts -> counts of a fitted vectoriser's n-grams of Snowball stems, as CSR arrays.
+
+    Each distinct word of a batch is stemmed once and mapped to an integer token id; every
+    n-gram becomes one int64 key (ids in base ``n_tokens``) looked up in a hash index of the
+    vocabulary's keys: no Python loop per word or n-gram.
+    """
+
+    def __init__(self, tokens, keys: dict[int, np.ndarray], columns: dict[int, np.ndarray], language: str):
+        """``tokens``: the sorted distinct stems; ``keys[n]``/``columns[n]``: each n-gram's key
+        (see :meth:`_keys`) and its feature column."""
+        import pandas as pd
+
+        self.language, self.tokens = language, pd.Index(tokens)
+        self.n_features = int(sum(len(c) for c in columns.values()))
+        self.index = {n: (pd.Index(keys[n]), np.asarray(columns[n], dtype=np.int64)) for n in sorted(keys)}
+
+    @classmethod
+    def from_vocabulary(cls, vocabulary: dict[str, int], language: str) -> "NgramIndex":
+        """From a fitted vectoriser's ``vocabulary_`` (n-grams of stems joined by spaces)."""
+        grams = {tuple(g.split(" ")): i for g, i in vocabulary.items()}
+        self = cls(sorted({t for g in grams for t in g}), {}, {}, language)
+        keys, columns = {}, {}
+        for n in sorted({len(g) for g in grams}):
+            if len(self.tokens) ** n >= 2 ** 62:  # keys would overflow int64
+                raise ValueError(f"{len(self.tokens)} distinct tokens are too many for {n}-grams")
+            of_n = [(g, i) for g, i in grams.items() if len(g) == n]
+            ids = self.tokens.get_indexer([t for g, _ in of_n for t in g]).reshape(-1, n)
+            keys[n], columns[n] = self._keys(ids), np.array([i for _, i in of_n], dtype=np.int64)
+        return cls(self.tokens, keys, columns, language)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out = {"tokens": np.array(self.tokens, dtype=str)}
+        for n, (index, columns) in self.index.items():
+            out[f"keys{n}"], out[f"columns{n}"] = np.asarray(index, dtype=np.int64), columns
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, language: str) -> "NgramIndex":
+        ns = sorted(int(k[4:]) for k in arrays if k.startswith("keys"))
+        return cls(arrays["tokens"].astype(object), {n: arrays[f"keys{n}"] for n in ns},
+                   {n: arrays[f"columns{n}"] for n in ns}, language)
+
+    def _keys(self, ids: np.ndarray) -> np.ndarray:
+        """``(m, n)`` token ids -> one int64 key per row."""
+        keys = ids[:, 0].astype(np.int64)
+        for k in range(1, ids.shape[1]):
+            keys = keys * len(self.tokens) + ids[:, k]
+        return keys
+
+    def counts(self, texts: list[str], dtype=np.float32) -> Csr:
+        """How often each vocabulary n-gram occurs in each text (duplicates summed, columns sorted)."""
+        import pandas as pd
+
+        per_text = words(texts)
+        lengths = np.fromiter(map(len, per_text), np.int64, len(per_text))
+        codes, vocabulary = pd.factorize(np.array(list(itertools.chain.from_iterable(per_text)), dtype=object))
+        stems = np.array(stemmer(self.language).stemWords(list(vocabulary)), dtype=object)
+        ids = self.tokens.get_indexer(stems)[codes] if len(codes) else np.zeros(0, np.int64)
+        if (stems == "").any():  # an empty stem vanishes when joined and split: its neighbours meet
+            keep = stems[codes] != ""
+            ids, lengths = ids[keep], np.bincount(np.repeat(np.arange(len(texts)), lengths)[keep],
+                                                  minlength=len(texts))
+        row = np.repeat(np.arange(len(texts)), lengths)
+        left = np.repeat(lengths.cumsum(), lengths) - np.arange(len(ids))  # words from here to the text's end
+        rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for n, (index, columns) in self.index.items():
+            if len(ids) < n:
+                continue
+            window = np.lib.stride_tricks.sliding_window_view(ids, n)
+            ok = (left[:len(window)] >= n) & (window >= 0).all(axis=1)
+            found = index.get_indexer(self._keys(window[ok]))
+            rows.append(row[:len(window)][ok][found >= 0])
+            cols.append(columns[found[found >= 0]])
+        # one key per (row, column): sorted and counted, as scipy's sum_duplicates does
+        key, n_per = np.unique(np.concatenate(rows) * self.n_features + np.concatenate(cols), return_counts=True)
+        r, c = np.divmod(key, self.n_features)
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=len(texts)))])
+        return Csr(indptr, c.astype(np.int32), n_per.astype(dtype), (len(texts), self.n_features))
+
+
+def tfidf(counts: Csr, idf: np.ndarray | None, norm: str | None) -> Csr:
+    """Counts weighted by ``idf`` and each row scaled to unit ``norm`` (l2, l1 or none), as
+    scikit-learn's ``TfidfTransformer`` does (sums in float64)."""
+    data = counts.data * idf[counts.indices].astype(counts.data.dtype) if idf is not None else counts.data.copy()
+    if norm:
+        part = np.abs(data) if norm == "l1" else data * data
+        row = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+        total = np.bincount(row, weights=part.astype(np.float64), minlength=counts.shape[0])
+        total = np.sqrt(total) if norm == "l2" else total
+        scale = np.where(total == 0, 1.0, total)[row]
+        data = (data / scale).astype(counts.data.dtype)
+    return Csr(counts.indptr, counts.indices, data, counts.shape)
+
+
+class LinearBlocks:
+    """Blocks of linear classifiers over sparse features, each block one-vs-rest over its classes.
+
+    Block ``b`` has ``width[b]`` outputs (its classes). A block of two classes has one decision
+    (for its second class), as scikit-learn's binary ``SGDClassifier``; a wider block has one
+    decision per class. Probabilities follow scikit-learn's ``predict_proba`` for the loss:
+    ``modified_huber``: (clip(d, -1, 1) + 1) / 2, ``log_loss``: sigmoid(d); one-vs-rest blocks
+    then normalise over their classes (uniform when all are 0).
+
+    Weights are one CSR matrix, features x decisions (``indptr``, ``dec``, ``w``), holding
+    only the non-zero weights, plus one bias per decision.
+    """
+
+    def __init__(self, width: np.ndarray, indptr: np.ndarray, dec: np.ndarray, w: np.ndarray, bias: np.ndarray,
+                 loss: str):
+        if loss not in PROBA_LOSSES:
+            raise ValueError(f"loss must be one of {PROBA_LOSSES}, not {loss!r}")
+        self.width = np.asarray(width, dtype=np.int64)
+        self.n_dec_of = np.where(self.width == 2, 1, self.width)
+        self.first_dec = np.concatenate([[0], np.cumsum(self.n_dec_of)[:-1]]).astype(np.int64)
+        self.first_out = np.concatenate([[0], np.cumsum(self.width)[:-1]]).astype(np.int64)
+        self.n_dec, self.n_out = int(self.n_dec_of.sum()), int(self.width.sum())
+        self.indptr, self.dec, self.w, self.bias, self.loss = indptr, dec, w, bias, loss
+        self._keys = None
+
+    @classmethod
+    def from_fits(cls, fits: list[list[tuple[np.ndarray, np.ndarray, float]]], widths, n_features: int,
+                  loss: str, dtype=np.float32) -> "LinearBlocks":
+        """``fits[b]``: per decision of block ``b``, ``(feature columns, weights, bias)``."""
+        cols, decs, ws, bias, d = [], [], [], [], 0
+        for block in fits:
+            for c, w, b in block:
+                keep = w != 0
+                cols.append(np.asarray(c)[keep])
+                ws.append(np.asarray(w)[keep].astype(dtype))
+                decs.append(np.full(keep.sum(), d, dtype=np.int32))
+                bias.append(b)
+                d += 1
+        cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        decs = np.concatenate(decs) if decs else np.zeros(0, np.int32)
+        ws = np.concatenate(ws) if ws else np.zeros(0, dtype)
+        order = np.lexsort((decs, cols))  # by feature, then decision: CSR over features
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n_features))]).astype(np.int64)
+        return cls(widths, indptr, decs[order], ws[order], np.asarray(bias, dtype=dtype), loss)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"width": self.width, "indptr": self.indptr, "dec": self.dec, "w": self.w, "bias": self.bias}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, loss: str) -> "LinearBlocks":
+        """From :meth:`to_arrays`, or :func:`quantize`'s int8 weights (scaled back to float here)."""
+        w = arrays["w"] if "w" in arrays else \
+            arrays["w_int8"].astype(np.float32) * arrays["w_scale"][arrays["dec"]]
+        return cls(arrays["width"], arrays["indptr"], arrays["dec"], w, arrays["bias"], loss)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.to_arrays().values())
+
+    # -- scoring ----------------------------------------------------------------------------
+    def decisions(self, x) -> np.ndarray:
+        """``(n, n_dec)`` decision values of every block for every row of CSR ``x``."""
+        n = x.shape[0]
+        out = np.tile(self.bias.astype(np.float32), (n, 1))
+        f = np.asarray(x.indices)
+        take = ragged_range(self.indptr[f], self.indptr[f + 1])
+        per = self.indptr[f + 1] - self.indptr[f]
+        row = np.repeat(np.repeat(np.arange(n), np.diff(x.indptr)), per)
+        value = self.w[take] * np.repeat(np.asarray(x.data, dtype=np.float32), per)
+        out += np.bincount(row * self.n_dec + self.dec[take], weights=value, minlength=n * self.n_dec
+                           ).reshape(n, self.n_dec).astype(np.float32)
+        return out
+
+    def proba(self, x) -> np.ndarray:
+        """``(n, n_out)``: every block's class probabilities, blocks side by side."""
+        d = self.decisions(x)
+        blocks = np.arange(len(self.width))
+        return self._proba(d, np.tile(blocks, (len(d), 1)).ravel(), d.reshape(-1))
+
+    def pair_proba(self, x, rows: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities of block ``blocks[i]`` for row ``rows[i]`` of ``x``, for each pair
+        ``i``, computing only those blocks' decisions (what search needs). Returns the
+        probabilities of all pairs concatenated and each pair's offset into them."""
+        rows, blocks = np.asarray(rows, dtype=np.int64), np.asarray(blocks, dtype=np.int64)
+        n_dec = self.n_dec_of[blocks]
+        first = np.concatenate([[0], np.cumsum(n_dec)[:-1]]).astype(np.int64)  # each pair's decisions
+        d = self.bias[ragged_range(self.first_dec[blocks], self.first_dec[blocks] + n_dec)].astype(np.float32)
+        # each (pair, feature of its row): that feature's weights on the block's decisions, found by
+        # binary search in the CSR rows (keys = feature * n_dec + decision, sorted)
+        if self._keys is None:
+            self._keys = np.repeat(np.arange(len(self.indptr) - 1, dtype=np.int64), np.diff(self.indptr)) \
+                * self.n_dec + self.dec
+        start, stop = np.asarray(x.indptr)[rows], np.asarray(x.indptr)[rows + 1]
+        entry = ragged_range(start, stop)
+        pair = np.repeat(np.arange(len(rows)), stop - start)
+        f = np.asarray(x.indices)[entry].astype(np.int64)
+        lo = np.searchsorted(self._keys, f * self.n_dec + self.first_dec[blocks][pair])
+        hi = np.searchsorted(self._keys, f * self.n_dec + self.first_dec[blocks][pair] + n_dec[pair])
+        take = ragged_range(lo, hi)
+        per = hi - lo
+        slot = np.repeat(first[pair] - self.first_dec[blocks][pair], per) + self.dec[take]
+        value = self.w[take] * np.repeat(np.asarray(x.data, dtype=np.float32)[entry], per)
+        d += np.bincount(slot, weights=value, minlength=len(d)).astype(np.float32)
+        return self._proba_pairs(d, blocks, first)
+
+    def _proba(self, d: np.ndarray, blocks: np.ndarray, flat: np.ndarray) -> np.ndarray:
+        n_dec = self.n_dec_of[blocks]
+        first = np.concatenate([[0], np.cumsum(n_dec)[:-1]]).astype(np.int64)
+        out, _ = self._proba_pairs(flat, blocks, first)
+        return out.reshape(len(d), self.n_out)
+
+    def _proba_pairs(self, d: np.ndarray, blocks: np.ndarray, first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decisions of each pair's block (concatenated; pair i's start at ``first[i]``) -> probabilities."""
+        p = (np.clip(d, -1, 1) + 1) / 2 if self.loss == "modified_huber" else 1 / (1 + np.exp(-d))
+        p = p.astype(np.float32)
+        width = self.width[blocks]
+        binary = width == 2
+        out_first = np.concatenate([[0], np.cumsum(width)[:-1]]).astype(np.int64)
+        out = np.empty(int(width.sum()), np.float32)
+        # two classes: [1 - p, p] from the one decision
+        out[out_first[binary]] = 1 - p[first[binary]]
+        out[out_first[binary] + 1] = p[first[binary]]
+        wide = ~binary
+        if wide.any():
+            src = ragged_range(first[wide], first[wide] + width[wide])
+            dst = ragged_range(out_first[wide], out_first[wide] + width[wide])
+            seg = np.repeat(np.arange(wide.sum()), width[wide])
+            total = np.bincount(seg, weights=p[src], minlength=wide.sum())
+            out[dst] = np.where(total[seg] > 0, p[src] / np.where(total[seg] > 0, total[seg], 1),
+                                1.0 / width[wide][seg])
+        return out, out_first
+
+
+def quantize(arrays: dict) -> dict:
+    """TF-IDF arrays with int8 weights: each decision's weights scaled by its largest magnitude
+    to [-127, 127] (``w_int8``, ``w_scale``); the file's weights take a quarter of the bytes."""
+    w, dec = arrays["w"], arrays["dec"]
+    top = np.zeros(len(arrays["bias"]), np.float32)
+    np.maximum.at(top, dec, np.abs(w))
+    scale = np.where(top > 0, top / 127, 1.0).astype(np.float32)
+    out = {k: v for k, v in arrays.items() if k != "w"}
+    return {**out, "w_int8": np.round(w / scale[dec]).astype(np.int8), "w_scale": scale}
+
+
+class NodeClassifiers:
+    """A classifier at each node of a :class:`~ktt.hierarchy.Hierarchy`: P(class | its parent).
+
+    Block ``b`` of ``blocks`` is the classifier of class ``parent[b]`` at level ``level[b] - 1``
+    (``-1``: all rows, the root's at level 0 or a flat classifier over the leaves) over its
+    children ``children[first_out[b]:...]`` at ``level[b]``; a node with one child seen in
+    training has no block (``single_*``: its child has P = 1); a class whose node was never seen
+    has P = 0. What a path is worth is the product of its classes' conditional
+    probabilities; :meth:`best_paths` finds the best whole path without scoring every node.
+    """
+
+    def __init__(self, hierarchy, blocks: LinearBlocks, level, parent, children, single_level, single_parent,
+                 single_child):
+        self.h, self.blocks = hierarchy, blocks
+        self.level, self.parent = np.asarray(level, np.int64), np.asarray(parent, np.int64)
+        self.children = np.asarray(children, np.int64)
+        self.single_level, self.single_parent, self.single_child = (
+            np.asarray(a, np.int64) for a in (single_level, single_parent, single_child))
+        # per level: each parent class's block (-1: none), and its only child (-1: none); index 0 is
+        # the root at level 0 (a flat classifier, parent -1 below level 0, takes no part in search)
+        self.block_of, self.only_child = [], []
+        for d in range(hierarchy.depth):
+            n_parents = 1 if d == 0 else hierarchy.sizes[d - 1]
+            b, s = np.full(n_parents, -1, np.int64), np.full(n_parents, -1, np.int64)
+            at = (self.level == d) & ((self.parent >= 0) | (d == 0))
+            b[np.maximum(self.parent[at], 0)] = np.flatnonzero(at)
+            at = (self.single_level == d) & ((self.single_parent >= 0) | (d == 0))
+            s[np.maximum(self.single_parent[at], 0)] = self.single_child[at]
+            self.block_of.append(b)
+            self.only_child.append(s)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {**self.blocks.to_arrays(), "level": self.level, "parent": self.parent, "children": self.children,
+                "single_level": self.single_level, "single_parent": self.single_parent,
+                "single_child": self.single_child}
+
+    @classmethod
+    def from_arrays(cls, hierarchy, arrays: dict, loss: str) -> "NodeClassifiers":
+        return cls(hierarchy, LinearBlocks.from_arrays(arrays, loss), *(arrays[k] for k in (
+            "level", "parent", "children", "single_level", "single_parent", "single_child")))
+
+    def leaf_proba(self, x) -> np.ndarray:
+        """``(n, n_leaves)``: the last level's P(class | its parent) (a flat classifier's P(leaf))."""
+        return self.conditional(x, [self.h.depth - 1])[0]
+
+    def conditional(self, x, levels=None) -> list[np.ndarray]:
+        """Per level (of ``levels``, default all), ``(n, n_classes_at_level)``: P(class | its parent)
+        for every class."""
+        p = self.blocks.proba(x)
+        level_of_out = np.repeat(self.level, self.blocks.width)
+        out = []
+        for d in range(self.h.depth) if levels is None else levels:
+            cond = np.zeros((x.shape[0], self.h.sizes[d]), np.float32)
+            cols = np.flatnonzero(level_of_out == d)
+            cond[:, self.children[cols]] = p[:, cols]
+            cond[:, self.single_child[self.single_level == d]] = 1.0
+            out.append(cond)
+        return out
+
+    def _expand(self, x, d: int, rows: np.ndarray, at: np.ndarray, logp: np.ndarray):
+        """Each (row, class ``at`` of level d - 1) pair -> its children at level d with their path log-probability."""
+        key = at if d else np.zeros(len(rows), np.int64)
+        block, only = self.block_of[d][key], self.only_child[d][key]
+        one = only >= 0
+        r_out, c_out, lp_out = [rows[one]], [only[one]], [logp[one]]
+        has = block >= 0
+        if has.any():
+            p, first = self.blocks.pair_proba(x, rows[has], block[has])
+            width = self.blocks.width[block[has]]
+            pair = np.repeat(np.arange(has.sum()), width)
+            r_out.append(rows[has][pair])
+            c_out.append(self.children[ragged_range(self.blocks.first_out[block[has]],
+                                                    self.blocks.first_out[block[has]] + width)])
+            with np.errstate(divide="ignore"):
+                lp_out.append(logp[has][pair] + np.log(p.astype(np.float64)))
+        return np.concatenate(r_out), np.concatenate(c_out), np.concatenate(lp_out)
+
+    def greedy(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """The top-down greedy path of every row (each level takes the parent's most likely child)
+        and its log-probability."""
+        n = x.shape[0]
+        codes, logp, rows = np.zeros((n, self.h.depth), np.int64), np.zeros(n), np.arange(n)
+        for d in range(self.h.depth):
+            r, c, lp = self._expand(x, d, rows, codes[:, d - 1] if d else np.zeros(n, np.int64), logp)
+            best = np.full(n, -np.inf)
+            np.maximum.at(best, r, lp)
+            pick = np.full(n, -1, np.int64)
+            hit = lp >= best[r]
+            pick[r[hit][::-1]] = c[hit][::-1]  # the first of equals, as argmax
+            codes[:, d], logp = np.maximum(pick, 0), best
+        return codes, logp
+
+    def best_paths(self, x, slack: float = 1e-5) -> np.ndarray:
+        """``(n, depth)``: each row's path of highest probability, exactly as scoring every path
+        would find it. A path is worth no more than any of its prefixes, so once the greedy path
+        is worth ``g``, only prefixes worth at least ``g`` are expanded: a confident model scores
+        a handful of nodes per level instead of all of them."""
+        n = x.shape[0]
+        if n == 0:
+            return np.zeros((0, self.h.depth), np.int64)
+        _, bound = self.greedy(x)
+        rows, at, logp = np.arange(n), np.zeros(n, np.int64), np.zeros(n)
+        for d in range(self.h.depth):
+            rows, at, logp = self._expand(x, d, rows, at, logp)
+            keep = logp >= bound[rows] - slack
+            rows, at, logp = rows[keep], at[keep], logp[keep]
+        order = np.lexsort((at, -logp, rows))  # per row: best first, then the lowest leaf index
+        first = order[np.flatnonzero(np.diff(np.concatenate([[-1], rows[order]])))]
+        return self.h.leaf_paths()[at[first]]
