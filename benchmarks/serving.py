@@ -124,7 +124,7 @@ def main():
                             f"{q['float']['h_f1']:.4f} / {q['int8']['h_f1']:.4f} | "
                             f"{100 * (q['float']['h_f1'] - q['int8']['h_f1']):+.2f} |")
         for graphs in ("float", "int8"):
-            size = sum(f.stat().st_size for f in (tmp / name / graphs).glob("*.onnx")) / 2**20
+            size = sum(f.stat().st_size for f in (tmp / name / graphs).iterdir()) / 2**20
             ip = in_process(Predictor.from_dir(tmp / name / graphs), texts)
             svc = service_files(registry.get(name), tmp / name / "bentoml")["svc_lts.py"]
             bundle = build_bento(svc, tmp / name / graphs, tmp / name / f"inference-{graphs}")

@@ -48,7 +48,7 @@ def main() -> None:
     def hsgd(**sgd):
         model = registry.create("tfidf_hsgd", h)
         make = model.make_sgd
-        model.make_sgd = lambda: make().set_params(**sgd)
+        model.make_sgd = lambda: make().set_params(**sgd)  # every node clones this classifier
         return model.fit(ds.train, ds.val)
 
     add("tfidf_lsgd (flat, the target)", registry.create("tfidf_lsgd", h).fit(ds.train, ds.val).predict(test.texts))
@@ -62,18 +62,20 @@ def main() -> None:
 
     # per-level temperature on the nodes' decision values, fitted on validation
     def decisions(texts):
-        x, out = base.features(texts), []
-        for d, level in enumerate(base.nodes_):
-            dec = np.full((x.shape[0], h.sizes[d]), -1e4)
-            for node in level.values():
-                if isinstance(node, int):
-                    dec[:, node] = 0.0
-                    continue
-                f = node.decision_function(x)
-                if f.ndim == 1:
-                    dec[:, node.classes_[1]], dec[:, node.classes_[0]] = f / 2, -f / 2
+        """Per level, each class's decision value (a binary node's one decision split +-d/2;
+        a lone child 0; a class whose node was never trained -1e4)."""
+        nodes = base.nodes_
+        d_all, out = nodes.blocks.decisions(base.features(texts)), []
+        for d in range(h.depth):
+            dec = np.full((len(d_all), h.sizes[d]), -1e4)
+            dec[:, nodes.single_child[nodes.single_level == d]] = 0.0
+            for b in np.flatnonzero(nodes.level == d):
+                kids = nodes.children[nodes.blocks.first_out[b]:nodes.blocks.first_out[b] + nodes.blocks.width[b]]
+                f = d_all[:, nodes.blocks.first_dec[b]:nodes.blocks.first_dec[b] + nodes.blocks.n_dec_of[b]]
+                if len(kids) == 2:
+                    dec[:, kids[1]], dec[:, kids[0]] = f[:, 0] / 2, -f[:, 0] / 2
                 else:
-                    dec[:, node.classes_] = f
+                    dec[:, kids] = f
             out.append(dec)
         return out
 

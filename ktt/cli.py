@@ -218,13 +218,16 @@ def generate(name, rows, noise, categories, max_depth, taxonomy_file, inner, **o
 @click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
               help="Train on this many processes of this machine (torchrun, DistributedDataParallel: gloo on "
                    "CPUs, nccl with one GPU per process); batch_size stays the global batch.")
+@click.option("--spark", "spark_master", default=None, metavar="MASTER",
+              help="Run the per-node fits of a TF-IDF model as Spark tasks on MASTER (local[4], spark://host:7077, "
+                   "yarn) through joblib's Spark backend.")
 @click.option("--datasets", "datasets_root", default="datasets", show_default=True, envvar="KTT_DATASETS",
               help="Datasets folder (env KTT_DATASETS).")
 @click.option("--weights", "weights_root", default="weights", show_default=True, envvar="KTT_WEIGHTS",
               help="Checkpoint folder (env KTT_WEIGHTS).")
 @click.pass_context
-def train(ctx, model, dataset, params, params_str, reference, resume, experiment, run_name, nproc, datasets_root,
-          weights_root):
+def train(ctx, model, dataset, params, params_str, reference, resume, experiment, run_name, nproc, spark_master,
+          datasets_root, weights_root):
     """Train MODEL on DATASET, tracked in MLflow.
 
     Any other `--name value` pair is a hyperparameter override, so `mlflow run . -P alpha=0.001`
@@ -242,9 +245,18 @@ def train(ctx, model, dataset, params, params_str, reference, resume, experiment
         pairs.append(f"{key[2:].replace('-', '_')}={extra.pop(0)}")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         sys.exit(_launch(nproc, model, dataset, hparams.parse_overrides(pairs), datasets_root))
-    fit = run_train(model, dataset, overrides=hparams.parse_overrides(pairs), datasets_root=datasets_root,
-                    weights_root=weights_root, experiment=experiment or _experiment_of(dataset), run_name=run_name,
-                    reference=reference, resume=resume)
+    if spark_master:
+        from . import registry
+
+        if not registry.get(model).joblib_fit:
+            raise BadValue(f"model {model!r} does not fit through joblib, so not on Spark; leave out --spark "
+                           "(encoder models: --nproc)")
+    from .distributed import spark_backend
+
+    with spark_backend(spark_master):
+        fit = run_train(model, dataset, overrides=hparams.parse_overrides(pairs), datasets_root=datasets_root,
+                        weights_root=weights_root, experiment=experiment or _experiment_of(dataset),
+                        run_name=run_name, reference=reference, resume=resume)
     if fit.run_id is None:  # a torchrun process other than rank 0: rank 0 reports
         return
     m = fit.metrics
@@ -331,7 +343,8 @@ def predict(model_uri, input_file, output_file, text_col, rows, threshold):
 @click.argument("source", required=False)
 @click.option("--model", default=None, help="With --dataset instead of SOURCE: the newest best_ checkpoint in weights/.")
 @click.option("--dataset", default=None)
-@click.option("--onnx/--no-onnx", default=True, show_default=True, help="Write encoder.onnx and classifier.onnx.")
+@click.option("--onnx/--no-onnx", default=True, show_default=True,
+              help="Write encoder.onnx and classifier.onnx (TF-IDF models: tfidf.npz).")
 @click.option("--bento", is_flag=True, help="Build the BentoService in build/<model>_<dataset>/inference.")
 @click.option("--monitoring", is_flag=True,
               help="Also build the drift sidecar, Prometheus, Grafana and docker-compose (implies --bento).")

@@ -1,5 +1,6 @@
 """Several training processes (``torchrun``) through ``torch.distributed``: who this process is,
-its part of the data, and the few collectives the training loop needs.
+its part of the data, and the few collectives the training loop needs; and Spark for the
+per-node fits of the TF-IDF models (:func:`spark_backend`).
 
 ``torchrun --nproc_per_node N -m ktt train ...`` starts N processes with ``RANK``,
 ``WORLD_SIZE`` and ``LOCAL_RANK`` set; :func:`setup` joins them into one process group (``nccl``
@@ -8,6 +9,8 @@ on GPUs, ``gloo`` on CPUs). Outside torchrun everything here is a no-op for a wo
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -123,3 +126,26 @@ def decide(flag: bool, w: World) -> bool:
     box = [flag]
     dist.broadcast_object_list(box, src=0)
     return bool(box[0])
+
+
+@contextmanager
+def spark_backend(master: str | None):
+    """Inside, joblib's parallel work (the TF-IDF models' per-node fits) runs as Spark tasks on
+    ``master`` (``local[4]``, ``spark://host:7077``, ``yarn``), through joblib's Spark backend
+    (``joblibspark``), one task per node, as many at once as the cluster's default parallelism.
+    ``None``: this machine's cores, as without it."""
+    if not master:
+        yield
+        return
+    from joblib import parallel_config
+    from joblibspark import register_spark
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Spark's Python workers: this environment
+    spark = SparkSession.builder.master(master).appName("ktt-train").config("spark.ui.enabled", "false").getOrCreate()
+    register_spark()
+    try:
+        with parallel_config(backend="spark", n_jobs=spark.sparkContext.defaultParallelism):
+            yield
+    finally:
+        spark.stop()

@@ -94,6 +94,9 @@ class Model(ABC):
     resumable: ClassVar[frozenset[str]] = frozenset()
     #: True when ``fit`` trains on several processes under torchrun (:mod:`ktt.distributed`).
     distributable: ClassVar[bool] = False
+    #: True when ``fit``'s parallel work goes through joblib, so it can run on Spark
+    #: (``ktt train --spark``, :func:`ktt.distributed.spark_backend`).
+    joblib_fit: ClassVar[bool] = False
     #: What the server scores with: ``onnx`` (:meth:`export_onnx`'s two graphs) or ``arrays``
     #: (the model's ``export_arrays``: ``tfidf.npz``, scored by ``ktt.sparse``).
     served_from: ClassVar[str] = "onnx"

@@ -96,6 +96,7 @@ class TfidfModel(Model):
     # sparse pooled TF-IDF features move less than dense ones (docs/monitoring.md)
     drift_share = 0.25
     served_from = "arrays"
+    joblib_fit = True
     fitted: tuple[str, ...] = ("nodes_",)  # the attributes fit sets, besides the preprocessor and vectoriser
     chunk = 8192  # rows scored at once: memory stays bounded at any number of texts or classes
 
@@ -120,8 +121,6 @@ class TfidfModel(Model):
         """Fit one block of classifiers per ``(level, parent, rows, labels)`` group (``parent``:
         a class of level - 1, or -1 for all rows) into ``nodes_``, the blocks in parallel on this
         machine's cores (or on Spark, through joblib's backend: docs/scaling.md)."""
-        from joblib import Parallel, delayed
-
         level, parent, children, widths, todo = [], [], [], [], []
         single = []  # (level, parent, child) of a node with one child seen in training
         for d, up, rows, y in groups:
@@ -134,11 +133,7 @@ class TfidfModel(Model):
             children.append(kids)
             widths.append(len(kids))
             todo.append((rows, y, kids))
-        # the cores go to the nodes side by side, or to one node's classes when it is alone (tfidf_lsgd)
-        n_jobs = threads.configured() or threads.cores()
-        make = self.make_sgd if len(todo) > 1 else lambda: self.make_sgd().set_params(n_jobs=n_jobs)
-        fits = Parallel(n_jobs=n_jobs if len(todo) > 1 else 1, prefer="threads")(
-            delayed(fit_block)(x, rows, y, make, self.params["min_weight"]) for rows, y, _ in todo)
+        fits = run_parallel([delayed_fit(x, rows, y) for rows, y, _ in todo], self.make_sgd(), self.params["min_weight"])
         blocks = LinearBlocks.from_fits(fits, widths, x.shape[1], self.params["loss"])
         self.nodes_ = NodeClassifiers(self.hierarchy, blocks, level, parent,
                                       np.concatenate(children) if children else np.zeros(0, np.int64),
@@ -199,16 +194,39 @@ class TfidfModel(Model):
                 "threshold": self.params["threshold"], "hierarchy": self.hierarchy.to_dict()}
 
 
-def fit_block(x, rows, y, make_sgd, min_weight: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
-    """scikit-learn's SGD classifier (one-vs-rest; one decision for two classes) of the rows
-    ``rows`` of ``x`` over the feature columns seen in them, its weights below ``min_weight``
-    in magnitude dropped. Per decision: (columns, weights, bias)."""
+def delayed_fit(x, rows, y):
+    """A node's rows, sliced only when its fit is dispatched (memory stays bounded)."""
+    return lambda: (x[rows], y)
+
+
+def run_parallel(nodes: list, sgd, min_weight: float) -> list:
+    """:func:`fit_block` of every node: on this machine's cores (threads: scikit-learn's SGD
+    releases the GIL), or on the joblib backend the caller chose with ``joblib.parallel_config``
+    (Spark, through ``joblibspark``: docs/scaling.md). ``sgd``: the unfitted classifier every node
+    clones (small to ship to a Spark task). A lone node (``tfidf_lsgd``) gets the cores for its
+    classes instead."""
+    from joblib import Parallel, delayed
+    from joblib.parallel import get_active_backend
+
+    cores = threads.configured() or threads.cores()
+    if len(nodes) == 1:
+        return [fit_block(*nodes[0](), sgd.set_params(n_jobs=cores), min_weight)]
+    chosen = get_active_backend()[1] is not None  # under parallel_config(backend=..., n_jobs=...)
+    jobs = (delayed(fit_block)(*node(), sgd, min_weight) for node in nodes)
+    return Parallel(**({} if chosen else {"n_jobs": cores, "prefer": "threads"}))(jobs)
+
+
+def fit_block(xn, y, sgd, min_weight: float) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """scikit-learn's SGD classifier (one-vs-rest; one decision for two classes) of a node's rows
+    ``xn`` over the feature columns seen in them, its weights below ``min_weight`` in magnitude
+    dropped. Per decision: (columns, weights, bias)."""
     import scipy.sparse as sp
 
-    xn = x[rows]
     cols, local = np.unique(xn.indices, return_inverse=True)  # the node's features, renumbered
     xn = sp.csr_matrix((xn.data, local.ravel(), xn.indptr), shape=(xn.shape[0], len(cols)))
-    clf = make_sgd().fit(xn, y)
+    from sklearn.base import clone
+
+    clf = clone(sgd).fit(xn, y)
     out = []
     for w, b in zip(clf.coef_, clf.intercept_):
         keep = np.abs(w) >= min_weight

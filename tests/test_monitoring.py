@@ -230,7 +230,7 @@ def test_build_tree_and_compose(monitored_build):
     assert sorted(p.name for p in (build / "bentoml").iterdir()) == ["__init__.py", "dashboard.json",
                                                                       "evidently.yaml", "svc_lts.py"]
     assert json.loads((build / "bentoml/dashboard.json").read_text()) == dash
-    assert "class TfidfHSGD(KTTService)" in (build / "bentoml/svc_lts.py").read_text()
+    assert "class TfidfHSGD(TfidfService)" in (build / "bentoml/svc_lts.py").read_text()
 
 
 def test_service_files_are_generated_per_model(tmp_path):
@@ -239,7 +239,8 @@ def test_service_files_are_generated_per_model(tmp_path):
         cls = registry.get(model)
         files = service_files(cls, tmp_path / model)
         assert json.loads(files["dashboard.json"].read_text()) == dashboard(service_class(model), model)
-        assert f"class {cls.__name__}(KTTService)" in files["svc_lts.py"].read_text()
+        base = "TfidfService" if cls.served_from == "arrays" else "KTTService"  # sparse arrays or ONNX graphs
+        assert f"class {cls.__name__}({base})" in files["svc_lts.py"].read_text()
         cfg = yaml.safe_load(files["evidently.yaml"].read_text())["service"]
         assert cfg["drift_share"] == (0.25 if model.startswith("tfidf") else 0.5)
         assert cfg["monitors"] == ["cat_target_drift", "data_drift", "confidence_drift", "level_prediction_drift",

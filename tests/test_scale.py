@@ -1,0 +1,274 @@
+"""Catalog scale: sparse TF-IDF scoring, exact path search, the catalog generator, by hand and on real data."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ktt import registry
+from ktt.hierarchy import Hierarchy
+from ktt.sparse import Csr, LinearBlocks, NgramIndex, NodeClassifiers, quantize, ragged_range, tfidf
+
+# level 1 {A, B}; level 2 {a1, a2, a3} under A, {b1, b2} under B
+H = Hierarchy.from_paths([("A", "a1"), ("A", "a2"), ("A", "a3"), ("B", "b1"), ("B", "b2")])
+
+
+def csr(rows, n_features):
+    """CSR from ``[{feature: value}, ...]``."""
+    indptr, indices, data = [0], [], []
+    for r in rows:
+        for f in sorted(r):
+            indices.append(f)
+            data.append(r[f])
+        indptr.append(len(indices))
+    return Csr(np.array(indptr), np.array(indices), np.array(data, np.float32), (len(rows), n_features))
+
+
+def toy_blocks(loss="modified_huber"):
+    """Block 0: root over {A, B}, one decision (B): w = {f0: 2, f1: -1}, b = 0.
+    Block 1: A over {a1, a2, a3}, three decisions: a1 {f0: 1}, a2 {f2: 3}, a3 {} ; biases -0.5, -1, 0.2.
+    B has one child seen (b1): no block."""
+    fits = [[(np.array([0, 1]), np.array([2.0, -1.0]), 0.0)],
+            [(np.array([0]), np.array([1.0]), -0.5), (np.array([2]), np.array([3.0]), -1.0),
+             (np.array([], int), np.array([]), 0.2)]]
+    blocks = LinearBlocks.from_fits(fits, [2, 3], 3, loss)
+    return NodeClassifiers(H, blocks, level=[0, 1], parent=[-1, 0], children=[0, 1, 0, 1, 2],
+                           single_level=[1], single_parent=[1], single_child=[3])
+
+
+def test_linear_blocks_by_hand():
+    nodes = toy_blocks()
+    x = csr([{0: 0.25}, {1: 1.0, 2: 0.5}], 3)
+    # row 0: root d = 0.5 -> P(B) = (0.5 + 1) / 2 = .75; A's block d = (-0.25, -1, 0.2) -> (.375, 0, .6) / .975
+    # row 1: root d = -1 -> P(B) = 0; A's block d = (-0.5, 0.5, 0.2) -> (.25, .75, .6) / 1.6
+    p = nodes.blocks.proba(x)
+    np.testing.assert_allclose(p, [[.25, .75, .375 / .975, 0, .6 / .975], [1, 0, .25 / 1.6, .75 / 1.6, .6 / 1.6]],
+                               rtol=1e-6)
+    got, first = nodes.blocks.pair_proba(x, np.array([1, 0, 0]), np.array([1, 1, 0]))
+    np.testing.assert_allclose(got, np.concatenate([p[1, 2:], p[0, 2:], p[0, :2]]), rtol=1e-6)
+    assert first.tolist() == [0, 3, 6]
+    cond = nodes.conditional(x)
+    np.testing.assert_allclose(cond[0], p[:, :2])
+    np.testing.assert_allclose(cond[1], np.c_[p[:, 2:], [1, 1], [0, 0]], rtol=1e-6)  # b1 alone: 1; b2 unseen: 0
+    # log_loss: sigmoid, then one-vs-rest normalisation
+    sig = 1 / (1 + np.exp(-np.array([-0.25, -1, 0.2])))
+    np.testing.assert_allclose(toy_blocks("log_loss").blocks.proba(x)[0, 2:], sig / sig.sum(), rtol=1e-6)
+
+
+def test_all_zero_block_is_uniform():
+    blocks = LinearBlocks.from_fits([[(np.array([0]), np.array([1.0]), -1.0)] * 3], [3], 3, "modified_huber")
+    np.testing.assert_allclose(blocks.proba(csr([{0: -2.0}], 3)), [[1 / 3] * 3])  # every d = -3: all 0
+
+
+def test_best_path_beats_greedy_by_hand():
+    nodes = toy_blocks()
+    # root d = -0.1: P(A) = .55, P(B) = .45. Greedy takes A; A's d = (-0.5, -1, 0.2) -> (.25, 0, .6) / .85,
+    # so A > a3 is worth .55 * .6 / .85 = .388; B > b1 (b1 B's one child, P 1) is worth .45: the best path
+    x = csr([{1: 0.1}], 3)
+    codes, logp = nodes.greedy(x)
+    assert codes.tolist() == [[0, 2]] and np.exp(logp[0]) == pytest.approx(.55 * .6 / .85, rel=1e-5)
+    assert nodes.best_paths(x).tolist() == [[1, 3]]
+    x = csr([{0: 0.05}], 3)  # root d = .1: B (.55) > b1 beats A > a3 (.45 * .6 / .875)
+    assert nodes.best_paths(x).tolist() == nodes.greedy(x)[0].tolist() == [[1, 3]]
+
+
+def test_best_paths_equal_exhaustive_search_on_random_trees():
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        h = Hierarchy.from_paths({tuple(f"c{rng.integers(0, 3)}" for _ in range(rng.integers(1, 5)))
+                                  for _ in range(25)})
+        level, parent, children, widths, fits, singles = [], [], [], [], [], []
+        n_feat = 30
+        for d in range(h.depth):
+            ups = [-1] if d == 0 else range(h.sizes[d - 1])
+            for up in ups:
+                kids = np.arange(h.sizes[d]) if d == 0 else np.flatnonzero(h.parent_of(d) == up)
+                if len(kids) == 1:
+                    singles.append((d, up, kids[0]))
+                    continue
+                level.append(d)
+                parent.append(up)
+                children.extend(kids)
+                widths.append(len(kids))
+                n_dec = 1 if len(kids) == 2 else len(kids)
+                fits.append([(rng.choice(n_feat, 5, replace=False), rng.normal(size=5), rng.normal() * .3)
+                             for _ in range(n_dec)])
+        blocks = LinearBlocks.from_fits(fits, widths, n_feat, "modified_huber")
+        nodes = NodeClassifiers(h, blocks, level, parent, children, *np.array(singles, int).reshape(-1, 3).T)
+        x = csr([{int(f): float(v) for f, v in zip(rng.choice(n_feat, 4, replace=False), rng.random(4))}
+                 for _ in range(200)], n_feat)
+        exhaustive = h.decode_scores([], "path", conditional=nodes.conditional(x))
+        assert np.array_equal(nodes.best_paths(x), exhaustive), trial
+        assert np.array_equal(nodes.greedy(x)[0], h.decode_scores([], "top_down", conditional=nodes.conditional(x)))
+
+
+def test_ngram_counts_and_tfidf_by_hand():
+    index = NgramIndex.from_vocabulary({"red": 0, "appl": 1, "red appl": 2, "juic": 3}, "english")
+    c = index.counts(["Red apples", "apple juice apple", "", "red red"])
+    assert c.indptr.tolist() == [0, 3, 5, 5, 6]
+    assert c.indices.tolist() == [0, 1, 2, 1, 3, 0] and c.data.tolist() == [1, 1, 1, 2, 1, 2]
+    x = tfidf(c, np.array([1.0, 2.0, 3.0, 4.0]), "l2")
+    row0 = np.array([1, 2, 3]) / np.sqrt(14)
+    row1 = np.array([4, 4]) / np.sqrt(32)
+    np.testing.assert_allclose(x.data, [*row0, *row1, 1.0], rtol=1e-6)
+    again = NgramIndex.from_arrays(index.to_arrays(), "english").counts(["Red apples"])
+    assert again.indices.tolist() == [0, 1, 2]
+
+
+def test_ragged_range_and_rows():
+    assert ragged_range([3, 0, 7], [5, 0, 9]).tolist() == [3, 4, 7, 8]
+    x = csr([{0: 1.0}, {1: 2.0, 2: 3.0}, {}], 3)
+    y = x.rows(np.array([1, 1, 0]))
+    assert y.indptr.tolist() == [0, 2, 4, 5] and y.data.tolist() == [2, 3, 2, 3, 1]
+
+
+def test_quantize_by_hand():
+    arrays = toy_blocks().to_arrays()
+    q = quantize(arrays)
+    # decision 0's largest |w| is 2: scale 2/127; decision 1's is 1; decision 3 has none: scale 1
+    np.testing.assert_allclose(q["w_scale"][:4], [2 / 127, 1 / 127, 3 / 127, 1.0], rtol=1e-6)
+    assert q["w_int8"].tolist() == [127, 127, -64, 127]  # features 0 (dec 0, 1), 1 (dec 0), 2 (dec 2)
+    back = LinearBlocks.from_arrays(q, "modified_huber")
+    np.testing.assert_allclose(back.w, [2, 1, -64 * 2 / 127, 3], rtol=1e-6)
+
+
+def test_sum_up_by_hand():
+    leaf = np.array([[.1, .2, .3, .4, 0]])
+    sums = H.sum_up(leaf)
+    np.testing.assert_allclose(sums[0], [[.6, .4]])
+    np.testing.assert_allclose(sums[1], leaf)
+    np.testing.assert_allclose(H.sum_up(leaf, np.maximum)[0], [[.3, .4]])
+
+
+@pytest.mark.parametrize("name", ["tfidf_hsgd", "tfidf_lsgd"])
+def test_min_weight_zero_is_scikit_learns_classifier(name, bb300):
+    """With nothing pruned, each node is exactly scikit-learn's SGDClassifier on the node's rows."""
+    from sklearn.linear_model import SGDClassifier
+
+    train, test = bb300["train"], bb300["test"]
+    model = registry.create(name, train.hierarchy, min_weight=0.0).fit(train)
+    x, xt = model.features(train.texts), model.features(test.texts)
+    y = train.codes[:, 0 if name == "tfidf_hsgd" else -1]
+    p = model.params
+    clf = SGDClassifier(loss=p["loss"], alpha=p["alpha"], max_iter=p["max_iter"], random_state=p["seed"], tol=1e-4)
+    clf.fit(x, y)
+    ours = model.nodes_.conditional(xt)[0 if name == "tfidf_hsgd" else -1][:, clf.classes_]
+    np.testing.assert_allclose(ours, clf.predict_proba(xt), atol=1e-5)
+    pruned = registry.create(name, train.hierarchy).fit(train)
+    assert 0 < len(pruned.nodes_.blocks.w) < len(model.nodes_.blocks.w)
+
+
+def test_hsgd_weights_grow_with_the_data_not_classes_x_vocabulary(bigbasket):
+    model = registry.create("tfidf_hsgd", bigbasket.hierarchy).fit(bigbasket.train)
+    dense = sum(model.nodes_.blocks.n_dec_of) * len(model.vectorizer_.vocabulary_)
+    assert len(model.nodes_.blocks.w) < 0.03 * dense  # measured: 1.5% of the dense weights
+
+
+def test_generated_taxonomy_and_catalog():
+    from ktt.synth import generate_catalog, random_taxonomy, read_taxonomy
+
+    tax = random_taxonomy(2000, 6, seed=1)
+    assert len(tax) == len(set(tax)) == 2000 and max(map(len, tax)) == 6
+    assert all(p[:-1] in set(tax) for p in tax if len(p) > 1)  # every category's parent is one
+    depths = np.bincount([len(p) for p in tax])
+    assert depths.argmax() in (3, 4) and depths[1] < 100  # most categories in the middle levels
+    df = next(generate_catalog(5000, tax, seed=1, inner=0.2, noise=0.0))
+    again = next(generate_catalog(5000, tax, seed=1, inner=0.2, noise=0.0))
+    assert df.equals(again)
+    labels = df.labels.str.split(" > ").map(tuple)
+    inner = {q[:-1] for q in tax}
+    assert 0.15 < labels.isin(inner).mean() < 0.25
+    assert set(labels) <= set(tax)
+
+
+def test_read_taxonomy_google_format(tmp_path):
+    from ktt.errors import BadValue
+    from ktt.synth import read_taxonomy
+
+    f = tmp_path / "taxonomy.txt"
+    f.write_text("# Google_Product_Taxonomy_Version: 2021-09-21\n1 - Animals & Pet Supplies\n"
+                 "3237 - Animals & Pet Supplies > Live Animals\nArts > Crafts > Paint\n\n")
+    assert read_taxonomy(f) == [("Animals & Pet Supplies",), ("Animals & Pet Supplies", "Live Animals"),
+                                ("Arts",), ("Arts", "Crafts"), ("Arts", "Crafts", "Paint")]
+    f.write_text("A > > B\n")
+    with pytest.raises(BadValue, match="line 1: empty category name"):
+        read_taxonomy(f)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("shutil").which("java"), reason="Spark needs Java: `make test` installs openjdk-17-jre-headless")
+def test_per_node_fits_on_spark_give_the_same_model(bigbasket_small):
+    """tfidf_hsgd's node fits as Spark tasks (joblib's Spark backend, local[2]): the same weights."""
+    import os
+    import sys
+
+    from joblib import parallel_config
+    from joblibspark import register_spark
+    from pyspark.sql import SparkSession
+
+    from ktt.data import load_dataset
+
+    ds = load_dataset("bb_small", bigbasket_small)
+    here = registry.create("tfidf_hsgd", ds.hierarchy).fit(ds.train)
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # Spark's Python workers: this environment
+    spark = SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false").getOrCreate()
+    try:
+        register_spark()
+        with parallel_config(backend="spark", n_jobs=2):
+            from joblib.parallel import get_active_backend
+            assert type(get_active_backend()[0]).__name__ == "SparkDistributedBackend"
+            there = registry.create("tfidf_hsgd", ds.hierarchy).fit(ds.train)
+    finally:
+        spark.stop()
+    for k, v in here.nodes_.to_arrays().items():
+        assert np.array_equal(v, there.nodes_.to_arrays()[k]), k
+    assert np.array_equal(here.predict(ds.test.texts), there.predict(ds.test.texts))
+
+
+@pytest.fixture(scope="module")
+def deep_catalog(tmp_path_factory):
+    """`ktt generate` of a deep catalog: 2,000 categories, paths of 1 to 6 levels, 3,000 titles."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("deep")
+    ktt = Path(sys.executable).parent / "ktt"
+    out = subprocess.run([str(ktt), "generate", "-n", "deep", "--rows", "3000", "--categories", "2000",
+                          "--max-depth", "6", "--no-track", "--out", str(root)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "paths of 1/2/3/4/5/6 levels" in out.stdout
+    return root
+
+
+DEEP_TINY = {"epochs": 1, "batch_size": 32, "classifier_lr": 3e-3, "h_hidden_dim": 64, "global_hidden": 64,
+             "local_hidden": 64}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tfidf_hsgd", "tfidf_lsgd", "db_linear", "db_bhcn", "db_bhcn_awx", "db_ahmcnf",
+                                  "db_achmcnn"])
+def test_every_model_trains_exports_and_serves_a_deep_catalog(name, deep_catalog, tiny_encoder, tracking, tmp_path):
+    from conftest import Served
+
+    from ktt.data import load_dataset
+    from ktt.export import export, resolve_source
+    from ktt.train import train
+
+    ds = load_dataset("deep", deep_catalog)
+    assert ds.hierarchy.depth == 6 and ds.hierarchy.variable_depth and sum(ds.hierarchy.class_counts) > 1000
+    cls = registry.get(name)
+    overrides = {k: v for k, v in DEEP_TINY.items() if k in cls.defaults}
+    if "encoder" in cls.defaults:
+        overrides["encoder"] = tiny_encoder
+    fit = train(name, "deep", overrides=overrides, datasets_root=deep_catalog, weights_root=tmp_path / "w")
+    assert 0 < fit.metrics["test_h_f1"] <= 1
+    built = export(fit.run_id, bento=True, build_root=tmp_path / "b", datasets_root=deep_catalog)
+    model = cls.load(resolve_source(fit.run_id).checkpoint)
+    texts = ds.test.texts[:30]
+    expected = ["\n".join(p) for p in model.predict_paths(texts)]
+    if not (Path(__file__).resolve().parents[1] / ".venv-serving" / "bin" / "bentoml").exists():
+        pytest.skip("no serving env: run `make env`")
+    svc = Served(built["inference"])
+    try:
+        assert svc.post("predict", [{"text": t} for t in texts]).json() == expected
+    finally:
+        svc.stop()
