@@ -1,6 +1,7 @@
 """Catalog scale: every model on catalogs shaped like a real taxonomy, 10k to 1M titles.
 
-    .venv/bin/python benchmarks/scale.py
+    .venv/bin/python benchmarks/scale.py            # the catalog table
+    .venv/bin/python benchmarks/scale.py --steps    # one encoder training step, 707 vs 21k classes
 
 Each catalog comes from `ktt generate --categories 5600 --max-depth 7` (Google's taxonomy's
 shape: paths of 1 to 7 levels, 10% of rows labelled at inner categories; 80/10/10 split). Every
@@ -179,14 +180,65 @@ def served_p99(serve, bundle: Path, tmp: Path, name: str) -> float:
         proc.wait()
 
 
+def step_costs(steps: int = 12) -> None:
+    """One MiniLM training step (batch 32 real titles, fused AdamW) of every encoder model over
+    BigBasket's classes and over a generated 5,600-category taxonomy, median of ``steps``."""
+    import numpy as np
+    import torch
+
+    from benchmarks import bigbasket
+    from ktt import registry
+    from ktt.hierarchy import Hierarchy
+    from ktt.synth import random_taxonomy
+
+    torch.set_num_threads(2)
+    ds = bigbasket.load()
+    big = Hierarchy.from_paths(random_taxonomy(5600, 7))
+    texts = ds.train.texts[:32 * steps]
+    rows = []
+    for name in ENCODERS:
+        ms = {}
+        for label, h in (("bigbasket", ds.hierarchy), ("catalog", big)):
+            model = registry.create(name, h)
+            model._build()
+            model.net_.train()
+            opt = torch.optim.AdamW([q for q in model.net_.parameters() if q.requires_grad], lr=1e-4, fused=True)
+            codes = torch.as_tensor(h.leaf_paths()[np.random.default_rng(0).integers(h.n_leaves, size=len(texts))])
+            times = []
+            for i in range(steps + 2):  # two warm-up steps
+                batch = model._batch(texts[32 * (i % steps):32 * (i % steps) + 32])
+                t0 = time.perf_counter()
+                loss = model.loss(model.net_(*batch), codes[32 * (i % steps):32 * (i % steps) + 32]).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                times.append(time.perf_counter() - t0)
+            ms[label] = 1000 * float(np.median(times[2:]))
+            ms[label + "_params"] = sum(q.numel() for q in model.net_.head.parameters()) / 1e6
+        rows.append(f"| {name} | {ms['bigbasket']:.0f} ({ms['bigbasket_params']:.1f}M) | "
+                    f"{ms['catalog']:.0f} ({ms['catalog_params']:.1f}M) | {ms['catalog'] / ms['bigbasket']:.2f} |")
+        print(rows[-1], flush=True)
+    write_section("scale-steps", "\n".join([
+        "## One encoder training step: BigBasket's classes vs 5,600 categories (issue 24)", "",
+        "Command: `.venv/bin/python benchmarks/scale.py --steps`", "",
+        f"all-MiniLM-L6-v2, batch 32 real BigBasket titles, fused AdamW, 2 threads, median of 12 steps. "
+        f"BigBasket: {ds.hierarchy.n_classes} classes; the generated taxonomy (`random_taxonomy(5600, 7)`): "
+        f"{big.n_classes} classes once paths are padded with end classes, {big.n_leaves} at the last level. "
+        "In brackets: the head's weights. Goal: at most 1.3x.", "",
+        "| model | step ms, BigBasket | step ms, 5,600 categories | ratio |", "|---|---|---|---|", *rows]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", action="store_true", help="only the encoder training-step table")
     ap.add_argument("--rows", default="10000,100000,1000000", help="catalog sizes, comma-separated")
     ap.add_argument("--models", default="tfidf_hsgd,tfidf_lsgd," + ",".join(ENCODERS) + ",fasttext")
     ap.add_argument("--encoder-rows", type=int, default=10000,
                     help="encoder models run on catalogs of at most this many titles (1 epoch each on CPU)")
     ap.add_argument("--timeout-min", type=float, default=30, help="a fit running longer is stopped and reported")
     args = ap.parse_args()
+    if args.steps:
+        return step_costs()
     tmp = Path(tempfile.mkdtemp(prefix="ktt-scale-"))
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db", "KTT_DATASETS": str(tmp / "datasets")}
     os.environ.update(env)

@@ -26,6 +26,11 @@ class KTTGroup(click.Group):
                 traceback.print_exc()
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except MemoryError:  # what a fit could not foresee: said plainly, not as a bug
+            click.echo(f"error: this machine ran out of memory during `ktt {ctx.invoked_subcommand}`: the data or "
+                       "the model is too large for it; use fewer rows or features (min_df, ngram_max), a smaller "
+                       "model, or a machine with more memory", err=True)
+            sys.exit(2)
         except Exception as e:
             traceback.print_exc()
             click.echo(f"error: unexpected {type(e).__name__} (a bug in KTT, not a mistake in your input; "

@@ -250,6 +250,8 @@ class TorchModel(Model):
             net = DistributedDataParallel(self.net_, find_unused_parameters=True,
                                           device_ids=[self.device_.index or 0] if self.device_.type == "cuda" else None)
 
+        # a frozen encoder gives every text the same vector each epoch: encode the training split once
+        pooled = self._pooled(train.texts) if p["freeze_encoder"] and world.size == 1 else None
         for epoch in range(start, p["epochs"]):
             self.net_.train()
             bar = tqdm(self._batches(len(train), epoch, lengths), desc=f"epoch {epoch + 1}/{p['epochs']}",
@@ -259,7 +261,8 @@ class TorchModel(Model):
                     continue
                 idx = distributed.rows(batch, world)
                 with self._autocast():
-                    out = net(*self._batch([train.texts[j] for j in idx]))
+                    out = self.net_.head(pooled[idx]) if pooled is not None else \
+                        net(*self._batch([train.texts[j] for j in idx]))
                     loss = distributed.batch_loss(self.loss(out, codes[idx].to(self.device_)), len(batch), world)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -337,6 +340,18 @@ class TorchModel(Model):
     def predict_scored(self, texts):
         scores = self.predict_proba(texts)
         return self._decode(scores), scores
+
+    @torch.no_grad()
+    def _pooled(self, texts) -> torch.Tensor:
+        """Pooled encoder output of ``texts`` on the model's device (the encoder in eval mode)."""
+        from tqdm.auto import tqdm
+
+        self.net_.eval()
+        bs = self.params["eval_batch_size"]
+        with self._autocast():
+            return torch.cat([self.net_.pool(*self._batch(texts[i:i + bs])).float()
+                              for i in tqdm(range(0, len(texts), bs), desc="encoding once (frozen encoder)",
+                                            leave=False)])
 
     @torch.no_grad()
     def features(self, texts) -> np.ndarray:

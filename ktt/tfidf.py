@@ -3,6 +3,7 @@ vectoriser, SGD classifiers, checkpoint I/O, ONNX export of linear blocks and th
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import snowballstemmer
@@ -133,6 +134,7 @@ class TfidfModel(Model):
             children.append(kids)
             widths.append(len(kids))
             todo.append((rows, y, kids))
+        check_memory(self.name, x, todo)
         fits = run_parallel([delayed_fit(x, rows, y) for rows, y, _ in todo], self.make_sgd(), self.params["min_weight"])
         blocks = LinearBlocks.from_fits(fits, widths, x.shape[1], self.params["loss"])
         self.nodes_ = NodeClassifiers(self.hierarchy, blocks, level, parent,
@@ -192,6 +194,44 @@ class TfidfModel(Model):
         return {"model": self.name, "input": "tfidf", "decode": self.params.get("decode", "leaf"),
                 "language": self.params["language"], "loss": self.params["loss"], "norm": self.vectorizer_.norm,
                 "threshold": self.params["threshold"], "hierarchy": self.hierarchy.to_dict()}
+
+
+def available_memory() -> int:
+    """Bytes this machine can still give (``MemAvailable``; the cgroup's limit when lower)."""
+    free = None
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            free = min(free, int(limit) - used) if free is not None else int(limit) - used
+    except OSError:
+        pass
+    return free if free is not None else 1 << 62
+
+
+def check_memory(name: str, x, nodes) -> None:
+    """Refuse, before any training, a fit whose nodes' dense training weights would not fit.
+
+    scikit-learn's SGD holds a node's weights dense while it trains, (classes x features seen
+    under the node) float64: small for a node's children, but classes x vocabulary for a flat
+    classifier over thousands of leaves. The cores train that many of the largest at once.
+    """
+    cores = threads.configured() or threads.cores()
+    sizes = sorted(8 * (1 if len(kids) == 2 else len(kids)) * min(x.shape[1], int(x.indptr[rows + 1].sum() -
+                                                                                     x.indptr[rows].sum()))
+                   for rows, _, kids in nodes)
+    need = sum(sizes[-cores:]) if len(nodes) > 1 else (sizes[-1] if sizes else 0)
+    have = available_memory()
+    if need > 0.8 * have:
+        widest = max(nodes, key=lambda n: len(n[2]))
+        raise BadValue(f"{name} would need about {need / 2**30:.1f} GB for its classifiers' weights while "
+                       f"training ({len(widest[2]):,} classes x {x.shape[1]:,} features, dense in scikit-learn's "
+                       f"SGD), and this machine has {have / 2**30:.1f} GB available. Use tfidf_hsgd (one "
+                       "classifier per parent node, over the features seen under it), or fewer features "
+                       "(a higher min_df, ngram_max=1)")
 
 
 def delayed_fit(x, rows, y):

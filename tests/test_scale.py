@@ -272,3 +272,24 @@ def test_every_model_trains_exports_and_serves_a_deep_catalog(name, deep_catalog
         assert svc.post("predict", [{"text": t} for t in texts]).json() == expected
     finally:
         svc.stop()
+
+
+def test_a_fit_that_cannot_fit_says_so_before_training(bb300, monkeypatch):
+    from ktt import tfidf
+    from ktt.errors import BadValue
+
+    train = bb300["train"]
+    model = registry.create("tfidf_lsgd", train.hierarchy)
+    x = model.fit_features(train.texts)
+    n_leaves = len(np.unique(train.codes[:, -1]))
+    need = 8 * n_leaves * min(x.shape[1], x.nnz)  # one flat classifier: leaves x features, float64
+    monkeypatch.setattr(tfidf, "available_memory", lambda: int(need / 0.8) - 1)
+    called, real = [], tfidf.run_parallel
+    monkeypatch.setattr(tfidf, "run_parallel", lambda *a: called.append(1) or real(*a))
+    with pytest.raises(BadValue, match=rf"tfidf_lsgd would need about {need / 2**30:.1f} GB .* "
+                                       rf"\({n_leaves:,} classes x {x.shape[1]:,} features.* Use tfidf_hsgd"):
+        model.fit(train)
+    assert not called  # refused before any classifier trained
+    monkeypatch.setattr(tfidf, "available_memory", lambda: int(need / 0.8) + 1)
+    model.fit(train)
+    assert called

@@ -125,3 +125,22 @@ def test_hub_name_without_network_fails_clearly(monkeypatch, bb300):
 def test_bad_monitor_refused(bb300, tiny_encoder):
     with pytest.raises(ValueError, match="'monitor' of model 'db_linear': 'acc' is not loss or a validation metric"):
         make("db_linear", bb300["train"].hierarchy, tiny_encoder, monitor="acc").fit(bb300["train"], bb300["val"])
+
+
+def test_frozen_encoder_encodes_the_training_split_once(bb300, tiny_encoder):
+    """freeze_encoder: each training text goes through the encoder once for the whole fit, not once
+    an epoch; the head still learns."""
+    model = make("db_bhcn", bb300["train"].hierarchy, tiny_encoder, epochs=3, freeze_encoder=True, patience=5)
+    calls, build = [], model._build
+
+    def build_and_count(*args, **kwargs):  # fit builds the net: count the texts its encoder sees
+        build(*args, **kwargs)
+        model.net_.encoder.register_forward_hook(
+            lambda mod, a, kw, out: calls.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    model._build = build_and_count
+    rec = Recorder()
+    model.fit(bb300["train"], bb300["val"], rec)
+    # the training split once, then validation each epoch (3 epochs)
+    assert sum(calls) == len(bb300["train"]) + 3 * len(bb300["val"])
+    losses = [m["train_loss"] for m in rec.metrics if "train_loss" in m]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])

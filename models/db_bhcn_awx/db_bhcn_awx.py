@@ -48,11 +48,13 @@ def awx_bce(leaf_logits: torch.Tensor, tree: Tree, norm: float, target: torch.Te
 
 class DBBHCNAWX(TorchModel):
     defaults = {**TorchModel.defaults, "gamma_l": -0.34, "lambda_l": 0.73, "dropout": 0.47,
-                "act": "relu", "awx_norm": 5.0}
-    constraints = {**TorchModel.constraints, "act": tuple(ACTS), "lambda_l": Interval(0), "awx_norm": Interval(1)}
+                "act": "relu", "awx_norm": 5.0, "level_width": 384}
+    constraints = {**TorchModel.constraints, "act": tuple(ACTS), "lambda_l": Interval(0), "awx_norm": Interval(1),
+                   "level_width": Interval(1)}
 
     def build_head(self, hidden):
-        head = BHCNHead(hidden, self.hierarchy.sizes, self.params["dropout"], self.params["act"])
+        p = self.params
+        head = BHCNHead(hidden, self.hierarchy.sizes, p["dropout"], p["act"], p["level_width"])
         Tree.attach(head, self.hierarchy)
         return head
 
