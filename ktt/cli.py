@@ -141,8 +141,11 @@ def ingest(source, name, fmt, encoding, delimiter, columns, table, query, label_
 
     SOURCE is a file (CSV, TSV, JSON, JSONL, Parquet, Arrow, Feather) or an SQLAlchemy URL.
     """
+    import time
+
     from . import data
 
+    start = time.perf_counter()
     if "://" in source:
         df = data.read_sql(source, table=table, query=query)
         where = f"{source} ({table or 'query'})"
@@ -161,6 +164,7 @@ def ingest(source, name, fmt, encoding, delimiter, columns, table, query, label_
         df = data.read_file(source, fmt, encoding=encoding, sep=delimiter, names=names)
         where = source
     _finish_ingest(df, name, where, opts, {})
+    click.echo(f"ingested {len(df):,} rows in {time.perf_counter() - start:.1f} s", err=True)
 
 
 @main.command()

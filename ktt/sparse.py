@@ -174,7 +174,20 @@ class LinearBlocks:
         self.first_out = np.concatenate([[0], np.cumsum(self.width)[:-1]]).astype(np.int64)
         self.n_dec, self.n_out = int(self.n_dec_of.sum()), int(self.width.sum())
         self.indptr, self.dec, self.w, self.bias, self.loss = indptr, dec, w, bias, loss
-        self._keys = None
+        self._index = None
+
+    def _runs(self):
+        """The weights' runs: one per (feature, block) with weights, as a hash index of the keys
+        ``feature * n_blocks + block``, each run's first weight and length (built once, on use)."""
+        if getattr(self, "_index", None) is None:
+            import pandas as pd
+
+            block_of_dec = np.repeat(np.arange(len(self.width)), self.n_dec_of)
+            feature = np.repeat(np.arange(len(self.indptr) - 1, dtype=np.int64), np.diff(self.indptr))
+            keys = feature * len(self.width) + block_of_dec[self.dec]  # sorted: by feature, then decision
+            starts = np.flatnonzero(np.diff(keys, prepend=-1)) if len(keys) else np.zeros(0, np.int64)
+            self._index = (pd.Index(keys[starts]), starts, np.diff(np.append(starts, len(keys))))
+        return self._index
 
     @classmethod
     def from_fits(cls, fits: list[list[tuple[np.ndarray, np.ndarray, float]]], widths, n_features: int,
@@ -238,17 +251,18 @@ class LinearBlocks:
         n_dec = self.n_dec_of[blocks]
         first = np.concatenate([[0], np.cumsum(n_dec)[:-1]]).astype(np.int64)  # each pair's decisions
         d = self.bias[ragged_range(self.first_dec[blocks], self.first_dec[blocks] + n_dec)].astype(np.float32)
-        # each (pair, feature of its row): that feature's weights on the block's decisions, found by
-        # binary search in the CSR rows (keys = feature * n_dec + decision, sorted)
-        if self._keys is None:
-            self._keys = np.repeat(np.arange(len(self.indptr) - 1, dtype=np.int64), np.diff(self.indptr)) \
-                * self.n_dec + self.dec
+        # each (pair, feature of its row): that feature's weights on the block's decisions, one
+        # contiguous run of the CSR row (decisions are numbered block by block), found by hash
         start, stop = np.asarray(x.indptr)[rows], np.asarray(x.indptr)[rows + 1]
         entry = ragged_range(start, stop)
         pair = np.repeat(np.arange(len(rows)), stop - start)
         f = np.asarray(x.indices)[entry].astype(np.int64)
-        lo = np.searchsorted(self._keys, f * self.n_dec + self.first_dec[blocks][pair])
-        hi = np.searchsorted(self._keys, f * self.n_dec + self.first_dec[blocks][pair] + n_dec[pair])
+        runs, run_start, run_len = self._runs()
+        found = runs.get_indexer(f * len(self.width) + blocks[pair])
+        hit = found >= 0
+        entry, pair, found = entry[hit], pair[hit], found[hit]
+        lo = run_start[found]
+        hi = lo + run_len[found]
         take = ragged_range(lo, hi)
         per = hi - lo
         slot = np.repeat(first[pair] - self.first_dec[blocks][pair], per) + self.dec[take]
@@ -375,30 +389,39 @@ class NodeClassifiers:
     def greedy(self, x) -> tuple[np.ndarray, np.ndarray]:
         """The top-down greedy path of every row (each level takes the parent's most likely child)
         and its log-probability."""
+        codes, logp, _ = self._greedy(x)
+        return codes, logp
+
+    def _greedy(self, x):
+        """:meth:`greedy`, and per level the expansion of every row's greedy prefix (search reuses it)."""
         n = x.shape[0]
-        codes, logp, rows = np.zeros((n, self.h.depth), np.int64), np.zeros(n), np.arange(n)
+        codes, logp, rows, expanded = np.zeros((n, self.h.depth), np.int64), np.zeros(n), np.arange(n), []
         for d in range(self.h.depth):
             r, c, lp = self._expand(x, d, rows, codes[:, d - 1] if d else np.zeros(n, np.int64), logp)
+            expanded.append((r, c, lp))
             best = np.full(n, -np.inf)
             np.maximum.at(best, r, lp)
             pick = np.full(n, -1, np.int64)
             hit = lp >= best[r]
             pick[r[hit][::-1]] = c[hit][::-1]  # the first of equals, as argmax
             codes[:, d], logp = np.maximum(pick, 0), best
-        return codes, logp
+        return codes, logp, expanded
 
     def best_paths(self, x, slack: float = 1e-5) -> np.ndarray:
         """``(n, depth)``: each row's path of highest probability, exactly as scoring every path
         would find it. A path is worth no more than any of its prefixes, so once the greedy path
         is worth ``g``, only prefixes worth at least ``g`` are expanded: a confident model scores
-        a handful of nodes per level instead of all of them."""
+        a handful of nodes per level instead of all of them (the greedy prefix's, scored once)."""
         n = x.shape[0]
         if n == 0:
             return np.zeros((0, self.h.depth), np.int64)
-        _, bound = self.greedy(x)
-        rows, at, logp = np.arange(n), np.zeros(n, np.int64), np.zeros(n)
+        greedy, bound, expanded = self._greedy(x)
+        rows, at, logp = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
         for d in range(self.h.depth):
-            rows, at, logp = self._expand(x, d, rows, at, logp)
+            # every row's greedy prefix survives (it is worth at least g): its children are known
+            other = at != greedy[rows, d - 1] if d else np.zeros(len(rows), bool)
+            new = self._expand(x, d, rows[other], at[other], logp[other])
+            rows, at, logp = (np.concatenate([a, b]) for a, b in zip(expanded[d], new))
             keep = logp >= bound[rows] - slack
             rows, at, logp = rows[keep], at[keep], logp[keep]
         order = np.lexsort((at, -logp, rows))  # per row: best first, then the lowest leaf index

@@ -98,7 +98,6 @@ class TfidfModel(Model):
     drift_share = 0.25
     served_from = "arrays"
     joblib_fit = True
-    fitted: tuple[str, ...] = ("nodes_",)  # the attributes fit sets, besides the preprocessor and vectoriser
     chunk = 8192  # rows scored at once: memory stays bounded at any number of texts or classes
 
     def get_preprocessor(self):
@@ -173,11 +172,16 @@ class TfidfModel(Model):
                              n_jobs=1, tol=1e-4)
 
     def save(self, path, state=None):
-        save_sklearn(self, path, {k: getattr(self, k) for k in ("preprocessor_", "vectorizer_", *self.fitted)})
+        # the classifiers as plain arrays: a checkpoint never pickles KTT's own scoring classes
+        save_sklearn(self, path, {"preprocessor_": self.preprocessor_, "vectorizer_": self.vectorizer_,
+                                  "nodes_": self.nodes_.to_arrays()})
 
     @classmethod
     def load(cls, path):
-        return load_sklearn(cls, path)
+        model = load_sklearn(cls, path)
+        if isinstance(model.nodes_, dict):
+            model.nodes_ = NodeClassifiers.from_arrays(model.hierarchy, model.nodes_, model.params["loss"])
+        return model
 
     # -- export -----------------------------------------------------------------------------
     def export_arrays(self, path) -> None:

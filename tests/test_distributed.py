@@ -88,6 +88,10 @@ def test_a_model_that_cannot_distribute_is_refused(bigbasket_small, tmp_path, tr
     out = subprocess.run([str(KTT), "train", "tfidf_hsgd", "bb_small", "--nproc", "2"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "does not train on several processes" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([str(KTT), "train", "db_bhcn", "bb_small", "--spark", "local[2]"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "does not fit through joblib, so not on Spark" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "weights").exists()
 
 
 def test_parts_cover_the_rows_in_order():
