@@ -179,8 +179,11 @@ class TfidfModel(Model):
     @classmethod
     def load(cls, path):
         model = load_sklearn(cls, path)
-        if isinstance(model.nodes_, dict):
+        model.params = {**cls.defaults, **model.params}  # a checkpoint from before a hyperparameter existed
+        if isinstance(getattr(model, "nodes_", None), dict):
             model.nodes_ = NodeClassifiers.from_arrays(model.hierarchy, model.nodes_, model.params["loss"])
+        else:  # written before the sparse classifiers: scikit-learn's, converted weight for weight
+            model.nodes_ = from_sklearn(model)
         return model
 
     # -- export -----------------------------------------------------------------------------
@@ -276,6 +279,30 @@ def fit_block(xn, y, sgd, min_weight: float) -> list[tuple[np.ndarray, np.ndarra
         keep = np.abs(w) >= min_weight
         out.append((cols[keep].astype(np.int32), w[keep].astype(np.float32), float(b)))
     return out
+
+
+def from_sklearn(model) -> NodeClassifiers:
+    """The sparse classifiers of a checkpoint that held scikit-learn's (``tfidf_hsgd``'s
+    ``nodes_``: per level, each parent's classifier or only child; ``tfidf_lsgd``'s ``clf_``)."""
+    h = model.hierarchy
+    flat = "clf_" in model.__dict__
+    levels = [{-1: model.__dict__.pop("clf_")}] if flat else model.nodes_
+    fits, widths, level, parent, children, single = [], [], [], [], [], []
+    for d, nodes in enumerate(levels):
+        d = h.depth - 1 if flat else d
+        for up, clf in nodes.items():
+            if isinstance(clf, (int, np.integer)):
+                single.append((d, up, int(clf)))
+                continue
+            fits.append([(np.arange(len(w)), w, b) for w, b in zip(clf.coef_, clf.intercept_)])
+            widths.append(len(clf.classes_))
+            level.append(d)
+            parent.append(up)
+            children.append(clf.classes_)
+    blocks = LinearBlocks.from_fits([[(c[w != 0], w[w != 0], b) for c, w, b in f] for f in fits], widths,
+                                    len(model.vectorizer_.vocabulary_), model.params["loss"])
+    return NodeClassifiers(h, blocks, level, parent, np.concatenate(children),
+                           *np.array(single, np.int64).reshape(-1, 3).T)
 
 
 def save_sklearn(model, path, fitted: dict) -> None:

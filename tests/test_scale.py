@@ -293,3 +293,43 @@ def test_a_fit_that_cannot_fit_says_so_before_training(bb300, monkeypatch):
     monkeypatch.setattr(tfidf, "available_memory", lambda: int(need / 0.8) + 1)
     model.fit(train)
     assert called
+
+
+@pytest.mark.parametrize("name", ["tfidf_hsgd", "tfidf_lsgd"])
+def test_checkpoints_of_scikit_learn_classifiers_still_load(name, bb300, tmp_path):
+    """A checkpoint written before the sparse classifiers held scikit-learn's own (``tfidf_hsgd``:
+    per level, each parent's SGDClassifier or only child; ``tfidf_lsgd``: one ``clf_``): it loads
+    and scores as they did."""
+    from ktt.tfidf import save_sklearn
+
+    train, texts = bb300["train"], bb300["test"].texts
+    model = registry.create(name, train.hierarchy)
+    x, codes, h = model.fit_features(train.texts), train.codes, train.hierarchy
+    if name == "tfidf_lsgd":
+        old = {"clf_": model.make_sgd().fit(x, codes[:, -1])}
+        leaf = np.zeros((len(texts), h.n_leaves))
+        leaf[:, old["clf_"].classes_] = old["clf_"].predict_proba(model.features(texts))
+        expected = leaf
+    else:
+        nodes = []
+        for d in range(h.depth):
+            parents = codes[:, d - 1] if d else np.full(len(codes), -1)
+            level = {}
+            for up in np.unique(parents):
+                y = codes[parents == up, d]
+                level[int(up)] = int(y[0]) if len(np.unique(y)) == 1 else model.make_sgd().fit(x[parents == up], y)
+            nodes.append(level)
+        old = {"nodes_": nodes}
+        expected = None
+    save_sklearn(model, tmp_path / "old.pt", {"preprocessor_": model.preprocessor_,
+                                              "vectorizer_": model.vectorizer_, **old})
+    loaded = registry.get(name).load(tmp_path / "old.pt")
+    if expected is None:  # the root's classifier, as scikit-learn scores it
+        root = nodes[0][-1]
+        expected = np.zeros((len(texts), h.sizes[0]))
+        expected[:, root.classes_] = root.predict_proba(model.features(texts))
+        np.testing.assert_allclose(loaded.predict_proba(texts)[0], expected, atol=1e-5)
+    else:
+        np.testing.assert_allclose(loaded.leaf_scores(loaded.features(texts)), expected, atol=1e-5)
+    loaded.save(tmp_path / "new.pt")
+    assert np.array_equal(registry.get(name).load(tmp_path / "new.pt").predict(texts), loaded.predict(texts))
