@@ -144,7 +144,7 @@ def model_row(model: str, name: str, tmp: Path, env: dict, params: list[str], ti
     args = ["--datasets", str(tmp / "datasets"), "--weights", str(tmp / "weights")]
     train = measured([KTT, "train", model, name, *args, *params], env, timeout)
     if train["rc"]:
-        return {"error": train["out"].strip().splitlines()[-1][:200] if train["out"].strip() else "failed"}
+        return {"error": train["out"].strip().splitlines()[-1] if train["out"].strip() else "failed"}
     run_id = train["out"].split("MLflow run ")[1].split(":")[0]
     metrics = MlflowClient().get_run(run_id).data.metrics
     row = {"fit_s": metrics["train_time_s"], "peak_gb": train["peak_gb"], "h_f1": metrics["test_h_f1"]}
