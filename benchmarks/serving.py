@@ -1,4 +1,4 @@
-"""Served throughput and latency of tfidf_hsgd and db_bhcn, float and int8, against onnxruntime in-process.
+"""Served throughput and latency of tfidf_hsgd and db_bhcn, float and int8, against the same export in-process.
 
     .venv/bin/python benchmarks/serving.py [--weights DIR --dataset DIR]
 
@@ -149,14 +149,17 @@ def main():
     cmd = "`.venv/bin/python benchmarks/serving.py" + (
         f" --weights {args.weights} --dataset {args.dataset}`" if args.weights else "`")
     body = "\n".join([
-        "## Serving: float and int8, BentoML 0.13.1 vs onnxruntime in-process (issues 5, 13)", "",
+        "## Serving: float and int8, BentoML 0.13.1 vs in-process (issues 5, 13, 24)", "",
         f"Command: {cmd}", "",
         *(["The checkpoints and dataset are those an `experiments/hierarchy_pays.yaml` run trains "
            "(`ktt experiment`, or `benchmarks/experiment_table.py`; its temp folder holds `weights/` and "
            "`datasets/`).", ""] if args.weights else []),
         f"One JSON request per BigBasket test title, {SECONDS:.0f} s per concurrency level, load from a separate "
-        "process (`benchmarks/loadgen.py`) on loopback; server and load share this machine's 2 cores. int8: "
-        "`quantize_int8` (onnxruntime dynamic quantization, int8 weights of every MatMul/Gemm).", "",
+        "process (`benchmarks/loadgen.py`) on loopback; server and load share this machine's 2 cores. "
+        "In-process: the same export through `ktt.serving.runtime.Predictor` (onnxruntime for db_bhcn's graphs, "
+        "numpy over tfidf_hsgd's sparse arrays). int8: `quantize_int8` (db_bhcn: onnxruntime dynamic "
+        "quantization, int8 weights of every MatMul/Gemm; tfidf_hsgd: int8 weights, one scale per decision). "
+        "\"encoder graph\" below is the TF-IDF featurisation for tfidf_hsgd.", "",
         "| model | graphs | where | concurrency | requests/s | p50 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|---|---|", *rows, "",
         *(["Test-split accuracy, float / int8 (`check_quantized`, what `ktt export --quantize int8` reports):", "",
