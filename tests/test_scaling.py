@@ -127,7 +127,7 @@ def test_team_trains_exports_and_scores_through_the_server(team_server, bigbaske
     exported = ktt(team_server, "export", "models:/bb-team@champion", user="alice", cwd=tmp_path / "laptop",
                    datasets=bigbasket_small)
     assert exported.returncode == 0, exported.output
-    assert (tmp_path / "laptop" / "build" / "tfidf_hsgd_bb_small" / "onnx" / "classifier.onnx").is_file()
+    assert (tmp_path / "laptop" / "build" / "tfidf_hsgd_bb_small" / "onnx" / "tfidf.npz").is_file()  # TF-IDF: arrays
     assert not (tmp_path / "laptop" / "weights").exists()
 
     # bob can read the registered model: he scores a file with it
