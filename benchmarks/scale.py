@@ -136,7 +136,8 @@ def fasttext_row(py: str, ds_root: Path, name: str, tmp: Path) -> dict:
             "h_f1": evaluate(ds.hierarchy, ds.test.codes, pred)["h_f1"], "build_mb": None, "p99": None}
 
 
-def model_row(model: str, name: str, tmp: Path, env: dict, params: list[str], timeout: float) -> dict:
+def model_row(model: str, name: str, tmp: Path, env: dict, params: list[str], timeout: float,
+              train_only: bool = False) -> dict:
     """Train, export (BentoService), predict in-process and serve one model; what each step cost."""
     from benchmarks.serving import serve
     from mlflow import MlflowClient
@@ -148,6 +149,8 @@ def model_row(model: str, name: str, tmp: Path, env: dict, params: list[str], ti
     run_id = train["out"].split("MLflow run ")[1].split(":")[0]
     metrics = MlflowClient().get_run(run_id).data.metrics
     row = {"fit_s": metrics["train_time_s"], "peak_gb": train["peak_gb"], "h_f1": metrics["test_h_f1"]}
+    if train_only:
+        return row
     export = measured([KTT, "export", run_id, "--bento", "--build", str(tmp / "build"), *args], env)
     if export["rc"]:
         return {**row, "error": export["out"].strip().splitlines()[-1][:200]}
@@ -235,7 +238,10 @@ def main() -> None:
     ap.add_argument("--models", default="tfidf_hsgd,tfidf_lsgd," + ",".join(ENCODERS) + ",fasttext")
     ap.add_argument("--encoder-rows", type=int, default=10000,
                     help="encoder models run on catalogs of at most this many titles (1 epoch each on CPU)")
-    ap.add_argument("--timeout-min", type=float, default=30, help="a fit running longer is stopped and reported")
+    ap.add_argument("--timeout-min", type=float, default=25, help="a fit running longer is stopped and reported")
+    ap.add_argument("--encoder-params", default="epochs=1", help="encoder models' overrides, space-separated")
+    ap.add_argument("--train-only", action="store_true", help="no export, predict or serving columns")
+    ap.add_argument("--section", default="scale", help="docs/benchmarks.md section to write (another run: another key)")
     args = ap.parse_args()
     if args.steps:
         return step_costs()
@@ -259,8 +265,8 @@ def main() -> None:
             if model == "fasttext":
                 r = fasttext_row(ft_py, tmp / "datasets", name, tmp)
             else:
-                params = ["-p", "epochs=1"] if model in ENCODERS else []
-                r = model_row(model, name, tmp, env, params, args.timeout_min * 60)
+                params = [a for kv in args.encoder_params.split() for a in ("-p", kv)] if model in ENCODERS else []
+                r = model_row(model, name, tmp, env, params, args.timeout_min * 60, args.train_only)
 
             def f(key, fmt):
                 return format(r[key], fmt) if r.get(key) is not None else "—"
@@ -268,13 +274,18 @@ def main() -> None:
                         f"{f('rows_per_s', ',.0f')} | {f('p99', '.0f')} | {f('h_f1', '.4f')} |" +
                         (f" {r['error']} |" if "error" in r else " |"))
             print(rows[-1], flush=True)
-    write_section("scale", "\n".join([
-        "## Catalog scale: 5,600 categories, paths of 1 to 7 levels, 10k to 1M titles (issue 24)", "",
-        "Command: `.venv/bin/python benchmarks/scale.py`", "",
+    import shlex
+
+    given = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {shlex.quote(str(v))}")
+                     for k, v in vars(args).items() if k != "steps" and v != ap.get_default(k))
+    title = "10k to 1M titles" if args.section == "scale" else f"{args.rows} titles, {args.models}"
+    write_section(args.section, "\n".join([
+        f"## Catalog scale: 5,600 categories, paths of 1 to 7 levels, {title} (issue 24)", "",
+        f"Command: `.venv/bin/python benchmarks/scale.py{' ' + given if given else ''}`", "",
         "Catalogs from `ktt generate --rows N --categories 5600 --max-depth 7` (21,384 classes once paths "
         "are padded with end classes, 5,600 at the last level). Each step is its own process; RSS is the "
-        f"peak of its whole process tree. Encoder models: 1 epoch on catalogs of at most {args.encoder_rows:,} "
-        "titles (CPU). fastText: the reference (no server).", "",
+        f"peak of its whole process tree. Encoder models (`{args.encoder_params}`) on catalogs of at most "
+        f"{args.encoder_rows:,} titles (CPU). fastText: the reference (no server).", "",
         "| titles | generate + ingest (s) | peak RSS (GB) |", "|---|---|---|", *gen_rows, "",
         "| titles | model | fit (s) | peak RSS, train (GB) | build (MB) | predict (rows/s) | served p99, 8 clients (ms) "
         "| test hF1 | note |", "|---|---|---|---|---|---|---|---|---|", *rows]))

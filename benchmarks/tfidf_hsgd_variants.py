@@ -46,7 +46,8 @@ def main() -> None:
         print(rows[-1], flush=True)
 
     def hsgd(**sgd):
-        model = registry.create("tfidf_hsgd", h)
+        # the loss is the model's own hyperparameter: it also says how decisions become probabilities
+        model = registry.create("tfidf_hsgd", h, **({"loss": sgd.pop("loss")} if "loss" in sgd else {}))
         make = model.make_sgd
         model.make_sgd = lambda: make().set_params(**sgd)  # every node clones this classifier
         return model.fit(ds.train, ds.val)
