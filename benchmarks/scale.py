@@ -276,14 +276,20 @@ def main() -> None:
             print(rows[-1], flush=True)
     import shlex
 
+    from ktt.data import load_dataset
+
+    largest = load_dataset(name, tmp / "datasets").hierarchy
+    classes = (largest.n_classes, largest.n_leaves)
+
     given = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {shlex.quote(str(v))}")
                      for k, v in vars(args).items() if k != "steps" and v != ap.get_default(k))
     title = "10k to 1M titles" if args.section == "scale" else f"{args.rows} titles, {args.models}"
     write_section(args.section, "\n".join([
         f"## Catalog scale: 5,600 categories, paths of 1 to 7 levels, {title} (issue 24)", "",
         f"Command: `.venv/bin/python benchmarks/scale.py{' ' + given if given else ''}`", "",
-        "Catalogs from `ktt generate --rows N --categories 5600 --max-depth 7` (21,384 classes once paths "
-        "are padded with end classes, 5,600 at the last level). Each step is its own process; RSS is the "
+        "Catalogs from `ktt generate --rows N --categories 5600 --max-depth 7` (the largest: "
+        f"{classes[0]:,} classes once paths are padded with end classes, {classes[1]:,} at the last level). "
+        "Each step is its own process; RSS is the "
         f"peak of its whole process tree. Encoder models (`{args.encoder_params}`) on catalogs of at most "
         f"{args.encoder_rows:,} titles (CPU). fastText: the reference (no server).", "",
         "| titles | generate + ingest (s) | peak RSS (GB) |", "|---|---|---|", *gen_rows, "",

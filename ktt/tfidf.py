@@ -36,7 +36,7 @@ def make_vectorizer(params: dict):
     """A TF-IDF vectoriser over stemmed, space-separated tokens."""
     from sklearn.feature_extraction.text import TfidfVectorizer  # here: validating a model stays light
 
-    # No sublinear_tf: skl2onnx ignores it silently, and the ONNX graph must match exactly.
+    # No sublinear_tf: the server (ktt.sparse.tfidf) weights counts by idf and normalises, nothing more.
     return TfidfVectorizer(min_df=params["min_df"], ngram_range=(1, params["ngram_max"]),
                            token_pattern=r"\S+", lowercase=False, dtype=np.float32)
 
