@@ -228,6 +228,13 @@ class Hierarchy:
         """``(n, n_classes)`` scores over all classes -> one ``(n, n_i)`` slice per level."""
         return [scores[:, o:o + n] for o, n in zip(self.offsets, self.sizes)]
 
+    def chain(self, conditional: list[np.ndarray]) -> list[np.ndarray]:
+        """Per-level P(class | parent) -> per-level P(class) = P(parent) * P(class | parent)."""
+        out = [conditional[0]]
+        for d in range(1, self.depth):
+            out.append(out[-1][:, self.parent_of(d)] * conditional[d])
+        return out
+
     def path_log_scores(self, log_scores: list[np.ndarray]) -> np.ndarray:
         """``(n, n_leaves)``: for every leaf, the sum of ``log_scores`` along its path.
 

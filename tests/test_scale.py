@@ -333,3 +333,10 @@ def test_checkpoints_of_scikit_learn_classifiers_still_load(name, bb300, tmp_pat
         np.testing.assert_allclose(loaded.leaf_scores(loaded.features(texts)), expected, atol=1e-5)
     loaded.save(tmp_path / "new.pt")
     assert np.array_equal(registry.get(name).load(tmp_path / "new.pt").predict(texts), loaded.predict(texts))
+
+
+def test_chain_by_hand():
+    cond = [np.array([[.4, .6]]), np.array([[.5, .25, .25, .9, .1]])]  # A, B; a1 a2 a3 under A, b1 b2 under B
+    chained = H.chain(cond)
+    np.testing.assert_allclose(chained[1], [[.2, .1, .1, .54, .06]])
+    np.testing.assert_allclose(chained[0], cond[0])

@@ -193,10 +193,7 @@ class SparseScorer:
         if self.flat:
             return {"scores": np.concatenate(self.h.sum_up(self.nodes.leaf_proba(x)), axis=1)}
         cond = self.nodes.conditional(x)
-        chained = [cond[0]]
-        for d in range(1, self.h.depth):
-            chained.append(chained[-1][:, self.h.parent_of(d)] * cond[d])
-        return {"scores": np.concatenate(chained, axis=1), "conditional": np.concatenate(cond, axis=1)}
+        return {"scores": np.concatenate(self.h.chain(cond), axis=1), "conditional": np.concatenate(cond, axis=1)}
 
 
 def load_arrays(source) -> dict[str, np.ndarray]:

@@ -40,11 +40,7 @@ class TfidfHSGD(TfidfModel):
         return self.nodes_.conditional(x)
 
     def proba_from_features(self, x):
-        cond = self.conditional_proba(x)
-        out = [cond[0]]
-        for d in range(1, self.hierarchy.depth):
-            out.append(out[-1][:, self.hierarchy.parent_of(d)] * cond[d])
-        return out
+        return self.hierarchy.chain(self.conditional_proba(x))
 
     def predict_from_features(self, x):
         if self.params["decode"] == "top_down":
