@@ -35,9 +35,11 @@ def _chunks(path: Path, fmt: str, rows: int):
 
 
 def predict_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike, *, text_col: str = "text",
-                 rows: int = 10_000, threshold: float | None = None, progress: bool = True) -> int:
+                 rows: int = 10_000, threshold: float | None = None, target_precision: float | None = None,
+                 progress: bool = True) -> int:
     """Score every row of ``src`` into ``dst``: its columns, then ``path``, ``L<d>`` and
-    ``L<d>_confidence`` (``ktt.pyfunc.answers``). Returns the rows written."""
+    ``L<d>_confidence`` (``ktt.pyfunc.answers``; stopped at ``threshold`` or at the threshold
+    that reached ``target_precision`` on validation). Returns the rows written."""
     import mlflow
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -55,7 +57,10 @@ def predict_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike,
         model = mlflow.pyfunc.load_model(model_uri)
     except Exception as e:  # MLflow raises several types for a bad URI; the user needs which URI and why
         raise NotFound(f"cannot load model {model_uri!r}: {str(e).splitlines()[0]}") from None
-    params = None if threshold is None else {"threshold": float(threshold)}
+    if threshold is not None and target_precision is not None:
+        raise BadValue("give a threshold or a target precision, not both")
+    params = ({"threshold": float(threshold)} if threshold is not None else
+              {"target_precision": float(target_precision)} if target_precision is not None else None)
     chunks, total = _chunks(src, fmt_in, rows)
     tmp = dst.with_name(f".{dst.name}.part")
     written, writer = 0, None

@@ -339,12 +339,15 @@ def tune(model, dataset, write_back, **kw):
               help="Rows read, scored and written at a time (memory stays bounded by this).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="Stop each answer at its deepest level whose confidence clears this (default: the model's).")
-def predict(model_uri, input_file, output_file, text_col, rows, threshold):
+@click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Stop at the threshold that reached this hierarchical precision on validation (instead of --threshold).")
+def predict(model_uri, input_file, output_file, text_col, rows, threshold, target_precision):
     """Score a CSV/TSV/Parquet file with a logged model (models:/NAME@ALIAS, runs:/ID/model, ...):
     OUTPUT holds INPUT's columns plus path, L<d> and L<d>_confidence."""
     from .batch import predict_file
 
-    n = predict_file(model_uri, input_file, output_file, text_col=text_col, rows=rows, threshold=threshold)
+    n = predict_file(model_uri, input_file, output_file, text_col=text_col, rows=rows, threshold=threshold,
+                     target_precision=target_precision)
     click.echo(f"wrote {output_file}: {n} rows")
 
 

@@ -89,15 +89,41 @@ def precision_coverage(curves: dict, title: str):
     return fig
 
 
+def reliability(h, y_true: np.ndarray, y_pred: np.ndarray, conf: np.ndarray, title: str, bins: int = 15):
+    """Reliability diagram: per level, the accuracy of the predicted class against the mean
+    confidence in it, per confidence bin (``metrics.reliability``); the diagonal is perfect calibration."""
+    from .metrics import ece, reliability as bin_rows
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated")
+    for d in range(h.depth):
+        right = y_true[:, d] == y_pred[:, d]
+        r = bin_rows(conf[:, d], right, bins)
+        full = r["count"] > 0
+        ax.plot(r["confidence"][full], r["accuracy"][full], marker="o", ms=3,
+                label=f"level {d + 1} (ECE {ece(conf[:, d], right, bins):.3f})")
+    ax.set_xlabel("confidence in the predicted class")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{title}: reliability")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 def log_all(h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, float], confusions, curve,
-            split: str) -> None:
-    """Log the four figures of one evaluated split under ``figures/`` of the active run."""
+            split: str, conf: np.ndarray) -> None:
+    """Log the five figures of one evaluated split under ``figures/`` of the active run."""
     import mlflow
 
     plt = _pyplot()
     for name, fig in (("levels", levels(h, metrics, split)),
                       ("confusion_level1", confusion_level1(h, y_true, y_pred, split)),
                       ("confused_leaves", confused_leaves(h, confusions, split)),
-                      ("precision_coverage", precision_coverage({"model": curve}, split))):
+                      ("precision_coverage", precision_coverage({"model": curve}, split)),
+                      ("reliability", reliability(h, y_true, y_pred, conf, split))):
         mlflow.log_figure(fig, f"figures/{split}_{name}.png")
         plt.close(fig)

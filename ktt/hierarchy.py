@@ -28,6 +28,10 @@ from .errors import BadValue
 SEP = " > "
 END = ""  # the last part of an end class: the path ended one level up (never a class name)
 DECODE_MODES = ("path", "leaf", "top_down", "argmax")
+#: How a model's per-level scores score a whole path (:meth:`Hierarchy.path_scores`).
+PATH_RULES = ("leaf", "joint", "log_odds")
+_TINY = 1e-30  # log(0) is read as log(1e-30): a path of probability 0 stays the least likely, never NaN
+_SURE = 1e-7   # sigmoid outputs are clipped to [1e-7, 1 - 1e-7] before their log-odds (float32 rounds to 0 and 1)
 
 
 def check_threshold(value) -> float:
@@ -247,15 +251,47 @@ class Hierarchy:
             total = total[:, self.parent_of(d)] + log_scores[d]
         return total
 
+    def path_scores(self, scores: list[np.ndarray], rule: str = "joint") -> np.ndarray:
+        """``(n, n_leaves)``: the log-score of every whole path (a path is its leaf), from a model's
+        per-level ``scores`` by the model's ``rule``:
+
+        ``leaf``: log of the leaf's own score, when the leaf level holds each path's probability
+        (a softmax over leaves, or conditional probabilities already chained);
+        ``joint``: the sum of log-scores along the path, when each level is a distribution of its
+        own (per-level softmax heads): the product of the per-level probabilities;
+        ``log_odds``: the sum of log(s / (1 - s)) along the path, when every class is an
+        independent sigmoid: P(exactly this path's classes are on) is proportional to
+        prod_path s * prod_other (1 - s), which is proportional to the product of the path's odds.
+        """
+        if rule == "leaf":
+            return np.log(np.maximum(np.asarray(scores[-1], dtype=np.float64), _TINY))
+        if rule == "joint":
+            return self.path_log_scores([np.log(np.maximum(np.asarray(s, dtype=np.float64), _TINY)) for s in scores])
+        if rule == "log_odds":
+            odds = []
+            for s in scores:
+                s = np.clip(np.asarray(s, dtype=np.float64), _SURE, 1 - _SURE)
+                odds.append(np.log(s) - np.log1p(-s))
+            return self.path_log_scores(odds)
+        raise BadValue(f"paths must be one of {', '.join(PATH_RULES)}, not {rule!r}")
+
+    def node_proba(self, path_scores: np.ndarray, temperature: float = 1.0) -> list[np.ndarray]:
+        """Per level, ``(n, n_classes_at_level)``: each class's probability, the sum over the
+        paths through it of P(path) = softmax(path_scores / temperature) over all paths. A class
+        never has more than its parent (its paths are some of the parent's)."""
+        z = np.asarray(path_scores, dtype=np.float64) / temperature
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        return self.sum_up(p)
+
     def decode_scores(self, scores: list[np.ndarray], mode: str = "path",
-                      conditional: list[np.ndarray] | None = None) -> np.ndarray:
+                      conditional: list[np.ndarray] | None = None, rule: str = "joint") -> np.ndarray:
         """Per-level scores -> ``(n, depth)`` class indices.
 
-        ``path`` (default): the whole path with the highest joint score, the product of its
-        classes' ``conditional`` scores P(class | parent) when given, else of its per-level
-        ``scores``; ``leaf``: the best leaf and its ancestors (the joint score when level
-        scores are derived from leaf probabilities); ``top_down``: greedy, each level picks the
-        best child of the class picked one level up. All three give valid paths only.
+        ``path`` (default): the most probable whole path, its score by ``rule``
+        (:meth:`path_scores`), or the product of its ``conditional`` scores when given; ``leaf``: the best leaf and its ancestors; ``top_down``: greedy,
+        each level picks the best child (by ``conditional`` P(class | parent) when given, else
+        by ``scores``) of the class picked one level up. All three give valid paths only.
         ``argmax``: each level on its own, for research: the levels may disagree (a class of
         level 2 under another class than the one level 1 picked).
         """
@@ -263,10 +299,10 @@ class Hierarchy:
             return np.stack([s.argmax(axis=1) for s in scores], axis=1)
         if mode == "leaf":
             return self.leaf_paths()[scores[-1].argmax(axis=1)]
+        if mode == "path":  # conditional probabilities: a path's probability is their product
+            by = self.path_scores(conditional, "joint") if conditional is not None else self.path_scores(scores, rule)
+            return self.leaf_paths()[by.argmax(axis=1)]
         cond = conditional if conditional is not None else scores
-        if mode == "path":
-            logs = [np.log(np.maximum(np.asarray(s, dtype=np.float64), 1e-30)) for s in cond]
-            return self.leaf_paths()[self.path_log_scores(logs).argmax(axis=1)]
         if mode == "top_down":
             codes = np.empty((len(cond[0]), self.depth), dtype=np.int64)
             codes[:, 0] = cond[0].argmax(axis=1)

@@ -1,9 +1,11 @@
 """One evaluation function for every model and every report.
 
 Paths of different lengths (see ``ktt.hierarchy``): end classes are never scored. A level's
-accuracy counts the rows whose true path reaches that level (a prediction that ended above it is
-wrong there); its F1 scores over the real classes of the level, so a prediction that goes deeper
-than the truth is a false positive there and one that ends early a false negative. Hierarchical
+accuracy counts the rows whose true path or predicted path reaches that level (a prediction that
+ended above the truth's level, or went below the truth's end, is wrong there); its F1 scores over
+the real classes of the level, so a prediction that goes deeper than the truth is a false
+positive there and one that ends early a false negative. At a level that no true and no
+predicted path reaches there is nothing to get wrong: accuracy and F1 are 1.0 there (never NaN). Hierarchical
 P/R/F1 compare the real classes on the two paths; ``leaf_accuracy`` asks whether the path ends at
 the right class. On fixed-depth data all of these are the usual definitions.
 """
@@ -62,16 +64,53 @@ def evaluate(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
     m: dict[str, float] = {}
     for d in range(h.depth):
         t, p, end = y_true[:, d], y_pred[:, d], h.is_end(d)
-        reach = ~end[t]
+        reach = ~end[t] | ~end[p]
         labels = np.setdiff1d(np.union1d(t, p), np.flatnonzero(end))
-        m[f"L{d + 1}_accuracy"] = float(np.mean(t[reach] == p[reach])) if reach.any() else float("nan")
+        m[f"L{d + 1}_accuracy"] = float(np.mean(t[reach] == p[reach])) if reach.any() else 1.0
         for avg in ("macro", "micro"):
-            m[f"L{d + 1}_{avg}_f1"] = float(f1_score(t, p, labels=labels, average=avg, zero_division=0))
+            m[f"L{d + 1}_{avg}_f1"] = float(f1_score(t, p, labels=labels, average=avg, zero_division=0)) \
+                if len(labels) else 1.0
     m["leaf_accuracy"] = float(np.mean(y_true[:, -1] == y_pred[:, -1]))  # the path ends at the right class
     m["path_accuracy"] = float(np.mean((y_true == y_pred).all(axis=1)))
     m["h_precision"], m["h_recall"], m["h_f1"] = _hprf(_ancestor_sets(h, y_true), _ancestor_sets(h, y_pred))
     m["violation_rate"] = float(1.0 - h.is_consistent(y_pred).mean())
     return m
+
+
+def reliability(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> dict[str, np.ndarray]:
+    """Per confidence bin ((0, 1/bins], ..., ((bins-1)/bins, 1]; a confidence of 0 falls in the
+    first): ``count``, mean ``confidence`` and ``accuracy`` (NaN in an empty bin)."""
+    conf, correct = np.asarray(conf, np.float64), np.asarray(correct, np.float64)
+    b = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    count = np.bincount(b, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"count": count, "confidence": np.bincount(b, conf, bins) / count,
+                "accuracy": np.bincount(b, correct, bins) / count}
+
+
+def ece(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error (Guo et al., 2017): sum over bins of the share of rows in the
+    bin times |accuracy - mean confidence| there."""
+    r = reliability(conf, correct, bins)
+    full = r["count"] > 0
+    return float(np.sum(r["count"][full] / max(len(conf), 1) * np.abs(r["accuracy"][full] - r["confidence"][full])))
+
+
+def level_ece(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray, conf: np.ndarray, bins: int = 15) -> dict[str, float]:
+    """``L<d>_ece``: at every level, the ECE of the confidence in the predicted class (``conf``:
+    ``(n, depth)``, the probability of the class the path takes there) against whether the true
+    path takes that class too, over all rows (an end class is the prediction "the path ended")."""
+    return {f"L{d + 1}_ece": ece(conf[:, d], y_true[:, d] == y_pred[:, d], bins) for d in range(h.depth)}
+
+
+def answered(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray, conf: np.ndarray, threshold: float) -> dict[str, float]:
+    """What stopping at ``threshold`` answers (``Hierarchy.stop_depths``): ``h_precision`` of the
+    answered classes, ``coverage`` (the share of texts given at least one level), ``depth_share``
+    (the mean over texts of answered levels / true levels, at most 1; 0 when unanswered)."""
+    depths = h.stop_depths(y_pred, conf, threshold)
+    hp, _, _ = _hprf(_ancestor_sets(h, y_true), _ancestor_sets(h, y_pred, depths))
+    return {"h_precision": hp, "coverage": float(np.mean(depths > 0)),
+            "depth_share": float(np.mean(np.minimum(depths, h.path_depths(y_true)) / h.path_depths(y_true)))}
 
 
 def stop_curve(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray, scores: list[np.ndarray] | np.ndarray,

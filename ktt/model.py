@@ -83,10 +83,16 @@ class Model(ABC):
     """
 
     name: ClassVar[str] = _RegisteredName()
-    #: ``threshold``: answers stop at the deepest level whose confidence (the level's score of the
-    #: predicted class) is at least this; 0 answers every level (``Hierarchy.answer_depths``).
-    defaults: ClassVar[dict[str, Any]] = {"threshold": 0.0}
-    constraints: ClassVar[dict[str, Any]] = {"threshold": Interval(0, 1)}
+    #: ``threshold``: answers stop at the deepest level whose confidence (the probability the
+    #: model gives that class) is at least this; 0 answers every level (``Hierarchy.answer_depths``).
+    #: ``target_precision`` (0: off): :meth:`calibrate` picks the threshold that reaches this
+    #: hierarchical precision on validation, and answers use it instead of ``threshold``.
+    defaults: ClassVar[dict[str, Any]] = {"threshold": 0.0, "target_precision": 0.0}
+    constraints: ClassVar[dict[str, Any]] = {"threshold": Interval(0, 1), "target_precision": Interval(0, 1)}
+    #: How the model's per-level scores (:meth:`raw_scores`) score a whole path: ``leaf``,
+    #: ``joint`` or ``log_odds`` (``Hierarchy.path_scores``). Its semantics, declared once: every
+    #: confidence, decoding and threshold follows from it.
+    paths: ClassVar[str] = "joint"
     checkpoint_ext: ClassVar[str] = ".pt"
     #: True when ``predict`` can only return valid paths (documented per model).
     consistent: ClassVar[bool] = False
@@ -131,28 +137,93 @@ class Model(ABC):
         """Train on ``train`` (a :class:`ktt.data.Split`), validating on ``val``."""
 
     @abstractmethod
-    def predict_proba(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """Scores per level: a list of ``(n, n_classes_at_level)`` arrays."""
+    def raw_scores(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """The model's own scores per level, ``[(n, n_classes_at_level), ...]``, before they
+        become path probabilities by its ``paths`` rule (:meth:`calibrated`)."""
 
-    def predict(self, texts: Sequence[str]) -> np.ndarray:
-        """``(n, depth)`` class indices; by default the path of the tree with the best joint score."""
-        return self.hierarchy.decode_scores(self.predict_proba(texts), "path")
+    def decode(self, raw: list[np.ndarray], path_scores: np.ndarray) -> np.ndarray:
+        """``(n, depth)`` class indices by the ``decode`` hyperparameter (default ``path``: the most
+        probable whole path; see ``Hierarchy.decode_scores`` for the others)."""
+        mode = self.params.get("decode", "path")
+        if mode == "path":
+            return self.hierarchy.leaf_paths()[path_scores.argmax(axis=1)]
+        return self.hierarchy.decode_scores(raw, mode)
+
+    @property
+    def temperature(self) -> float:
+        """The temperature :meth:`calibrate` fitted (1 before it ran)."""
+        return (getattr(self, "calibration_", None) or {}).get("temperature", 1.0)
+
+    def calibrated(self, raw: list[np.ndarray], codes: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """From :meth:`raw_scores`: the decoded paths (unless ``codes`` are given) and every
+        class's probability, per level: the sum over the paths through it of the path
+        distribution, softened by :attr:`temperature` (``Hierarchy.node_proba``)."""
+        h = self.hierarchy
+        ps = h.path_scores(raw, self.paths)
+        return (self.decode(raw, ps) if codes is None else codes), h.node_proba(ps, self.temperature)
 
     def predict_scored(self, texts: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """``predict`` and ``predict_proba`` together (a model overrides it to share the work)."""
-        return self.predict(texts), self.predict_proba(texts)
+        """``predict`` and ``predict_proba`` together, from one pass over the texts."""
+        return self.calibrated(self.raw_scores(texts))
 
-    def predict_paths(self, texts: Sequence[str], threshold: float | None = None) -> list[list[str]]:
-        """The predicted class names, coarsest first, down to where the path ends or, with a
-        ``threshold`` (default: the ``threshold`` hyperparameter), to its deepest level whose
-        confidence clears it."""
-        return [[name for name, _ in a] for a in self.answers(texts, threshold)]
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        """``(n, depth)`` class indices (valid paths unless ``decode=argmax``)."""
+        return self.predict_scored(texts)[0]
 
-    def answers(self, texts: Sequence[str], threshold: float | None = None) -> list[list[tuple[str, float]]]:
+    def predict_proba(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Per level, ``(n, n_classes_at_level)``: the probability the model gives each class, a
+        parent never below its children (every front-end's confidence)."""
+        return self.predict_scored(texts)[1]
+
+    def calibrate(self, val, max_rows: int = 20_000, seed: int = 0) -> dict:
+        """Fit what makes the confidences honest on ``val`` (a :class:`ktt.data.Split`; at most
+        ``max_rows`` of it, sampled): the temperature, then the precision each stopping threshold
+        gives, and the threshold for ``target_precision``. Kept in ``calibration_``, saved with
+        the model, and read by every front-end. ``ktt train`` runs it after every fit."""
+        from .confidence import fit_temperature, precision_curve, threshold_for
+
+        h, rows = self.hierarchy, np.arange(len(val))
+        if len(rows) > max_rows:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
+        texts, truth = [val.texts[i] for i in rows], val.codes[rows]
+        raw = self.raw_scores(texts)
+        ps = h.path_scores(raw, self.paths)
+        temperature = fit_temperature(ps, truth[:, -1])
+        codes = self.decode(raw, ps)
+        curve = precision_curve(h, codes, h.confidences(codes, h.node_proba(ps, temperature)), truth)
+        target = self.params["target_precision"]
+        self.calibration_ = {"temperature": temperature, "curve": curve,
+                             "threshold": threshold_for(curve, target) if target else None}
+        return self.calibration_
+
+    def stop_threshold(self, threshold=None, target_precision=None):
+        """The threshold answers stop at: ``threshold`` (one, or one per text) when given, else
+        the one that reaches ``target_precision`` on validation, else the model's own (the one
+        :meth:`calibrate` chose for the ``target_precision`` hyperparameter, or ``threshold``)."""
+        from .confidence import threshold_for
+
+        cal = getattr(self, "calibration_", None) or {}
+        if threshold is not None:
+            return threshold
+        if target_precision is not None:
+            if not cal.get("curve"):
+                raise BadValue(f"this {self.name} model has no precision curve (it was not calibrated): "
+                               "send a threshold, or retrain it")
+            return threshold_for(cal["curve"], target_precision)
+        return cal["threshold"] if cal.get("threshold") is not None else self.params.get("threshold", 0.0)
+
+    def predict_paths(self, texts: Sequence[str], threshold: float | None = None,
+                      target_precision: float | None = None) -> list[list[str]]:
+        """The predicted class names, coarsest first, down to where the path ends or to its
+        deepest level whose confidence clears the threshold (:meth:`stop_threshold`)."""
+        return [[name for name, _ in a] for a in self.answers(texts, threshold, target_precision)]
+
+    def answers(self, texts: Sequence[str], threshold: float | None = None,
+                target_precision: float | None = None) -> list[list[tuple[str, float]]]:
         """``predict_paths`` with each level's confidence: ``[(class name, confidence), ...]`` per text."""
-        codes, scores = self.predict_scored(texts)
-        t = self.params.get("threshold", 0.0) if threshold is None else threshold
-        return self.hierarchy.answers(codes, scores, t)
+        t = self.stop_threshold(threshold, target_precision)
+        codes, proba = self.predict_scored(texts)
+        return self.hierarchy.answers(codes, proba, t)
 
     # -- persistence ------------------------------------------------------------------
     @abstractmethod
@@ -173,8 +244,17 @@ class Model(ABC):
 
     def serving_config(self) -> dict:
         """What the numpy-only server needs besides the graphs: ``input`` (how texts become the
-        encoder's input), ``decode`` (see ``Hierarchy.decode_scores``) and the hierarchy."""
+        encoder's input) and :meth:`answer_config`."""
         raise NotImplementedError(f"{self.name} cannot be served")
+
+    def answer_config(self) -> dict:
+        """How scores become answers, for the server (``ktt.serving.runtime.Predictor``) exactly as
+        in-process: the hierarchy, ``paths``, ``decode``, the temperature, the default threshold
+        and the validation precision curve (for requests that send a ``target_precision``)."""
+        cal = getattr(self, "calibration_", None) or {}
+        return {"model": self.name, "paths": self.paths, "decode": self.params.get("decode", "path"),
+                "temperature": self.temperature, "threshold": self.stop_threshold(),
+                "precision_curve": cal.get("curve"), "hierarchy": self.hierarchy.to_dict()}
 
     def gen_reference_set(self, split) -> "pd.DataFrame":  # noqa: F821
         """Reference rows for drift monitoring: ``targets`` (the true leaf), then :meth:`monitoring_frame`."""

@@ -275,7 +275,8 @@ class TorchModel(Model):
                     logger.log_metrics({"train_loss": batch_loss, "lr": sched.get_last_lr()[-1]}, step=step)
                     bar.set_postfix(loss=f"{batch_loss:.4f}")
             scores, val_loss = self._validate(val, world)
-            metrics = {**evaluate(self.hierarchy, val.codes, self._decode(scores)), "loss": val_loss}
+            pred = self.decode(scores, self.hierarchy.path_scores(scores, self.paths))
+            metrics = {**evaluate(self.hierarchy, val.codes, pred), "loss": val_loss}
             logger.log_metrics({f"val_{k}": v for k, v in metrics.items()}, step=epoch)
             score = -metrics["loss"] if monitor == "loss" else metrics[monitor]
             if score > best:
@@ -328,18 +329,8 @@ class TorchModel(Model):
         scores = [np.concatenate(level) for level in zip(*outs)]
         return scores, (sum(losses) if codes is not None else None)  # the loss summed over rows
 
-    def _decode(self, scores: list[np.ndarray]) -> np.ndarray:
-        return self.hierarchy.decode_scores(scores, self.params["decode"])
-
-    def predict_proba(self, texts):
+    def raw_scores(self, texts):
         return self._predict_scores(list(texts))[0]
-
-    def predict(self, texts):
-        return self._decode(self.predict_proba(texts))
-
-    def predict_scored(self, texts):
-        scores = self.predict_proba(texts)
-        return self._decode(scores), scores
 
     @torch.no_grad()
     def _pooled(self, texts) -> torch.Tensor:
@@ -401,9 +392,7 @@ class TorchModel(Model):
         with tempfile.TemporaryDirectory() as tmp:
             self.tokenizer_.save_pretrained(tmp)
             tok = (Path(tmp) / "tokenizer.json").read_text()
-        return {"model": self.name, "input": "token_ids", "decode": self.params["decode"],
-                "threshold": self.params["threshold"],
-                "max_len": self.params["max_len"], "tokenizer": tok, "hierarchy": self.hierarchy.to_dict()}
+        return {**self.answer_config(), "input": "token_ids", "max_len": self.params["max_len"], "tokenizer": tok}
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, path, state=None):
@@ -414,6 +403,7 @@ class TorchModel(Model):
             "model": self.name, "params": self.params, "hierarchy": self.hierarchy.to_dict(),
             "encoder_config": self.net_.encoder.config.to_dict(), "tokenizer": tok,
             "state_dict": self.net_.state_dict(), "train_state": state,
+            "calibration": getattr(self, "calibration_", None),
         }, path)
 
     @classmethod
@@ -434,6 +424,7 @@ class TorchModel(Model):
             tokenizer = AutoTokenizer.from_pretrained(tmp)
         model._build(tokenizer, encoder)
         model.net_.load_state_dict(ckpt["state_dict"])
+        model.calibration_ = ckpt.get("calibration")
         if ckpt["train_state"] is not None:
             model.resume_state_ = ckpt["train_state"]
         return model

@@ -20,13 +20,15 @@ def _texts(model_input) -> list[str]:
     return [str(t) for t in model_input]
 
 
-def answers(model, texts: list[str], threshold: float | None = None) -> pd.DataFrame:
+def answers(model, texts: list[str], threshold: float | None = None,
+            target_precision: float | None = None) -> pd.DataFrame:
     """Per text: ``path`` (class names joined by " > "), and at every level ``L<d>`` (the class)
-    and ``L<d>_confidence`` (its score); empty (None, NaN) below where the answer stops
-    (``Model.answers``: the path's end, or the ``threshold``)."""
+    and ``L<d>_confidence`` (the probability the model gives it); empty (None, NaN) below where
+    the answer stops (``Model.answers``: the path's end, the ``threshold``, or the threshold of
+    ``target_precision``)."""
     from .hierarchy import SEP
 
-    rows = model.answers(texts, threshold)
+    rows = model.answers(texts, threshold, target_precision)
     out = {"path": [SEP.join(name for name, _ in a) for a in rows]}
     for d in range(model.hierarchy.depth):
         out[f"L{d + 1}"] = [a[d][0] if d < len(a) else None for a in rows]
@@ -36,7 +38,8 @@ def answers(model, texts: list[str], threshold: float | None = None) -> pd.DataF
 
 def signature(depth: int, threshold: float = 0.0):
     """Input: a ``text`` column. Output: ``path``, then ``L<d>`` and ``L<d>_confidence`` per level.
-    Parameter: ``threshold`` (per request; the default is the model's)."""
+    Parameters (per request): ``threshold`` (default: the model's) or ``target_precision`` (0:
+    unset; else the threshold that reached it on validation)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -44,12 +47,14 @@ def signature(depth: int, threshold: float = 0.0):
     for d in range(1, depth + 1):
         outputs += [ColSpec("string", f"L{d}", required=False), ColSpec("double", f"L{d}_confidence", required=False)]
     return ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema(outputs),
-                          params=ParamSchema([ParamSpec("threshold", "double", float(threshold))]))
+                          params=ParamSchema([ParamSpec("threshold", "double", float(threshold)),
+                                              ParamSpec("target_precision", "double", 0.0)]))
 
 
 class KTTModel(mlflow.pyfunc.PythonModel):
     """``predict`` takes a DataFrame with a ``text`` column (the signature) and returns :func:`answers`;
-    ``params={"threshold": t}`` stops answers at the deepest level whose confidence clears ``t``."""
+    ``params={"threshold": t}`` stops answers at the deepest level whose confidence clears ``t``;
+    ``params={"target_precision": p}`` at the threshold that reached precision ``p`` on validation."""
 
     def load_context(self, context):
         from . import registry
@@ -60,7 +65,16 @@ class KTTModel(mlflow.pyfunc.PythonModel):
         return {k: v for k, v in self.__dict__.items() if k != "model"}
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        return answers(self.model, _texts(model_input), (params or {}).get("threshold"))
+        params = params or {}
+        target = params.get("target_precision") or None  # the signature's default, 0, means unset
+        if target is not None and "threshold" in params and params["threshold"] != self.threshold:
+            from .errors import BadValue
+            raise BadValue("send a threshold or a target_precision, not both")
+        return answers(self.model, _texts(model_input), None if target else params.get("threshold"), target)
+
+    @property
+    def threshold(self) -> float:
+        return float(self.model.stop_threshold())
 
 
 def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str], threshold: float = 0.0) -> None:

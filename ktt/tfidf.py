@@ -94,6 +94,7 @@ class TfidfModel(Model):
                    "max_iter": Interval(1), "min_df": Interval(1), "ngram_max": Interval(1), "language": LANGUAGES,
                    "min_weight": Interval(0)}
     consistent = True
+    paths = "leaf"  # the leaf level holds each path's probability (chained, or the flat model's own)
     # sparse pooled TF-IDF features move less than dense ones (docs/monitoring.md)
     drift_share = 0.25
     served_from = "arrays"
@@ -152,15 +153,15 @@ class TfidfModel(Model):
         texts = list(texts)
         return [fn(self.features(texts[i:i + self.chunk])) for i in range(0, max(len(texts), 1), self.chunk)]
 
-    def predict_proba(self, texts):
+    def raw_scores(self, texts):
         parts = self._chunks(texts, self.proba_from_features)
         return [np.concatenate([p[d] for p in parts]) for d in range(self.hierarchy.depth)]
 
-    def predict(self, texts):
+    def predict(self, texts):  # paths alone need no node probabilities (nor, in tfidf_hsgd, every node's score)
         return np.concatenate(self._chunks(texts, self.predict_from_features))
 
     def predict_scored(self, texts):
-        parts = self._chunks(texts, lambda x: (self.predict_from_features(x), self.proba_from_features(x)))
+        parts = self._chunks(texts, lambda x: self.calibrated(self.proba_from_features(x)))
         return (np.concatenate([c for c, _ in parts]),
                 [np.concatenate([s[d] for _, s in parts]) for d in range(self.hierarchy.depth)])
 
@@ -174,7 +175,8 @@ class TfidfModel(Model):
     def save(self, path, state=None):
         # the classifiers as plain arrays: a checkpoint never pickles KTT's own scoring classes
         save_sklearn(self, path, {"preprocessor_": self.preprocessor_, "vectorizer_": self.vectorizer_,
-                                  "nodes_": self.nodes_.to_arrays()})
+                                  "nodes_": self.nodes_.to_arrays(),
+                                  "calibration_": getattr(self, "calibration_", None)})
 
     @classmethod
     def load(cls, path):
@@ -198,9 +200,8 @@ class TfidfModel(Model):
 
     def serving_config(self) -> dict:
         """What a server needs besides the arrays."""
-        return {"model": self.name, "input": "tfidf", "decode": self.params.get("decode", "leaf"),
-                "language": self.params["language"], "loss": self.params["loss"], "norm": self.vectorizer_.norm,
-                "threshold": self.params["threshold"], "hierarchy": self.hierarchy.to_dict()}
+        return {**self.answer_config(), "input": "tfidf", "language": self.params["language"],
+                "loss": self.params["loss"], "norm": self.vectorizer_.norm}
 
 
 def available_memory() -> int:

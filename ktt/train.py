@@ -13,7 +13,7 @@ import pandas as pd
 from . import distributed, registry, threads, tracking
 from .errors import BadValue
 from .data import load_dataset
-from .metrics import evaluate, level_table, stop_curve
+from .metrics import evaluate, level_ece, level_table, stop_curve
 from .model import NullLogger
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,17 @@ def confusion_summary(h, y_true: np.ndarray, y_pred: np.ndarray, top: int = 20) 
         rows += [{"level": d + 1, "true": names[t], "predicted": names[p], "count": int(n)}
                  for (t, p), n in pairs.items()]
     return pd.DataFrame(rows, columns=["level", "true", "predicted", "count"])
+
+
+def calibrate(model, val, logger) -> None:
+    """Fit the temperature (and the threshold of ``target_precision``) on validation, log them and
+    the validation precision curve, and make the calibrated model the ``best`` checkpoint."""
+    t0 = time.perf_counter()
+    cal = model.calibrate(val)
+    logger.log_metrics({"temperature": cal["temperature"], "calibrate_time_s": time.perf_counter() - t0,
+                        **({"threshold": cal["threshold"]} if cal["threshold"] is not None else {})})
+    tracking.log_dict(cal["curve"], "metrics/val_precision_curve.json")
+    logger.checkpoint(model, "best")
 
 
 @dataclass
@@ -112,13 +123,14 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
         if "best" not in logger.paths:  # a model that saves nothing during fit: its only checkpoint
             logger.checkpoint(est, "best")
         best = cls.load(logger.paths["best"])
+        calibrate(best, ds.val, logger)
 
         # the checkpoint that fit selected, evaluated once: "best_val_*" (the per-epoch series is "val_*")
         final = {"train_time_s": train_time}
         for name, split in (("best_val", ds.val), ("test", ds.test)):
             t0 = time.perf_counter()
             pred, conf = predict_confident(best, split.texts)
-            metrics = evaluate(ds.hierarchy, split.codes, pred)
+            metrics = {**evaluate(ds.hierarchy, split.codes, pred), **level_ece(ds.hierarchy, split.codes, pred, conf)}
             metrics["predict_rows_per_s"] = len(split) / max(time.perf_counter() - t0, 1e-9)
             prefixed = {f"{name}_{k}": v for k, v in metrics.items()}
             final.update(prefixed)
@@ -131,7 +143,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
                 from .figures import log_all
                 curve = pd.DataFrame(stop_curve(ds.hierarchy, split.codes, pred, conf))
                 mlflow.log_table(curve, f"metrics/{name}_stop_curve.json")
-                log_all(ds.hierarchy, split.codes, pred, metrics, confusions, curve, name)
+                log_all(ds.hierarchy, split.codes, pred, metrics, confusions, curve, name, conf)
         logger.log_checkpoints()
 
         if reference:
@@ -142,7 +154,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
             mlflow.log_artifact(str(ref_path), artifact_path="checkpoints")
         if log_model:
             from .pyfunc import log_pyfunc
-            log_pyfunc(model, logger.paths["best"], ds.hierarchy, ds.test.texts[:3], best.params.get("threshold", 0.0))
+            log_pyfunc(model, logger.paths["best"], ds.hierarchy, ds.test.texts[:3], best.stop_threshold())
         log.info("run %s: test leaf accuracy %.4f, checkpoints %s", run.info.run_id,
                  metrics["leaf_accuracy"], [str(p) for p in logger.paths.values()])
         return Fit(run.info.run_id, final, dict(logger.paths))

@@ -57,6 +57,16 @@ def test_threshold_and_errors(logged, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     cut = pd.read_parquet(tmp_path / "cut.parquet")
     assert cut.L3.isna().any() and (cut.L1_confidence.dropna() >= 0.9).all()
+    # a target precision: the threshold the fit chose for it on validation, as the model answers
+    out = ktt(uri, "predict", model_uri, tmp_path / "in.csv", tmp_path / "tp.csv", "--target-precision", "0.95")
+    assert out.returncode == 0, out.stderr[-2000:]
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model
+    got = pd.read_csv(tmp_path / "tp.csv", keep_default_na=False).path.tolist()
+    assert got == [" > ".join(p) for p in model.predict_paths(ds.test.texts[:30], target_precision=0.95)]
+    bad = ktt(uri, "predict", model_uri, tmp_path / "in.csv", tmp_path / "o.csv", "--threshold", "0.5",
+              "--target-precision", "0.9")
+    assert bad.returncode == 2 and "not both" in bad.stderr
     for args, msg in [((tmp_path / "in.csv", tmp_path / "o.csv", "--text-col", "title"), "no column 'title'"),
                       ((tmp_path / "nope.csv", tmp_path / "o.csv"), "nope.csv: no such file"),
                       ((tmp_path / "in.csv", tmp_path / "o.json"), "use a .csv, .tsv or .parquet file, not '.json'")]:

@@ -91,6 +91,26 @@ def test_registered_model_exported_and_served(name, tracking, bigbasket_small, t
         assert svc.post("predict", [{"text": t} for t in real_titles]).json() == expected
         js = svc.post("predict_json", {"text": real_titles[0]}).json()
         assert "\n".join(js["path"]) == expected[0] and len(js["levels"]) == model.hierarchy.depth
+        # every front-end gives the same confidences, the probability of each class, never rising
+        # down a path: the model in-process, the logged pyfunc, and the service
+        import mlflow
+        import pandas as pd
+        want = model.answers(real_titles[:8])
+        served = svc.post("predict_json", [{"text": t} for t in real_titles[:8]]).json()
+        pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(pd.DataFrame({"text": real_titles[:8]}))
+        for i, (a, js_i) in enumerate(zip(want, served)):
+            conf = [c for _, c in a]
+            assert all(c1 >= c2 - 1e-9 for c1, c2 in zip(conf, conf[1:]))
+            assert [lv["score"] for lv in js_i["levels"]] == pytest.approx(conf, abs=1e-4)
+            assert [pyfunc[f"L{d + 1}_confidence"][i] for d in range(len(conf))] == pytest.approx(conf, abs=1e-9)
+        # a target precision per request: the threshold the fit chose for it on validation
+        t = real_titles[:20]
+        cut = [svc.post("predict", {"text": x, "target_precision": 0.95}).json() for x in t]
+        assert cut == ["\n".join(p) for p in model.predict_paths(t, target_precision=0.95)]
+        r = svc.post("predict", {"text": t[0], "target_precision": 0})
+        assert r.status_code == 400 and "target_precision must be a number above 0" in r.text
+        r = svc.post("predict", {"text": t[0], "target_precision": 0.9, "threshold": 0.5})
+        assert r.status_code == 400 and "not both" in r.text
         for body, msg in [({"txt": "x"}, "\"text\" field"), ({"text": 3}, "must be a string"),
                           ({"text": "  "}, "is empty"), ({"text": "x" * 20000}, "the limit is 10,000"),
                           ([], "empty list")]:

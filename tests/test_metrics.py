@@ -95,10 +95,12 @@ def test_variable_depth_metrics_by_hand():
     m = evaluate(RAGGED, t, p)
     # level 1 (A, F, A vs A, A, A): A has P 2/3, R 1 -> F1 .8; F has F1 0
     assert m["L1_accuracy"] == pytest.approx(2 / 3) and m["L1_macro_f1"] == pytest.approx(0.4)
-    # level 2: rows 1 and 3 reach it and are right; row 2 predicts A>D where the truth ended:
-    # a false positive of A>D (F1 0), A>B has F1 1; micro: tp 2, fp 1, fn 0
-    assert m["L2_accuracy"] == 1.0 and m["L2_macro_f1"] == pytest.approx(0.5) and m["L2_micro_f1"] == pytest.approx(0.8)
-    # level 3: only row 3 reaches it, and its prediction ended above: wrong; no real class is right
+    # level 2: rows 1 and 3 reach it and are right; row 2's prediction reaches it (A>D) where the
+    # truth ended: wrong there, 2/3; a false positive of A>D (F1 0), A>B has F1 1; micro: tp 2, fp 1, fn 0
+    assert m["L2_accuracy"] == pytest.approx(2 / 3) and m["L2_macro_f1"] == pytest.approx(0.5)
+    assert m["L2_micro_f1"] == pytest.approx(0.8)
+    # level 3: every row reaches it by truth or prediction, and all three are wrong (row 1 too deep,
+    # row 2 wrong, row 3 ended above); no real class is right
     assert m["L3_accuracy"] == 0.0 and m["L3_macro_f1"] == 0.0
     # ends at the right class: none of the three; hierarchical sets: true {A,AB},{F},{A,AB,ABC} (6),
     # predicted {A,AB,ABC},{A,AD,ADE},{A,AB} (8), shared 2 + 0 + 2
@@ -107,6 +109,25 @@ def test_variable_depth_metrics_by_hand():
     assert m["violation_rate"] == 0.0
     perfect = evaluate(RAGGED, t, t)
     assert all(v == 1.0 for k, v in perfect.items() if k != "violation_rate")
+
+
+def test_a_prediction_too_deep_is_wrong_at_every_level_it_adds():
+    """The issue's case: truth A>B and A>B; predicted A>B>C (too deep) and A>B. Path accuracy .5;
+    counting only rows whose truth reaches a level showed 1.0 at all three levels."""
+    t = RAGGED.encode([("A", "B"), ("A", "B")])
+    p = RAGGED.encode([("A", "B", "C"), ("A", "B")])
+    m = evaluate(RAGGED, t, p)
+    assert m["path_accuracy"] == 0.5
+    assert m["L1_accuracy"] == m["L2_accuracy"] == 1.0
+    assert m["L3_accuracy"] == 0.0  # only row 1 reaches level 3 (by its prediction), and it is wrong there
+
+
+def test_an_unreached_level_scores_one_not_nan():
+    """No true and no predicted path reaches level 3: nothing there can be wrong."""
+    t = RAGGED.encode([("A", "B"), ("F",)])
+    m = evaluate(RAGGED, t, t)
+    assert m["L3_accuracy"] == m["L3_macro_f1"] == m["L3_micro_f1"] == 1.0
+    assert not any(np.isnan(v) for v in m.values())
 
 
 def test_stop_curve_by_hand():

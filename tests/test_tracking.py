@@ -45,14 +45,17 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     files = os.listdir(weights / "tfidf_hsgd" / "bb_small")
     assert len(files) == 1 and CKPT.match(files[0])
     figures = {a.path: a.file_size for a in client.list_artifacts(run_id, "figures")}
-    assert set(figures) == {f"figures/test_{n}.png" for n in ("levels", "confusion_level1", "confused_leaves", "precision_coverage")}
+    assert set(figures) == {f"figures/test_{n}.png" for n in ("levels", "confusion_level1", "confused_leaves", "precision_coverage",
+                                                                  "reliability")}
     png = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="figures/test_levels.png",
                                                    dst_path=str(tmp_path / "fig")))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and min(figures.values()) > 5_000
     arts = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
     assert arts == {f"checkpoints/{files[0]}"}
-    assert {"metrics/test_levels.md", "metrics/test_confusions.json"} <= {
+    assert {"metrics/test_levels.md", "metrics/test_confusions.json", "metrics/val_precision_curve.json"} <= {
         a.path for a in client.list_artifacts(run_id, "metrics")}
+    # calibrated on validation: the temperature and each level's calibration error are logged
+    assert 0.05 <= m["temperature"] <= 20 and {"test_L1_ece", "test_L3_ece", "best_val_L2_ece"} <= set(m)
     # the logged model: registered, loaded by alias, predicts the same paths as the checkpoint
     version = mlflow.register_model(f"runs:/{run_id}/model", "bb-hsgd")
     client.set_registered_model_alias("bb-hsgd", "champion", version.version)

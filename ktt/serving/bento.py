@@ -3,8 +3,9 @@
 ``POST /predict`` takes ``{"text": "..."}``, ``{"text": ["...", ...]}`` or a list of
 ``{"text": ...}`` objects and answers the path as a newline-separated string (a list of them
 for a list input). ``POST /predict_json`` answers the path with per-level scores. An object may
-add ``"threshold": t`` (0 to 1): its paths stop at the deepest level whose score clears ``t``
-(default: the model's ``threshold``). Requests
+add ``"threshold": t`` (0 to 1): its paths stop at the deepest level whose confidence (the
+probability the model gives that class) clears ``t``; or ``"target_precision": p``: the
+threshold that reached hierarchical precision ``p`` on validation (default: the model's). Requests
 are micro-batched, but each is parsed and preprocessed on its own first, and a batch that still
 fails is re-run request by request: one client's bad input never fails another's request.
 A client mistake gets HTTP 400 and a one-line reason; a server fault gets a 500 that names only
@@ -72,7 +73,7 @@ class KTTService(bentoml.BentoService):
             try:
                 parsed = load_json(body)
                 texts = parse_request(parsed)
-                thresholds = parse_thresholds(parsed, self.predictor.threshold)
+                thresholds = parse_thresholds(parsed, self.predictor.threshold, self.predictor.threshold_for)
                 prepared = self.predictor.prepare(texts)
             except ValueError as e:
                 self._fail(task, endpoint, e)

@@ -119,17 +119,33 @@ def parse_request(body) -> list[str]:
     return texts
 
 
-def parse_thresholds(body, default: float) -> list[float]:
+def parse_thresholds(body, default: float, for_target=None) -> list[float]:
     """Per text of a request that :func:`parse_request` accepted, its stopping threshold: the
-    item's ``"threshold"`` field, or ``default``; ValueError when it is not a number from 0 to 1."""
+    item's ``"threshold"``, or the threshold that reaches its ``"target_precision"``
+    (``for_target``, e.g. ``Predictor.threshold_for``), or ``default``; ValueError naming a bad one."""
+    from ktt.confidence import check_target
+
     out = []
     for item in body if isinstance(body, list) else [body]:
-        t = item.get("threshold", default)
-        if isinstance(t, (list, dict)):  # one number per request object
-            raise ValueError(f"threshold must be a number from 0 to 1, not {t!r}")
+        if "threshold" in item and "target_precision" in item:
+            raise ValueError("send a threshold or a target_precision, not both")
+        if "target_precision" in item:
+            target = item["target_precision"]
+            if isinstance(target, (list, dict)):  # one number per request object
+                raise ValueError(f"target_precision must be a number above 0 and at most 1, not {target!r}")
+            t = (for_target or _no_curve)(check_target(target))
+        else:
+            t = item.get("threshold", default)
+            if isinstance(t, (list, dict)):
+                raise ValueError(f"threshold must be a number from 0 to 1, not {t!r}")
+            check_threshold(t)
         value = item["text"]
-        out += [check_threshold(t)] * (len(value) if isinstance(value, list) else 1)
+        out += [t] * (len(value) if isinstance(value, list) else 1)
     return out
+
+
+def _no_curve(target):
+    raise ValueError("this model has no precision curve: send a threshold instead")
 
 
 class TokenIds:
@@ -185,15 +201,14 @@ class SparseScorer:
         from ktt.sparse import NodeClassifiers
 
         self.nodes = NodeClassifiers.from_arrays(hierarchy, arrays, config["loss"])
-        self.h, self.flat = hierarchy, config["decode"] == "leaf"
+        last = hierarchy.depth - 1  # one classifier over the leaves (tfidf_lsgd), or one per node
+        self.h, self.flat = hierarchy, bool((self.nodes.level == last).all() and (self.nodes.single_level == last).all())
 
     def scores(self, x) -> dict[str, np.ndarray]:
-        """``scores`` (chained, or leaf sums for a flat model) and ``conditional``, all classes
-        concatenated level by level, as the classifier graphs of encoder models give them."""
-        if self.flat:
-            return {"scores": np.concatenate(self.h.sum_up(self.nodes.leaf_proba(x)), axis=1)}
-        cond = self.nodes.conditional(x)
-        return {"scores": np.concatenate(self.h.chain(cond), axis=1), "conditional": np.concatenate(cond, axis=1)}
+        """``scores``: the model's raw per-level scores (chained, or leaf sums for a flat model),
+        all classes concatenated level by level, as the classifier graphs of encoder models give them."""
+        levels = self.h.sum_up(self.nodes.leaf_proba(x)) if self.flat else self.h.chain(self.nodes.conditional(x))
+        return {"scores": np.concatenate(levels, axis=1)}
 
 
 def load_arrays(source) -> dict[str, np.ndarray]:
@@ -255,29 +270,44 @@ class Predictor:
             return self.sparse.scores(features)
         return dict(zip(self.outputs, self.classifier.run(None, {"features": features})))
 
-    def decode(self, out: dict[str, np.ndarray]) -> np.ndarray:
-        h = self.hierarchy
-        cond = h.split_levels(out["conditional"]) if "conditional" in out else None
-        return h.decode_scores(h.split_levels(out["scores"]), self.config["decode"], cond)
+    def answer(self, out: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded paths and every class's probability (all levels concatenated) from the
+        raw ``scores``: ``Model.calibrated``, by the same ``Hierarchy`` methods and settings."""
+        h, c = self.hierarchy, self.config
+        raw = h.split_levels(out["scores"])
+        ps = h.path_scores(raw, c.get("paths", "joint"))
+        mode = c.get("decode", "path")
+        codes = h.leaf_paths()[ps.argmax(axis=1)] if mode == "path" else h.decode_scores(raw, mode)
+        return codes, np.concatenate(h.node_proba(ps, c.get("temperature", 1.0)), axis=1)
 
     @property
     def threshold(self) -> float:
-        """The model's stopping threshold (a request may send its own)."""
+        """The model's stopping threshold (a request may send its own, or a target precision)."""
         return self.config.get("threshold", 0.0)
+
+    def threshold_for(self, target_precision: float) -> float:
+        """The threshold that reached ``target_precision`` on validation; ValueError if the
+        export has no precision curve."""
+        from ktt.confidence import threshold_for
+
+        if not self.config.get("precision_curve"):
+            raise ValueError("this model was exported without a precision curve: send a threshold instead")
+        return threshold_for(self.config["precision_curve"], target_precision)
 
     def predict(self, texts: list[str], threshold=None) -> tuple[list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
         """Per text: the class names along the answered path (``Hierarchy.answers``; ``threshold``:
-        one, or one per text; default: the model's); plus codes, all-class scores and features."""
+        one, or one per text; default: the model's); plus codes, every class's probability
+        (levels concatenated) and features."""
         return self.run(self.prepare(texts), threshold)
 
     def run(self, prepared: list, threshold=None) -> tuple[list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
         """``predict`` from ``prepare``'s output."""
         feats = self.encode(prepared)
-        out = self.scores(feats)
-        codes, h = self.decode(out), self.hierarchy
+        codes, proba = self.answer(self.scores(feats))
+        h = self.hierarchy
         t = self.threshold if threshold is None else threshold
-        depths = h.answer_depths(codes, h.split_levels(out["scores"]), t)
-        return h.decode(codes, depths), codes, out["scores"], feats
+        depths = h.answer_depths(codes, h.split_levels(proba), t)
+        return h.decode(codes, depths), codes, proba, feats
 
     def explain(self, codes: np.ndarray, scores: np.ndarray, depths) -> list[dict]:
         """The JSON form of :meth:`run`'s answers (``depths``: levels answered per row, the lengths

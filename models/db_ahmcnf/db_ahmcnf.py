@@ -50,6 +50,7 @@ def hmcnf_loss(local, glob, target, pairs, global_weight, lambda_h):
 
 
 class DBAHMCNF(TorchModel):
+    paths = "log_odds"  # independent sigmoids: a path is worth the product of its classes' odds
     defaults = {**TorchModel.defaults, "lambda_h": 0.05, "dropout": 0.25,
                 "global_hidden": 384, "local_hidden": 384, "global_weight": 0.5}
     constraints = {**TorchModel.constraints, "lambda_h": Interval(0), "global_hidden": Interval(1),

@@ -1,7 +1,8 @@
 """BHCN levels with an AWX output layer over sigmoid leaf scores.
 
-ŷ_j = min(1, (Σ_leaves (R_jl σ(z_l))^n)^(1/n)) for every class j (n = ``awx_norm``; n <= 0
-means max). Per-row loss = BCE(ŷ, multi-hot path) summed over classes + λ_L Σ_i w_i NLL_i
+ŷ_j = min(1, (Σ_leaves (R_jl σ(z_l))^n)^(1/n)) for every class j (n = ``awx_norm``; 0 means
+max, the paper's other variant; n >= 1 is the paper's n-norm, 0 < n < 1 a generalised mean that is
+not a norm but is computed the same way). Per-row loss = BCE(ŷ, multi-hot path) summed over classes + λ_L Σ_i w_i NLL_i
 (the BHCN per-level term, no hierarchical term).
 
 ŷ and the BCE are computed in log space (log σ(z) = −softplus(−z), then a log-sum-exp over each
@@ -47,9 +48,10 @@ def awx_bce(leaf_logits: torch.Tensor, tree: Tree, norm: float, target: torch.Te
 
 
 class DBBHCNAWX(TorchModel):
+    paths = "log_odds"  # independent sigmoids: a path is worth the product of its classes' odds
     defaults = {**TorchModel.defaults, "gamma_l": -0.34, "lambda_l": 0.73, "dropout": 0.47,
                 "act": "relu", "awx_norm": 5.0, "level_width": 384}
-    constraints = {**TorchModel.constraints, "act": tuple(ACTS), "lambda_l": Interval(0), "awx_norm": Interval(1),
+    constraints = {**TorchModel.constraints, "act": tuple(ACTS), "lambda_l": Interval(0), "awx_norm": Interval(0),
                    "level_width": Interval(1)}
 
     def build_head(self, hidden):

@@ -11,6 +11,7 @@ from ktt.nn import TorchModel, Tree
 
 
 class DBLinear(TorchModel):
+    paths = "leaf"  # the softmax over leaves is the distribution over paths
     defaults = {**TorchModel.defaults, "dropout": 0.25, "decode": "leaf"}
 
     def build_head(self, hidden):

@@ -1,0 +1,189 @@
+"""Confidences: path distributions, node probabilities, the sigmoid decoder, temperature, ECE and
+the threshold of a target precision, each against numbers worked out by hand; then real models."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from ktt import registry
+from ktt.confidence import fit_temperature, nll, precision_curve, threshold_for
+from ktt.hierarchy import Hierarchy
+from ktt.metrics import answered, ece, level_ece, reliability
+
+# A > a1, A > a2, B > b1: leaves in order a1, a2, b1
+TOY = Hierarchy.from_paths([("A", "a1"), ("A", "a2"), ("B", "b1")])
+
+
+def test_joint_rule_gives_monotone_node_probabilities_by_hand():
+    """The issue's case: level 1 says A .5, level 2 says a1 .9. Paths: A>a1 .5 x .9 = .45,
+    A>a2 .5 x .05 = .025, B>b1 .5 x .05 = .025; normalised by .5: .9, .05, .05. A = .95, B = .05."""
+    scores = [np.array([[.5, .5]]), np.array([[.9, .05, .05]])]
+    ps = TOY.path_scores(scores, "joint")
+    assert np.exp(ps) == pytest.approx(np.array([[.45, .025, .025]]))
+    level1, level2 = TOY.node_proba(ps)
+    assert level1 == pytest.approx(np.array([[.95, .05]])) and level2 == pytest.approx(np.array([[.9, .05, .05]]))
+    # threshold .8 now answers A > a1 (.95, .9): per-level scores answered A at .5, a class below it
+    codes = TOY.decode_scores(scores, "path")
+    assert TOY.answers(codes, [level1, level2], 0.8) == [[("A", pytest.approx(.95)), ("a1", pytest.approx(.9))]]
+
+
+def test_temperature_softens_the_path_distribution_by_hand():
+    """Path log-scores (0, -ln 3, -inf): at T = 1, P = (3/4, 1/4, 0); at T = 2, (sqrt 3, 1) / (sqrt 3 + 1)."""
+    ps = np.array([[0.0, -np.log(3), np.log(1e-30)]])
+    assert TOY.node_proba(ps)[1] == pytest.approx(np.array([[.75, .25, 0]]), abs=1e-12)
+    r3 = np.sqrt(3)
+    assert TOY.node_proba(ps, 2.0)[1] == pytest.approx(np.array([[r3 / (r3 + 1), 1 / (r3 + 1), 0]]), abs=1e-12)
+    assert TOY.node_proba(ps, 2.0)[0] == pytest.approx(np.array([[1, 0]]), abs=1e-12)
+
+
+def test_log_odds_decoder_by_hand():
+    """Independent sigmoids A .5, B .9; a1 .99, a2 .01, b1 .6. The product of probabilities picks
+    B>b1 (.54 > .495); the model's own odds favour A>a1: 1 x 99 = 99 against 9 x 1.5 = 13.5.
+    P(exactly A>a1 on) = 99 / (99 + 1/99 + 13.5)."""
+    scores = [np.array([[.5, .9]]), np.array([[.99, .01, .6]])]
+    assert TOY.decode_scores(scores, "path", rule="joint").tolist() == [[1, 2]]
+    assert TOY.decode_scores(scores, "path", rule="log_odds").tolist() == [[0, 0]]
+    ps = TOY.path_scores(scores, "log_odds")
+    assert np.exp(ps) == pytest.approx(np.array([[99, 1 / 99, 13.5]]))
+    level1, level2 = TOY.node_proba(ps)
+    total = 99 + 1 / 99 + 13.5
+    assert level2 == pytest.approx(np.array([[99, 1 / 99, 13.5]]) / total)
+    assert level1 == pytest.approx(np.array([[(99 + 1 / 99) / total, 13.5 / total]]))
+
+
+def test_leaf_rule_reads_the_leaf_level_only():
+    scores = [np.array([[.7, .3]]), np.array([[.5, .2, .3]])]
+    assert np.exp(TOY.path_scores(scores, "leaf")) == pytest.approx(np.array([[.5, .2, .3]]))
+    assert TOY.node_proba(TOY.path_scores(scores, "leaf"))[0] == pytest.approx(np.array([[.7, .3]]))
+    with pytest.raises(ValueError, match="paths must be one of leaf, joint, log_odds, not 'sum'"):
+        TOY.path_scores(scores, "sum")
+
+
+def test_fit_temperature_by_hand():
+    """Every row has path log-scores (0, -2): P(first) = sigmoid(2 / T). 8 of 10 rows are the first
+    path, so the likelihood peaks at sigmoid(2 / T) = .8: T = 2 / ln 4."""
+    ps = np.tile([[0.0, -2.0]], (10, 1))
+    leaves = np.array([0] * 8 + [1] * 2)
+    t = fit_temperature(ps, leaves)
+    assert t == pytest.approx(2 / np.log(4), rel=1e-3)
+    assert nll(ps, leaves, t) == pytest.approx(-(0.8 * np.log(0.8) + 0.2 * np.log(0.2)), rel=1e-6)
+    assert nll(ps, leaves, t) < min(nll(ps, leaves, t * 1.1), nll(ps, leaves, t / 1.1))
+
+
+def test_ece_by_hand():
+    """Confidences .85 .95 .55 .25 (right, wrong, right, wrong), 10 bins: bin (.8,.9] .85 vs 1,
+    bin (.9,1] .95 vs 0, bin (.5,.6] .55 vs 1, bin (.2,.3] .25 vs 0: ECE = (.15 + .95 + .45 + .25) / 4."""
+    conf, right = np.array([.85, .95, .55, .25]), np.array([1, 0, 1, 0])
+    assert ece(conf, right, bins=10) == pytest.approx((.15 + .95 + .45 + .25) / 4)
+    # one bin of two rows: (.85 + .95) / 2 = .9 against accuracy .5
+    assert ece(conf[:2], right[:2], bins=1) == pytest.approx(.4)
+    r = reliability(conf, right, bins=10)
+    assert r["count"].tolist() == [0, 0, 1, 0, 0, 1, 0, 0, 1, 1]
+    assert ece(np.array([.7, .7, .7]), np.array([1, 1, 0]), bins=15) == pytest.approx(abs(2 / 3 - .7))
+
+
+def test_level_ece_counts_every_row_at_every_level():
+    t = TOY.encode([("A", "a1"), ("B", "b1")])
+    p = TOY.encode([("A", "a2"), ("B", "b1")])
+    conf = np.array([[.9, .6], [.8, .8]])
+    m = level_ece(TOY, t, p, conf, bins=10)
+    # level 1: both right, .9 and .8 in their own bins: (.1 + .2) / 2; level 2: .6 wrong, .8 right: (.6 + .2) / 2
+    assert m == {"L1_ece": pytest.approx(.15), "L2_ece": pytest.approx(.4)}
+
+
+RAGGED = Hierarchy.from_paths([("A", "B", "C"), ("A", "B"), ("A", "D", "E"), ("F",)])
+
+
+def test_precision_curve_and_threshold_for_a_target_by_hand():
+    """Two rows predicted A>D>E, true A>D>E and A>B>C; confidences .9/.6/.3 and .8/.4/.2.
+    Answered classes from the most confident: .9 right, .8 right (A), .6 right, .4 wrong (A>D),
+    .3 right, .2 wrong: precision at .2 is 4/6, at .3 4/5, at .4 3/4, from .6 up 1."""
+    t = RAGGED.encode([("A", "D", "E"), ("A", "B", "C")])
+    p = RAGGED.encode([("A", "D", "E"), ("A", "D", "E")])
+    conf = np.array([[.9, .6, .3], [.8, .4, .2]])
+    curve = precision_curve(RAGGED, p, conf, t)
+    assert curve["threshold"] == pytest.approx([.2, .3, .4, .6, .8, .9])
+    assert curve["precision"] == pytest.approx([4 / 6, 4 / 5, 3 / 4, 1, 1, 1])
+    assert curve["coverage"] == pytest.approx([1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+    # the lowest threshold that reaches the target: the most answered at that precision
+    assert threshold_for(curve, .8) == pytest.approx(.3)
+    assert threshold_for(curve, .7) == pytest.approx(.3)
+    assert threshold_for(curve, .9) == pytest.approx(.6)
+    assert threshold_for(curve, .5) == pytest.approx(.2)
+    assert threshold_for({"threshold": [.5], "precision": [.4]}, .9) == 1.0  # unreachable: certainties only
+    # what that threshold answers, counted by the evaluation code: 5 classes, 4 right, both rows
+    a = answered(RAGGED, t, p, conf, threshold_for(curve, .8))
+    assert a == {"h_precision": pytest.approx(.8), "coverage": 1.0, "depth_share": pytest.approx(5 / 6)}
+    with pytest.raises(ValueError, match="target_precision must be a number above 0 and at most 1, not 1.5"):
+        threshold_for(curve, 1.5)
+
+
+def test_precision_curve_keeps_ties_together_and_stays_small():
+    t = RAGGED.encode([("A", "B", "C")] * 3)
+    p = RAGGED.encode([("A", "B", "C"), ("A", "D", "E"), ("F",)])
+    conf = np.array([[.5, .5, .5], [.5, .4, .4], [.5, .1, .1]])  # row 3 ends at level 1: one class
+    curve = precision_curve(RAGGED, p, conf, t)
+    # at .5: A, A>B, A>B>C (row 1) and A (row 2) right, F wrong -> 4/5; at .4 row 2's A>D and
+    # A>D>E join, both wrong -> 4/7; the .1s are below level 1's end of row 3: never answered
+    assert curve["threshold"] == pytest.approx([.4, .5]) and curve["precision"] == pytest.approx([4 / 7, 4 / 5])
+    rng = np.random.default_rng(0)
+    big = precision_curve(RAGGED, np.tile(p, (400, 1)), rng.random((1200, 3)), np.tile(t, (400, 1)), max_points=50)
+    assert len(big["threshold"]) <= 50 and np.all(np.diff(big["threshold"]) > 0)
+
+
+def test_every_search_space_value_validates():
+    """Every value a tuning trial can draw from hyperparameters.json passes the model's own checks
+    (AWX's max variant, awx_norm 0, included)."""
+    spaces = json.loads((ROOT / "hyperparameters.json").read_text())
+    for name, spec in spaces.items():
+        cls = registry.get(name)
+        for key, s in spec["tune"].items():
+            kind = s["type"]
+            values = (s["choices"] if kind == "categorical" else [s["value"]] if kind == "fixed" else
+                      [s["low"], s["high"], (s["low"] + s["high"]) / 2] if kind in ("uniform", "loguniform") else
+                      list(range(s["low"], s["high"] + 1)))
+            for v in values:
+                cls.check_params({key: v})  # raises BadValue naming the value if it is refused
+    registry.get("db_bhcn_awx").check_params({"awx_norm": 0})
+
+
+@pytest.fixture(scope="module")
+def hsgd(bigbasket_small):
+    from ktt.data import load_dataset
+
+    ds = load_dataset("bb_small", bigbasket_small)
+    model = registry.get("tfidf_hsgd")(ds.hierarchy, target_precision=0.9).fit(ds.train, ds.val)
+    return model, ds
+
+
+def test_node_probabilities_of_a_real_model_never_rise_down_a_path(hsgd):
+    model, ds = hsgd
+    h = model.hierarchy
+    proba = model.predict_proba(ds.test.texts)
+    for d in range(h.depth):
+        assert proba[d].sum(axis=1) == pytest.approx(np.ones(len(ds.test)))
+        if d:
+            assert (proba[d] <= proba[d - 1][:, h.parent_of(d)] + 1e-12).all()
+    for a in model.answers(ds.test.texts):
+        assert all(c1 >= c2 - 1e-12 for (_, c1), (_, c2) in zip(a, a[1:]))
+
+
+def test_calibration_is_fitted_saved_and_used(hsgd, tmp_path):
+    model, ds = hsgd
+    cal = model.calibrate(ds.val)
+    assert 0.05 <= cal["temperature"] <= 20 and cal["temperature"] != 1.0
+    assert cal["threshold"] == threshold_for(cal["curve"], 0.9)
+    codes, proba = model.predict_scored(ds.val.texts)
+    answers = model.answers(ds.val.texts)
+    # the threshold chosen on validation: the answers it leaves there reach the target
+    a = answered(model.hierarchy, ds.val.codes, codes, model.hierarchy.confidences(codes, proba), cal["threshold"])
+    assert a["h_precision"] >= 0.9 and sum(map(len, answers)) < len(ds.val) * 3
+    # a calibrated model is no less likely than the raw one on validation
+    raw = model.hierarchy.path_scores(model.raw_scores(ds.val.texts), model.paths)
+    assert nll(raw, ds.val.codes[:, -1], cal["temperature"]) <= nll(raw, ds.val.codes[:, -1], 1.0)
+    model.save(tmp_path / "m.pkl")
+    back = type(model).load(tmp_path / "m.pkl")
+    assert back.calibration_ == cal and back.answers(ds.val.texts[:50]) == answers[:50]
+    assert back.answer_config()["temperature"] == cal["temperature"] and back.stop_threshold() == cal["threshold"]
+    assert back.stop_threshold(target_precision=0.9) == cal["threshold"] and back.stop_threshold(0.3) == 0.3
