@@ -1,5 +1,5 @@
-"""Confidences a team can act on: the temperature that calibrates a model's path distribution,
-and the stopping threshold that reaches a target hierarchical precision.
+"""Confidences a team can act on: the temperature of each level that calibrates a model's node
+probabilities, and the stopping threshold that reaches a target hierarchical precision.
 
 A model's per-level scores become a distribution over whole paths and every node's probability
 (``Hierarchy.path_scores``, ``Hierarchy.node_proba``); this module fits what makes those
@@ -25,27 +25,36 @@ def check_target(value) -> float:
     return float(value)
 
 
-def nll(path_scores: np.ndarray, leaves: np.ndarray, temperature: float) -> float:
-    """Mean negative log-likelihood of the true paths (``leaves``) under softmax(path_scores / T)."""
-    z = np.asarray(path_scores, dtype=np.float64) / temperature
-    top = z.max(axis=1)
-    log_norm = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
-    return float(np.mean(log_norm - z[np.arange(len(z)), leaves]))
+def brier(conf: np.ndarray, correct: np.ndarray) -> float:
+    """Mean squared difference between a confidence and whether the class it is in is right."""
+    return float(np.mean((np.asarray(conf, np.float64) - np.asarray(correct, np.float64)) ** 2))
 
 
-def fit_temperature(path_scores: np.ndarray, leaves: np.ndarray) -> float:
-    """The temperature T that minimises the validation NLL of the true paths (Guo et al., 2017,
-    applied to the distribution over whole paths): one number per model, found on a log scale
-    within ``TEMPERATURE_RANGE``. Dividing every path's log-score by T never changes the most
-    probable path."""
+def fit_temperatures(h, proba: list[np.ndarray], codes: np.ndarray, truth: np.ndarray) -> list[float]:
+    """One temperature per level (``Hierarchy.temper``), fitted on labelled rows level by level
+    from the top (level d's probabilities depend on T_1..T_d only): T_d minimises the Brier
+    score of the confidence in the predicted class at level d against whether it is right,
+    searched on a log scale within ``TEMPERATURE_RANGE``.
+
+    Brier, not the likelihood of the true path: a TF-IDF model's clipped probabilities give the
+    true path exactly 0 on some rows (6-12% of BigBasket's validation rows), and the likelihood
+    then buys those rows a little probability by flattening every answer (T = 10, ECE .55)."""
     from scipy.optimize import minimize_scalar
 
-    if len(path_scores) == 0:
-        return 1.0
-    lo, hi = np.log(TEMPERATURE_RANGE)
-    res = minimize_scalar(lambda lt: nll(path_scores, leaves, np.exp(lt)), bounds=(lo, hi), method="bounded",
-                          options={"xatol": 1e-4})
-    return float(np.exp(res.x))
+    codes, truth = np.asarray(codes), np.asarray(truth)
+    ts = [1.0] * h.depth
+    if len(codes) == 0:
+        return ts
+    rows, lo_hi = np.arange(len(codes)), np.log(TEMPERATURE_RANGE)
+    for d in range(h.depth):
+        right = codes[:, d] == truth[:, d]
+
+        def loss(log_t, d=d, right=right):
+            return brier(h.temper(proba[:d + 1], ts[:d] + [np.exp(log_t)])[d][rows, codes[:, d]], right)
+
+        ts[d] = float(np.exp(minimize_scalar(loss, bounds=tuple(lo_hi), method="bounded",
+                                             options={"xatol": 1e-3}).x))
+    return ts
 
 
 def precision_curve(h, codes: np.ndarray, conf: np.ndarray, truth: np.ndarray,

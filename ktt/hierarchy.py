@@ -275,14 +275,36 @@ class Hierarchy:
             return self.path_log_scores(odds)
         raise BadValue(f"paths must be one of {', '.join(PATH_RULES)}, not {rule!r}")
 
-    def node_proba(self, path_scores: np.ndarray, temperature: float = 1.0) -> list[np.ndarray]:
+    def node_proba(self, path_scores: np.ndarray) -> list[np.ndarray]:
         """Per level, ``(n, n_classes_at_level)``: each class's probability, the sum over the
-        paths through it of P(path) = softmax(path_scores / temperature) over all paths. A class
-        never has more than its parent (its paths are some of the parent's)."""
-        z = np.asarray(path_scores, dtype=np.float64) / temperature
+        paths through it of P(path) = softmax(path_scores) over all paths. A class never has more
+        than its parent (its paths are some of the parent's)."""
+        z = np.asarray(path_scores, dtype=np.float64)
         p = np.exp(z - z.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
         return self.sum_up(p)
+
+    def temper(self, proba: list[np.ndarray], temperatures) -> list[np.ndarray]:
+        """Node probabilities with each level's choice softened by its temperature: at level d,
+        P(class | parent) becomes P(class | parent)^(1/T_d) normalised over its siblings, and the
+        levels are chained again. Still one distribution over paths (a class never above its
+        parent); level d's probabilities depend on T_1..T_d only (``proba`` may stop above the
+        last level). All T = 1 changes nothing."""
+        ts = np.broadcast_to(np.asarray(temperatures, dtype=np.float64), (len(proba),))
+        if np.all(ts == 1.0):
+            return proba
+        out = []
+        for d in range(len(proba)):
+            q = np.asarray(proba[d], dtype=np.float64)
+            if d:  # P(class | parent); a parent of probability 0 leaves its children at 0
+                up = np.asarray(proba[d - 1], dtype=np.float64)[:, self._parents[d]]
+                q = np.divide(q, up, out=np.zeros_like(q), where=up > 0)
+            q = q ** (1.0 / ts[d])
+            starts = np.flatnonzero(np.diff(self._parents[d], prepend=-1)) if d else np.array([0])
+            norm = np.add.reduceat(q, starts, axis=1)[:, self._parents[d] if d else np.zeros(q.shape[1], int)]
+            q = np.divide(q, norm, out=np.zeros_like(q), where=norm > 0)
+            out.append(q if d == 0 else out[-1][:, self._parents[d]] * q)
+        return out
 
     def decode_scores(self, scores: list[np.ndarray], mode: str = "path",
                       conditional: list[np.ndarray] | None = None, rule: str = "joint") -> np.ndarray:

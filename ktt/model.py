@@ -150,17 +150,18 @@ class Model(ABC):
         return self.hierarchy.decode_scores(raw, mode)
 
     @property
-    def temperature(self) -> float:
-        """The temperature :meth:`calibrate` fitted (1 before it ran)."""
-        return (getattr(self, "calibration_", None) or {}).get("temperature", 1.0)
+    def temperatures(self) -> list[float]:
+        """The temperature of each level that :meth:`calibrate` fitted (all 1 before it ran)."""
+        return (getattr(self, "calibration_", None) or {}).get("temperatures", [1.0] * self.hierarchy.depth)
 
     def calibrated(self, raw: list[np.ndarray], codes: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         """From :meth:`raw_scores`: the decoded paths (unless ``codes`` are given) and every
         class's probability, per level: the sum over the paths through it of the path
-        distribution, softened by :attr:`temperature` (``Hierarchy.node_proba``)."""
+        distribution (``Hierarchy.node_proba``), each level softened by its temperature
+        (``Hierarchy.temper``)."""
         h = self.hierarchy
         ps = h.path_scores(raw, self.paths)
-        return (self.decode(raw, ps) if codes is None else codes), h.node_proba(ps, self.temperature)
+        return (self.decode(raw, ps) if codes is None else codes), h.temper(h.node_proba(ps), self.temperatures)
 
     def predict_scored(self, texts: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
         """``predict`` and ``predict_proba`` together, from one pass over the texts."""
@@ -177,10 +178,11 @@ class Model(ABC):
 
     def calibrate(self, val, max_rows: int = 20_000, seed: int = 0) -> dict:
         """Fit what makes the confidences honest on ``val`` (a :class:`ktt.data.Split`; at most
-        ``max_rows`` of it, sampled): the temperature, then the precision each stopping threshold
-        gives, and the threshold for ``target_precision``. Kept in ``calibration_``, saved with
-        the model, and read by every front-end. ``ktt train`` runs it after every fit."""
-        from .confidence import fit_temperature, precision_curve, threshold_for
+        ``max_rows`` of it, sampled): a temperature per level (``confidence.fit_temperatures``),
+        then the precision each stopping threshold gives, and the threshold for
+        ``target_precision``. Kept in ``calibration_``, saved with the model, and read by every
+        front-end. ``ktt train`` runs it after every fit."""
+        from .confidence import fit_temperatures, precision_curve, threshold_for
 
         h, rows = self.hierarchy, np.arange(len(val))
         if len(rows) > max_rows:
@@ -188,11 +190,11 @@ class Model(ABC):
         texts, truth = [val.texts[i] for i in rows], val.codes[rows]
         raw = self.raw_scores(texts)
         ps = h.path_scores(raw, self.paths)
-        temperature = fit_temperature(ps, truth[:, -1])
-        codes = self.decode(raw, ps)
-        curve = precision_curve(h, codes, h.confidences(codes, h.node_proba(ps, temperature)), truth)
+        codes, proba = self.decode(raw, ps), h.node_proba(ps)
+        temperatures = fit_temperatures(h, proba, codes, truth)
+        curve = precision_curve(h, codes, h.confidences(codes, h.temper(proba, temperatures)), truth)
         target = self.params["target_precision"]
-        self.calibration_ = {"temperature": temperature, "curve": curve,
+        self.calibration_ = {"temperatures": temperatures, "curve": curve,
                              "threshold": threshold_for(curve, target) if target else None}
         return self.calibration_
 
@@ -249,11 +251,11 @@ class Model(ABC):
 
     def answer_config(self) -> dict:
         """How scores become answers, for the server (``ktt.serving.runtime.Predictor``) exactly as
-        in-process: the hierarchy, ``paths``, ``decode``, the temperature, the default threshold
+        in-process: the hierarchy, ``paths``, ``decode``, the temperatures, the default threshold
         and the validation precision curve (for requests that send a ``target_precision``)."""
         cal = getattr(self, "calibration_", None) or {}
         return {"model": self.name, "paths": self.paths, "decode": self.params.get("decode", "path"),
-                "temperature": self.temperature, "threshold": self.stop_threshold(),
+                "temperatures": self.temperatures, "threshold": self.stop_threshold(),
                 "precision_curve": cal.get("curve"), "hierarchy": self.hierarchy.to_dict()}
 
     def gen_reference_set(self, split) -> "pd.DataFrame":  # noqa: F821

@@ -44,11 +44,12 @@ def confusion_summary(h, y_true: np.ndarray, y_pred: np.ndarray, top: int = 20) 
 
 
 def calibrate(model, val, logger) -> None:
-    """Fit the temperature (and the threshold of ``target_precision``) on validation, log them and
+    """Fit the temperatures (and the threshold of ``target_precision``) on validation, log them and
     the validation precision curve, and make the calibrated model the ``best`` checkpoint."""
     t0 = time.perf_counter()
     cal = model.calibrate(val)
-    logger.log_metrics({"temperature": cal["temperature"], "calibrate_time_s": time.perf_counter() - t0,
+    logger.log_metrics({**{f"L{d + 1}_temperature": t for d, t in enumerate(cal["temperatures"])},
+                        "calibrate_time_s": time.perf_counter() - t0,
                         **({"threshold": cal["threshold"]} if cal["threshold"] is not None else {})})
     tracking.log_dict(cal["curve"], "metrics/val_precision_curve.json")
     logger.checkpoint(model, "best")

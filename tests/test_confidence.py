@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT
 from ktt import registry
-from ktt.confidence import fit_temperature, nll, precision_curve, threshold_for
+from ktt.confidence import brier, fit_temperatures, precision_curve, threshold_for
 from ktt.hierarchy import Hierarchy
 from ktt.metrics import answered, ece, level_ece, reliability
 
@@ -28,13 +28,20 @@ def test_joint_rule_gives_monotone_node_probabilities_by_hand():
     assert TOY.answers(codes, [level1, level2], 0.8) == [[("A", pytest.approx(.95)), ("a1", pytest.approx(.9))]]
 
 
-def test_temperature_softens_the_path_distribution_by_hand():
-    """Path log-scores (0, -ln 3, -inf): at T = 1, P = (3/4, 1/4, 0); at T = 2, (sqrt 3, 1) / (sqrt 3 + 1)."""
-    ps = np.array([[0.0, -np.log(3), np.log(1e-30)]])
-    assert TOY.node_proba(ps)[1] == pytest.approx(np.array([[.75, .25, 0]]), abs=1e-12)
+def test_temperature_softens_each_level_by_hand():
+    """Level 1 (.8, .2), level 2 under A (.75, .25), b1 under B 1. T_1 = 2: (sqrt .8, sqrt .2)
+    normalised = (2/3, 1/3); T_2 = 2 under A: (sqrt 3, 1) / (sqrt 3 + 1), b1 stays 1."""
+    proba = [np.array([[.8, .2]]), np.array([[.6, .2, .2]])]
+    assert TOY.temper(proba, [1, 1]) is proba
+    l1, l2 = TOY.temper(proba, [2, 1])
+    assert l1 == pytest.approx(np.array([[2 / 3, 1 / 3]])) and l2 == pytest.approx(np.array([[.5, 1 / 6, 1 / 3]]))
     r3 = np.sqrt(3)
-    assert TOY.node_proba(ps, 2.0)[1] == pytest.approx(np.array([[r3 / (r3 + 1), 1 / (r3 + 1), 0]]), abs=1e-12)
-    assert TOY.node_proba(ps, 2.0)[0] == pytest.approx(np.array([[1, 0]]), abs=1e-12)
+    l1, l2 = TOY.temper(proba, [1, 2])
+    assert l1 == pytest.approx(np.array([[.8, .2]]))
+    assert l2 == pytest.approx(np.array([[.8 * r3 / (r3 + 1), .8 / (r3 + 1), .2]]))
+    # a parent of probability 0 keeps its children at 0
+    z = TOY.temper([np.array([[1.0, 0.0]]), np.array([[.5, .5, 0.0]])], [1, .5])
+    assert z[1] == pytest.approx(np.array([[.5, .5, 0]]))
 
 
 def test_log_odds_decoder_by_hand():
@@ -60,15 +67,20 @@ def test_leaf_rule_reads_the_leaf_level_only():
         TOY.path_scores(scores, "sum")
 
 
-def test_fit_temperature_by_hand():
-    """Every row has path log-scores (0, -2): P(first) = sigmoid(2 / T). 8 of 10 rows are the first
-    path, so the likelihood peaks at sigmoid(2 / T) = .8: T = 2 / ln 4."""
-    ps = np.tile([[0.0, -2.0]], (10, 1))
-    leaves = np.array([0] * 8 + [1] * 2)
-    t = fit_temperature(ps, leaves)
-    assert t == pytest.approx(2 / np.log(4), rel=1e-3)
-    assert nll(ps, leaves, t) == pytest.approx(-(0.8 * np.log(0.8) + 0.2 * np.log(0.2)), rel=1e-6)
-    assert nll(ps, leaves, t) < min(nll(ps, leaves, t * 1.1), nll(ps, leaves, t / 1.1))
+def test_fit_temperatures_by_hand():
+    """Ten rows, all predicted A > a1 with P(A) = sigmoid(2) and P(a1 | A) = sigmoid(1); 8 are
+    right at level 1 and 6 at level 2. With equal confidences the Brier score is least where the
+    confidence equals the share right: sigmoid(2 / T_1) = .8, so T_1 = 2 / ln 4; then
+    .8 sigmoid(1 / T_2) = .6, so sigmoid(1 / T_2) = .75 and T_2 = 1 / ln 3."""
+    s2, s1 = 1 / (1 + np.exp(-2)), 1 / (1 + np.exp(-1))
+    proba = [np.tile([[s2, 1 - s2]], (10, 1)), np.tile([[s2 * s1, s2 * (1 - s1), 1 - s2]], (10, 1))]
+    codes = TOY.encode([("A", "a1")] * 10)
+    truth = TOY.encode([("A", "a1")] * 6 + [("A", "a2")] * 2 + [("B", "b1")] * 2)
+    ts = fit_temperatures(TOY, proba, codes, truth)
+    assert ts == pytest.approx([2 / np.log(4), 1 / np.log(3)], rel=2e-3)
+    conf = TOY.confidences(codes, TOY.temper(proba, ts))
+    assert conf[0] == pytest.approx([.8, .6], abs=1e-3)
+    assert brier(conf[:, 0], codes[:, 0] == truth[:, 0]) == pytest.approx(.8 * .2, abs=1e-5)
 
 
 def test_ece_by_hand():
@@ -172,18 +184,22 @@ def test_node_probabilities_of_a_real_model_never_rise_down_a_path(hsgd):
 def test_calibration_is_fitted_saved_and_used(hsgd, tmp_path):
     model, ds = hsgd
     cal = model.calibrate(ds.val)
-    assert 0.05 <= cal["temperature"] <= 20 and cal["temperature"] != 1.0
+    assert len(cal["temperatures"]) == 3 and all(0.05 <= t <= 20 and t != 1.0 for t in cal["temperatures"])
     assert cal["threshold"] == threshold_for(cal["curve"], 0.9)
     codes, proba = model.predict_scored(ds.val.texts)
     answers = model.answers(ds.val.texts)
     # the threshold chosen on validation: the answers it leaves there reach the target
     a = answered(model.hierarchy, ds.val.codes, codes, model.hierarchy.confidences(codes, proba), cal["threshold"])
     assert a["h_precision"] >= 0.9 and sum(map(len, answers)) < len(ds.val) * 3
-    # a calibrated model is no less likely than the raw one on validation
-    raw = model.hierarchy.path_scores(model.raw_scores(ds.val.texts), model.paths)
-    assert nll(raw, ds.val.codes[:, -1], cal["temperature"]) <= nll(raw, ds.val.codes[:, -1], 1.0)
+    # calibrated confidences score better on validation than the raw ones, level by level
+    h = model.hierarchy
+    plain = h.confidences(codes, h.node_proba(h.path_scores(model.raw_scores(ds.val.texts), model.paths)))
+    tuned = h.confidences(codes, proba)
+    for d in range(3):
+        right = codes[:, d] == ds.val.codes[:, d]
+        assert brier(tuned[:, d], right) <= brier(plain[:, d], right)
     model.save(tmp_path / "m.pkl")
     back = type(model).load(tmp_path / "m.pkl")
     assert back.calibration_ == cal and back.answers(ds.val.texts[:50]) == answers[:50]
-    assert back.answer_config()["temperature"] == cal["temperature"] and back.stop_threshold() == cal["threshold"]
+    assert back.answer_config()["temperatures"] == cal["temperatures"] and back.stop_threshold() == cal["threshold"]
     assert back.stop_threshold(target_precision=0.9) == cal["threshold"] and back.stop_threshold(0.3) == 0.3

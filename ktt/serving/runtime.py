@@ -278,7 +278,7 @@ class Predictor:
         ps = h.path_scores(raw, c.get("paths", "joint"))
         mode = c.get("decode", "path")
         codes = h.leaf_paths()[ps.argmax(axis=1)] if mode == "path" else h.decode_scores(raw, mode)
-        return codes, np.concatenate(h.node_proba(ps, c.get("temperature", 1.0)), axis=1)
+        return codes, np.concatenate(h.temper(h.node_proba(ps), c.get("temperatures", 1.0)), axis=1)
 
     @property
     def threshold(self) -> float:
