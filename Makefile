@@ -43,7 +43,7 @@ $(KTT_DATASETS)/clinc150/hierarchy.json: | $(VENV)/.ok
 
 run: env $(KTT_DATASETS)/$(DATASET)/hierarchy.json
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/mlflow run . --env-manager local \
-	  -P model=$(MODEL) -P dataset=$(DATASET)
+	  --experiment-name $(notdir $(DATASET)) -P model=$(MODEL) -P dataset=$(DATASET)
 	@echo
 	@echo "Open the MLflow UI:  $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI)"
 

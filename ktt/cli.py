@@ -9,7 +9,7 @@ import traceback
 
 import click
 
-from .errors import BadValue, UserError
+from .errors import BadValue, UserError, missing_dependency
 
 
 class KTTGroup(click.Group):
@@ -30,6 +30,12 @@ class KTTGroup(click.Group):
             click.echo(f"error: this machine ran out of memory during `ktt {ctx.invoked_subcommand}`: the data or "
                        "the model is too large for it; use fewer rows or features (min_df, ngram_max), a smaller "
                        "model, or a machine with more memory", err=True)
+            sys.exit(2)
+        except ModuleNotFoundError as e:
+            if (why := missing_dependency(e)) is None:
+                traceback.print_exc()
+                why = f"unexpected ModuleNotFoundError (a bug in KTT: {e})"
+            click.echo(f"error: {why}", err=True)
             sys.exit(2)
         except Exception as e:
             traceback.print_exc()

@@ -26,3 +26,14 @@ class UnknownName(UserError, KeyError):
 
 class Unavailable(UserError, RuntimeError):
     """Something outside KTT that it needs and cannot use: a server, an environment, a folder."""
+
+
+def missing_dependency(e: ModuleNotFoundError) -> str | None:
+    """The one-line explanation of a third-party module missing from the running Python (KTT's
+    environment is not the active one), or None when the missing module is KTT's own (a bug)."""
+    name = (e.name or "").split(".")[0]
+    if not name or name in ("ktt", "models"):
+        return None
+    return (f"this Python has no module named {name!r}: KTT's environment is not the active one. "
+            "Run `make env` once, then `source .venv/bin/activate` (or call `.venv/bin/ktt`; "
+            "`mlflow run` needs the environment active, as `make run` does)")

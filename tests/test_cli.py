@@ -114,3 +114,26 @@ def test_mlflow_run_entry_points(tmp_path, tracking):
     assert train_run.data.tags["mlflow.project.entryPoint"] == "main"
     assert train_run.data.metrics["test_leaf_accuracy"] > 0.5
     assert len(list((tmp_path / "weights" / "tfidf_lsgd" / "synthetic").glob("best_*.pt"))) == 1
+
+
+def test_make_run_names_its_experiment_after_the_dataset():
+    """`make run` launches `mlflow run` in the dataset's experiment, as every other path does."""
+    out = subprocess.run(["make", "-n", "run", "DATASET=bigbasket"], cwd=ROOT, capture_output=True, text=True)
+    line = out.stdout[out.stdout.index("mlflow run"):].replace("\\\n", " ")
+    assert "--experiment-name bigbasket" in line and "-P dataset=bigbasket" in line
+
+
+@pytest.mark.parametrize("python, missing", [("/usr/bin/python3", "click"), (".venv-serving/bin/python", "mlflow")])
+def test_an_inactive_environment_is_named_with_its_fix(python, missing, tmp_path):
+    """`python -m ktt` (as `mlflow run` calls it) from a Python without KTT's packages: the
+    environment problem it is and the command that fixes it, never "a bug in KTT"."""
+    exe = Path(python) if Path(python).is_absolute() else ROOT / python
+    if not exe.exists():
+        pytest.skip(f"no {python} here")
+    out = subprocess.run([str(exe), "-m", "ktt", "train", "tfidf_hsgd", "synthetic"], cwd=tmp_path, capture_output=True,
+                         text=True, env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}, timeout=60)
+    if missing == "click" and "no module named 'click'" not in out.stderr:
+        pytest.skip("this Python has click")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"no module named {missing!r}: KTT's environment is not the active one" in out.stderr
+    assert "make env" in out.stderr and "source .venv/bin/activate" in out.stderr

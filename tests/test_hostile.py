@@ -39,6 +39,9 @@ HOSTILE = [
     (json.dumps([{"text": "tea"}] * 5000).encode(), "5000 texts in one request; the limit is 256"),
     (b'{"text": "tea", "threshold": "high"}', "threshold must be a number from 0 to 1, not 'high'"),
     (b'[{"text": "tea"}, {"text": "milk", "threshold": 1e308}]', "threshold must be a number from 0 to 1, not 1e+308"),
+    (b'{"text": "tea", "target_precision": 0}', "target_precision must be a number above 0 and at most 1, not 0"),
+    (b'{"text": "tea", "target_precision": "high"}', "target_precision must be a number above 0 and at most 1, not 'high'"),
+    (b'{"text": "tea", "target_precision": 0.9, "threshold": 0.5}', "send a threshold or a target_precision, not both"),
 ]
 def metrics_of(url):
     text = requests.get(url + "/metrics", timeout=10).text

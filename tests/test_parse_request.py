@@ -76,3 +76,19 @@ def test_thresholds_per_text():
     for bad in ("0.5", None, True, -0.01, 1.01, float("nan"), [0.5]):
         with pytest.raises(ValueError, match=r"^threshold must be a number from 0 to 1, not "):
             parse_thresholds([{"text": "a"}, {"text": "b", "threshold": bad}], 0.0)
+
+
+def test_target_precision_per_text():
+    """A target precision becomes the threshold its curve gives (here the lookup doubles it)."""
+    from ktt.serving.runtime import parse_thresholds
+
+    half = lambda p: p / 2  # noqa: E731
+    assert parse_thresholds([{"text": ["a", "b"], "target_precision": 0.9}, {"text": "c"}], 0.1, half) == [.45, .45, .1]
+    assert parse_thresholds({"text": "a", "target_precision": 1}, 0.1, half) == [.5]
+    for bad in (0, 0.0, -1, 1.5, "0.9", None, True, float("nan"), [0.9]):
+        with pytest.raises(ValueError, match=r"^target_precision must be a number above 0 and at most 1, not "):
+            parse_thresholds({"text": "a", "target_precision": bad}, 0.0, half)
+    with pytest.raises(ValueError, match="^send a threshold or a target_precision, not both$"):
+        parse_thresholds({"text": "a", "target_precision": 0.9, "threshold": 0.1}, 0.0, half)
+    with pytest.raises(ValueError, match="no precision curve"):
+        parse_thresholds({"text": "a", "target_precision": 0.9}, 0.0)
