@@ -49,9 +49,9 @@ def resolve_source(source: str | None = None, model: str | None = None, dataset:
         if not (model and dataset):
             raise BadValue("give a source (run ID, runs:/ or models:/ URI) or both --model and --dataset")
         folder = Path(weights_root) / model / dataset
-        from .tracking import checkpoint_time
+        from .tracking import SUFFIX, checkpoint_time
 
-        best = list(folder.glob("best_*.pt"))
+        best = list(folder.glob(f"best_*{SUFFIX}"))
         if not best:
             raise NotFound(f"no best_ checkpoint in {folder}; train {model} on {dataset} first")
         return Source(model, dataset, max(best, key=checkpoint_time))

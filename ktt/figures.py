@@ -53,7 +53,7 @@ def confusion_level1(h, y_true: np.ndarray, y_pred: np.ndarray, title: str):
 
 
 def confused_leaves(h, confusions, title: str):
-    """The leaf level's most frequent (true, predicted) mistakes, from ``train.confusion_summary``'s
+    """The leaf level's most frequent (true, predicted) mistakes, from ``metrics.confusion_summary``'s
     table (``level``, ``true``, ``predicted``, ``count``; most frequent first)."""
     from .hierarchy import SEP
 

@@ -11,6 +11,8 @@ the right class. On fixed-depth data all of these are the usual definitions.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .hierarchy import Hierarchy
@@ -45,6 +47,26 @@ def metric_names(depth: int) -> list[str]:
     """The names :func:`evaluate` returns for a hierarchy of ``depth`` levels, in its order."""
     per_level = [f"L{d}_{m}" for d in range(1, depth + 1) for m in ("accuracy", "macro_f1", "micro_f1")]
     return per_level + ["leaf_accuracy", "path_accuracy", "h_precision", "h_recall", "h_f1", "violation_rate"]
+
+
+def monitor_names(depth: int) -> list[str]:
+    """What early stopping may maximise on a hierarchy of ``depth`` levels: ``loss`` (minimised)
+    or a validation metric of :func:`metric_names` (all but ``violation_rate``)."""
+    return ["loss", *(m for m in metric_names(depth) if m != "violation_rate")]
+
+
+class Monitorable:
+    """The ``monitor`` constraint, from :func:`monitor_names`: ``L<d>_...`` names are checked
+    against a hierarchy of d levels (the model's own depth is checked when it fits)."""
+
+    def __contains__(self, v) -> bool:
+        if not isinstance(v, str):
+            return False
+        level = re.fullmatch(r"L(\d+)_\w+", v)
+        return v in monitor_names(max(int(level.group(1)), 1) if level else 1)
+
+    def __str__(self) -> str:
+        return "loss or a validation metric to maximise (h_f1, leaf_accuracy, L2_macro_f1, ...)"
 
 
 def evaluate(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -134,6 +156,21 @@ def stop_curve(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray, scores: lis
                     "h_recall": hr, "h_f1": hf, "full": float(np.mean(depths == full)),
                     "none": float(np.mean(depths == 0))})
     return out
+
+
+def confusion_summary(h, y_true: np.ndarray, y_pred: np.ndarray, top: int = 20) -> "pd.DataFrame":  # noqa: F821
+    """The ``top`` most frequent (true, predicted) mistakes at every level (two paths that both
+    ended above a level are not a mistake there: their difference is counted where it is)."""
+    import pandas as pd
+
+    rows = []
+    for d in range(h.depth):
+        names, end = h.names(d), h.is_end(d)
+        wrong = (y_true[:, d] != y_pred[:, d]) & ~(end[y_true[:, d]] & end[y_pred[:, d]])
+        pairs = pd.Series(list(zip(y_true[wrong, d], y_pred[wrong, d]))).value_counts().head(top)
+        rows += [{"level": d + 1, "true": names[t], "predicted": names[p], "count": int(n)}
+                 for (t, p), n in pairs.items()]
+    return pd.DataFrame(rows, columns=["level", "true", "predicted", "count"])
 
 
 def level_table(h: Hierarchy, metrics: dict[str, float]) -> str:

@@ -66,11 +66,12 @@ class Pattern:
 
 
 class _RegisteredName:
-    """``Model.name``: the name the class is registered under (read from the registry, never set on it)."""
+    """``Model.name``: the name ``ktt.registry.get`` loaded the class under, else its module's
+    last part (``models/db_bhcn/db_bhcn.py`` is ``db_bhcn``, as the bundled and plug-in
+    layout has it). The registry writes the name; the model never asks for it."""
 
     def __get__(self, obj, cls) -> str:
-        from .registry import name_of
-        return name_of(cls)
+        return cls.__dict__.get("_registered_name") or cls.__module__.rsplit(".", 1)[-1]
 
 
 class Model(ABC):
@@ -93,7 +94,6 @@ class Model(ABC):
     #: ``joint`` or ``log_odds`` (``Hierarchy.path_scores``). Its semantics, declared once: every
     #: confidence, decoding and threshold follows from it.
     paths: ClassVar[str] = "joint"
-    checkpoint_ext: ClassVar[str] = ".pt"
     #: True when ``predict`` can only return valid paths (documented per model).
     consistent: ClassVar[bool] = False
     #: Hyperparameters a resumed fit may change; every other one comes from the checkpoint.
@@ -266,9 +266,9 @@ class Model(ABC):
         return df
 
     def monitoring_frame(self, texts: Sequence[str]) -> "pd.DataFrame":  # noqa: F821
-        """What the service forwards to the drift sidecar for ``texts`` (``ktt.serving.runtime.reference_frame``):
+        """What the service forwards to the drift sidecar for ``texts`` (``ktt.schema.reference_frame``):
         the model's ``features(texts)`` pooled into ``"0"``..``"23"``, leaf scores, level columns."""
-        from .serving.runtime import level_columns, reference_frame
+        from .schema import level_columns, reference_frame
 
         if not hasattr(self, "features"):
             raise NotImplementedError(f"{self.name} cannot be monitored (it has no features())")

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import distributed, threads
 from .errors import BadValue, Unavailable
-from .metrics import evaluate, metric_names
+from .metrics import Monitorable, evaluate, monitor_names
 from .model import Interval, Model, NullLogger, Pattern
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -143,8 +143,7 @@ class TorchModel(Model):
     }
     constraints = {
         **Model.constraints, "pooling": ("mean", "cls"), "decode": ("path", "leaf", "argmax"),
-        "monitor": Pattern(r"loss|h_f1|h_precision|h_recall|leaf_accuracy|path_accuracy|L\d+_(accuracy|macro_f1|micro_f1)",
-                           "loss or a validation metric to maximise (h_f1, leaf_accuracy, L2_macro_f1, ...)"),
+        "monitor": Monitorable(),
         "device": Pattern(r"auto|cpu|cuda(:\d+)?|mps", "auto, cpu, cuda, cuda:N or mps"),
         "max_len": Interval(1), "batch_size": Interval(1), "eval_batch_size": Interval(1), "epochs": Interval(1),
         "encoder_lr": Interval(0), "classifier_lr": Interval(0, None, "neither"), "weight_decay": Interval(0),
@@ -215,34 +214,13 @@ class TorchModel(Model):
         if state is None:
             self._build()
         monitor = p["monitor"]
-        allowed = {"loss", *metric_names(self.hierarchy.depth)} - {"violation_rate"}
+        allowed = monitor_names(self.hierarchy.depth)
         if monitor not in allowed:
             raise BadValue(f"monitor {monitor!r} is not a validation metric; use one of {sorted(allowed)}")
-        if p["freeze_encoder"]:
-            self.net_.encoder.requires_grad_(False)
-        if p["freeze_embeddings"]:  # half of MiniLM's weights; their gradient is almost all zeros
-            self.net_.encoder.get_input_embeddings().requires_grad_(False)
-        # fused: one kernel for all tensors instead of a Python loop over them (CPU and CUDA)
-        opt = torch.optim.AdamW([
-            {"params": [q for q in self.net_.encoder.parameters() if q.requires_grad], "lr": p["encoder_lr"]},
-            {"params": list(self.net_.head.parameters()), "lr": p["classifier_lr"]},
-        ], weight_decay=p["weight_decay"], fused=self.device_.type in ("cpu", "cuda"))
+        opt, sched = self._optimiser(len(train))
         lengths = self._lengths(train.texts) if p["bucket"] else None
-        steps_per_epoch = math.ceil(len(train) / p["batch_size"])
-        total = steps_per_epoch * p["epochs"]
-        warm = max(1, int(p["warmup"] * total))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
         codes = torch.as_tensor(train.codes)
-        start, best, bad, step = 0, -math.inf, 0, 0
-        if state is not None:  # resume exactly: optimiser, schedule, epoch, RNG
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            start, best, bad, step = state["epoch"] + 1, state["best"], state["bad_epochs"], state["step"]
-            torch.set_rng_state(state["rng"])
-            if state.get("cuda_rng") is not None and self.device_.type == "cuda":
-                torch.cuda.set_rng_state(state["cuda_rng"], self.device_)
-            del self.resume_state_
+        start, best, bad, step = self._restore(state, opt, sched) if state is not None else (0, -math.inf, 0, 0)
         net = self.net_
         if world.size > 1:  # gradients averaged across processes; the encoder's pooler is never used
             from torch.nn.parallel import DistributedDataParallel
@@ -291,6 +269,37 @@ class TorchModel(Model):
             if distributed.decide(bad >= p["patience"], world):
                 break
         return self
+
+    def _optimiser(self, n_rows: int):
+        """AdamW over what trains (the encoder, frozen in part or whole by ``freeze_*``, at
+        ``encoder_lr``; the head at ``classifier_lr``) and its schedule: linear warm-up over
+        ``warmup`` of the steps, then linear decay to 0."""
+        p = self.params
+        if p["freeze_encoder"]:
+            self.net_.encoder.requires_grad_(False)
+        if p["freeze_embeddings"]:  # half of MiniLM's weights; their gradient is almost all zeros
+            self.net_.encoder.get_input_embeddings().requires_grad_(False)
+        # fused: one kernel for all tensors instead of a Python loop over them (CPU and CUDA)
+        opt = torch.optim.AdamW([
+            {"params": [q for q in self.net_.encoder.parameters() if q.requires_grad], "lr": p["encoder_lr"]},
+            {"params": list(self.net_.head.parameters()), "lr": p["classifier_lr"]},
+        ], weight_decay=p["weight_decay"], fused=self.device_.type in ("cpu", "cuda"))
+        total = math.ceil(n_rows / p["batch_size"]) * p["epochs"]
+        warm = max(1, int(p["warmup"] * total))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+        return opt, sched
+
+    def _restore(self, state: dict, opt, sched) -> tuple[int, float, int, int]:
+        """Resume exactly from a ``last_`` checkpoint's ``state``: optimiser, schedule and RNG
+        restored; returns the next epoch, the best score, the epochs without gain and the step."""
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and self.device_.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device_)
+        del self.resume_state_
+        return state["epoch"] + 1, state["best"], state["bad_epochs"], state["step"]
 
     def _validate(self, val, world):
         """Scores and mean loss of the validation split; each process scores its part, all see the whole."""

@@ -41,14 +41,9 @@ def get(name: str):
     if name not in _MODELS:
         raise UnknownName(f"unknown model {name!r}; available: {', '.join(sorted(_MODELS))}")
     module, _, cls = _MODELS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
-
-
-def name_of(cls) -> str:
-    """The name ``cls`` is registered under (its class name when it is not registered)."""
-    _load_bundled()
-    target = f"{cls.__module__}:{cls.__qualname__}"
-    return next((n for n, t in _MODELS.items() if t == target), cls.__name__)
+    klass = getattr(importlib.import_module(module), cls)
+    klass._registered_name = name  # Model.name
+    return klass
 
 
 def params(name: str, overrides: dict | None = None, file=None) -> dict:

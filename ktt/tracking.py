@@ -21,6 +21,7 @@ from .errors import BadValue, NotFound, Unavailable
 log = logging.getLogger(__name__)
 
 KINDS = ("best", "last")
+SUFFIX = ".pt"  # every checkpoint file, whatever its model writes into it: best_<time>.pt, last_<time>.pt
 # ISO 8601 basic format: no ':', which Windows and some artifact stores cannot write
 TIME_FORMAT = "%Y%m%dT%H%M%S"
 
@@ -93,7 +94,7 @@ class RunLogger:
     def checkpoint(self, model, kind: str, state: dict | None = None) -> Path:
         if kind not in KINDS:
             raise ValueError(f"checkpoint kind must be one of {KINDS}, not {kind!r}")
-        final, claim = _claim(self.folder, kind, model.checkpoint_ext)
+        final, claim = _claim(self.folder, kind, SUFFIX)
         try:
             atomic_write(final, lambda tmp: model.save(tmp, state=state))
         except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
@@ -239,7 +240,7 @@ def resolve_checkpoint(source: str, kind: str = "last") -> Path:
         run = mlflow.MlflowClient().get_run(run_id)
     except Exception:
         raise NotFound(f"{source!r} is neither a checkpoint file nor an MLflow run") from None
-    found = run_artifact(run_id, "checkpoints", lambda n: n.startswith(f"{kind}_") and n.endswith(".pt"))
+    found = run_artifact(run_id, "checkpoints", lambda n: n.startswith(f"{kind}_") and n.endswith(SUFFIX))
     if found:
         return found
     local = run.data.tags.get(f"ktt.checkpoint.{kind}")  # a run killed before it logged artifacts

@@ -13,7 +13,7 @@ import pandas as pd
 from . import distributed, registry, threads, tracking
 from .errors import BadValue
 from .data import load_dataset
-from .metrics import evaluate, level_ece, level_table, stop_curve
+from .metrics import confusion_summary, evaluate, level_ece, level_table, stop_curve
 from .model import NullLogger
 
 log = logging.getLogger(__name__)
@@ -28,19 +28,6 @@ def predict_confident(model, texts, chunk: int = 4096) -> tuple[np.ndarray, np.n
         codes.append(c)
         conf.append(model.hierarchy.confidences(c, s))
     return np.concatenate(codes), np.concatenate(conf)
-
-
-def confusion_summary(h, y_true: np.ndarray, y_pred: np.ndarray, top: int = 20) -> pd.DataFrame:
-    """The ``top`` most frequent (true, predicted) mistakes at every level (two paths that both
-    ended above a level are not a mistake there: their difference is counted where it is)."""
-    rows = []
-    for d in range(h.depth):
-        names, end = h.names(d), h.is_end(d)
-        wrong = (y_true[:, d] != y_pred[:, d]) & ~(end[y_true[:, d]] & end[y_pred[:, d]])
-        pairs = pd.Series(list(zip(y_true[wrong, d], y_pred[wrong, d]))).value_counts().head(top)
-        rows += [{"level": d + 1, "true": names[t], "predicted": names[p], "count": int(n)}
-                 for (t, p), n in pairs.items()]
-    return pd.DataFrame(rows, columns=["level", "true", "predicted", "count"])
 
 
 def calibrate(model, val, logger) -> None:
@@ -82,80 +69,99 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
     if world.main:
         tracking.check_tracking_uri()
     ds = load_dataset(dataset, datasets_root)
-    cls = registry.get(model)
-    if world.size > 1 and not cls.distributable:
+    est = resumed(model, ds, resume, overrides) if resume else \
+        registry.get(model)(ds.hierarchy, **registry.params(model, overrides))
+    if world.size > 1 and not est.distributable:
         raise BadValue(f"model {model!r} does not train on several processes; run it without torchrun")
-    if resume:
-        est = cls.load(tracking.resolve_checkpoint(resume))
-        if getattr(est, "resume_state_", None) is None:
-            raise BadValue(f"{resume} holds no training state; resume from a last_ checkpoint")
-        if est.hierarchy != ds.hierarchy:
-            raise BadValue(f"{resume} was trained on another hierarchy than dataset {ds.name!r}")
-        fixed = sorted(set(overrides or {}) - cls.resumable)
-        if fixed:
-            raise BadValue(f"cannot change {fixed} when resuming; only {sorted(cls.resumable)}")
-        est.params.update(cls.check_params({**est.params, **(overrides or {})}))
-        params = est.params
-    else:
-        params = registry.params(model, overrides)
-        est = cls(ds.hierarchy, **params)
-    if not world.main:
+    if not world.main:  # a helper process of a distributed fit: it fits, rank 0 does the rest
         est.fit(ds.train, ds.val, NullLogger())
         distributed.finish(world)
         return Fit(None)
     if experiment:
         mlflow.set_experiment(experiment)
-    nested = mlflow.active_run() is not None
-    with tracking.start_run(run_name=run_name or f"{model}-{ds.name}", nested=nested) as run:
+    with tracking.start_run(run_name=run_name or f"{model}-{ds.name}", nested=mlflow.active_run() is not None) as run:
         logger = tracking.RunLogger(model, ds.name, weights_root, callbacks)
-        mlflow.set_tags({"ktt.model": model, "ktt.dataset": ds.name, "ktt.git_commit": tracking.git_commit(),
-                         "ktt.threads": str(threads.configured() or "default"),
-                         **({"ktt.processes": str(world.size), "ktt.backend": distributed.backend()}
-                            if world.size > 1 else {}),
-                         **({"ktt.resumed_from": resume} if resume else {}), **(tags or {})})
-        mlflow.log_params({**params, "model": model})
-        tracking.log_dataset(ds)
-
-        t0 = time.perf_counter()
-        est.fit(ds.train, ds.val, logger)
-        train_time = time.perf_counter() - t0
-        distributed.finish(world)  # from here on rank 0 works alone
-        mlflow.log_metric("train_time_s", train_time)
-        if "best" not in logger.paths:  # a model that saves nothing during fit: its only checkpoint
-            logger.checkpoint(est, "best")
-        best = cls.load(logger.paths["best"])
+        log_run_info(est, ds, world, {**({"ktt.resumed_from": resume} if resume else {}), **(tags or {})})
+        final = {"train_time_s": fit(est, ds, logger, world)}
+        best = type(est).load(logger.paths["best"])
         calibrate(best, ds.val, logger)
-
-        # the checkpoint that fit selected, evaluated once: "best_val_*" (the per-epoch series is "val_*")
-        final = {"train_time_s": train_time}
-        for name, split in (("best_val", ds.val), ("test", ds.test)):
-            t0 = time.perf_counter()
-            pred, conf = predict_confident(best, split.texts)
-            metrics = {**evaluate(ds.hierarchy, split.codes, pred), **level_ece(ds.hierarchy, split.codes, pred, conf)}
-            metrics["predict_rows_per_s"] = len(split) / max(time.perf_counter() - t0, 1e-9)
-            prefixed = {f"{name}_{k}": v for k, v in metrics.items()}
-            final.update(prefixed)
-            logger.log_metrics(prefixed)
-            tracking.log_dict(metrics, f"metrics/{name}_metrics.json")
-            mlflow.log_text(level_table(ds.hierarchy, metrics), f"metrics/{name}_levels.md")
-            confusions = confusion_summary(ds.hierarchy, split.codes, pred)
-            mlflow.log_table(confusions, f"metrics/{name}_confusions.json")
-            if name == "test":
-                from .figures import log_all
-                curve = pd.DataFrame(stop_curve(ds.hierarchy, split.codes, pred, conf))
-                mlflow.log_table(curve, f"metrics/{name}_stop_curve.json")
-                log_all(ds.hierarchy, split.codes, pred, metrics, confusions, curve, name, conf)
+        for name, split in (("best_val", ds.val), ("test", ds.test)):  # the checkpoint fit selected, once
+            final.update(evaluate_split(best, split, name, logger, figures=name == "test"))
         logger.log_checkpoints()
-
         if reference:
-            ref = best.gen_reference_set(ds.test)
-            last = logger.paths.get("last", logger.paths["best"])
-            ref_path = last.with_name(last.stem + "_reference.parquet")
-            tracking.atomic_write(ref_path, lambda tmp: ref.to_parquet(tmp, index=False))
-            mlflow.log_artifact(str(ref_path), artifact_path="checkpoints")
+            log_reference_set(best, ds.test, logger)
         if log_model:
             from .pyfunc import log_pyfunc
             log_pyfunc(model, logger.paths["best"], ds.hierarchy, ds.test.texts[:3], best.stop_threshold())
         log.info("run %s: test leaf accuracy %.4f, checkpoints %s", run.info.run_id,
-                 metrics["leaf_accuracy"], [str(p) for p in logger.paths.values()])
+                 final["test_leaf_accuracy"], [str(p) for p in logger.paths.values()])
         return Fit(run.info.run_id, final, dict(logger.paths))
+
+
+def resumed(model: str, ds, resume: str, overrides: dict | None):
+    """The model of a ``last_`` checkpoint (or run), its training state kept, ``overrides``
+    applied to what may change on resume (``Model.resumable``)."""
+    cls = registry.get(model)
+    est = cls.load(tracking.resolve_checkpoint(resume))
+    if getattr(est, "resume_state_", None) is None:
+        raise BadValue(f"{resume} holds no training state; resume from a last_ checkpoint")
+    if est.hierarchy != ds.hierarchy:
+        raise BadValue(f"{resume} was trained on another hierarchy than dataset {ds.name!r}")
+    fixed = sorted(set(overrides or {}) - cls.resumable)
+    if fixed:
+        raise BadValue(f"cannot change {fixed} when resuming; only {sorted(cls.resumable)}")
+    est.params.update(cls.check_params({**est.params, **(overrides or {})}))
+    return est
+
+
+def log_run_info(est, ds, world, tags: dict) -> None:
+    """The run's tags (model, dataset, commit, threads, processes), hyperparameters and dataset."""
+    mlflow.set_tags({"ktt.model": est.name, "ktt.dataset": ds.name, "ktt.git_commit": tracking.git_commit(),
+                     "ktt.threads": str(threads.configured() or "default"),
+                     **({"ktt.processes": str(world.size), "ktt.backend": distributed.backend()}
+                        if world.size > 1 else {}), **tags})
+    mlflow.log_params({**est.params, "model": est.name})
+    tracking.log_dataset(ds)
+
+
+def fit(est, ds, logger, world) -> float:
+    """Fit (every process of a distributed fit together), then make sure a ``best`` checkpoint
+    exists; the seconds it took."""
+    t0 = time.perf_counter()
+    est.fit(ds.train, ds.val, logger)
+    train_time = time.perf_counter() - t0
+    distributed.finish(world)  # from here on rank 0 works alone
+    mlflow.log_metric("train_time_s", train_time)
+    if "best" not in logger.paths:  # a model that saves nothing during fit: its only checkpoint
+        logger.checkpoint(est, "best")
+    return train_time
+
+
+def evaluate_split(model, split, name: str, logger, figures: bool = False) -> dict[str, float]:
+    """Score ``split`` and log what it gives as ``<name>_*``: the metrics (and a JSON copy), the
+    per-level table, the confusions and, with ``figures``, the stopping curve and the figures."""
+    h, t0 = model.hierarchy, time.perf_counter()
+    pred, conf = predict_confident(model, split.texts)
+    metrics = {**evaluate(h, split.codes, pred), **level_ece(h, split.codes, pred, conf)}
+    metrics["predict_rows_per_s"] = len(split) / max(time.perf_counter() - t0, 1e-9)
+    prefixed = {f"{name}_{k}": v for k, v in metrics.items()}
+    logger.log_metrics(prefixed)
+    tracking.log_dict(metrics, f"metrics/{name}_metrics.json")
+    mlflow.log_text(level_table(h, metrics), f"metrics/{name}_levels.md")
+    confusions = confusion_summary(h, split.codes, pred)
+    mlflow.log_table(confusions, f"metrics/{name}_confusions.json")
+    if figures:
+        from .figures import log_all
+        curve = pd.DataFrame(stop_curve(h, split.codes, pred, conf))
+        mlflow.log_table(curve, f"metrics/{name}_stop_curve.json")
+        log_all(h, split.codes, pred, metrics, confusions, curve, name, conf)
+    return prefixed
+
+
+def log_reference_set(model, split, logger) -> None:
+    """The drift reference set of ``split`` beside the checkpoints, and as a run artifact."""
+    ref = model.gen_reference_set(split)
+    last = logger.paths.get("last", logger.paths["best"])
+    path = last.with_name(last.stem + "_reference.parquet")
+    tracking.atomic_write(path, lambda tmp: ref.to_parquet(tmp, index=False))
+    mlflow.log_artifact(str(path), artifact_path="checkpoints")

@@ -16,10 +16,10 @@ from pathlib import Path
 SCOPE = [
     "ktt.metrics.*",
     "ktt.hierarchy.*",
-    "ktt.serving.runtime.x_parse_request__*",
+    "ktt.serving.requests.x_parse_request__*",
     "ktt.monitoring.sidecar.x_is_drift__*",
     "ktt.monitoring.sidecar.x_alert_signals__*",
-    "ktt.serving.runtime.x_parse_thresholds__*",
+    "ktt.serving.requests.x_parse_thresholds__*",
     "ktt.experiment.x_rank__*",
     "ktt.experiment.x_lower_is_better__*",
     "models.*.x_*",  # the losses and score functions each model defines at module level

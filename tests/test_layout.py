@@ -58,13 +58,53 @@ def test_layers():
                                                                  ["ktt", "tracking"])}, name
         if name.startswith("ktt.serving"):  # runs in the serving environment: no MLflow, no torch, no export
             assert deps <= {"ktt", "ktt.serving", "ktt.serving.runtime", "ktt.serving.metrics", "ktt.serving.forward",
-                            "ktt.hierarchy", "ktt.text", "ktt.errors", "ktt.threads", "ktt.sparse",
-                            "ktt.confidence"}, name
+                            "ktt.serving.requests", "ktt.hierarchy", "ktt.text", "ktt.errors", "ktt.threads",
+                            "ktt.sparse", "ktt.confidence", "ktt.schema"}, name
         if name == "ktt.confidence":  # the server reads saved precision curves: numpy only (scipy to fit)
             assert deps <= {"ktt.errors"}, name
         if name == "ktt.sparse":  # scores in the server too: numpy, pandas and the stemmer only
             assert deps <= {"ktt.text"}, name
     assert "models" not in graph["models"]  # the bundled list imports nothing: registry reads it
+
+
+#: docs/architecture.md's layers, lowest first: a module imports from its own layer or a lower one;
+#: the server's layer (the serving environment) imports only the core; the sidecar nothing of KTT.
+LAYERS = {
+    "core": ["ktt", "ktt.errors", "ktt.text", "ktt.threads", "ktt.hierarchy", "ktt.confidence", "ktt.schema",
+             "ktt.sparse", "ktt.metrics", "ktt.data", "ktt.synth", "ktt.hparams"],
+    "models": ["ktt.model", "ktt.nn", "ktt.tfidf", "ktt.registry", "ktt.distributed", "models", "models.*"],
+    "serving": ["ktt.serving", "ktt.serving.*"],
+    "tracking": ["ktt.tracking", "ktt.train", "ktt.tune", "ktt.experiment", "ktt.export", "ktt.pyfunc", "ktt.batch",
+                 "ktt.figures", "ktt.monitoring", "ktt.monitoring.build", "ktt.monitoring.dashboard",
+                 "ktt.monitoring.stack"],
+    "cli": ["ktt.cli", "ktt.__main__"],
+    "sidecar": ["ktt.monitoring.sidecar"],
+}
+
+
+def layer_of(module: str) -> str:
+    import fnmatch
+
+    return next(name for name, mods in LAYERS.items() if any(fnmatch.fnmatch(module, m) for m in mods))
+
+
+def test_every_module_sits_in_one_layer_and_imports_downwards():
+    order = list(LAYERS)
+    graph = import_graph()
+    for name, deps in graph.items():
+        own = layer_of(name)  # StopIteration: a new module not yet placed in docs/architecture.md
+        for dep in deps:
+            if own == "sidecar":
+                raise AssertionError(f"the sidecar imports {dep}: it must stay one standalone file")
+            below = layer_of(dep)
+            if own == "serving":
+                assert below in ("core", "serving"), f"{name} (serving) imports {dep} ({below})"
+            else:
+                assert below != "sidecar" or name == "ktt.monitoring.build", f"{name} imports the sidecar"
+                assert below == "sidecar" or order.index(below) <= order.index(own), f"{name} ({own}) imports {dep} ({below})"
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    for name, mods in LAYERS.items():  # the map says what the test enforces
+        assert f"**{name}**" in doc and all(f"`{m}`" in doc for m in mods), name
 
 
 def test_registry_builds_without_touching_classes(bigbasket):

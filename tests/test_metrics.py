@@ -154,7 +154,7 @@ def test_stop_curve_by_hand():
 def test_confusions_on_paths_of_any_depth():
     """True F (ends at level 1), predicted A > B (ends at level 2): a mistake at levels 1 and 2;
     at level 3 both paths have ended, so nothing is counted there."""
-    from ktt.train import confusion_summary
+    from ktt.metrics import confusion_summary
 
     t, p = RAGGED.encode([("F",)]), RAGGED.encode([("A", "B")])
     table = confusion_summary(RAGGED, t, p)

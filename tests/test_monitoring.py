@@ -24,7 +24,7 @@ from ktt.export import service_files
 from ktt.monitoring.build import evidently_template
 from ktt.monitoring.dashboard import dashboard, metric_names
 from ktt.monitoring.sidecar import Monitor, alert_signals, is_drift, load_config, make_handler
-from ktt.serving.runtime import level_column_names
+from ktt.schema import level_column_names
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """The service's request parsing, fast (no server): every limit exactly at and one past it."""
 import pytest
 
-from ktt.serving.runtime import MAX_TEXT_CHARS, MAX_TEXTS_PER_REQUEST, load_json, parse_request
+from ktt.serving.requests import MAX_TEXT_CHARS, MAX_TEXTS_PER_REQUEST, load_json, parse_request
 
 
 def test_shapes_accepted():
@@ -67,7 +67,7 @@ def test_json_bodies_read():
 
 
 def test_thresholds_per_text():
-    from ktt.serving.runtime import parse_thresholds
+    from ktt.serving.requests import parse_thresholds
 
     assert parse_thresholds({"text": "a"}, 0.2) == [0.2]
     assert parse_thresholds({"text": ["a", "b"], "threshold": 0.5}, 0.2) == [0.5, 0.5]
@@ -80,7 +80,7 @@ def test_thresholds_per_text():
 
 def test_target_precision_per_text():
     """A target precision becomes the threshold its curve gives (here the lookup doubles it)."""
-    from ktt.serving.runtime import parse_thresholds
+    from ktt.serving.requests import parse_thresholds
 
     half = lambda p: p / 2  # noqa: E731
     assert parse_thresholds([{"text": ["a", "b"], "target_precision": 0.9}, {"text": "c"}], 0.1, half) == [.45, .45, .1]

@@ -55,7 +55,7 @@ def test_train_with_reference_set(tracking, bigbasket_small, tmp_path):
     from ktt.data import load_dataset
 
     ds = load_dataset("bb_small", bigbasket_small)
-    from ktt.serving.runtime import level_column_names
+    from ktt.schema import level_column_names
 
     assert list(ref.columns) == ["targets", *map(str, range(24)), *ds.hierarchy.leaf_names, *level_column_names(3)]
     assert len(ref) == len(ds.test) and set(ref.targets) <= set(ds.hierarchy.leaf_names)

@@ -71,7 +71,7 @@ def test_reference_set(trained, bb300):
     model, _ = trained
     ref = model.gen_reference_set(bb300["test"])
     h = bb300["test"].hierarchy
-    from ktt.serving.runtime import level_column_names
+    from ktt.schema import level_column_names
 
     assert list(ref.columns) == ["targets", *map(str, range(24)), *h.leaf_names, *level_column_names(h.depth)]
     assert len(ref) == len(bb300["test"]) and set(ref.targets) <= set(h.leaf_names)

@@ -104,8 +104,6 @@ def test_unreachable_tracking_server_fails_at_start(monkeypatch, bigbasket_small
 
 
 class _Stub:
-    checkpoint_ext = ".pt"
-
     def __init__(self, payload=b"x", fail=False):
         self.payload, self.fail = payload, fail
 

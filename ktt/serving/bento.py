@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ktt.serving import metrics
-from ktt.serving.runtime import Predictor, load_json, parse_request, parse_thresholds
+from ktt.serving.requests import load_json, parse_request, parse_thresholds
+from ktt.serving.runtime import Predictor
 
 logger = logging.getLogger(__name__)
 _REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements" / "serving.txt"
@@ -118,7 +119,7 @@ class KTTService(bentoml.BentoService):
         if self.artifacts.config.get("monitoring"):
             from ktt.serving.forward import forwarder
 
-            from ktt.serving.runtime import level_columns
+            from ktt.schema import level_columns
 
             h = self.predictor.hierarchy
             levels = level_columns(h, codes, h.split_levels(scores))

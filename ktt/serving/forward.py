@@ -16,7 +16,7 @@ import urllib.request
 
 import numpy as np
 from ktt.serving.metrics import DROPPED_ROWS, FORWARDED_ROWS
-from ktt.serving.runtime import pool_features
+from ktt.schema import pool_features
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()

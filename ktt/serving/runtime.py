@@ -4,7 +4,8 @@ then ``classifier.onnx``; TF-IDF models score their sparse arrays (``tfidf.npz``
 dense, classes x vocabulary).
 
 Imports only numpy, onnxruntime, tokenizers / snowballstemmer and ``ktt.hierarchy``, so the
-BentoService, the monitoring sidecar and in-process benchmarks all share it.
+BentoService and in-process benchmarks share it. Reading requests is ``ktt.serving.requests``;
+the rows forwarded to monitoring are ``ktt.schema``.
 """
 from __future__ import annotations
 
@@ -14,11 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ktt import threads
-from ktt.hierarchy import Hierarchy, check_threshold
+from ktt.hierarchy import Hierarchy
+from ktt.serving.requests import MAX_TEXT_CHARS
 
-MAX_TEXT_CHARS = 10_000  # a request with a longer text is refused (in-process callers: cut); titles never need more
-MAX_TEXTS_PER_REQUEST = 256
-N_MONITORED_FEATURES = 24
 
 
 def graph_files(folder: str | Path) -> dict[str, Path]:
@@ -34,118 +33,6 @@ def exported_files(folder: str | Path) -> dict[str, Path]:
     files = graph_files(folder)
     keep = ("arrays", "config") if files["arrays"].is_file() else ("encoder", "classifier", "config")
     return {k: files[k] for k in keep}
-
-
-def pool_features(features: np.ndarray, bins: int = N_MONITORED_FEATURES) -> np.ndarray:
-    """Average-pool ``(n, d)`` features into ``bins`` columns (as torch's adaptive_avg_pool1d):
-    the reduced features that reference sets hold and drift monitoring compares."""
-    d = features.shape[1]
-    starts = (np.arange(bins) * d) // bins
-    ends = -((-(np.arange(1, bins + 1)) * d) // bins)
-    if hasattr(features, "indptr"):  # sparse TF-IDF (CSR): never densify (n x vocabulary)
-        n = features.shape[0]
-        bin_of = np.searchsorted(ends, np.asarray(features.indices), side="right")
-        row = np.repeat(np.arange(n), np.diff(features.indptr))
-        pooled = np.bincount(row * bins + bin_of, weights=np.asarray(features.data, np.float64) /
-                             (ends - starts)[bin_of], minlength=n * bins)
-        return pooled.reshape(n, bins).astype(np.float32)
-    csum = np.concatenate([np.zeros((len(features), 1)), np.cumsum(features, axis=1, dtype=np.float64)], axis=1)
-    return ((csum[:, ends] - csum[:, starts]) / (ends - starts)).astype(np.float32)
-
-
-def level_columns(h: Hierarchy, codes: np.ndarray, scores: list[np.ndarray]) -> np.ndarray:
-    """``(n, 2 * depth)``: at every level, the index of the class the decoded path takes there and
-    that class's score (its confidence): what level-wise drift monitoring compares."""
-    conf = h.confidences(codes, scores)
-    return np.stack([np.asarray(codes, dtype=np.float64), conf], axis=2).reshape(len(codes), -1)
-
-
-def level_column_names(depth: int) -> list[str]:
-    return [f"level{d}_{k}" for d in range(1, depth + 1) for k in ("class", "confidence")]
-
-
-def reference_frame(features: np.ndarray, leaf_scores: np.ndarray, leaf_names: list[str], targets=None,
-                    levels: np.ndarray | None = None):
-    """The reference-set / monitoring schema: ``targets``, ``"0"``..``"23"``, one score column per
-    leaf, then :func:`level_columns` (``level<d>_class``, ``level<d>_confidence``)."""
-    import pandas as pd
-
-    df = pd.DataFrame(pool_features(features), columns=[str(i) for i in range(N_MONITORED_FEATURES)])
-    if targets is not None:
-        df.insert(0, "targets", targets)
-    parts = [df, pd.DataFrame(leaf_scores, columns=leaf_names)]
-    if levels is not None:
-        parts.append(pd.DataFrame(levels, columns=level_column_names(levels.shape[1] // 2)))
-    return pd.concat(parts, axis=1)
-
-
-def load_json(data: bytes | str):
-    """A request body as JSON, or ValueError saying in one line why it is not."""
-    try:
-        return json.loads(data)
-    except UnicodeDecodeError:
-        raise ValueError("the body is not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"the body is not valid JSON: {e}") from None
-    except RecursionError:
-        raise ValueError("the body's JSON is nested too deeply") from None
-
-
-def parse_request(body) -> list[str]:
-    """The texts of one request, or ValueError with what is wrong."""
-    items = body if isinstance(body, list) else [body]
-    if not items:
-        raise ValueError("empty list: send {\"text\": \"...\"} or a list of them")
-    texts = []
-    for item in items:
-        if not isinstance(item, dict) or "text" not in item:
-            raise ValueError("each item must be a JSON object with a \"text\" field")
-        value = item["text"]
-        for t in value if isinstance(value, list) else [value]:
-            if not isinstance(t, str):
-                raise ValueError(f"\"text\" must be a string, not {type(t).__name__}")
-            if not t.strip():
-                raise ValueError("\"text\" is empty")
-            if len(t) > MAX_TEXT_CHARS:
-                raise ValueError(f"\"text\" has {len(t):,} characters; the limit is {MAX_TEXT_CHARS:,}")
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError as e:  # JSON's \\ud800 escapes decode to lone surrogates
-                raise ValueError(f"\"text\" is not valid Unicode: a lone surrogate "
-                                 f"\\u{ord(t[e.start]):04x} at character {e.start}") from None
-            texts.append(t)
-    if len(texts) > MAX_TEXTS_PER_REQUEST:
-        raise ValueError(f"{len(texts)} texts in one request; the limit is {MAX_TEXTS_PER_REQUEST}")
-    return texts
-
-
-def parse_thresholds(body, default: float, for_target=None) -> list[float]:
-    """Per text of a request that :func:`parse_request` accepted, its stopping threshold: the
-    item's ``"threshold"``, or the threshold that reaches its ``"target_precision"``
-    (``for_target``, e.g. ``Predictor.threshold_for``), or ``default``; ValueError naming a bad one."""
-    from ktt.confidence import check_target
-
-    out = []
-    for item in body if isinstance(body, list) else [body]:
-        if "threshold" in item and "target_precision" in item:
-            raise ValueError("send a threshold or a target_precision, not both")
-        if "target_precision" in item:
-            target = item["target_precision"]
-            if isinstance(target, (list, dict)):  # one number per request object
-                raise ValueError(f"target_precision must be a number above 0 and at most 1, not {target!r}")
-            t = (for_target or _no_curve)(check_target(target))
-        else:
-            t = item.get("threshold", default)
-            if isinstance(t, (list, dict)):
-                raise ValueError(f"threshold must be a number from 0 to 1, not {t!r}")
-            check_threshold(t)
-        value = item["text"]
-        out += [t] * (len(value) if isinstance(value, list) else 1)
-    return out
-
-
-def _no_curve(target):
-    raise ValueError("this model has no precision curve: send a threshold instead")
 
 
 class TokenIds:
