@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -415,3 +416,40 @@ def test_forwarder_never_blocks_and_counts_what_it_drops(setup):
         assert dropped("queue_full") - full_before >= 5 * (20 - 3)  # at most one in flight + 2 queued
     finally:
         server.shutdown()
+
+
+def test_adding_a_signal_as_the_doc_says(setup, tmp_path):
+    """docs/monitoring.md "Adding a signal", word for word: its block pasted into a copy of the
+    sidecar gives a gauge, a flag in the one alert, an entry in evidently.yaml and a panel."""
+    import importlib.util
+    import re
+
+    block = re.search(r"```python\n# ktt/monitoring/sidecar.py[^\n]*\n(.*?)```",
+                      (ROOT / "docs" / "monitoring.md").read_text(), re.S).group(1)
+    source = (ROOT / "ktt" / "monitoring" / "sidecar.py").read_text()
+    marker = "# Signals end here"
+    assert source.count(marker) == 1
+    (tmp_path / "toy_sidecar.py").write_text(source.replace(marker, block + "\n" + marker))
+    spec = importlib.util.spec_from_file_location("toy_sidecar", tmp_path / "toy_sidecar.py")
+    toy = importlib.util.module_from_spec(spec)
+    sys.modules["toy_sidecar"] = toy  # dataclasses look their module up there
+    spec.loader.exec_module(toy)
+    assert toy.MONITORS[-1] == "top_score_drift"
+
+    ref, bb_rows, clinc_rows = setup
+    yaml_text = evidently_template(0.25, signals=toy.SIGNALS)
+    assert "    - top_score_drift" in yaml_text
+    (tmp_path / "evidently.yaml").write_text(yaml_text)
+    (tmp_path / "references.parquet").write_bytes((ref / "references.parquet").read_bytes())
+    mon = toy.Monitor(toy.load_config(tmp_path / "evidently.yaml"))
+    mon.add({"data": bb_rows[:100].tolist()})
+    assert mon.calculate() and not mon.last_results["signals"]["top_score"]
+    calm = mon.top_score_ratio._value.get()
+    mon.add({"data": clinc_rows[:100].tolist()})
+    mon.calculate()
+    assert mon.top_score_ratio._value.get() < calm
+    assert mon.last_results["signals"]["top_score"] == (mon.top_score_ratio._value.get() < 0.5)
+    assert mon.alert._value.get() == 1.0  # CLINC150 flags the built-in signals in any case
+    panels = dashboard("S", "m", signals=toy.SIGNALS)["panels"]
+    assert [p for p in panels if p["title"] == "Top leaf score, window / reference"][0]["targets"][0]["expr"] == \
+        "ktt_top_score_ratio"

@@ -28,11 +28,7 @@ service:
   # less: on BigBasket 0.0 of them drift for held-out titles, 0.40-0.48 for CLINC150 utterances)
   drift_share: {drift_share}
   monitors:
-    - cat_target_drift
-    - data_drift
-    - confidence_drift
-    - level_prediction_drift
-    - embedding_drift
+{monitors}
   # ktt_drift_alert: 1 when any signal flags the window (docs/monitoring.md, "One alert"):
   # a level's confidence lower than the reference's (K-S) or more often below low_confidence
   # (z-test), at p < p_value; a level's predicted classes (chi-square, p < p_value) where the
@@ -45,11 +41,13 @@ service:
 """
 
 
-def evidently_template(drift_share: float) -> str:
-    """The ``evidently.yaml`` template of a model whose ``drift_share`` is given."""
-    from .sidecar import ALERT
+def evidently_template(drift_share: float, signals=None) -> str:
+    """The ``evidently.yaml`` template of a model whose ``drift_share`` is given, monitoring every
+    drift signal (default: the sidecar's ``SIGNALS``)."""
+    from .sidecar import ALERT, SIGNALS
 
-    return EVIDENTLY.format(drift_share=drift_share, **ALERT)
+    monitors = "\n".join(f"    - {s.name}" for s in (SIGNALS if signals is None else signals))
+    return EVIDENTLY.format(drift_share=drift_share, monitors=monitors, **ALERT)
 
 
 def find_reference(src) -> Path | None:

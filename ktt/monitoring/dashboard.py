@@ -22,8 +22,26 @@ def _panel(title, exprs, x, y, w=8, h=8, kind="timeseries", unit=None, legend=No
     return panel
 
 
-def dashboard(service: str, model: str) -> dict:
-    """A dashboard for the BentoService class ``service`` of ``model``."""
+def _signal_panels(signals, y: int) -> list[dict]:
+    """Each drift signal's own panels (``Signal.panels``), laid out in rows 24 wide from ``y``."""
+    out, x = [], 0
+    for signal in signals:
+        for title, exprs, legend, opts in signal.panels:
+            w = opts.get("w", 8)
+            if x + w > 24:
+                x, y = 0, y + 8
+            out.append(_panel(title, exprs, x, y, w=w, kind=opts.get("kind", "timeseries"), unit=opts.get("unit"),
+                              legend=legend))
+            x += w
+    return out
+
+
+def dashboard(service: str, model: str, signals=None) -> dict:
+    """A dashboard for the BentoService class ``service`` of ``model``: the service's panels, the
+    sidecar's, then every drift signal's (default: the sidecar's ``SIGNALS``)."""
+    from .sidecar import SIGNALS
+
+    signals = SIGNALS if signals is None else signals
     b = f"BENTOML_{service}"
     q = "histogram_quantile({}, sum by (le) (rate({}_bucket[1m])))"
     panels = [
@@ -42,26 +60,11 @@ def dashboard(service: str, model: str) -> dict:
         _panel("Sidecar window", ["ktt_monitoring_window_rows", "rate(ktt_monitoring_rows_total[1m])",
                                   "time() - ktt_monitoring_last_calculation_timestamp_seconds"], 16, 8,
                legend=["rows in window", "rows/s received", "seconds since last drift check"]),
-        _panel("Dataset drift (1 = drift)", ["ktt_dataset_drift"], 0, 16, w=4, kind="stat"),
-        _panel("Share of drifted columns", ["ktt_drifted_columns_share"], 4, 16, w=6, unit="percentunit"),
-        _panel("Prediction drift (p-value: low is drift)", ["ktt_prediction_drift_score"], 10, 16, w=6),
-        _panel("Drifted columns", ["ktt_drifted_columns_count"], 16, 16, w=8),
-        _panel("Per-column drift (p-value: low is drift)", ["ktt_feature_drift_score"], 0, 24, w=12,
-               legend=["{{column}}"]),
-        _panel("Predicted class share, top 10", ["topk(10, ktt_predicted_class_share)"], 12, 24, w=12,
+        _panel("Predicted class share, top 10", ["topk(10, ktt_predicted_class_share)"], 0, 16, w=12,
                legend=["{{class_name}}"]),
-        _panel("Drift alert (1 = drift)", ["ktt_drift_alert"], 0, 32, w=4, kind="stat"),
-        _panel("Signals that flag the window", ["ktt_drift_alert_signal"], 4, 32, w=10, legend=["{{signal}}"]),
-        _panel("Domain classifier ROC AUC (0.5: no drift)", ["ktt_embedding_drift_score"], 14, 32, w=10),
-        _panel("Mean confidence per level", ["ktt_confidence_mean"], 0, 40, w=12, unit="percentunit",
-               legend=["level {{level}}, {{set}}"]),
-        _panel("Share below the low-confidence threshold", ["ktt_low_confidence_share"], 12, 40, w=12,
-               unit="percentunit", legend=["level {{level}}, {{set}}"]),
-        _panel("Confidence drift per level (p-values: low is drift)",
-               ["ktt_confidence_drift_score", "ktt_low_confidence_drift_score"], 0, 48, w=12,
-               legend=["K-S, level {{level}}", "low share, level {{level}}"]),
-        _panel("Predicted-class drift per level (p-value: low is drift)", ["ktt_level_prediction_drift_score"],
-               12, 48, w=12, legend=["level {{level}}"]),
+        _panel("Drift alert (1 = drift)", ["ktt_drift_alert"], 12, 16, w=4, kind="stat"),
+        _panel("Signals that flag the window", ["ktt_drift_alert_signal"], 16, 16, w=8, legend=["{{signal}}"]),
+        *_signal_panels(signals, y=24),
     ]
     for i, p in enumerate(panels, 1):
         p["id"] = i

@@ -24,8 +24,10 @@ import re
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -34,12 +36,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger("ktt.monitoring")
-MONITORS = ("data_drift", "cat_target_drift", "confidence_drift", "level_prediction_drift", "embedding_drift")
 #: ``alert`` settings and their defaults (chosen by benchmarks/drift.py, docs/monitoring.md)
 ALERT = {"p_value": 1e-3, "low_confidence": 0.3, "embedding_auc": 0.75, "classes_per_row": 0.2}
 LEVEL_COLUMN = re.compile(r"level(\d+)_(class|confidence)")  # reference-set / row columns
-LEVEL_TESTED = re.compile(r"level(\d+)_(class|confidence|low)")  # the per-level columns Evidently tests
-LEVEL_RESULT = {"confidence": "confidence_p", "low": "low_p", "class": "prediction_p"}
 MAX_BODY = 10 * 1024 * 1024
 
 
@@ -48,23 +47,182 @@ def is_drift(share: float, drift_share: float) -> bool:
     return share >= drift_share
 
 
-def alert_signals(results: dict, window_rows: int, alert: dict) -> dict[str, bool]:
-    """Which signals flag a window; ``ktt_drift_alert`` is 1 when any does. ``results`` per level
-    ``d``: ``confidence_p``, ``confidence_lower`` (window mean below the reference's), ``low_p``,
-    ``low_higher`` (more answers below ``low_confidence`` than in the reference), ``prediction_p``
-    and ``classes``; and ``embedding_auc``. A level's predicted-class test counts only where the
-    window holds at least 1 / ``classes_per_row`` rows per class (the chi-square needs counts)."""
-    p = alert["p_value"]
+# -- drift signals: each one whole, in one place (docs/monitoring.md, "Adding a signal") --------
+
+def _none(*_):
+    return {}
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One drift signal. ``Monitor.calculate``, ``evidently.yaml``'s ``monitors`` and the
+    Grafana panels (``ktt.monitoring.dashboard``) all come from :data:`SIGNALS`.
+
+    ``name``: its entry in ``monitors``. ``gauges``: ``(attribute, Prometheus name, help,
+    labels)``, created on the :class:`Monitor` under ``attribute``. ``metrics(monitor, ev)``: the
+    Evidently metrics (``ev`` is ``evidently.metrics``) it asks of each window. ``reads(monitor,
+    kind, column, value, results)``: takes one result of those metrics into its gauges and
+    ``results``; True when the result was its own. ``after(monitor, window, results)``: what it
+    computes beyond Evidently's report. ``flags(results, window_rows, alert)``: the alert signals
+    it raises, by name. ``panels``: ``(title, PromQL expressions, legends, options)`` for the
+    dashboard.
+    """
+
+    name: str
+    gauges: tuple = ()
+    metrics: Callable = lambda monitor, ev: []
+    reads: Callable = lambda monitor, kind, column, value, results: False
+    after: Callable = lambda monitor, window, results: None
+    flags: Callable = _none
+    panels: tuple = ()
+
+
+def _read_data(m, kind, column, value, results) -> bool:
+    if kind.endswith("DriftedColumnsCount"):
+        m.drift_count.set(value["count"])
+        m.drift_share.set(value["share"])
+        m.dataset_drift.set(float(is_drift(value["share"], float(m.cfg.get("drift_share", 0.5)))))
+        return True
+    if column in m.numeric:
+        m.column_drift.labels(column).set(value)
+        return True
+    return False
+
+
+def _read_target(m, kind, column, value, results) -> bool:
+    if column == "prediction":
+        m.target_drift.set(value)
+        return True
+    return False
+
+
+def _level_reader(suffixes: dict):
+    """Reads ``level<d>_<suffix>`` results into ``results["levels"][d][key]`` and gauge ``attribute``
+    (``suffixes``: suffix -> (key, attribute))."""
+    pattern = re.compile(rf"level(\d+)_({'|'.join(suffixes)})")
+
+    def read(m, kind, column, value, results) -> bool:
+        hit = pattern.fullmatch(column or "")
+        if not hit:
+            return False
+        key, gauge = suffixes[hit.group(2)]
+        results["levels"][int(hit.group(1))][key] = value
+        getattr(m, gauge).labels(hit.group(1)).set(value)
+        return True
+    return read
+
+
+def _confidence_after(m, window, results) -> None:
+    for d in m.levels:
+        r = results["levels"][d]
+        for name, df in (("window", window), ("reference", m.reference)):
+            m.confidence_mean.labels(str(d), name).set(df[f"level{d}_confidence"].mean())
+            m.low_share.labels(str(d), name).set((df[f"level{d}_low"] == "1").mean())
+        r["confidence_lower"] = window[f"level{d}_confidence"].mean() < m.reference[f"level{d}_confidence"].mean()
+        r["low_higher"] = (window[f"level{d}_low"] == "1").mean() > (m.reference[f"level{d}_low"] == "1").mean()
+
+
+def _confidence_flags(results, window_rows, alert) -> dict[str, bool]:
     out = {}
     for d, r in sorted(results.get("levels", {}).items()):
         if "confidence_p" in r:
-            out[f"confidence_level{d}"] = r["confidence_lower"] and r["confidence_p"] < p
-            out[f"low_confidence_level{d}"] = r["low_higher"] and r["low_p"] < p
-        if "prediction_p" in r and r["classes"] <= alert["classes_per_row"] * window_rows:
-            out[f"prediction_level{d}"] = r["prediction_p"] < p
-    if "embedding_auc" in results:
-        out["embedding"] = results["embedding_auc"] > alert["embedding_auc"]
+            out[f"confidence_level{d}"] = r["confidence_lower"] and r["confidence_p"] < alert["p_value"]
+            out[f"low_confidence_level{d}"] = r["low_higher"] and r["low_p"] < alert["p_value"]
     return out
+
+
+def _classes_after(m, window, results) -> None:
+    for d in m.levels:
+        results["levels"][d]["classes"] = m.reference[f"level{d}_class"].nunique()
+
+
+def _prediction_flags(results, window_rows, alert) -> dict[str, bool]:
+    """A level's predicted-class test counts only where the window holds at least
+    1 / ``classes_per_row`` rows per class (the chi-square needs counts)."""
+    return {f"prediction_level{d}": r["prediction_p"] < alert["p_value"]
+            for d, r in sorted(results.get("levels", {}).items())
+            if "prediction_p" in r and r["classes"] <= alert["classes_per_row"] * window_rows}
+
+
+def _embedding_after(m, window, results) -> None:
+    # Evidently's domain-classifier method itself: its EmbeddingsDrift metric also draws a
+    # t-SNE plot, 6 s of every 8 s calculation
+    from evidently.metrics.embeddings import ModelDriftMethod
+
+    auc, _, _ = ModelDriftMethod()(window[m.features].copy(), m.reference[m.features].copy())
+    m.embedding_drift.set(auc)
+    results["embedding_auc"] = auc
+
+
+def _embedding_flags(results, window_rows, alert) -> dict[str, bool]:
+    return {"embedding": results["embedding_auc"] > alert["embedding_auc"]} if "embedding_auc" in results else {}
+
+
+SIGNALS = [
+    Signal("cat_target_drift",
+           gauges=(("target_drift", "ktt_prediction_drift_score", "Drift score of the predicted leaf (Evidently's "
+                    "default test: chi-square p-value for references up to 1,000 rows, else Jensen-Shannon "
+                    "distance)", ()),),
+           metrics=lambda m, ev: [ev.ValueDrift(column="prediction")], reads=_read_target,
+           panels=(("Prediction drift (p-value: low is drift)", ["ktt_prediction_drift_score"], None, {"w": 6}),)),
+    Signal("data_drift",
+           gauges=(("column_drift", "ktt_feature_drift_score", "Drift score of one monitored column (K-S p-value: "
+                    "low is drift)", ("column",)),
+                   ("drift_share", "ktt_drifted_columns_share", "Share of feature columns that drifted", ()),
+                   ("drift_count", "ktt_drifted_columns_count", "Feature columns that drifted", ()),
+                   ("dataset_drift", "ktt_dataset_drift", "1 if the share of drifted columns reaches drift_share", ())),
+           metrics=lambda m, ev: [ev.DriftedColumnsCount(columns=m.numeric, num_method=m.test),
+                                  *(ev.ValueDrift(column=c, method=m.test) for c in m.numeric)],
+           reads=_read_data,
+           panels=(("Dataset drift (1 = drift)", ["ktt_dataset_drift"], None, {"w": 4, "kind": "stat"}),
+                   ("Share of drifted columns", ["ktt_drifted_columns_share"], None, {"w": 6, "unit": "percentunit"}),
+                   ("Drifted columns", ["ktt_drifted_columns_count"], None, {"w": 8}),
+                   ("Per-column drift (p-value: low is drift)", ["ktt_feature_drift_score"], ["{{column}}"],
+                    {"w": 12}))),
+    Signal("confidence_drift",
+           gauges=(("confidence_drift", "ktt_confidence_drift_score", "K-S p-value of a level's confidence, window "
+                    "vs reference (low is drift)", ("level",)),
+                   ("confidence_mean", "ktt_confidence_mean", "Mean confidence of a level's predicted class",
+                    ("level", "set")),
+                   ("low_share", "ktt_low_confidence_share", "Share of rows whose confidence at a level is below "
+                    "alert.low_confidence", ("level", "set")),
+                   ("low_drift", "ktt_low_confidence_drift_score", "z-test p-value of the low-confidence share, "
+                    "window vs reference (low is drift)", ("level",))),
+           metrics=lambda m, ev: [x for d in m.levels for x in (ev.ValueDrift(column=f"level{d}_confidence", method="ks"),
+                                                                ev.ValueDrift(column=f"level{d}_low", method="z"))],
+           reads=_level_reader({"confidence": ("confidence_p", "confidence_drift"), "low": ("low_p", "low_drift")}),
+           after=_confidence_after, flags=_confidence_flags,
+           panels=(("Mean confidence per level", ["ktt_confidence_mean"], ["level {{level}}, {{set}}"],
+                    {"w": 12, "unit": "percentunit"}),
+                   ("Share below the low-confidence threshold", ["ktt_low_confidence_share"],
+                    ["level {{level}}, {{set}}"], {"w": 12, "unit": "percentunit"}),
+                   ("Confidence drift per level (p-values: low is drift)",
+                    ["ktt_confidence_drift_score", "ktt_low_confidence_drift_score"],
+                    ["K-S, level {{level}}", "low share, level {{level}}"], {"w": 12}))),
+    Signal("level_prediction_drift",
+           gauges=(("level_drift", "ktt_level_prediction_drift_score", "Chi-square p-value of a level's predicted "
+                    "class distribution (low is drift)", ("level",)),),
+           metrics=lambda m, ev: [ev.ValueDrift(column=f"level{d}_class", method="chisquare") for d in m.levels],
+           reads=_level_reader({"class": ("prediction_p", "level_drift")}), after=_classes_after,
+           flags=_prediction_flags,
+           panels=(("Predicted-class drift per level (p-value: low is drift)", ["ktt_level_prediction_drift_score"],
+                    ["level {{level}}"], {"w": 12}),)),
+    Signal("embedding_drift",
+           gauges=(("embedding_drift", "ktt_embedding_drift_score", "ROC AUC of a classifier telling window from "
+                    "reference on the pooled features (0.5: indistinguishable)", ()),),
+           after=_embedding_after, flags=_embedding_flags,
+           panels=(("Domain classifier ROC AUC (0.5: no drift)", ["ktt_embedding_drift_score"], None, {"w": 12}),)),
+]
+# Signals end here (docs/monitoring.md, "Adding a signal": a new one goes above this line)
+MONITORS = tuple(s.name for s in SIGNALS)
+
+
+def alert_signals(results: dict, window_rows: int, alert: dict, signals=None) -> dict[str, bool]:
+    """Which signals flag a window; ``ktt_drift_alert`` is 1 when any does. ``results`` per level
+    ``d``: ``confidence_p``, ``confidence_lower`` (window mean below the reference's), ``low_p``,
+    ``low_higher`` (more answers below ``low_confidence`` than in the reference), ``prediction_p``
+    and ``classes``; and ``embedding_auc`` (each signal's ``flags`` reads its own)."""
+    return {k: v for s in (SIGNALS if signals is None else signals) for k, v in s.flags(results, window_rows, alert).items()}
 
 
 def load_config(path: str | Path) -> dict:
@@ -106,6 +264,9 @@ class Monitor:
         self.classes = [c for c in ref.columns if c != "targets" and not c.isdigit() and c not in self.level_columns]
         self.columns = self.features + self.classes + self.level_columns
         self.depth = len(self.level_columns) // 2
+        self.levels = range(1, self.depth + 1)
+        self.numeric = self.features + ["confidence"]
+        self.test = cfg.get("num_stattest", "ks")  # one test at every window size (Evidently would switch to Wasserstein)
         self.reference = self._with_prediction(ref[self.columns])
         self.window: deque = deque(maxlen=int(cfg["window_size"]))
         self.lock = threading.Lock()
@@ -117,29 +278,11 @@ class Monitor:
         self.last_run = Gauge("ktt_monitoring_last_calculation_timestamp_seconds",
                               "Arrival time up to which the last drift calculation saw rows",
                               registry=r)
-        self.column_drift = Gauge("ktt_feature_drift_score", "Drift score of one monitored column (K-S p-value: low is drift)",
-                                  ["column"], registry=r)
-        self.drift_share = Gauge("ktt_drifted_columns_share", "Share of feature columns that drifted", registry=r)
-        self.drift_count = Gauge("ktt_drifted_columns_count", "Feature columns that drifted", registry=r)
-        self.dataset_drift = Gauge("ktt_dataset_drift", "1 if the share of drifted columns reaches drift_share",
-                                   registry=r)
-        self.target_drift = Gauge("ktt_prediction_drift_score", "Drift score of the predicted leaf (Evidently's "
-                                  "default test: chi-square p-value for references up to 1,000 rows, else "
-                                  "Jensen-Shannon distance)", registry=r)
+        for signal in SIGNALS:
+            for attr, name, doc, labels in signal.gauges:
+                setattr(self, attr, Gauge(name, doc, list(labels), registry=r))
         self.class_share = Gauge("ktt_predicted_class_share", "Share of the window predicted as each class",
                                  ["class_name"], registry=r)
-        self.confidence_drift = Gauge("ktt_confidence_drift_score", "K-S p-value of a level's confidence, window "
-                                      "vs reference (low is drift)", ["level"], registry=r)
-        self.confidence_mean = Gauge("ktt_confidence_mean", "Mean confidence of a level's predicted class",
-                                     ["level", "set"], registry=r)
-        self.low_share = Gauge("ktt_low_confidence_share", "Share of rows whose confidence at a level is below "
-                               "alert.low_confidence", ["level", "set"], registry=r)
-        self.low_drift = Gauge("ktt_low_confidence_drift_score", "z-test p-value of the low-confidence share, "
-                               "window vs reference (low is drift)", ["level"], registry=r)
-        self.level_drift = Gauge("ktt_level_prediction_drift_score", "Chi-square p-value of a level's predicted "
-                                 "class distribution (low is drift)", ["level"], registry=r)
-        self.embedding_drift = Gauge("ktt_embedding_drift_score", "ROC AUC of a classifier telling window from "
-                                     "reference on the pooled features (0.5: indistinguishable)", registry=r)
         self.alert = Gauge("ktt_drift_alert", "1 when any drift signal flags the window (docs/monitoring.md)",
                            registry=r)
         self.alert_signal = Gauge("ktt_drift_alert_signal", "1 for each signal that flags the window",
@@ -180,8 +323,8 @@ class Monitor:
 
     def calculate(self) -> bool:
         """One drift calculation over the current window; False while too few rows arrived."""
+        import evidently.metrics as ev
         from evidently import DataDefinition, Dataset, Report
-        from evidently.metrics import DriftedColumnsCount, ValueDrift
 
         started = time.time()
         with self.lock:
@@ -189,66 +332,28 @@ class Monitor:
         if len(rows) < max(int(self.cfg["min_reference_size"]), 2):
             return False
         current = self._with_prediction(pd.DataFrame(rows, columns=self.columns))
-        numeric = self.features + ["confidence"]
-        # one stat test for every window size (Evidently would switch K-S to Wasserstein for big references)
-        test = self.cfg.get("num_stattest", "ks")
-        monitors, levels = self.cfg["monitors"], range(1, self.depth + 1)
-        metrics = []
-        if "data_drift" in monitors:
-            metrics += [DriftedColumnsCount(columns=numeric, num_method=test),
-                        *(ValueDrift(column=c, method=test) for c in numeric)]
-        if "cat_target_drift" in monitors:
-            metrics.append(ValueDrift(column="prediction"))
-        if "confidence_drift" in monitors:
-            metrics += [m for d in levels for m in (ValueDrift(column=f"level{d}_confidence", method="ks"),
-                                                    ValueDrift(column=f"level{d}_low", method="z"))]
-        if "level_prediction_drift" in monitors:
-            metrics += [ValueDrift(column=f"level{d}_class", method="chisquare") for d in levels]
-        confidences = [f"level{d}_confidence" for d in levels]
-        categorical = ["prediction", *(f"level{d}_{k}" for d in levels for k in ("class", "low"))]
-        definition = DataDefinition(numerical_columns=numeric + confidences, categorical_columns=categorical)
-        cols = numeric + confidences + categorical
-        snap = Report(metrics).run(Dataset.from_pandas(current[cols], data_definition=definition),
-                                   Dataset.from_pandas(self.reference[cols], data_definition=definition))
-        results: dict = {"levels": {d: {} for d in levels}}
-        for m in snap.dict()["metrics"]:
-            cfg, value = m["config"], m["value"]
-            kind, column = cfg["type"], cfg.get("column")
-            level = LEVEL_TESTED.fullmatch(column or "")
-            if kind.endswith("DriftedColumnsCount"):
-                self.drift_count.set(value["count"])
-                self.drift_share.set(value["share"])
-                self.dataset_drift.set(float(is_drift(value["share"], float(self.cfg.get("drift_share", 0.5)))))
-            elif column == "prediction":
-                self.target_drift.set(value)
-            elif level:
-                d, key = int(level.group(1)), LEVEL_RESULT[level.group(2)]
-                results["levels"][d][key] = value
-                {"confidence_p": self.confidence_drift, "prediction_p": self.level_drift,
-                 "low_p": self.low_drift}[key].labels(str(d)).set(value)
-            else:
-                self.column_drift.labels(column).set(value)
-        if "embedding_drift" in monitors:
-            # Evidently's domain-classifier method itself: its EmbeddingsDrift metric also draws a
-            # t-SNE plot, 6 s of every 8 s calculation
-            from evidently.metrics.embeddings import ModelDriftMethod
-
-            auc, _, _ = ModelDriftMethod()(current[self.features].copy(), self.reference[self.features].copy())
-            self.embedding_drift.set(auc)
-            results["embedding_auc"] = auc
-        for d in levels:
-            r = results["levels"][d]
-            for name, df in (("window", current), ("reference", self.reference)):
-                self.confidence_mean.labels(str(d), name).set(df[f"level{d}_confidence"].mean())
-                self.low_share.labels(str(d), name).set((df[f"level{d}_low"] == "1").mean())
-            r["confidence_lower"] = current[f"level{d}_confidence"].mean() < self.reference[f"level{d}_confidence"].mean()
-            r["low_higher"] = (current[f"level{d}_low"] == "1").mean() > (self.reference[f"level{d}_low"] == "1").mean()
-            r["classes"] = self.reference[f"level{d}_class"].nunique()
-        signals = alert_signals(results, len(current), self.cfg["alert"])
-        for name, on in signals.items():
+        signals = [s for s in SIGNALS if s.name in self.cfg["monitors"]]
+        results: dict = {"levels": {d: {} for d in self.levels}}
+        metrics = [x for s in signals for x in s.metrics(self, ev)]
+        if metrics:
+            confidences = [f"level{d}_confidence" for d in self.levels]
+            categorical = ["prediction", *(f"level{d}_{k}" for d in self.levels for k in ("class", "low"))]
+            definition = DataDefinition(numerical_columns=self.numeric + confidences, categorical_columns=categorical)
+            cols = self.numeric + confidences + categorical
+            snap = Report(metrics).run(Dataset.from_pandas(current[cols], data_definition=definition),
+                                       Dataset.from_pandas(self.reference[cols], data_definition=definition))
+            for m in snap.dict()["metrics"]:
+                kind, column = m["config"]["type"], m["config"].get("column")
+                for s in signals:  # the first signal that knows the result takes it
+                    if s.reads(self, kind, column, m["value"], results):
+                        break
+        for s in signals:
+            s.after(self, current, results)
+        flagged = alert_signals(results, len(current), self.cfg["alert"])
+        for name, on in flagged.items():
             self.alert_signal.labels(name).set(float(on))
-        self.alert.set(float(any(signals.values())))
-        self.last_results = {**results, "signals": signals}
+        self.alert.set(float(any(flagged.values())))
+        self.last_results = {**results, "signals": flagged}
         shares = current["prediction"].value_counts(normalize=True)
         for c in self.classes:
             self.class_share.labels(c).set(float(shares.get(c, 0.0)))
