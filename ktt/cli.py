@@ -92,15 +92,14 @@ def _ingest_options(f):
 
 
 def _finish_ingest(df, name, where, opts, meta):
-    from .data import prepare, write_dataset
+    from .data import ingest
 
-    splits, hierarchy, report = prepare(
-        df, text_col=opts["text_col"], label_cols=[c.strip() for c in opts["label_cols"].split(",")],
+    path, hierarchy, report = ingest(
+        df, opts["out_root"], name, where=where, overwrite=opts["overwrite"], meta=meta,
+        text_col=opts["text_col"], label_cols=[c.strip() for c in opts["label_cols"].split(",")],
         label_sep=opts["label_sep"], depth=opts["depth"], invalid_rows=opts["invalid_rows"],
         keep_duplicates=opts["keep_duplicates"], split_col=opts["split_col"] or None,
-        split_ratios=opts["split_ratios"], seed=opts["seed"], where=where)
-    path = write_dataset(splits, hierarchy, opts["out_root"], name, overwrite=opts["overwrite"],
-                         meta={"source": where, "report": report, **meta})
+        split_ratios=opts["split_ratios"], seed=opts["seed"])
     for k in ("rows_invalid", "rows_duplicate", "texts_with_several_paths"):
         if report[k]:
             click.echo(f"note: {k.replace('_', ' ')}: {report[k]}" +
@@ -280,11 +279,11 @@ def train(ctx, model, dataset, params, params_str, reference, resume, experiment
 
 
 def _launch(nproc: int, model: str, dataset: str, overrides: dict, datasets_root: str) -> int:
-    """This very command again on ``nproc`` processes, through torchrun, once what can be checked here is."""
-    import subprocess
-
+    """This very command again on ``nproc`` processes (``distributed.relaunch``), once what can
+    be checked here is."""
     from . import registry
     from .data import load_dataset
+    from .distributed import relaunch
     from .tracking import check_tracking_uri
 
     if not registry.get(model).distributable:
@@ -292,14 +291,7 @@ def _launch(nproc: int, model: str, dataset: str, overrides: dict, datasets_root
     registry.params(model, overrides)
     load_dataset(dataset, datasets_root)
     check_tracking_uri()
-    args, rest = [], iter(sys.argv[1:])
-    for a in rest:  # the processes run the command without --nproc (torchrun would read it as its own)
-        if a == "--nproc":
-            next(rest, None)
-        elif not a.startswith("--nproc="):
-            args.append(a)
-    return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                            f"--nproc_per_node={nproc}", "-m", "ktt", *args])
+    return relaunch(nproc, sys.argv[1:])
 
 
 @main.command()

@@ -295,6 +295,21 @@ def _random_split(n: int, ratios: Sequence[float], seed: int) -> np.ndarray:
 
 
 # -- writing --------------------------------------------------------------------------
+def ingest(df: pd.DataFrame, root, name: str, *, where: str = "input", overwrite: bool = False,
+           sample: dict | None = None, meta: dict | None = None, **options):
+    """The one way data becomes a dataset (``ktt ingest``, ``ktt generate``, experiments):
+    :func:`prepare` with ``options``, then a seeded sample of some splits (``sample``: split ->
+    rows; the test split is best kept whole), then :func:`write_dataset`. Returns the dataset's
+    folder, its hierarchy and the ingest report."""
+    splits, hierarchy, report = prepare(df, where=where, **options)
+    for split, n in (sample or {}).items():
+        if n:
+            splits[split] = splits[split].sample(min(int(n), len(splits[split])), random_state=options.get("seed", 0))
+    path = write_dataset(splits, hierarchy, root, name, overwrite=overwrite,
+                         meta={"source": where, "report": report, **(meta or {})})
+    return path, hierarchy, report
+
+
 def write_dataset(splits: dict[str, pd.DataFrame], hierarchy: Hierarchy, root: str | os.PathLike,
                   name: str, *, meta: dict | None = None, overwrite: bool = False) -> Path:
     """Write a dataset folder all at once: built in a temp folder, then renamed into place."""

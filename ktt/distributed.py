@@ -149,3 +149,18 @@ def spark_backend(master: str | None):
             yield
     finally:
         spark.stop()
+
+
+def relaunch(nproc: int, argv: list[str]) -> int:
+    """Run ``ktt <argv>`` again on ``nproc`` processes through torchrun (``--standalone``), without
+    its ``--nproc`` option (torchrun would read it as its own); the exit status of the run."""
+    import subprocess
+
+    args, rest = [], iter(argv)
+    for a in rest:
+        if a == "--nproc":
+            next(rest, None)
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            f"--nproc_per_node={nproc}", "-m", "ktt", *args])

@@ -85,7 +85,7 @@ def model_params(spec: dict, name: str, tuned: dict | None = None) -> dict:
 
 def make_dataset(spec: dict, root: Path) -> str:
     """Generate or ingest the experiment's data into ``root``; returns the dataset name."""
-    from .data import prepare, read_file, write_dataset
+    from .data import ingest, read_file
 
     data, name = spec["data"], f"exp_{spec['name']}"
     opts = {"seed": spec["seed"], **(data.get("ingest") or {})}
@@ -98,12 +98,9 @@ def make_dataset(spec: dict, root: Path) -> str:
         df, where = generate(gen.get("rows", 3000), spec["seed"], gen.get("noise", 0.05)), "ktt.synth"
     else:
         df, where = read_file(data["source"]), data["source"]
-    splits, h, report = prepare(df, where=where, **opts)
-    for split in ("train", "val"):  # seeded samples; the test split is always whole
-        n = spec.get(f"{split}_rows")
-        if n:
-            splits[split] = splits[split].sample(min(int(n), len(splits[split])), random_state=spec["seed"])
-    write_dataset(splits, h, root, name, meta={"source": where, "report": report}, overwrite=True)
+    # seeded samples of train and val; the test split is always whole
+    ingest(df, root, name, where=where, overwrite=True, sample={s: spec.get(f"{s}_rows") for s in ("train", "val")},
+           **opts)
     return name
 
 

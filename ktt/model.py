@@ -94,7 +94,8 @@ class Model(ABC):
     #: ``joint`` or ``log_odds`` (``Hierarchy.path_scores``). Its semantics, declared once: every
     #: confidence, decoding and threshold follows from it.
     paths: ClassVar[str] = "joint"
-    #: True when ``predict`` can only return valid paths (documented per model).
+    #: Convenience (for tests and readers, read by nothing else): True when ``predict`` can only
+    #: return valid paths.
     consistent: ClassVar[bool] = False
     #: Hyperparameters a resumed fit may change; every other one comes from the checkpoint.
     resumable: ClassVar[frozenset[str]] = frozenset()
@@ -216,8 +217,9 @@ class Model(ABC):
 
     def predict_paths(self, texts: Sequence[str], threshold: float | None = None,
                       target_precision: float | None = None) -> list[list[str]]:
-        """The predicted class names, coarsest first, down to where the path ends or to its
-        deepest level whose confidence clears the threshold (:meth:`stop_threshold`)."""
+        """Convenience: :meth:`answers` without the confidences. The predicted class names,
+        coarsest first, down to where the path ends or to its deepest level whose confidence
+        clears the threshold (:meth:`stop_threshold`)."""
         return [[name for name, _ in a] for a in self.answers(texts, threshold, target_precision)]
 
     def answers(self, texts: Sequence[str], threshold: float | None = None,
@@ -258,6 +260,11 @@ class Model(ABC):
                 "temperatures": self.temperatures, "threshold": self.stop_threshold(),
                 "precision_curve": cal.get("curve"), "hierarchy": self.hierarchy.to_dict()}
 
+    def features(self, texts: Sequence[str]):
+        """What the model makes of ``texts`` before its head: ``(n, d)`` pooled encoder states, or a
+        sparse ``(n, vocabulary)`` TF-IDF matrix. Drift monitoring pools it (``ktt.schema``)."""
+        raise NotImplementedError(f"{self.name} cannot be monitored (it has no features())")
+
     def gen_reference_set(self, split) -> "pd.DataFrame":  # noqa: F821
         """Reference rows for drift monitoring: ``targets`` (the true leaf), then :meth:`monitoring_frame`."""
         names = self.hierarchy.leaf_names
@@ -270,8 +277,6 @@ class Model(ABC):
         the model's ``features(texts)`` pooled into ``"0"``..``"23"``, leaf scores, level columns."""
         from .schema import level_columns, reference_frame
 
-        if not hasattr(self, "features"):
-            raise NotImplementedError(f"{self.name} cannot be monitored (it has no features())")
         texts, h = list(texts), self.hierarchy
         feats = self.features(texts)
         codes, scores = self.predict_scored(texts)

@@ -210,8 +210,10 @@ def _objective(sweep: Sweep, space: dict, defaults: dict, parent_run_id: str):
 
 
 def _worker(sweep: Sweep, space: dict, defaults: dict, parent_run_id: str, tracking_uri: str, experiment_id: str,
-            n_trials: int, index: int = 0):
-    """One process of a sweep: runs ``n_trials`` trials (pruned and failed ones count)."""
+            n_trials: int, index: int = 0, search: tuple | None = None):
+    """One process of a sweep: runs ``n_trials`` trials (pruned and failed ones count). ``search``:
+    the sweep's sampler and pruner when it runs in the sweep's own process; another process
+    builds its own, its sampler seeded ``seed + index`` (the same seed would draw the same trials)."""
     import mlflow
     import optuna
 
@@ -220,20 +222,19 @@ def _worker(sweep: Sweep, space: dict, defaults: dict, parent_run_id: str, track
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment_id=experiment_id)
     _, storage = open_storage(sweep.storage, sweep.study_name, sweep.heartbeat)
-    study = optuna.load_study(study_name=sweep.study_name, storage=storage,
-                              sampler=make_sampler(sweep.sampler, sweep.seed + index),
-                              pruner=make_pruner(sweep.pruner, defaults.get("epochs")))
+    sampler, pruner = search or (make_sampler(sweep.sampler, sweep.seed + index),
+                                 make_pruner(sweep.pruner, defaults.get("epochs")))
+    study = optuna.load_study(study_name=sweep.study_name, storage=storage, sampler=sampler, pruner=pruner)
     study.optimize(_objective(sweep, space, defaults, parent_run_id), n_trials=n_trials, timeout=sweep.timeout,
                    catch=(Exception,))
 
 
-def _join(sweep: Sweep, storage, url: str, defaults: dict, space: dict):
+def _join(sweep: Sweep, storage, url: str, defaults: dict, space: dict, sampler, pruner):
     """Create the study, or join it: ``(study, created)``. Exactly one of several workers
     starting at once creates it (the storage's unique study name decides)."""
     import optuna
 
-    kw = dict(study_name=sweep.study_name, storage=storage, sampler=make_sampler(sweep.sampler, sweep.seed),
-              pruner=make_pruner(sweep.pruner, defaults.get("epochs")))
+    kw = dict(study_name=sweep.study_name, storage=storage, sampler=sampler, pruner=pruner)
     try:
         study = optuna.create_study(direction="maximize", **kw)
     except optuna.exceptions.DuplicatedStudyError:
@@ -283,12 +284,13 @@ def run_sweep(sweep: Sweep) -> "optuna.Study":  # noqa: F821
     load_dataset(sweep.dataset, sweep.datasets_root)
     space = load_space(sweep.model)
     defaults = registry.params(sweep.model)
-    make_sampler(sweep.sampler, sweep.seed)
-    make_pruner(sweep.pruner, defaults.get("epochs"))
+    # built once per sweep (and so checked before any storage is touched)
+    sampler, pruner = make_sampler(sweep.sampler, sweep.seed), make_pruner(sweep.pruner, defaults.get("epochs"))
     url, storage = open_storage(sweep.storage, sweep.study_name, sweep.heartbeat)
-    study, created = _join(sweep, storage, url, defaults, space)
+    study, created = _join(sweep, storage, url, defaults, space, sampler, pruner)
     if not created:  # a worker joining a running study: with the creator's seed it would sample the same trials
         sweep = dataclasses.replace(sweep, seed=secrets.randbits(31))
+        sampler.reseed_rng()
 
     if sweep.experiment:
         mlflow.set_experiment(sweep.experiment)
@@ -297,7 +299,7 @@ def run_sweep(sweep: Sweep) -> "optuna.Study":  # noqa: F821
     shares = [sweep.n_trials // sweep.workers + (i < sweep.n_trials % sweep.workers) for i in range(sweep.workers)]
     args = (sweep, space, defaults, parent_id, mlflow.get_tracking_uri(), experiment_id)
     if sweep.workers == 1:
-        _worker(*args, shares[0])
+        _worker(*args, shares[0], search=(sampler, pruner))
     else:
         procs = [mp.get_context("spawn").Process(target=_worker, args=(*args, n, i)) for i, n in enumerate(shares) if n]
         [p.start() for p in procs]
