@@ -38,16 +38,25 @@ def level_column_names(depth: int) -> list[str]:
     return [f"level{d}_{k}" for d in range(1, depth + 1) for k in ("class", "confidence")]
 
 
+def monitoring_rows(features: np.ndarray, leaf_scores: np.ndarray, levels: np.ndarray | None = None) -> np.ndarray:
+    """The rows the service forwards to the drift sidecar, in the one column order
+    (:func:`monitoring_columns`): the pooled features, one probability per leaf, then
+    :func:`level_columns` (absent in reference sets from before them)."""
+    return np.concatenate([pool_features(features), leaf_scores, *([] if levels is None else [levels])], axis=1)
+
+
+def monitoring_columns(leaf_names: list[str], depth: int | None) -> list[str]:
+    """``"0"``..``"23"``, one column per leaf, then ``level<d>_class``, ``level<d>_confidence``."""
+    return [str(i) for i in range(N_MONITORED_FEATURES)] + list(leaf_names) + level_column_names(depth or 0)
+
+
 def reference_frame(features: np.ndarray, leaf_scores: np.ndarray, leaf_names: list[str], targets=None,
                     levels: np.ndarray | None = None):
-    """The reference-set / monitoring schema: ``targets``, ``"0"``..``"23"``, one score column per
-    leaf, then :func:`level_columns` (``level<d>_class``, ``level<d>_confidence``)."""
+    """A reference set: ``targets``, then :func:`monitoring_rows` under :func:`monitoring_columns`."""
     import pandas as pd
 
-    df = pd.DataFrame(pool_features(features), columns=[str(i) for i in range(N_MONITORED_FEATURES)])
+    depth = None if levels is None else levels.shape[1] // 2
+    df = pd.DataFrame(monitoring_rows(features, leaf_scores, levels), columns=monitoring_columns(leaf_names, depth))
     if targets is not None:
         df.insert(0, "targets", targets)
-    parts = [df, pd.DataFrame(leaf_scores, columns=leaf_names)]
-    if levels is not None:
-        parts.append(pd.DataFrame(levels, columns=level_column_names(levels.shape[1] // 2)))
-    return pd.concat(parts, axis=1)
+    return df

@@ -122,8 +122,7 @@ class KTTService(bentoml.BentoService):
             from ktt.schema import level_columns
 
             h = self.predictor.hierarchy
-            levels = level_columns(h, codes, h.split_levels(scores))
-            forwarder().submit(features, np.concatenate([scores[:, h.offsets[-1]:], levels], axis=1))
+            forwarder().submit(features, scores[:, h.offsets[-1]:], level_columns(h, codes, h.split_levels(scores)))
 
     @bentoml.api(input=RawJsonInput(), output=JsonOutput(), batch=True, mb_max_batch_size=128, mb_max_latency=1000)
     def predict(self, bodies, tasks):

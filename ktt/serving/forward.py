@@ -16,7 +16,7 @@ import urllib.request
 
 import numpy as np
 from ktt.serving.metrics import DROPPED_ROWS, FORWARDED_ROWS
-from ktt.schema import pool_features
+from ktt.schema import monitoring_rows
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -29,8 +29,9 @@ class Forwarder:
         self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
         threading.Thread(target=self._run, daemon=True, name="ktt-forwarder").start()
 
-    def submit(self, features: np.ndarray, leaf_scores: np.ndarray) -> None:
-        rows = np.concatenate([pool_features(features), leaf_scores], axis=1)
+    def submit(self, features: np.ndarray, leaf_scores: np.ndarray, levels: np.ndarray | None = None) -> None:
+        """Queue the rows of one batch (``ktt.schema.monitoring_rows``); never waits."""
+        rows = monitoring_rows(features, leaf_scores, levels)
         try:
             self.queue.put_nowait(rows)
         except queue.Full:
