@@ -21,3 +21,16 @@ def test_serving_env_imports_patched_bentoml():
     out = subprocess.run([str(SERVING), "-c", "import importlib.util as u; print(u.find_spec('torch'), u.find_spec('mlflow'))"],
                          capture_output=True, text=True)
     assert out.stdout.strip() == "None None"
+
+
+@pytest.mark.skipif(not SERVING.exists(), reason="no serving environment: run `make env`")
+def test_serving_env_imports_every_core_and_serving_module():
+    """docs/architecture.md: the core and serving layers run in the serving environment."""
+    from test_layout import LAYERS
+
+    root = Path(__file__).resolve().parent.parent
+    modules = [m for layer in ("core", "serving") for m in LAYERS[layer] if not m.endswith("*")]
+    modules += [f"ktt.serving.{p.stem}" for p in (root / "ktt" / "serving").glob("*.py") if p.stem != "__init__"]
+    out = subprocess.run([str(SERVING), "-c", f"import importlib; [importlib.import_module(m) for m in {modules!r}]"],
+                         capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -22,7 +22,6 @@ from bentoml.types import InferenceTask
 import logging
 from pathlib import Path
 
-import numpy as np
 
 from ktt.serving import metrics
 from ktt.serving.requests import load_json, parse_request, parse_thresholds
