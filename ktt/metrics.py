@@ -43,6 +43,20 @@ def _hprf(t_set: np.ndarray, p_set: np.ndarray) -> tuple[float, float, float]:
     return float(hp), float(hr), float(2 * hp * hr / (hp + hr)) if hp + hr else 0.0
 
 
+def row_counts(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, np.ndarray]:
+    """Per row, what hierarchical F1 and leaf accuracy pool: ``shared`` (classes on both paths,
+    ancestors included, end classes left out), ``predicted`` and ``true`` (each path's classes),
+    ``leaf_right`` (0/1). Any resample of rows recomputes both metrics exactly from these
+    (``ktt.compare``): hF1 = 2 sum(shared) / (sum(predicted) + sum(true))."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    t, p, n = _ancestor_sets(h, y_true), _ancestor_sets(h, y_pred), len(y_true)
+
+    def per_row(keys):
+        return np.bincount(keys // h.n_classes, minlength=n)
+    return {"shared": per_row(np.intersect1d(t, p, assume_unique=True)), "predicted": per_row(p),
+            "true": per_row(t), "leaf_right": (y_true[:, -1] == y_pred[:, -1]).astype(np.int64)}
+
+
 def metric_names(depth: int) -> list[str]:
     """The names :func:`evaluate` returns for a hierarchy of ``depth`` levels, in its order."""
     per_level = [f"L{d}_{m}" for d in range(1, depth + 1) for m in ("accuracy", "macro_f1", "micro_f1")]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -9,12 +10,14 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import urllib.parse
 import warnings
 from pathlib import Path
 
 import mlflow
+import numpy as np
 
 from .errors import BadValue, NotFound, Unavailable
 
@@ -138,6 +141,34 @@ def git_commit() -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)  # once per process: a sweep's trials share it
+def environment() -> tuple[dict[str, str], str]:
+    """What a run ran on: tags (``ktt.env_hash``: a hash of every installed package and version;
+    CPU, GPU, Python, thread settings) and the package list (``name==version`` lines) they hash.
+    Two runs with the same hash ran on the same software."""
+    import hashlib
+    import importlib.metadata as md
+    import platform
+
+    from . import threads
+
+    packages = "\n".join(sorted({f"{d.metadata['Name']}=={d.version}" for d in md.distributions()
+                                  if d.metadata["Name"]}, key=str.lower)) + "\n"
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    torch = sys.modules.get("torch")  # loaded by encoder fits; a TF-IDF fit never pays its import for this
+    gpu = torch.cuda.get_device_name(0) if torch and torch.cuda.is_available() else "none"
+    torch_threads = str(torch.get_num_threads()) if torch else "n/a"
+    tags = {"ktt.env_hash": hashlib.sha256(packages.encode()).hexdigest()[:16], "ktt.cpu": cpu, "ktt.gpu": gpu,
+            "ktt.python": platform.python_version(), "ktt.cpu_count": str(os.cpu_count()),
+            "ktt.threads": str(threads.configured() or "default"), "ktt.torch_threads": torch_threads}
+    return tags, packages
+
+
 def check_tracking_uri() -> str:
     """Fail at start, not after training: a tracking server that is unreachable, is not an
     MLflow server, or refuses the login in ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``."""
@@ -249,3 +280,54 @@ def resolve_checkpoint(source: str, kind: str = "last") -> Path:
                     "wrote on this machine, %s", run_id, kind, local)
         return Path(local)
     raise NotFound(f"MLflow run {run_id} has no {kind}_ checkpoint")
+
+
+TEST_ROWS = "metrics/test_rows.parquet"  # per test row: what hF1 and leaf accuracy pool (ktt.compare)
+
+
+def log_test_rows(counts: dict, true_leaf) -> None:
+    """A run's per-row counts on the test split (``metrics.row_counts``) and the true leaf of each
+    row (two runs are compared only on the same rows)."""
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(TEST_ROWS).name
+        pd.DataFrame({**counts, "true_leaf": np.asarray(true_leaf)}).to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=str(Path(TEST_ROWS).parent))
+
+
+def load_test_rows(run_id: str) -> dict:
+    """What :func:`log_test_rows` logged for ``run_id``; NotFound for a run without it."""
+    import pandas as pd
+
+    try:
+        path = run_artifact(run_id, str(Path(TEST_ROWS).parent), lambda n: n == Path(TEST_ROWS).name)
+    except Exception as e:  # MLflow raises several types for an unknown run
+        raise NotFound(f"no MLflow run {run_id!r} ({str(e).splitlines()[0]})") from None
+    if path is None:
+        raise NotFound(f"run {run_id} logged no {TEST_ROWS} (runs trained before it was logged cannot be compared)")
+    return {k: v.to_numpy() for k, v in pd.read_parquet(path).items()}
+
+
+def compare_runs(a: list[str], b: list[str], n_boot: int = 2000, seed: int = 0) -> dict:
+    """:func:`ktt.compare.paired_bootstrap` of runs ``b`` against runs ``a`` (several runs on a side:
+    seeds, paired in order, their rows pooled), logged as a run of its own (``ktt.stage`` compare)
+    in the experiment of ``a``'s first run; returns the numbers and that run's ID."""
+    from .compare import paired_bootstrap, stack
+
+    if len(a) != len(b):
+        raise BadValue(f"{len(a)} runs against {len(b)}: give each side the same seeds, in the same order")
+    sides = [[load_test_rows(r) for r in runs] for runs in (a, b)]
+    for ra, rb, ia, ib in zip(*sides, a, b):
+        if len(ra["true_leaf"]) != len(rb["true_leaf"]) or (ra["true_leaf"] != rb["true_leaf"]).any():
+            raise BadValue(f"runs {ia} and {ib} were evaluated on different test rows")
+    keys = ("shared", "predicted", "true", "leaf_right")
+    result = paired_bootstrap(*(stack([{k: r[k] for k in keys} for r in side]) for side in sides), n_boot, seed)
+    experiment_id = mlflow.MlflowClient().get_run(a[0]).info.experiment_id
+    with mlflow.start_run(experiment_id=experiment_id, run_name="compare", nested=mlflow.active_run() is not None,
+                          tags={"ktt.stage": "compare", "ktt.compare.a": ",".join(a), "ktt.compare.b": ",".join(b)}):
+        mlflow.log_params({"n_boot": n_boot, "seed": seed, "runs_per_side": len(a)})
+        mlflow.log_metrics({f"{m}_{k}": float(v) for m, r in result.items() for k, v in r.items()})
+        log_dict(result, "compare.json")
+        run_id = mlflow.active_run().info.run_id
+    return {"run_id": run_id, **result}

@@ -10,10 +10,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from . import distributed, registry, threads, tracking
+from . import distributed, registry, tracking
 from .errors import BadValue
 from .data import load_dataset
-from .metrics import confusion_summary, evaluate, level_ece, level_table, stop_curve
+from .metrics import confusion_summary, evaluate, level_ece, level_table, row_counts, stop_curve
 from .model import NullLogger
 
 log = logging.getLogger(__name__)
@@ -115,11 +115,13 @@ def resumed(model: str, ds, resume: str, overrides: dict | None):
 
 
 def log_run_info(est, ds, world, tags: dict) -> None:
-    """The run's tags (model, dataset, commit, threads, processes), hyperparameters and dataset."""
-    mlflow.set_tags({"ktt.model": est.name, "ktt.dataset": ds.name, "ktt.git_commit": tracking.git_commit(),
-                     "ktt.threads": str(threads.configured() or "default"),
+    """The run's tags (model, dataset, commit, the environment: ``tracking.environment``,
+    processes), hyperparameters, dataset and installed packages (``environment.txt``)."""
+    env, packages = tracking.environment()
+    mlflow.set_tags({"ktt.model": est.name, "ktt.dataset": ds.name, "ktt.git_commit": tracking.git_commit(), **env,
                      **({"ktt.processes": str(world.size), "ktt.backend": distributed.backend()}
                         if world.size > 1 else {}), **tags})
+    mlflow.log_text(packages, "environment.txt")
     mlflow.log_params({**est.params, "model": est.name})
     tracking.log_dataset(ds)
 
@@ -150,7 +152,8 @@ def evaluate_split(model, split, name: str, logger, figures: bool = False) -> di
     mlflow.log_text(level_table(h, metrics), f"metrics/{name}_levels.md")
     confusions = confusion_summary(h, split.codes, pred)
     mlflow.log_table(confusions, f"metrics/{name}_confusions.json")
-    if figures:
+    if figures:  # the test split: also what ktt compare resamples
+        tracking.log_test_rows(row_counts(h, split.codes, pred), split.codes[:, -1])
         from .figures import log_all
         curve = pd.DataFrame(stop_curve(h, split.codes, pred, conf))
         mlflow.log_table(curve, f"metrics/{name}_stop_curve.json")

@@ -54,6 +54,13 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     assert arts == {f"checkpoints/{files[0]}"}
     assert {"metrics/test_levels.md", "metrics/test_confusions.json", "metrics/val_precision_curve.json"} <= {
         a.path for a in client.list_artifacts(run_id, "metrics")}
+    # the environment it ran on: a hash of the installed packages (their list an artifact), CPU, threads
+    tags = run.data.tags
+    assert len(tags["ktt.env_hash"]) == 16 and tags["ktt.cpu"] and tags["ktt.cpu_count"] and tags["ktt.threads"]
+    packages = mlflow.artifacts.load_text(f"runs:/{run_id}/environment.txt")
+    import hashlib
+    assert hashlib.sha256(packages.encode()).hexdigest()[:16] == tags["ktt.env_hash"] and "mlflow==" in packages
+    assert "metrics/test_rows.parquet" in {a.path for a in client.list_artifacts(run_id, "metrics")}
     # calibrated on validation: each level's temperature and calibration error are logged
     assert all(0.05 <= m[f"L{d}_temperature"] <= 20 for d in (1, 2, 3)) and {"test_L1_ece", "test_L3_ece", "best_val_L2_ece"} <= set(m)
     # the logged model: registered, loaded by alias, predicts the same paths as the checkpoint

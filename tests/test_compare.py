@@ -1,0 +1,82 @@
+"""Spread and significance: mean +- sd and the paired bootstrap, against numbers worked out by
+hand; per-row counts that recompute the metrics exactly; `ktt compare` on two real runs."""
+import numpy as np
+import pytest
+
+from ktt.compare import mean_sd, paired_bootstrap, pooled, stack
+from ktt.hierarchy import Hierarchy
+from ktt.metrics import evaluate, row_counts
+
+RAGGED = Hierarchy.from_paths([("A", "B", "C"), ("A", "B"), ("A", "D", "E"), ("F",)])
+
+
+def test_mean_and_sample_sd_by_hand():
+    assert mean_sd([1, 2, 3, 4]) == pytest.approx((2.5, np.sqrt(5 / 3)))  # squares 2.25+.25+.25+2.25 over 3
+    assert mean_sd([0.7]) == (0.7, 0.0)
+    with pytest.raises(ValueError, match="no values"):
+        mean_sd([])
+
+
+def test_row_counts_recompute_the_metrics_by_hand():
+    """True A>B, F, A>B>C; predicted A>B>C, A>D>E, A>B (tests/test_metrics.py works the sets out):
+    shared 2, 0, 2; predicted 3, 3, 2; true 2, 1, 3; no leaf right."""
+    t = RAGGED.encode([("A", "B"), ("F",), ("A", "B", "C")])
+    p = RAGGED.encode([("A", "B", "C"), ("A", "D", "E"), ("A", "B")])
+    c = row_counts(RAGGED, t, p)
+    assert {k: v.tolist() for k, v in c.items()} == {"shared": [2, 0, 2], "predicted": [3, 3, 2], "true": [2, 1, 3],
+                                                      "leaf_right": [0, 0, 0]}
+    m = evaluate(RAGGED, t, p)
+    assert pooled(c)["h_f1"] == pytest.approx(m["h_f1"]) == pytest.approx(2 * 4 / (8 + 6))
+    assert pooled(c)["leaf_accuracy"] == m["leaf_accuracy"]
+
+
+def counts(leaf_right, shared=None):
+    leaf_right = np.asarray(leaf_right)
+    shared = leaf_right * 3 if shared is None else np.asarray(shared)
+    return {"shared": shared, "predicted": np.full(len(leaf_right), 3), "true": np.full(len(leaf_right), 3),
+            "leaf_right": leaf_right}
+
+
+def test_paired_bootstrap_by_hand():
+    a = counts([1, 0, 1, 0])
+    same = paired_bootstrap(a, a, n_boot=300)
+    assert all(r["diff"] == r["low"] == r["high"] == 0 and not r["significant"] for r in same.values())
+    # B right on every row A misses: every resample differs by exactly the share A missed
+    better = paired_bootstrap(counts([0, 0, 0, 0]), counts([1, 1, 1, 1]), n_boot=300)
+    assert better["leaf_accuracy"] == {"a": 0.0, "b": 1.0, "diff": 1.0, "low": 1.0, "high": 1.0, "significant": True}
+    assert better["h_f1"]["diff"] == 1.0 and better["h_f1"]["significant"]
+    # two rows, B wins one, ties the other: a resample's difference is 0, .5 or 1 with chance
+    # 1/4, 1/2, 1/4, so the 2.5% and 97.5% points are 0 and 1: not significant
+    two = paired_bootstrap(counts([0, 0]), counts([1, 0]), n_boot=4000, seed=1)["leaf_accuracy"]
+    assert (two["diff"], two["low"], two["high"], two["significant"]) == (0.5, 0.0, 1.0, False)
+    with pytest.raises(ValueError, match="same test rows"):
+        paired_bootstrap(counts([1, 0]), counts([1, 0, 1]))
+
+
+def test_seeds_pool_their_rows():
+    s = stack([counts([1, 0]), counts([1, 1])])
+    assert s["leaf_right"].tolist() == [1, 0, 1, 1] and pooled(s)["leaf_accuracy"] == 0.75
+
+
+def test_ktt_compare_two_real_runs(tracking, bigbasket_small, tmp_path):
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from ktt.train import train
+
+    runs = [train(m, "bb_small", datasets_root=bigbasket_small, weights_root=tmp_path, log_model=False,
+                  overrides=o).run_id for m, o in (("tfidf_hsgd", {}), ("tfidf_hsgd", {"seed": 1}), ("tfidf_lsgd", {}))]
+    out = subprocess.run([sys.executable, "-m", "ktt", "compare", runs[0], runs[2], "--n-boot", "500"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "h_f1: A " in out.stdout and "95% interval" in out.stdout
+    logged = mlflow.search_runs(filter_string="tags.`ktt.stage` = 'compare'", search_all_experiments=True)
+    assert len(logged) == 1 and {"metrics.h_f1_low", "metrics.leaf_accuracy_high"} <= set(logged.columns)
+    # a run against itself: no difference; two sides of unequal length refused plainly
+    same = subprocess.run([sys.executable, "-m", "ktt", "compare", runs[0], runs[0]], capture_output=True, text=True)
+    assert "difference +0.0000, 95% interval [+0.0000, +0.0000]: not significant" in same.stdout
+    bad = subprocess.run([sys.executable, "-m", "ktt", "compare", f"{runs[0]},{runs[1]}", runs[2]],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "2 runs against 1" in bad.stderr and "Traceback" not in bad.stderr
