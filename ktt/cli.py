@@ -229,6 +229,8 @@ def generate(name, rows, noise, categories, max_depth, taxonomy_file, inner, **o
               help="Continue from a last_ checkpoint file or the last_ checkpoint of an MLflow run.")
 @click.option("--experiment", default=None, help="MLflow experiment name (default: the dataset's name).")
 @click.option("--run-name", default=None, help="MLflow run name.")
+@click.option("--seeds", default=None, metavar="0,1,2", help="Fit once per seed, each a nested run under one run "
+              "that logs every metric's mean and standard deviation.")
 @click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
               help="Train on this many processes of this machine (torchrun, DistributedDataParallel: gloo on "
                    "CPUs, nccl with one GPU per process); batch_size stays the global batch.")
@@ -240,8 +242,8 @@ def generate(name, rows, noise, categories, max_depth, taxonomy_file, inner, **o
 @click.option("--weights", "weights_root", default="weights", show_default=True, envvar="KTT_WEIGHTS",
               help="Checkpoint folder (env KTT_WEIGHTS).")
 @click.pass_context
-def train(ctx, model, dataset, params, params_str, reference, resume, experiment, run_name, nproc, spark_master,
-          datasets_root, weights_root):
+def train(ctx, model, dataset, params, params_str, reference, resume, experiment, run_name, seeds, nproc,
+          spark_master, datasets_root, weights_root):
     """Train MODEL on DATASET, tracked in MLflow.
 
     Any other `--name value` pair is a hyperparameter override, so `mlflow run . -P alpha=0.001`
@@ -267,15 +269,27 @@ def train(ctx, model, dataset, params, params_str, reference, resume, experiment
                            "(encoder models: --nproc)")
     from .distributed import spark_backend
 
+    kw = dict(overrides=hparams.parse_overrides(pairs), datasets_root=datasets_root, weights_root=weights_root,
+              run_name=run_name, reference=reference)
     with spark_backend(spark_master):
-        fit = run_train(model, dataset, overrides=hparams.parse_overrides(pairs), datasets_root=datasets_root,
-                        weights_root=weights_root, experiment=experiment or _experiment_of(dataset),
-                        run_name=run_name, reference=reference, resume=resume)
+        if seeds:
+            import mlflow
+
+            from .experiment import check_seeds
+            from .train import train_seeds
+            if resume or nproc > 1:
+                raise BadValue("--seeds trains from scratch in one process: leave out --resume and --nproc")
+            if experiment or _experiment_of(dataset):
+                mlflow.set_experiment(experiment or _experiment_of(dataset))
+            fit = train_seeds(model, dataset, check_seeds(seeds, "--seeds"), **kw)
+        else:
+            fit = run_train(model, dataset, experiment=experiment or _experiment_of(dataset), resume=resume, **kw)
     if fit.run_id is None:  # a torchrun process other than rank 0: rank 0 reports
         return
-    m = fit.metrics
-    click.echo(f"MLflow run {fit.run_id}: test leaf accuracy {m['test_leaf_accuracy']:.4f}, "
-               f"hierarchical F1 {m['test_h_f1']:.4f}, violation rate {m['test_violation_rate']:.4f}")
+    m, sd = fit.metrics, (lambda k: f" ± {fit.metrics[k + '_sd']:.4f}" if fit.runs else "")
+    click.echo(f"MLflow run {fit.run_id}: test leaf accuracy {m['test_leaf_accuracy']:.4f}{sd('test_leaf_accuracy')}, "
+               f"hierarchical F1 {m['test_h_f1']:.4f}{sd('test_h_f1')}, violation rate {m['test_violation_rate']:.4f}"
+               + (f" (mean ± sd over {len(fit.runs)} seeds)" if fit.runs else ""))
 
 
 def _launch(nproc: int, model: str, dataset: str, overrides: dict, datasets_root: str) -> int:
@@ -429,6 +443,8 @@ def serve(build, no_prometheus, **kw):
 @click.option("--datasets", "datasets_root", default=None, help="Where to write the experiment's dataset "
               "(default: a temporary folder).")
 @click.option("--weights", "weights_root", default="weights", show_default=True, envvar="KTT_WEIGHTS")
+@click.option("--seeds", default=None, help="Comma-separated seeds, each model fitted once per seed (default: the "
+              "file's seeds, else its seed).")
 def experiment(file, **kw):
     """Run the model comparison described in FILE (experiments/<name>.yaml) as one MLflow experiment."""
     from .experiment import load_spec, ranking_table, run_experiment

@@ -9,12 +9,16 @@ models with their overrides, an optional tuning budget, seeds and the metric to 
     tune: {n_trials: 10, models: [tfidf_hsgd]}       # optional
     train_rows: 8000                                  # optional seeded samples (val_rows too)
     seed: 0
+    seeds: [0, 1, 2]         # optional: each model fitted once per seed (default: [seed])
+    baseline: tfidf_lsgd     # optional: intervals against this model (default: the best)
     rank_by: test_h_f1
     rank_order: max          # optional: min for losses, violation rates and times (their default)
 
-A parent run holds the file, the ranked table (``ranking.md``) and a bar chart
-(``ranking.png``); each model is a nested run (tuning studies are runs of their own, tagged
-with the experiment).
+A parent run holds the file, the ranked table (``ranking.md``: mean ± sd over seeds, and for
+each model the paired bootstrap 95% interval of its difference from the best model, or from
+``baseline``, in hierarchical F1 and leaf accuracy over the same test rows, seeds pooled) and a
+bar chart with error bars (``ranking.png``); each model is a nested run holding one nested run
+per seed (tuning studies are runs of their own, tagged with the experiment).
 """
 from __future__ import annotations
 
@@ -28,8 +32,8 @@ from . import registry
 from .errors import BadValue, NotFound, UserError
 
 log = logging.getLogger(__name__)
-KEYS = {"name", "experiment", "data", "models", "tune", "seed", "rank_by", "rank_order", "train_rows", "val_rows",
-        "description"}
+KEYS = {"name", "experiment", "data", "models", "tune", "seed", "seeds", "baseline", "rank_by", "rank_order",
+        "train_rows", "val_rows", "description"}
 INGEST_KEYS = {"text_col", "label_cols", "label_sep", "depth", "invalid_rows", "keep_duplicates", "split_col",
                "split_ratios", "seed"}
 
@@ -63,6 +67,9 @@ def load_spec(path: str | Path) -> dict:
     if not isinstance(spec["models"], dict):
         raise BadValue(f"{path}: models must map model names to overrides ({{tfidf_lsgd: {{}}}})")
     spec.setdefault("seed", 0)
+    spec["seeds"] = check_seeds(spec.get("seeds", [spec["seed"]]), path)
+    if spec.get("baseline") is not None and spec["baseline"] not in spec["models"]:
+        raise BadValue(f"{path}: baseline {spec['baseline']!r} is not one of the models {list(spec['models'])}")
     for name in spec["models"]:
         try:  # every value each model will train with: an unknown name, a wrong type, a bad value
             model_params(spec, name)
@@ -74,6 +81,25 @@ def load_spec(path: str | Path) -> dict:
         raise BadValue(f"{path}: rank_order must be 'min' or 'max', not {spec['rank_order']!r}")
     spec.setdefault("experiment", f"ktt-{spec['name']}")
     return spec
+
+
+def check_seeds(seeds, where="seeds") -> list[int]:
+    """A non-empty list of distinct integers (or ``"0,1,2"``), or ``BadValue`` naming the bad entry."""
+    if isinstance(seeds, str):
+        seeds = [s.strip() for s in seeds.split(",") if s.strip()]
+    if not isinstance(seeds, list) or not seeds:
+        raise BadValue(f"{where}: seeds must be a non-empty list of integers, not {seeds!r}")
+    out = []
+    for s in seeds:
+        try:
+            if isinstance(s, bool) or float(s) != int(float(s)):
+                raise ValueError
+            out.append(int(float(s)))
+        except (TypeError, ValueError):
+            raise BadValue(f"{where}: seed {s!r} is not an integer") from None
+    if len(set(out)) != len(out):
+        raise BadValue(f"{where}: seeds {out} repeat a seed")
+    return out
 
 
 def model_params(spec: dict, name: str, tuned: dict | None = None) -> dict:
@@ -105,13 +131,16 @@ def make_dataset(spec: dict, root: Path) -> str:
 
 
 def run_experiment(path: str | Path, datasets_root: str | Path | None = None,
-                   weights_root: str | Path = "weights") -> tuple[str, list[dict]]:
-    """Run every model of the file; returns the parent run ID and the ranked rows."""
+                   weights_root: str | Path = "weights", seeds=None) -> tuple[str, list[dict]]:
+    """Run every model of the file (once per seed: ``seeds`` overrides the file's); returns the
+    parent run ID and the ranked rows."""
     spec = load_spec(path)  # first: a bad file fails before MLflow, the data or any model is touched
+    if seeds is not None:
+        spec["seeds"] = check_seeds(seeds, "--seeds")
     import mlflow
 
     from .tracking import check_tracking_uri, start_run
-    from .train import train
+    from .train import train_seeds
     from .tune import Sweep, run_sweep
 
     check_tracking_uri()
@@ -132,16 +161,18 @@ def run_experiment(path: str | Path, datasets_root: str | Path | None = None,
     with start_run(run_name=f"experiment-{spec['name']}", tags={**tags, "ktt.stage": "experiment"}) as parent:
         mlflow.log_dict(spec, "experiment.yaml")
         mlflow.log_params({"dataset": dataset, "models": ",".join(spec["models"]), "rank_by": spec["rank_by"],
-                           "seed": spec["seed"]})
+                           "seed": spec["seed"], "seeds": ",".join(map(str, spec["seeds"]))})
         for name in spec["models"]:
-            fit = train(name, dataset, overrides=model_params(spec, name, tuned.get(name)), datasets_root=root,
-                        weights_root=weights_root, log_model=False, tags=tags)
+            fit = train_seeds(name, dataset, spec["seeds"], overrides=model_params(spec, name, tuned.get(name)),
+                              run_name=name, datasets_root=root, weights_root=weights_root, log_model=False, tags=tags)
             m = fit.metrics
             if spec["rank_by"] not in m:
                 raise BadValue(f"rank_by {spec['rank_by']!r} is not a metric of the runs; "
                                f"some are {sorted(k for k in m if k.startswith('test_'))}")
-            rows.append({"model": name, "run_id": fit.run_id, "tuned": name in tuned, **m})
+            rows.append({"model": name, "run_id": fit.run_id, "runs": fit.runs, "tuned": name in tuned, **m})
         rows = rank(rows, spec["rank_by"], spec["rank_order"])
+        intervals(rows, spec.get("baseline"))
+        mlflow.log_dict({r["model"]: r.get("vs") for r in rows}, "intervals.json")
         mlflow.log_text(ranking_table(rows, spec["rank_by"]), "ranking.md")
         mlflow.log_figure(ranking_chart(rows, spec["rank_by"], spec["name"]), "ranking.png")
         mlflow.log_metric(f"best_{spec['rank_by']}", rows[0][spec["rank_by"]])
@@ -159,12 +190,44 @@ def rank(rows: list[dict], rank_by: str, order: str = "max") -> list[dict]:
     return sorted(rows, key=lambda r: r[rank_by], reverse=order == "max")
 
 
+def intervals(rows: list[dict], baseline: str | None = None, n_boot: int = 2000) -> None:
+    """Each row but the reference (``baseline``, else the best) gets ``vs``: the paired bootstrap
+    of its seeds' test rows against the reference's (``ktt.compare``), and ``vs_model``."""
+    from .compare import paired_bootstrap, stack
+    from .tracking import load_test_rows
+
+    ref = next(r for r in rows if r["model"] == baseline) if baseline else rows[0]
+    keys = ("shared", "predicted", "true", "leaf_right")
+
+    def pooled_rows(row):
+        return stack([{k: v for k, v in load_test_rows(run).items() if k in keys} for run in row["runs"]])
+    ref_rows = pooled_rows(ref)
+    for r in rows:
+        if r is not ref:
+            r["vs"], r["vs_model"] = paired_bootstrap(ref_rows, pooled_rows(r), n_boot), ref["model"]
+
+
 def ranking_table(rows: list[dict], rank_by: str) -> str:
+    """The ranked models: each metric as mean ± sd over seeds, then each model's difference from the
+    reference model with its 95% interval (a star when it excludes 0)."""
     cols = [rank_by] + [c for c in ("test_h_f1", "test_leaf_accuracy", "test_violation_rate", "train_time_s")
                         if c != rank_by]
-    lines = ["| rank | model | " + " | ".join(cols) + " | run |", "|---" * (len(cols) + 3) + "|"]
+    ref = next((r["vs_model"] for r in rows if "vs_model" in r), None)
+    vs = [f"Δ hF1 vs {ref} [95% CI]", f"Δ leaf acc vs {ref} [95% CI]"] if ref else []
+    lines = ["| rank | model | " + " | ".join(cols + vs) + " | run |", "|---" * (len(cols) + len(vs) + 3) + "|"]
+
+    def cell(r, c):
+        digits = 0 if c == "train_time_s" else 4
+        sd = r.get(f"{c}_sd")
+        return f"{r[c]:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None and len(r.get("runs", [])) > 1 else "")
+
+    def ci(r, m):
+        if "vs" not in r:
+            return "(reference)"
+        x = r["vs"][m]
+        return f"{x['diff']:+.4f} [{x['low']:+.4f}, {x['high']:+.4f}]" + (" *" if x["significant"] else "")
     for i, r in enumerate(rows, 1):
-        vals = " | ".join(f"{r[c]:.0f}" if c == "train_time_s" else f"{r[c]:.4f}" for c in cols)
+        vals = " | ".join([cell(r, c) for c in cols] + ([ci(r, "h_f1"), ci(r, "leaf_accuracy")] if ref else []))
         lines.append(f"| {i} | {r['model']}{' (tuned)' if r['tuned'] else ''} | {vals} | {r['run_id'][:8]} |")
     return "\n".join(lines) + "\n"
 
@@ -176,8 +239,9 @@ def ranking_chart(rows: list[dict], rank_by: str, title: str):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.2))
-    ax.barh([r["model"] for r in rows][::-1], [r[rank_by] for r in rows][::-1], color="#4c72b0")
-    ax.set_xlabel(rank_by)
+    ax.barh([r["model"] for r in rows][::-1], [r[rank_by] for r in rows][::-1], color="#4c72b0",
+            xerr=[r.get(f"{rank_by}_sd", 0.0) for r in rows][::-1], capsize=4)
+    ax.set_xlabel(f"{rank_by} (mean ± sd over seeds)")
     ax.set_title(f"{title}: models by {rank_by}")
     fig.tight_layout()
     return fig

@@ -49,6 +49,7 @@ class Fit:
     run_id: str | None  # None on the processes of a distributed fit other than rank 0
     metrics: dict[str, float] = field(default_factory=dict)  # everything logged at the end, by name
     checkpoints: dict[str, Path] = field(default_factory=dict)  # "best" (and "last") under weights/
+    runs: list[str] = field(default_factory=list)  # train_seeds: the run of each seed
 
 
 def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_root="datasets",
@@ -168,3 +169,25 @@ def log_reference_set(model, split, logger) -> None:
     path = last.with_name(last.stem + "_reference.parquet")
     tracking.atomic_write(path, lambda tmp: ref.to_parquet(tmp, index=False))
     mlflow.log_artifact(str(path), artifact_path="checkpoints")
+
+
+def train_seeds(model: str, dataset: str, seeds: list[int], *, overrides: dict | None = None, run_name=None,
+                tags: dict | None = None, **kw) -> Fit:
+    """One fit per seed, nested under one run for the model that logs each final metric's mean
+    and sample standard deviation (``<metric>`` and ``<metric>_sd``). A seed changes everything
+    random in a fit (initialisation, batch order, dropout, SGD's shuffling) and nothing else.
+    Returns the group's :class:`Fit` (its metrics: the means) with ``runs``, the seeds' run IDs."""
+    from .compare import mean_sd
+
+    if "seed" not in registry.get(model).defaults:
+        raise BadValue(f"model {model!r} has no seed hyperparameter: it cannot be trained over seeds")
+    with tracking.start_run(run_name=run_name or f"{model}-{Path(str(dataset)).name}-seeds",
+                            nested=mlflow.active_run() is not None, tags={**(tags or {}), "ktt.stage": "seeds"}) as group:
+        fits = [train(model, dataset, overrides={**(overrides or {}), "seed": s}, run_name=f"{model}-seed{s}",
+                      tags={**(tags or {}), "ktt.seed": str(s)}, **kw) for s in seeds]
+        stats = {k: mean_sd([f.metrics[k] for f in fits]) for k in fits[0].metrics}
+        mlflow.log_params({"model": model, "seeds": ",".join(map(str, seeds))})
+        mlflow.log_metrics({k: m for k, (m, _) in stats.items() if np.isfinite(m)})
+        mlflow.log_metrics({f"{k}_sd": sd for k, (_, sd) in stats.items() if np.isfinite(sd)})
+    return Fit(group.info.run_id, {**{k: m for k, (m, _) in stats.items()}, **{f"{k}_sd": sd for k, (_, sd) in stats.items()}},
+               runs=[f.run_id for f in fits])

@@ -31,7 +31,7 @@ def test_help_of_every_command(cmd):
 def test_every_command_is_tested():
     from ktt.cli import main
     assert set(main.commands) == {"ingest", "generate", "train", "tune", "export", "serve", "experiment", "models",
-                                  "predict"}  # predict: tests/test_batch.py
+                                  "predict", "compare"}  # predict: tests/test_batch.py; compare: tests/test_compare.py
 
 
 def test_models_listed():

@@ -80,3 +80,33 @@ def test_ktt_compare_two_real_runs(tracking, bigbasket_small, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "ktt", "compare", f"{runs[0]},{runs[1]}", runs[2]],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "2 runs against 1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_an_experiment_over_seeds_reports_spread_and_intervals(tracking, tmp_path):
+    """smoke.yaml with three seeds: one run per model holding one run per seed; the table shows
+    mean ± sd (checked against the seeds' own runs) and the other model's interval against the best."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from conftest import ROOT
+    from ktt.compare import mean_sd
+    from ktt.experiment import run_experiment
+
+    parent, rows = run_experiment(ROOT / "experiments" / "smoke.yaml", datasets_root=tmp_path / "d",
+                                  weights_root=tmp_path / "w", seeds="0,1,2")
+    client = MlflowClient()
+    for r in rows:
+        seeds = [client.get_run(run) for run in r["runs"]]
+        assert [s.data.tags["ktt.seed"] for s in seeds] == ["0", "1", "2"]
+        assert all(s.data.tags["mlflow.parentRunId"] == r["run_id"] for s in seeds)
+        assert (r["test_h_f1"], r["test_h_f1_sd"]) == pytest.approx(mean_sd([s.data.metrics["test_h_f1"] for s in seeds]))
+        assert client.get_run(r["run_id"]).data.metrics["test_h_f1_sd"] == pytest.approx(r["test_h_f1_sd"])
+    assert "vs" not in rows[0] and rows[1]["vs_model"] == rows[0]["model"]
+    # every seed scores the same test rows, so pooled leaf accuracy is the mean over seeds
+    leaf = rows[1]["vs"]["leaf_accuracy"]
+    assert leaf["diff"] == pytest.approx(rows[1]["test_leaf_accuracy"] - rows[0]["test_leaf_accuracy"])
+    vs = rows[1]["vs"]["h_f1"]
+    assert vs["low"] <= vs["diff"] <= vs["high"]
+    table = mlflow.artifacts.load_text(f"runs:/{parent}/ranking.md")
+    assert " ± " in table and "Δ hF1 vs " in table and "[95% CI]" in table
+    assert mlflow.artifacts.load_dict(f"runs:/{parent}/intervals.json")[rows[1]["model"]]["h_f1"]["low"] == vs["low"]
