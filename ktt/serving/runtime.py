@@ -162,7 +162,9 @@ class Predictor:
         raw ``scores``: ``Model.calibrated``, by the same ``Hierarchy`` methods and settings."""
         h, c = self.hierarchy, self.config
         raw = h.split_levels(out["scores"])
-        ps = h.path_scores(raw, c.get("paths", "joint"))
+        # an export from before `paths`: TF-IDF and leaf-decoded models scored paths by their leaf
+        rule = c.get("paths") or ("leaf" if c["input"] == "tfidf" or c.get("decode") == "leaf" else "joint")
+        ps = h.path_scores(raw, rule)
         mode = c.get("decode", "path")
         codes = h.leaf_paths()[ps.argmax(axis=1)] if mode == "path" else h.decode_scores(raw, mode)
         return codes, np.concatenate(h.temper(h.node_proba(ps), c.get("temperatures", 1.0)), axis=1)
