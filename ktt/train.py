@@ -182,7 +182,9 @@ def train_seeds(model: str, dataset: str, seeds: list[int], *, overrides: dict |
     if "seed" not in registry.get(model).defaults:
         raise BadValue(f"model {model!r} has no seed hyperparameter: it cannot be trained over seeds")
     with tracking.start_run(run_name=run_name or f"{model}-{Path(str(dataset)).name}-seeds",
-                            nested=mlflow.active_run() is not None, tags={**(tags or {}), "ktt.stage": "seeds"}) as group:
+                            nested=mlflow.active_run() is not None,
+                            tags={**(tags or {}), "ktt.stage": "seeds", "ktt.model": model,
+                                  "ktt.dataset": Path(str(dataset)).name}) as group:
         fits = [train(model, dataset, overrides={**(overrides or {}), "seed": s}, run_name=f"{model}-seed{s}",
                       tags={**(tags or {}), "ktt.seed": str(s)}, **kw) for s in seeds]
         stats = {k: mean_sd([f.metrics[k] for f in fits]) for k in fits[0].metrics}
