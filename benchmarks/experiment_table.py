@@ -28,14 +28,29 @@ def main(path: str) -> None:
     _, rows = run_experiment(path, datasets_root=tmp / "datasets", weights_root=tmp / "weights")
     depth = max(int(k[len("test_L"):].split("_")[0]) for k in rows[0] if k.startswith("test_L"))
     levels = range(1, depth + 1)
-    head = ["model", *(f"L{i} acc" for i in levels), *(f"L{i} macro-F1" for i in levels), "hier. F1",
-            "violation rate", "train s"]
+    seeds = len(rows[0].get("runs", [])) > 1
+    ref = next((r["vs_model"] for r in rows if "vs_model" in r), None)
+
+    def cell(r, key, digits=3):  # mean ± sd over the seeds when there are several
+        return f"{r[key]:.{digits}f}" + (f" ± {r[key + '_sd']:.{digits}f}" if seeds else "")
+
+    def ci(r, m):
+        if "vs" not in r:
+            return "(reference)"
+        x = r["vs"][m]
+        return f"{x['diff']:+.4f} [{x['low']:+.4f}, {x['high']:+.4f}]" + (" significant" if x["significant"] else "")
+    head = ["model", *(f"L{i} acc" for i in levels), *(f"L{i} macro-F1" for i in levels), "hier. F1", "leaf acc",
+            "violation rate", "train s", *([f"hF1 - {ref} [95% CI]", f"leaf acc - {ref} [95% CI]"] if ref else [])]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in rows:
-        cells = [r["model"] + (" (tuned)" if r["tuned"] else ""), *(f"{r[f'test_L{i}_accuracy']:.3f}" for i in levels),
-                 *(f"{r[f'test_L{i}_macro_f1']:.3f}" for i in levels), f"{r['test_h_f1']:.3f}",
-                 f"{r['test_violation_rate']:.3f}", f"{r['train_time_s']:.0f}"]
+        cells = [r["model"] + (" (tuned)" if r["tuned"] else ""), *(cell(r, f"test_L{i}_accuracy") for i in levels),
+                 *(cell(r, f"test_L{i}_macro_f1") for i in levels), cell(r, "test_h_f1", 4),
+                 cell(r, "test_leaf_accuracy", 4), f"{r['test_violation_rate']:.3f}", f"{r['train_time_s']:.0f}",
+                 *([ci(r, "h_f1"), ci(r, "leaf_accuracy")] if ref else [])]
         lines.append("| " + " | ".join(cells) + " |")
+    if seeds:
+        lines += ["", f"Mean ± sample sd over seeds {spec['seeds']}; intervals: paired bootstrap over the same "
+                  "test rows, seeds pooled (2,000 resamples), the difference from the reference model."]
     write_section(f"experiment-{spec['name']}", "\n".join([
         f"## Experiment `{spec['name']}`", "",
         f"Command: `.venv/bin/python benchmarks/experiment_table.py {path}` (the same runs as "
