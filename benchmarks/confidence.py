@@ -182,7 +182,7 @@ def calibration(root: Path, epochs: int) -> None:
                                if name.startswith("db_") else {})
         h = model.hierarchy
         vraw = model.raw_scores(ds.val.texts)
-        vcodes = model.decode(vraw, h.path_scores(vraw, model.paths))
+        vcodes = h.decode_scores(vraw, model.params.get("decode", "path"), rule=model.paths)
         one = single_temperature(h, h.node_proba(h.path_scores(vraw, model.paths)), vcodes, ds.val.codes)
         raw = model.raw_scores(ds.test.texts)
         codes, proba = model.calibrated(raw)

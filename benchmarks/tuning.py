@@ -32,13 +32,11 @@ DATA = Path(os.environ.get("KTT_SHARED_DATA", ROOT.parent / "shared" / "data")) 
 
 def believe(study, common) -> list[str]:
     """The defaults (trial 0) and the best trial, refit over 3 seeds: can the gain be believed?"""
-    from ktt.compare import paired_bootstrap, stack
-    from ktt.tracking import load_test_rows
+    from ktt.tracking import bootstrap_runs
     from ktt.train import train_seeds
 
     import optuna
 
-    keys = ("shared", "predicted", "true", "leaf_right")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.number != 0]
     best = max(done, key=lambda t: t.value)  # the best tuned alternative, even when the defaults won
     label = "best trial" if best.value >= study.trials[0].value else "best trial but the defaults"
@@ -46,9 +44,8 @@ def believe(study, common) -> list[str]:
     for label, trial in (("defaults (trial 0)", study.trials[0]), (f"{label} (trial {best.number})", best)):
         fits[label] = train_seeds("tfidf_hsgd", "bigbasket", [0, 1, 2], overrides=dict(trial.params),
                                   log_model=False, run_name=f"tfidf_hsgd-{label.split()[0]}-seeds", **common)
-    rows = {k: stack([{c: v for c, v in load_test_rows(r).items() if c in keys} for r in f.runs]) for k, f in fits.items()}
-    (d_label, d), (b_label, b) = fits.items()
-    vs = paired_bootstrap(rows[d_label], rows[b_label])["h_f1"]
+    (_, d), (_, b) = fits.items()
+    vs = bootstrap_runs(d.runs, b.runs)["h_f1"]
     out = []
     for label, f in fits.items():
         m = f.metrics

@@ -193,18 +193,12 @@ def rank(rows: list[dict], rank_by: str, order: str = "max") -> list[dict]:
 def intervals(rows: list[dict], baseline: str | None = None, n_boot: int = 2000) -> None:
     """Each row but the reference (``baseline``, else the best) gets ``vs``: the paired bootstrap
     of its seeds' test rows against the reference's (``ktt.compare``), and ``vs_model``."""
-    from .compare import paired_bootstrap, stack
-    from .tracking import load_test_rows
+    from .tracking import bootstrap_runs
 
     ref = next(r for r in rows if r["model"] == baseline) if baseline else rows[0]
-    keys = ("shared", "predicted", "true", "leaf_right")
-
-    def pooled_rows(row):
-        return stack([{k: v for k, v in load_test_rows(run).items() if k in keys} for run in row["runs"]])
-    ref_rows = pooled_rows(ref)
     for r in rows:
         if r is not ref:
-            r["vs"], r["vs_model"] = paired_bootstrap(ref_rows, pooled_rows(r), n_boot), ref["model"]
+            r["vs"], r["vs_model"] = bootstrap_runs(ref["runs"], r["runs"], n_boot), ref["model"]
 
 
 def ranking_table(rows: list[dict], rank_by: str) -> str:

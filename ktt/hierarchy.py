@@ -156,10 +156,12 @@ class Hierarchy:
         O(n x classes), where a dense (classes x leaves) matrix costs O(n x classes x leaves)."""
         out = [np.asarray(leaf_values)]
         for d in range(self.depth - 1, 0, -1):
-            parents = self._parents[d]
-            starts = np.flatnonzero(np.diff(parents, prepend=-1))
-            out.insert(0, reduce.reduceat(out[0], starts, axis=1))
+            out.insert(0, reduce.reduceat(out[0], self._sibling_starts(d), axis=1))
         return out
+
+    def _sibling_starts(self, level: int) -> np.ndarray:
+        """Where each parent's run of children starts among the classes of ``level`` (>= 1)."""
+        return np.flatnonzero(np.diff(self._parents[level], prepend=-1))
 
     # -- encoding -----------------------------------------------------------------
     def encode(self, paths: Iterable[Sequence[str]]) -> np.ndarray:
@@ -300,11 +302,21 @@ class Hierarchy:
                 up = np.asarray(proba[d - 1], dtype=np.float64)[:, self._parents[d]]
                 q = np.divide(q, up, out=np.zeros_like(q), where=up > 0)
             q = q ** (1.0 / ts[d])
-            starts = np.flatnonzero(np.diff(self._parents[d], prepend=-1)) if d else np.array([0])
-            norm = np.add.reduceat(q, starts, axis=1)[:, self._parents[d] if d else np.zeros(q.shape[1], int)]
+            norm = np.add.reduceat(q, self._sibling_starts(d), axis=1)[:, self._parents[d]] if d else \
+                q.sum(axis=1, keepdims=True)
             q = np.divide(q, norm, out=np.zeros_like(q), where=norm > 0)
             out.append(q if d == 0 else out[-1][:, self._parents[d]] * q)
         return out
+
+    def answer_scores(self, raw: list[np.ndarray], rule: str, decode: str = "path",
+                      temperatures=1.0) -> tuple[np.ndarray, list[np.ndarray]]:
+        """A model's raw per-level scores -> its decoded paths (``decode``, as
+        :meth:`decode_scores`, ``path`` by ``rule``) and every class's probability, per level
+        (:meth:`node_proba`, softened by :meth:`temper`): what every front-end answers with,
+        in-process (``Model.calibrated``) and in the server alike."""
+        ps = self.path_scores(raw, rule)
+        codes = self.leaf_paths()[ps.argmax(axis=1)] if decode == "path" else self.decode_scores(raw, decode)
+        return codes, self.temper(self.node_proba(ps), temperatures)
 
     def decode_scores(self, scores: list[np.ndarray], mode: str = "path",
                       conditional: list[np.ndarray] | None = None, rule: str = "joint") -> np.ndarray:

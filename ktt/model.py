@@ -142,27 +142,18 @@ class Model(ABC):
         """The model's own scores per level, ``[(n, n_classes_at_level), ...]``, before they
         become path probabilities by its ``paths`` rule (:meth:`calibrated`)."""
 
-    def decode(self, raw: list[np.ndarray], path_scores: np.ndarray) -> np.ndarray:
-        """``(n, depth)`` class indices by the ``decode`` hyperparameter (default ``path``: the most
-        probable whole path; see ``Hierarchy.decode_scores`` for the others)."""
-        mode = self.params.get("decode", "path")
-        if mode == "path":
-            return self.hierarchy.leaf_paths()[path_scores.argmax(axis=1)]
-        return self.hierarchy.decode_scores(raw, mode)
-
     @property
     def temperatures(self) -> list[float]:
         """The temperature of each level that :meth:`calibrate` fitted (all 1 before it ran)."""
         return (getattr(self, "calibration_", None) or {}).get("temperatures", [1.0] * self.hierarchy.depth)
 
-    def calibrated(self, raw: list[np.ndarray], codes: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        """From :meth:`raw_scores`: the decoded paths (unless ``codes`` are given) and every
-        class's probability, per level: the sum over the paths through it of the path
-        distribution (``Hierarchy.node_proba``), each level softened by its temperature
-        (``Hierarchy.temper``)."""
-        h = self.hierarchy
-        ps = h.path_scores(raw, self.paths)
-        return (self.decode(raw, ps) if codes is None else codes), h.temper(h.node_proba(ps), self.temperatures)
+    def calibrated(self, raw: list[np.ndarray], temperatures=None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """From :meth:`raw_scores`: the paths decoded by the ``decode`` hyperparameter (default
+        ``path``: the most probable whole path) and every class's probability, per level: the sum
+        over the paths through it of the path distribution, each level softened by its temperature
+        (default: the fitted ones; ``Hierarchy.answer_scores``)."""
+        return self.hierarchy.answer_scores(raw, self.paths, self.params.get("decode", "path"),
+                                            self.temperatures if temperatures is None else temperatures)
 
     def predict_scored(self, texts: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
         """``predict`` and ``predict_proba`` together, from one pass over the texts."""
@@ -189,9 +180,7 @@ class Model(ABC):
         if len(rows) > max_rows:
             rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
         texts, truth = [val.texts[i] for i in rows], val.codes[rows]
-        raw = self.raw_scores(texts)
-        ps = h.path_scores(raw, self.paths)
-        codes, proba = self.decode(raw, ps), h.node_proba(ps)
+        codes, proba = self.calibrated(self.raw_scores(texts), temperatures=1.0)
         temperatures = fit_temperatures(h, proba, codes, truth)
         curve = precision_curve(h, codes, h.confidences(codes, h.temper(proba, temperatures)), truth)
         target = self.params["target_precision"]

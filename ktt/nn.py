@@ -253,7 +253,7 @@ class TorchModel(Model):
                     logger.log_metrics({"train_loss": batch_loss, "lr": sched.get_last_lr()[-1]}, step=step)
                     bar.set_postfix(loss=f"{batch_loss:.4f}")
             scores, val_loss = self._validate(val, world)
-            pred = self.decode(scores, self.hierarchy.path_scores(scores, self.paths))
+            pred = self.hierarchy.decode_scores(scores, p["decode"], rule=self.paths)
             metrics = {**evaluate(self.hierarchy, val.codes, pred), "loss": val_loss}
             logger.log_metrics({f"val_{k}": v for k, v in metrics.items()}, step=epoch)
             score = -metrics["loss"] if monitor == "loss" else metrics[monitor]

@@ -309,10 +309,10 @@ def load_test_rows(run_id: str) -> dict:
     return {k: v.to_numpy() for k, v in pd.read_parquet(path).items()}
 
 
-def compare_runs(a: list[str], b: list[str], n_boot: int = 2000, seed: int = 0) -> dict:
-    """:func:`ktt.compare.paired_bootstrap` of runs ``b`` against runs ``a`` (several runs on a side:
-    seeds, paired in order, their rows pooled), logged as a run of its own (``ktt.stage`` compare)
-    in the experiment of ``a``'s first run; returns the numbers and that run's ID."""
+def bootstrap_runs(a: list[str], b: list[str], n_boot: int = 2000, seed: int = 0) -> dict:
+    """:func:`ktt.compare.paired_bootstrap` of runs ``b`` against runs ``a`` from their logged test
+    rows (several runs on a side: seeds, paired in order, their rows pooled); ``BadValue`` when a
+    pair was not evaluated on the same test rows."""
     from .compare import paired_bootstrap, stack
 
     if len(a) != len(b):
@@ -322,7 +322,13 @@ def compare_runs(a: list[str], b: list[str], n_boot: int = 2000, seed: int = 0) 
         if len(ra["true_leaf"]) != len(rb["true_leaf"]) or (ra["true_leaf"] != rb["true_leaf"]).any():
             raise BadValue(f"runs {ia} and {ib} were evaluated on different test rows")
     keys = ("shared", "predicted", "true", "leaf_right")
-    result = paired_bootstrap(*(stack([{k: r[k] for k in keys} for r in side]) for side in sides), n_boot, seed)
+    return paired_bootstrap(*(stack([{k: r[k] for k in keys} for r in side]) for side in sides), n_boot, seed)
+
+
+def compare_runs(a: list[str], b: list[str], n_boot: int = 2000, seed: int = 0) -> dict:
+    """:func:`bootstrap_runs`, logged as a run of its own (``ktt.stage`` compare) in the experiment
+    of ``a``'s first run; returns the numbers and that run's ID."""
+    result = bootstrap_runs(a, b, n_boot, seed)
     experiment_id = mlflow.MlflowClient().get_run(a[0]).info.experiment_id
     with mlflow.start_run(experiment_id=experiment_id, run_name="compare", nested=mlflow.active_run() is not None,
                           tags={"ktt.stage": "compare", "ktt.compare.a": ",".join(a), "ktt.compare.b": ",".join(b)}):

@@ -161,13 +161,11 @@ class Predictor:
         """The decoded paths and every class's probability (all levels concatenated) from the
         raw ``scores``: ``Model.calibrated``, by the same ``Hierarchy`` methods and settings."""
         h, c = self.hierarchy, self.config
-        raw = h.split_levels(out["scores"])
         # an export from before `paths`: TF-IDF and leaf-decoded models scored paths by their leaf
         rule = c.get("paths") or ("leaf" if c["input"] == "tfidf" or c.get("decode") == "leaf" else "joint")
-        ps = h.path_scores(raw, rule)
-        mode = c.get("decode", "path")
-        codes = h.leaf_paths()[ps.argmax(axis=1)] if mode == "path" else h.decode_scores(raw, mode)
-        return codes, np.concatenate(h.temper(h.node_proba(ps), c.get("temperatures", 1.0)), axis=1)
+        codes, proba = h.answer_scores(h.split_levels(out["scores"]), rule, c.get("decode", "path"),
+                                       c.get("temperatures", 1.0))
+        return codes, np.concatenate(proba, axis=1)
 
     @property
     def threshold(self) -> float:
