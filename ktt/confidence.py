@@ -45,15 +45,16 @@ def fit_temperatures(h, proba: list[np.ndarray], codes: np.ndarray, truth: np.nd
     ts = [1.0] * h.depth
     if len(codes) == 0:
         return ts
-    rows, lo_hi = np.arange(len(codes)), np.log(TEMPERATURE_RANGE)
-    for d in range(h.depth):
-        right = codes[:, d] == truth[:, d]
+    rows, lo_hi, above = np.arange(len(codes)), np.log(TEMPERATURE_RANGE), None
+    for d in range(h.depth):  # the levels above are fitted and tempered once, not at every trial T
+        right, cond = codes[:, d] == truth[:, d], h.conditional(proba, d)
 
-        def loss(log_t, d=d, right=right):
-            return brier(h.temper(proba[:d + 1], ts[:d] + [np.exp(log_t)])[d][rows, codes[:, d]], right)
+        def loss(log_t, d=d, right=right, cond=cond, above=above):
+            return brier(h.temper_level(d, cond, np.exp(log_t), above)[rows, codes[:, d]], right)
 
         ts[d] = float(np.exp(minimize_scalar(loss, bounds=tuple(lo_hi), method="bounded",
                                              options={"xatol": 1e-3}).x))
+        above = h.temper_level(d, cond, ts[d], above)
     return ts
 
 

@@ -297,16 +297,26 @@ class Hierarchy:
             return proba
         out = []
         for d in range(len(proba)):
-            q = np.asarray(proba[d], dtype=np.float64)
-            if d:  # P(class | parent); a parent of probability 0 leaves its children at 0
-                up = np.asarray(proba[d - 1], dtype=np.float64)[:, self._parents[d]]
-                q = np.divide(q, up, out=np.zeros_like(q), where=up > 0)
-            q = q ** (1.0 / ts[d])
-            norm = np.add.reduceat(q, self._sibling_starts(d), axis=1)[:, self._parents[d]] if d else \
-                q.sum(axis=1, keepdims=True)
-            q = np.divide(q, norm, out=np.zeros_like(q), where=norm > 0)
-            out.append(q if d == 0 else out[-1][:, self._parents[d]] * q)
+            out.append(self.temper_level(d, self.conditional(proba, d), ts[d], out[-1] if d else None))
         return out
+
+    def conditional(self, proba: list[np.ndarray], level: int) -> np.ndarray:
+        """P(class | parent) at ``level`` from per-level node probabilities (a parent of
+        probability 0 leaves its children at 0)."""
+        q = np.asarray(proba[level], dtype=np.float64)
+        if level == 0:
+            return q
+        up = np.asarray(proba[level - 1], dtype=np.float64)[:, self._parents[level]]
+        return np.divide(q, up, out=np.zeros_like(q), where=up > 0)
+
+    def temper_level(self, level: int, conditional: np.ndarray, temperature: float, above) -> np.ndarray:
+        """One step of :meth:`temper`: ``conditional`` P(class | parent) at ``level`` raised to
+        1 / ``temperature``, normalised over siblings, times ``above`` (the tempered level above)."""
+        q = conditional ** (1.0 / temperature)
+        norm = np.add.reduceat(q, self._sibling_starts(level), axis=1)[:, self._parents[level]] if level else \
+            q.sum(axis=1, keepdims=True)
+        q = np.divide(q, norm, out=np.zeros_like(q), where=norm > 0)
+        return q if level == 0 else above[:, self._parents[level]] * q
 
     def answer_scores(self, raw: list[np.ndarray], rule: str, decode: str = "path",
                       temperatures=1.0) -> tuple[np.ndarray, list[np.ndarray]]:
