@@ -9,14 +9,17 @@ models with their overrides, an optional tuning budget, seeds and the metric to 
     tune: {n_trials: 10, models: [tfidf_hsgd]}       # optional
     train_rows: 8000                                  # optional seeded samples (val_rows too)
     seed: 0
-    seeds: [0, 1, 2]         # optional: each model fitted once per seed (default: [seed])
-    baseline: tfidf_lsgd     # optional: intervals against this model (default: the best)
+    seeds: [0, 1, 2]         # optional: each model fitted once per seed (default: [seed]);
+                             # a model's own ``seeds:`` among its overrides replaces it for that model
+    baseline: tfidf_lsgd     # optional: intervals against this model (default: the best), or a
+                             # mapping {model: its reference} (each hierarchical model vs its flat twin)
     rank_by: test_h_f1
     rank_order: max          # optional: min for losses, violation rates and times (their default)
 
 A parent run holds the file, the ranked table (``ranking.md``: mean ± sd over seeds, and for
 each model the paired bootstrap 95% interval of its difference from the best model, or from
-``baseline``, in hierarchical F1 and leaf accuracy over the same test rows, seeds pooled) and a
+its ``baseline``, in hierarchical F1 and leaf accuracy over the same test rows, the seeds both
+ran pooled) and a
 bar chart with error bars (``ranking.png``); each model is a nested run holding one nested run
 per seed (tuning studies are runs of their own, tagged with the experiment).
 """
@@ -68,8 +71,16 @@ def load_spec(path: str | Path) -> dict:
         raise BadValue(f"{path}: models must map model names to overrides ({{tfidf_lsgd: {{}}}})")
     spec.setdefault("seed", 0)
     spec["seeds"] = check_seeds(spec.get("seeds", [spec["seed"]]), path)
-    if spec.get("baseline") is not None and spec["baseline"] not in spec["models"]:
-        raise BadValue(f"{path}: baseline {spec['baseline']!r} is not one of the models {list(spec['models'])}")
+    spec["model_seeds"] = {}
+    for name, over in spec["models"].items():
+        if isinstance(over, dict) and "seeds" in over:
+            spec["model_seeds"][name] = check_seeds(over.pop("seeds"), f"{path}: models.{name}")
+    base = spec.get("baseline")
+    pairs = base if isinstance(base, dict) else {} if base is None else {"*": base}
+    for model, ref in pairs.items():
+        for x in (model, ref) if model != "*" else (ref,):
+            if x not in spec["models"]:
+                raise BadValue(f"{path}: baseline names {x!r}, which is not one of the models {list(spec['models'])}")
     for name in spec["models"]:
         try:  # every value each model will train with: an unknown name, a wrong type, a bad value
             model_params(spec, name)
@@ -136,7 +147,7 @@ def run_experiment(path: str | Path, datasets_root: str | Path | None = None,
     parent run ID and the ranked rows."""
     spec = load_spec(path)  # first: a bad file fails before MLflow, the data or any model is touched
     if seeds is not None:
-        spec["seeds"] = check_seeds(seeds, "--seeds")
+        spec["seeds"], spec["model_seeds"] = check_seeds(seeds, "--seeds"), {}
     import mlflow
 
     from .tracking import check_tracking_uri, start_run
@@ -163,13 +174,15 @@ def run_experiment(path: str | Path, datasets_root: str | Path | None = None,
         mlflow.log_params({"dataset": dataset, "models": ",".join(spec["models"]), "rank_by": spec["rank_by"],
                            "seed": spec["seed"], "seeds": ",".join(map(str, spec["seeds"]))})
         for name in spec["models"]:
-            fit = train_seeds(name, dataset, spec["seeds"], overrides=model_params(spec, name, tuned.get(name)),
+            seeds_of = spec["model_seeds"].get(name, spec["seeds"])
+            fit = train_seeds(name, dataset, seeds_of, overrides=model_params(spec, name, tuned.get(name)),
                               run_name=name, datasets_root=root, weights_root=weights_root, log_model=False, tags=tags)
             m = fit.metrics
             if spec["rank_by"] not in m:
                 raise BadValue(f"rank_by {spec['rank_by']!r} is not a metric of the runs; "
                                f"some are {sorted(k for k in m if k.startswith('test_'))}")
-            rows.append({"model": name, "run_id": fit.run_id, "runs": fit.runs, "tuned": name in tuned, **m})
+            rows.append({"model": name, "run_id": fit.run_id, "runs": fit.runs, "seeds": seeds_of, "tuned": name in tuned,
+                         **m})
         rows = rank(rows, spec["rank_by"], spec["rank_order"])
         intervals(rows, spec.get("baseline"))
         mlflow.log_dict({r["model"]: r.get("vs") for r in rows}, "intervals.json")
@@ -190,15 +203,24 @@ def rank(rows: list[dict], rank_by: str, order: str = "max") -> list[dict]:
     return sorted(rows, key=lambda r: r[rank_by], reverse=order == "max")
 
 
-def intervals(rows: list[dict], baseline: str | None = None, n_boot: int = 2000) -> None:
-    """Each row but the reference (``baseline``, else the best) gets ``vs``: the paired bootstrap
-    of its seeds' test rows against the reference's (``ktt.compare``), and ``vs_model``."""
+def intervals(rows: list[dict], baseline: str | dict | None = None, n_boot: int = 2000) -> None:
+    """Each row with a reference (``baseline``: one model for all, a mapping model -> reference,
+    or None for the best) gets ``vs``: the paired bootstrap of its test rows against the
+    reference's over the seeds both ran (``ktt.compare``), and ``vs_model``."""
     from .tracking import bootstrap_runs
 
-    ref = next(r for r in rows if r["model"] == baseline) if baseline else rows[0]
+    by_name = {r["model"]: r for r in rows}
+    refs = baseline if isinstance(baseline, dict) else {r["model"]: baseline or rows[0]["model"] for r in rows}
     for r in rows:
-        if r is not ref:
-            r["vs"], r["vs_model"] = bootstrap_runs(ref["runs"], r["runs"], n_boot), ref["model"]
+        ref = by_name.get(refs.get(r["model"]))
+        if ref is None or ref is r:
+            continue
+        common = [s for s in r.get("seeds", [None]) if s in ref.get("seeds", [None])]
+        if not common:
+            log.warning("%s and %s share no seed: no paired interval", r["model"], ref["model"])
+            continue
+        pick = lambda row: [row["runs"][row.get("seeds", [None]).index(s)] for s in common]  # noqa: E731
+        r["vs"], r["vs_model"], r["vs_seeds"] = bootstrap_runs(pick(ref), pick(r), n_boot), ref["model"], common
 
 
 def ranking_table(rows: list[dict], rank_by: str) -> str:
@@ -206,8 +228,12 @@ def ranking_table(rows: list[dict], rank_by: str) -> str:
     reference model with its 95% interval (a star when it excludes 0)."""
     cols = [rank_by] + [c for c in ("test_h_f1", "test_leaf_accuracy", "test_violation_rate", "train_time_s")
                         if c != rank_by]
-    ref = next((r["vs_model"] for r in rows if "vs_model" in r), None)
-    vs = [f"Δ hF1 vs {ref} [95% CI]", f"Δ leaf acc vs {ref} [95% CI]"] if ref else []
+    refs = {r["vs_model"] for r in rows if "vs_model" in r}
+    ref = next(iter(refs)) if len(refs) == 1 else None
+    against = ["against"] if len(refs) > 1 else []
+    vs = ([f"Δ hF1 vs {ref} [95% CI]", f"Δ leaf acc vs {ref} [95% CI]"] if ref else
+          ["Δ hF1 [95% CI]", "Δ leaf acc [95% CI]"] if refs else [])
+    vs = against + vs
     lines = ["| rank | model | " + " | ".join(cols + vs) + " | run |", "|---" * (len(cols) + len(vs) + 3) + "|"]
 
     def cell(r, c):
@@ -217,11 +243,12 @@ def ranking_table(rows: list[dict], rank_by: str) -> str:
 
     def ci(r, m):
         if "vs" not in r:
-            return "(reference)"
+            return "(reference)" if ref or any(x.get("vs_model") == r["model"] for x in rows) else ""
         x = r["vs"][m]
         return f"{x['diff']:+.4f} [{x['low']:+.4f}, {x['high']:+.4f}]" + (" *" if x["significant"] else "")
     for i, r in enumerate(rows, 1):
-        vals = " | ".join([cell(r, c) for c in cols] + ([ci(r, "h_f1"), ci(r, "leaf_accuracy")] if ref else []))
+        vals = " | ".join([cell(r, c) for c in cols] + ([r.get("vs_model", "")] if against else [])
+                          + ([ci(r, "h_f1"), ci(r, "leaf_accuracy")] if refs else []))
         lines.append(f"| {i} | {r['model']}{' (tuned)' if r['tuned'] else ''} | {vals} | {r['run_id'][:8]} |")
     return "\n".join(lines) + "\n"
 

@@ -110,3 +110,25 @@ def test_an_experiment_over_seeds_reports_spread_and_intervals(tracking, tmp_pat
     table = mlflow.artifacts.load_text(f"runs:/{parent}/ranking.md")
     assert " ± " in table and "Δ hF1 vs " in table and "[95% CI]" in table
     assert mlflow.artifacts.load_dict(f"runs:/{parent}/intervals.json")[rows[1]["model"]]["h_f1"]["low"] == vs["low"]
+
+
+def test_own_seeds_and_a_baseline_per_model_pair_on_the_seeds_both_ran(tracking, tmp_path):
+    """A model's own ``seeds:`` replaces the file's; with ``baseline`` a mapping, each model is
+    compared with its own reference over the seeds both ran, here only seed 1."""
+    import yaml
+
+    from conftest import ROOT
+    from ktt.experiment import ranking_table, run_experiment
+    from ktt.tracking import bootstrap_runs
+
+    spec = yaml.safe_load((ROOT / "experiments" / "smoke.yaml").read_text())
+    spec.update(models={"tfidf_lsgd": {"seeds": [0, 1]}, "tfidf_hsgd": {"seeds": [1, 2]}},
+                baseline={"tfidf_hsgd": "tfidf_lsgd"}, data={"generate": {"rows": 1500, "noise": 0.05}})
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(spec))
+    _, rows = run_experiment(tmp_path / "e.yaml", datasets_root=tmp_path / "d", weights_root=tmp_path / "w")
+    by = {r["model"]: r for r in rows}
+    assert by["tfidf_lsgd"]["seeds"] == [0, 1] and by["tfidf_hsgd"]["seeds"] == [1, 2]
+    assert "vs" not in by["tfidf_lsgd"] and by["tfidf_hsgd"]["vs_seeds"] == [1]
+    assert by["tfidf_hsgd"]["vs"] == bootstrap_runs([by["tfidf_lsgd"]["runs"][1]], [by["tfidf_hsgd"]["runs"][0]])
+    table = ranking_table(rows, "test_h_f1")
+    assert "Δ hF1 vs tfidf_lsgd [95% CI]" in table and "(reference)" in table

@@ -50,6 +50,8 @@ def test_smoke_experiment(tracking, tmp_path):
     ({"models": {"tfidf_lsgd": {"epochs": 3}}}, "models.tfidf_lsgd: unknown hyperparameter"),
     ({"data": {"generate": {}, "source": "x.csv"}}, "exactly one of 'generate'"),
     ({"data": {"generate": {}, "ingest": {"delimiter": ","}}}, "unknown ingest options \\['delimiter'\\]"),
+    ({"baseline": {"tfidf_hsgd": "db_linear"}}, "baseline names 'db_linear', which is not one of the models"),
+    ({"models": {"tfidf_lsgd": {"seeds": [0, 0]}}}, "models.tfidf_lsgd: seeds \\[0, 0\\] repeat a seed"),
 ])
 def test_bad_experiment_files(tmp_path, change, message):
     spec = {**yaml.safe_load((ROOT / "experiments/smoke.yaml").read_text()), **change}
