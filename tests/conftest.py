@@ -102,6 +102,11 @@ def leaks(status: int, body: str) -> bool:
     return bool(LEAK.search(body)) or (status == 500 and "request id" not in body)
 
 
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def http_ok(url: str) -> bool:
     import requests
 
@@ -114,12 +119,17 @@ def http_ok(url: str) -> bool:
 class Served:
     """`bentoml serve` (or serve-gunicorn) of a built bundle on a free loopback port."""
 
-    def __init__(self, bundle, gunicorn=False):
-        env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
+    def __init__(self, bundle, gunicorn=False, probe="healthz", args=(), **env):
+        """``probe``: the route whose 200 means started (``readyz``: warm, taking traffic; None:
+        the front server accepts connections, the model server may still be loading);
+        ``args``: more ``bentoml serve`` options; ``env``: more environment variables."""
+        env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python",
+               **{k: str(v) for k, v in env.items()}}
         self.server = Server(
             lambda ports: [str(SERVING_BIN / "bentoml"), "serve-gunicorn" if gunicorn else "serve", str(bundle),
-                           "--port", str(ports[0])] + (["--workers", "1"] if gunicorn else []),
-            lambda ports, log: http_ok(f"http://127.0.0.1:{ports[0]}/healthz"), env=env)
+                           "--port", str(ports[0])] + (["--workers", "1"] if gunicorn else []) + list(args),
+            lambda ports, log: port_open(ports[0]) if probe is None else http_ok(f"http://127.0.0.1:{ports[0]}/{probe}"),
+            env=env, timeout=300)
         self.port = self.server.ports[0]
         self.url = f"http://127.0.0.1:{self.port}"
 
