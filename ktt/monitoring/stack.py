@@ -90,7 +90,7 @@ class Stack:
             self._tsdb = tempfile.mkdtemp(prefix="ktt-prometheus-")
             self._spawn("prometheus", [self.prometheus, f"--config.file={path}", f"--storage.tsdb.path={self._tsdb}",
                                        f"--web.listen-address={self.host}:{self.prometheus_port}"])
-        health = {"inference": "/healthz", "monitoring": "/healthz", "prometheus": "/-/ready"}
+        health = {"inference": "/readyz", "monitoring": "/healthz", "prometheus": "/-/ready"}  # readyz: warm
         deadline = time.monotonic() + timeout
         for name, url in self.urls().items():
             while not _ok(url + health[name]):
