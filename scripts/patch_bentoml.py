@@ -9,11 +9,11 @@
    discarded (a 400 logged as a 200 with another request's answer): pair every request with the
    result its client received.
 5. Readiness: the model server answers ``GET /readyz`` from the service's ``readiness()`` (if it
-   has one: status and JSON); the front server polls it from start-up, answers batched routes 503
-   until the model server is ready, then seeds every micro-batcher's cost model with the batch
-   times the service measured while warming up (BentoML starts from 2 s a request plus 1 s, so a
-   cold server sheds nearly every concurrent request until it has learned). Its own ``/readyz``
-   says whether it is ready.
+   has one: status and JSON); the front server polls it from start-up, and a batched request that
+   arrives before it is ready waits up to 1 s for it, then gets 503. On the first 200 every
+   micro-batcher's cost model is seeded with the batch times the service measured while warming
+   up (BentoML starts from 2 s a request plus 1 s, so a cold server sheds nearly every concurrent
+   request until it has learned). Its own ``/readyz`` says whether it is ready.
 6. Shedding: a shed request gets 429 (over the latency budget) or 503 (not ready) with
    ``Retry-After``, counted in ``<service>_mb_shed_total{endpoint, reason}``.
 """
@@ -109,8 +109,8 @@ patch(marshal, '''            api_route = request.match_info.get("path")
                 ready, body = await self.ktt_check_ready()
                 return Response(status=200 if ready else 503, body=body, content_type="application/json",
                                 headers={} if ready else {"Retry-After": "1"})
-            if api_route in self.batch_handlers and not self.ktt_ready:  # patched by ktt
-                return self.ktt_shed(api_route, "not_ready")
+            if api_route in self.batch_handlers and not self.ktt_ready and not (await self.ktt_check_ready())[0]:
+                return self.ktt_shed(api_route, "not_ready")  # patched by ktt
             if api_route in self.batch_handlers:
 ''', replace=True)
 patch(marshal, "    def add_batch_handler(self, api_route, max_latency, max_batch_size):\n", '''    # patched by ktt: readiness, a cost model measured by the model server, honest shedding
@@ -133,15 +133,22 @@ patch(marshal, "    def add_batch_handler(self, api_route, max_latency, max_batc
                                    text="the service is at capacity: retry after Retry-After seconds")
 
     async def ktt_check_ready(self):
-        """Ask the model server's /readyz; on its first 200, seed each micro-batcher's cost model
-        (duration = per_item_s * n + fixed_s) with the batch times it measured."""
+        """Ask the model server's /readyz (callers arriving meanwhile share the question); on its
+        first 200, seed each micro-batcher's cost model (duration = a * n + b) with the batch times
+        it measured."""
+        probe = getattr(self, "ktt_probe", None)
+        if probe is None or probe.done():
+            probe = self.ktt_probe = asyncio.ensure_future(self.ktt_ask_ready())
+        return await asyncio.shield(probe)
+
+    async def ktt_ask_ready(self):
         import json
 
         from aiohttp import ClientError, ClientTimeout
 
         try:
             async with self.get_client().get(f"http://{self.outbound_host}:{self.outbound_port}/readyz",
-                                             timeout=ClientTimeout(total=5)) as resp:
+                                             timeout=ClientTimeout(total=1)) as resp:
                 status, body = resp.status, await resp.read()
         except (ClientError, asyncio.TimeoutError, OSError):
             return False, b'{"ready": false}'

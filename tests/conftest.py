@@ -119,7 +119,7 @@ def http_ok(url: str) -> bool:
 class Served:
     """`bentoml serve` (or serve-gunicorn) of a built bundle on a free loopback port."""
 
-    def __init__(self, bundle, gunicorn=False, probe="healthz", args=(), **env):
+    def __init__(self, bundle, gunicorn=False, probe="readyz", args=(), **env):
         """``probe``: the route whose 200 means started (``readyz``: warm, taking traffic; None:
         the front server accepts connections, the model server may still be loading);
         ``args``: more ``bentoml serve`` options; ``env``: more environment variables."""
