@@ -114,16 +114,54 @@ def reliability(h, y_true: np.ndarray, y_pred: np.ndarray, conf: np.ndarray, tit
     return fig
 
 
-def log_all(h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, float], confusions, curve,
-            split: str, conf: np.ndarray) -> None:
-    """Log the five figures of one evaluated split under ``figures/`` of the active run."""
+def render(folder, h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, float], confusions, curve,
+           split: str, conf: np.ndarray) -> None:
+    """Write the five figures of one evaluated split to ``folder/<split>_<name>.png``."""
+    plt = _pyplot()
+    for name, make in (("levels", lambda: levels(h, metrics, split)),
+                       ("confusion_level1", lambda: confusion_level1(h, y_true, y_pred, split)),
+                       ("confused_leaves", lambda: confused_leaves(h, confusions, split)),
+                       ("precision_coverage", lambda: precision_coverage({"model": curve}, split)),
+                       ("reliability", lambda: reliability(h, y_true, y_pred, conf, split))):
+        fig = make()
+        fig.savefig(f"{folder}/{split}_{name}.png")
+        plt.close(fig)
+
+
+def log_all(*args) -> None:
+    """:func:`render`'s figures under ``figures/`` of the active run."""
+    log_later(*args)()
+
+
+def log_later(*args):
+    """Start :func:`render` in a forked process, so that the figures are drawn (one core) while
+    the caller goes on with the run (the other); returns the function that waits for them and
+    logs them under ``figures/`` of the active run, drawing them here if the process could not."""
+    import multiprocessing as mp
+    import os
+    import shutil
+    import tempfile
+
     import mlflow
 
-    plt = _pyplot()
-    for name, fig in (("levels", levels(h, metrics, split)),
-                      ("confusion_level1", confusion_level1(h, y_true, y_pred, split)),
-                      ("confused_leaves", confused_leaves(h, confusions, split)),
-                      ("precision_coverage", precision_coverage({"model": curve}, split)),
-                      ("reliability", reliability(h, y_true, y_pred, conf, split))):
-        mlflow.log_figure(fig, f"figures/{split}_{name}.png")
-        plt.close(fig)
+    folder = tempfile.mkdtemp(prefix="ktt-figures-")
+    try:
+        proc = mp.get_context("fork").Process(target=_render_then_exit, args=(folder, *args), daemon=True)
+        proc.start()
+    except (OSError, ValueError):  # no fork here (another platform, or a resource limit)
+        proc = None
+
+    def finish() -> None:
+        try:
+            if proc is not None:
+                proc.join()
+            if proc is None or proc.exitcode != 0 or len(os.listdir(folder)) < 5:
+                render(folder, *args)
+            mlflow.log_artifacts(folder, "figures")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return finish
+
+
+def _render_then_exit(folder, *args) -> None:
+    render(folder, *args)

@@ -77,15 +77,16 @@ class KTTModel(mlflow.pyfunc.PythonModel):
         return float(self.model.stop_threshold())
 
 
-def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str], threshold: float = 0.0) -> None:
+def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str], threshold: float = 0.0):
     """Log the checkpoint as the run's ``model``: KTT's code, the checkpoint, the signature and an
     input example. Its environment is requirements/main.in constrained by the lock (main.txt):
-    MLflow checks the 26 direct requirements against this environment, not all 171 locked ones."""
+    MLflow checks the 26 direct requirements against this environment, not all 171 locked ones.
+    Returns MLflow's ``ModelInfo``."""
     with tempfile.TemporaryDirectory() as tmp:
         info = Path(tmp) / "info.json"
         info.write_text(json.dumps({"model": model_name, "depth": hierarchy.depth}))
         reqs = [line.split("#")[0].strip() for line in (ROOT / "requirements" / "main.in").read_text().splitlines()]
-        mlflow.pyfunc.log_model(
+        return mlflow.pyfunc.log_model(
             name="model", python_model=KTTModel(),
             artifacts={"checkpoint": str(checkpoint), "info": str(info)},
             code_paths=[str(ROOT / "ktt"), str(ROOT / "models")],

@@ -80,6 +80,7 @@ class RunLogger:
         self.folder = Path(weights_root) / model_name / dataset_name
         self.callbacks = list(callbacks)  # each called as cb(metrics, step), e.g. to report to Optuna
         self.paths: dict[str, Path] = {}
+        self.model_id: str | None = None  # the logged model metrics from now on belong to (MLflow 3)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.folder, prefix=".write-test-"):
@@ -90,7 +91,7 @@ class RunLogger:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
         if clean:
-            mlflow.log_metrics(clean, step=step)
+            mlflow.log_metrics(clean, step=step, model_id=self.model_id)
         for cb in self.callbacks:
             cb(clean, step)
 
@@ -250,6 +251,13 @@ def log_dataset(ds, context: str = "training") -> None:
 
 def log_dict(d: dict, artifact_file: str) -> None:
     mlflow.log_text(json.dumps(d, indent=1, default=str), artifact_file)
+
+
+def log_table(df, artifact_file: str) -> None:
+    """A DataFrame in the file format of ``mlflow.log_table`` (``{"columns", "data"}``), in one
+    upload: ``mlflow.log_table`` also lists, re-reads and re-tags the run, seven requests to a
+    tracking server per table (it keeps a tag for the UI's table comparison, which KTT does not use)."""
+    mlflow.log_text(df.to_json(orient="split", index=False, date_format="iso"), artifact_file)
 
 
 def run_artifact(run_id: str, folder: str, name_matches) -> Path | None:

@@ -86,14 +86,18 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
         final = {"train_time_s": fit(est, ds, logger, world)}
         best = type(est).load(logger.paths["best"])
         calibrate(best, ds.val, logger)
-        for name, split in (("best_val", ds.val), ("test", ds.test)):  # the checkpoint fit selected, once
-            final.update(evaluate_split(best, split, name, logger, figures=name == "test"))
+        if log_model:  # first, so that the evaluation's metrics are logged as the model's (MLflow 3)
+            from .pyfunc import log_pyfunc
+            logger.model_id = log_pyfunc(model, logger.paths["best"], ds.hierarchy, ds.test.texts[:3],
+                                         best.stop_threshold()).model_id
+        figures = []  # the test figures are drawn in another process while the rest is logged
+        for name, split in (("test", ds.test), ("best_val", ds.val)):  # the checkpoint fit selected, once
+            final.update(evaluate_split(best, split, name, logger, figures=figures if name == "test" else None))
         logger.log_checkpoints()
         if reference:
             log_reference_set(best, ds.test, logger)
-        if log_model:
-            from .pyfunc import log_pyfunc
-            log_pyfunc(model, logger.paths["best"], ds.hierarchy, ds.test.texts[:3], best.stop_threshold())
+        for pending in figures:
+            pending()
         log.info("run %s: test leaf accuracy %.4f, checkpoints %s", run.info.run_id,
                  final["test_leaf_accuracy"], [str(p) for p in logger.paths.values()])
         return Fit(run.info.run_id, final, dict(logger.paths))
@@ -140,9 +144,10 @@ def fit(est, ds, logger, world) -> float:
     return train_time
 
 
-def evaluate_split(model, split, name: str, logger, figures: bool = False) -> dict[str, float]:
+def evaluate_split(model, split, name: str, logger, figures: list | None = None) -> dict[str, float]:
     """Score ``split`` and log what it gives as ``<name>_*``: the metrics (and a JSON copy), the
-    per-level table, the confusions and, with ``figures``, the stopping curve and the figures."""
+    per-level table, the confusions and, with ``figures`` (a list), the test rows, the stopping
+    curve and the figures: started in another process, the function that logs them appended."""
     h, t0 = model.hierarchy, time.perf_counter()
     pred, conf = predict_confident(model, split.texts)
     metrics = {**evaluate(h, split.codes, pred), **level_ece(h, split.codes, pred, conf)}
@@ -152,13 +157,13 @@ def evaluate_split(model, split, name: str, logger, figures: bool = False) -> di
     tracking.log_dict(metrics, f"metrics/{name}_metrics.json")
     mlflow.log_text(level_table(h, metrics), f"metrics/{name}_levels.md")
     confusions = confusion_summary(h, split.codes, pred)
-    mlflow.log_table(confusions, f"metrics/{name}_confusions.json")
-    if figures:  # the test split: also what ktt compare resamples
+    tracking.log_table(confusions, f"metrics/{name}_confusions.json")
+    if figures is not None:  # the test split: also what ktt compare resamples
         tracking.log_test_rows(row_counts(h, split.codes, pred), split.codes[:, -1])
-        from .figures import log_all
+        from .figures import log_later
         curve = pd.DataFrame(stop_curve(h, split.codes, pred, conf))
-        mlflow.log_table(curve, f"metrics/{name}_stop_curve.json")
-        log_all(h, split.codes, pred, metrics, confusions, curve, name, conf)
+        tracking.log_table(curve, f"metrics/{name}_stop_curve.json")
+        figures.append(log_later(h, split.codes, pred, metrics, confusions, curve, name, conf))
     return prefixed
 
 
