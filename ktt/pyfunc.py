@@ -78,18 +78,25 @@ class KTTModel(mlflow.pyfunc.PythonModel):
 
 
 def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str], threshold: float = 0.0):
-    """Log the checkpoint as the run's ``model``: KTT's code, the checkpoint, the signature and an
-    input example. Its environment is requirements/main.in constrained by the lock (main.txt):
-    MLflow checks the 26 direct requirements against this environment, not all 171 locked ones.
-    Returns MLflow's ``ModelInfo``."""
+    """Log the checkpoint as the run's ``model``: the checkpoint, KTT's code (one zip,
+    ``ktt/pyfunc_model.py`` loads it), the signature and an input example. Its environment is
+    requirements/main.in constrained by the lock (main.txt): MLflow checks the 26 direct
+    requirements against this environment, not all 171 locked ones. Returns MLflow's ``ModelInfo``."""
+    import zipfile
+
     with tempfile.TemporaryDirectory() as tmp:
         info = Path(tmp) / "info.json"
         info.write_text(json.dumps({"model": model_name, "depth": hierarchy.depth}))
+        code = Path(tmp) / "code.zip"
+        with zipfile.ZipFile(code, "w", zipfile.ZIP_DEFLATED) as z:
+            for package in ("ktt", "models"):
+                for f in sorted((ROOT / package).rglob("*")):
+                    if f.is_file() and "__pycache__" not in f.parts:
+                        z.write(f, f.relative_to(ROOT))
         reqs = [line.split("#")[0].strip() for line in (ROOT / "requirements" / "main.in").read_text().splitlines()]
         return mlflow.pyfunc.log_model(
-            name="model", python_model=KTTModel(),
-            artifacts={"checkpoint": str(checkpoint), "info": str(info)},
-            code_paths=[str(ROOT / "ktt"), str(ROOT / "models")],
+            name="model", python_model=str(ROOT / "ktt" / "pyfunc_model.py"),
+            artifacts={"checkpoint": str(checkpoint), "info": str(info), "code": str(code)},
             pip_requirements=[r for r in reqs if r] + [f"-c {ROOT / 'requirements' / 'main.txt'}"],
             signature=signature(hierarchy.depth, threshold), input_example=pd.DataFrame({"text": example}),
         )

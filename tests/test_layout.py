@@ -74,7 +74,7 @@ LAYERS = {
              "ktt.sparse", "ktt.metrics", "ktt.data", "ktt.synth", "ktt.hparams"],
     "models": ["ktt.model", "ktt.nn", "ktt.tfidf", "ktt.registry", "ktt.distributed", "models", "models.*"],
     "serving": ["ktt.serving", "ktt.serving.*"],
-    "tracking": ["ktt.tracking", "ktt.train", "ktt.tune", "ktt.experiment", "ktt.export", "ktt.pyfunc", "ktt.batch",
+    "tracking": ["ktt.tracking", "ktt.train", "ktt.tune", "ktt.experiment", "ktt.export", "ktt.pyfunc", "ktt.pyfunc_model", "ktt.batch",
                  "ktt.figures", "ktt.monitoring", "ktt.monitoring.build", "ktt.monitoring.dashboard",
                  "ktt.monitoring.stack"],
     "cli": ["ktt.cli", "ktt.__main__"],

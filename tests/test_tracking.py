@@ -89,9 +89,15 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     served = pd.DataFrame(json.loads((tmp_path / "out.json").read_text())["predictions"])
     assert served["path"].tolist() == got["path"].tolist()[:5]
     assert np.allclose(served["L3_confidence"], got["L3_confidence"][:5])
-    # the logged python model is the loader only: the model itself travels as the checkpoint artifact
+    # the logged model is code (nothing pickled): the entry file, KTT's code as one zip, the checkpoint;
+    # a few files to upload, and the evaluation's metrics are the logged model's (MLflow 3)
     logged = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "pf")))
-    assert (logged / "python_model.pkl").stat().st_size < 10_000
+    assert not (logged / "python_model.pkl").exists() and not (logged / "code").exists()
+    assert sum(1 for f in logged.rglob("*") if f.is_file()) <= 15
+    import zipfile
+    assert "ktt/pyfunc.py" in zipfile.ZipFile(next(logged.glob("artifacts/code*.zip"))).namelist()
+    model_id = mlflow.models.get_model_info(f"runs:/{run_id}/model").model_id
+    assert "test_h_f1" in {x.key for x in client.get_logged_model(model_id).metrics}
 
 
 def test_bad_hyperparameter_fails_before_any_run(tracking, bigbasket_small, tmp_path):

@@ -1,0 +1,27 @@
+"""The logged pyfunc model's entry point (MLflow "models from code"): the file MLflow runs to load
+it. KTT's own code travels as one artifact, ``code`` (a zip of ``ktt/`` and ``models/``: one upload
+to a tracking server instead of one per file); loading unpacks it and puts it first on the path,
+as MLflow does with ``code_paths``, then hands over to :class:`ktt.pyfunc.KTTModel`."""
+import mlflow
+
+
+class KTTPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        import sys
+        import tempfile
+        import zipfile
+
+        folder = tempfile.mkdtemp(prefix="ktt-code-")
+        with zipfile.ZipFile(context.artifacts["code"]) as z:
+            z.extractall(folder)
+        sys.path.insert(0, folder)
+        from ktt.pyfunc import KTTModel
+
+        self.impl = KTTModel()
+        self.impl.load_context(context)
+
+    def predict(self, context, model_input, params=None):
+        return self.impl.predict(context, model_input, params)
+
+
+mlflow.models.set_model(KTTPyfunc())
