@@ -23,5 +23,10 @@ class KTTPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         return self.impl.predict(context, model_input, params)
 
+    @property
+    def model(self):
+        """The KTT model (``unwrap_python_model().model``)."""
+        return self.impl.model
+
 
 mlflow.models.set_model(KTTPyfunc())
