@@ -19,6 +19,7 @@ from benchmarks.report import write_section  # noqa: E402
 def main(path: str) -> None:
     import mlflow
 
+    from ktt.compare import format_interval
     from ktt.experiment import load_spec, run_experiment
 
     tmp = Path(tempfile.mkdtemp(prefix="ktt-exp-"))
@@ -37,7 +38,7 @@ def main(path: str) -> None:
         if "vs" not in r:
             return "(reference)" if any(x.get("vs_model") == r["model"] for x in rows) else ""
         x = r["vs"][m]
-        return f"{x['diff']:+.4f} [{x['low']:+.4f}, {x['high']:+.4f}]" + (" significant" if x["significant"] else "")
+        return format_interval(x)
     vs = (["against", "hF1 difference [95% CI]", "leaf acc difference [95% CI]"] if len(refs) > 1 else
           [f"hF1 - {next(iter(refs))} [95% CI]", f"leaf acc - {next(iter(refs))} [95% CI]"] if refs else [])
     head = ["model", "seeds", *(f"L{i} acc" for i in levels), *(f"L{i} macro-F1" for i in levels), "hier. F1",

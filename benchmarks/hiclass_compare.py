@@ -52,7 +52,7 @@ def main() -> None:
     import scipy.sparse as sp
     import sklearn
 
-    from ktt.compare import mean_sd, paired_bootstrap, stack
+    from ktt.compare import format_interval, mean_sd, paired_bootstrap, stack
     from ktt.hierarchy import SEP
     from ktt.metrics import evaluate, row_counts
 
@@ -94,7 +94,7 @@ def main() -> None:
             ci = "(reference)"
         else:
             x = paired_bootstrap(ref, stack([row_counts(h, ds.test.codes, c) for c in per_seed]))["h_f1"]
-            ci = f"{x['diff']:+.4f} [{x['low']:+.4f}, {x['high']:+.4f}]" + (" significant" if x["significant"] else "")
+            ci = format_interval(x)
         rows.append(f"| {key[0]} | {key[1]} | " + " | ".join(ms([r[k] for r in m]) for k in (
             "L1_accuracy", "L2_accuracy", "leaf_accuracy", "h_f1")) + f" | {ms([r['violation_rate'] for r in m])} | "
             f"{ms(times[key], 1)} | {ci} |")

@@ -37,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ktt import registry
-    from ktt.compare import mean_sd, paired_bootstrap, stack
+    from ktt.compare import format_interval, mean_sd, paired_bootstrap, stack
     from ktt.export import export_onnx, quantize_int8
     from ktt.metrics import evaluate, row_counts
 
@@ -66,7 +66,7 @@ def main() -> None:
 
         def interval(k):
             x = ci[k]
-            return f"{x['diff']:+.4f} [{x['low']:+.4f}, {x['high']:+.4f}]" + (" significant" if x["significant"] else "")
+            return format_interval(x)
         drops = [100 * (a["h_f1"] - b["h_f1"]) for a, b in zip(m["float"], m["int8"])]
         label = name + (f" ({args.epochs} fine-tuned epoch{'s' * (args.epochs > 1)})" if name == "db_bhcn" else "")
         rows.append(f"| {label} | {','.join(map(str, seeds))} | {both('L1_accuracy')} | {both('leaf_accuracy')} | "

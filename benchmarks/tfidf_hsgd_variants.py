@@ -36,7 +36,7 @@ DEFAULT = "tfidf_hsgd, whole path (default)"
 
 
 def main() -> None:
-    from ktt.compare import mean_sd, paired_bootstrap, stack
+    from ktt.compare import format_interval, mean_sd, paired_bootstrap, stack
     from ktt.metrics import evaluate, row_counts
 
     warnings.simplefilter("ignore")
@@ -53,7 +53,7 @@ def main() -> None:
             ci = "(reference)"
         else:
             x = paired_bootstrap(ref, stack([row_counts(h, test.codes, r[name]) for r, _ in runs]))["h_f1"]
-            ci = f"{x['diff']:+.4f} [{x['low']:+.4f}, {x['high']:+.4f}]" + (" significant" if x["significant"] else "")
+            ci = format_interval(x)
         rows.append(f"| {name} | {' | '.join(cells)} | {ci} |")
         print(rows[-1], flush=True)
     temps = np.array([t for _, t in runs])

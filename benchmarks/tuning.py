@@ -32,6 +32,7 @@ DATA = Path(os.environ.get("KTT_SHARED_DATA", ROOT.parent / "shared" / "data")) 
 
 def believe(study, common) -> list[str]:
     """The defaults (trial 0) and the best trial, refit over 3 seeds: can the gain be believed?"""
+    from ktt.compare import format_interval
     from ktt.tracking import bootstrap_runs
     from ktt.train import train_seeds
 
@@ -49,8 +50,7 @@ def believe(study, common) -> list[str]:
     out = []
     for label, f in fits.items():
         m = f.metrics
-        ci = "(reference)" if f is d else (f"{vs['diff']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}]" +
-                                           (" significant" if vs["significant"] else " not significant"))
+        ci = "(reference)" if f is d else format_interval(vs) + ("" if vs["significant"] else " not significant")
         out.append(f"| {label} | {m['best_val_h_f1']:.4f} ± {m['best_val_h_f1_sd']:.4f} | "
                    f"{m['test_h_f1']:.4f} ± {m['test_h_f1_sd']:.4f} | {ci} |")
     return out

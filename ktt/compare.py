@@ -61,3 +61,9 @@ def paired_bootstrap(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, level:
         out[m] = {"a": float(full_a[m]), "b": float(full_b[m]), "diff": float(full_b[m] - full_a[m]),
                   "low": float(low), "high": float(high), "significant": bool(low > 0 or high < 0)}
     return out
+
+
+def format_interval(x: dict, mark: str = " significant") -> str:
+    """One metric of :func:`paired_bootstrap` as ``+0.0049 [+0.0012, +0.0086]``, plus ``mark``
+    when the interval excludes 0."""
+    return f"{x['diff']:+.4f} [{x['low']:+.4f}, {x['high']:+.4f}]" + (mark if x["significant"] else "")

@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from . import registry
+from .compare import format_interval
 from .errors import BadValue, NotFound, UserError
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ def ranking_table(rows: list[dict], rank_by: str) -> str:
         if "vs" not in r:
             return "(reference)" if ref or any(x.get("vs_model") == r["model"] for x in rows) else ""
         x = r["vs"][m]
-        return f"{x['diff']:+.4f} [{x['low']:+.4f}, {x['high']:+.4f}]" + (" *" if x["significant"] else "")
+        return format_interval(x, " *")
     for i, r in enumerate(rows, 1):
         vals = " | ".join([cell(r, c) for c in cols] + ([r.get("vs_model", "")] if against else [])
                           + ([ci(r, "h_f1"), ci(r, "leaf_accuracy")] if refs else []))
