@@ -48,8 +48,12 @@ def tracking(tmp: Path, server: Server, server_url: str) -> str:
 
     ds = load_dataset("bigbasket", tmp / "datasets")
 
+    fit_s = []
+
     def untracked():  # the same fit, calibration and evaluations: NullLogger, nothing logged or saved
+        t0 = time.perf_counter()
         model = registry.create("tfidf_hsgd", ds.hierarchy).fit(ds.train, ds.val)
+        fit_s.append(time.perf_counter() - t0)
         model.calibrate(ds.val)
         for split in (ds.val, ds.test):
             pred, conf = predict_confident(model, split.texts)
@@ -73,7 +77,7 @@ def tracking(tmp: Path, server: Server, server_url: str) -> str:
             before = requests()
             t = best_of(tracked(uri, log_model))
             sent = f"{(requests() - before) / 3:.0f}" if uri == server_url else ""
-            goal = max(0.3, 0.1 * base)
+            goal = max(0.3, 0.1 * min(fit_s))
             rows.append(f"| {label} | {'yes' if log_model else 'no'} | {t:.2f} | "
                         f"{t - base:+.2f} s ({100 * (t - base) / base:+.0f}%) | {sent} | "
                         f"{'met' if t - base <= goal else 'missed'} (<= {goal:.2f} s) |")
@@ -82,8 +86,9 @@ def tracking(tmp: Path, server: Server, server_url: str) -> str:
         "One `tfidf_hsgd` fit on BigBasket, best of 3. Tracked is `ktt train`'s whole run: params, per-level "
         "metrics, tables, figures and both checkpoints, with or without the logged pyfunc model (which carries "
         "KTT's code); untracked is the same fit, calibration and two evaluations with nothing logged or saved. "
-        "Requests: the server's access-log lines per fit. Goal (issue 28): tracking costs at most 10% of the "
-        "untracked time or 0.3 s, whichever is larger.", "",
+        f"Requests: the server's access-log lines per fit. Goal (issue 28): tracking costs at most 10% of the "
+        f"fit ({min(fit_s):.2f} s here, best of 3; the untracked time adds calibration and evaluation) or 0.3 s, "
+        "whichever is larger.", "",
         "| tracking | logged model | wall s | over untracked | HTTP requests per fit | goal |",
         "|---|---|---|---|---|---|",
         *rows])

@@ -4,6 +4,21 @@ from __future__ import annotations
 import numpy as np
 
 
+_preloading = None  # the thread importing matplotlib during a fit (preload)
+
+
+def preload() -> None:
+    """Import matplotlib in a background thread (during a fit), so that neither this process nor
+    the one :func:`log_later` forks pays for it after the fit."""
+    global _preloading
+    import sys
+    import threading
+
+    if _preloading is None and "matplotlib.pyplot" not in sys.modules:
+        _preloading = threading.Thread(target=_pyplot, daemon=True, name="ktt-import-matplotlib")
+        _preloading.start()
+
+
 def _pyplot():
     import matplotlib
 
@@ -145,6 +160,8 @@ def log_later(*args):
     import mlflow
 
     folder = tempfile.mkdtemp(prefix="ktt-figures-")
+    if _preloading is not None:
+        _preloading.join()  # never fork while another thread holds the import lock
     try:
         proc = mp.get_context("fork").Process(target=_render_then_exit, args=(folder, *args), daemon=True)
         proc.start()

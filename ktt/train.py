@@ -13,6 +13,7 @@ import pandas as pd
 from . import distributed, registry, tracking
 from .errors import BadValue
 from .data import load_dataset
+from .figures import log_later, preload as preload_figures
 from .metrics import confusion_summary, evaluate, level_ece, level_table, row_counts, stop_curve
 from .model import NullLogger
 
@@ -82,22 +83,24 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
         mlflow.set_experiment(experiment)
     with tracking.start_run(run_name=run_name or f"{model}-{ds.name}", nested=mlflow.active_run() is not None) as run:
         logger = tracking.RunLogger(model, ds.name, weights_root, callbacks)
+        preload_figures()  # matplotlib, imported while the model fits
         log_run_info(est, ds, world, {**({"ktt.resumed_from": resume} if resume else {}), **(tags or {})})
         final = {"train_time_s": fit(est, ds, logger, world)}
         best = type(est).load(logger.paths["best"])
         calibrate(best, ds.val, logger)
-        if log_model:  # first, so that the evaluation's metrics are logged as the model's (MLflow 3)
+        test = score_split(best, ds.test, curve=True)  # the checkpoint fit selected, once
+        figures = log_later(ds.hierarchy, ds.test.codes, *(test[k] for k in ("pred", "metrics", "confusions", "curve")),
+                            "test", test["conf"])  # drawn in another process while the rest is logged
+        if log_model:  # before the evaluation's metrics, so that they are logged as the model's (MLflow 3)
             from .pyfunc import log_pyfunc
             logger.model_id = log_pyfunc(model, logger.paths["best"], ds.hierarchy, ds.test.texts[:3],
                                          best.stop_threshold()).model_id
-        figures = []  # the test figures are drawn in another process while the rest is logged
-        for name, split in (("test", ds.test), ("best_val", ds.val)):  # the checkpoint fit selected, once
-            final.update(evaluate_split(best, split, name, logger, figures=figures if name == "test" else None))
+        final.update(log_split(test, ds.test, "test", logger))
+        final.update(log_split(score_split(best, ds.val), ds.val, "best_val", logger))
         logger.log_checkpoints()
         if reference:
             log_reference_set(best, ds.test, logger)
-        for pending in figures:
-            pending()
+        figures()
         log.info("run %s: test leaf accuracy %.4f, checkpoints %s", run.info.run_id,
                  final["test_leaf_accuracy"], [str(p) for p in logger.paths.values()])
         return Fit(run.info.run_id, final, dict(logger.paths))
@@ -144,26 +147,30 @@ def fit(est, ds, logger, world) -> float:
     return train_time
 
 
-def evaluate_split(model, split, name: str, logger, figures: list | None = None) -> dict[str, float]:
-    """Score ``split`` and log what it gives as ``<name>_*``: the metrics (and a JSON copy), the
-    per-level table, the confusions and, with ``figures`` (a list), the test rows, the stopping
-    curve and the figures: started in another process, the function that logs them appended."""
+def score_split(model, split, curve: bool = False) -> dict:
+    """``model`` on ``split``: paths and level confidences (``pred``, ``conf``), the metrics
+    (``predict_rows_per_s`` included), the confusions and, with ``curve``, the stopping curve."""
     h, t0 = model.hierarchy, time.perf_counter()
     pred, conf = predict_confident(model, split.texts)
     metrics = {**evaluate(h, split.codes, pred), **level_ece(h, split.codes, pred, conf)}
     metrics["predict_rows_per_s"] = len(split) / max(time.perf_counter() - t0, 1e-9)
+    return {"pred": pred, "conf": conf, "metrics": metrics, "confusions": confusion_summary(h, split.codes, pred),
+            "curve": pd.DataFrame(stop_curve(h, split.codes, pred, conf)) if curve else None}
+
+
+def log_split(scored: dict, split, name: str, logger) -> dict[str, float]:
+    """Log :func:`score_split`'s results as ``<name>_*``: the metrics (and a JSON copy), the
+    per-level table, the confusions and, with a curve (the test split), the per-row counts
+    ``ktt compare`` resamples and the stopping curve; returns the prefixed metrics."""
+    h, metrics = split.hierarchy, scored["metrics"]
     prefixed = {f"{name}_{k}": v for k, v in metrics.items()}
     logger.log_metrics(prefixed)
     tracking.log_dict(metrics, f"metrics/{name}_metrics.json")
     mlflow.log_text(level_table(h, metrics), f"metrics/{name}_levels.md")
-    confusions = confusion_summary(h, split.codes, pred)
-    tracking.log_table(confusions, f"metrics/{name}_confusions.json")
-    if figures is not None:  # the test split: also what ktt compare resamples
-        tracking.log_test_rows(row_counts(h, split.codes, pred), split.codes[:, -1])
-        from .figures import log_later
-        curve = pd.DataFrame(stop_curve(h, split.codes, pred, conf))
-        tracking.log_table(curve, f"metrics/{name}_stop_curve.json")
-        figures.append(log_later(h, split.codes, pred, metrics, confusions, curve, name, conf))
+    tracking.log_table(scored["confusions"], f"metrics/{name}_confusions.json")
+    if scored["curve"] is not None:
+        tracking.log_test_rows(row_counts(h, split.codes, scored["pred"]), split.codes[:, -1])
+        tracking.log_table(scored["curve"], f"metrics/{name}_stop_curve.json")
     return prefixed
 
 
