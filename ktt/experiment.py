@@ -216,11 +216,11 @@ def intervals(rows: list[dict], baseline: str | dict | None = None, n_boot: int 
         ref = by_name.get(refs.get(r["model"]))
         if ref is None or ref is r:
             continue
-        common = [s for s in r.get("seeds", [None]) if s in ref.get("seeds", [None])]
+        common = [s for s in r["seeds"] if s in ref["seeds"]]
         if not common:
             log.warning("%s and %s share no seed: no paired interval", r["model"], ref["model"])
             continue
-        pick = lambda row: [row["runs"][row.get("seeds", [None]).index(s)] for s in common]  # noqa: E731
+        pick = lambda row: [row["runs"][row["seeds"].index(s)] for s in common]  # noqa: E731
         r["vs"], r["vs_model"], r["vs_seeds"] = bootstrap_runs(pick(ref), pick(r), n_boot), ref["model"], common
 
 

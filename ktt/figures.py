@@ -143,11 +143,6 @@ def render(folder, h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str,
         plt.close(fig)
 
 
-def log_all(*args) -> None:
-    """:func:`render`'s figures under ``figures/`` of the active run."""
-    log_later(*args)()
-
-
 def log_later(*args):
     """Start :func:`render` in a forked process, so that the figures are drawn (one core) while
     the caller goes on with the run (the other); returns the function that waits for them and
@@ -163,7 +158,7 @@ def log_later(*args):
     if _preloading is not None:
         _preloading.join()  # never fork while another thread holds the import lock
     try:
-        proc = mp.get_context("fork").Process(target=_render_then_exit, args=(folder, *args), daemon=True)
+        proc = mp.get_context("fork").Process(target=render, args=(folder, *args), daemon=True)
         proc.start()
     except (OSError, ValueError):  # no fork here (another platform, or a resource limit)
         proc = None
@@ -178,7 +173,3 @@ def log_later(*args):
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     return finish
-
-
-def _render_then_exit(folder, *args) -> None:
-    render(folder, *args)

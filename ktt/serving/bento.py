@@ -66,8 +66,8 @@ class KTTService(bentoml.BentoService):
         from ktt.schema import monitoring_rows
 
         try:
-            pred, h = self.predictor, self.predictor.hierarchy
-            names = [" ".join(p) for p in h.levels[-1] if p]  # every leaf's path as a title-like text
+            pred = self.predictor
+            names = [" ".join(p) for p in pred.hierarchy.levels[-1] if p]  # every leaf's path as a title-like text
             texts = [names[i % len(names)] for i in range(max(sizes))]
             seconds = []
             for n in sizes:
@@ -78,7 +78,7 @@ class KTTService(bentoml.BentoService):
                     pred.explain(codes, scores, [len(p) for p in paths])
                     best = min(best, time.perf_counter() - t0)
                 seconds.append([n, round(best, 6)])
-            monitoring_rows(feats, scores[:, h.offsets[-1]:], None)
+            monitoring_rows(*self._monitoring_args(codes, scores, feats))
             if self.artifacts.config.get("monitoring"):
                 from ktt.serving.forward import forwarder
 
@@ -162,10 +162,14 @@ class KTTService(bentoml.BentoService):
         if self.artifacts.config.get("monitoring"):
             from ktt.serving.forward import forwarder
 
-            from ktt.schema import level_columns
+            forwarder().submit(*self._monitoring_args(codes, scores, features))
 
-            h = self.predictor.hierarchy
-            forwarder().submit(features, scores[:, h.offsets[-1]:], level_columns(h, codes, h.split_levels(scores)))
+    def _monitoring_args(self, codes, scores, features):
+        """What the drift sidecar is sent of a batch: features, leaf scores, each level's class and confidence."""
+        from ktt.schema import level_columns
+
+        h = self.predictor.hierarchy
+        return features, scores[:, h.offsets[-1]:], level_columns(h, codes, h.split_levels(scores))
 
     @bentoml.api(input=RawJsonInput(), output=JsonOutput(), batch=True, mb_max_batch_size=128, mb_max_latency=1000)
     def predict(self, bodies, tasks):
