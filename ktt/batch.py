@@ -34,12 +34,25 @@ def _chunks(path: Path, fmt: str, rows: int):
     return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, chunksize=rows), None
 
 
+def _review(pyfunc, texts: list[str], depths: list[int], model_uri: str, path) -> None:
+    """Append the review rows of ``texts`` (answered down to ``depths`` levels) to ``path``."""
+    from .review import append_rows, review_rows
+    from .taxonomy import digest
+
+    model = pyfunc.unwrap_python_model().model
+    h = model.hierarchy
+    codes, proba = model.predict_scored(texts)
+    append_rows(path, review_rows(texts, codes, proba, h, depths, model_uri, digest(h)))
+
+
 def predict_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike, *, text_col: str = "text",
                  rows: int = 10_000, threshold: float | None = None, target_precision: float | None = None,
-                 progress: bool = True) -> int:
-    """Score every row of ``src`` into ``dst``: its columns, then ``path``, ``L<d>`` and
-    ``L<d>_confidence`` (``ktt.pyfunc.answers``; stopped at ``threshold`` or at the threshold
-    that reached ``target_precision`` on validation). Returns the rows written."""
+                 review: str | os.PathLike | None = None, progress: bool = True) -> int:
+    """Score every row of ``src`` into ``dst``: its columns, then ``path``, ``L<d>``,
+    ``L<d>_confidence`` and ``review`` (``ktt.pyfunc.answers``; stopped at ``threshold`` or at the
+    threshold that reached ``target_precision`` on validation). With ``review`` (a ``.csv`` or
+    ``.jsonl`` file), the rows whose answer stopped above its path's end are appended to it
+    (``ktt.review``). Returns the rows written."""
     import mlflow
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -70,7 +83,12 @@ def predict_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike,
                 if text_col not in chunk.columns:
                     raise BadValue(f"{src.name}: no column {text_col!r} (columns: {list(chunk.columns)}); "
                                    "name the text column with --text-col")
-                answers = model.predict(pd.DataFrame({"text": chunk[text_col].astype(str)}), params=params)
+                texts = chunk[text_col].astype(str)
+                answers = model.predict(pd.DataFrame({"text": texts}), params=params)
+                if review is not None and answers["review"].any():
+                    stopped = answers[answers["review"]]
+                    depths = stopped.filter(regex=r"^L\d+$").notna().sum(axis=1).tolist()
+                    _review(model, texts[answers["review"].to_numpy()].tolist(), depths, model_uri, review)
                 out = pd.concat([chunk.reset_index(drop=True), answers.reset_index(drop=True)], axis=1)
                 if fmt_out == "csv":
                     out.to_csv(tmp, mode="a" if written else "w", header=not written, index=False,

@@ -91,15 +91,21 @@ def _ingest_options(f):
     return f
 
 
-def _finish_ingest(df, name, where, opts, meta):
-    from .data import ingest
+def _finish_ingest(df, name, where, opts, meta, parent=None, relabel=None):
+    from . import data
 
-    path, hierarchy, report = ingest(
-        df, opts["out_root"], name, where=where, overwrite=opts["overwrite"], meta=meta,
-        text_col=opts["text_col"], label_cols=[c.strip() for c in opts["label_cols"].split(",")],
-        label_sep=opts["label_sep"], depth=opts["depth"], invalid_rows=opts["invalid_rows"],
-        keep_duplicates=opts["keep_duplicates"], split_col=opts["split_col"] or None,
-        split_ratios=opts["split_ratios"], seed=opts["seed"])
+    kw = dict(text_col=opts["text_col"], label_cols=[c.strip() for c in opts["label_cols"].split(",")],
+              label_sep=opts["label_sep"], depth=opts["depth"], invalid_rows=opts["invalid_rows"],
+              keep_duplicates=opts["keep_duplicates"], split_col=opts["split_col"] or None, seed=opts["seed"],
+              relabel=relabel)
+    if parent is not None:
+        path, hierarchy, report = data.append(parent, df, opts["out_root"], name, where=where,
+                                              overwrite=opts["overwrite"], **kw)
+        click.echo(f"{name}: {report['rows_added']} rows added to {parent.name}'s, {report['rows_corrected']} "
+                   "relabelled" + ("; the taxonomy changed" if report.get("taxonomy_changed") else ""), err=True)
+    else:
+        path, hierarchy, report = data.ingest(df, opts["out_root"], name, where=where, overwrite=opts["overwrite"],
+                                              meta=meta, split_ratios=opts["split_ratios"], **kw)
     for k in ("rows_invalid", "rows_duplicate", "texts_with_several_paths"):
         if report[k]:
             click.echo(f"note: {k.replace('_', ' ')}: {report[k]}" +
@@ -140,8 +146,16 @@ def _experiment_of(dataset: str) -> str | None:
 @click.option("--query", default=None, help="SQL: query to read instead of a table.")
 @click.option("--label-table", default=None,
               help="SQL: a table of (id, name, parent_id) classes; the label column then holds leaf ids.")
+@click.option("--map", "mapping_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Relabel old paths: a CSV with columns old,new (`A > B`), each row's longest mapped prefix replaced.")
+@click.option("--to", "to_dataset", default=None, metavar="DATASET",
+              help="With --map: every relabelled path must be one of DATASET's (the new taxonomy).")
+@click.option("--append", "parent_name", default=None, metavar="DATASET",
+              help="Write NAME as a new version of DATASET with SOURCE's rows (reviewed rows): a text DATASET holds "
+                   "takes the new label, a new one joins train; rows with no label yet are left out.")
 @_ingest_options
-def ingest(source, name, fmt, encoding, delimiter, columns, table, query, label_table, **opts):
+def ingest(source, name, fmt, encoding, delimiter, columns, table, query, label_table, mapping_file, to_dataset,
+           parent_name, **opts):
     """Ingest SOURCE into datasets/NAME (train/val/test parquet + hierarchy.json).
 
     SOURCE is a file (CSV, TSV, JSON, JSONL, Parquet, Arrow, Feather) or an SQLAlchemy URL.
@@ -168,7 +182,29 @@ def ingest(source, name, fmt, encoding, delimiter, columns, table, query, label_
         names = [c.strip() for c in columns.split(",")] if columns else None
         df = data.read_file(source, fmt, encoding=encoding, sep=delimiter, names=names)
         where = source
-    _finish_ingest(df, name, where, opts, {})
+    relabel, parent = None, None
+    if to_dataset and not mapping_file:
+        raise BadValue("--to names the taxonomy a --map relabels into; give --map too")
+    if mapping_file:
+        from functools import partial
+
+        from .taxonomy import read_mapping, relabel as do_relabel
+        target = data.load_dataset(to_dataset, opts["out_root"]).hierarchy if to_dataset else None
+        relabel = partial(do_relabel, mapping=read_mapping(mapping_file, opts["label_sep"]), target=target,
+                          where=os.path.basename(mapping_file))
+    if parent_name:
+        parent = data.load_dataset(parent_name, opts["out_root"])
+        cols = [c.strip() for c in opts["label_cols"].split(",")]
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise BadValue(f"{where}: no column {missing[0]!r} (the reviewers' labels); columns are {list(df.columns)}")
+        waiting = df[cols].isna().all(axis=1) | (df[cols].astype(str).apply(lambda c: c.str.strip()) == "").all(axis=1)
+        if waiting.any():
+            click.echo(f"note: {int(waiting.sum())} rows have no label yet (not reviewed): left out", err=True)
+        df = df[~waiting.to_numpy()].reset_index(drop=True)
+        if not len(df):
+            raise BadValue(f"{where}: no reviewed rows (every labels cell is empty)")
+    _finish_ingest(df, name, where, opts, {}, parent=parent, relabel=relabel)
     click.echo(f"ingested {len(df):,} rows in {time.perf_counter() - start:.1f} s", err=True)
 
 
@@ -227,6 +263,9 @@ def generate(name, rows, noise, categories, max_depth, taxonomy_file, inner, **o
 @click.option("-r", "--reference", is_flag=True, help="Also write the reference set for drift monitoring.")
 @click.option("--resume", default=None, metavar="CHECKPOINT|RUN",
               help="Continue from a last_ checkpoint file or the last_ checkpoint of an MLflow run.")
+@click.option("--from", "start_from", default=None, metavar="RUN",
+              help="Update the same model trained in RUN (a run ID, runs:/ or models:/ URI) on an earlier taxonomy "
+                   "of DATASET instead of training from scratch: what is unchanged keeps its weights.")
 @click.option("--experiment", default=None, help="MLflow experiment name (default: the dataset's name).")
 @click.option("--run-name", default=None, help="MLflow run name.")
 @click.option("--seeds", default=None, metavar="0,1,2", help="Fit once per seed, each a nested run under one run "
@@ -242,7 +281,7 @@ def generate(name, rows, noise, categories, max_depth, taxonomy_file, inner, **o
 @click.option("--weights", "weights_root", default="weights", show_default=True, envvar="KTT_WEIGHTS",
               help="Checkpoint folder (env KTT_WEIGHTS).")
 @click.pass_context
-def train(ctx, model, dataset, params, params_str, reference, resume, experiment, run_name, seeds, nproc,
+def train(ctx, model, dataset, params, params_str, reference, resume, start_from, experiment, run_name, seeds, nproc,
           spark_master, datasets_root, weights_root):
     """Train MODEL on DATASET, tracked in MLflow.
 
@@ -277,13 +316,14 @@ def train(ctx, model, dataset, params, params_str, reference, resume, experiment
 
             from .experiment import check_seeds
             from .train import train_seeds
-            if resume or nproc > 1:
-                raise BadValue("--seeds trains from scratch in one process: leave out --resume and --nproc")
+            if resume or nproc > 1 or start_from:
+                raise BadValue("--seeds trains from scratch in one process: leave out --resume, --from and --nproc")
             if experiment or _experiment_of(dataset):
                 mlflow.set_experiment(experiment or _experiment_of(dataset))
             fit = train_seeds(model, dataset, check_seeds(seeds, "--seeds"), **kw)
         else:
-            fit = run_train(model, dataset, experiment=experiment or _experiment_of(dataset), resume=resume, **kw)
+            fit = run_train(model, dataset, experiment=experiment or _experiment_of(dataset), resume=resume,
+                            start_from=start_from, **kw)
     if fit.run_id is None:  # a torchrun process other than rank 0: rank 0 reports
         return
     m, sd = fit.metrics, (lambda k: f" ± {fit.metrics[k + '_sd']:.4f}" if fit.runs else "")
@@ -374,14 +414,20 @@ def compare(run_a, run_b, n_boot, seed):
               help="Stop each answer at its deepest level whose confidence clears this (default: the model's).")
 @click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Stop at the threshold that reached this hierarchical precision on validation (instead of --threshold).")
-def predict(model_uri, input_file, output_file, text_col, rows, threshold, target_precision):
+@click.option("--review", "review_file", default=None, metavar="FILE",
+              help="Append the rows whose answer stopped above its path's end to FILE (.csv or .jsonl) for review; "
+                   "fill its labels column and bring it back with `ktt ingest FILE --append DATASET`.")
+def predict(model_uri, input_file, output_file, text_col, rows, threshold, target_precision, review_file):
     """Score a CSV/TSV/Parquet file with a logged model (models:/NAME@ALIAS, runs:/ID/model, ...):
-    OUTPUT holds INPUT's columns plus path, L<d> and L<d>_confidence."""
+    OUTPUT holds INPUT's columns plus path, L<d>, L<d>_confidence and review."""
     from .batch import predict_file
 
+    if review_file and not review_file.lower().endswith((".csv", ".jsonl")):
+        raise BadValue(f"--review {review_file}: use a .csv or .jsonl file")
     n = predict_file(model_uri, input_file, output_file, text_col=text_col, rows=rows, threshold=threshold,
-                     target_precision=target_precision)
-    click.echo(f"wrote {output_file}: {n} rows")
+                     target_precision=target_precision, review=review_file)
+    click.echo(f"wrote {output_file}: {n} rows" + (f"; answers to review appended to {review_file}"
+                                                     if review_file else ""))
 
 
 @main.command("export")
@@ -397,6 +443,9 @@ def predict(model_uri, input_file, output_file, text_col, rows, threshold, targe
 @click.option("--register", "register_as", default=None, metavar="NAME",
               help="Register the run's model as NAME and point --alias at the new version.")
 @click.option("--alias", default="champion", show_default=True)
+@click.option("--allow-taxonomy-change", is_flag=True,
+              help="With --register: move the alias even when the new version answers in another taxonomy than the "
+                   "version holding it (the diff is printed either way).")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Also write dynamically quantized graphs (onnx-int8/), compare them with the float ones "
                    "on the test split, and serve them.")
@@ -452,6 +501,25 @@ def experiment(file, **kw):
     parent, rows = run_experiment(file, **kw)
     click.echo(ranking_table(rows, load_spec(file)["rank_by"]))
     click.echo(f"parent run {parent}: ranking.md and ranking.png are its artifacts")
+
+
+@main.group("taxonomy")
+def taxonomy_group():
+    """Taxonomy versions: what changed between two datasets, runs or registered models."""
+
+
+@taxonomy_group.command("diff")
+@click.argument("old")
+@click.argument("new")
+@click.option("--json", "as_json", is_flag=True, help="Print the diff as JSON.")
+@click.option("--datasets", "datasets_root", default="datasets", show_default=True, envvar="KTT_DATASETS")
+def taxonomy_diff(old, new, as_json, datasets_root):
+    """Categories added, removed, renamed (same rows, new name) and moved from OLD to NEW, and the
+    rows each touches. OLD and NEW: a dataset, a run ID (runs:/ID) or models:/NAME@ALIAS."""
+    from .taxonomy import diff, load_side
+
+    d = diff(load_side(old, datasets_root), load_side(new, datasets_root))
+    click.echo(json.dumps(d.to_dict(), indent=1) if as_json else str(d))
 
 
 @main.command("models")

@@ -209,9 +209,12 @@ def _label_paths(df: pd.DataFrame, label_cols: Sequence[str], label_sep: str, wh
 def prepare(df: pd.DataFrame, *, text_col: str = "text", label_cols: Sequence[str] = ("labels",),
             label_sep: str = ">", depth: int | None = None, invalid_rows: str = "error",
             keep_duplicates: bool = False, split_col: str | None = "split",
-            split_ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
-            where: str = "input") -> tuple[dict[str, pd.DataFrame], Hierarchy, dict]:
-    """Validate rows and split them. Returns the splits, the hierarchy and a report."""
+            split_ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, where: str = "input",
+            relabel=None, empty_splits: bool = False) -> tuple[dict[str, pd.DataFrame], Hierarchy, dict]:
+    """Validate rows and split them. Returns the splits, the hierarchy and a report.
+
+    ``relabel``: a function of the list of label paths (``ktt.taxonomy.relabel``), applied before
+    validation; ``empty_splits``: allow a split without rows (rows appended to a dataset)."""
     if invalid_rows not in ("error", "drop"):
         raise IngestError(f"invalid_rows must be 'error' or 'drop', not {invalid_rows!r}")
     for c in (text_col, *label_cols):
@@ -225,6 +228,8 @@ def prepare(df: pd.DataFrame, *, text_col: str = "text", label_cols: Sequence[st
         raise IngestError(f"{where}: column {text_col!r}, row {bad + 1}: text {text.iloc[bad]!r} is not a string")
     text = text.fillna("").str.strip()
     paths = _label_paths(df, label_cols, label_sep, where)
+    if relabel is not None:
+        paths = relabel(paths)
     lens = np.array([0 if p is None else len(p) for p in paths])
     if depth is None:  # paths may have different lengths; they keep them (see ktt.hierarchy)
         depth = int(lens.max()) if lens.any() else 1
@@ -271,7 +276,7 @@ def prepare(df: pd.DataFrame, *, text_col: str = "text", label_cols: Sequence[st
         out["split"] = _random_split(len(out), split_ratios, seed)
     splits = {s: out[out["split"] == s][["text", "labels"]].reset_index(drop=True) for s in SPLITS}
     for s, part in splits.items():
-        if len(part) == 0:
+        if len(part) == 0 and not empty_splits:
             raise IngestError(f"{where}: the {s} split is empty ({len(out)} rows in all); "
                               "change --split or add rows")
     hierarchy = Hierarchy.from_paths(tuple(p) for p in out["labels"])
@@ -310,6 +315,40 @@ def ingest(df: pd.DataFrame, root, name: str, *, where: str = "input", overwrite
     return path, hierarchy, report
 
 
+def append(parent: "Dataset", df: pd.DataFrame, root, name: str, *, where: str = "input",
+           overwrite: bool = False, **options):
+    """A new version of ``parent`` with ``df``'s rows (reviewed rows: ``ktt.review``): a text the
+    parent holds takes the new label where it is (a correction), a new text joins the train split
+    (or its own ``split`` column's). The manifest's ``lineage`` lists every version it came from.
+    Returns the folder, the hierarchy and the report."""
+    splits, _, report = prepare(df, where=where, split_ratios=(1.0, 0.0, 0.0), empty_splits=True, **options)
+    new = pd.concat([p.assign(split=s) for s, p in splits.items()], ignore_index=True)
+    label_of = dict(zip(new["text"], new["labels"].map(tuple)))
+    merged, corrected, known = {}, 0, set()
+    for s in SPLITS:
+        part = getattr(parent, s)
+        labels = [label_of.get(t, p) for t, p in zip(part.texts, part.paths)]
+        corrected += sum(a != b for a, b in zip(labels, part.paths))
+        known.update(part.texts)
+        merged[s] = pd.DataFrame({"text": part.texts, "labels": [list(p) for p in labels]})
+    fresh = new[~new["text"].isin(known)]
+    for s in SPLITS:
+        merged[s] = pd.concat([merged[s], fresh[fresh["split"] == s][["text", "labels"]]], ignore_index=True)
+    hierarchy = Hierarchy.from_paths(tuple(p) for part in merged.values() for p in part["labels"])
+    report.update({"rows_added": len(fresh), "rows_corrected": int(corrected),
+                   **{f"rows_{s}": len(p) for s, p in merged.items()}, "classes_per_level": hierarchy.class_counts})
+    from .taxonomy import digest
+
+    lineage = [*parent.manifest.get("lineage", []),
+               {"dataset": parent.name, "digest": parent.digest, "taxonomy": parent.taxonomy, "source": where,
+                "rows_added": len(fresh), "rows_corrected": int(corrected)}]
+    path = write_dataset(merged, hierarchy, root, name, overwrite=overwrite,
+                         meta={"source": where, "report": report, "lineage": lineage})
+    if digest(hierarchy) != parent.taxonomy:
+        report["taxonomy_changed"] = True
+    return path, hierarchy, report
+
+
 def write_dataset(splits: dict[str, pd.DataFrame], hierarchy: Hierarchy, root: str | os.PathLike,
                   name: str, *, meta: dict | None = None, overwrite: bool = False) -> Path:
     """Write a dataset folder all at once: built in a temp folder, then renamed into place."""
@@ -325,7 +364,10 @@ def write_dataset(splits: dict[str, pd.DataFrame], hierarchy: Hierarchy, root: s
         for s, part in splits.items():
             part.to_parquet(tmp / f"{s}.parquet", index=False)
         hierarchy.save(tmp / "hierarchy.json")
-        manifest = {"name": name, "digest": _digest(tmp), "rows": {s: len(p) for s, p in splits.items()},
+        from .taxonomy import digest
+
+        manifest = {"name": name, "digest": _digest(tmp), "taxonomy": digest(hierarchy),
+                    "rows": {s: len(p) for s, p in splits.items()},
                     "depth": hierarchy.depth, "classes_per_level": hierarchy.class_counts, **(meta or {})}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
         if final.exists():
@@ -368,6 +410,10 @@ class Split:
     def head(self, n: int) -> "Split":
         return Split(self.texts[:n], self.paths[:n], self.hierarchy)
 
+    def subset(self, rows) -> "Split":
+        """The rows at indices ``rows``."""
+        return Split([self.texts[i] for i in rows], [self.paths[i] for i in rows], self.hierarchy)
+
 
 @dataclass
 class Dataset:
@@ -382,6 +428,13 @@ class Dataset:
     @property
     def digest(self) -> str:
         return self.manifest["digest"]
+
+    @property
+    def taxonomy(self) -> str:
+        """The hierarchy's content hash (``ktt.taxonomy.digest``)."""
+        from .taxonomy import digest
+
+        return digest(self.hierarchy)
 
 
 def load_dataset(name_or_path: str | os.PathLike, root: str | os.PathLike = "datasets") -> Dataset:

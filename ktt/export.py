@@ -153,13 +153,47 @@ def check_quantized(onnx_dir: Path, int8_dir: Path, split, max_drop: float) -> d
     return report
 
 
-def register(run_id: str, name: str, alias: str = "champion") -> int:
-    """Register the run's logged pyfunc model as ``name`` and point ``alias`` at the new version."""
+def register(run_id: str, name: str, alias: str = "champion", taxonomy: str | None = None) -> int:
+    """Register the run's logged pyfunc model as ``name`` (tagged with its ``taxonomy`` version)
+    and point ``alias`` at the new version."""
     import mlflow
 
-    version = mlflow.register_model(f"runs:/{run_id}/model", name)
+    version = mlflow.register_model(f"runs:/{run_id}/model", name, tags={"ktt.taxonomy": taxonomy} if taxonomy else None)
     mlflow.MlflowClient().set_registered_model_alias(name, alias, version.version)
     return int(version.version)
+
+
+def promotion_diff(run_id: str, taxonomy: str, name: str, alias: str):
+    """The taxonomy diff from the version ``name@alias`` holds now to ``run_id``'s, or None when
+    no version holds the alias or both answer in the same taxonomy (``taxonomy``: the run's)."""
+    import mlflow
+
+    from . import taxonomy as tx
+
+    client = mlflow.MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except Exception:  # no such model or alias yet: nothing to compare with
+        return None
+    held = mv.tags.get("ktt.taxonomy") or (client.get_run(mv.run_id).data.tags.get("ktt.taxonomy") if mv.run_id else None)
+    if held is None and mv.run_id:  # registered before taxonomy versions: its checkpoint's hierarchy
+        old = _from_run(mv.run_id)
+        from . import registry
+        held = tx.digest(registry.get(old.model).load(old.checkpoint).hierarchy)
+    if held == taxonomy:
+        return None
+    return tx.diff(_side(mv.run_id, f"{name} v{mv.version}"), _side(run_id, f"run {run_id[:8]}"))
+
+
+def _side(run_id: str, name: str):
+    """A run's taxonomy side; a run from before taxonomy versions: its checkpoint's hierarchy, no rows."""
+    from . import registry, taxonomy as tx
+
+    try:
+        return tx.of_run(run_id, name)
+    except NotFound:
+        src = _from_run(run_id)
+        return tx.Side(name, registry.get(src.model).load(src.checkpoint).hierarchy)
 
 
 SERVICE_TEMPLATE = '''"""BentoService of `{model}`, written by `ktt export`: the shared KTT API
@@ -222,7 +256,8 @@ def build_bento(svc_file: Path, onnx_dir: Path, out: Path) -> Path:
 
 def export(source: str | None = None, *, model: str | None = None, dataset: str | None = None,
            onnx: bool = True, bento: bool = False, monitoring: bool = False, register_as: str | None = None,
-           alias: str = "champion", quantize: str | None = None, max_drop: float = 0.5,
+           alias: str = "champion", allow_taxonomy_change: bool = False, quantize: str | None = None,
+           max_drop: float = 0.5,
            build_root: str | os.PathLike = "build", weights_root: str | os.PathLike = "weights",
            datasets_root: str | os.PathLike = "datasets") -> dict:
     """Export; returns what was built. The export is logged to the source run when there is one.
@@ -230,8 +265,11 @@ def export(source: str | None = None, *, model: str | None = None, dataset: str 
     ``quantize="int8"`` also writes dynamically quantized graphs (``onnx-int8/``), reports both
     graphs' accuracy on the dataset's test split, and serves the int8 graphs unless they lose more
     than ``max_drop`` points of hierarchical F1 (then it refuses, before building anything more).
+    ``register_as`` refuses, before building anything, a run whose taxonomy differs from the
+    version holding ``alias`` (the error shows the diff) unless ``allow_taxonomy_change``.
     """
     from . import registry
+    from .taxonomy import digest
 
     if quantize not in (None, "int8"):
         raise BadValue(f"--quantize must be int8, not {quantize!r}")
@@ -240,7 +278,16 @@ def export(source: str | None = None, *, model: str | None = None, dataset: str 
     src = resolve_source(source, model, dataset, weights_root)
     est = registry.get(src.model).load(src.checkpoint)
     out = Path(build_root) / f"{src.model}_{src.dataset}"
-    built: dict = {"model": src.model, "dataset": src.dataset, "checkpoint": str(src.checkpoint), "build": str(out)}
+    built: dict = {"model": src.model, "dataset": src.dataset, "taxonomy": digest(est.hierarchy),
+                   "checkpoint": str(src.checkpoint), "build": str(out)}
+    if register_as and src.run_id:
+        change = promotion_diff(src.run_id, built["taxonomy"], register_as, alias)
+        if change is not None and not allow_taxonomy_change:
+            raise BadValue(f"models:/{register_as}@{alias} answers in another taxonomy than this run:\n{change}\n"
+                           "pass --allow-taxonomy-change to move the alias anyway (clients will see these categories "
+                           "change)")
+        if change is not None:
+            built["taxonomy_change"] = str(change)
     onnx_dir = out / "onnx"
     if onnx or bento or monitoring or quantize:
         built["onnx"] = {k: str(v) for k, v in export_onnx(est, onnx_dir, monitoring).items()}
@@ -271,7 +318,7 @@ def export(source: str | None = None, *, model: str | None = None, dataset: str 
         client.set_tag(src.run_id, "ktt.export", json.dumps(built))
         if register_as:
             built["registered"] = f"models:/{register_as}@{alias}"
-            built["version"] = register(src.run_id, register_as, alias)
+            built["version"] = register(src.run_id, register_as, alias, built["taxonomy"])
     elif register_as:
         raise BadValue("--register needs an MLflow run as the source, not a weights/ checkpoint")
     return built

@@ -135,6 +135,11 @@ class Hierarchy:
         ends = self.parent_of(level + 1)[self._end[level + 1]]
         return np.unique(ends[~self._end[level][ends]])
 
+    def class_index(self, path: Sequence[str]) -> int | None:
+        """The index of class ``path`` within its level (``len(path) - 1``), or None."""
+        path = tuple(path)
+        return self._index[len(path) - 1].get(path) if 0 < len(path) <= self.depth else None
+
     def names(self, level: int) -> list[str]:
         """Display names (full paths joined by ``' > '``) of one level's classes; an end class
         shows the path it ends."""
@@ -167,18 +172,18 @@ class Hierarchy:
     def encode(self, paths: Iterable[Sequence[str]]) -> np.ndarray:
         """Label paths -> ``(n, depth)`` class indices per level (a shorter path continues through
         end classes). Unknown paths raise."""
+        leaf, pad = self._index[-1], self.depth
         out = []
-        for row, p in enumerate(paths):
+        for row, p in enumerate(paths):  # a path is its leaf: one lookup per row, its ancestors by table
             p = tuple(p)
-            if not 0 < len(p) <= self.depth:
-                raise BadValue(f"row {row}: label path {list(p)} has {len(p)} levels, expected "
-                               f"{self.depth if not self.variable_depth else f'1 to {self.depth}'}")
-            p += (END,) * (self.depth - len(p))
-            try:
-                out.append([self._index[d][p[: d + 1]] for d in range(self.depth)])
-            except KeyError:
-                raise BadValue(f"row {row}: label path {SEP.join(p)!r} is not in the hierarchy") from None
-        return np.asarray(out, dtype=np.int64).reshape(-1, self.depth)
+            i = leaf.get(p + (END,) * (pad - len(p))) if 0 < len(p) <= pad else None
+            if i is None:
+                if not 0 < len(p) <= pad:
+                    raise BadValue(f"row {row}: label path {list(p)} has {len(p)} levels, expected "
+                                   f"{self.depth if not self.variable_depth else f'1 to {self.depth}'}")
+                raise BadValue(f"row {row}: label path {SEP.join(p)!r} is not in the hierarchy")
+            out.append(i)
+        return self.leaf_paths()[np.asarray(out, dtype=np.int64)].reshape(-1, self.depth)
 
     def decode(self, codes: np.ndarray, depths: np.ndarray | None = None) -> list[list[str]]:
         """``(n, depth)`` indices -> the class *name* at every level of the path, which ends at its

@@ -137,6 +137,12 @@ class Model(ABC):
     def fit(self, train, val, logger: FitLogger | None = None) -> "Model":
         """Train on ``train`` (a :class:`ktt.data.Split`), validating on ``val``."""
 
+    def update(self, old: "Model", diff, train, val, logger: FitLogger | None = None) -> "Model":
+        """Train on ``train`` starting from ``old``, the same model trained on the taxonomy that
+        ``diff`` (a :class:`ktt.taxonomy.Diff`) leads from to this model's: what is unchanged keeps
+        its weights (``ktt train --from RUN``)."""
+        raise BadValue(f"{self.name} cannot update a trained model; train it from scratch")
+
     @abstractmethod
     def raw_scores(self, texts: Sequence[str]) -> list[np.ndarray]:
         """The model's own scores per level, ``[(n, n_classes_at_level), ...]``, before they
@@ -244,8 +250,10 @@ class Model(ABC):
         """How scores become answers, for the server (``ktt.serving.runtime.Predictor``) exactly as
         in-process: the hierarchy, ``paths``, ``decode``, the temperatures, the default threshold
         and the validation precision curve (for requests that send a ``target_precision``)."""
+        from .taxonomy import digest
+
         cal = getattr(self, "calibration_", None) or {}
-        return {"model": self.name, "paths": self.paths, "decode": self.params.get("decode", "path"),
+        return {"model": self.name, "taxonomy": digest(self.hierarchy), "paths": self.paths, "decode": self.params.get("decode", "path"),
                 "temperatures": self.temperatures, "threshold": self.stop_threshold(),
                 "precision_curve": cal.get("curve"), "hierarchy": self.hierarchy.to_dict()}
 

@@ -211,8 +211,9 @@ class TorchModel(Model):
         p = self.params
         world = distributed.setup()  # a world of one unless started by torchrun
         state = getattr(self, "resume_state_", None)
-        if state is None:
+        if state is None and not getattr(self, "started_", False):  # update(): built from a trained model
             self._build()
+        self.started_ = False
         monitor = p["monitor"]
         allowed = monitor_names(self.hierarchy.depth)
         if monitor not in allowed:
@@ -269,6 +270,23 @@ class TorchModel(Model):
             if distributed.decide(bad >= p["patience"], world):
                 break
         return self
+
+    #: an update fine-tunes on the rows of the classes the diff touches, plus this many times as
+    #: many other rows (replay, so that the unchanged classes are not forgotten)
+    replay = 1.0
+
+    def update(self, old, diff, train, val, logger=None):
+        """Start from ``old``: its encoder, and its head's weights for every class the diff matches,
+        grown or shrunk to this taxonomy (:func:`transplant`; a new class starts from fresh
+        weights); then fine-tune for ``epochs`` on the rows under added, renamed or moved classes
+        and ``replay`` times as many other rows."""
+        self._build(old.tokenizer_, old.net_.encoder)
+        transplant(old.net_.head, self.net_.head, diff.correspondence(), old.hierarchy, self.hierarchy)
+        self.started_ = True
+        rows = update_rows(diff, train, self.replay, self.params["seed"])
+        logger = logger or NullLogger()
+        logger.log_metrics({"update_rows": float(len(rows))})
+        return self.fit(train.subset(rows), val, logger)
 
     def _optimiser(self, n_rows: int):
         """AdamW over what trains (the encoder, frozen in part or whole by ``freeze_*``, at
@@ -437,3 +455,53 @@ class TorchModel(Model):
         if ckpt["train_state"] is not None:
             model.resume_state_ = ckpt["train_state"]
         return model
+
+
+def update_rows(diff, train, replay: float, seed: int) -> np.ndarray:
+    """Rows of ``train`` to fine-tune an updated model on: every row under a class the diff added,
+    renamed or moved, and ``replay`` times as many of the others, drawn at random (sorted)."""
+    changed = {c.new for c in diff.changes if c.new is not None}
+    hit = np.array([any(p[:k] in changed for k in range(1, len(p) + 1)) for p in train.paths], dtype=bool)
+    others = np.flatnonzero(~hit)
+    n = min(len(others), int(round(replay * hit.sum())))
+    pick = np.random.default_rng(seed).choice(others, n, replace=False) if n else np.zeros(0, np.int64)
+    return np.sort(np.concatenate([np.flatnonzero(hit), pick]))
+
+
+def transplant(old: nn.Module, new: nn.Module, corr: list[np.ndarray], old_h, new_h) -> list[str]:
+    """Copy ``old`` head's weights into ``new`` (the same architecture over another taxonomy) along
+    its class axes: an axis whose old and new lengths are a level's class counts in the two
+    taxonomies (or all classes') is indexed by ``corr`` (new class -> old class, -1: new, left as
+    initialised); every other axis must be the same length. Returns the tensors left as
+    initialised (an axis that fits neither). An axis that merely has a level's length (a hidden
+    width equal to a class count in both taxonomies) is taken for that level: the copy then
+    permutes it as the classes moved, which leaves unchanged levels as they were."""
+    axes = [(old_h.sizes[d], new_h.sizes[d], torch.as_tensor(corr[d])) for d in range(min(old_h.depth, new_h.depth))]
+    if old_h.depth == new_h.depth:
+        offsets = old_h.offsets
+        flat = torch.as_tensor(np.concatenate([np.where(c >= 0, c + offsets[d], -1) for d, c in enumerate(corr)]))
+        axes.append((old_h.n_classes, new_h.n_classes, flat))
+    old_sd, fresh = old.state_dict(), []
+    with torch.no_grad():
+        for name, t in new.state_dict().items():
+            o = old_sd.get(name)
+            if o is None or o.dim() != t.dim():
+                fresh.append(name)
+                continue
+            src, dst = [], []
+            for a, b in zip(o.shape, t.shape):
+                idx = next((c for n_old, n_new, c in axes if (n_old, n_new) == (a, b)), None)
+                if idx is None and a != b:
+                    break
+                if idx is None:
+                    src.append(torch.arange(a))
+                    dst.append(torch.arange(b))
+                else:
+                    keep = idx >= 0
+                    src.append(idx[keep])
+                    dst.append(keep.nonzero().squeeze(1))
+            else:
+                t[torch.meshgrid(*dst, indexing="ij")] = o[torch.meshgrid(*src, indexing="ij")].to(t.dtype)
+                continue
+            fresh.append(name)
+    return fresh

@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,19 +26,23 @@ def answers(model, texts: list[str], threshold: float | None = None,
     """Per text: ``path`` (class names joined by " > "), and at every level ``L<d>`` (the class)
     and ``L<d>_confidence`` (the probability the model gives it); empty (None, NaN) below where
     the answer stops (``Model.answers``: the path's end, the ``threshold``, or the threshold of
-    ``target_precision``)."""
+    ``target_precision``); ``review``: the answer stopped above its path's end (``ktt.review``)."""
     from .hierarchy import SEP
 
-    rows = model.answers(texts, threshold, target_precision)
+    h, t = model.hierarchy, model.stop_threshold(threshold, target_precision)
+    codes, proba = model.predict_scored(texts)
+    rows = h.answers(codes, proba, t)
     out = {"path": [SEP.join(name for name, _ in a) for a in rows]}
-    for d in range(model.hierarchy.depth):
+    for d in range(h.depth):
         out[f"L{d + 1}"] = [a[d][0] if d < len(a) else None for a in rows]
         out[f"L{d + 1}_confidence"] = [a[d][1] if d < len(a) else float("nan") for a in rows]
+    out["review"] = np.array([len(a) for a in rows]) < h.path_depths(codes)
     return pd.DataFrame(out)
 
 
 def signature(depth: int, threshold: float = 0.0):
-    """Input: a ``text`` column. Output: ``path``, then ``L<d>`` and ``L<d>_confidence`` per level.
+    """Input: a ``text`` column. Output: ``path``, then ``L<d>`` and ``L<d>_confidence`` per level,
+    then ``review``.
     Parameters (per request): ``threshold`` (default: the model's) or ``target_precision`` (0:
     unset; else the threshold that reached it on validation)."""
     from mlflow.models import ModelSignature
@@ -46,6 +51,7 @@ def signature(depth: int, threshold: float = 0.0):
     outputs = [ColSpec("string", "path")]
     for d in range(1, depth + 1):
         outputs += [ColSpec("string", f"L{d}", required=False), ColSpec("double", f"L{d}_confidence", required=False)]
+    outputs.append(ColSpec("boolean", "review"))
     return ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema(outputs),
                           params=ParamSchema([ParamSpec("threshold", "double", float(threshold)),
                                               ParamSpec("target_precision", "double", 0.0)]))

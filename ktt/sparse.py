@@ -212,6 +212,15 @@ class LinearBlocks:
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"width": self.width, "indptr": self.indptr, "dec": self.dec, "w": self.w, "bias": self.bias}
 
+    def fits(self) -> list[list[tuple[np.ndarray, np.ndarray, float]]]:
+        """The inverse of :meth:`from_fits`: per block, per decision, ``(feature columns, weights, bias)``."""
+        feature = np.repeat(np.arange(len(self.indptr) - 1, dtype=np.int64), np.diff(self.indptr))
+        order = np.argsort(self.dec, kind="stable")
+        bounds = np.searchsorted(self.dec[order], np.arange(self.n_dec + 1))
+        per_dec = [(feature[order[a:b]], self.w[order[a:b]], float(self.bias[k]))
+                   for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+        return [per_dec[f:f + n] for f, n in zip(self.first_dec, self.n_dec_of)]
+
     @classmethod
     def from_arrays(cls, arrays: dict, loss: str) -> "LinearBlocks":
         """From :meth:`to_arrays`, or :func:`quantize`'s int8 weights (scaled back to float here)."""

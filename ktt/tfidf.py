@@ -11,7 +11,7 @@ import snowballstemmer
 from . import threads
 from .errors import BadValue
 from .hierarchy import Hierarchy
-from .model import Interval, Model
+from .model import Interval, Model, NullLogger
 from .sparse import PROBA_LOSSES, LinearBlocks, NgramIndex, NodeClassifiers
 from .text import stem
 
@@ -118,10 +118,103 @@ class TfidfModel(Model):
             self.featuriser_ = Featuriser(self.vectorizer_, self.params["language"])
         return self.featuriser_(texts)
 
-    def fit_nodes(self, x, groups, logger) -> None:
+    def node_groups(self, codes) -> list[tuple]:
+        """The ``(level, parent, rows, labels)`` of every classifier the model fits on rows with
+        class indices ``codes`` (:meth:`fit_nodes`)."""
+        raise NotImplementedError
+
+    def fit(self, train, val=None, logger=None):
+        logger = logger or NullLogger()
+        x = self.fit_features(train.texts)
+        self.fit_nodes(x, self.node_groups(train.codes), logger)
+        logger.checkpoint(self, "best")
+        return self
+
+    update_share = 0.05  # a node whose rows grew or shrank by more than this share is refitted (benchmarks/update.py)
+
+    def update(self, old, diff, train, val=None, logger=None):
+        """Start from ``old``, trained on the taxonomy ``diff`` leads from: keep its vectoriser
+        (grown by the n-grams of the training rows it has not seen: :func:`grow_vocabulary`) and
+        every node classifier whose children are unchanged (renamed or moved ones included) and
+        whose rows changed by at most ``update_share``; refit the others on their rows of
+        ``train`` (only those rows are featurised)."""
+        from .taxonomy import text_hashes
+
+        logger = logger or NullLogger()
+        self.preprocessor_, self.featuriser_ = old.preprocessor_, None
+        nodes = old.nodes_
+        fits = nodes.blocks.fits()
+        where = {(int(d), int(p)): b for b, (d, p) in enumerate(zip(nodes.level, nodes.parent))}
+        lone = {(int(d), int(p)): int(c) for d, p, c in zip(nodes.single_level, nodes.single_parent, nodes.single_child)}
+        corr = diff.correspondence()
+        back = [np.full(n, -1, np.int64) for n in old.hierarchy.sizes]  # old index -> new
+        for d, c in enumerate(corr[:old.hierarchy.depth]):
+            back[d][c[c >= 0]] = np.flatnonzero(c >= 0)
+        kept, refit = [], []
+        for g in self.node_groups(train.codes):
+            node = self._old_node(old, diff, g[0], g[1], corr, back)
+            if node is None or ((node[0], node[1]) not in where and (node[0], node[1]) not in lone):
+                refit.append(g)
+                continue
+            d, up, to_new = node
+            if (d, up) in where:
+                b = where[d, up]
+                first = nodes.blocks.first_out[b]
+                kept.append((g[0], g[1], to_new[nodes.children[first:first + nodes.blocks.width[b]]], fits[b]))
+            else:
+                kept.append((g[0], g[1], to_new[[lone[d, up]]], None))
+        rows = np.unique(np.concatenate([g[2] for g in refit])) if refit else np.zeros(0, np.int64)
+        stemmed = self.preprocessor_([train.texts[i] for i in rows])
+        unseen = ~np.isin(text_hashes([train.texts[i] for i in rows]), diff.old.rows) if diff.old.has_rows else \
+            np.ones(len(rows), bool)
+        self.vectorizer_ = grow_vocabulary(old.vectorizer_, [t for t, u in zip(stemmed, unseen) if u], len(train),
+                                           self.params["min_df"])
+        # a few rows: scikit-learn's transform, without building the n-gram index of the whole vocabulary
+        x = self.vectorizer_.transform(stemmed)
+        self.fit_nodes(x, [(d, up, np.searchsorted(rows, r), y) for d, up, r, y in refit], logger, kept)
+        logger.log_metrics({"nodes_refit": float(len(refit)), "nodes_kept": float(len(kept)),
+                            "rows_featurised": float(len(rows)),
+                            "vocabulary_added": float(len(self.vectorizer_.vocabulary_) - len(old.vectorizer_.vocabulary_))})
+        logger.checkpoint(self, "best")
+        return self
+
+    def _old_node(self, old, diff, d: int, parent: int, corr, back):
+        """``(level, old parent, new index of each old class of level d)`` of ``old``'s node at
+        (level ``d``, ``parent``) when it can be kept as it is: the same children (by the diff's
+        correspondence) and rows that changed by at most ``update_share``; else None."""
+        oh, nh = old.hierarchy, self.hierarchy
+        if d >= oh.depth:
+            return None
+        up = -1 if parent < 0 else int(corr[d - 1][parent])
+        if parent >= 0 and up < 0:
+            return None
+        kids_new, kids_old = self._kids(nh, d, parent), self._kids(oh, d, up)
+        if len(kids_new) != len(kids_old) or not np.array_equal(np.sort(corr[d][kids_new]), kids_old):
+            return None
+        n_new, n_old = (len(diff.new), len(diff.old)) if parent < 0 else \
+            (diff.new.counts(d - 1)[parent], diff.old.counts(d - 1)[up]) if diff.old.has_rows else (None, None)
+        if n_new is None or abs(int(n_new) - int(n_old)) > self.update_share * max(int(n_old), 1):
+            return None
+        return d, up, back[d]
+
+    @staticmethod
+    def _kids(h, d: int, parent: int) -> np.ndarray:
+        """The classes of level ``d`` under ``parent`` (-1: all of them), sorted."""
+        if parent < 0:
+            return np.arange(h.sizes[d])
+        key = ("kids", d)
+        if key not in h._cache:
+            order = np.argsort(h.parent_of(d), kind="stable")
+            starts = np.searchsorted(h.parent_of(d)[order], np.arange(h.sizes[d - 1] + 1))
+            h._cache[key] = (order, starts)
+        order, starts = h._cache[key]
+        return order[starts[parent]:starts[parent + 1]]
+
+    def fit_nodes(self, x, groups, logger, kept=()) -> None:
         """Fit one block of classifiers per ``(level, parent, rows, labels)`` group (``parent``:
         a class of level - 1, or -1 for all rows) into ``nodes_``, the blocks in parallel on this
-        machine's cores (or on Spark, through joblib's backend: docs/scaling.md)."""
+        machine's cores (or on Spark, through joblib's backend: docs/scaling.md). ``kept``: nodes
+        taken as they are, ``(level, parent, children, fits)`` (``fits`` None: a lone child)."""
         level, parent, children, widths, todo = [], [], [], [], []
         single = []  # (level, parent, child) of a node with one child seen in training
         for d, up, rows, y in groups:
@@ -136,6 +229,15 @@ class TfidfModel(Model):
             todo.append((rows, y, kids))
         check_memory(self.name, x, todo)
         fits = run_parallel([delayed_fit(x, rows, y) for rows, y, _ in todo], self.make_sgd(), self.params["min_weight"])
+        for d, up, kids, fit in kept:
+            if fit is None:
+                single.append((d, up, int(kids[0])))
+                continue
+            level.append(d)
+            parent.append(up)
+            children.append(kids)
+            widths.append(len(kids))
+            fits.append(fit)
         blocks = LinearBlocks.from_fits(fits, widths, x.shape[1], self.params["loss"])
         self.nodes_ = NodeClassifiers(self.hierarchy, blocks, level, parent,
                                       np.concatenate(children) if children else np.zeros(0, np.int64),
@@ -202,6 +304,36 @@ class TfidfModel(Model):
         """What a server needs besides the arrays."""
         return {**self.answer_config(), "input": "tfidf", "language": self.params["language"],
                 "loss": self.params["loss"], "norm": self.vectorizer_.norm}
+
+
+def grow_vocabulary(vectorizer, stemmed: list[str], n_docs: int, min_df: int = 1):
+    """A copy of a fitted TF-IDF ``vectorizer`` whose vocabulary also holds the n-grams of
+    ``stemmed`` texts it lacked (seen in at least ``min_df`` of them), appended after the old ones,
+    so that every old feature keeps its column and every old classifier its weights. A new n-gram's
+    idf is scikit-learn's, ``ln((1 + n_docs) / (1 + df)) + 1``, its df counted in ``stemmed``: exact
+    when the n-gram appears only in those texts (rows new to the training set), as a new category's
+    words do. The old n-grams keep their idf (a full refit would shift it slightly)."""
+    from collections import Counter
+
+    from sklearn.base import clone
+
+    vocab = vectorizer.vocabulary_
+    analyse = vectorizer.build_analyzer()
+    df = Counter()
+    for doc in stemmed:
+        df.update({g for g in analyse(doc) if g not in vocab})
+    new = sorted(g for g, k in df.items() if k >= min_df)
+    if not new:
+        return vectorizer  # shared with the old model: neither changes it
+    grown = clone(vectorizer)  # the old vectoriser stays as it was (the old model still uses it)
+    grown.vocabulary_ = {**vocab, **{g: len(vocab) + i for i, g in enumerate(new)}}
+    grown.fixed_vocabulary_ = False
+    if vectorizer.use_idf:
+        k = np.array([df[g] for g in new], dtype=np.float64)
+        extra = np.log((1 + n_docs) / (1 + k)) + 1 if vectorizer.smooth_idf else np.log(n_docs / k) + 1
+        grown.idf_ = np.concatenate([vectorizer.idf_, extra]).astype(vectorizer.idf_.dtype)
+    grown.stop_words_ = getattr(vectorizer, "stop_words_", None)
+    return grown
 
 
 def available_memory() -> int:

@@ -296,12 +296,20 @@ TEST_ROWS = "metrics/test_rows.parquet"  # per test row: what hF1 and leaf accur
 def log_test_rows(counts: dict, true_leaf) -> None:
     """A run's per-row counts on the test split (``metrics.row_counts``) and the true leaf of each
     row (two runs are compared only on the same rows)."""
-    import pandas as pd
+    import pyarrow as pa
+
+    log_parquet(pa.table({**counts, "true_leaf": np.asarray(true_leaf)}), TEST_ROWS)
+
+
+def log_parquet(table, artifact_file: str) -> None:
+    """A pyarrow table as a Parquet run artifact (one upload)."""
+    import pyarrow.parquet as pq
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(TEST_ROWS).name
-        pd.DataFrame({**counts, "true_leaf": np.asarray(true_leaf)}).to_parquet(path, index=False)
-        mlflow.log_artifact(str(path), artifact_path=str(Path(TEST_ROWS).parent))
+        path = Path(tmp) / Path(artifact_file).name
+        pq.write_table(table, path)
+        parent = str(Path(artifact_file).parent)
+        mlflow.log_artifact(str(path), artifact_path=None if parent == "." else parent)
 
 
 def load_test_rows(run_id: str) -> dict:

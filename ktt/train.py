@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from . import distributed, registry, tracking
+from . import distributed, registry, taxonomy, tracking
 from .errors import BadValue
 from .data import load_dataset
 from .figures import log_later, preload as preload_figures
@@ -56,13 +56,15 @@ class Fit:
 def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_root="datasets",
           weights_root="weights", experiment: str | None = None, run_name: str | None = None,
           reference: bool = False, log_model: bool = True, tags: dict | None = None,
-          resume: str | None = None, callbacks=()) -> Fit:
+          resume: str | None = None, start_from: str | None = None, callbacks=()) -> Fit:
     """Fit ``model`` on ``dataset`` inside an MLflow run (hyperparameters as ``registry.create``).
 
     Everything that can be checked is checked before the run starts: the tracking
     server, the dataset, the model name and every hyperparameter. ``resume`` (a ``last_``
     checkpoint or an MLflow run) continues a fit from the end of its last finished epoch.
     ``callbacks`` see every ``log_metrics`` call of the fit (``cb(metrics, step)``).
+    ``start_from`` (a run ID, ``runs:/`` or ``models:/`` URI of the same model, trained on an
+    earlier taxonomy) updates that model instead of training from scratch (``Model.update``).
 
     Under ``torchrun`` every process calls this: all of them fit, each on its part of every
     batch (:mod:`ktt.distributed`); only rank 0 tracks, checkpoints and evaluates.
@@ -71,12 +73,19 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
     if world.main:
         tracking.check_tracking_uri()
     ds = load_dataset(dataset, datasets_root)
-    est = resumed(model, ds, resume, overrides) if resume else \
-        registry.get(model)(ds.hierarchy, **registry.params(model, overrides))
+    update = None
+    if start_from:
+        if resume:
+            raise BadValue("--from updates a trained model, --resume continues an unfinished fit: give one")
+        est, update = updating(model, ds, start_from, overrides)
+        tags = {**(tags or {}), "ktt.parent_run": update[2]}
+    else:
+        est = resumed(model, ds, resume, overrides) if resume else \
+            registry.get(model)(ds.hierarchy, **registry.params(model, overrides))
     if world.size > 1 and not est.distributable:
         raise BadValue(f"model {model!r} does not train on several processes; run it without torchrun")
     if not world.main:  # a helper process of a distributed fit: it fits, rank 0 does the rest
-        est.fit(ds.train, ds.val, NullLogger())
+        est.update(*update[:2], ds.train, ds.val, NullLogger()) if update else est.fit(ds.train, ds.val, NullLogger())
         distributed.finish(world)
         return Fit(None)
     if experiment:
@@ -85,7 +94,9 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
         logger = tracking.RunLogger(model, ds.name, weights_root, callbacks)
         preload_figures()  # matplotlib, imported while the model fits
         log_run_info(est, ds, world, {**({"ktt.resumed_from": resume} if resume else {}), **(tags or {})})
-        final = {"train_time_s": fit(est, ds, logger, world)}
+        if update:
+            tracking.log_dict(update[1].to_dict(), "taxonomy_diff.json")
+        final = {"train_time_s": fit(est, ds, logger, world, update)}
         best = type(est).load(logger.paths["best"])
         calibrate(best, ds.val, logger)
         test = score_split(best, ds.test, curve=True)  # the checkpoint fit selected, once
@@ -104,6 +115,21 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
         log.info("run %s: test leaf accuracy %.4f, checkpoints %s", run.info.run_id,
                  final["test_leaf_accuracy"], [str(p) for p in logger.paths.values()])
         return Fit(run.info.run_id, final, dict(logger.paths))
+
+
+def updating(model: str, ds, start_from: str, overrides: dict | None):
+    """A fresh ``model`` for ``ds`` with the hyperparameters of the run ``start_from`` (``overrides``
+    applied), and what it updates from: (the trained model, the taxonomy diff, the run ID)."""
+    from .export import _from_run
+
+    run_id = taxonomy.run_of(start_from)
+    src = _from_run(run_id)
+    if src.model != model:
+        raise BadValue(f"{start_from} trained {src.model!r}, not {model!r}: an update starts from the same model")
+    cls = registry.get(model)
+    old = cls.load(src.checkpoint)
+    est = cls(ds.hierarchy, **cls.check_params({**old.params, **(overrides or {})}))
+    return est, (old, taxonomy.diff(taxonomy.of_run(run_id, f"run {run_id[:8]}"), taxonomy.of_dataset(ds)), run_id)
 
 
 def resumed(model: str, ds, resume: str, overrides: dict | None):
@@ -126,19 +152,25 @@ def log_run_info(est, ds, world, tags: dict) -> None:
     """The run's tags (model, dataset, commit, the environment: ``tracking.environment``,
     processes), hyperparameters, dataset and installed packages (``environment.txt``)."""
     env, packages = tracking.environment()
+    side = taxonomy.of_dataset(ds)
     mlflow.set_tags({"ktt.model": est.name, "ktt.dataset": ds.name, "ktt.git_commit": tracking.git_commit(), **env,
+                     "ktt.taxonomy": side.digest,
                      **({"ktt.processes": str(world.size), "ktt.backend": distributed.backend()}
                         if world.size > 1 else {}), **tags})
     mlflow.log_text(packages, "environment.txt")
     mlflow.log_params({**est.params, "model": est.name})
     tracking.log_dataset(ds)
+    tracking.log_parquet(side.frame(), taxonomy.ARTIFACT)  # what `ktt taxonomy diff RUN ...` reads
 
 
-def fit(est, ds, logger, world) -> float:
-    """Fit (every process of a distributed fit together), then make sure a ``best`` checkpoint
-    exists; the seconds it took."""
+def fit(est, ds, logger, world, update=None) -> float:
+    """Fit (every process of a distributed fit together; ``update``: from a trained model, its diff),
+    then make sure a ``best`` checkpoint exists; the seconds it took."""
     t0 = time.perf_counter()
-    est.fit(ds.train, ds.val, logger)
+    if update:
+        est.update(update[0], update[1], ds.train, ds.val, logger)
+    else:
+        est.fit(ds.train, ds.val, logger)
     train_time = time.perf_counter() - t0
     distributed.finish(world)  # from here on rank 0 works alone
     mlflow.log_metric("train_time_s", train_time)

@@ -20,6 +20,7 @@ from bentoml.service.artifacts.common import JSONArtifact, PickleArtifact
 from bentoml.types import InferenceTask
 
 import logging
+import os
 from pathlib import Path
 
 
@@ -87,7 +88,7 @@ class KTTService(bentoml.BentoService):
             logger.exception("warm-up failed: the service is not ready")
             self._ready = 503, {"ready": False, "reason": "warm-up failed (see the server log)"}
             return
-        self._ready = 200, {"ready": True, "batch_seconds": seconds}
+        self._ready = 200, {"ready": True, "taxonomy": pred.taxonomy, "batch_seconds": seconds}
         logger.info("warm: batch seconds %s", seconds)
 
     def readiness(self):
@@ -126,7 +127,7 @@ class KTTService(bentoml.BentoService):
                 self._fail(task, endpoint)
                 continue
             ready.append((task, prepared, isinstance(parsed, list) or isinstance(parsed.get("text"), list),
-                          thresholds))
+                          thresholds, texts))
         answers = self._predict(ready, endpoint)
         return [a for a in answers if a is not None]
 
@@ -136,7 +137,7 @@ class KTTService(bentoml.BentoService):
         if not ready:
             return []
         try:
-            thresholds = [t for *_, ts in ready for t in ts]
+            thresholds = [t for _, _, _, ts, _ in ready for t in ts]
             paths, codes, scores, feats = self.predictor.run([p for _, prepared, *_ in ready for p in prepared],
                                                              thresholds)
         except Exception:
@@ -147,12 +148,13 @@ class KTTService(bentoml.BentoService):
         metrics.PREDICTED_ROWS.inc(len(paths))
         try:
             self.after_predict(codes, scores, feats)
+            self.review([t for *_, texts in ready for t in texts], paths, codes, scores, endpoint)
         except Exception:  # monitoring never fails a prediction
             logger.exception("after_predict failed")
         rows = (["\n".join(p) for p in paths] if endpoint == "predict"
                 else self.predictor.explain(codes, scores, [len(p) for p in paths]))
         answers, i = [], 0
-        for _, prepared, many, _ in ready:
+        for _, prepared, many, _, _ in ready:
             answers.append(rows[i:i + len(prepared)] if many else rows[i])
             i += len(prepared)
         return answers
@@ -163,6 +165,22 @@ class KTTService(bentoml.BentoService):
             from ktt.serving.forward import forwarder
 
             forwarder().submit(*self._monitoring_args(codes, scores, features))
+
+    def review(self, texts, paths, codes, scores, endpoint):
+        """Answers that stopped above their path's end (below the threshold) go to review: counted,
+        and, when ``KTT_REVIEW_FILE`` names a file, appended to it as JSON lines (``ktt.review``)."""
+        pred = self.predictor
+        todo = [i for i, (p, k) in enumerate(zip(paths, pred.hierarchy.path_depths(codes))) if len(p) < k]
+        if not todo:
+            return
+        metrics.REVIEW_ANSWERS.labels(endpoint).inc(len(todo))
+        if os.environ.get("KTT_REVIEW_FILE"):
+            from ktt.review import append_rows, review_rows
+
+            h = pred.hierarchy
+            rows = review_rows([texts[i] for i in todo], codes[todo], h.split_levels(scores[todo]), h,
+                               [len(paths[i]) for i in todo], pred.config.get("model"), pred.taxonomy)
+            append_rows(os.environ["KTT_REVIEW_FILE"], rows)
 
     def _monitoring_args(self, codes, scores, features):
         """What the drift sidecar is sent of a batch: features, leaf scores, each level's class and confidence."""

@@ -10,10 +10,13 @@ PREDICTED_ROWS = Counter("ktt_predicted_rows", "Texts classified")
 BAD_REQUESTS = Counter("ktt_bad_requests", "Requests refused with HTTP 400", ["endpoint"])
 FAILED_REQUESTS = Counter("ktt_failed_requests", "Requests answered HTTP 500 (a server fault)", ["endpoint"])
 FORWARDED_ROWS = Counter("ktt_forwarded_rows", "Rows delivered to the drift sidecar")
+REVIEW_ANSWERS = Counter("ktt_review_answers", "Answers stopped above their path's end (below the threshold): "
+                         "routed to review", ["endpoint"])
 DROPPED_ROWS = Counter("ktt_forward_dropped_rows", "Rows not delivered to the drift sidecar", ["reason"])
 
 for _endpoint in ("predict", "predict_json"):
     BAD_REQUESTS.labels(_endpoint)
     FAILED_REQUESTS.labels(_endpoint)
+    REVIEW_ANSWERS.labels(_endpoint)
 for _reason in ("queue_full", "unreachable", "refused"):
     DROPPED_ROWS.labels(_reason)

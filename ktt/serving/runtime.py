@@ -112,8 +112,11 @@ class Predictor:
     def __init__(self, encoder, classifier, config: dict | str):
         """``encoder`` and ``classifier``: onnxruntime sessions, or paths to the graphs; for a
         TF-IDF model (``input: tfidf``) ``encoder`` is None and ``classifier`` its arrays."""
+        from ktt.taxonomy import digest
+
         self.config = json.loads(config) if isinstance(config, str) else config
         self.hierarchy = Hierarchy.from_dict(self.config["hierarchy"])
+        self.taxonomy = self.config.get("taxonomy") or digest(self.hierarchy)  # an export from before versions
         self.sparse = None
         if self.config["input"] == "tfidf":
             arrays = load_arrays(classifier)
@@ -198,9 +201,10 @@ class Predictor:
 
     def explain(self, codes: np.ndarray, scores: np.ndarray, depths) -> list[dict]:
         """The JSON form of :meth:`run`'s answers (``depths``: levels answered per row, the lengths
-        of its paths): the path, and at each level the class, its score and the level's top 3."""
+        of its paths): the path, and at each level the class, its score and the level's top 3; the
+        taxonomy version; ``review``: the answer stopped above its path's end (below the threshold)."""
         h, out = self.hierarchy, []
-        levels = h.split_levels(scores)
+        levels, full = h.split_levels(scores), h.path_depths(codes)
         for i, (row, k) in enumerate(zip(codes, depths)):
             answer = []
             for d, c in enumerate(row[:k]):
@@ -208,5 +212,6 @@ class Predictor:
                 top = [j for j in np.argsort(-s) if not h.is_end(d)[j]][:3]
                 answer.append({"level": d + 1, "class": h.levels[d][c][-1], "score": float(s[c]),
                                "top": [{"class": h.levels[d][j][-1], "score": float(s[j])} for j in top]})
-            out.append({"path": [lv["class"] for lv in answer], "levels": answer})
+            out.append({"path": [lv["class"] for lv in answer], "levels": answer, "taxonomy": self.taxonomy,
+                        "review": bool(k < full[i])})
         return out

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ktt.model import NullLogger
 from ktt.sparse import PROBA_LOSSES
 from ktt.tfidf import TfidfModel
 
@@ -21,19 +20,14 @@ class TfidfHSGD(TfidfModel):
     defaults = {**TfidfModel.defaults, "decode": "path"}
     constraints = {**TfidfModel.constraints, "loss": PROBA_LOSSES, "decode": ("path", "top_down")}
 
-    def fit(self, train, val=None, logger=None):
-        logger = logger or NullLogger()
-        x = self.fit_features(train.texts)
-        codes = train.codes
+    def node_groups(self, codes):
         groups = [(0, -1, np.arange(len(codes)), codes[:, 0])]
         for d in range(1, self.hierarchy.depth):  # the rows under each class of level d - 1
             order = np.argsort(codes[:, d - 1], kind="stable")
             parents, starts = np.unique(codes[order, d - 1], return_index=True)
             for parent, rows in zip(parents, np.split(order, starts[1:])):
                 groups.append((d, int(parent), rows, codes[rows, d]))
-        self.fit_nodes(x, groups, logger)
-        logger.checkpoint(self, "best")
-        return self
+        return groups
 
     def conditional_proba(self, x) -> list[np.ndarray]:
         """Per level, P(class | its parent) for every class, ``(n, n_classes_at_level)``, from TF-IDF ``x``."""

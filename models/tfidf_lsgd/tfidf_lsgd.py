@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ktt.model import NullLogger
 from ktt.tfidf import TfidfModel
 
 
 class TfidfLSGD(TfidfModel):
-    def fit(self, train, val=None, logger=None):
-        logger = logger or NullLogger()
-        x = self.fit_features(train.texts)
-        leaves = train.codes[:, -1]
-        self.fit_nodes(x, [(self.hierarchy.depth - 1, -1, np.arange(len(leaves)), leaves)], logger)
-        logger.checkpoint(self, "best")
-        return self
+    def node_groups(self, codes):
+        return [(self.hierarchy.depth - 1, -1, np.arange(len(codes)), codes[:, -1])]
 
     def leaf_scores(self, x) -> np.ndarray:
         """``(n, n_leaves)`` leaf probabilities; leaves never seen in training score 0."""

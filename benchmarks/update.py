@@ -1,0 +1,159 @@
+"""Update instead of retrain (issue 29): a model trained on taxonomy version 1, updated to version 2
+(``Model.update``, what ``ktt train MODEL DATASET --from RUN`` runs), against a full retrain on
+version 2.
+
+    .venv/bin/python benchmarks/update.py [--models tfidf_hsgd,db_bhcn] [--seeds 0,1,2] [--encoder-seeds 0]
+
+Deduplicated BigBasket, official split. Version 1 lacks 30 leaves and their rows; version 2 has
+them back, plus one inner category renamed and one moved under another parent
+(``benchmarks/taxonomy_change.py``). Per seed: fit on version 1; full retrain on version 2; update
+from the version-1 model. Times are the fit (``fit`` / ``update``, the diff included), not
+calibration, scoring or tracking, which both pay alike. New leaves: macro F1 over the 30 added
+leaves on their test rows; old rows: hierarchical F1 on the test rows whose leaf version 1 had
+(renamed and moved categories included).
+"""
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import bigbasket  # noqa: E402
+from benchmarks.report import write_section  # noqa: E402
+from benchmarks.taxonomy_change import write_versions  # noqa: E402
+
+GOALS = {"tfidf_hsgd": 0.10, "db_bhcn": 0.25}
+
+
+def leaf_f1(truth: np.ndarray, pred: np.ndarray, leaves) -> float:
+    """Macro F1 over ``leaves`` (leaf indices), from true and predicted leaf indices."""
+    out = []
+    for c in leaves:
+        tp = np.sum((truth == c) & (pred == c))
+        fp, fn = np.sum((truth != c) & (pred == c)), np.sum((truth == c) & (pred != c))
+        out.append(2 * tp / max(2 * tp + fp + fn, 1))
+    return float(np.mean(out))
+
+
+def catalog(rows: int, categories: int, root: Path):
+    """A generated catalog (``ktt generate --rows ROWS --categories CATEGORIES``) as a dataset."""
+    import pandas as pd
+
+    from ktt import synth
+    from ktt.data import ingest, load_dataset
+
+    df = pd.concat(synth.generate_catalog(rows, synth.random_taxonomy(categories, 7, 0), 0, 0.05, 0.1),
+                   ignore_index=True)
+    ingest(df, root, "catalog", overwrite=True)
+    return load_dataset("catalog", root)
+
+
+def compare(ds, root: Path, models: list[tuple[str, list[int]]], n_leaves: int) -> tuple[list[str], str]:
+    """Table rows (one per model) and a sentence describing the change, for dataset ``ds``."""
+    from collections import Counter
+
+    from ktt import registry, taxonomy
+    from ktt.compare import mean_sd
+    from ktt.data import load_dataset
+    from ktt.hierarchy import SEP
+    from ktt.metrics import evaluate
+
+    n1, n2, change = write_versions(ds, root, n_leaves)
+    v1, v2 = load_dataset(n1, root), load_dataset(n2, root)
+    t0 = time.perf_counter()
+    d = taxonomy.diff(taxonomy.of_dataset(v1), taxonomy.of_dataset(v2))
+    diff_seconds = time.perf_counter() - t0
+    h, test = v2.hierarchy, v2.test
+    held = {tuple(p) for p in change["held_out"]}
+    new_leaves = [i for i, p in enumerate(h.levels[-1]) if p in held]
+    is_new = np.isin(test.codes[:, -1], new_leaves)
+    touched = sum(c.rows or 0 for c in d.changes if c.kind != "removed")
+    print(d, f"\ndiff: {diff_seconds:.2f} s; new-leaf test rows {is_new.sum()}, old {np.sum(~is_new)}", flush=True)
+    v1.train.codes, v2.train.codes  # encoded once, outside the timings (both fits read them)
+    rows = []
+    for name, seeds in models:
+        r = {k: [] for k in ("full_s", "update_s", "ratio", "new_full", "new_upd", "new_ratio", "old_full", "old_upd",
+                             "old_drop")}
+        for seed in seeds:
+            old = registry.create(name, v1.hierarchy, seed=seed).fit(v1.train, v1.val)
+            t0 = time.perf_counter()
+            full = registry.create(name, h, seed=seed).fit(v2.train, v2.val)
+            r["full_s"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            upd = registry.create(name, h, **old.params).update(
+                old, taxonomy.diff(taxonomy.of_dataset(v1), taxonomy.of_dataset(v2)), v2.train, v2.val)
+            r["update_s"].append(time.perf_counter() - t0)
+            r["ratio"].append(r["update_s"][-1] / r["full_s"][-1])
+            for tag, model in (("full", full), ("upd", upd)):
+                pred = model.predict(test.texts)
+                r[f"new_{tag}"].append(leaf_f1(test.codes[is_new, -1], pred[is_new, -1], new_leaves))
+                r[f"old_{tag}"].append(evaluate(h, test.codes[~is_new], pred[~is_new])["h_f1"])
+            r["new_ratio"].append(r["new_upd"][-1] / max(r["new_full"][-1], 1e-9))
+            r["old_drop"].append(100 * (r["old_full"][-1] - r["old_upd"][-1]))
+            print(ds.name, name, seed, {k: round(v[-1], 4) for k, v in r.items()}, flush=True)
+
+        def ms(k, fmt="{:.3f}"):
+            m, sd = mean_sd(r[k])
+            return fmt.format(m) + ("" if len(r[k]) < 2 else " ± " + fmt.format(sd))
+        goal = GOALS.get(name, 0.25)
+        met = (max(r["ratio"]) <= goal, min(r["new_ratio"]) >= 0.9, max(r["old_drop"]) <= 0.5)
+        rows.append(f"| {ds.name} | {name} | {','.join(map(str, seeds))} | {ms('full_s', '{:.1f}')} | "
+                    f"{ms('update_s', '{:.2f}')} | {ms('ratio', '{:.1%}')} (≤ {goal:.0%}: {'met' if met[0] else 'missed'}) "
+                    f"| {ms('new_full')} | {ms('new_upd')} | {ms('new_ratio', '{:.1%}')} (≥ 90%: "
+                    f"{'met' if met[1] else 'missed'}) | {ms('old_full')} | {ms('old_upd')} | {ms('old_drop', '{:+.2f}')} "
+                    f"(≤ 0.5: {'met' if met[2] else 'missed'}) |")
+        print(rows[-1], flush=True)
+    ren, mov = change["renamed"], change["moved"]
+    kinds = ", ".join(f"{n} {k}" for k, n in Counter(c.kind for c in d.changes).items())
+    about = (f"**{ds.name}** ({len(v2.train):,} training rows, {h.n_leaves:,} leaves in version 2): version 1 lacks "
+             f"{len(held)} leaves and their rows; version 2 has them back, plus `{SEP.join(ren[0])}` renamed to "
+             f"`{SEP.join(ren[1])}` and `{SEP.join(mov[0])}` moved to `{SEP.join(mov[1])}`. The diff: {kinds}, "
+             f"{touched:,} rows under changed categories ({touched / len(d.new):.0%} of all), found in "
+             f"{diff_seconds:.2f} s. New-leaf F1 over {int(is_new.sum())} test rows, old-row hF1 over "
+             f"{int((~is_new).sum())}.")
+    return rows, about
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="tfidf_hsgd,db_bhcn")
+    ap.add_argument("--seeds", default="0,1,2", help="TF-IDF models' seeds")
+    ap.add_argument("--encoder-seeds", default="0", help="encoder models' seeds (about 15 minutes each on 2 cores)")
+    ap.add_argument("--leaves", type=int, default=30)
+    ap.add_argument("--catalog", default="100000,5600", metavar="ROWS,CATEGORIES",
+                    help="Also a generated catalog of this size (TF-IDF models only); 0 to skip")
+    args = ap.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="ktt-update-"))
+    seeds = lambda name: [int(s) for s in (args.encoder_seeds if name.startswith("db_") else args.seeds).split(",")]  # noqa: E731
+    models = [(m, seeds(m)) for m in args.models.split(",")]
+    rows, about = compare(bigbasket.load(), root, models, args.leaves)
+    abouts = [about]
+    if args.catalog != "0":
+        n, k = (int(x) for x in args.catalog.split(","))
+        more, about = compare(catalog(n, k, root), root, [m for m in models if not m[0].startswith("db_")], args.leaves)
+        rows += more
+        abouts.append(about)
+    write_section("taxonomy-update", "\n".join([
+        "## Update instead of retrain (issue 29)", "",
+        "Command: `.venv/bin/python benchmarks/update.py`", "",
+        "A simulated taxonomy change (`benchmarks/taxonomy_change.py`); per seed: fit on version 1, then on "
+        "version 2 a full retrain and an update from the version-1 model (`Model.update`, what "
+        "`ktt train MODEL DATASET --from RUN` runs), one after the other on the same machine. Times: the fit alone "
+        "(`fit` against `update`, the diff included), not calibration, scoring and tracking, which both pay "
+        "alike. New leaves: macro F1 of the added leaves on their test rows; old rows: hierarchical F1 on the "
+        "other test rows (renamed and moved categories included). Mean ± sd over seeds. The catalog is "
+        f"`ktt generate --rows {args.catalog.split(',')[0]} --categories {args.catalog.split(',')[-1]}` "
+        "(TF-IDF only: an encoder epoch over it takes hours on 2 cores).", "",
+        *abouts, "",
+        "| data | model | seeds | full retrain, s | update, s | update / full | new-leaf F1, full | new-leaf F1, update | "
+        "update / full | old-row hF1, full | old-row hF1, update | loss, points |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows]))
+
+
+if __name__ == "__main__":
+    main()
