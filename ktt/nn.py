@@ -471,8 +471,9 @@ def update_rows(diff, train, replay: float, seed: int) -> np.ndarray:
 def transplant(old: nn.Module, new: nn.Module, corr: list[np.ndarray], old_h, new_h) -> list[str]:
     """Copy ``old`` head's weights into ``new`` (the same architecture over another taxonomy) along
     its class axes: an axis whose old and new lengths are a level's class counts in the two
-    taxonomies (or all classes') is indexed by ``corr`` (new class -> old class, -1: new, left as
-    initialised); every other axis must be the same length. Returns the tensors left as
+    taxonomies (or all classes'), or those counts plus the same number of other entries after them
+    (a layer fed a level's activations and the encoder's features), is indexed by ``corr`` (new
+    class -> old class, -1: new, left as initialised); every other axis must be the same length. Returns the tensors left as
     initialised (an axis that fits neither). An axis that merely has a level's length (a hidden
     width equal to a class count in both taxonomies) is taken for that level: the copy then
     permutes it as the classes moved, which leaves unchanged levels as they were."""
@@ -490,16 +491,19 @@ def transplant(old: nn.Module, new: nn.Module, corr: list[np.ndarray], old_h, ne
                 continue
             src, dst = [], []
             for a, b in zip(o.shape, t.shape):
-                idx = next((c for n_old, n_new, c in axes if (n_old, n_new) == (a, b)), None)
-                if idx is None and a != b:
+                # a level's classes, alone or followed by k other entries (a head's input: classes, then features)
+                found = next(((c, a - n_old) for n_old, n_new, c in axes
+                              if (n_old, n_new) == (a, b) or (a != b and a - n_old == b - n_new >= 0)), None)
+                if found is None and a != b:
                     break
-                if idx is None:
+                if found is None:
                     src.append(torch.arange(a))
                     dst.append(torch.arange(b))
                 else:
+                    idx, k = found
                     keep = idx >= 0
-                    src.append(idx[keep])
-                    dst.append(keep.nonzero().squeeze(1))
+                    src.append(torch.cat([idx[keep], torch.arange(a - k, a)]))
+                    dst.append(torch.cat([keep.nonzero().squeeze(1), torch.arange(b - k, b)]))
             else:
                 t[torch.meshgrid(*dst, indexing="ij")] = o[torch.meshgrid(*src, indexing="ij")].to(t.dtype)
                 continue

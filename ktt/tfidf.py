@@ -135,9 +135,10 @@ class TfidfModel(Model):
     def update(self, old, diff, train, val=None, logger=None):
         """Start from ``old``, trained on the taxonomy ``diff`` leads from: keep its vectoriser
         (grown by the n-grams of the training rows it has not seen: :func:`grow_vocabulary`) and
-        every node classifier whose children are unchanged (renamed or moved ones included) and
-        whose rows changed by at most ``update_share``; refit the others on their rows of
-        ``train`` (only those rows are featurised)."""
+        every node classifier whose children are unchanged (renamed or moved ones included), through
+        which no category moved (:func:`moved_through`), and whose children's rows changed by at
+        most ``update_share``; refit the others on their rows of ``train`` (only those rows are
+        featurised)."""
         from .taxonomy import text_hashes
 
         logger = logger or NullLogger()
@@ -146,13 +147,13 @@ class TfidfModel(Model):
         fits = nodes.blocks.fits()
         where = {(int(d), int(p)): b for b, (d, p) in enumerate(zip(nodes.level, nodes.parent))}
         lone = {(int(d), int(p)): int(c) for d, p, c in zip(nodes.single_level, nodes.single_parent, nodes.single_child)}
-        corr = diff.correspondence()
+        corr, moved = diff.correspondence(), moved_through(diff)
         back = [np.full(n, -1, np.int64) for n in old.hierarchy.sizes]  # old index -> new
         for d, c in enumerate(corr[:old.hierarchy.depth]):
             back[d][c[c >= 0]] = np.flatnonzero(c >= 0)
         kept, refit = [], []
         for g in self.node_groups(train.codes):
-            node = self._old_node(old, diff, g[0], g[1], corr, back)
+            node = self._old_node(old, diff, g[0], g[1], corr, back, moved)
             if node is None or ((node[0], node[1]) not in where and (node[0], node[1]) not in lone):
                 refit.append(g)
                 continue
@@ -178,10 +179,12 @@ class TfidfModel(Model):
         logger.checkpoint(self, "best")
         return self
 
-    def _old_node(self, old, diff, d: int, parent: int, corr, back):
+    def _old_node(self, old, diff, d: int, parent: int, corr, back, moved_through):
         """``(level, old parent, new index of each old class of level d)`` of ``old``'s node at
         (level ``d``, ``parent``) when it can be kept as it is: the same children (by the diff's
-        correspondence) and rows that changed by at most ``update_share``; else None."""
+        correspondence), no moved category entering or leaving a child's subtree
+        (``moved_through``: the parents whose answer for its rows changed), and rows under its
+        children that changed by at most ``update_share`` of them in all; else None."""
         oh, nh = old.hierarchy, self.hierarchy
         if d >= oh.depth:
             return None
@@ -191,9 +194,12 @@ class TfidfModel(Model):
         kids_new, kids_old = self._kids(nh, d, parent), self._kids(oh, d, up)
         if len(kids_new) != len(kids_old) or not np.array_equal(np.sort(corr[d][kids_new]), kids_old):
             return None
-        n_new, n_old = (len(diff.new), len(diff.old)) if parent < 0 else \
-            (diff.new.counts(d - 1)[parent], diff.old.counts(d - 1)[up]) if diff.old.has_rows else (None, None)
-        if n_new is None or abs(int(n_new) - int(n_old)) > self.update_share * max(int(n_old), 1):
+        if (nh.levels[d - 1][parent] if parent >= 0 else ()) in moved_through:
+            return None
+        if not diff.old.has_rows:
+            return None
+        n_new, n_old = diff.new.counts(d)[kids_new], diff.old.counts(d)[corr[d][kids_new]]
+        if np.abs(n_new - n_old).sum() > self.update_share * max(int(n_old.sum()), 1):
             return None
         return d, up, back[d]
 
@@ -304,6 +310,24 @@ class TfidfModel(Model):
         """What a server needs besides the arrays."""
         return {**self.answer_config(), "input": "tfidf", "language": self.params["language"],
                 "loss": self.params["loss"], "norm": self.vectorizer_.norm}
+
+
+def moved_through(diff) -> set[tuple]:
+    """The classes (new paths; ``()``: the root) whose node sends some moved category's rows to
+    another child than before: every ancestor of its new place and of its old place (in new
+    terms) below their lowest common ancestor, that one included."""
+    new_of = {o: n for n, o in diff.match.items()}
+    out = set()
+    for c in diff.changes:
+        if c.kind != "moved":
+            continue
+        o, n = c.old, c.new
+        k = 0  # the depth of the lowest common ancestor: its path is the same class on both sides
+        while k + 1 < min(len(o), len(n)) and diff.match.get(n[:k + 1]) == o[:k + 1]:
+            k += 1
+        out.update(n[:j] for j in range(k, len(n)))
+        out.update(new_of[o[:j]] if j else () for j in range(k, len(o)) if not j or o[:j] in new_of)
+    return out
 
 
 def grow_vocabulary(vectorizer, stemmed: list[str], n_docs: int, min_df: int = 1):
