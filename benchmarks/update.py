@@ -54,8 +54,6 @@ def catalog(rows: int, categories: int, root: Path):
 
 def compare(ds, root: Path, models: list[tuple[str, list[int]]], n_leaves: int) -> tuple[list[str], str]:
     """Table rows (one per model) and a sentence describing the change, for dataset ``ds``."""
-    from collections import Counter
-
     from ktt import registry, taxonomy
     from ktt.compare import mean_sd
     from ktt.data import load_dataset
@@ -108,7 +106,7 @@ def compare(ds, root: Path, models: list[tuple[str, list[int]]], n_leaves: int) 
                     f"(≤ 0.5: {'met' if met[2] else 'missed'}) |")
         print(rows[-1], flush=True)
     ren, mov = change["renamed"], change["moved"]
-    kinds = ", ".join(f"{n} {k}" for k, n in Counter(c.kind for c in d.changes).items())
+    kinds = str(d).splitlines()[0].split(": ", 1)[1]
     about = (f"**{ds.name}** ({len(v2.train):,} training rows, {h.n_leaves:,} leaves in version 2): version 1 lacks "
              f"{len(held)} leaves and their rows; version 2 has them back, plus `{SEP.join(ren[0])}` renamed to "
              f"`{SEP.join(ren[1])}` and `{SEP.join(mov[0])}` moved to `{SEP.join(mov[1])}`. The diff: {kinds}, "

@@ -399,6 +399,7 @@ class Split:
     texts: list[str]
     paths: list[tuple[str, ...]]
     hierarchy: Hierarchy
+    weights: np.ndarray | None = None  # per row, for a loss that takes them (an update's rows: ktt.nn.update_rows)
 
     def __len__(self) -> int:
         return len(self.texts)

@@ -221,6 +221,7 @@ class TorchModel(Model):
         opt, sched = self._optimiser(len(train))
         lengths = self._lengths(train.texts) if p["bucket"] else None
         codes = torch.as_tensor(train.codes)
+        weights = None if getattr(train, "weights", None) is None else torch.as_tensor(train.weights, dtype=torch.float32)
         start, best, bad, step = self._restore(state, opt, sched) if state is not None else (0, -math.inf, 0, 0)
         net = self.net_
         if world.size > 1:  # gradients averaged across processes; the encoder's pooler is never used
@@ -242,7 +243,10 @@ class TorchModel(Model):
                 with self._autocast():
                     out = self.net_.head(pooled[idx]) if pooled is not None else \
                         net(*self._batch([train.texts[j] for j in idx]))
-                    loss = distributed.batch_loss(self.loss(out, codes[idx].to(self.device_)), len(batch), world)
+                    rows = self.loss(out, codes[idx].to(self.device_))
+                    if weights is not None:  # an update's rows stand for more rows than themselves
+                        rows = rows * weights[idx].to(self.device_)
+                    loss = distributed.batch_loss(rows, len(batch), world)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.net_.parameters(), p["clip"])
@@ -279,14 +283,16 @@ class TorchModel(Model):
         """Start from ``old``: its encoder, and its head's weights for every class the diff matches,
         grown or shrunk to this taxonomy (:func:`transplant`; a new class starts from fresh
         weights); then fine-tune for ``epochs`` on the rows under added, renamed or moved classes
-        and ``replay`` times as many other rows."""
+        and ``replay`` times as many other rows, weighted to stand for all (:func:`update_rows`)."""
         self._build(old.tokenizer_, old.net_.encoder)
         transplant(old.net_.head, self.net_.head, diff.correspondence(), old.hierarchy, self.hierarchy)
         self.started_ = True
-        rows = update_rows(diff, train, self.replay, self.params["seed"])
+        rows, weights = update_rows(diff, train, self.replay, self.params["seed"])
         logger = logger or NullLogger()
         logger.log_metrics({"update_rows": float(len(rows))})
-        return self.fit(train.subset(rows), val, logger)
+        part = train.subset(rows)
+        part.weights = weights
+        return self.fit(part, val, logger)
 
     def _optimiser(self, n_rows: int):
         """AdamW over what trains (the encoder, frozen in part or whole by ``freeze_*``, at
@@ -457,15 +463,21 @@ class TorchModel(Model):
         return model
 
 
-def update_rows(diff, train, replay: float, seed: int) -> np.ndarray:
-    """Rows of ``train`` to fine-tune an updated model on: every row under a class the diff added,
-    renamed or moved, and ``replay`` times as many of the others, drawn at random (sorted)."""
+def update_rows(diff, train, replay: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``train`` to fine-tune an updated model on, and their weights: every row under a
+    class the diff added, renamed or moved, and ``replay`` times as many of the others drawn at
+    random (sorted). A drawn row stands for the others not drawn: its weight is the inverse of its
+    chance of being drawn, so the weighted loss estimates the loss over every row (without it, the
+    changed classes would be half the rows seen and the model would drift toward them); the
+    weights are scaled to a mean of 1, which keeps the learning rate's meaning."""
     changed = {c.new for c in diff.changes if c.new is not None}
     hit = np.array([any(p[:k] in changed for k in range(1, len(p) + 1)) for p in train.paths], dtype=bool)
     others = np.flatnonzero(~hit)
     n = min(len(others), int(round(replay * hit.sum())))
     pick = np.random.default_rng(seed).choice(others, n, replace=False) if n else np.zeros(0, np.int64)
-    return np.sort(np.concatenate([np.flatnonzero(hit), pick]))
+    rows = np.sort(np.concatenate([np.flatnonzero(hit), pick]))
+    weights = np.where(hit[rows], 1.0, len(others) / max(n, 1))
+    return rows, weights / weights.mean()
 
 
 def transplant(old: nn.Module, new: nn.Module, corr: list[np.ndarray], old_h, new_h) -> list[str]:

@@ -87,7 +87,11 @@ def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str],
     """Log the checkpoint as the run's ``model``: the checkpoint, KTT's code (one zip,
     ``ktt/pyfunc_model.py`` loads it), the signature and an input example. Its environment is
     requirements/main.in constrained by the lock (main.txt): MLflow checks the 26 direct
-    requirements against this environment, not all 171 locked ones. Returns MLflow's ``ModelInfo``."""
+    requirements against this environment, not all 171 locked ones. MLflow checks that the logged
+    model answers its input example (it loads and runs it: half a second) once per model class,
+    code and signature on this machine (:func:`_checked`), not on every fit. Returns MLflow's
+    ``ModelInfo``."""
+    import hashlib
     import zipfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,9 +104,56 @@ def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str],
                     if f.is_file() and "__pycache__" not in f.parts:
                         z.write(f, f.relative_to(ROOT))
         reqs = [line.split("#")[0].strip() for line in (ROOT / "requirements" / "main.in").read_text().splitlines()]
-        return mlflow.pyfunc.log_model(
-            name="model", python_model=str(ROOT / "ktt" / "pyfunc_model.py"),
-            artifacts={"checkpoint": str(checkpoint), "info": str(info), "code": str(code)},
-            pip_requirements=[r for r in reqs if r] + [f"-c {ROOT / 'requirements' / 'main.txt'}"],
-            signature=signature(hierarchy.depth, threshold), input_example=pd.DataFrame({"text": example}),
-        )
+        sig = signature(hierarchy.depth, threshold)
+        kwargs = dict(name="model", python_model=str(ROOT / "ktt" / "pyfunc_model.py"),
+                      artifacts={"checkpoint": str(checkpoint), "info": str(info), "code": str(code)},
+                      pip_requirements=[r for r in reqs if r] + [f"-c {ROOT / 'requirements' / 'main.txt'}"],
+                      signature=sig, input_example=pd.DataFrame({"text": example}))
+        key = hashlib.sha256(b"".join([model_name.encode(), code.read_bytes(), json.dumps(sig.to_dict()).encode(),
+                                       "\n".join(reqs).encode()])).hexdigest()[:24]
+        return _checked(key, kwargs)
+
+
+class _Unchecked:
+    """``mlflow.pyfunc`` as a flavor for ``Model.log`` that takes ``validate_serving_input``
+    (``mlflow.pyfunc.save_model`` refuses it; ``Model.log`` reads it, then passes it on)."""
+
+    __name__ = "mlflow.pyfunc"
+
+    @staticmethod
+    def save_model(validate_serving_input=True, **kwargs):
+        return mlflow.pyfunc.save_model(**kwargs)
+
+
+def _checked(key: str, kwargs: dict):
+    """``mlflow.pyfunc.log_model(**kwargs)``, MLflow's input-example check included the first time
+    ``key`` is logged here and passed; afterwards the same model class, code and signature are
+    logged without it (a marker under ``$XDG_CACHE_HOME/ktt``)."""
+    import logging
+    import os
+
+    from mlflow.models import Model
+
+    marker = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ktt" / f"pyfunc-checked-{key}"
+    if marker.exists():
+        return Model.log(artifact_path=None, flavor=_Unchecked, flavor_name="mlflow.pyfunc", validate_serving_input=False,
+                         **kwargs)
+
+    class Failed(logging.Handler):  # MLflow warns, and goes on, when the example fails
+        failed = False
+
+        def emit(self, record):
+            Failed.failed |= "Failed to validate serving input" in record.getMessage()
+    handler = Failed(logging.WARNING)
+    logging.getLogger("mlflow.models.model").addHandler(handler)
+    try:
+        info = mlflow.pyfunc.log_model(**kwargs)
+    finally:
+        logging.getLogger("mlflow.models.model").removeHandler(handler)
+    if not Failed.failed:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:  # a read-only home: check every time
+            pass
+    return info

@@ -23,6 +23,7 @@ from .errors import BadValue, NotFound
 from .hierarchy import END, SEP, Hierarchy
 
 ARTIFACT = "taxonomy.parquet"  # a run's taxonomy: its rows (path, text hash), the hierarchy in the metadata
+KINDS = ("added", "removed", "renamed", "moved")
 MATCH = 0.5  # a class matches another by rows when they share at least this share of both sides' rows
 
 
@@ -104,6 +105,38 @@ def read_side(path, name: str) -> Side:
     return Side(name, h, h.leaf_paths()[leaf.astype(np.int64)], table.column("row").to_numpy())
 
 
+def load_side(ref: str, datasets_root="datasets") -> Side:
+    """A dataset (name or folder), an MLflow run (ID or ``runs:/ID``) or a registered model
+    (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``): its taxonomy and rows."""
+    from .data import load_dataset
+
+    if ref.startswith(("runs:/", "models:/")) or (len(ref) == 32 and all(c in "0123456789abcdef" for c in ref)
+                                                  and not (Path(datasets_root) / ref).exists()):
+        return of_run(run_of(ref), ref)
+    try:
+        return of_dataset(load_dataset(ref, datasets_root))
+    except NotFound:
+        raise NotFound(f"{ref!r} is neither a dataset (in {datasets_root}) nor a run ID, runs:/ or models:/ URI") from None
+
+
+def run_of(ref: str) -> str:
+    """The run ID behind a run ID, ``runs:/`` or ``models:/`` URI."""
+    from .export import resolve_source
+
+    return resolve_source(ref if ref.startswith(("runs:/", "models:/")) else f"runs:/{ref}").run_id
+
+
+def of_run(run_id: str, name: str | None = None) -> Side:
+    """What run ``run_id`` logged of its taxonomy (``taxonomy.parquet``)."""
+    from .tracking import run_artifact
+
+    found = run_artifact(run_id, None, lambda n: n == ARTIFACT)
+    if not found:
+        raise NotFound(f"MLflow run {run_id} logged no {ARTIFACT} (trained before taxonomy versions); "
+                       "diff its dataset instead")
+    return read_side(found, name or run_id)
+
+
 # -- the diff ----------------------------------------------------------------------------------
 @dataclass
 class Change:
@@ -153,7 +186,7 @@ class Diff:
             return head + ": " + ("the same" if self.same else "no category added, removed, renamed or moved "
                                   "(paths that end at another level changed)")
         counts = Counter(c.kind for c in self.changes)
-        return "\n".join([head + ": " + ", ".join(f"{n} {k}" for k, n in counts.items()),
+        return "\n".join([head + ": " + ", ".join(f"{counts[k]} {k}" for k in KINDS if counts[k]),
                           *(f"  {c}" for c in self.changes)])
 
 
@@ -184,6 +217,9 @@ def diff(old: Side, new: Side) -> Diff:
                     if n not in paired_new and (d == 0 or n[:-1] in match)]
         changes += [Change("removed", o, None, old.count(o)) for o in left_old
                     if o not in paired_old and (d == 0 or o[:-1] in matched)]
+    matched = set(match.values())
+    for d in range(nh.depth, oh.depth):  # levels only the old taxonomy has
+        changes += [Change("removed", o, None, old.count(o)) for o in oh.levels[d] if o[-1] != END and o[:-1] in matched]
     return Diff(old, new, changes, match)
 
 

@@ -221,32 +221,22 @@ class TfidfModel(Model):
         a class of level - 1, or -1 for all rows) into ``nodes_``, the blocks in parallel on this
         machine's cores (or on Spark, through joblib's backend: docs/scaling.md). ``kept``: nodes
         taken as they are, ``(level, parent, children, fits)`` (``fits`` None: a lone child)."""
-        level, parent, children, widths, todo = [], [], [], [], []
-        single = []  # (level, parent, child) of a node with one child seen in training
+        nodes, todo = list(kept), []  # (level, parent, children, fits: None for a lone child); to fit
         for d, up, rows, y in groups:
             kids = np.unique(y)
-            if len(kids) == 1:
-                single.append((d, up, int(kids[0])))
-                continue
-            level.append(d)
-            parent.append(up)
-            children.append(kids)
-            widths.append(len(kids))
-            todo.append((rows, y, kids))
-        check_memory(self.name, x, todo)
-        fits = run_parallel([delayed_fit(x, rows, y) for rows, y, _ in todo], self.make_sgd(), self.params["min_weight"])
-        for d, up, kids, fit in kept:
-            if fit is None:
-                single.append((d, up, int(kids[0])))
-                continue
-            level.append(d)
-            parent.append(up)
-            children.append(kids)
-            widths.append(len(kids))
-            fits.append(fit)
-        blocks = LinearBlocks.from_fits(fits, widths, x.shape[1], self.params["loss"])
-        self.nodes_ = NodeClassifiers(self.hierarchy, blocks, level, parent,
-                                      np.concatenate(children) if children else np.zeros(0, np.int64),
+            if len(kids) == 1:  # one child seen in training: it has P = 1, no classifier
+                nodes.append((d, up, kids, None))
+            else:
+                todo.append((d, up, kids, rows, y))
+        check_memory(self.name, x, [(rows, y, kids) for _, _, kids, rows, y in todo])
+        fits = run_parallel([delayed_fit(x, rows, y) for *_, rows, y in todo], self.make_sgd(), self.params["min_weight"])
+        nodes += [(d, up, kids, fit) for (d, up, kids, _, _), fit in zip(todo, fits)]
+        fitted = [n for n in nodes if n[3] is not None]
+        single = [(d, up, int(kids[0])) for d, up, kids, fit in nodes if fit is None]
+        blocks = LinearBlocks.from_fits([n[3] for n in fitted], [len(n[2]) for n in fitted], x.shape[1],
+                                        self.params["loss"])
+        self.nodes_ = NodeClassifiers(self.hierarchy, blocks, [n[0] for n in fitted], [n[1] for n in fitted],
+                                      np.concatenate([n[2] for n in fitted]) if fitted else np.zeros(0, np.int64),
                                       *np.array(single, np.int64).reshape(-1, 3).T)
         logger.log_metrics({"weights_nonzero": float(len(blocks.w)), "weights_mb": blocks.nbytes / 2**20})
 

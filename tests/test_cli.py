@@ -22,7 +22,8 @@ def test_startup_imports_nothing_heavy():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("cmd", ["ingest", "generate", "train", "tune", "export", "serve", "experiment", "models"])
+@pytest.mark.parametrize("cmd", ["ingest", "generate", "train", "tune", "export", "serve", "experiment", "models",
+                                 "taxonomy"])
 def test_help_of_every_command(cmd):
     out = ktt(cmd, "--help")
     assert out.returncode == 0 and out.stdout.startswith("Usage:") and out.stderr == ""
@@ -31,7 +32,8 @@ def test_help_of_every_command(cmd):
 def test_every_command_is_tested():
     from ktt.cli import main
     assert set(main.commands) == {"ingest", "generate", "train", "tune", "export", "serve", "experiment", "models",
-                                  "predict", "compare"}  # predict: tests/test_batch.py; compare: tests/test_compare.py
+                                  "predict", "compare", "taxonomy"}
+    # predict: tests/test_batch.py; compare: tests/test_compare.py; taxonomy: tests/test_taxonomy.py
 
 
 def test_models_listed():

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from conftest import Served, leaks, needs_serving
 from ktt import registry
@@ -84,13 +85,27 @@ def test_registered_model_exported_and_served(name, tracking, bigbasket_small, t
     assert arts == ({"onnx/tfidf.npz", "onnx/serving.json"} if name.startswith("tfidf") else
                     {"onnx/encoder.onnx", "onnx/classifier.onnx", "onnx/serving.json"})
 
-    svc = Served(bundle, gunicorn=name == "tfidf_hsgd")
+    review = tmp_path / "review.jsonl"
+    svc = Served(bundle, gunicorn=name == "tfidf_hsgd", KTT_REVIEW_FILE=review)
     try:
         got = [svc.post("predict", {"text": t}).json() for t in real_titles[:40]]
         assert got == expected[:40]
         assert svc.post("predict", [{"text": t} for t in real_titles]).json() == expected
         js = svc.post("predict_json", {"text": real_titles[0]}).json()
         assert "\n".join(js["path"]) == expected[0] and len(js["levels"]) == model.hierarchy.depth
+        # every answer carries the taxonomy version; those stopped above their path's end go to review
+        from ktt.taxonomy import digest
+        assert js["taxonomy"] == digest(model.hierarchy) == requests.get(f"{svc.url}/readyz").json()["taxonomy"]
+        before = review.read_text().count("\n") if review.exists() else 0
+        stop = [len(p) < len(f) for p, f in zip(model.predict_paths(real_titles[:10], threshold=0.9),
+                                                 model.predict_paths(real_titles[:10], threshold=0.0))]
+        flagged = svc.post("predict_json", [{"text": t, "threshold": 0.9} for t in real_titles[:10]]).json()
+        assert [a["review"] for a in flagged] == stop and any(stop)
+        rows = [json.loads(x) for x in review.read_text().splitlines()[before:]]
+        assert [r["text"] for r in rows] == [t for t, s in zip(real_titles[:10], stop) if s]
+        assert {r["taxonomy"] for r in rows} == {digest(model.hierarchy)} and {r["model"] for r in rows} == {name}
+        metrics = requests.get(f"{svc.url}/metrics").text
+        assert f'ktt_review_answers_total{{endpoint="predict_json"}} {float(sum(stop))}' in metrics
         # every front-end gives the same confidences, the probability of each class, never rising
         # down a path: the model in-process, the logged pyfunc, and the service
         import mlflow

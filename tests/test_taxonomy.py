@@ -57,7 +57,7 @@ def test_diff_by_rows():
     assert corr[1].tolist() == [1, 2, 0, -1]
     assert corr[2].tolist() == [1, 2, 4, 0, -1]  # Penne Rigate, Spaghetti, Soap, Milk, Rake
     text = str(d)
-    assert "1 moved" in text and "~ Food > Pasta > Penne  ->  Food > Pasta > Penne Rigate  (1 rows)" in text
+    assert ": 1 added, 1 removed, 1 renamed, 1 moved\n" in text and "~ Food > Pasta > Penne  ->  Food > Pasta > Penne Rigate  (1 rows)" in text
     assert d.to_dict()["old"]["taxonomy"] == digest(side(OLD, "x").hierarchy)
 
 
@@ -196,11 +196,15 @@ def test_update_rows_are_the_changed_classes_and_as_many_others():
 
     s2 = split({p: words(p[-1]) for p in NEW})
     d = diff(side(OLD, "v1"), side(NEW, "v2"))
-    rows = update_rows(d, s2, 0.5, 0)
+    rows, weights = update_rows(d, s2, 0.5, 0)
     # the moved Dairy's, the added Garden's and the renamed Penne Rigate's rows, and half as many others
     changed = [i for i, p in enumerate(s2.paths) if p[:2] in {("Home", "Dairy"), ("Home", "Garden")} or
                p[-1] == "Penne Rigate"]
     assert len(changed) == 18 and set(changed) <= set(rows.tolist()) and len(rows) == 27
+    # 9 of the 12 other rows drawn: each stands for 12 / 9 rows; scaled to a mean of 1 over 27 rows,
+    # a changed row weighs 27 / (18 + 12) = 0.9 and a drawn one 0.9 * 4 / 3 = 1.2
+    assert weights[np.isin(rows, changed)] == pytest.approx([0.9] * 18)
+    assert weights[~np.isin(rows, changed)] == pytest.approx([1.2] * 9)
 
 
 def test_review_rows_and_queue(tmp_path):
@@ -234,3 +238,110 @@ def test_moved_through_stops_at_the_lowest_common_ancestor():
     assert [(c.kind, c.old, c.new) for c in d.changes] == [("removed", ("A", "B", "D"), None),
                                                            ("moved", ("A", "B", "D", "y"), ("A", "B", "C", "y"))]
     assert moved_through(d) == {("A", "B"), ("A", "B", "C")}  # A > B > D is gone; above A > B nothing changed
+
+
+def run(*args, env):
+    import subprocess
+
+    return subprocess.run([str(KTT), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_taxonomy_versions_end_to_end(tmp_path, tracking):
+    """A catalog's life through the CLI: two taxonomy versions, their diff from datasets, runs and
+    registered versions; an update with --from; a promotion refused, then allowed; answers sent to
+    review and brought back as a new version; older data relabelled with a mapping."""
+    import os
+
+    import mlflow
+
+    from benchmarks.taxonomy_change import write_versions
+    from ktt.data import load_dataset
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "KTT_DATASETS": str(tmp_path / "d"),
+           "KTT_WEIGHTS": str(tmp_path / "w")}
+    assert run("generate", "--name", "shop", "--rows", 900, "--no-track", env=env).returncode == 0
+    v1, v2, change = write_versions(load_dataset("shop", tmp_path / "d"), tmp_path / "d", 3)
+    (ren_old, ren_new), (mov_old, mov_new) = change["renamed"], change["moved"]
+    out = run("taxonomy", "diff", v1, v2, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "3 added, 1 renamed, 1 moved" in out.stdout and f"~ {' > '.join(ren_old)}  ->  {' > '.join(ren_new)}" in out.stdout
+    ds1, ds2 = load_dataset(v1, tmp_path / "d"), load_dataset(v2, tmp_path / "d")
+    assert ds1.manifest["taxonomy"] == digest(ds1.hierarchy) != ds2.manifest["taxonomy"]
+
+    assert run("train", "tfidf_hsgd", v1, env=env).returncode == 0
+    client = mlflow.MlflowClient()
+    run1 = mlflow.search_runs(experiment_names=[v1]).run_id[0]
+    assert client.get_run(run1).data.tags["ktt.taxonomy"] == digest(ds1.hierarchy)
+    assert run("taxonomy", "diff", run1, v2, env=env).stdout.splitlines()[1:] == out.stdout.splitlines()[1:]
+    assert run("export", run1, "--no-onnx", "--register", "shop", env=env).returncode == 0
+    assert client.get_model_version("shop", "1").tags["ktt.taxonomy"] == digest(ds1.hierarchy)
+
+    up = run("train", "tfidf_hsgd", v2, "--from", f"models:/shop@champion", env=env)
+    assert up.returncode == 0, up.stderr
+    run2 = mlflow.search_runs(experiment_names=[v2]).run_id[0]
+    r2 = client.get_run(run2).data
+    assert r2.tags["ktt.parent_run"] == run1 and r2.metrics["nodes_kept"] > 0 and r2.metrics["nodes_refit"] > 0
+    logged = json.loads(open(mlflow.artifacts.download_artifacts(run_id=run2, artifact_path="taxonomy_diff.json")).read())
+    assert {c["kind"] for c in logged["changes"]} == {"added", "renamed", "moved"}
+
+    refused = run("export", run2, "--no-onnx", "--register", "shop", env=env)
+    assert refused.returncode == 2 and "models:/shop@champion answers in another taxonomy" in refused.stderr
+    assert f"> {' > '.join(mov_old)}  ->  {' > '.join(mov_new)}" in refused.stderr
+    assert "--allow-taxonomy-change" in refused.stderr and "Traceback" not in refused.stderr
+    assert str(client.get_model_version_by_alias("shop", "champion").version) == "1"
+    allowed = run("export", run2, "--no-onnx", "--register", "shop", "--allow-taxonomy-change", env=env)
+    assert allowed.returncode == 0 and "taxonomy_change: taxonomy" in allowed.stdout
+    assert str(client.get_model_version_by_alias("shop", "champion").version) == "2"
+    assert run("taxonomy", "diff", "models:/shop/1", "models:/shop@champion", env=env).stdout.splitlines()[1:] == \
+        out.stdout.splitlines()[1:]
+
+    # answers below the threshold go to review; reviewed rows come back as a new version
+    pd.DataFrame({"title": ds2.test.texts[:60]}).to_csv(tmp_path / "in.csv", index=False)
+    pred = run("predict", "models:/shop@champion", tmp_path / "in.csv", tmp_path / "out.csv", "--text-col", "title",
+               "--threshold", 0.9, "--review", tmp_path / "review.csv", env=env)
+    assert pred.returncode == 0, pred.stderr
+    answers = pd.read_csv(tmp_path / "out.csv")
+    review = pd.read_csv(tmp_path / "review.csv", keep_default_na=False)
+    assert 0 < len(review) == answers["review"].sum() < 60
+    assert review["text"].tolist() == answers.loc[answers["review"], "title"].tolist()
+    assert set(review["taxonomy"]) == {digest(ds2.hierarchy)} and set(review["model"]) == {"models:/shop@champion"}
+    truth = dict(zip(ds2.test.texts, ds2.test.paths))
+    other = next(p for p in ds2.train.paths if p != truth[review["text"][0]])
+    review.loc[0, "labels"] = " > ".join(other)  # a correction of a test row's label
+    review = pd.concat([review, pd.DataFrame([{"text": "brand new title", "labels": " > ".join(other)}])])
+    review.to_csv(tmp_path / "review.csv", index=False)
+    back = run("ingest", tmp_path / "review.csv", "--name", "shop-v3", "--append", v2, "--no-track", env=env)
+    assert back.returncode == 0, back.stderr
+    assert f"{len(review) - 2} rows have no label yet" in back.stderr and "1 rows added" in back.stderr
+    ds3 = load_dataset("shop-v3", tmp_path / "d")
+    assert ds3.manifest["lineage"][-1] | {"source": None} == {
+        "dataset": v2, "digest": ds2.digest, "taxonomy": ds2.taxonomy, "source": None, "rows_added": 1,
+        "rows_corrected": 1}
+    assert dict(zip(ds3.test.texts, ds3.test.paths))[review["text"].iloc[0]] == other
+    assert len(ds3.train) == len(ds2.train) + 1 and len(ds3.test) == len(ds2.test)
+
+    # older data relabelled into the new taxonomy with a mapping
+    old = pd.DataFrame({"text": ds1.train.texts, "labels": [" > ".join(p) for p in ds1.train.paths]})
+    old.to_csv(tmp_path / "old.csv", index=False)
+    (tmp_path / "map.csv").write_text(f"old,new\n{' > '.join(ren_old)},{' > '.join(ren_new)}\n")
+    bad = run("ingest", tmp_path / "old.csv", "--name", "old", "--map", tmp_path / "map.csv", "--to", v2,
+              "--no-track", env=env)
+    assert bad.returncode == 2 and "is not in the new taxonomy and map.csv does not map it" in bad.stderr
+    assert f"add a line `{' > '.join(mov_old)}" in bad.stderr
+    with open(tmp_path / "map.csv", "a") as f:
+        f.write(f"{' > '.join(mov_old)},{' > '.join(mov_new)}\n")
+    ok = run("ingest", tmp_path / "old.csv", "--name", "old", "--map", tmp_path / "map.csv", "--to", v2,
+             "--no-track", env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert set(load_dataset("old", tmp_path / "d").hierarchy.levels[-1]) <= set(ds2.hierarchy.levels[-1])
+
+
+def test_diff_between_depths():
+    deep = {("A", "B", "C"): ["x1"], ("A", "D", "E"): ["y1"]}
+    flat = {("A", "B"): ["x1"], ("A", "D"): ["y1"]}
+    d = diff(side(deep, "v1"), side(flat, "v2"))
+    assert {(c.kind, c.old, c.new, c.rows) for c in d.changes} == {("removed", ("A", "B", "C"), None, 1),
+                                                                    ("removed", ("A", "D", "E"), None, 1)}
+    d = diff(side(flat, "v2"), side(deep, "v1"))
+    assert {(c.kind, c.new) for c in d.changes} == {("added", ("A", "B", "C")), ("added", ("A", "D", "E"))}
+    assert d.correspondence()[2].tolist() == [-1, -1]

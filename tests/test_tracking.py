@@ -41,6 +41,12 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     # the dataset input with its digest
     ds = load_dataset("bb_small", bigbasket_small)
     assert [i.dataset.digest for i in run.inputs.dataset_inputs] == [ds.digest]
+    # the taxonomy version, and what `ktt taxonomy diff` and `ktt train --from` read of it
+    from ktt.taxonomy import of_dataset, of_run
+    assert run.data.tags["ktt.taxonomy"] == ds.taxonomy == ds.manifest["taxonomy"]
+    logged_side, side = of_run(run_id), of_dataset(ds)
+    assert logged_side.hierarchy == ds.hierarchy and np.array_equal(logged_side.codes, side.codes)
+    assert np.array_equal(logged_side.rows, side.rows)
     # checkpoint mirrored to weights/<model>/<dataset>/ and logged as an artifact
     files = os.listdir(weights / "tfidf_hsgd" / "bb_small")
     assert len(files) == 1 and CKPT.match(files[0])
@@ -72,7 +78,9 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     paths = ckpt.predict_paths(texts)
     got = pyfunc.predict(pd.DataFrame({"text": texts}))
     assert got["path"].tolist() == [" > ".join(p) for p in paths]
-    assert got.columns.tolist() == ["path", "L1", "L1_confidence", "L2", "L2_confidence", "L3", "L3_confidence"]
+    assert got.columns.tolist() == ["path", "L1", "L1_confidence", "L2", "L2_confidence", "L3", "L3_confidence",
+                                    "review"]
+    assert not got["review"].any()  # the default threshold (0) answers every path to its end
     scores = ckpt.predict_proba(texts)  # each level's confidence is the model's score of the chosen class
     codes = ckpt.predict(texts)
     for d in range(3):
@@ -178,3 +186,27 @@ def test_old_checkpoint_names_still_load_and_the_newest_wins(bb300, tmp_path):
     assert registry.get("tfidf_lsgd").load(newest).predict_paths(["rice"]) == model.predict_paths(["rice"])
     model.save(folder / "best_20261128T000000.pt")
     assert resolve_source(None, "tfidf_lsgd", "ds", tmp_path).checkpoint.name == "best_20261128T000000.pt"
+
+
+def test_input_example_checked_once_per_model_class(tracking, bigbasket_small, tmp_path, monkeypatch, caplog):
+    """MLflow loads the logged model and runs its input example (half a second a fit) the first
+    time a model class, code and signature are logged on a machine; later fits log the same
+    example without running it."""
+    import logging
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    caplog.set_level(logging.INFO, logger="mlflow")
+    runs = []
+    for _ in range(2):
+        caplog.clear()
+        runs.append(train("tfidf_lsgd", "bb_small", datasets_root=bigbasket_small, weights_root=tmp_path / "w",
+                          experiment="once").run_id)
+        runs.append("Validating input example against model signature" in caplog.text)
+    assert runs[1] is True and runs[3] is False
+    assert len(list((tmp_path / "cache" / "ktt").glob("pyfunc-checked-*"))) == 1
+    for run_id in runs[::2]:
+        info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
+        assert info.saved_input_example_info["type"] == "dataframe"
+        example = mlflow.models.Model.load(f"runs:/{run_id}/model").load_input_example(
+            mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / run_id)))
+        assert list(example.columns) == ["text"] and len(example) == 3
