@@ -147,7 +147,7 @@ def main() -> None:
         "other test rows (renamed and moved categories included). Mean ± sd over seeds. The catalog is "
         f"`ktt generate --rows {args.catalog.split(',')[0]} --categories {args.catalog.split(',')[-1]}` "
         "(TF-IDF only: an encoder epoch over it takes hours on 2 cores).", "",
-        *abouts, "",
+        *[line for about in abouts for line in (about, "")],
         "| data | model | seeds | full retrain, s | update, s | update / full | new-leaf F1, full | new-leaf F1, update | "
         "update / full | old-row hF1, full | old-row hF1, update | loss, points |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows]))

@@ -504,8 +504,8 @@ def transplant(old: nn.Module, new: nn.Module, corr: list[np.ndarray], old_h, ne
             src, dst = [], []
             for a, b in zip(o.shape, t.shape):
                 # a level's classes, alone or followed by k other entries (a head's input: classes, then features)
-                found = next(((c, a - n_old) for n_old, n_new, c in axes
-                              if (n_old, n_new) == (a, b) or (a != b and a - n_old == b - n_new >= 0)), None)
+                found = next(((c, 0) for n_old, n_new, c in axes if (n_old, n_new) == (a, b)), None) or \
+                    next(((c, a - n_old) for n_old, n_new, c in axes if a != b and a - n_old == b - n_new > 0), None)
                 if found is None and a != b:
                     break
                 if found is None:

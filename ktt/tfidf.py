@@ -137,8 +137,9 @@ class TfidfModel(Model):
         (grown by the n-grams of the training rows it has not seen: :func:`grow_vocabulary`) and
         every node classifier whose children are unchanged (renamed or moved ones included), through
         which no category moved (:func:`moved_through`), and whose children's rows changed by at
-        most ``update_share``; refit the others on their rows of ``train`` (only those rows are
-        featurised)."""
+        most ``update_share``; of a one-vs-rest node whose children are unchanged but whose rows
+        changed, refit only the decisions of the children whose rows changed (each is its own
+        binary fit); refit the other nodes whole. Only the rows of what is refitted are featurised."""
         from .taxonomy import text_hashes
 
         logger = logger or NullLogger()
@@ -151,20 +152,28 @@ class TfidfModel(Model):
         back = [np.full(n, -1, np.int64) for n in old.hierarchy.sizes]  # old index -> new
         for d, c in enumerate(corr[:old.hierarchy.depth]):
             back[d][c[c >= 0]] = np.flatnonzero(c >= 0)
-        kept, refit = [], []
+        kept, refit, partial = [], [], []  # partial: (group, kept node, its decisions to refit)
         for g in self.node_groups(train.codes):
             node = self._old_node(old, diff, g[0], g[1], corr, back, moved)
             if node is None or ((node[0], node[1]) not in where and (node[0], node[1]) not in lone):
                 refit.append(g)
                 continue
-            d, up, to_new = node
-            if (d, up) in where:
-                b = where[d, up]
-                first = nodes.blocks.first_out[b]
-                kept.append((g[0], g[1], to_new[nodes.children[first:first + nodes.blocks.width[b]]], fits[b]))
-            else:
+            d, up, to_new, changed = node
+            if (d, up) in lone:
                 kept.append((g[0], g[1], to_new[[lone[d, up]]], None))
-        rows = np.unique(np.concatenate([g[2] for g in refit])) if refit else np.zeros(0, np.int64)
+                continue
+            b = where[d, up]
+            first = nodes.blocks.first_out[b]
+            kids = to_new[nodes.children[first:first + nodes.blocks.width[b]]]
+            if not len(changed):
+                kept.append((g[0], g[1], kids, fits[b]))
+            elif len(kids) > 2 and len(changed) < len(kids):  # one-vs-rest: each child's decision is its own fit
+                kept.append((g[0], g[1], kids, list(fits[b])))
+                partial.append((g, kept[-1], np.flatnonzero(np.isin(kids, changed))))
+            else:
+                refit.append(g)
+        todo = refit + [g for g, *_ in partial]
+        rows = np.unique(np.concatenate([g[2] for g in todo])) if todo else np.zeros(0, np.int64)
         stemmed = self.preprocessor_([train.texts[i] for i in rows])
         unseen = ~np.isin(text_hashes([train.texts[i] for i in rows]), diff.old.rows) if diff.old.has_rows else \
             np.ones(len(rows), bool)
@@ -172,21 +181,30 @@ class TfidfModel(Model):
                                            self.params["min_df"])
         # a few rows: scikit-learn's transform, without building the n-gram index of the whole vocabulary
         x = self.vectorizer_.transform(stemmed)
+        if partial:  # a changed child's decision: it against the rest of the node's rows
+            tasks = [(np.searchsorted(rows, g[2]), (g[3] == node[2][k]).astype(np.int8), node[3], k)
+                     for g, node, ks in partial for k in ks]
+            for (*_, fit, k), new in zip(tasks, run_parallel([delayed_fit(x, r, y) for r, y, *_ in tasks],
+                                                            self.make_sgd(), self.params["min_weight"])):
+                fit[k] = new[0]
         self.fit_nodes(x, [(d, up, np.searchsorted(rows, r), y) for d, up, r, y in refit], logger, kept)
-        logger.log_metrics({"nodes_refit": float(len(refit)), "nodes_kept": float(len(kept)),
+        logger.log_metrics({"nodes_refit": float(len(refit)), "nodes_kept": float(len(kept) - len(partial)),
+                            "nodes_partly_refit": float(len(partial)),
+                            "decisions_refit": float(sum(len(ks) for *_, ks in partial)),
                             "rows_featurised": float(len(rows)),
                             "vocabulary_added": float(len(self.vectorizer_.vocabulary_) - len(old.vectorizer_.vocabulary_))})
         logger.checkpoint(self, "best")
         return self
 
     def _old_node(self, old, diff, d: int, parent: int, corr, back, moved_through):
-        """``(level, old parent, new index of each old class of level d)`` of ``old``'s node at
-        (level ``d``, ``parent``) when it can be kept as it is: the same children (by the diff's
-        correspondence), no moved category entering or leaving a child's subtree
-        (``moved_through``: the parents whose answer for its rows changed), and rows under its
-        children that changed by at most ``update_share`` of them in all; else None."""
+        """What of ``old``'s node at (level ``d``, ``parent``) can stay: None when its children
+        changed (by the diff's correspondence) or it had none; else ``(level, old parent, new index
+        of each old class of level d, changed)``, ``changed`` the new indices of its children whose
+        rows changed in number, empty when the node stays whole: no moved category entering or
+        leaving a child's subtree (``moved_through``) and at most ``update_share`` of its rows
+        changed."""
         oh, nh = old.hierarchy, self.hierarchy
-        if d >= oh.depth:
+        if d >= oh.depth or not diff.old.has_rows:
             return None
         up = -1 if parent < 0 else int(corr[d - 1][parent])
         if parent >= 0 and up < 0:
@@ -194,14 +212,12 @@ class TfidfModel(Model):
         kids_new, kids_old = self._kids(nh, d, parent), self._kids(oh, d, up)
         if len(kids_new) != len(kids_old) or not np.array_equal(np.sort(corr[d][kids_new]), kids_old):
             return None
-        if (nh.levels[d - 1][parent] if parent >= 0 else ()) in moved_through:
-            return None
-        if not diff.old.has_rows:
-            return None
         n_new, n_old = diff.new.counts(d)[kids_new], diff.old.counts(d)[corr[d][kids_new]]
-        if np.abs(n_new - n_old).sum() > self.update_share * max(int(n_old.sum()), 1):
-            return None
-        return d, up, back[d]
+        moved = (nh.levels[d - 1][parent] if parent >= 0 else ()) in moved_through
+        if not moved and np.abs(n_new - n_old).sum() <= self.update_share * max(int(n_old.sum()), 1):
+            return d, up, back[d], np.zeros(0, np.int64)
+        changed = kids_new[n_new != n_old]
+        return (d, up, back[d], changed) if len(changed) else None
 
     @staticmethod
     def _kids(h, d: int, parent: int) -> np.ndarray:

@@ -345,3 +345,58 @@ def test_diff_between_depths():
     d = diff(side(flat, "v2"), side(deep, "v1"))
     assert {(c.kind, c.new) for c in d.changes} == {("added", ("A", "B", "C")), ("added", ("A", "D", "E"))}
     assert d.correspondence()[2].tolist() == [-1, -1]
+
+
+@pytest.mark.parametrize("name", ["db_linear", "db_bhcn", "db_bhcn_awx", "db_ahmcnf", "db_achmcnn"])
+def test_every_encoder_head_transplants_whole(name):
+    """Every tensor of every encoder model's head finds its class axes: none is left as initialised,
+    and the matched classes' output rows are the old ones."""
+    import torch
+
+    from ktt import registry
+    from ktt.nn import transplant
+
+    d = diff(side(OLD, "v1"), side(NEW, "v2"))
+    torch.manual_seed(0)
+    old = registry.create(name, d.old.hierarchy).build_head(8)
+    new = registry.create(name, d.new.hierarchy).build_head(8)
+    assert transplant(old, new, d.correspondence(), d.old.hierarchy, d.new.hierarchy) == []
+    last_old, last_new = list(old.state_dict().values())[-1], list(new.state_dict().values())[-1]  # an output bias
+    corr = d.correspondence()
+    idx = corr[2] if len(last_new) == 5 else np.concatenate([np.where(c >= 0, c + o, -1) for c, o in
+                                                             zip(corr, d.old.hierarchy.offsets)])
+    keep = idx >= 0
+    assert torch.equal(last_new[torch.as_tensor(keep)], last_old[torch.as_tensor(idx[keep])])
+
+
+def test_tfidf_update_refits_only_the_changed_decisions_of_a_one_vs_rest_node():
+    """By hand: Food's node is one-vs-rest over Pasta, Dairy and Bread. A new leaf under Pasta
+    (Fusilli, six rows) changes Pasta's children (its node is refitted whole) and Pasta's rows at
+    Food's node (12 -> 18): there only Pasta's decision is refitted, as Pasta against the rest of
+    Food's rows; Dairy's and Bread's decisions keep their weights. The root has one child (kept)."""
+    from ktt import registry
+
+    old_rows = {p: words(p[-1]) for p in [("Food", "Pasta", "Spaghetti"), ("Food", "Pasta", "Penne"),
+                                          ("Food", "Dairy", "Milk"), ("Food", "Bread", "Rye")]}
+    new_rows = {**old_rows, ("Food", "Pasta", "Fusilli"): words("Fusilli")}
+    s1, s2 = split(old_rows), split(new_rows)
+    old = registry.create("tfidf_hsgd", s1.hierarchy).fit(s1)
+    d = diff(Side("v1", s1.hierarchy, s1.codes, text_hashes(s1.texts)),
+             Side("v2", s2.hierarchy, s2.codes, text_hashes(s2.texts)))
+    log = Logged()
+    upd = registry.create("tfidf_hsgd", s2.hierarchy, **old.params).update(old, d, s2, s2, log)
+    assert (log.metrics["nodes_refit"], log.metrics["nodes_partly_refit"], log.metrics["decisions_refit"],
+            log.metrics["nodes_kept"]) == (1, 1, 1, 3)  # Pasta; Food (Pasta's decision); root, Dairy, Bread
+
+    def food_block(model):
+        n = model.nodes_
+        b = int(np.flatnonzero((n.level == 1) & (n.parent == 0))[0])
+        first = n.blocks.first_out[b]
+        kids = [model.hierarchy.levels[1][c][-1] for c in n.children[first:first + n.blocks.width[b]]]
+        return dict(zip(kids, n.blocks.fits()[b]))
+    before, after = food_block(old), food_block(upd)
+    for kid in ("Dairy", "Bread"):
+        assert all(np.array_equal(a, b) for a, b in zip(before[kid][:2], after[kid][:2])) and \
+            before[kid][2] == after[kid][2]
+    assert not np.array_equal(before["Pasta"][1], after["Pasta"][1])
+    assert upd.predict_paths(["fusilli item2 fusilliy"]) == [["Food", "Pasta", "Fusilli"]]
