@@ -140,10 +140,13 @@ class TorchModel(Model):
         "clip": 1.0, "dropout": 0.25, "patience": 2, "monitor": "h_f1", "seed": 0, "amp": True,
         "device": "auto", "freeze_encoder": False, "freeze_embeddings": False, "bucket": True, "log_every": 20,
         "decode": "path",  # scores -> path: best whole path (default), best leaf, or per-level argmax
+        # `ktt train --from`: "new" trains only the new classes' head weights (the encoder and every
+        # matched class keep theirs); "all" fine-tunes everything on the update's weighted rows
+        "update_scope": "new",
     }
     constraints = {
         **Model.constraints, "pooling": ("mean", "cls"), "decode": ("path", "leaf", "argmax"),
-        "monitor": Monitorable(),
+        "monitor": Monitorable(), "update_scope": ("new", "all"),
         "device": Pattern(r"auto|cpu|cuda(:\d+)?|mps", "auto, cpu, cuda, cuda:N or mps"),
         "max_len": Interval(1), "batch_size": Interval(1), "eval_batch_size": Interval(1), "epochs": Interval(1),
         "encoder_lr": Interval(0), "classifier_lr": Interval(0, None, "neither"), "weight_decay": Interval(0),
@@ -218,7 +221,10 @@ class TorchModel(Model):
         allowed = monitor_names(self.hierarchy.depth)
         if monitor not in allowed:
             raise BadValue(f"monitor {monitor!r} is not a validation metric; use one of {sorted(allowed)}")
-        opt, sched = self._optimiser(len(train))
+        hold = getattr(self, "update_hold_", None)  # update(): head elements that keep their weights
+        self.update_hold_ = None
+        freeze = p["freeze_encoder"] or hold is not None
+        opt, sched = self._optimiser(len(train), freeze)
         lengths = self._lengths(train.texts) if p["bucket"] else None
         codes = torch.as_tensor(train.codes)
         weights = None if getattr(train, "weights", None) is None else torch.as_tensor(train.weights, dtype=torch.float32)
@@ -231,7 +237,7 @@ class TorchModel(Model):
                                           device_ids=[self.device_.index or 0] if self.device_.type == "cuda" else None)
 
         # a frozen encoder gives every text the same vector each epoch: encode the training split once
-        pooled = self._pooled(train.texts) if p["freeze_encoder"] and world.size == 1 else None
+        pooled = self._pooled(train.texts) if freeze and world.size == 1 else None
         for epoch in range(start, p["epochs"]):
             self.net_.train()
             bar = tqdm(self._batches(len(train), epoch, lengths), desc=f"epoch {epoch + 1}/{p['epochs']}",
@@ -251,6 +257,8 @@ class TorchModel(Model):
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.net_.parameters(), p["clip"])
                 opt.step()
+                for prm, (mask, value) in (hold or {}).items():  # undone after every step, weight decay included
+                    prm.data[mask] = value[mask]
                 sched.step()
                 step += 1
                 if step % p["log_every"] == 0:
@@ -282,11 +290,16 @@ class TorchModel(Model):
     def update(self, old, diff, train, val, logger=None):
         """Start from ``old``: its encoder, and its head's weights for every class the diff matches,
         grown or shrunk to this taxonomy (:func:`transplant`; a new class starts from fresh
-        weights); then fine-tune for ``epochs`` on the rows under added, renamed or moved classes
-        and ``replay`` times as many other rows, weighted to stand for all (:func:`update_rows`)."""
+        weights); then train for ``epochs`` on the rows under added, renamed or moved classes and
+        ``replay`` times as many other rows, weighted to stand for all (:func:`update_rows`):
+        ``update_scope="new"`` (default) trains only the weights :func:`transplant` did not copy
+        (the new classes'), the encoder frozen and encoded once; ``"all"`` fine-tunes everything."""
         self._build(old.tokenizer_, old.net_.encoder)
-        transplant(old.net_.head, self.net_.head, diff.correspondence(), old.hierarchy, self.hierarchy)
+        copied = transplant(old.net_.head, self.net_.head, diff.correspondence(), old.hierarchy, self.hierarchy)
         self.started_ = True
+        if self.params["update_scope"] == "new":
+            self.update_hold_ = {prm: (copied[name], prm.detach().clone())
+                                 for name, prm in self.net_.head.named_parameters() if copied[name].any()}
         rows, weights = update_rows(diff, train, self.replay, self.params["seed"])
         logger = logger or NullLogger()
         logger.log_metrics({"update_rows": float(len(rows))})
@@ -294,12 +307,12 @@ class TorchModel(Model):
         part.weights = weights
         return self.fit(part, val, logger)
 
-    def _optimiser(self, n_rows: int):
+    def _optimiser(self, n_rows: int, freeze_encoder: bool = False):
         """AdamW over what trains (the encoder, frozen in part or whole by ``freeze_*``, at
         ``encoder_lr``; the head at ``classifier_lr``) and its schedule: linear warm-up over
         ``warmup`` of the steps, then linear decay to 0."""
         p = self.params
-        if p["freeze_encoder"]:
+        if freeze_encoder:
             self.net_.encoder.requires_grad_(False)
         if p["freeze_embeddings"]:  # half of MiniLM's weights; their gradient is almost all zeros
             self.net_.encoder.get_input_embeddings().requires_grad_(False)
@@ -480,26 +493,27 @@ def update_rows(diff, train, replay: float, seed: int) -> tuple[np.ndarray, np.n
     return rows, weights / weights.mean()
 
 
-def transplant(old: nn.Module, new: nn.Module, corr: list[np.ndarray], old_h, new_h) -> list[str]:
+def transplant(old: nn.Module, new: nn.Module, corr: list[np.ndarray], old_h, new_h) -> dict[str, torch.Tensor]:
     """Copy ``old`` head's weights into ``new`` (the same architecture over another taxonomy) along
     its class axes: an axis whose old and new lengths are a level's class counts in the two
     taxonomies (or all classes'), or those counts plus the same number of other entries after them
     (a layer fed a level's activations and the encoder's features), is indexed by ``corr`` (new
-    class -> old class, -1: new, left as initialised); every other axis must be the same length. Returns the tensors left as
-    initialised (an axis that fits neither). An axis that merely has a level's length (a hidden
-    width equal to a class count in both taxonomies) is taken for that level: the copy then
-    permutes it as the classes moved, which leaves unchanged levels as they were."""
+    class -> old class, -1: new, left as initialised); every other axis must be the same length.
+    Returns, per tensor, which elements were copied (none: an axis fits neither). An axis that
+    merely has a level's length (a hidden width equal to a class count in both taxonomies) is taken
+    for that level: the copy then permutes it as the classes moved, which leaves unchanged levels
+    as they were."""
     axes = [(old_h.sizes[d], new_h.sizes[d], torch.as_tensor(corr[d])) for d in range(min(old_h.depth, new_h.depth))]
     if old_h.depth == new_h.depth:
         offsets = old_h.offsets
         flat = torch.as_tensor(np.concatenate([np.where(c >= 0, c + offsets[d], -1) for d, c in enumerate(corr)]))
         axes.append((old_h.n_classes, new_h.n_classes, flat))
-    old_sd, fresh = old.state_dict(), []
+    old_sd, copied = old.state_dict(), {}
     with torch.no_grad():
         for name, t in new.state_dict().items():
+            copied[name] = torch.zeros(t.shape, dtype=torch.bool)
             o = old_sd.get(name)
             if o is None or o.dim() != t.dim():
-                fresh.append(name)
                 continue
             src, dst = [], []
             for a, b in zip(o.shape, t.shape):
@@ -517,7 +531,7 @@ def transplant(old: nn.Module, new: nn.Module, corr: list[np.ndarray], old_h, ne
                     src.append(torch.cat([idx[keep], torch.arange(a - k, a)]))
                     dst.append(torch.cat([keep.nonzero().squeeze(1), torch.arange(b - k, b)]))
             else:
-                t[torch.meshgrid(*dst, indexing="ij")] = o[torch.meshgrid(*src, indexing="ij")].to(t.dtype)
-                continue
-            fresh.append(name)
-    return fresh
+                at = torch.meshgrid(*dst, indexing="ij")
+                t[at] = o[torch.meshgrid(*src, indexing="ij")].to(t.dtype)
+                copied[name][at] = True
+    return copied

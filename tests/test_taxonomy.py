@@ -180,7 +180,9 @@ def test_encoder_head_transplant_copies_matched_classes():
     old = BHCNHead(8, h1.sizes, 0.0, "relu", 384)
     new = BHCNHead(8, h2.sizes, 0.0, "relu", 384)
     before = {k: v.clone() for k, v in new.state_dict().items()}
-    assert transplant(old, new, corr, h1, h2) == []
+    copied = transplant(old, new, corr, h1, h2)
+    # level 2's bias: every class but the new Rake (4) copied
+    assert copied["levels.1.bias"].tolist() == [True, True, True, True, False]
     # level 2 rows: new Penne Rigate (0) <- old Penne (1); Milk (3) <- old Milk (0); Rake (4) is new
     w_old, w_new = old.levels[1].weight, new.levels[1].weight  # (level-2 classes, level-1 classes + hidden)
     assert torch.equal(w_new[0, 4:], w_old[1, 3:]) and torch.equal(w_new[3, 4:], w_old[0, 3:])
@@ -360,7 +362,8 @@ def test_every_encoder_head_transplants_whole(name):
     torch.manual_seed(0)
     old = registry.create(name, d.old.hierarchy).build_head(8)
     new = registry.create(name, d.new.hierarchy).build_head(8)
-    assert transplant(old, new, d.correspondence(), d.old.hierarchy, d.new.hierarchy) == []
+    copied = transplant(old, new, d.correspondence(), d.old.hierarchy, d.new.hierarchy)
+    assert all(m.any() for m in copied.values())
     last_old, last_new = list(old.state_dict().values())[-1], list(new.state_dict().values())[-1]  # an output bias
     corr = d.correspondence()
     idx = corr[2] if len(last_new) == 5 else np.concatenate([np.where(c >= 0, c + o, -1) for c, o in
