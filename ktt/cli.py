@@ -516,9 +516,10 @@ def taxonomy_group():
 def taxonomy_diff(old, new, as_json, datasets_root):
     """Categories added, removed, renamed (same rows, new name) and moved from OLD to NEW, and the
     rows each touches. OLD and NEW: a dataset, a run ID (runs:/ID) or models:/NAME@ALIAS."""
-    from .taxonomy import diff, load_side
+    from .export import taxonomy_side
+    from .taxonomy import diff
 
-    d = diff(load_side(old, datasets_root), load_side(new, datasets_root))
+    d = diff(taxonomy_side(old, datasets_root), taxonomy_side(new, datasets_root))
     click.echo(json.dumps(d.to_dict(), indent=1) if as_json else str(d))
 
 

@@ -190,10 +190,41 @@ def _side(run_id: str, name: str):
     from . import registry, taxonomy as tx
 
     try:
-        return tx.of_run(run_id, name)
+        return run_side(run_id, name)
     except NotFound:
         src = _from_run(run_id)
         return tx.Side(name, registry.get(src.model).load(src.checkpoint).hierarchy)
+
+
+def taxonomy_side(ref: str, datasets_root="datasets"):
+    """The taxonomy (``ktt.taxonomy.Side``) of a dataset (name or folder), an MLflow run (ID or
+    ``runs:/ID``) or a registered model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``)."""
+    from . import taxonomy as tx
+    from .data import load_dataset
+
+    if ref.startswith(("runs:/", "models:/")) or (RUN_ID.match(ref) and not (Path(datasets_root) / ref).exists()):
+        return _side(run_of(ref), ref)
+    try:
+        return tx.of_dataset(load_dataset(ref, datasets_root))
+    except NotFound:
+        raise NotFound(f"{ref!r} is neither a dataset (in {datasets_root}) nor a run ID, runs:/ or models:/ URI") from None
+
+
+def run_of(ref: str) -> str:
+    """The run ID behind a run ID, ``runs:/`` or ``models:/`` URI."""
+    return resolve_source(ref if ref.startswith(("runs:/", "models:/")) else f"runs:/{ref}").run_id
+
+
+def run_side(run_id: str, name: str | None = None):
+    """What run ``run_id`` logged of its taxonomy (``taxonomy.parquet``)."""
+    from .taxonomy import ARTIFACT, read_side
+    from .tracking import run_artifact
+
+    found = run_artifact(run_id, None, lambda n: n == ARTIFACT)
+    if not found:
+        raise NotFound(f"MLflow run {run_id} logged no {ARTIFACT} (trained before taxonomy versions); "
+                       "diff its dataset instead")
+    return read_side(found, name or run_id)
 
 
 SERVICE_TEMPLATE = '''"""BentoService of `{model}`, written by `ktt export`: the shared KTT API

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadValue, NotFound
+from .errors import BadValue
 from .hierarchy import END, SEP, Hierarchy
 
 ARTIFACT = "taxonomy.parquet"  # a run's taxonomy: its rows (path, text hash), the hierarchy in the metadata
@@ -103,38 +103,6 @@ def read_side(path, name: str) -> Side:
     leaf = pd.Series(table.column("path").to_pandas().astype(str)).map(
         {n: i for i, n in enumerate(h.leaf_names)}).to_numpy()
     return Side(name, h, h.leaf_paths()[leaf.astype(np.int64)], table.column("row").to_numpy())
-
-
-def load_side(ref: str, datasets_root="datasets") -> Side:
-    """A dataset (name or folder), an MLflow run (ID or ``runs:/ID``) or a registered model
-    (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``): its taxonomy and rows."""
-    from .data import load_dataset
-
-    if ref.startswith(("runs:/", "models:/")) or (len(ref) == 32 and all(c in "0123456789abcdef" for c in ref)
-                                                  and not (Path(datasets_root) / ref).exists()):
-        return of_run(run_of(ref), ref)
-    try:
-        return of_dataset(load_dataset(ref, datasets_root))
-    except NotFound:
-        raise NotFound(f"{ref!r} is neither a dataset (in {datasets_root}) nor a run ID, runs:/ or models:/ URI") from None
-
-
-def run_of(ref: str) -> str:
-    """The run ID behind a run ID, ``runs:/`` or ``models:/`` URI."""
-    from .export import resolve_source
-
-    return resolve_source(ref if ref.startswith(("runs:/", "models:/")) else f"runs:/{ref}").run_id
-
-
-def of_run(run_id: str, name: str | None = None) -> Side:
-    """What run ``run_id`` logged of its taxonomy (``taxonomy.parquet``)."""
-    from .tracking import run_artifact
-
-    found = run_artifact(run_id, None, lambda n: n == ARTIFACT)
-    if not found:
-        raise NotFound(f"MLflow run {run_id} logged no {ARTIFACT} (trained before taxonomy versions); "
-                       "diff its dataset instead")
-    return read_side(found, name or run_id)
 
 
 # -- the diff ----------------------------------------------------------------------------------

@@ -120,16 +120,16 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
 def updating(model: str, ds, start_from: str, overrides: dict | None):
     """A fresh ``model`` for ``ds`` with the hyperparameters of the run ``start_from`` (``overrides``
     applied), and what it updates from: (the trained model, the taxonomy diff, the run ID)."""
-    from .export import _from_run
+    from .export import _from_run, run_of, run_side
 
-    run_id = taxonomy.run_of(start_from)
+    run_id = run_of(start_from)
     src = _from_run(run_id)
     if src.model != model:
         raise BadValue(f"{start_from} trained {src.model!r}, not {model!r}: an update starts from the same model")
     cls = registry.get(model)
     old = cls.load(src.checkpoint)
     est = cls(ds.hierarchy, **cls.check_params({**old.params, **(overrides or {})}))
-    return est, (old, taxonomy.diff(taxonomy.of_run(run_id, f"run {run_id[:8]}"), taxonomy.of_dataset(ds)), run_id)
+    return est, (old, taxonomy.diff(run_side(run_id, f"run {run_id[:8]}"), taxonomy.of_dataset(ds)), run_id)
 
 
 def resumed(model: str, ds, resume: str, overrides: dict | None):

@@ -59,7 +59,7 @@ def test_layers():
         if name.startswith("ktt.serving"):  # runs in the serving environment: no MLflow, no torch, no export
             assert deps <= {"ktt", "ktt.serving", "ktt.serving.runtime", "ktt.serving.metrics", "ktt.serving.forward",
                             "ktt.serving.requests", "ktt.hierarchy", "ktt.text", "ktt.errors", "ktt.threads",
-                            "ktt.sparse", "ktt.confidence", "ktt.schema"}, name
+                            "ktt.sparse", "ktt.confidence", "ktt.schema", "ktt.taxonomy", "ktt.review"}, name
         if name == "ktt.confidence":  # the server reads saved precision curves: numpy only (scipy to fit)
             assert deps <= {"ktt.errors"}, name
         if name == "ktt.sparse":  # scores in the server too: numpy, pandas and the stemmer only
@@ -71,7 +71,7 @@ def test_layers():
 #: the server's layer (the serving environment) imports only the core; the sidecar nothing of KTT.
 LAYERS = {
     "core": ["ktt", "ktt.errors", "ktt.text", "ktt.threads", "ktt.hierarchy", "ktt.confidence", "ktt.compare", "ktt.schema",
-             "ktt.sparse", "ktt.metrics", "ktt.data", "ktt.synth", "ktt.hparams"],
+             "ktt.sparse", "ktt.metrics", "ktt.data", "ktt.synth", "ktt.hparams", "ktt.taxonomy", "ktt.review"],
     "models": ["ktt.model", "ktt.nn", "ktt.tfidf", "ktt.registry", "ktt.distributed", "models", "models.*"],
     "serving": ["ktt.serving", "ktt.serving.*"],
     "tracking": ["ktt.tracking", "ktt.train", "ktt.tune", "ktt.experiment", "ktt.export", "ktt.pyfunc", "ktt.pyfunc_model", "ktt.batch",
