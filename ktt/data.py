@@ -335,17 +335,16 @@ def append(parent: "Dataset", df: pd.DataFrame, root, name: str, *, where: str =
     for s in SPLITS:
         merged[s] = pd.concat([merged[s], fresh[fresh["split"] == s][["text", "labels"]]], ignore_index=True)
     hierarchy = Hierarchy.from_paths(tuple(p) for part in merged.values() for p in part["labels"])
-    report.update({"rows_added": len(fresh), "rows_corrected": int(corrected),
-                   **{f"rows_{s}": len(p) for s, p in merged.items()}, "classes_per_level": hierarchy.class_counts})
     from .taxonomy import digest
 
+    report.update({"rows_added": len(fresh), "rows_corrected": int(corrected),
+                   **{f"rows_{s}": len(p) for s, p in merged.items()}, "classes_per_level": hierarchy.class_counts,
+                   **({"taxonomy_changed": True} if digest(hierarchy) != parent.taxonomy else {})})
     lineage = [*parent.manifest.get("lineage", []),
                {"dataset": parent.name, "digest": parent.digest, "taxonomy": parent.taxonomy, "source": where,
                 "rows_added": len(fresh), "rows_corrected": int(corrected)}]
     path = write_dataset(merged, hierarchy, root, name, overwrite=overwrite,
                          meta={"source": where, "report": report, "lineage": lineage})
-    if digest(hierarchy) != parent.taxonomy:
-        report["taxonomy_changed"] = True
     return path, hierarchy, report
 
 
