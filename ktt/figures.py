@@ -1,22 +1,23 @@
 """The pictures a fit logs to its MLflow run (``figures/``), so the UI shows more than numbers."""
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import numpy as np
 
 
-_preloading = None  # the thread importing matplotlib during a fit (preload)
+def _margins(fig, left: float, bottom: float, right: float = 0.2, top: float = 0.4) -> None:
+    """Fixed margins, in inches (``tight_layout`` measures every label first: a quarter of the
+    drawing time)."""
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=left / w, bottom=bottom / h, right=1 - right / w, top=1 - top / h)
 
 
-def preload() -> None:
-    """Import matplotlib in a background thread (during a fit), so that neither this process nor
-    the one :func:`log_later` forks pays for it after the fit."""
-    global _preloading
-    import sys
-    import threading
-
-    if _preloading is None and "matplotlib.pyplot" not in sys.modules:
-        _preloading = threading.Thread(target=_pyplot, daemon=True, name="ktt-import-matplotlib")
-        _preloading.start()
+def _text_inches(labels, fontsize: float) -> float:
+    """About how wide the longest of ``labels`` is drawn (DejaVu Sans: about 0.55 em a character)."""
+    return max((len(str(t)) for t in labels), default=0) * fontsize * 0.55 / 72
 
 
 def _pyplot():
@@ -42,7 +43,7 @@ def levels(h, metrics: dict[str, float], title: str):
     ax.set_ylim(0, 1.05)
     ax.set_title(f"{title}: hierarchical F1 {metrics['h_f1']:.3f}")
     ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
+    _margins(fig, 0.6, 0.7)
     return fig
 
 
@@ -63,7 +64,7 @@ def confusion_level1(h, y_true: np.ndarray, y_pred: np.ndarray, title: str):
     ax.set_ylabel("true")
     ax.set_title(f"{title}: level 1, share of each true class")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
+    _margins(fig, _text_inches(names, 7) + 0.45, _text_inches(names, 7) + 0.45, right=1.0)
     return fig
 
 
@@ -75,11 +76,11 @@ def confused_leaves(h, confusions, title: str):
     plt = _pyplot()
     leaf = confusions[confusions.level == h.depth]
     labels = [f"{t.split(SEP)[-1][:30]} -> {p.split(SEP)[-1][:30]}" for t, p in zip(leaf.true, leaf.predicted)]
-    fig, ax = plt.subplots(figsize=(8, 0.3 * max(len(leaf), 1) + 1.2))
+    fig, ax = plt.subplots(figsize=(_text_inches(labels, 10) + 4.5, 0.3 * max(len(leaf), 1) + 1.2))
     ax.barh(labels[::-1], leaf["count"].to_numpy()[::-1], color="#c44e52")
     ax.set_xlabel("rows")
     ax.set_title(f"{title}: most confused leaves (true -> predicted)")
-    fig.tight_layout()
+    _margins(fig, _text_inches(labels, 10) + 0.2, 0.55, right=0.3)
     return fig
 
 
@@ -100,7 +101,7 @@ def precision_coverage(curves: dict, title: str):
     ax.grid(alpha=0.3)
     ax.set_title(f"{title}: stopping threshold")
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    _margins(fig, 0.8, 0.55)
     return fig
 
 
@@ -125,7 +126,7 @@ def reliability(h, y_true: np.ndarray, y_pred: np.ndarray, conf: np.ndarray, tit
     ax.grid(alpha=0.3)
     ax.set_title(f"{title}: reliability")
     ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
+    _margins(fig, 0.8, 0.55)
     return fig
 
 
@@ -143,33 +144,109 @@ def render(folder, h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str,
         plt.close(fig)
 
 
-def log_later(*args):
-    """Start :func:`render` in a forked process, so that the figures are drawn (one core) while
-    the caller goes on with the run (the other); returns the function that waits for them and
-    logs them under ``figures/`` of the active run, drawing them here if the process could not."""
-    import multiprocessing as mp
-    import os
-    import shutil
-    import tempfile
+_worker = None  # (process, the end of the pipe to it): the forked process that draws, kept for every run
+_logging = None  # the thread that hands a run's figures to the worker and logs them (a ThreadPoolExecutor of one)
+_pending: list = []  # (run ID, future) of the figures not yet logged
 
+
+def warm() -> None:
+    """Fork the process that draws figures, unless it runs already (a sweep's runs share it).
+
+    It imports matplotlib and draws a throw-away figure at once, while the caller loads and fits;
+    a run's figures then cost the caller nothing but handing them over (:func:`log_later`).
+    Forked before the fit, it shares only the memory the caller had then.
+    """
+    global _worker
+    if _worker is not None and _worker[0].is_alive():
+        return
+    import multiprocessing as mp
+
+    try:
+        ctx = mp.get_context("fork")
+        here, there = ctx.Pipe()
+        proc = ctx.Process(target=_serve, args=(there,), daemon=True, name="ktt-figures")
+        proc.start()
+    except (OSError, ValueError):  # no fork here (another platform, or a resource limit): drawn in a thread
+        _worker = None
+        return
+    there.close()
+    _worker = (proc, here)
+
+
+def _serve(conn) -> None:
+    """The worker: draw each ``(folder, args)`` it is sent (:func:`render`) and answer ``None``,
+    or what went wrong."""
+    import io
+    import os
+
+    try:
+        os.nice(10)  # background work: it takes the cores the fits leave idle, not the fits' share
+    except OSError:
+        pass
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(2, 2))  # loads the font, the Agg renderer and the PNG writer now
+    ax.bar([0, 1], [1, 2], label="warm")
+    ax.set_title("warm")
+    ax.legend(fontsize=7)
+    fig.savefig(io.BytesIO(), format="png")
+    plt.close(fig)
+    while True:
+        try:
+            folder, args = conn.recv()
+        except (EOFError, OSError):  # the caller has gone
+            return
+        try:
+            render(folder, *args)
+            conn.send(None)
+        except Exception as e:  # the caller's thread draws them instead
+            conn.send(repr(e))
+
+
+def log_later(run_id: str, *args):
+    """Have :func:`render`'s figures drawn by the worker (:func:`warm`) and logged under
+    ``figures/`` of run ``run_id`` by a background thread, while the caller goes on: a sweep's
+    next fit runs while this one's figures are drawn. :func:`wait` waits for them (a process
+    does at exit); a run waits here for the figures of the run before it, so at most one is
+    pending. Returns the future of their logging."""
+    global _logging
+    import mlflow
+    from concurrent.futures import ThreadPoolExecutor
+
+    wait()
+    if _logging is None:  # its thread is joined at exit: no figures are lost when the caller ends
+        _logging = ThreadPoolExecutor(1, thread_name_prefix="ktt-figures")
+    future = _logging.submit(_log, args, mlflow.get_tracking_uri(), run_id)
+    _pending.append((run_id, future))
+    return future
+
+
+def _log(args, tracking_uri: str, run_id: str) -> None:
     import mlflow
 
     folder = tempfile.mkdtemp(prefix="ktt-figures-")
-    if _preloading is not None:
-        _preloading.join()  # never fork while another thread holds the import lock
     try:
-        proc = mp.get_context("fork").Process(target=render, args=(folder, *args), daemon=True)
-        proc.start()
-    except (OSError, ValueError):  # no fork here (another platform, or a resource limit)
-        proc = None
+        failed = "no worker"
+        if _worker is not None and _worker[0].is_alive():
+            try:
+                _worker[1].send((folder, args))
+                failed = _worker[1].recv()
+            except (EOFError, OSError) as e:  # the worker died
+                failed = repr(e)
+        if failed:
+            render(folder, *args)
+        mlflow.MlflowClient(tracking_uri).log_artifacts(run_id, folder, "figures")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
-    def finish() -> None:
+
+def wait() -> None:
+    """Wait until every run's figures handed to :func:`log_later` are logged; a failure to log
+    them is a warning that names the run, not an error of the caller's next run."""
+    import logging
+
+    while _pending:
+        run_id, future = _pending.pop(0)
         try:
-            if proc is not None:
-                proc.join()
-            if proc is None or proc.exitcode != 0 or len(os.listdir(folder)) < 5:
-                render(folder, *args)
-            mlflow.log_artifacts(folder, "figures")
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-    return finish
+            future.result()
+        except Exception as e:
+            logging.getLogger(__name__).warning("the figures of run %s could not be logged: %s", run_id, e)

@@ -19,7 +19,9 @@ class FitLogger(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
 
     def checkpoint(self, model: "Model", kind: str, state: dict | None = None) -> None:
-        """Save ``model`` as the ``best`` or ``last`` checkpoint (``state``: training state to resume)."""
+        """Save ``model`` as the ``best`` or ``last`` checkpoint (``state``: training state to resume).
+        A model that selects nothing while it fits (no epochs) need not: ``ktt train`` saves the
+        fitted model as ``best`` once calibrated."""
 
 
 class NullLogger:

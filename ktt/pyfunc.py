@@ -83,14 +83,15 @@ class KTTModel(mlflow.pyfunc.PythonModel):
         return float(self.model.stop_threshold())
 
 
-def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str], threshold: float = 0.0):
+def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str], threshold: float = 0.0,
+               run_id: str | None = None):
     """Log the checkpoint as the run's ``model``: the checkpoint, KTT's code (one zip,
     ``ktt/pyfunc_model.py`` loads it), the signature and an input example. Its environment is
     requirements/main.in constrained by the lock (main.txt): MLflow checks the 26 direct
     requirements against this environment, not all 171 locked ones. MLflow checks that the logged
     model answers its input example (it loads and runs it: half a second) once per model class,
-    code and signature on this machine (:func:`_checked`), not on every fit. Returns MLflow's
-    ``ModelInfo``."""
+    code and signature on this machine (:func:`_checked`), not on every fit. Logged to run
+    ``run_id`` (default: the active run; another thread has none). Returns MLflow's ``ModelInfo``."""
     import hashlib
     import zipfile
 
@@ -111,7 +112,7 @@ def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str],
                       signature=sig, input_example=pd.DataFrame({"text": example}))
         key = hashlib.sha256(b"".join([model_name.encode(), code.read_bytes(), json.dumps(sig.to_dict()).encode(),
                                        "\n".join(reqs).encode()])).hexdigest()[:24]
-        return _checked(key, kwargs)
+        return _checked(key, {**kwargs, "run_id": run_id or mlflow.active_run().info.run_id})
 
 
 class _Unchecked:
@@ -126,18 +127,19 @@ class _Unchecked:
 
 
 def _checked(key: str, kwargs: dict):
-    """``mlflow.pyfunc.log_model(**kwargs)``, MLflow's input-example check included the first time
+    """``Model.log`` of the pyfunc flavor with ``kwargs``, MLflow's input-example check included the first time
     ``key`` is logged here and passed; afterwards the same model class, code and signature are
     logged without it (a marker under ``$XDG_CACHE_HOME/ktt``)."""
+    import functools
     import logging
     import os
 
     from mlflow.models import Model
 
     marker = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ktt" / f"pyfunc-checked-{key}"
+    log = functools.partial(Model.log, artifact_path=None, flavor=_Unchecked, flavor_name="mlflow.pyfunc", **kwargs)
     if marker.exists():
-        return Model.log(artifact_path=None, flavor=_Unchecked, flavor_name="mlflow.pyfunc", validate_serving_input=False,
-                         **kwargs)
+        return log(validate_serving_input=False)
 
     class Failed(logging.Handler):  # MLflow warns, and goes on, when the example fails
         failed = False
@@ -147,7 +149,7 @@ def _checked(key: str, kwargs: dict):
     handler = Failed(logging.WARNING)
     logging.getLogger("mlflow.models.model").addHandler(handler)
     try:
-        info = mlflow.pyfunc.log_model(**kwargs)
+        info = log(validate_serving_input=True)
     finally:
         logging.getLogger("mlflow.models.model").removeHandler(handler)
     if not Failed.failed:

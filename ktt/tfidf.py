@@ -127,8 +127,7 @@ class TfidfModel(Model):
         logger = logger or NullLogger()
         x = self.fit_features(train.texts)
         self.fit_nodes(x, self.node_groups(train.codes), logger)
-        logger.checkpoint(self, "best")
-        return self
+        return self  # nothing to select: the fitted model is the best (`ktt train` saves it once calibrated)
 
     update_share = 0.05  # a node whose rows grew or shrank by more than this share is refitted (benchmarks/update.py)
 
@@ -193,7 +192,6 @@ class TfidfModel(Model):
                             "decisions_refit": float(sum(len(ks) for *_, ks in partial)),
                             "rows_featurised": float(len(rows)),
                             "vocabulary_added": float(len(self.vectorizer_.vocabulary_) - len(old.vectorizer_.vocabulary_))})
-        logger.checkpoint(self, "best")
         return self
 
     def _old_node(self, old, diff, d: int, parent: int, corr, back, moved_through):

@@ -1,6 +1,7 @@
 """Everything a fit logs to MLflow, and checkpoints mirrored to ``weights/<model>/<dataset>/``."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -12,6 +13,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import urllib.parse
 import warnings
 from pathlib import Path
@@ -91,7 +94,7 @@ class RunLogger:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
         if clean:
-            mlflow.log_metrics(clean, step=step, model_id=self.model_id)
+            log_batch(clean, step=step, model_id=self.model_id)
         for cb in self.callbacks:
             cb(clean, step)
 
@@ -111,14 +114,14 @@ class RunLogger:
         old = self.paths.get(kind)
         self.paths[kind] = final
         if mlflow.active_run():  # lets `--resume runs:/<id>` find it even if this process dies
-            mlflow.set_tag(f"ktt.checkpoint.{kind}", str(final.resolve()))
+            log_batch(tags={f"ktt.checkpoint.{kind}": str(final.resolve())})
         if old is not None and old != final:
             old.unlink(missing_ok=True)
         return final
 
     def log_checkpoints(self) -> None:
         for p in self.paths.values():
-            mlflow.log_artifact(str(p), artifact_path="checkpoints")
+            log_path(p, "checkpoints")
 
 
 def checkpoint_time(path: Path) -> dt.datetime:
@@ -133,6 +136,7 @@ def checkpoint_time(path: Path) -> dt.datetime:
     raise BadValue(f"{Path(path).name}: not a best_/last_<time> checkpoint name")
 
 
+@functools.lru_cache(maxsize=1)  # once per process
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -172,21 +176,28 @@ def environment() -> tuple[dict[str, str], str]:
 
 def check_tracking_uri() -> str:
     """Fail at start, not after training: a tracking server that is unreachable, is not an
-    MLflow server, or refuses the login in ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``."""
+    MLflow server, or refuses the login in ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD`` (asked
+    once per server and user in a process: a sweep's fits share the answer)."""
+    import urllib.error
+    import urllib.request
+
     uri = mlflow.get_tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return uri
-    import urllib.error
-    import urllib.request
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
     except (urllib.error.URLError, OSError) as e:
         raise Unavailable(f"MLflow tracking server {uri} is unreachable ({e}); "
                            "start it or set MLFLOW_TRACKING_URI") from None
+    _check_login(uri, os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+    return uri
+
+
+@functools.lru_cache(maxsize=8)  # successes only: a refusal raises, and is asked again next time
+def _check_login(uri: str, user: str | None, password: str | None) -> None:
     try:
         mlflow.MlflowClient().search_experiments(max_results=1)
     except mlflow.exceptions.MlflowException as e:
-        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
         if e.error_code == "UNAUTHENTICATED":
             raise Unavailable(f"MLflow tracking server {uri} refused the login of user {user!r}: check "
                                "MLFLOW_TRACKING_PASSWORD" if user else
@@ -194,7 +205,6 @@ def check_tracking_uri() -> str:
                                "and MLFLOW_TRACKING_PASSWORD") from None
         raise Unavailable(f"{uri} does not answer as an MLflow tracking server "
                            f"({e.error_code}: {str(e.message).splitlines()[0][:200]})") from None
-    return uri
 
 
 def start_run(**kwargs):
@@ -228,36 +238,159 @@ def log_dataset(ds, context: str = "training") -> None:
     """Log an intermediate dataset as an MLflow dataset input, with its row counts and hash."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
     from mlflow.types import ColSpec, Schema
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local files
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(Path(ds.path).resolve()))
     schema = Schema([ColSpec("string", "text"), ColSpec("string", "labels")])
-    dataset = MetaDataset(source, name=ds.name, digest=ds.digest, schema=schema)
-    try:
-        mlflow.log_input(dataset, context=context)
-    except mlflow.exceptions.MlflowException as e:
-        # MLflow's SQL store inserts a new dataset row after checking it is absent: two runs logging
-        # the same dataset at once (tuning workers, parallel trainings) race to a unique-key error
-        # (SQLite: "UNIQUE constraint failed", PostgreSQL through a server: "violates unique constraint").
-        # The row exists by now, so a second try links to it.
-        if "unique constraint" not in str(e).lower() and "IntegrityError" not in str(e):
-            raise
-        mlflow.log_input(dataset, context=context)
-    mlflow.log_params({"dataset": ds.name, "dataset_digest": ds.digest,
+    dataset = MetaDataset(source, name=ds.name, digest=ds.digest, schema=schema)._to_mlflow_entity()
+    inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+    run_id, client = mlflow.active_run().info.run_id, mlflow.MlflowClient()
+
+    def log_input():
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+        except mlflow.exceptions.MlflowException as e:
+            # MLflow's SQL store inserts a new dataset row after checking it is absent: two runs logging
+            # the same dataset at once (tuning workers, parallel trainings) race to a unique-key error
+            # (SQLite: "UNIQUE constraint failed", PostgreSQL through a server: "violates unique constraint").
+            # The row exists by now, so a second try links to it.
+            if "unique constraint" not in str(e).lower() and "IntegrityError" not in str(e):
+                raise
+            client.log_inputs(run_id, datasets=inputs)
+    _submit(log_input, ordered=True)
+    log_batch(params={"dataset": ds.name, "dataset_digest": ds.digest,
                        **{f"rows_{s}": n for s, n in ds.manifest.get("rows", {}).items()}})
 
 
+_background = None  # (uploads, ordered): the threads of :func:`uploading`, while a run uses them
+_pending: list = []  # their futures, not yet waited for
+
+
+@contextlib.contextmanager
+def uploading():
+    """Within this block, what a run logs through this module (:func:`log_file`,
+    :func:`log_batch` and the helpers on them) goes to MLflow from background threads while the
+    run goes on, so that a tracking server's requests overlap the work: files on two threads,
+    metrics, params and tags on one, in the order they were logged. Leaving the block waits for
+    all of it and raises the first failure; enter it inside the run, so that the run ends
+    after what it logged. (MLflow's own asynchronous logging polls: ending a run waited up to a
+    second for it.)"""
+    global _background
+    from concurrent.futures import ThreadPoolExecutor
+
+    if _background is not None:  # already inside one (a nested fit): that one waits
+        yield
+        return
+    _background = (ThreadPoolExecutor(2, thread_name_prefix="ktt-upload"),
+                   ThreadPoolExecutor(1, thread_name_prefix="ktt-log"))
+    try:
+        yield
+    finally:
+        pools, _background = _background, None
+        for pool in pools:
+            pool.shutdown(wait=True)
+        errors = _settle()
+        if errors and sys.exc_info()[0] is None:  # never hide the error that ended the block
+            raise errors[0]
+
+
+def _settle() -> list[Exception]:
+    """Wait for everything logged in the background so far; what failed."""
+    done, _pending[:] = list(_pending), []
+    return [f.exception() for f in done if f.exception() is not None]
+
+
+def _submit(work, ordered: bool):
+    if _background is None:
+        return work()
+    _pending.append(_background[ordered].submit(work))
+    return _pending[-1]
+
+
+def in_order(work):
+    """``work()``, after what the run logged so far and before what it logs next: on the thread
+    that logs metrics, params and tags, inside :func:`uploading` (returns its future), here
+    otherwise (returns its result)."""
+    return _submit(work, ordered=True)
+
+
+_unsent: dict = {}  # run ID -> the metrics, params and tags of :func:`log_batch` not yet sent
+_unsent_lock = threading.Lock()
+
+
+def log_batch(metrics: dict | None = None, params: dict | None = None, tags: dict | None = None,
+              step: int | None = None, model_id=None) -> None:
+    """Metrics, params and tags of the active run (MLflow's ``log_batch``). Inside
+    :func:`uploading` they are sent in the background, together with any logged before them
+    that are not sent yet (one request); ``model_id`` may be the future of one (:func:`in_order`)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    run_id, client = mlflow.active_run().info.run_id, mlflow.MlflowClient()
+    metrics = [(k, float(v), step or 0, model_id) for k, v in (metrics or {}).items()]
+
+    def send(metrics, params, tags):
+        ids = {id(m): m.result() if hasattr(m, "result") else m for *_, m in metrics}
+        client.log_batch(run_id, metrics=[Metric(k, v, now, s, model_id=ids[id(m)]) for k, v, s, m in metrics],
+                         params=[Param(k, str(v)) for k, v in params.items()],
+                         tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    if _background is None:
+        return send(metrics, params or {}, tags or {})
+    with _unsent_lock:
+        if run_id in _unsent:  # a request that has not left yet takes these too
+            unsent = _unsent[run_id]
+            unsent[0].extend(metrics), unsent[1].update(params or {}), unsent[2].update(tags or {})
+            return
+        _unsent[run_id] = (metrics, dict(params or {}), dict(tags or {}))
+
+    def take_and_send():
+        with _unsent_lock:
+            batch = _unsent.pop(run_id)
+        send(*batch)
+    _submit(take_and_send, ordered=True)
+
+
+def log_file(write, artifact_file: str) -> None:
+    """Log an artifact of the active run that ``write(path)`` writes into a temp folder: both
+    in the background inside :func:`uploading` (``write`` must read nothing the caller changes
+    afterwards), here otherwise."""
+    run_id, client = mlflow.active_run().info.run_id, mlflow.MlflowClient()
+    parent = str(Path(artifact_file).parent)
+
+    def work():
+        folder = Path(tempfile.mkdtemp(prefix="ktt-artifact-"))
+        try:
+            write(folder / Path(artifact_file).name)
+            client.log_artifact(run_id, str(folder / Path(artifact_file).name), None if parent == "." else parent)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    _submit(work, ordered=False)
+
+
+def log_path(path: Path, artifact_path: str | None = None) -> None:
+    """Upload the file ``path`` to the active run's ``artifact_path``, in the background inside
+    :func:`uploading` (the file must stay as it is until the block ends)."""
+    run_id, client = mlflow.active_run().info.run_id, mlflow.MlflowClient()
+    _submit(lambda: client.log_artifact(run_id, str(path), artifact_path), ordered=False)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    log_file(lambda p: p.write_text(text, encoding="utf-8"), artifact_file)
+
+
 def log_dict(d: dict, artifact_file: str) -> None:
-    mlflow.log_text(json.dumps(d, indent=1, default=str), artifact_file)
+    log_file(lambda p: p.write_text(json.dumps(d, indent=1, default=str), encoding="utf-8"), artifact_file)
 
 
 def log_table(df, artifact_file: str) -> None:
     """A DataFrame in the file format of ``mlflow.log_table`` (``{"columns", "data"}``), in one
     upload: ``mlflow.log_table`` also lists, re-reads and re-tags the run, seven requests to a
     tracking server per table (it keeps a tag for the UI's table comparison, which KTT does not use)."""
-    mlflow.log_text(df.to_json(orient="split", index=False, date_format="iso"), artifact_file)
+    log_file(lambda p: df.to_json(p, orient="split", index=False, date_format="iso"), artifact_file)
 
 
 def run_artifact(run_id: str, folder: str, name_matches) -> Path | None:
@@ -302,14 +435,11 @@ def log_test_rows(counts: dict, true_leaf) -> None:
 
 
 def log_parquet(table, artifact_file: str) -> None:
-    """A pyarrow table as a Parquet run artifact (one upload)."""
+    """A pyarrow table (or a function that makes it, called when it is written: :func:`log_file`)
+    as a Parquet run artifact (one upload)."""
     import pyarrow.parquet as pq
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(artifact_file).name
-        pq.write_table(table, path)
-        parent = str(Path(artifact_file).parent)
-        mlflow.log_artifact(str(path), artifact_path=None if parent == "." else parent)
+    log_file(lambda p: pq.write_table(table() if callable(table) else table, p), artifact_file)
 
 
 def load_test_rows(run_id: str) -> dict:

@@ -13,7 +13,7 @@ import pandas as pd
 from . import distributed, registry, taxonomy, tracking
 from .errors import BadValue
 from .data import load_dataset
-from .figures import log_later, preload as preload_figures
+from . import figures as pictures
 from .metrics import confusion_summary, evaluate, level_ece, level_table, row_counts, stop_curve
 from .model import NullLogger
 
@@ -62,7 +62,9 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
     Everything that can be checked is checked before the run starts: the tracking
     server, the dataset, the model name and every hyperparameter. ``resume`` (a ``last_``
     checkpoint or an MLflow run) continues a fit from the end of its last finished epoch.
-    ``callbacks`` see every ``log_metrics`` call of the fit (``cb(metrics, step)``).
+    ``callbacks`` see every ``log_metrics`` call of the fit (``cb(metrics, step)``). The test
+    split's figures are drawn and logged in the background, while the caller goes on (the next
+    fit of a sweep): ``ktt.figures.wait()`` waits for them, and so does the process at exit.
     ``start_from`` (a run ID, ``runs:/`` or ``models:/`` URI of the same model, trained on an
     earlier taxonomy) updates that model instead of training from scratch (``Model.update``).
 
@@ -72,6 +74,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
     world = distributed.setup()
     if world.main:
         tracking.check_tracking_uri()
+        pictures.warm()  # matplotlib, imported in another process while this one loads and fits
     ds = load_dataset(dataset, datasets_root)
     update = None
     if start_from:
@@ -90,28 +93,30 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
         return Fit(None)
     if experiment:
         mlflow.set_experiment(experiment)
-    with tracking.start_run(run_name=run_name or f"{model}-{ds.name}", nested=mlflow.active_run() is not None) as run:
+    with tracking.start_run(run_name=run_name or f"{model}-{ds.name}", nested=mlflow.active_run() is not None) as run, \
+            tracking.uploading():  # artifacts uploaded while the run goes on, all of them before it ends
         logger = tracking.RunLogger(model, ds.name, weights_root, callbacks)
-        preload_figures()  # matplotlib, imported while the model fits
         log_run_info(est, ds, world, {**({"ktt.resumed_from": resume} if resume else {}), **(tags or {})})
         if update:
             tracking.log_dict(update[1].to_dict(), "taxonomy_diff.json")
         final = {"train_time_s": fit(est, ds, logger, world, update)}
-        best = type(est).load(logger.paths["best"])
+        # the checkpoint of the epoch the fit selected, or the fitted model (written once calibrated)
+        best = type(est).load(logger.paths["best"]) if "best" in logger.paths else est
         calibrate(best, ds.val, logger)
         test = score_split(best, ds.test, curve=True)  # the checkpoint fit selected, once
-        figures = log_later(ds.hierarchy, ds.test.codes, *(test[k] for k in ("pred", "metrics", "confusions", "curve")),
-                            "test", test["conf"])  # drawn in another process while the rest is logged
+        pictures.log_later(run.info.run_id, ds.hierarchy, ds.test.codes,  # drawn and logged while the rest goes on
+                           *(test[k] for k in ("pred", "metrics", "confusions", "curve")), "test", test["conf"])
         if log_model:  # before the evaluation's metrics, so that they are logged as the model's (MLflow 3)
             from .pyfunc import log_pyfunc
-            logger.model_id = log_pyfunc(model, logger.paths["best"], ds.hierarchy, ds.test.texts[:3],
-                                         best.stop_threshold()).model_id
+
+            checkpoint, example, threshold, run_id = logger.paths["best"], ds.test.texts[:3], best.stop_threshold(), run.info.run_id
+            logger.model_id = tracking.in_order(lambda: log_pyfunc(model, checkpoint, ds.hierarchy, example, threshold,
+                                                                   run_id).model_id)
         final.update(log_split(test, ds.test, "test", logger))
         final.update(log_split(score_split(best, ds.val), ds.val, "best_val", logger))
         logger.log_checkpoints()
         if reference:
             log_reference_set(best, ds.test, logger)
-        figures()
         log.info("run %s: test leaf accuracy %.4f, checkpoints %s", run.info.run_id,
                  final["test_leaf_accuracy"], [str(p) for p in logger.paths.values()])
         return Fit(run.info.run_id, final, dict(logger.paths))
@@ -152,20 +157,29 @@ def log_run_info(est, ds, world, tags: dict) -> None:
     """The run's tags (model, dataset, commit, the environment: ``tracking.environment``,
     processes), hyperparameters, dataset and installed packages (``environment.txt``)."""
     env, packages = tracking.environment()
-    side = taxonomy.of_dataset(ds)
-    mlflow.set_tags({"ktt.model": est.name, "ktt.dataset": ds.name, "ktt.git_commit": tracking.git_commit(), **env,
-                     "ktt.taxonomy": side.digest,
-                     **({"ktt.processes": str(world.size), "ktt.backend": distributed.backend()}
-                        if world.size > 1 else {}), **tags})
-    mlflow.log_text(packages, "environment.txt")
-    mlflow.log_params({**est.params, "model": est.name})
+    tracking.log_batch(params={**est.params, "model": est.name}, tags={
+        "ktt.model": est.name, "ktt.dataset": ds.name, "ktt.git_commit": tracking.git_commit(), **env,
+        "ktt.taxonomy": taxonomy.digest(ds.hierarchy),
+        **({"ktt.processes": str(world.size), "ktt.backend": distributed.backend()} if world.size > 1 else {}), **tags})
+    tracking.log_text(packages, "environment.txt")
     tracking.log_dataset(ds)
-    tracking.log_parquet(side.frame(), taxonomy.ARTIFACT)  # what `ktt taxonomy diff RUN ...` reads
+    tracking.log_parquet(lambda: taxonomy_table(ds), taxonomy.ARTIFACT)  # what `ktt taxonomy diff RUN` reads
+
+
+_taxonomy_tables: dict = {}  # dataset digest -> its taxonomy.parquet table: a sweep's fits of one dataset share it
+
+
+def taxonomy_table(ds):
+    if ds.digest not in _taxonomy_tables:
+        if len(_taxonomy_tables) >= 2:
+            _taxonomy_tables.pop(next(iter(_taxonomy_tables)))
+        _taxonomy_tables[ds.digest] = taxonomy.of_dataset(ds).frame()
+    return _taxonomy_tables[ds.digest]
 
 
 def fit(est, ds, logger, world, update=None) -> float:
-    """Fit (every process of a distributed fit together; ``update``: from a trained model, its diff),
-    then make sure a ``best`` checkpoint exists; the seconds it took."""
+    """Fit (every process of a distributed fit together; ``update``: from a trained model, its
+    diff); the seconds it took."""
     t0 = time.perf_counter()
     if update:
         est.update(update[0], update[1], ds.train, ds.val, logger)
@@ -173,9 +187,7 @@ def fit(est, ds, logger, world, update=None) -> float:
         est.fit(ds.train, ds.val, logger)
     train_time = time.perf_counter() - t0
     distributed.finish(world)  # from here on rank 0 works alone
-    mlflow.log_metric("train_time_s", train_time)
-    if "best" not in logger.paths:  # a model that saves nothing during fit: its only checkpoint
-        logger.checkpoint(est, "best")
+    tracking.log_batch({"train_time_s": train_time})
     return train_time
 
 
@@ -198,7 +210,7 @@ def log_split(scored: dict, split, name: str, logger) -> dict[str, float]:
     prefixed = {f"{name}_{k}": v for k, v in metrics.items()}
     logger.log_metrics(prefixed)
     tracking.log_dict(metrics, f"metrics/{name}_metrics.json")
-    mlflow.log_text(level_table(h, metrics), f"metrics/{name}_levels.md")
+    tracking.log_text(level_table(h, metrics), f"metrics/{name}_levels.md")
     tracking.log_table(scored["confusions"], f"metrics/{name}_confusions.json")
     if scored["curve"] is not None:
         tracking.log_test_rows(row_counts(h, split.codes, scored["pred"]), split.codes[:, -1])
@@ -212,7 +224,7 @@ def log_reference_set(model, split, logger) -> None:
     last = logger.paths.get("last", logger.paths["best"])
     path = last.with_name(last.stem + "_reference.parquet")
     tracking.atomic_write(path, lambda tmp: ref.to_parquet(tmp, index=False))
-    mlflow.log_artifact(str(path), artifact_path="checkpoints")
+    tracking.log_path(path, "checkpoints")
 
 
 def train_seeds(model: str, dataset: str, seeds: list[int], *, overrides: dict | None = None, run_name=None,

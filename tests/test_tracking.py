@@ -51,6 +51,8 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     # checkpoint mirrored to weights/<model>/<dataset>/ and logged as an artifact
     files = os.listdir(weights / "tfidf_hsgd" / "bb_small")
     assert len(files) == 1 and CKPT.match(files[0])
+    from ktt import figures as pictures
+    pictures.wait()  # the figures are logged by a background thread once drawn
     figures = {a.path: a.file_size for a in client.list_artifacts(run_id, "figures")}
     assert set(figures) == {f"figures/test_{n}.png" for n in ("levels", "confusion_level1", "confused_leaves", "precision_coverage",
                                                                   "reliability")}
@@ -187,6 +189,54 @@ def test_old_checkpoint_names_still_load_and_the_newest_wins(bb300, tmp_path):
     assert registry.get("tfidf_lsgd").load(newest).predict_paths(["rice"]) == model.predict_paths(["rice"])
     model.save(folder / "best_20261128T000000.pt")
     assert resolve_source(None, "tfidf_lsgd", "ds", tmp_path).checkpoint.name == "best_20261128T000000.pt"
+
+
+FIGURES = {f"figures/test_{n}.png" for n in ("levels", "confusion_level1", "confused_leaves", "precision_coverage",
+                                             "reliability")}
+
+
+def test_figures_follow_their_run_even_without_the_figure_process(tracking, bigbasket_small, tmp_path):
+    """A run's figures are drawn in the figure process and logged by a thread after ``train``
+    returns (a sweep's next fit runs meanwhile), each run's to its own run; ``figures.wait``
+    waits for them. When that process dies, the thread draws them itself."""
+    from ktt import figures
+
+    def kill_worker(metrics, step):  # during the second fit, after its start made sure the worker runs
+        figures._worker[0].kill()
+        figures._worker[0].join()
+    runs = [train("tfidf_lsgd", "bb_small", datasets_root=bigbasket_small, weights_root=tmp_path / "w",
+                  experiment="figs", log_model=False, callbacks=cbs).run_id for cbs in ((), (kill_worker,))]
+    assert not figures._worker[0].is_alive()
+    figures.wait()
+    client = MlflowClient()
+    for run_id in runs:
+        assert {a.path for a in client.list_artifacts(run_id, "figures")} == FIGURES
+        assert client.get_run(run_id).info.status == "FINISHED"
+    figures.warm()  # a new process for the next run
+    assert figures._worker[0].is_alive()
+
+
+def test_background_logging_waits_and_raises_its_first_failure(tracking):
+    """Inside ``uploading`` files, metrics, params and tags go to MLflow from threads; leaving it
+    waits for all of them (in the order they were logged: metric history, last tag wins) and
+    raises the first failure, after logging everything else."""
+    from ktt import tracking as tr
+
+    def full_disk(path):
+        raise OSError("No space left on device")
+    with mlflow.start_run() as run, pytest.raises(OSError, match="No space left"):
+        with tr.uploading():
+            tr.log_batch({"loss": 3.0}, params={"alpha": 0.1}, tags={"stage": "one"}, step=0)
+            tr.log_file(full_disk, "broken.txt")
+            tr.log_dict({"a": [1, 2]}, "metrics/a.json")
+            for step, loss in enumerate((2.0, 1.0), 1):
+                tr.log_batch({"loss": loss}, tags={"stage": f"step {step}"}, step=step)
+    client = MlflowClient()
+    data = client.get_run(run.info.run_id).data
+    assert data.params == {"alpha": "0.1"} and data.tags["stage"] == "step 2"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == [(0, 3.0), (1, 2.0), (2, 1.0)]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "metrics")} == {"metrics/a.json"}
+    assert tr._background is None and not tr._pending  # the next run starts clean
 
 
 def test_input_example_checked_once_per_model_class(tracking, bigbasket_small, tmp_path, monkeypatch):
