@@ -203,6 +203,7 @@ def epoch(before_rev: str) -> str:
 def tracking(short_rows: int = 2000) -> str:
     import mlflow
 
+    from ktt import figures
     from ktt.metrics import evaluate
     from ktt.train import train
 
@@ -223,9 +224,10 @@ def tracking(short_rows: int = 2000) -> str:
             for split in (ds.val, ds.test):
                 evaluate(ds.hierarchy, split.codes, model.predict(split.texts))
 
-        def tracked(log_model):
+        def tracked(log_model):  # one fit, as `ktt train`: its figures waited for (drawn after the run)
             train(name, dataset, overrides=params, datasets_root=tmp / "datasets", weights_root=tmp / "weights",
                   log_model=log_model)
+            figures.wait()
 
         repeat = 3
         base = best_of(untracked, repeat)
