@@ -164,7 +164,7 @@ def warm() -> None:
     try:
         ctx = mp.get_context("fork")
         here, there = ctx.Pipe()
-        proc = ctx.Process(target=_serve, args=(there,), daemon=True, name="ktt-figures")
+        proc = ctx.Process(target=_serve, args=(there, here), daemon=True, name="ktt-figures")
         proc.start()
     except (OSError, ValueError):  # no fork here (another platform, or a resource limit): drawn in a thread
         _worker = None
@@ -173,11 +173,13 @@ def warm() -> None:
     _worker = (proc, here)
 
 
-def _serve(conn) -> None:
+def _serve(conn, callers_end) -> None:
     """The worker: draw each ``(folder, args)`` it is sent (:func:`render`) and answer ``None``,
-    or what went wrong."""
+    or what went wrong; end when the caller has gone, even killed."""
     import io
     import os
+
+    callers_end.close()  # else this process holds the pipe open and never sees the caller go
 
     try:
         os.nice(10)  # background work: it takes the cores the fits leave idle, not the fits' share
@@ -197,9 +199,13 @@ def _serve(conn) -> None:
             return
         try:
             render(folder, *args)
-            conn.send(None)
+            answer = None
         except Exception as e:  # the caller's thread draws them instead
-            conn.send(repr(e))
+            answer = repr(e)
+        try:
+            conn.send(answer)
+        except OSError:  # the caller has gone
+            return
 
 
 def log_later(run_id: str, *args):

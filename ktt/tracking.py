@@ -248,7 +248,7 @@ def log_dataset(ds, context: str = "training") -> None:
     schema = Schema([ColSpec("string", "text"), ColSpec("string", "labels")])
     dataset = MetaDataset(source, name=ds.name, digest=ds.digest, schema=schema)._to_mlflow_entity()
     inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
-    run_id, client = mlflow.active_run().info.run_id, mlflow.MlflowClient()
+    run_id, client = _run_id(), mlflow.MlflowClient()
 
     def log_input():
         try:
@@ -304,6 +304,11 @@ def _settle() -> list[Exception]:
     return [f.exception() for f in done if f.exception() is not None]
 
 
+def _run_id() -> str:
+    """The active run's ID; like MLflow's own ``log_*``, a run is started when none is."""
+    return (mlflow.active_run() or mlflow.start_run()).info.run_id
+
+
 def _submit(work, ordered: bool):
     if _background is None:
         return work()
@@ -315,6 +320,8 @@ def in_order(work):
     """``work()``, after what the run logged so far and before what it logs next: on the thread
     that logs metrics, params and tags, inside :func:`uploading` (returns its future), here
     otherwise (returns its result)."""
+    with _unsent_lock:  # a batch queued before ``work`` must take nothing logged after it
+        _unsent.clear()
     return _submit(work, ordered=True)
 
 
@@ -330,7 +337,7 @@ def log_batch(metrics: dict | None = None, params: dict | None = None, tags: dic
     from mlflow.entities import Metric, Param, RunTag
 
     now = int(time.time() * 1000)
-    run_id, client = mlflow.active_run().info.run_id, mlflow.MlflowClient()
+    run_id, client = _run_id(), mlflow.MlflowClient()
     metrics = [(k, float(v), step or 0, model_id) for k, v in (metrics or {}).items()]
 
     def send(metrics, params, tags):
@@ -341,15 +348,16 @@ def log_batch(metrics: dict | None = None, params: dict | None = None, tags: dic
     if _background is None:
         return send(metrics, params or {}, tags or {})
     with _unsent_lock:
-        if run_id in _unsent:  # a request that has not left yet takes these too
-            unsent = _unsent[run_id]
-            unsent[0].extend(metrics), unsent[1].update(params or {}), unsent[2].update(tags or {})
+        batch = _unsent.get(run_id)
+        if batch is not None:  # a request that has not left yet takes these too
+            batch[0].extend(metrics), batch[1].update(params or {}), batch[2].update(tags or {})
             return
-        _unsent[run_id] = (metrics, dict(params or {}), dict(tags or {}))
+        batch = _unsent[run_id] = (metrics, dict(params or {}), dict(tags or {}))
 
     def take_and_send():
         with _unsent_lock:
-            batch = _unsent.pop(run_id)
+            if _unsent.get(run_id) is batch:
+                del _unsent[run_id]
         send(*batch)
     _submit(take_and_send, ordered=True)
 
@@ -358,7 +366,7 @@ def log_file(write, artifact_file: str) -> None:
     """Log an artifact of the active run that ``write(path)`` writes into a temp folder: both
     in the background inside :func:`uploading` (``write`` must read nothing the caller changes
     afterwards), here otherwise."""
-    run_id, client = mlflow.active_run().info.run_id, mlflow.MlflowClient()
+    run_id, client = _run_id(), mlflow.MlflowClient()
     parent = str(Path(artifact_file).parent)
 
     def work():
@@ -374,7 +382,7 @@ def log_file(write, artifact_file: str) -> None:
 def log_path(path: Path, artifact_path: str | None = None) -> None:
     """Upload the file ``path`` to the active run's ``artifact_path``, in the background inside
     :func:`uploading` (the file must stay as it is until the block ends)."""
-    run_id, client = mlflow.active_run().info.run_id, mlflow.MlflowClient()
+    run_id, client = _run_id(), mlflow.MlflowClient()
     _submit(lambda: client.log_artifact(run_id, str(path), artifact_path), ordered=False)
 
 

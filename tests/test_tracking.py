@@ -239,6 +239,47 @@ def test_background_logging_waits_and_raises_its_first_failure(tracking):
     assert tr._background is None and not tr._pending  # the next run starts clean
 
 
+def test_a_batch_waiting_to_be_sent_takes_nothing_logged_after_in_order_work(tracking):
+    """Metrics that wait for a model ID (``in_order``'s future) must not join a batch queued before
+    it: that batch would wait on the thread it blocks (a run hung against a slow server)."""
+    from ktt import tracking as tr
+
+    release, done, runs = threading.Event(), threading.Event(), []
+
+    def run_block():  # on a thread of its own, so that a deadlock fails the test instead of hanging it
+        with mlflow.start_run() as run, tr.uploading():
+            runs.append(run)
+            tr.in_order(release.wait)  # the ordered thread is busy: what follows queues up
+            tr.log_batch({"before": 1.0})
+            model_id = tr.in_order(lambda: None)
+            tr.log_batch({"after": 2.0}, model_id=model_id)
+            release.set()
+        done.set()
+    threading.Thread(target=run_block, daemon=True).start()
+    assert done.wait(60), "background logging deadlocked"
+    run = runs[0]
+    metrics = MlflowClient().get_run(run.info.run_id).data.metrics
+    assert metrics == {"before": 1.0, "after": 2.0}
+
+
+def test_the_figure_process_ends_when_its_caller_is_killed(tmp_path):
+    """Killed (SIGKILL, no clean-up), a process leaves no figure process behind: it would keep the
+    caller's stdout open, and whoever reads it would wait forever."""
+    import signal
+    import time
+
+    code = ("import os, signal\nfrom ktt import figures\nfigures.warm()\n"
+            "print(figures._worker[0].pid, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == -signal.SIGKILL
+    pid = int(proc.stdout.split()[0])  # run() returned: nothing holds the pipe open any more
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]:
+        assert time.monotonic() < deadline, "the figure process outlived its caller"
+        time.sleep(0.1)
+
+
 def test_input_example_checked_once_per_model_class(tracking, bigbasket_small, tmp_path, monkeypatch):
     """MLflow loads the logged model and runs its input example (half a second a fit) the first
     time a model class, code and signature are logged on a machine; later fits log the same
