@@ -64,7 +64,8 @@ def confusion_level1(h, y_true: np.ndarray, y_pred: np.ndarray, title: str):
     ax.set_ylabel("true")
     ax.set_title(f"{title}: level 1, share of each true class")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    _margins(fig, _text_inches(names, 7) + 0.45, _text_inches(names, 7) + 0.45, right=1.0)
+    labels_in = _text_inches(names, 7) + 0.45  # the names label both axes
+    _margins(fig, labels_in, labels_in, right=1.0)
     return fig
 
 
