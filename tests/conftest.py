@@ -44,13 +44,16 @@ class Server:
     any other exit, or no readiness within ``timeout`` seconds, fails loudly with the log's end.
     """
 
-    def __init__(self, make_cmd, ready, env=None, n_ports=1, timeout=180, attempts=3):
+    def __init__(self, make_cmd, ready, env=None, n_ports=1, timeout=180, attempts=3, on_start=None):
+        """``on_start(pid)``: called the moment the process is started (before it is ready)."""
         for _ in range(attempts):
             self.ports = [free_port() for _ in range(n_ports)]
             self.log = Path(tempfile.mkstemp(prefix="ktt-server-", suffix=".log")[1])
             with open(self.log, "w") as out:
                 self.proc = subprocess.Popen(make_cmd(self.ports), env=env, stdout=out, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True)
+            if on_start is not None:
+                on_start(self.proc.pid)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 if ready(self.ports, self.text()):
@@ -119,17 +122,18 @@ def http_ok(url: str) -> bool:
 class Served:
     """`bentoml serve` (or serve-gunicorn) of a built bundle on a free loopback port."""
 
-    def __init__(self, bundle, gunicorn=False, probe="readyz", args=(), **env):
+    def __init__(self, bundle, gunicorn=False, probe="readyz", args=(), on_start=None, **env):
         """``probe``: the route whose 200 means started (``readyz``: warm, taking traffic; None:
         the front server accepts connections, the model server may still be loading);
-        ``args``: more ``bentoml serve`` options; ``env``: more environment variables."""
+        ``args``: more ``bentoml serve`` options; ``on_start``: see ``Server``; ``env``: more
+        environment variables."""
         env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python",
                **{k: str(v) for k, v in env.items()}}
         self.server = Server(
             lambda ports: [str(SERVING_BIN / "bentoml"), "serve-gunicorn" if gunicorn else "serve", str(bundle),
                            "--port", str(ports[0])] + (["--workers", "1"] if gunicorn else []) + list(args),
             lambda ports, log: port_open(ports[0]) if probe is None else http_ok(f"http://127.0.0.1:{ports[0]}/{probe}"),
-            env=env, timeout=300)
+            env=env, timeout=300, on_start=on_start)
         self.port = self.server.ports[0]
         self.url = f"http://127.0.0.1:{self.port}"
 

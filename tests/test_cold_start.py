@@ -3,6 +3,8 @@ it reports ready, sheds load only with Retry-After (counted by reason), and logs
 received. Real BentoML 0.13.1 servers (`bentoml serve-gunicorn`, one worker), real BigBasket titles."""
 import base64
 import json
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -61,6 +63,43 @@ def burst(url: str, bodies: list[str], route="predict") -> list[requests.Respons
     return out
 
 
+class Hold:
+    """Holds the model server of a `bentoml serve-gunicorn` (SIGSTOP) from the moment its worker
+    forks until ``release()``: a front server whose model server is still loading, however fast this
+    machine would warm it. The worker is the CLI's only grandchild (the front's workers are its
+    children, the model server's arbiter its first child)."""
+
+    def __init__(self):
+        self.held, self._done = set(), threading.Event()
+
+    def start(self, root: int):
+        self._thread = threading.Thread(target=self._watch, args=(root,), daemon=True)
+        self._thread.start()
+
+    def _watch(self, root):
+        while not self._done.is_set():
+            parent = {}  # pid -> ppid, for the server's session
+            for d in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    state, ppid, _, sid = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[:4]
+                except (OSError, ValueError):
+                    continue
+                if int(sid) == root:
+                    parent[int(d)] = int(ppid)
+            for pid, ppid in parent.items():
+                if parent.get(ppid) == root and pid not in self.held:
+                    os.kill(pid, signal.SIGSTOP)
+                    self.held.add(pid)
+            time.sleep(0.005)
+
+    def release(self):
+        self._done.set()
+        self._thread.join()
+        for pid in self.held:
+            os.kill(pid, signal.SIGCONT)
+        self.held.clear()
+
+
 def logged(home: Path) -> dict[bytes, dict]:
     """BentoML's prediction log: each request's body -> the result logged for it."""
     lines = (home / "logs" / "prediction.log").read_text().splitlines()
@@ -101,15 +140,19 @@ def test_a_cold_service_answers_a_burst_sent_at_readiness(name, graphs, bundles,
 
 
 def test_shedding_says_when_to_retry_and_counts_why(bundles, titles, tmp_path):
-    """Before the model server is warm, batched routes answer 503 with Retry-After; over the latency
-    budget (here 20 ms, so that a burst must overflow it), 429 with Retry-After; /metrics counts each
-    by reason, exactly as many as clients saw."""
-    bundle = bundles("db_bhcn", "float")
-    svc = Served(bundle, gunicorn=True, probe=None, args=["--mb-max-latency", "20"], BENTOML_HOME=tmp_path)
+    """Before the model server is warm (held loading), batched routes answer 503 with Retry-After;
+    over the latency budget (here 20 ms, so that a burst must overflow it), 429 with Retry-After;
+    /metrics counts each by reason, exactly as many as clients saw."""
+    bundle, hold = bundles("db_bhcn", "float"), Hold()
+    svc = Served(bundle, gunicorn=True, probe=None, args=["--mb-max-latency", "20"], BENTOML_HOME=tmp_path,
+                 on_start=hold.start)
     try:
         early = [requests.post(f"{svc.url}/predict", json={"text": titles[0]}, timeout=30)]
         assert early[0].status_code == 503 and early[0].headers["Retry-After"] == "1", early[0].text
         assert "starting" in early[0].text
+        r = requests.get(f"{svc.url}/readyz", timeout=30)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1" and not r.json()["ready"]
+        hold.release()
         while (r := requests.get(f"{svc.url}/readyz", timeout=30)).status_code != 200:
             assert r.status_code == 503 and r.headers["Retry-After"] == "1"
             time.sleep(0.1)
@@ -122,4 +165,5 @@ def test_shedding_says_when_to_retry_and_counts_why(bundles, titles, tmp_path):
                  if "_mb_shed_total{" in line and 'endpoint="predict"' in line}
         assert count == {"not_ready": 1.0, "over_latency_budget": float(len(shed))}
     finally:
+        hold.release()
         svc.stop()
