@@ -87,23 +87,17 @@ def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str],
                run_id: str | None = None):
     """Log the checkpoint as the run's ``model``: the checkpoint, KTT's code (one zip,
     ``ktt/pyfunc_model.py`` loads it), the signature and an input example. Its environment is
-    requirements/main.in constrained by the lock (main.txt): MLflow checks the 26 direct
-    requirements against this environment, not all 171 locked ones. MLflow checks that the logged
-    model answers its input example (it loads and runs it: half a second) once per model class,
-    code and signature on this machine (:func:`_checked`), not on every fit. Logged to run
-    ``run_id`` (default: the active run; another thread has none). Returns MLflow's ``ModelInfo``."""
+    requirements/main.in constrained by the lock (main.txt). MLflow checks that the logged model
+    answers its input example (it loads and runs it: half a second) and that this environment has
+    the requirements: both once per model class, code, signature and requirements on this machine
+    (:func:`_checked`), not on every fit. Logged to run ``run_id`` (default: the active run;
+    another thread has none). Returns MLflow's ``ModelInfo``."""
     import hashlib
-    import zipfile
 
     with tempfile.TemporaryDirectory() as tmp:
         info = Path(tmp) / "info.json"
         info.write_text(json.dumps({"model": model_name, "depth": hierarchy.depth}))
-        code = Path(tmp) / "code.zip"
-        with zipfile.ZipFile(code, "w", zipfile.ZIP_DEFLATED) as z:
-            for package in ("ktt", "models"):
-                for f in sorted((ROOT / package).rglob("*")):
-                    if f.is_file() and "__pycache__" not in f.parts:
-                        z.write(f, f.relative_to(ROOT))
+        code = code_zip()
         reqs = [line.split("#")[0].strip() for line in (ROOT / "requirements" / "main.in").read_text().splitlines()]
         sig = signature(hierarchy.depth, threshold)
         kwargs = dict(name="model", python_model=str(ROOT / "ktt" / "pyfunc_model.py"),
@@ -115,21 +109,53 @@ def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str],
         return _checked(key, {**kwargs, "run_id": run_id or mlflow.active_run().info.run_id})
 
 
+_zips: dict = {}  # (every file's path, size and mtime) -> the zip of them: a sweep's fits share one
+
+
+def code_zip() -> Path:
+    """KTT's code (``ktt/``, ``models/``) as one zip, written once per process while the code is unchanged."""
+    import atexit
+    import shutil
+    import zipfile
+
+    files = [f for package in ("ktt", "models") for f in sorted((ROOT / package).rglob("*"))
+             if f.is_file() and "__pycache__" not in f.parts]
+    key = tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()])
+    if key not in _zips or not _zips[key].exists():
+        folder = Path(tempfile.mkdtemp(prefix="ktt-code-"))
+        atexit.register(shutil.rmtree, folder, True)
+        with zipfile.ZipFile(folder / "code.zip", "w", zipfile.ZIP_DEFLATED) as z:
+            for f in files:
+                z.write(f, f.relative_to(ROOT))
+        _zips.clear()
+        _zips[key] = folder / "code.zip"
+    return _zips[key]
+
+
 class _Unchecked:
     """``mlflow.pyfunc`` as a flavor for ``Model.log`` that takes ``validate_serving_input``
-    (``mlflow.pyfunc.save_model`` refuses it; ``Model.log`` reads it, then passes it on)."""
+    (``mlflow.pyfunc.save_model`` refuses it; ``Model.log`` reads it, then passes it on). Without
+    it, the requirements are not checked against this environment either: both passed before."""
 
     __name__ = "mlflow.pyfunc"
 
     @staticmethod
     def save_model(validate_serving_input=True, **kwargs):
-        return mlflow.pyfunc.save_model(**kwargs)
+        from unittest import mock
+
+        from mlflow.utils import environment
+
+        check = "warn_dependency_requirement_mismatches"  # reads every requirement's metadata: 0.1 s a fit
+        if validate_serving_input or not hasattr(environment, check):
+            return mlflow.pyfunc.save_model(**kwargs)
+        with mock.patch.object(environment, check, lambda requirements: None):
+            return mlflow.pyfunc.save_model(**kwargs)
 
 
 def _checked(key: str, kwargs: dict):
-    """``Model.log`` of the pyfunc flavor with ``kwargs``, MLflow's input-example check included the first time
-    ``key`` is logged here and passed; afterwards the same model class, code and signature are
-    logged without it (a marker under ``$XDG_CACHE_HOME/ktt``)."""
+    """``Model.log`` of the pyfunc flavor with ``kwargs``, MLflow's checks (input example, requirements)
+    included the first time ``key`` is logged here and passed; afterwards the same model class, code,
+    signature and requirements are logged without them (a marker under ``$XDG_CACHE_HOME/ktt``)."""
     import functools
     import logging
     import os

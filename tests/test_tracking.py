@@ -280,25 +280,32 @@ def test_the_figure_process_ends_when_its_caller_is_killed(tmp_path):
         time.sleep(0.1)
 
 
-def test_input_example_checked_once_per_model_class(tracking, bigbasket_small, tmp_path, monkeypatch):
-    """MLflow loads the logged model and runs its input example (half a second a fit) the first
-    time a model class, code and signature are logged on a machine; later fits log the same
-    example without running it."""
+def test_input_example_and_requirements_checked_once_per_model_class(tracking, bigbasket_small, tmp_path,
+                                                                     monkeypatch):
+    """MLflow loads the logged model and runs its input example (half a second a fit), and checks
+    the requirements against this environment, the first time a model class, code and signature
+    are logged on a machine; later fits log the same example and requirements without checking."""
     import mlflow.models.utils as mutils
+    from mlflow.utils import environment
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    checks, real = [], mutils._validate_serving_input
+    checks, reqs = [], []
+    real, real_reqs = mutils._validate_serving_input, environment.warn_dependency_requirement_mismatches
     monkeypatch.setattr(mutils, "_validate_serving_input", lambda *a, **k: checks.append(1) or real(*a, **k))
+    monkeypatch.setattr(environment, "warn_dependency_requirement_mismatches",
+                        lambda r: reqs.append(list(r)) or real_reqs(r))
     runs = []
     for _ in range(2):
         runs.append(train("tfidf_lsgd", "bb_small", datasets_root=bigbasket_small, weights_root=tmp_path / "w",
                           experiment="once").run_id)
-        runs.append(len(checks))
-    assert runs[1] == 1 and runs[3] == 1  # checked by the first fit only
+        runs.append((len(checks), len(reqs)))
+    assert runs[1] == (1, 1) and runs[3] == (1, 1)  # checked by the first fit only
+    assert any(r.startswith("scikit-learn") for r in reqs[0])
     assert len(list((tmp_path / "cache" / "ktt").glob("pyfunc-checked-*"))) == 1
     for run_id in runs[::2]:
         info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
         assert info.saved_input_example_info["type"] == "dataframe"
-        example = mlflow.models.Model.load(f"runs:/{run_id}/model").load_input_example(
-            mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / run_id)))
+        folder = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / run_id))
+        example = mlflow.models.Model.load(f"runs:/{run_id}/model").load_input_example(folder)
         assert list(example.columns) == ["text"] and len(example) == 3
+        assert "scikit-learn" in (Path(folder) / "requirements.txt").read_text()
