@@ -103,18 +103,18 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
         # the checkpoint of the epoch the fit selected, or the fitted model (written once calibrated)
         best = type(est).load(logger.paths["best"]) if "best" in logger.paths else est
         calibrate(best, ds.val, logger)
-        test = score_split(best, ds.test, curve=True)  # the checkpoint fit selected, once
-        pictures.log_later(run.info.run_id, ds.hierarchy, ds.test.codes,  # drawn and logged while the rest goes on
-                           *(test[k] for k in ("pred", "metrics", "confusions", "curve")), "test", test["conf"])
-        if log_model:  # before the evaluation's metrics, so that they are logged as the model's (MLflow 3)
-            from .pyfunc import log_pyfunc
+        logger.log_checkpoints()  # final from here on: uploaded while the model is evaluated
+        if log_model:  # before the evaluation's metrics, so that they are logged as the model's (MLflow 3);
+            from .pyfunc import log_pyfunc  # in the background, while the model is evaluated
 
             checkpoint, example, threshold, run_id = logger.paths["best"], ds.test.texts[:3], best.stop_threshold(), run.info.run_id
             logger.model_id = tracking.in_order(lambda: log_pyfunc(model, checkpoint, ds.hierarchy, example, threshold,
                                                                    run_id).model_id)
+        test = score_split(best, ds.test, curve=True)  # the checkpoint fit selected, once
+        pictures.log_later(run.info.run_id, ds.hierarchy, ds.test.codes,  # drawn and logged while the rest goes on
+                           *(test[k] for k in ("pred", "metrics", "confusions", "curve")), "test", test["conf"])
         final.update(log_split(test, ds.test, "test", logger))
         final.update(log_split(score_split(best, ds.val), ds.val, "best_val", logger))
-        logger.log_checkpoints()
         if reference:
             log_reference_set(best, ds.test, logger)
         log.info("run %s: test leaf accuracy %.4f, checkpoints %s", run.info.run_id,
