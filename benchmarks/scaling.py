@@ -93,12 +93,12 @@ def tracking(tmp: Path, server: Server, server_url: str, pg: Postgres, fits: int
             worker = int(stat[11]) + int(stat[12])
         return (busy - worker) / tick - mine.user - mine.system
 
-    def compare(uri, log_model) -> tuple[float, float, float, float, float]:
+    def compare(uri, log_model) -> tuple[float, float, list[float], float, float]:
         """Rounds of ``fits`` untracked fits, then one tracked fit not timed and
         ``fits`` tracked ones, as in a sweep (each runs while the figures of the one before are
         drawn), then the wait for the last figures. This machine's speed drifts by more than the
         goal, so the overhead is the median over the rounds of each round's difference of means.
-        Returns the medians of the untracked and the tracked fits, the overhead, the median wait,
+        Returns the medians of the untracked and the tracked fits, each round's overhead, the median wait,
         and the CPU seconds other processes used per tracked fit (:func:`others_cpu`)."""
         untimed, timed, tails, over, others = [], [], [], [], []
         for _ in range(rounds):
@@ -117,7 +117,7 @@ def tracking(tmp: Path, server: Server, server_url: str, pg: Postgres, fits: int
             tails.append(time.perf_counter() - t0)
             others.append((others_cpu() - c0) / (fits + 1))
             over.append(np.mean(timed[-fits:]) - np.mean(untimed[-fits:]))
-        return (float(np.median(untimed)), float(np.median(timed)), float(np.median(over)), float(np.median(tails)),
+        return (float(np.median(untimed)), float(np.median(timed)), over, float(np.median(tails)),
                 float(np.median(others)))
 
     rows = []
@@ -131,11 +131,12 @@ def tracking(tmp: Path, server: Server, server_url: str, pg: Postgres, fits: int
             untracked()
             figures.wait()
             before = requests()
-            base, t, over, tail, cpu = compare(uri, log_model)
+            base, t, rounds_over, tail, cpu = compare(uri, log_model)
+            over, (q1, q3) = float(np.median(rounds_over)), np.percentile(rounds_over, [25, 75])
             sent = f"{(requests() - before) / (rounds * (fits + 1)):.0f}" if uri == server_url else ""
             goal = max(0.3, 0.1 * float(np.median(fit_s)))
             rows.append(f"| {label} | {'yes' if log_model else 'no'} | {base:.2f} | {t:.2f} | "
-                        f"{over:+.2f} s ({100 * over / base:+.0f}%) | {tail:.2f} | {sent} | {cpu:.2f} | "
+                        f"{over:+.2f} s ({100 * over / base:+.0f}%) | {q1:+.2f} to {q3:+.2f} s | {tail:.2f} | {sent} | {cpu:.2f} | "
                         f"{'met' if over <= goal else 'missed'} (<= {goal:.2f} s) |")
             print(rows[-1], flush=True)
     renice([server.proc.pid, pg.server.proc.pid], 0)
@@ -144,7 +145,7 @@ def tracking(tmp: Path, server: Server, server_url: str, pg: Postgres, fits: int
         "as in a sweep (`ktt tune`, `--seeds`, `ktt experiment`), the first not timed (so that each timed fit runs "
         "while the figures of the one before are drawn); the median fit of each kind. This machine's speed drifts "
         "by more than the goal, so the rounds interleave the two and the overhead is the median over the rounds of "
-        "each round's difference of means. Tracked is `ktt train`'s whole run: the dataset "
+        "each round's difference of means (the \"middle half\" column: the rounds' 25th to 75th percentile). Tracked is `ktt train`'s whole run: the dataset "
         "loaded, params, per-level metrics, tables, both checkpoints, with or without the logged pyfunc model "
         "(which carries KTT's code), and the five test figures. Files, metrics, params and tags go to MLflow from "
         "background threads while the run goes on, and the run ends when all of them are in; the figures are "
@@ -158,9 +159,9 @@ def tracking(tmp: Path, server: Server, server_url: str, pg: Postgres, fits: int
         "meanwhile. Goal (issue 28): tracking costs at most 10% of the fit "
         f"({float(np.median(fit_s)):.2f} s here, the median; the untracked time adds loading, calibration and "
         "evaluation) or 0.3 s, whichever is larger.", "",
-        "| tracking | logged model | untracked s | tracked s | over untracked | last figures s | "
-        "HTTP requests per fit | other processes' CPU s per fit | goal |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| tracking | logged model | untracked s | tracked s | over untracked | middle half of the rounds | "
+        "last figures s | HTTP requests per fit | other processes' CPU s per fit | goal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *rows])
 
 
