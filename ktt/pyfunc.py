@@ -145,7 +145,8 @@ class _Unchecked:
 
         from mlflow.utils import environment
 
-        check = "warn_dependency_requirement_mismatches"  # reads every requirement's metadata: 0.1 s a fit
+        # reads every requirement's metadata (0.1 s a fit); patched for the whole process while this runs
+        check = "warn_dependency_requirement_mismatches"
         if validate_serving_input or not hasattr(environment, check):
             return mlflow.pyfunc.save_model(**kwargs)
         with mock.patch.object(environment, check, lambda requirements: None):

@@ -81,7 +81,7 @@ class Hold:
             parent = {}  # pid -> ppid, for the server's session
             for d in filter(str.isdigit, os.listdir("/proc")):
                 try:
-                    state, ppid, _, sid = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[:4]
+                    _, ppid, _, sid = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[:4]
                 except (OSError, ValueError):
                     continue
                 if int(sid) == root:
@@ -96,7 +96,10 @@ class Hold:
         self._done.set()
         self._thread.join()
         for pid in self.held:
-            os.kill(pid, signal.SIGCONT)
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:  # gone (the server stopped): nothing to let go
+                pass
         self.held.clear()
 
 
