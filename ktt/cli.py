@@ -312,14 +312,13 @@ def train(ctx, model, dataset, params, params_str, reference, resume, start_from
               run_name=run_name, reference=reference)
     with spark_backend(spark_master):
         if seeds:
-            import mlflow
-
             from .experiment import check_seeds
+            from .tracking import set_experiment
             from .train import train_seeds
             if resume or nproc > 1 or start_from:
                 raise BadValue("--seeds trains from scratch in one process: leave out --resume, --from and --nproc")
             if experiment or _experiment_of(dataset):
-                mlflow.set_experiment(experiment or _experiment_of(dataset))
+                set_experiment(experiment or _experiment_of(dataset))
             fit = train_seeds(model, dataset, check_seeds(seeds, "--seeds"), **kw)
         else:
             fit = run_train(model, dataset, experiment=experiment or _experiment_of(dataset), resume=resume,

@@ -151,14 +151,14 @@ def run_experiment(path: str | Path, datasets_root: str | Path | None = None,
         spec["seeds"], spec["model_seeds"] = check_seeds(seeds, "--seeds"), {}
     import mlflow
 
-    from .tracking import check_tracking_uri, start_run
+    from .tracking import check_tracking_uri, set_experiment, start_run
     from .train import train_seeds
     from .tune import Sweep, run_sweep
 
     check_tracking_uri()
     root = Path(datasets_root or tempfile.mkdtemp(prefix="ktt-exp-"))
     dataset = make_dataset(spec, root)
-    mlflow.set_experiment(spec["experiment"])
+    set_experiment(spec["experiment"])
     tags = {"ktt.experiment": spec["name"]}
 
     tuned = {}

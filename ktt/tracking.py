@@ -207,6 +207,16 @@ def _check_login(uri: str, user: str | None, password: str | None) -> None:
                            f"({e.error_code}: {str(e.message).splitlines()[0][:200]})") from None
 
 
+def set_experiment(name: str):
+    """``mlflow.set_experiment(name)``, made active also when another process creates it at the same
+    moment (tuning workers starting together): MLflow 3.17 then returns it without making it
+    active, and the runs would go to the Default experiment."""
+    exp = mlflow.set_experiment(name)
+    if getattr(mlflow.tracking.fluent, "_active_experiment_id", None) != exp.experiment_id:
+        exp = mlflow.set_experiment(experiment_id=exp.experiment_id)
+    return exp
+
+
 def start_run(**kwargs):
     """``mlflow.start_run``, with the two ways a shared server refuses it made plain before any work:
     a user without permission to write to the experiment, and a server that would have this

@@ -92,7 +92,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
         distributed.finish(world)
         return Fit(None)
     if experiment:
-        mlflow.set_experiment(experiment)
+        tracking.set_experiment(experiment)
     with tracking.start_run(run_name=run_name or f"{model}-{ds.name}", nested=mlflow.active_run() is not None) as run, \
             tracking.uploading():  # artifacts uploaded while the run goes on, all of them before it ends
         logger = tracking.RunLogger(model, ds.name, weights_root, callbacks)

@@ -278,7 +278,7 @@ def run_sweep(sweep: Sweep) -> "optuna.Study":  # noqa: F821
     import optuna
 
     from .data import load_dataset
-    from .tracking import check_tracking_uri, start_run
+    from .tracking import check_tracking_uri, set_experiment, start_run
 
     check_tracking_uri()
     load_dataset(sweep.dataset, sweep.datasets_root)
@@ -293,7 +293,7 @@ def run_sweep(sweep: Sweep) -> "optuna.Study":  # noqa: F821
         sampler.reseed_rng()
 
     if sweep.experiment:
-        mlflow.set_experiment(sweep.experiment)
+        set_experiment(sweep.experiment)
     parent_id = _parent_run(study, storage, created, sweep, url, space)
     experiment_id = mlflow.MlflowClient().get_run(parent_id).info.experiment_id
     shares = [sweep.n_trials // sweep.workers + (i < sweep.n_trials % sweep.workers) for i in range(sweep.workers)]

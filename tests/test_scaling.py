@@ -153,6 +153,24 @@ def test_experiment_runs_on_the_server(team_server, tmp_path, monkeypatch):
     assert "ranking.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
 
 
+def test_processes_creating_one_experiment_at_once_all_write_to_it(team_server, monkeypatch):
+    """MLflow's own set_experiment makes the experiment active only in the process whose create
+    won; the others' runs went to Default (refused there on a team server: the tuning fleet's error)."""
+    script = ("import sys, mlflow\nfrom ktt.tracking import set_experiment, start_run\n"
+              "set_experiment(sys.argv[1])\nwith start_run() as run: pass\nprint(run.info.experiment_id)")
+    env = clean_env(MLFLOW_TRACKING_URI=team_server.url, MLFLOW_TRACKING_USERNAME="alice",
+                    MLFLOW_TRACKING_PASSWORD=USERS["alice"])
+    client = client_as(monkeypatch, team_server, "alice")
+    for i in range(3):
+        procs = [subprocess.Popen([sys.executable, "-c", script, f"at-once-{i}"], env=env, cwd=ROOT, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        exp = client.get_experiment_by_name(f"at-once-{i}")
+        assert [o.strip().splitlines()[-1] for o in outs] == [exp.experiment_id] * 2
+        assert len(client.search_runs([exp.experiment_id])) == 2
+
+
 def tune_args(storage, study, n):
     return ("tune", "tfidf_hsgd", "bb_small", "--storage", storage, "--study-name", study, "--n-trials", n,
             "--experiment", study, "--heartbeat", 1)
@@ -163,7 +181,7 @@ def test_separate_workers_share_one_study_on_postgres(team_server, bigbasket_sma
     workers = [ktt(team_server, *tune_args(storage, "fleet", 3), user="alice", cwd=tmp_path / f"machine{i}",
                    datasets=bigbasket_small, wait=False) for i in range(2)]
     outputs = [w.communicate(timeout=900)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], outputs
+    assert [w.returncode for w in workers] == [0, 0], "\n\n".join(o[-3000:] for o in outputs)
     study = optuna.load_study(study_name="fleet", storage=storage)
     assert len(study.trials) == 6
     assert {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE}
