@@ -209,9 +209,9 @@ def _serve(conn, callers_end) -> None:
             return
 
 
-def log_later(run_id: str, *args):
+def log_later(run, *args):
     """Have :func:`render`'s figures drawn by the worker (:func:`warm`) and logged under
-    ``figures/`` of run ``run_id`` by a background thread, while the caller goes on: a sweep's
+    ``figures/`` of ``run`` (an MLflow run) by a background thread, while the caller goes on: a sweep's
     next fit runs while this one's figures are drawn. :func:`wait` waits for them (a process
     does at exit); a run waits here for the figures of the run before it, so at most one is
     pending. Returns the future of their logging."""
@@ -219,17 +219,17 @@ def log_later(run_id: str, *args):
     import mlflow
     from concurrent.futures import ThreadPoolExecutor
 
+    from .tracking import artifact_store
+
     wait()
     if _logging is None:  # its thread is joined at exit: no figures are lost when the caller ends
         _logging = ThreadPoolExecutor(1, thread_name_prefix="ktt-figures")
-    future = _logging.submit(_log, args, mlflow.get_tracking_uri(), run_id)
-    _pending.append((run_id, future))
+    future = _logging.submit(_log, args, artifact_store(run.info.artifact_uri, mlflow.get_tracking_uri()))
+    _pending.append((run.info.run_id, future))
     return future
 
 
-def _log(args, tracking_uri: str, run_id: str) -> None:
-    import mlflow
-
+def _log(args, store) -> None:
     folder = tempfile.mkdtemp(prefix="ktt-figures-")
     try:
         failed = "no worker"
@@ -241,7 +241,7 @@ def _log(args, tracking_uri: str, run_id: str) -> None:
                 failed = repr(e)
         if failed:
             render(folder, *args)
-        mlflow.MlflowClient(tracking_uri).log_artifacts(run_id, folder, "figures")
+        store.log_artifacts(folder, "figures")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

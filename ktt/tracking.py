@@ -241,7 +241,34 @@ def start_run(**kwargs):
         raise Unavailable(f"MLflow tracking server {uri} stores artifacts at {where}, a folder that this "
                           "machine would write to its own disk: start the server with --serve-artifacts "
                           "(or a shared artifact store) so checkpoints are uploaded to it")
-    return active
+    return _ActiveRun(active)
+
+
+class _ActiveRun(mlflow.ActiveRun):
+    """MLflow's, but at its end the run's link is printed from what is known: MLflow reads the
+    whole run back from the server to print it (every metric, param and tag: the heaviest request
+    of a fit, and the last before the run ends)."""
+
+    def __exit__(self, *exc):
+        from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT as QUIET
+
+        top = mlflow.active_run()
+        ends = top is not None and top.info.run_id == self.info.run_id  # else MLflow leaves it, silently
+        quiet, was = QUIET.get() or not ends, os.environ.get(QUIET.name)
+        os.environ[QUIET.name] = "true"
+        try:
+            done = super().__exit__(*exc)
+        finally:
+            if was is None:
+                os.environ.pop(QUIET.name, None)
+            else:
+                os.environ[QUIET.name] = was
+        uri = mlflow.get_tracking_uri().rstrip("/")
+        if not quiet and uri.startswith(("http://", "https://")):  # where MLflow prints it
+            exp = f"{uri}/#/experiments/{self.info.experiment_id}"
+            sys.stdout.write(f"🏃 View run {self.info.run_name} at: {exp}/runs/{self.info.run_id}\n"
+                             f"🧪 View experiment at: {exp}\n")
+        return done
 
 
 def log_dataset(ds, context: str = "training") -> None:
@@ -372,18 +399,31 @@ def log_batch(metrics: dict | None = None, params: dict | None = None, tags: dic
     _submit(take_and_send, ordered=True)
 
 
+@functools.lru_cache(maxsize=16)
+def artifact_store(artifact_uri: str, tracking_uri: str):
+    """The artifact store at a run's ``artifact_uri``. (MLflow's client finds it by reading the
+    run back from the tracking server: a request from each thread that first logs to a run.)"""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+
+
+def _active_store():
+    run = mlflow.active_run() or mlflow.start_run()
+    return artifact_store(run.info.artifact_uri, mlflow.get_tracking_uri())
+
+
 def log_file(write, artifact_file: str) -> None:
     """Log an artifact of the active run that ``write(path)`` writes into a temp folder: both
     in the background inside :func:`uploading` (``write`` must read nothing the caller changes
     afterwards), here otherwise."""
-    run_id, client = _run_id(), mlflow.MlflowClient()
-    parent = str(Path(artifact_file).parent)
+    store, parent = _active_store(), str(Path(artifact_file).parent)
 
     def work():
         folder = Path(tempfile.mkdtemp(prefix="ktt-artifact-"))
         try:
             write(folder / Path(artifact_file).name)
-            client.log_artifact(run_id, str(folder / Path(artifact_file).name), None if parent == "." else parent)
+            store.log_artifact(str(folder / Path(artifact_file).name), None if parent == "." else parent)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     _submit(work, ordered=False)
@@ -392,8 +432,8 @@ def log_file(write, artifact_file: str) -> None:
 def log_path(path: Path, artifact_path: str | None = None) -> None:
     """Upload the file ``path`` to the active run's ``artifact_path``, in the background inside
     :func:`uploading` (the file must stay as it is until the block ends)."""
-    run_id, client = _run_id(), mlflow.MlflowClient()
-    _submit(lambda: client.log_artifact(run_id, str(path), artifact_path), ordered=False)
+    store = _active_store()
+    _submit(lambda: store.log_artifact(str(path), artifact_path), ordered=False)
 
 
 def log_text(text: str, artifact_file: str) -> None:

@@ -111,7 +111,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
             logger.model_id = tracking.in_order(lambda: log_pyfunc(model, checkpoint, ds.hierarchy, example, threshold,
                                                                    run_id).model_id)
         test = score_split(best, ds.test, curve=True)  # the checkpoint fit selected, once
-        pictures.log_later(run.info.run_id, ds.hierarchy, ds.test.codes,  # drawn and logged while the rest goes on
+        pictures.log_later(run, ds.hierarchy, ds.test.codes,  # drawn and logged while the rest goes on
                            *(test[k] for k in ("pred", "metrics", "confusions", "curve")), "test", test["conf"])
         final.update(log_split(test, ds.test, "test", logger))
         final.update(log_split(score_split(best, ds.val), ds.val, "best_val", logger))
@@ -157,12 +157,13 @@ def log_run_info(est, ds, world, tags: dict) -> None:
     """The run's tags (model, dataset, commit, the environment: ``tracking.environment``,
     processes), hyperparameters, dataset and installed packages (``environment.txt``)."""
     env, packages = tracking.environment()
+    # the dataset first: its params wait while its input is sent, and the batch below joins them (one request)
+    tracking.log_dataset(ds)
     tracking.log_batch(params={**est.params, "model": est.name}, tags={
         "ktt.model": est.name, "ktt.dataset": ds.name, "ktt.git_commit": tracking.git_commit(), **env,
         "ktt.taxonomy": taxonomy.digest(ds.hierarchy),
         **({"ktt.processes": str(world.size), "ktt.backend": distributed.backend()} if world.size > 1 else {}), **tags})
     tracking.log_text(packages, "environment.txt")
-    tracking.log_dataset(ds)
     tracking.log_parquet(lambda: taxonomy_table(ds), taxonomy.ARTIFACT)  # what `ktt taxonomy diff RUN` reads
 
 

@@ -46,7 +46,7 @@ def team_server(postgres, tmp_path_factory):
                            env={**env, "MLFLOW_TRACKING_USERNAME": ADMIN[0], "MLFLOW_TRACKING_PASSWORD": ADMIN[1]},
                            capture_output=True, text=True, timeout=120)
     assert admin.returncode == 0, admin.stderr[-2000:]
-    yield SimpleNamespace(url=url, artifacts=folder / "artifacts", postgres=postgres)
+    yield SimpleNamespace(url=url, artifacts=folder / "artifacts", postgres=postgres, server=server)
     server.stop()
 
 
@@ -99,13 +99,20 @@ def test_server_refuses_before_any_work(team_server, bigbasket_small, tmp_path):
 
 
 def test_team_trains_exports_and_scores_through_the_server(team_server, bigbasket_small, tmp_path, monkeypatch):
+    before = len(team_server.server.text().splitlines())
     fit = ktt(team_server, "train", "tfidf_hsgd", "bb_small", "--experiment", "team", user="alice",
               cwd=tmp_path / "alice", datasets=bigbasket_small)
     assert fit.returncode == 0, fit.output
+    sent = [line for line in team_server.server.text().splitlines()[before:] if " HTTP/1.1\" " in line]
+    reads = [line for line in sent if "/runs/get?" in line]
+    assert len(reads) == 2, reads  # both MLflow's Model.log (the run's params, its metric names): KTT reads none
     run_id = re.search(r"MLflow run (\w+):", fit.output).group(1)
     client = client_as(monkeypatch, team_server, "admin")
     run = client.get_run(run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # uploaded, not written beside the client
+    # MLflow's link to the run, printed without reading the run back
+    assert f"View run tfidf_hsgd-bb_small at: {team_server.url}/#/experiments/{run.info.experiment_id}/runs/{run_id}\n" \
+        in fit.output
     logged = {Path(a.path).name for a in client.list_artifacts(run_id, "checkpoints")}
     assert any(n.startswith("best_") for n in logged), logged
     on_server = {p.name for p in team_server.artifacts.rglob("checkpoints/*")}
