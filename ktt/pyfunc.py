@@ -83,16 +83,17 @@ class KTTModel(mlflow.pyfunc.PythonModel):
         return float(self.model.stop_threshold())
 
 
-def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str], threshold: float = 0.0,
-               run_id: str | None = None):
-    """Log the checkpoint as the run's ``model``: the checkpoint, KTT's code (one zip,
-    ``ktt/pyfunc_model.py`` loads it), the signature and an input example. Its environment is
-    requirements/main.in constrained by the lock (main.txt). MLflow checks that the logged model
-    answers its input example (it loads and runs it: half a second) and that this environment has
-    the requirements: both once per model class, code, signature and requirements on this machine
-    (:func:`_checked`), not on every fit. Logged to run ``run_id`` (default: the active run;
-    another thread has none). Returns MLflow's ``ModelInfo``."""
+def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str], threshold: float,
+               run_id: str, model_id: str):
+    """Log the checkpoint as run ``run_id``'s model ``model_id`` (``tracking.start_model``): the
+    checkpoint, KTT's code (one zip, ``ktt/pyfunc_model.py`` loads it), the signature and an input
+    example. Its environment is requirements/main.in constrained by the lock (main.txt). MLflow
+    checks that the logged model answers its input example (it loads and runs it: half a second)
+    and that this environment has the requirements: both once per model class, code, signature
+    and requirements on this machine (:func:`_checked`), not on every fit. Returns MLflow's ``ModelInfo``."""
     import hashlib
+
+    from mlflow.entities import LoggedModelOutput
 
     with tempfile.TemporaryDirectory() as tmp:
         info = Path(tmp) / "info.json"
@@ -106,7 +107,13 @@ def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str],
                       signature=sig, input_example=pd.DataFrame({"text": example}))
         key = hashlib.sha256(b"".join([model_name.encode(), code.read_bytes(), json.dumps(sig.to_dict()).encode(),
                                        "\n".join(reqs).encode()])).hexdigest()[:24]
-        return _checked(key, {**kwargs, "run_id": run_id or mlflow.active_run().info.run_id})
+        # ``Model.log`` links the model to this thread's active run, when there is one, and then copies the
+        # run's metrics to it; without one, the model is linked here and names its run in MLmodel (run_id)
+        linked = mlflow.active_run() is not None
+        info = _checked(key, {**kwargs, "model_id": model_id, "source_run_id": run_id})
+        if not linked:
+            mlflow.MlflowClient().log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+        return info
 
 
 _zips: dict = {}  # (every file's path, size and mtime) -> the zip of them: a sweep's fits share one
@@ -140,10 +147,13 @@ class _Unchecked:
     __name__ = "mlflow.pyfunc"
 
     @staticmethod
-    def save_model(validate_serving_input=True, **kwargs):
+    def save_model(validate_serving_input=True, source_run_id=None, **kwargs):
         from unittest import mock
 
         from mlflow.utils import environment
+
+        if source_run_id and not kwargs["mlflow_model"].run_id:
+            kwargs["mlflow_model"].run_id = source_run_id
 
         # reads every requirement's metadata (0.1 s a fit); patched for the whole process while this runs
         check = "warn_dependency_requirement_mismatches"

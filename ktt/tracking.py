@@ -271,8 +271,25 @@ class _ActiveRun(mlflow.ActiveRun):
         return done
 
 
-def log_dataset(ds, context: str = "training") -> None:
-    """Log an intermediate dataset as an MLflow dataset input, with its row counts and hash."""
+def start_model(run_id: str, experiment_id: str, params: dict) -> str:
+    """The run's logged model ``model``, created empty (MLflow's ``PENDING``) when the run starts,
+    so that every metric of the run is logged as its own (MLflow 3). Created by ``Model.log``
+    at the end instead, it would read the whole run and every metric's history back from the
+    server to copy them to the model (a request per metric name). Its ID."""
+    return mlflow.initialize_logged_model(name="model", source_run_id=run_id, experiment_id=experiment_id,
+                                          params={k: str(v) for k, v in params.items()}).model_id
+
+
+def fail_model(model_id: str) -> None:
+    """Mark a model of :func:`start_model` that ``pyfunc.log_pyfunc`` will not fill ``FAILED`` (as
+    ``Model.log`` marks one it fails to log), not left pending."""
+    from mlflow.entities import LoggedModelStatus
+
+    mlflow.MlflowClient().finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+
+
+def log_dataset(ds, context: str = "training") -> dict:
+    """Log an intermediate dataset as an MLflow dataset input, with its row counts and hash (params, returned)."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
@@ -299,8 +316,9 @@ def log_dataset(ds, context: str = "training") -> None:
                 raise
             client.log_inputs(run_id, datasets=inputs)
     _submit(log_input, ordered=True)
-    log_batch(params={"dataset": ds.name, "dataset_digest": ds.digest,
-                       **{f"rows_{s}": n for s, n in ds.manifest.get("rows", {}).items()}})
+    params = {"dataset": ds.name, "dataset_digest": ds.digest, **{f"rows_{s}": n for s, n in ds.manifest.get("rows", {}).items()}}
+    log_batch(params=params)
+    return params
 
 
 _background = None  # (uploads, ordered): the threads of :func:`uploading`, while a run uses them

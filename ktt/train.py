@@ -96,27 +96,38 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
     with tracking.start_run(run_name=run_name or f"{model}-{ds.name}", nested=mlflow.active_run() is not None) as run, \
             tracking.uploading():  # artifacts uploaded while the run goes on, all of them before it ends
         logger = tracking.RunLogger(model, ds.name, weights_root, callbacks)
-        log_run_info(est, ds, world, {**({"ktt.resumed_from": resume} if resume else {}), **(tags or {})})
-        if update:
-            tracking.log_dict(update[1].to_dict(), "taxonomy_diff.json")
-        final = {"train_time_s": fit(est, ds, logger, world, update)}
-        # the checkpoint of the epoch the fit selected, or the fitted model (written once calibrated)
-        best = type(est).load(logger.paths["best"]) if "best" in logger.paths else est
-        calibrate(best, ds.val, logger)
-        logger.log_checkpoints()  # final from here on: uploaded while the model is evaluated
-        if log_model:  # before the evaluation's metrics, so that they are logged as the model's (MLflow 3);
-            from .pyfunc import log_pyfunc  # in the background, while the model is evaluated
+        params = log_run_info(est, ds, world, {**({"ktt.resumed_from": resume} if resume else {}), **(tags or {})})
+        pending = None  # the run's logged model (the future of its ID), until the checkpoint is logged into it
+        if log_model:  # created now, so that every metric is logged as the model's (MLflow 3): tracking.start_model
+            run_id, exp_id = run.info.run_id, run.info.experiment_id
+            pending = logger.model_id = tracking.in_order(lambda: tracking.start_model(run_id, exp_id, params))
+        try:
+            if update:
+                tracking.log_dict(update[1].to_dict(), "taxonomy_diff.json")
+            final = {"train_time_s": fit(est, ds, logger, world, update)}
+            # the checkpoint of the epoch the fit selected, or the fitted model (written once calibrated)
+            best = type(est).load(logger.paths["best"]) if "best" in logger.paths else est
+            calibrate(best, ds.val, logger)
+            logger.log_checkpoints()  # final from here on: uploaded while the model is evaluated
+            if log_model:  # in the background, while the model is evaluated
+                from .pyfunc import log_pyfunc
 
-            checkpoint, example, threshold, run_id = logger.paths["best"], ds.test.texts[:3], best.stop_threshold(), run.info.run_id
-            logger.model_id = tracking.in_order(lambda: log_pyfunc(model, checkpoint, ds.hierarchy, example, threshold,
-                                                                   run_id).model_id)
-        test = score_split(best, ds.test, curve=True)  # the checkpoint fit selected, once
-        pictures.log_later(run, ds.hierarchy, ds.test.codes,  # drawn and logged while the rest goes on
-                           *(test[k] for k in ("pred", "metrics", "confusions", "curve")), "test", test["conf"])
-        final.update(log_split(test, ds.test, "test", logger))
-        final.update(log_split(score_split(best, ds.val), ds.val, "best_val", logger))
-        if reference:
-            log_reference_set(best, ds.test, logger)
+                checkpoint, example, threshold, model_id = logger.paths["best"], ds.test.texts[:3], best.stop_threshold(), pending
+                tracking.in_order(lambda: log_pyfunc(model, checkpoint, ds.hierarchy, example, threshold, run_id,
+                                                     model_id.result()))
+                pending = None  # MLflow marks it READY, or FAILED
+            test = score_split(best, ds.test, curve=True)  # the checkpoint fit selected, once
+            pictures.log_later(run, ds.hierarchy, ds.test.codes,  # drawn and logged while the rest goes on
+                               *(test[k] for k in ("pred", "metrics", "confusions", "curve")), "test", test["conf"])
+            final.update(log_split(test, ds.test, "test", logger))
+            final.update(log_split(score_split(best, ds.val), ds.val, "best_val", logger))
+            if reference:
+                log_reference_set(best, ds.test, logger)
+        except BaseException:
+            if pending is not None:
+                failed = pending
+                tracking.in_order(lambda: tracking.fail_model(failed.result()))
+            raise
         log.info("run %s: test leaf accuracy %.4f, checkpoints %s", run.info.run_id,
                  final["test_leaf_accuracy"], [str(p) for p in logger.paths.values()])
         return Fit(run.info.run_id, final, dict(logger.paths))
@@ -153,18 +164,20 @@ def resumed(model: str, ds, resume: str, overrides: dict | None):
     return est
 
 
-def log_run_info(est, ds, world, tags: dict) -> None:
+def log_run_info(est, ds, world, tags: dict) -> dict:
     """The run's tags (model, dataset, commit, the environment: ``tracking.environment``,
-    processes), hyperparameters, dataset and installed packages (``environment.txt``)."""
+    processes), hyperparameters, dataset and installed packages (``environment.txt``); returns its params."""
     env, packages = tracking.environment()
     # the dataset first: its params wait while its input is sent, and the batch below joins them (one request)
-    tracking.log_dataset(ds)
-    tracking.log_batch(params={**est.params, "model": est.name}, tags={
+    data_params = tracking.log_dataset(ds)
+    params = {**est.params, "model": est.name}
+    tracking.log_batch(params=params, tags={
         "ktt.model": est.name, "ktt.dataset": ds.name, "ktt.git_commit": tracking.git_commit(), **env,
         "ktt.taxonomy": taxonomy.digest(ds.hierarchy),
         **({"ktt.processes": str(world.size), "ktt.backend": distributed.backend()} if world.size > 1 else {}), **tags})
     tracking.log_text(packages, "environment.txt")
     tracking.log_parquet(lambda: taxonomy_table(ds), taxonomy.ARTIFACT)  # what `ktt taxonomy diff RUN` reads
+    return {**data_params, **params}
 
 
 _taxonomy_tables: dict = {}  # dataset digest -> its taxonomy.parquet table: a sweep's fits of one dataset share it
@@ -188,7 +201,7 @@ def fit(est, ds, logger, world, update=None) -> float:
         est.fit(ds.train, ds.val, logger)
     train_time = time.perf_counter() - t0
     distributed.finish(world)  # from here on rank 0 works alone
-    tracking.log_batch({"train_time_s": train_time})
+    logger.log_metrics({"train_time_s": train_time})
     return train_time
 
 

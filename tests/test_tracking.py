@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import LoggedModelStatus
 
 from ktt import registry
 from ktt.data import load_dataset
@@ -107,8 +108,15 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     assert sum(1 for f in logged.rglob("*") if f.is_file()) <= 15
     import zipfile
     assert "ktt/pyfunc.py" in zipfile.ZipFile(next(logged.glob("artifacts/code*.zip"))).namelist()
-    model_id = mlflow.models.get_model_info(f"runs:/{run_id}/model").model_id
-    assert "test_h_f1" in {x.key for x in client.get_logged_model(model_id).metrics}
+    info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
+    assert info.run_id == run_id  # its MLmodel names the run
+    made = client.get_logged_model(info.model_id)
+    assert made.status == LoggedModelStatus.READY and made.source_run_id == run_id and made.name == "model"
+    assert made.params["model"] == "tfidf_hsgd" and made.params["dataset"] == "bb_small"  # the run's params
+    assert run.outputs.model_outputs[0].model_id == info.model_id  # the run lists it
+    # every metric of the run is the model's, those logged before the model's files too, each logged once
+    assert {"test_h_f1", "train_time_s", "L1_temperature"} <= {x.key for x in made.metrics}
+    assert len(client.get_metric_history(run_id, "train_time_s")) == 1
 
 
 def test_bad_hyperparameter_fails_before_any_run(tracking, bigbasket_small, tmp_path):
@@ -309,3 +317,14 @@ def test_input_example_and_requirements_checked_once_per_model_class(tracking, b
         example = mlflow.models.Model.load(f"runs:/{run_id}/model").load_input_example(folder)
         assert list(example.columns) == ["text"] and len(example) == 3
         assert "scikit-learn" in (Path(folder) / "requirements.txt").read_text()
+
+
+def test_a_fit_that_fails_marks_its_model_failed(tracking, bigbasket_small, tmp_path):
+    # min_df above the row count leaves no vocabulary: the fit raises after the run's model was created
+    with pytest.raises(ValueError):
+        train("tfidf_hsgd", "bb_small", overrides={"min_df": "100000"}, datasets_root=bigbasket_small,
+              weights_root=tmp_path / "weights", experiment="fails")
+    run = mlflow.last_active_run()
+    assert run.info.status == "FAILED"
+    made = MlflowClient().search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert [m.status for m in made] == [LoggedModelStatus.FAILED]  # not left pending
