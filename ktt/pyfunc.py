@@ -110,10 +110,10 @@ def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str],
         # ``Model.log`` links the model to this thread's active run, when there is one, and then copies the
         # run's metrics to it; without one, the model is linked here and names its run in MLmodel (run_id)
         linked = mlflow.active_run() is not None
-        info = _checked(key, {**kwargs, "model_id": model_id, "source_run_id": run_id})
+        logged = _checked(key, {**kwargs, "model_id": model_id, "source_run_id": run_id})
         if not linked:
             mlflow.MlflowClient().log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
-        return info
+        return logged
 
 
 _zips: dict = {}  # (every file's path, size and mtime) -> the zip of them: a sweep's fits share one

@@ -359,9 +359,13 @@ def _settle() -> list[Exception]:
     return [f.exception() for f in done if f.exception() is not None]
 
 
+def _run():
+    """The active run; like MLflow's own ``log_*``, a run is started when none is."""
+    return mlflow.active_run() or mlflow.start_run()
+
+
 def _run_id() -> str:
-    """The active run's ID; like MLflow's own ``log_*``, a run is started when none is."""
-    return (mlflow.active_run() or mlflow.start_run()).info.run_id
+    return _run().info.run_id
 
 
 def _submit(work, ordered: bool):
@@ -427,8 +431,7 @@ def artifact_store(artifact_uri: str, tracking_uri: str):
 
 
 def _active_store():
-    run = mlflow.active_run() or mlflow.start_run()
-    return artifact_store(run.info.artifact_uri, mlflow.get_tracking_uri())
+    return artifact_store(_run().info.artifact_uri, mlflow.get_tracking_uri())
 
 
 def log_file(write, artifact_file: str) -> None:
