@@ -210,6 +210,8 @@ def no_leaked_mlflow_state(monkeypatch):
     fluent._active_experiment_id = None
     fluent._active_run_stack.get().clear()
     yield
+    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):  # set during the test: a
+        os.environ.pop(var, None)  # module's fixture set up next (test_batch's fit) runs before delenv above
     fluent._active_experiment_id = None
     fluent._active_run_stack.get().clear()
 
