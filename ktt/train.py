@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from . import distributed, registry, taxonomy, tracking
+from . import allocator, distributed, registry, taxonomy, tracking
 from .errors import BadValue
 from .data import load_dataset
 from . import figures as pictures
@@ -71,6 +71,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
     Under ``torchrun`` every process calls this: all of them fit, each on its part of every
     batch (:mod:`ktt.distributed`); only rank 0 tracks, checkpoints and evaluates.
     """
+    allocator.configure()  # before the dataset is loaded: a fit's arrays stay on the heap (ktt.allocator)
     world = distributed.setup()
     if world.main:
         tracking.check_tracking_uri()

@@ -67,6 +67,10 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     # the environment it ran on: a hash of the installed packages (their list an artifact), CPU, threads
     tags = run.data.tags
     assert len(tags["ktt.env_hash"]) == 16 and tags["ktt.cpu"] and tags["ktt.cpu_count"] and tags["ktt.threads"]
+    from ktt import allocator
+    assert tags["ktt.malloc"] == allocator.configure()  # glibc's thresholds, set by the fit (ktt.allocator)
+    if os.confstr("CS_GNU_LIBC_VERSION") and not set(allocator._ENV) & set(os.environ):
+        assert tags["ktt.malloc"] == "ktt"
     packages = mlflow.artifacts.load_text(f"runs:/{run_id}/environment.txt")
     import hashlib
     assert hashlib.sha256(packages.encode()).hexdigest()[:16] == tags["ktt.env_hash"] and "mlflow==" in packages
