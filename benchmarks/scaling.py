@@ -43,10 +43,11 @@ def tracking_server(pg: Postgres, folder: Path) -> tuple[Server, str]:
 
 
 def tracking(tmp: Path, server: Server, server_url: str, fits: int = 2, rounds: int = 15) -> str:
-    from ktt import figures
+    from ktt import allocator, figures
     from ktt.metrics import evaluate, level_ece
     from ktt.train import predict_confident, train
 
+    allocator.configure()  # as train() does: the untracked fits run with the same allocator as the tracked ones
     fit_s = []
 
     def untracked():  # the same load, fit, calibration and evaluations: NullLogger, nothing logged or saved
