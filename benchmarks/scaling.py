@@ -25,8 +25,7 @@ import mlflow  # noqa: E402
 
 from benchmarks.report import write_section  # noqa: E402
 from conftest import Postgres, Server, clean_env, http_ok  # noqa: E402
-from ktt import registry  # noqa: E402
-from ktt.data import load_dataset, prepare, write_dataset  # noqa: E402
+from ktt.data import prepare, write_dataset  # noqa: E402
 
 DATA = Path(os.environ.get("KTT_SHARED_DATA", ROOT.parent / "shared" / "data")) / "bigbasket_products.parquet"
 KTT = ROOT / ".venv" / "bin" / "ktt"
@@ -43,22 +42,15 @@ def tracking_server(pg: Postgres, folder: Path) -> tuple[Server, str]:
 
 
 def tracking(tmp: Path, server: Server, server_url: str, fits: int = 2, rounds: int = 15) -> str:
+    from benchmarks.allocator import untracked_fit
     from ktt import allocator, figures
-    from ktt.metrics import evaluate, level_ece
-    from ktt.train import predict_confident, train
+    from ktt.train import train
 
     allocator.configure()  # as train() does: the untracked fits run with the same allocator as the tracked ones
     fit_s = []
 
-    def untracked():  # the same load, fit, calibration and evaluations: NullLogger, nothing logged or saved
-        ds = load_dataset("bigbasket", tmp / "datasets")
-        t0 = time.perf_counter()
-        model = registry.create("tfidf_hsgd", ds.hierarchy).fit(ds.train, ds.val)
-        fit_s.append(time.perf_counter() - t0)
-        model.calibrate(ds.val)
-        for split in (ds.val, ds.test):
-            pred, conf = predict_confident(model, split.texts)
-            evaluate(ds.hierarchy, split.codes, pred), level_ece(ds.hierarchy, split.codes, pred, conf)
+    def untracked():  # the same load, fit, calibration and evaluations: nothing logged or saved
+        fit_s.append(untracked_fit(tmp / "datasets", "bigbasket"))
 
     def tracked(uri, log_model):
         def fit():
