@@ -72,6 +72,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
     batch (:mod:`ktt.distributed`); only rank 0 tracks, checkpoints and evaluates.
     """
     allocator.configure()  # before the dataset is loaded: a fit's arrays stay on the heap (ktt.allocator)
+    allocator.settle()  # from the second fit of a sweep on, full collections skip what the first left
     world = distributed.setup()
     if world.main:
         tracking.check_tracking_uri()
