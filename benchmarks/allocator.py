@@ -31,7 +31,6 @@ def untracked_fit(root, dataset: str) -> float:
     from ktt import registry
     from ktt.data import load_dataset
     from ktt.metrics import evaluate, level_ece
-    from ktt.train import predict_confident
 
     ds = load_dataset(dataset, root)
     t0 = time.perf_counter()
@@ -39,7 +38,7 @@ def untracked_fit(root, dataset: str) -> float:
     fit_s = time.perf_counter() - t0
     model.calibrate(ds.val)
     for split in (ds.val, ds.test):
-        pred, conf = predict_confident(model, split.texts)
+        pred, conf = model.predict_confident(split.texts)
         evaluate(ds.hierarchy, split.codes, pred), level_ece(ds.hierarchy, split.codes, pred, conf)
     return fit_s
 

@@ -168,6 +168,16 @@ class Hierarchy:
         """Where each parent's run of children starts among the classes of ``level`` (>= 1)."""
         return np.flatnonzero(np.diff(self._parents[level], prepend=-1))
 
+    def sibling_runs(self, level: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per class of ``level``: where the run of its siblings (its parent's children, itself
+        included; every class at level 0) starts and ends among the classes of ``level``."""
+        n = self.sizes[level]
+        if level == 0:
+            return np.zeros(n, dtype=np.int64), np.full(n, n, dtype=np.int64)
+        starts = self._sibling_starts(level)
+        run = np.searchsorted(starts, np.arange(n), side="right") - 1
+        return starts[run], np.r_[starts[1:], n][run]
+
     # -- encoding -----------------------------------------------------------------
     def encode(self, paths: Iterable[Sequence[str]]) -> np.ndarray:
         """Label paths -> ``(n, depth)`` class indices per level (a shorter path continues through
@@ -220,7 +230,10 @@ class Hierarchy:
         """Per row, ``(class name, confidence)`` at every level of the answered path (see
         :meth:`answer_depths`): the prediction as every front-end (``predict_paths``, the pyfunc,
         the service) returns it."""
-        conf = self.confidences(codes, scores)
+        return self.answers_of(codes, self.confidences(codes, scores), threshold)
+
+    def answers_of(self, codes: np.ndarray, conf: np.ndarray, threshold=0.0) -> list[list[tuple[str, float]]]:
+        """:meth:`answers` from the paths' ``(n, depth)`` :meth:`confidences`."""
         depths = self.stop_depths(codes, conf, threshold)
         return [[(self.levels[d][c][-1], float(conf[i, d])) for d, c in enumerate(row[:k])]
                 for i, (row, k) in enumerate(zip(np.asarray(codes), depths))]

@@ -167,6 +167,15 @@ class Model(ABC):
         """``predict`` and ``predict_proba`` together, from one pass over the texts."""
         return self.calibrated(self.raw_scores(texts))
 
+    def predict_confident(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``predict`` and each level's confidence in the predicted class, ``(n, depth)`` both, in
+        chunks: all classes' scores of :func:`chunk_rows` rows at a time, never of all ``texts``."""
+        h, step, codes, conf = self.hierarchy, chunk_rows(self.hierarchy), [], []
+        for i in range(0, max(len(texts), 1), step):
+            c, scores = self.predict_scored(texts[i:i + step])
+            codes.append(c), conf.append(h.confidences(c, scores))
+        return np.concatenate(codes), np.concatenate(conf)
+
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         """``(n, depth)`` class indices (valid paths unless ``decode=argmax``)."""
         return self.predict_scored(texts)[0]
@@ -182,15 +191,19 @@ class Model(ABC):
         then the precision each stopping threshold gives, and the threshold for
         ``target_precision``. Kept in ``calibration_``, saved with the model, and read by every
         front-end. ``ktt train`` runs it after every fit."""
-        from .confidence import fit_temperatures, precision_curve, threshold_for
+        from .confidence import PathChains, fit_temperatures, precision_curve, threshold_for
 
         h, rows = self.hierarchy, np.arange(len(val))
         if len(rows) > max_rows:
             rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
-        texts, truth = [val.texts[i] for i in rows], val.codes[rows]
-        codes, proba = self.calibrated(self.raw_scores(texts), temperatures=1.0)
-        temperatures = fit_temperatures(h, proba, codes, truth)
-        curve = precision_curve(h, codes, h.confidences(codes, h.temper(proba, temperatures)), truth)
+        texts, truth, step = [val.texts[i] for i in rows], val.codes[rows], chunk_rows(h)
+        codes, parts = [], []  # all classes' scores of a chunk of rows at a time; of them, the predicted paths' runs
+        for i in range(0, max(len(texts), 1), step):
+            c, proba = self.calibrated(self.raw_scores(texts[i:i + step]), temperatures=1.0)
+            codes.append(c), parts.append(PathChains.gather(h, proba, c))
+        codes, chains = np.concatenate(codes), PathChains.concat(parts)
+        temperatures = fit_temperatures(h, chains, codes, truth)
+        curve = precision_curve(h, codes, chains.confidences(temperatures), truth)
         target = self.params["target_precision"]
         self.calibration_ = {"temperatures": temperatures, "curve": curve,
                              "threshold": threshold_for(curve, target) if target else None}
@@ -223,8 +236,7 @@ class Model(ABC):
                 target_precision: float | None = None) -> list[list[tuple[str, float]]]:
         """``predict_paths`` with each level's confidence: ``[(class name, confidence), ...]`` per text."""
         t = self.stop_threshold(threshold, target_precision)
-        codes, proba = self.predict_scored(texts)
-        return self.hierarchy.answers(codes, proba, t)
+        return self.hierarchy.answers_of(*self.predict_confident(texts), t)
 
     # -- persistence ------------------------------------------------------------------
     @abstractmethod
@@ -280,6 +292,15 @@ class Model(ABC):
         feats = self.features(texts)
         codes, scores = self.predict_scored(texts)
         return reference_frame(feats, scores[-1], h.leaf_names, levels=level_columns(h, codes, scores))
+
+
+SCORES_PER_CHUNK = 1 << 23  # 64 MB of float64 scores, all classes of a chunk's rows
+
+
+def chunk_rows(h) -> int:
+    """Rows to score at once: all classes' scores of at most ``SCORES_PER_CHUNK``, 64 to 4,096 rows
+    (4,096 up to about 2,000 classes; about 400 for a catalog's 21,000)."""
+    return int(np.clip(SCORES_PER_CHUNK // max(h.n_classes, 1), 64, 4096))
 
 
 def _cast(key: str, value, default):

@@ -30,8 +30,8 @@ def answers(model, texts: list[str], threshold: float | None = None,
     from .hierarchy import SEP
 
     h, t = model.hierarchy, model.stop_threshold(threshold, target_precision)
-    codes, proba = model.predict_scored(texts)
-    rows = h.answers(codes, proba, t)
+    codes, conf = model.predict_confident(texts)
+    rows = h.answers_of(codes, conf, t)
     out = {"path": [SEP.join(name for name, _ in a) for a in rows]}
     for d in range(h.depth):
         out[f"L{d + 1}"] = [a[d][0] if d < len(a) else None for a in rows]

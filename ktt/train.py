@@ -20,17 +20,6 @@ from .model import NullLogger
 log = logging.getLogger(__name__)
 
 
-def predict_confident(model, texts, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """``model``'s paths and each level's confidence on them, ``(n, depth)`` both, in chunks: all
-    classes' scores of a few thousand rows at a time, never of the whole split."""
-    codes, conf = [], []
-    for i in range(0, max(len(texts), 1), chunk):
-        c, s = model.predict_scored(texts[i:i + chunk])
-        codes.append(c)
-        conf.append(model.hierarchy.confidences(c, s))
-    return np.concatenate(codes), np.concatenate(conf)
-
-
 def calibrate(model, val, logger) -> None:
     """Fit the temperatures (and the threshold of ``target_precision``) on validation, log them and
     the validation precision curve, and make the calibrated model the ``best`` checkpoint."""
@@ -211,7 +200,7 @@ def score_split(model, split, curve: bool = False) -> dict:
     """``model`` on ``split``: paths and level confidences (``pred``, ``conf``), the metrics
     (``predict_rows_per_s`` included), the confusions and, with ``curve``, the stopping curve."""
     h, t0 = model.hierarchy, time.perf_counter()
-    pred, conf = predict_confident(model, split.texts)
+    pred, conf = model.predict_confident(split.texts)
     metrics = {**evaluate(h, split.codes, pred), **level_ece(h, split.codes, pred, conf)}
     metrics["predict_rows_per_s"] = len(split) / max(time.perf_counter() - t0, 1e-9)
     return {"pred": pred, "conf": conf, "metrics": metrics, "confusions": confusion_summary(h, split.codes, pred),

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT
 from ktt import registry
-from ktt.confidence import brier, fit_temperatures, precision_curve, threshold_for
+from ktt.confidence import PathChains, brier, fit_temperatures, precision_curve, threshold_for
 from ktt.hierarchy import Hierarchy
 from ktt.metrics import answered, ece, level_ece, reliability
 
@@ -42,6 +42,58 @@ def test_temperature_softens_each_level_by_hand():
     # a parent of probability 0 keeps its children at 0
     z = TOY.temper([np.array([[1.0, 0.0]]), np.array([[.5, .5, 0.0]])], [1, .5])
     assert z[1] == pytest.approx(np.array([[.5, .5, 0]]))
+
+
+def test_path_chains_read_only_the_predicted_paths_by_hand():
+    """The rows of the test above, predicted A > a2 and B > b1. Calibration reads, per level, the
+    predicted class's run of siblings: level 1 (.8, .2) for both; level 2 P(a | A) = (.75, .25) for
+    A > a2 and P(b1 | B) = 1 for B > b1. T = (2, 2): A > a2 is 2/3 at level 1 and
+    2/3 x 1 / (sqrt 3 + 1) at level 2; B > b1 is 1/3, then 1/3 x 1."""
+    proba = [np.array([[.8, .2], [.8, .2]]), np.array([[.6, .2, .2], [.6, .2, .2]])]
+    codes = TOY.encode([("A", "a2"), ("B", "b1")])
+    chains = PathChains.gather(TOY, proba, codes)
+    values, first, pos = chains.groups[chains.links[1][1]]
+    assert values.tolist() == pytest.approx([.75, .25, 1.0]) and first.tolist() == [0, 2] and pos.tolist() == [1, 2]
+    assert chains.links[1][0] == chains.links[0][0]  # valid paths: level 1's run is read once
+    r3 = np.sqrt(3)
+    assert chains.confidences([2, 2]) == pytest.approx(np.array([[2 / 3, 2 / 3 / (r3 + 1)], [1 / 3, 1 / 3]]))
+    assert chains.confidences([2, 2]) == pytest.approx(TOY.confidences(codes, TOY.temper(proba, [2, 2])))
+
+
+def test_path_chains_agree_with_every_class_tempered():
+    """Paths of one to three levels, codes that are not valid paths (each level's argmax), rows
+    gathered in chunks: the same confidences and the same fitted temperatures as tempering every class."""
+    h = Hierarchy.from_paths([("A", "a1", "x"), ("A", "a1", "y"), ("A", "a2"), ("B",), ("C", "c1", "z"),
+                              ("C", "c2", "w"), ("C", "c2", "v")])
+    rng = np.random.default_rng(0)
+    raw = [rng.dirichlet(np.ones(s), 300) for s in h.sizes]
+    codes, proba = h.answer_scores(raw, "joint", decode="argmax")
+    assert (h.parent_of(1)[codes[:, 1]] != codes[:, 0]).any()  # some levels disagree
+    truth = h.answer_scores([rng.dirichlet(np.ones(s), 300) for s in h.sizes], "joint")[0]
+    chunked = PathChains.concat([PathChains.gather(h, [p[i:i + 64] for p in proba], codes[i:i + 64])
+                                 for i in range(0, 300, 64)])
+    ts = [.7, 1.6, 3.0]
+    dense = h.confidences(codes, h.temper(proba, ts))
+    assert chunked.confidences(ts) == pytest.approx(dense, abs=1e-12)
+    assert PathChains.gather(h, proba, codes).confidences(ts) == pytest.approx(dense, abs=1e-12)
+    assert fit_temperatures(h, chunked, codes, truth) == pytest.approx(every_class_fit(h, proba, codes, truth), rel=1e-6)
+
+
+def every_class_fit(h, proba, codes, truth):
+    """The temperatures as fitted before PathChains: every class tempered at every trial."""
+    from scipy.optimize import minimize_scalar
+
+    ts, above, rows = [1.0] * h.depth, None, np.arange(len(codes))
+    for d in range(h.depth):
+        right, cond = codes[:, d] == truth[:, d], h.conditional(proba, d)
+
+        def loss(log_t, d=d, right=right, cond=cond, above=above):
+            return brier(h.temper_level(d, cond, np.exp(log_t), above)[rows, codes[:, d]], right)
+
+        ts[d] = float(np.exp(minimize_scalar(loss, bounds=tuple(np.log((.05, 20.0))), method="bounded",
+                                             options={"xatol": 1e-3}).x))
+        above = h.temper_level(d, cond, ts[d], above)
+    return ts
 
 
 def test_log_odds_decoder_by_hand():
