@@ -7,7 +7,7 @@ straight from the kernel and unmaps it when freed, and hands freed heap back to 
 soon as 128 kB of it sit at the top: every chunk of scores a model computes is faulted in, page
 by page, once more. With blocks under 32 MB kept on the heap and up to 256 MB of free heap kept,
 a `tfidf_hsgd` fit of BigBasket (load, fit, calibrate, score two splits) takes 94% fewer page
-faults and 59% less system time, at the same peak RSS (``benchmarks/allocator.py``). Blocks of
+faults and 71% less system time, at the same peak RSS (``benchmarks/allocator.py``). Blocks of
 32 MB and more are still mapped and unmapped, so the largest arrays (a catalog's weights, a
 split's scores) go back to the kernel when freed.
 
