@@ -40,14 +40,10 @@ def _review(pyfunc, texts: list[str], depths: list[int], model_uri: str, path) -
     from .review import append_rows, review_rows
     from .taxonomy import digest
 
-    from .model import chunk_rows
-
     model = pyfunc.unwrap_python_model().model
     h = model.hierarchy
-    step, version = chunk_rows(h), digest(h)
-    for i in range(0, len(texts), step):  # all classes' scores of a few rows at a time
-        codes, proba = model.predict_scored(texts[i:i + step])
-        append_rows(path, review_rows(texts[i:i + step], codes, proba, h, depths[i:i + step], model_uri, version))
+    codes, conf = model.predict_confident(texts)
+    append_rows(path, review_rows(texts, codes, conf, h, depths, model_uri, digest(h)))
 
 
 def predict_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike, *, text_col: str = "text",

@@ -53,15 +53,15 @@ class PathChains:
         codes = np.asarray(codes)
         n, groups, links = len(codes), [], []
         for d in range(h.depth):
-            chain, cls_ = [0] * (d + 1), codes[:, d]
+            chain, classes = [0] * (d + 1), codes[:, d]
             for k in range(d, -1, -1):
-                if k < d and np.array_equal(cls_, codes[:, k]):  # a valid path: its level k's group
+                if k < d and np.array_equal(classes, codes[:, k]):  # a valid path: its level k's group
                     chain[k] = links[k][k]
                 else:
                     chain[k] = len(groups)
-                    groups.append(cls._group(h, proba, k, cls_))
+                    groups.append(cls._group(h, proba, k, classes))
                 if k:
-                    cls_ = h.parent_of(k)[cls_]
+                    classes = h.parent_of(k)[classes]
             links.append(chain)
         return cls(n, groups, links)
 

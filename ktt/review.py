@@ -20,13 +20,11 @@ from .hierarchy import SEP
 COLUMNS = ("text", "answer", "guess", "confidences", "model", "taxonomy", "labels")
 
 
-def review_rows(texts, codes, scores, hierarchy, depths, model: str | None, taxonomy: str) -> list[dict]:
+def review_rows(texts, codes, conf, hierarchy, depths, model: str | None, taxonomy: str) -> list[dict]:
     """One review row per text: its ``answer`` (the path answered, stopped at ``depths``), the
-    model's ``guess`` (the whole path), each level's confidence in the guess, the model, the
-    taxonomy version, and an empty ``labels`` for the reviewer."""
-    h = hierarchy
-    conf = h.confidences(codes, scores)
-    full = h.decode(codes)
+    model's ``guess`` (the whole path), each level's confidence in the guess (``conf``:
+    ``Hierarchy.confidences``), the model, the taxonomy version, and an empty ``labels`` for the reviewer."""
+    full = hierarchy.decode(codes)
     return [{"text": t, "answer": SEP.join(g[:k]), "guess": SEP.join(g),
              "confidences": json.dumps([round(float(c), 4) for c in conf[i, :len(g)]]),
              "model": model or "", "taxonomy": taxonomy, "labels": ""}

@@ -216,7 +216,7 @@ def test_review_rows_and_queue(tmp_path):
     codes = h.encode([("Food", "Pasta", "Spaghetti"), ("Home", "Garden", "Rake")])
     scores = [np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[0.9, 0.0, 0.1, 0.0], [0.0, 0.1, 0.2, 0.5]]),
               np.array([[0.3, 0.6, 0, 0, 0], [0, 0, 0.05, 0.05, 0.4]])]
-    rows = review_rows(["t1", "t2"], codes, scores, h, [2, 1], "m", "abc")
+    rows = review_rows(["t1", "t2"], codes, h.confidences(codes, scores), h, [2, 1], "m", "abc")
     assert rows[0] == {"text": "t1", "answer": "Food > Pasta", "guess": "Food > Pasta > Spaghetti",
                        "confidences": "[0.9, 0.9, 0.6]", "model": "m", "taxonomy": "abc", "labels": ""}
     assert rows[1]["answer"] == "Home" and rows[1]["confidences"] == "[0.8, 0.5, 0.4]"

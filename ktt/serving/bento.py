@@ -178,7 +178,8 @@ class KTTService(bentoml.BentoService):
             from ktt.review import append_rows, review_rows
 
             h = pred.hierarchy
-            rows = review_rows([texts[i] for i in todo], codes[todo], h.split_levels(scores[todo]), h,
+            conf = h.confidences(codes[todo], h.split_levels(scores[todo]))
+            rows = review_rows([texts[i] for i in todo], codes[todo], conf, h,
                                [len(paths[i]) for i in todo], pred.config.get("model"), pred.taxonomy)
             append_rows(os.environ["KTT_REVIEW_FILE"], rows)
 
