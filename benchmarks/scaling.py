@@ -75,7 +75,7 @@ def tracking(tmp: Path, server: Server, server_url: str, fits: int = 2, rounds: 
 
     def others_cpu() -> float:
         """CPU seconds used so far by every process on the machine but this one and its figure
-        process: the tracking server and its database, when one runs."""
+        process: the tracking worker, and the tracking server and its database when one runs."""
         tick = os.sysconf("SC_CLK_TCK")
         busy = sum(int(x) for i, x in enumerate(Path("/proc/stat").read_text().split()[1:8]) if i != 3 and i != 4)
         mine = os.times()
@@ -140,12 +140,13 @@ def tracking(tmp: Path, server: Server, server_url: str, fits: int = 2, rounds: 
         "each round's difference of means (the \"middle half\" column: the rounds' 25th to 75th percentile). Tracked is `ktt train`'s whole run: the dataset "
         "loaded, params, per-level metrics, tables, both checkpoints, with or without the logged pyfunc model "
         "(which carries KTT's code), and the five test figures. Files, metrics, params and tags go to MLflow from "
-        "background threads while the run goes on, and the run ends when all of them are in; the figures are "
+        "background threads while the run goes on, and the run ends when all of them are in; from a process's "
+        "second fit on, those threads hand MLflow's calls to the tracking worker process (`ktt.worker`); the figures are "
         "drawn in the figure process and logged by a thread while the next fit runs. Untracked is the same load, "
         "fit, calibration and two evaluations with nothing logged or saved. Last figures: the wait for the last "
         "fit's figures after it returned (a single `ktt train` waits that long at exit). Requests: the server's "
-        "access-log lines per fit. Other processes' CPU: what the rest of the machine (the tracking server and "
-        "PostgreSQL, when they serve) used per tracked fit, on the same two cores as the fit (a team's server "
+        "access-log lines per fit. Other processes' CPU: what the rest of the machine (the tracking worker, and the "
+        "tracking server and PostgreSQL when they serve) used per tracked fit, on the same two cores as the fit (a team's server "
         "would have its own machine; this one has no other). Collector: the seconds this process spent in Python's "
         "garbage collector per fit, untracked and tracked (the means; `ktt.allocator.settle` freezes what a "
         "process's first fit left, so full collections do not scan it again). Goal (issue 28): tracking costs at most 10% of the fit "

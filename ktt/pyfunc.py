@@ -9,6 +9,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from .tracking import remotely
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -83,24 +85,26 @@ class KTTModel(mlflow.pyfunc.PythonModel):
         return float(self.model.stop_threshold())
 
 
-def log_pyfunc(model_name: str, checkpoint: Path, hierarchy, example: list[str], threshold: float,
+@remotely
+def log_pyfunc(model_name: str, checkpoint: Path, depth: int, example: list[str], threshold: float,
                run_id: str, model_id: str):
     """Log the checkpoint as run ``run_id``'s model ``model_id`` (``tracking.start_model``): the
     checkpoint, KTT's code (one zip, ``ktt/pyfunc_model.py`` loads it), the signature and an input
     example. Its environment is requirements/main.in constrained by the lock (main.txt). MLflow
     checks that the logged model answers its input example (it loads and runs it: half a second)
     and that this environment has the requirements: both once per model class, code, signature
-    and requirements on this machine (:func:`_checked`), not on every fit. Returns MLflow's ``ModelInfo``."""
+    and requirements on this machine (:func:`_checked`), not on every fit. Returns MLflow's ``ModelInfo``
+    (in a sweep, logged by the tracking worker: ``tracking.remotely``)."""
     import hashlib
 
     from mlflow.entities import LoggedModelOutput
 
     with tempfile.TemporaryDirectory() as tmp:
         info = Path(tmp) / "info.json"
-        info.write_text(json.dumps({"model": model_name, "depth": hierarchy.depth}))
+        info.write_text(json.dumps({"model": model_name, "depth": depth}))
         code = code_zip()
         reqs = [line.split("#")[0].strip() for line in (ROOT / "requirements" / "main.in").read_text().splitlines()]
-        sig = signature(hierarchy.depth, threshold)
+        sig = signature(depth, threshold)
         kwargs = dict(name="model", python_model=str(ROOT / "ktt" / "pyfunc_model.py"),
                       artifacts={"checkpoint": str(checkpoint), "info": str(info), "code": str(code)},
                       pip_requirements=[r for r in reqs if r] + [f"-c {ROOT / 'requirements' / 'main.txt'}"],

@@ -272,6 +272,43 @@ class _ActiveRun(mlflow.ActiveRun):
         return done
 
 
+def remotely(fn):
+    """``fn`` (module-level, its arguments picklable) runs in this process's tracking worker
+    (:mod:`ktt.worker`) when called inside :func:`uploading` from the process's second fit on,
+    here otherwise. A sweep's MLflow client work (SQLite writes, requests, the logged model) then
+    leaves the fit's process: on its threads it held the interpreter lock the fit needs."""
+    @functools.wraps(fn)
+    def run(*args):
+        if _background is None or _worker is None or not _worker.alive:  # also: in the worker
+            return fn(*args)
+        return _worker.call(_as_caller, mlflow.get_tracking_uri(), os.getcwd(), dict(os.environ),
+                            fn.__module__, fn.__qualname__, args)
+    return run
+
+
+def _as_caller(uri: str, cwd: str, env: dict, module: str, name: str, args):
+    """In the worker: ``module.name(*args)`` (sent by name: pickle would refuse a decorated
+    function as ``fn``, and ``remotely`` of a function from elsewhere as ``run``) with the caller's
+    tracking URI, working folder (relative paths) and environment (credentials), as they are at the call."""
+    import importlib
+
+    if os.environ != env:
+        for gone in set(os.environ) - set(env):
+            del os.environ[gone]
+        os.environ.update(env)
+    try:
+        here = os.getcwd()
+    except OSError:  # removed since
+        here = None
+    if here != cwd:
+        os.chdir(cwd)
+    if mlflow.get_tracking_uri() != uri:
+        mlflow.set_tracking_uri(uri)
+    fn = functools.reduce(getattr, name.split("."), importlib.import_module(module))
+    return fn(*args)  # a function of this module runs here: the worker has no uploads of its own
+
+
+@remotely
 def start_model(run_id: str, experiment_id: str, params: dict) -> str:
     """The run's logged model ``model``, created empty (MLflow's ``PENDING``) when the run starts,
     so that every metric of the run is logged as its own (MLflow 3). Created by ``Model.log``
@@ -281,6 +318,7 @@ def start_model(run_id: str, experiment_id: str, params: dict) -> str:
                                           params={k: str(v) for k, v in params.items()}).model_id
 
 
+@remotely
 def fail_model(model_id: str) -> None:
     """Mark a model of :func:`start_model` that ``pyfunc.log_pyfunc`` will not fill ``FAILED`` (as
     ``Model.log`` marks one it fails to log), not left pending."""
@@ -303,27 +341,32 @@ def log_dataset(ds, context: str = "training") -> dict:
     schema = Schema([ColSpec("string", "text"), ColSpec("string", "labels")])
     dataset = MetaDataset(source, name=ds.name, digest=ds.digest, schema=schema)._to_mlflow_entity()
     inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
-    run_id, client = _run_id(), mlflow.MlflowClient()
-
-    def log_input():
-        try:
-            client.log_inputs(run_id, datasets=inputs)
-        except mlflow.exceptions.MlflowException as e:
-            # MLflow's SQL store inserts a new dataset row after checking it is absent: two runs logging
-            # the same dataset at once (tuning workers, parallel trainings) race to a unique-key error
-            # (SQLite: "UNIQUE constraint failed", PostgreSQL through a server: "violates unique constraint").
-            # The row exists by now, so a second try links to it.
-            if "unique constraint" not in str(e).lower() and "IntegrityError" not in str(e):
-                raise
-            client.log_inputs(run_id, datasets=inputs)
-    _submit(log_input, ordered=True)
+    run_id = _run_id()
+    _submit(lambda: _log_inputs(run_id, inputs), ordered=True)
     params = {"dataset": ds.name, "dataset_digest": ds.digest, **{f"rows_{s}": n for s, n in ds.manifest.get("rows", {}).items()}}
     log_batch(params=params)
     return params
 
 
+@remotely
+def _log_inputs(run_id: str, inputs: list) -> None:
+    client = mlflow.MlflowClient()
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except mlflow.exceptions.MlflowException as e:
+        # MLflow's SQL store inserts a new dataset row after checking it is absent: two runs logging
+        # the same dataset at once (tuning workers, parallel trainings) race to a unique-key error
+        # (SQLite: "UNIQUE constraint failed", PostgreSQL through a server: "violates unique constraint").
+        # The row exists by now, so a second try links to it.
+        if "unique constraint" not in str(e).lower() and "IntegrityError" not in str(e):
+            raise
+        client.log_inputs(run_id, datasets=inputs)
+
+
 _background = None  # (uploads, ordered): the threads of :func:`uploading`, while a run uses them
 _pending: list = []  # their futures, not yet waited for
+_worker = None  # this process's tracking worker (:func:`remotely`), from its second fit on
+_blocks = 0  # the :func:`uploading` blocks entered so far
 
 
 @contextlib.contextmanager
@@ -334,13 +377,17 @@ def uploading():
     metrics, params and tags on one, in the order they were logged. Leaving the block waits for
     all of it and raises the first failure; enter it inside the run, so that the run ends
     after what it logged. (MLflow's own asynchronous logging polls: ending a run waited up to a
-    second for it.)"""
-    global _background
+    second for it.) From a process's second block on (a sweep), the threads hand MLflow's calls to
+    a tracking worker process (:func:`remotely`); a single fit does not pay for starting one."""
+    global _background, _blocks
     from concurrent.futures import ThreadPoolExecutor
 
     if _background is not None:  # already inside one (a nested fit): that one waits
         yield
         return
+    _blocks += 1
+    if _blocks >= 2:
+        _start_worker()
     _background = (ThreadPoolExecutor(2, thread_name_prefix="ktt-upload"),
                    ThreadPoolExecutor(1, thread_name_prefix="ktt-log"))
     try:
@@ -352,6 +399,25 @@ def uploading():
         errors = _settle()
         if errors and sys.exc_info()[0] is None:  # never hide the error that ended the block
             raise errors[0]
+
+
+def _start_worker() -> None:
+    """Start the tracking worker unless it runs (``KTT_TRACKING_WORKER=0``: none, MLflow's calls
+    stay on this process's threads)."""
+    global _worker
+    import atexit
+
+    from .worker import Worker
+
+    if (_worker is not None and _worker.alive) or os.environ.get("KTT_TRACKING_WORKER", "1") == "0":
+        return
+    try:
+        _worker = Worker()
+    except OSError as e:  # no process to spare: this process's threads do it
+        log.warning("no tracking worker (%s): MLflow's calls run on this process's threads", e)
+        _worker = None
+        return
+    atexit.register(_worker.close, 60)  # it finishes what it was sent: nothing is lost at exit
 
 
 def _settle() -> list[Exception]:
@@ -394,17 +460,14 @@ def log_batch(metrics: dict | None = None, params: dict | None = None, tags: dic
     """Metrics, params and tags of the active run (MLflow's ``log_batch``). Inside
     :func:`uploading` they are sent in the background, together with any logged before them
     that are not sent yet (one request); ``model_id`` may be the future of one (:func:`in_order`)."""
-    from mlflow.entities import Metric, Param, RunTag
-
     now = int(time.time() * 1000)
-    run_id, client = _run_id(), mlflow.MlflowClient()
+    run_id = _run_id()
     metrics = [(k, float(v), step or 0, model_id) for k, v in (metrics or {}).items()]
 
     def send(metrics, params, tags):
         ids = {id(m): m.result() if hasattr(m, "result") else m for *_, m in metrics}
-        client.log_batch(run_id, metrics=[Metric(k, v, now, s, model_id=ids[id(m)]) for k, v, s, m in metrics],
-                         params=[Param(k, str(v)) for k, v in params.items()],
-                         tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        _log_batch(run_id, [(k, v, s, ids[id(m)]) for k, v, s, m in metrics],
+                   {k: str(v) for k, v in params.items()}, {k: str(v) for k, v in tags.items()}, now)
     if _background is None:
         return send(metrics, params or {}, tags or {})
     with _unsent_lock:
@@ -422,6 +485,15 @@ def log_batch(metrics: dict | None = None, params: dict | None = None, tags: dic
     _submit(take_and_send, ordered=True)
 
 
+@remotely
+def _log_batch(run_id: str, metrics: list, params: dict, tags: dict, timestamp: int) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    mlflow.MlflowClient().log_batch(run_id, metrics=[Metric(k, v, timestamp, s, model_id=m) for k, v, s, m in metrics],
+                                    params=[Param(k, v) for k, v in params.items()],
+                                    tags=[RunTag(k, v) for k, v in tags.items()])
+
+
 @functools.lru_cache(maxsize=16)
 def artifact_store(artifact_uri: str, tracking_uri: str):
     """The artifact store at a run's ``artifact_uri``. (MLflow's client finds it by reading the
@@ -431,21 +503,22 @@ def artifact_store(artifact_uri: str, tracking_uri: str):
     return get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
 
 
-def _active_store():
-    return artifact_store(_run().info.artifact_uri, mlflow.get_tracking_uri())
+@remotely
+def _upload(artifact_uri: str, tracking_uri: str, path: str, artifact_path: str | None) -> None:
+    artifact_store(artifact_uri, tracking_uri).log_artifact(path, artifact_path)
 
 
 def log_file(write, artifact_file: str) -> None:
     """Log an artifact of the active run that ``write(path)`` writes into a temp folder: both
     in the background inside :func:`uploading` (``write`` must read nothing the caller changes
     afterwards), here otherwise."""
-    store, parent = _active_store(), str(Path(artifact_file).parent)
+    where, parent = (_run().info.artifact_uri, mlflow.get_tracking_uri()), str(Path(artifact_file).parent)
 
     def work():
         folder = Path(tempfile.mkdtemp(prefix="ktt-artifact-"))
         try:
             write(folder / Path(artifact_file).name)
-            store.log_artifact(str(folder / Path(artifact_file).name), None if parent == "." else parent)
+            _upload(*where, str(folder / Path(artifact_file).name), None if parent == "." else parent)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     _submit(work, ordered=False)
@@ -454,8 +527,8 @@ def log_file(write, artifact_file: str) -> None:
 def log_path(path: Path, artifact_path: str | None = None) -> None:
     """Upload the file ``path`` to the active run's ``artifact_path``, in the background inside
     :func:`uploading` (the file must stay as it is until the block ends)."""
-    store = _active_store()
-    _submit(lambda: store.log_artifact(str(path), artifact_path), ordered=False)
+    where = (_run().info.artifact_uri, mlflow.get_tracking_uri())
+    _submit(lambda: _upload(*where, str(path), artifact_path), ordered=False)
 
 
 def log_text(text: str, artifact_file: str) -> None:

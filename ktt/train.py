@@ -104,7 +104,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
                 from .pyfunc import log_pyfunc
 
                 checkpoint, example, threshold, model_id = logger.paths["best"], ds.test.texts[:3], best.stop_threshold(), pending
-                tracking.in_order(lambda: log_pyfunc(model, checkpoint, ds.hierarchy, example, threshold, run_id,
+                tracking.in_order(lambda: log_pyfunc(model, checkpoint, ds.hierarchy.depth, example, threshold, run_id,
                                                      model_id.result()))
                 pending = None  # MLflow marks it READY, or FAILED
             test = score_split(best, ds.test, curve=True)  # the checkpoint fit selected, once
