@@ -279,11 +279,22 @@ def remotely(fn):
     leaves the fit's process: on its threads it held the interpreter lock the fit needs."""
     @functools.wraps(fn)
     def run(*args):
-        if _background is None or _worker is None or not _worker.alive:  # also: in the worker
+        if _background is None or _worker is None or not _worker.alive or _no_worker():  # also: in the worker
             return fn(*args)
-        return _worker.call(_as_caller, mlflow.get_tracking_uri(), os.getcwd(), dict(os.environ),
+        return _worker.call(_as_caller, mlflow.get_tracking_uri(), _cwd(), dict(os.environ),
                             fn.__module__, fn.__qualname__, args)
     return run
+
+
+def _no_worker() -> bool:
+    return os.environ.get("KTT_TRACKING_WORKER", "1") == "0"
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # removed since: only absolute paths work, here and there
+        return None
 
 
 def _as_caller(uri: str, cwd: str, env: dict, module: str, name: str, args):
@@ -296,11 +307,7 @@ def _as_caller(uri: str, cwd: str, env: dict, module: str, name: str, args):
         for gone in set(os.environ) - set(env):
             del os.environ[gone]
         os.environ.update(env)
-    try:
-        here = os.getcwd()
-    except OSError:  # removed since
-        here = None
-    if here != cwd:
+    if cwd is not None and _cwd() != cwd:
         os.chdir(cwd)
     if mlflow.get_tracking_uri() != uri:
         mlflow.set_tracking_uri(uri)
@@ -409,7 +416,7 @@ def _start_worker() -> None:
 
     from .worker import Worker
 
-    if (_worker is not None and _worker.alive) or os.environ.get("KTT_TRACKING_WORKER", "1") == "0":
+    if (_worker is not None and _worker.alive) or _no_worker():
         return
     try:
         _worker = Worker()
