@@ -510,6 +510,11 @@ def artifact_store(artifact_uri: str, tracking_uri: str):
     return get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
 
 
+def _active_store() -> tuple[str, str]:
+    """Where the active run's files go: what :func:`_upload` takes (:func:`artifact_store`'s key)."""
+    return _run().info.artifact_uri, mlflow.get_tracking_uri()
+
+
 @remotely
 def _upload(artifact_uri: str, tracking_uri: str, path: str, artifact_path: str | None) -> None:
     artifact_store(artifact_uri, tracking_uri).log_artifact(path, artifact_path)
@@ -519,7 +524,7 @@ def log_file(write, artifact_file: str) -> None:
     """Log an artifact of the active run that ``write(path)`` writes into a temp folder: both
     in the background inside :func:`uploading` (``write`` must read nothing the caller changes
     afterwards), here otherwise."""
-    where, parent = (_run().info.artifact_uri, mlflow.get_tracking_uri()), str(Path(artifact_file).parent)
+    where, parent = _active_store(), str(Path(artifact_file).parent)
 
     def work():
         folder = Path(tempfile.mkdtemp(prefix="ktt-artifact-"))
@@ -534,7 +539,7 @@ def log_file(write, artifact_file: str) -> None:
 def log_path(path: Path, artifact_path: str | None = None) -> None:
     """Upload the file ``path`` to the active run's ``artifact_path``, in the background inside
     :func:`uploading` (the file must stay as it is until the block ends)."""
-    where = (_run().info.artifact_uri, mlflow.get_tracking_uri())
+    where = _active_store()
     _submit(lambda: _upload(*where, str(path), artifact_path), ordered=False)
 
 
