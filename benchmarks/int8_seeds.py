@@ -26,7 +26,7 @@ def graph_paths(folder: Path, texts, batch_size: int = 256) -> np.ndarray:
     from ktt.serving.runtime import Predictor
 
     pred = Predictor.from_dir(folder)
-    return np.concatenate([pred.predict(texts[i:i + batch_size])[1] for i in range(0, len(texts), batch_size)])
+    return np.concatenate([pred.predict(texts[i:i + batch_size]).codes for i in range(0, len(texts), batch_size)])
 
 
 def main() -> None:

@@ -45,8 +45,18 @@ class PathChains:
 
     def __init__(self, n: int, groups: list, links: list[list[int]]):
         self.n = n
-        self.groups = groups  # (values, where each row's run starts in them, where its class is)
+        # (values, where each row's run starts in them, where its class is, each value's class)
+        self.groups = groups
         self.links = links  # links[d][k]: the group of the level-k ancestor of level d's class
+
+    @classmethod
+    def of_paths(cls, groups: list) -> "PathChains":
+        """From one group per level of valid paths (each level's class under the one above, so
+        every deeper level shares its ancestors' groups): ``(values, where each row's run
+        starts, where its class is, each value's class)`` per level, as a chained model computes
+        them along its paths (``ktt.sparse.NodeClassifiers.path_runs``). A run may leave out
+        siblings of probability 0: they add nothing to a tempered sum."""
+        return cls(len(groups[0][1]), list(groups), [list(range(d + 1)) for d in range(len(groups))])
 
     @classmethod
     def gather(cls, h, proba: list[np.ndarray], codes: np.ndarray) -> "PathChains":
@@ -70,13 +80,13 @@ class PathChains:
         start, end = (a[classes] for a in h.sibling_runs(level))
         lens = end - start
         first = np.cumsum(lens) - lens  # where each row's run starts in the values
-        rows = np.repeat(np.arange(len(classes)), lens)
-        values = np.asarray(proba[level], dtype=np.float64)[rows, np.arange(lens.sum()) - np.repeat(first - start, lens)]
+        rows, cols = np.repeat(np.arange(len(classes)), lens), np.arange(lens.sum()) - np.repeat(first - start, lens)
+        values = np.asarray(proba[level], dtype=np.float64)[rows, cols]
         if level:  # P(class | parent); a parent of probability 0 leaves its children at 0 (Hierarchy.conditional)
             up = np.repeat(np.asarray(proba[level - 1], dtype=np.float64)[np.arange(len(classes)),
                                                                          h.parent_of(level)[classes]], lens)
             values = np.divide(values, up, out=np.zeros_like(values), where=up > 0)
-        return values, first, first + classes - start
+        return values, first, first + classes - start, cols
 
     @classmethod
     def concat(cls, parts: list["PathChains"]) -> "PathChains":
@@ -90,22 +100,34 @@ class PathChains:
                 key = tuple(p.links[d][k] for p in parts)  # a group the parts share across links, once
                 if key not in made:
                     made[key] = len(groups)
-                    vals, first, pos, shift = [], [], [], 0
+                    vals, first, pos, of, shift = [], [], [], [], 0
                     for p, g in zip(parts, key):
-                        v, f, c = p.groups[g]
-                        vals.append(v), first.append(f + shift), pos.append(c + shift)
+                        v, f, c, k = p.groups[g]
+                        vals.append(v), first.append(f + shift), pos.append(c + shift), of.append(k)
                         shift += len(v)
-                    groups.append((np.concatenate(vals), np.concatenate(first), np.concatenate(pos)))
+                    groups.append(tuple(map(np.concatenate, (vals, first, pos, of))))
                 links[d].append(made[key])
         return cls(sum(p.n for p in parts), groups, links)
 
     def factor(self, group: int, temperature: float) -> np.ndarray:
         """Per row, the tempered P(class | parent) of ``group``'s class: P^(1/T) over the sum of its
         siblings' (0 when they are all 0)."""
-        values, first, pos = self.groups[group]
+        values, first, pos, _ = self.groups[group]
         q = values ** (1.0 / temperature)
         z = np.add.reduceat(q, first) if len(first) else np.zeros(0)
         return np.divide(q[pos], z, out=np.zeros(len(first)), where=z > 0)
+
+    def siblings(self, level: int, temperatures) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row, the tempered probability of every class in the run of siblings of level
+        ``level``'s class (the alternatives at that step): ``(values, where each row's run
+        starts, each value's class)``."""
+        ts = np.broadcast_to(np.asarray(temperatures, dtype=np.float64), (len(self.links),))
+        values, first, _, classes = self.groups[self.links[level][level]]
+        q = values ** (1.0 / ts[level])
+        z = np.add.reduceat(q, first) if len(first) else np.zeros(0)
+        lens = np.diff(np.append(first, len(values)))
+        q = np.divide(q, np.repeat(z, lens), out=np.zeros_like(q), where=np.repeat(z, lens) > 0)
+        return q * np.repeat(self.above(level, ts), lens), first, classes
 
     def above(self, level: int, temperatures) -> np.ndarray:
         """Per row, the tempered probability of the parent of level ``level``'s class (1 at level 0)."""
@@ -118,8 +140,20 @@ class PathChains:
         """``(n, depth)``: each level's tempered probability of the predicted class, as
         ``Hierarchy.confidences(codes, Hierarchy.temper(proba, temperatures))``."""
         ts = np.broadcast_to(np.asarray(temperatures, dtype=np.float64), (len(self.links),))
-        return np.stack([self.above(d, ts) * self.factor(self.links[d][d], ts[d])
-                         for d in range(len(self.links))], axis=1).reshape(self.n, len(self.links))
+        factors: dict = {}  # a group that deeper levels share (their ancestors on valid paths): tempered once
+
+        def factor(d, k):
+            key = (self.links[d][k], k)
+            if key not in factors:
+                factors[key] = self.factor(key[0], ts[k])
+            return factors[key]
+        out = np.empty((self.n, len(self.links)))
+        for d in range(len(self.links)):
+            if d and self.links[d][:d] == self.links[d - 1]:  # the level above's chain: its product, once
+                out[:, d] = out[:, d - 1] * factor(d, d)
+            else:
+                out[:, d] = np.prod([factor(d, k) for k in range(d + 1)], axis=0)
+        return out
 
 
 def fit_temperatures(h, proba, codes: np.ndarray, truth: np.ndarray) -> list[float]:

@@ -134,7 +134,7 @@ def graph_metrics(folder: Path, split, batch_size: int = 256) -> dict[str, float
     from .serving.runtime import Predictor
 
     pred = Predictor.from_dir(folder)
-    codes = np.concatenate([pred.predict(split.texts[i:i + batch_size])[1]
+    codes = np.concatenate([pred.predict(split.texts[i:i + batch_size]).codes
                             for i in range(0, len(split), batch_size)])
     return evaluate(split.hierarchy, split.codes, codes)
 

@@ -167,13 +167,38 @@ class Model(ABC):
         """``predict`` and ``predict_proba`` together, from one pass over the texts."""
         return self.calibrated(self.raw_scores(texts))
 
-    def predict_confident(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``predict`` and each level's confidence in the predicted class, ``(n, depth)`` both, in
-        chunks: all classes' scores of :func:`chunk_rows` rows at a time, never of all ``texts``."""
-        h, step, codes, conf = self.hierarchy, chunk_rows(self.hierarchy), [], []
+    def path_chains(self, texts: Sequence[str]) -> tuple[np.ndarray, "PathChains"]:  # noqa: F821
+        """The decoded paths of ``texts`` and what their confidences read, before temperatures
+        (``ktt.confidence.PathChains``: each path class's siblings, P(class | parent)). Here from
+        every class's probability (rows x classes); a chained model may read only its paths' nodes."""
+        from .confidence import PathChains
+
+        codes, proba = self.calibrated(self.raw_scores(texts), temperatures=1.0)
+        return codes, PathChains.gather(self.hierarchy, proba, codes)
+
+    def rows_per_chunk(self) -> int:
+        """Rows :meth:`predict_confident` and :meth:`calibrate` score at once (:func:`chunk_rows`:
+        all classes' scores of that many rows stay bounded)."""
+        return chunk_rows(self.hierarchy)
+
+    def chains(self, texts: Sequence[str]) -> tuple[np.ndarray, "PathChains"]:  # noqa: F821
+        """:meth:`path_chains` of all ``texts``, :meth:`rows_per_chunk` at a time."""
+        from .confidence import PathChains
+
+        step, codes, parts = self.rows_per_chunk(), [], []
         for i in range(0, max(len(texts), 1), step):
-            c, scores = self.predict_scored(texts[i:i + step])
-            codes.append(c), conf.append(h.confidences(c, scores))
+            c, chains = self.path_chains(texts[i:i + step])
+            codes.append(c), parts.append(chains)
+        return np.concatenate(codes), PathChains.concat(parts)
+
+    def predict_confident(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``predict`` and each level's confidence in the predicted class, ``(n, depth)`` both:
+        the tempered probability of each prefix of the path, read from :meth:`path_chains` (what
+        ``Hierarchy.temper`` of every class would give, at the cost of the paths' sibling runs)."""
+        step, codes, conf = self.rows_per_chunk(), [], []
+        for i in range(0, max(len(texts), 1), step):
+            c, chains = self.path_chains(texts[i:i + step])
+            codes.append(c), conf.append(chains.confidences(self.temperatures))
         return np.concatenate(codes), np.concatenate(conf)
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
@@ -191,17 +216,13 @@ class Model(ABC):
         then the precision each stopping threshold gives, and the threshold for
         ``target_precision``. Kept in ``calibration_``, saved with the model, and read by every
         front-end. ``ktt train`` runs it after every fit."""
-        from .confidence import PathChains, fit_temperatures, precision_curve, threshold_for
+        from .confidence import fit_temperatures, precision_curve, threshold_for
 
         h, rows = self.hierarchy, np.arange(len(val))
         if len(rows) > max_rows:
             rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
-        texts, truth, step = [val.texts[i] for i in rows], val.codes[rows], chunk_rows(h)
-        codes, parts = [], []  # all classes' scores of a chunk of rows at a time; of them, the predicted paths' runs
-        for i in range(0, max(len(texts), 1), step):
-            c, proba = self.calibrated(self.raw_scores(texts[i:i + step]), temperatures=1.0)
-            codes.append(c), parts.append(PathChains.gather(h, proba, c))
-        codes, chains = np.concatenate(codes), PathChains.concat(parts)
+        codes, chains = self.chains([val.texts[i] for i in rows])
+        truth = val.codes[rows]
         temperatures = fit_temperatures(h, chains, codes, truth)
         curve = precision_curve(h, codes, chains.confidences(temperatures), truth)
         target = self.params["target_precision"]
@@ -291,7 +312,7 @@ class Model(ABC):
         texts, h = list(texts), self.hierarchy
         feats = self.features(texts)
         codes, scores = self.predict_scored(texts)
-        return reference_frame(feats, scores[-1], h.leaf_names, levels=level_columns(h, codes, scores))
+        return reference_frame(feats, scores[-1], h.leaf_names, levels=level_columns(codes, h.confidences(codes, scores)))
 
 
 SCORES_PER_CHUNK = 1 << 23  # 64 MB of float64 scores, all classes of a chunk's rows

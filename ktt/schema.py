@@ -27,10 +27,9 @@ def pool_features(features: np.ndarray, bins: int = N_MONITORED_FEATURES) -> np.
     return ((csum[:, ends] - csum[:, starts]) / (ends - starts)).astype(np.float32)
 
 
-def level_columns(h: Hierarchy, codes: np.ndarray, scores: list[np.ndarray]) -> np.ndarray:
+def level_columns(codes: np.ndarray, conf: np.ndarray) -> np.ndarray:
     """``(n, 2 * depth)``: at every level, the index of the class the decoded path takes there and
-    that class's score (its confidence): what level-wise drift monitoring compares."""
-    conf = h.confidences(codes, scores)
+    its confidence: what level-wise drift monitoring compares."""
     return np.stack([np.asarray(codes, dtype=np.float64), conf], axis=2).reshape(len(codes), -1)
 
 

@@ -252,59 +252,85 @@ class LinearBlocks:
         blocks = np.arange(len(self.width))
         return self._proba(d, np.tile(blocks, (len(d), 1)).ravel(), d.reshape(-1))
 
-    def pair_proba(self, x, rows: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def pair_proba(self, x, rows: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Class probabilities of block ``blocks[i]`` for row ``rows[i]`` of ``x``, for each pair
-        ``i``, computing only those blocks' decisions (what search needs). Returns the
-        probabilities of all pairs concatenated and each pair's offset into them."""
+        ``i``, computing only those blocks' decisions (what search needs). Returns the classes of
+        probability above 0 alone, ``(probability, pair, class within the block)``, by pair then
+        class: modified Huber clips most of a wide block's classes to exactly 0 for a given row,
+        and what reads the answer (search, confidences) then handles a few classes, not all."""
         rows, blocks = np.asarray(rows, dtype=np.int64), np.asarray(blocks, dtype=np.int64)
-        n_dec = self.n_dec_of[blocks]
-        first = np.concatenate([[0], np.cumsum(n_dec)[:-1]]).astype(np.int64)  # each pair's decisions
-        d = self.bias[ragged_range(self.first_dec[blocks], self.first_dec[blocks] + n_dec)].astype(np.float32)
+        out_bias, out_of_w, comp = self._outputs()
+        width = self.width[blocks]
+        first = np.concatenate([[0], np.cumsum(width)[:-1]]).astype(np.int64)  # each pair's outputs
+        src = ragged_range(self.first_out[blocks], self.first_out[blocks] + width)
+        d = out_bias[src]  # decisions laid out as outputs (a binary block's on its second class)
         # each (pair, feature of its row): that feature's weights on the block's decisions, one
         # contiguous run of the CSR row (decisions are numbered block by block), found by hash
         start, stop = np.asarray(x.indptr)[rows], np.asarray(x.indptr)[rows + 1]
         entry = ragged_range(start, stop)
         pair = np.repeat(np.arange(len(rows)), stop - start)
-        f = np.asarray(x.indices)[entry].astype(np.int64)
         runs, run_start, run_len = self._runs()
-        found = runs.get_indexer(f * len(self.width) + blocks[pair])
+        found = runs.get_indexer(np.asarray(x.indices)[entry].astype(np.int64) * len(self.width) + blocks[pair])
         hit = found >= 0
         entry, pair, found = entry[hit], pair[hit], found[hit]
-        lo = run_start[found]
-        hi = lo + run_len[found]
-        take = ragged_range(lo, hi)
-        per = hi - lo
-        slot = np.repeat(first[pair] - self.first_dec[blocks][pair], per) + self.dec[take]
+        lo, per = run_start[found], run_len[found]
+        take = ragged_range(lo, lo + per)
+        slot = np.repeat(first[pair] - self.first_out[blocks][pair], per) + out_of_w[take]
         value = self.w[take] * np.repeat(np.asarray(x.data, dtype=np.float32)[entry], per)
         d += np.bincount(slot, weights=value, minlength=len(d)).astype(np.float32)
-        return self._proba_pairs(d, blocks, first)
+        p = self._link(d)
+        at = np.flatnonzero(comp[src])
+        p[at] = 1 - p[at + 1]  # two classes: [1 - p, p] from the one decision
+        p = self._normalise(p, width, first)
+        nz = np.flatnonzero(p > 0)
+        pair = np.searchsorted(first, nz, side="right") - 1
+        return p[nz], pair, nz - first[pair]
+
+    def _outputs(self):
+        """Per output of every block: its decision's bias, whether it is a binary block's first
+        class (1 - p of the second); per weight: the output it adds to (built once, on use)."""
+        if getattr(self, "_layout", None) is None:
+            binary = np.repeat(self.width == 2, self.width)
+            local = ragged_range(np.zeros_like(self.width), self.width)
+            first_class = binary & (local == 0)
+            dec_of_out = np.repeat(self.first_dec, self.width) + np.where(binary, 0, local)
+            out_of_dec = np.empty(self.n_dec, np.int64)
+            out_of_dec[dec_of_out[~first_class]] = np.flatnonzero(~first_class)
+            self._layout = (self.bias[dec_of_out].astype(np.float32), out_of_dec[self.dec].astype(np.int32), first_class)
+        return self._layout
+
+    def _link(self, d: np.ndarray) -> np.ndarray:
+        """Decision values -> scikit-learn's per-decision probabilities for the loss (float32)."""
+        p = (np.clip(d, -1, 1) + 1) / 2 if self.loss == "modified_huber" else 1 / (1 + np.exp(-d))
+        return p.astype(np.float32)
+
+    @staticmethod
+    def _normalise(p: np.ndarray, width: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """One-vs-rest blocks' probabilities (blocks of ``width`` side by side from ``first``)
+        normalised over their classes (uniform when all are 0); two-class blocks as they are."""
+        total = np.add.reduceat(p, first, dtype=np.float64) if len(p) else np.zeros(0)
+        none = total == 0
+        total[none | (width == 2)] = 1.0
+        p = (p / np.repeat(total, width)).astype(np.float32)
+        if none.any():
+            p[np.repeat(none, width)] = np.repeat(1.0 / width[none], width[none])
+        return p
 
     def _proba(self, d: np.ndarray, blocks: np.ndarray, flat: np.ndarray) -> np.ndarray:
+        """``proba``'s decisions of every block (``flat``, rows one after another) -> outputs."""
         n_dec = self.n_dec_of[blocks]
         first = np.concatenate([[0], np.cumsum(n_dec)[:-1]]).astype(np.int64)
-        out, _ = self._proba_pairs(flat, blocks, first)
-        return out.reshape(len(d), self.n_out)
-
-    def _proba_pairs(self, d: np.ndarray, blocks: np.ndarray, first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Decisions of each pair's block (concatenated; pair i's start at ``first[i]``) -> probabilities."""
-        p = (np.clip(d, -1, 1) + 1) / 2 if self.loss == "modified_huber" else 1 / (1 + np.exp(-d))
-        p = p.astype(np.float32)
+        p = self._link(flat)
         width = self.width[blocks]
-        binary = width == 2
         out_first = np.concatenate([[0], np.cumsum(width)[:-1]]).astype(np.int64)
+        binary = width == 2
         out = np.empty(int(width.sum()), np.float32)
-        # two classes: [1 - p, p] from the one decision
         out[out_first[binary]] = 1 - p[first[binary]]
         out[out_first[binary] + 1] = p[first[binary]]
         wide = ~binary
-        if wide.any():
-            src = ragged_range(first[wide], first[wide] + width[wide])
-            dst = ragged_range(out_first[wide], out_first[wide] + width[wide])
-            seg = np.repeat(np.arange(wide.sum()), width[wide])
-            total = np.bincount(seg, weights=p[src], minlength=wide.sum())
-            out[dst] = np.where(total[seg] > 0, p[src] / np.where(total[seg] > 0, total[seg], 1),
-                                1.0 / width[wide][seg])
-        return out, out_first
+        out[ragged_range(out_first[wide], out_first[wide] + width[wide])] = \
+            p[ragged_range(first[wide], first[wide] + width[wide])]
+        return self._normalise(out, width, out_first).reshape(len(d), self.n_out)
 
 
 def quantize(arrays: dict) -> dict:
@@ -377,23 +403,52 @@ class NodeClassifiers:
             out.append(cond)
         return out
 
+    def path_runs(self, x, codes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """What the confidences of valid paths ``codes`` read (``ktt.confidence.PathChains``): per
+        level d, P(sibling | parent) of each row's class and its siblings of probability above 0
+        (the children of its class at d - 1), from that one node's classifier: the path's nodes
+        are scored, no other. Per level: ``(values, where each row's run starts, where its class
+        is, each value's class)``."""
+        n, out = len(codes), []
+        for d in range(self.h.depth):
+            rows, kids, _, cond = self._expand(x, d, np.arange(n), codes[:, d - 1] if d else np.zeros(n, np.int64),
+                                               np.zeros(n))
+            out.append(self._runs(codes, d, rows, kids, cond))
+        return out
+
+    def _runs(self, codes, d: int, rows, kids, cond):
+        """Level ``d`` of :meth:`path_runs` from expansions (``rows``, ``kids``, their ``cond``
+        P(kid | parent)) that hold each row's path node (the others are left out): per row, the
+        node's children of probability above 0, and the row's own class (at 0 if it is)."""
+        n = len(codes)
+        on = (self.h.parent_of(d)[kids] == codes[rows, d - 1]) if d else np.ones(len(rows), bool)
+        rows, kids, cond = rows[on], kids[on], cond[on]
+        lack = np.ones(n, bool)
+        lack[rows[kids == codes[rows, d]]] = False
+        rows = np.concatenate([rows, np.flatnonzero(lack)])
+        order = np.argsort(rows, kind="stable")  # the greedy path's expansions come in row order already
+        rows = rows[order]
+        kids = np.concatenate([kids, codes[lack, d]])[order]
+        cond = np.concatenate([cond, np.zeros(int(lack.sum()))])[order]
+        counts = np.bincount(rows, minlength=n)
+        return cond, np.cumsum(counts) - counts, np.flatnonzero(kids == codes[rows, d]), kids
+
     def _expand(self, x, d: int, rows: np.ndarray, at: np.ndarray, logp: np.ndarray):
-        """Each (row, class ``at`` of level d - 1) pair -> its children at level d with their path log-probability."""
+        """Each (row, class ``at`` of level d - 1) pair -> its children at level d with their path
+        log-probability and P(child | parent): ``(rows, children, logp, cond)``."""
         key = at if d else np.zeros(len(rows), np.int64)
         block, only = self.block_of[d][key], self.only_child[d][key]
         one = only >= 0
-        r_out, c_out, lp_out = [rows[one]], [only[one]], [logp[one]]
+        r_out, c_out, lp_out, p_out = [rows[one]], [only[one]], [logp[one]], [np.ones(int(one.sum()))]
         has = block >= 0
-        if has.any():
-            p, first = self.blocks.pair_proba(x, rows[has], block[has])
-            width = self.blocks.width[block[has]]
-            pair = np.repeat(np.arange(has.sum()), width)
+        if has.any():  # the children that can have a probability above 0 (LinearBlocks.pair_proba)
+            p, pair, local = self.blocks.pair_proba(x, rows[has], block[has])
             r_out.append(rows[has][pair])
-            c_out.append(self.children[ragged_range(self.blocks.first_out[block[has]],
-                                                    self.blocks.first_out[block[has]] + width)])
+            c_out.append(self.children[self.blocks.first_out[block[has]][pair] + local])
+            p_out.append(p.astype(np.float64))
             with np.errstate(divide="ignore"):
-                lp_out.append(logp[has][pair] + np.log(p.astype(np.float64)))
-        return np.concatenate(r_out), np.concatenate(c_out), np.concatenate(lp_out)
+                lp_out.append(logp[has][pair] + np.log(p_out[-1]))
+        return tuple(np.concatenate(a) for a in (r_out, c_out, lp_out, p_out))
 
     def greedy(self, x) -> tuple[np.ndarray, np.ndarray]:
         """The top-down greedy path of every row (each level takes the parent's most likely child)
@@ -406,8 +461,8 @@ class NodeClassifiers:
         n = x.shape[0]
         codes, logp, rows, expanded = np.zeros((n, self.h.depth), np.int64), np.zeros(n), np.arange(n), []
         for d in range(self.h.depth):
-            r, c, lp = self._expand(x, d, rows, codes[:, d - 1] if d else np.zeros(n, np.int64), logp)
-            expanded.append((r, c, lp))
+            r, c, lp, p = self._expand(x, d, rows, codes[:, d - 1] if d else np.zeros(n, np.int64), logp)
+            expanded.append((r, c, lp, p))
             best = np.full(n, -np.inf)
             np.maximum.at(best, r, lp)
             pick = np.full(n, -1, np.int64)
@@ -421,18 +476,28 @@ class NodeClassifiers:
         would find it. A path is worth no more than any of its prefixes, so once the greedy path
         is worth ``g``, only prefixes worth at least ``g`` are expanded: a confident model scores
         a handful of nodes per level instead of all of them (the greedy prefix's, scored once)."""
+        return self.search(x, "path", slack)[0]
+
+    def search(self, x, decode: str = "path", slack: float = 1e-5):
+        """:meth:`best_paths` (``decode="path"``) or the :meth:`greedy` paths (``top_down``), and
+        their :meth:`path_runs`, read from the nodes the search scored (each path's nodes are
+        among them): what answering with confidences costs is the search's."""
         n = x.shape[0]
         if n == 0:
-            return np.zeros((0, self.h.depth), np.int64)
+            return np.zeros((0, self.h.depth), np.int64), [(np.zeros(0),) + (np.zeros(0, np.int64),) * 3] * self.h.depth
         greedy, bound, expanded = self._greedy(x)
-        rows, at, logp = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+        if decode == "top_down":
+            return greedy, [self._runs(greedy, d, r, c, p) for d, (r, c, _, p) in enumerate(expanded)]
+        rows, at, logp, seen = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), []
         for d in range(self.h.depth):
             # every row's greedy prefix survives (it is worth at least g): its children are known
             other = at != greedy[rows, d - 1] if d else np.zeros(len(rows), bool)
             new = self._expand(x, d, rows[other], at[other], logp[other])
-            rows, at, logp = (np.concatenate([a, b]) for a, b in zip(expanded[d], new))
+            rows, at, logp, cond = (np.concatenate([a, b]) for a, b in zip(expanded[d], new))
+            seen.append((rows, at, cond))
             keep = logp >= bound[rows] - slack
             rows, at, logp = rows[keep], at[keep], logp[keep]
         order = np.lexsort((at, -logp, rows))  # per row: best first, then the lowest leaf index
         first = order[np.flatnonzero(np.diff(np.concatenate([[-1], rows[order]])))]
-        return self.h.leaf_paths()[at[first]]
+        codes = self.h.leaf_paths()[at[first]]
+        return codes, [self._runs(codes, d, *e) for d, e in enumerate(seen)]

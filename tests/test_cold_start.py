@@ -119,7 +119,7 @@ def test_a_cold_service_answers_a_burst_sent_at_readiness(name, graphs, bundles,
 
     bundle = bundles(name, graphs)
     pred = Predictor.from_dir(bundle.parent / graphs)
-    expected = ["\n".join(p) for p in pred.predict(titles)[0]]
+    expected = ["\n".join(p) for p in pred.predict(titles).paths]
     known = {p[:d + 1] for p in pred.hierarchy.levels[-1] for d in range(len(p))}
     svc = Served(bundle, gunicorn=True, probe="readyz", BENTOML_HOME=tmp_path)
     try:

@@ -52,8 +52,9 @@ def test_path_chains_read_only_the_predicted_paths_by_hand():
     proba = [np.array([[.8, .2], [.8, .2]]), np.array([[.6, .2, .2], [.6, .2, .2]])]
     codes = TOY.encode([("A", "a2"), ("B", "b1")])
     chains = PathChains.gather(TOY, proba, codes)
-    values, first, pos = chains.groups[chains.links[1][1]]
+    values, first, pos, classes = chains.groups[chains.links[1][1]]
     assert values.tolist() == pytest.approx([.75, .25, 1.0]) and first.tolist() == [0, 2] and pos.tolist() == [1, 2]
+    assert classes.tolist() == [0, 1, 2]  # each value's class: a1, a2 (A > a2's run), b1 (B > b1's)
     assert chains.links[1][0] == chains.links[0][0]  # valid paths: level 1's run is read once
     r3 = np.sqrt(3)
     assert chains.confidences([2, 2]) == pytest.approx(np.array([[2 / 3, 2 / 3 / (r3 + 1)], [1 / 3, 1 / 3]]))

@@ -53,9 +53,11 @@ def check_model(name: str, splits: dict, tmp_path, **extra) -> None:
     assert set(files) == ({"arrays", "config"} if cls.served_from == "arrays" else {"encoder", "classifier", "config"})
     config = back.serving_config()
     assert config["model"] == name and config["temperatures"] == cal["temperatures"]
-    names, served, served_proba, _ = Predictor.from_dir(tmp_path / "export").predict(test.texts)
-    assert names == [[n for n, _ in a] for a in answers] and np.array_equal(served, codes)
-    assert np.allclose(served_proba, np.concatenate(back.predict_proba(test.texts), axis=1), atol=1e-4)
+    pred = Predictor.from_dir(tmp_path / "export")
+    served = pred.predict(test.texts)
+    assert served.paths == [[n for n, _ in a] for a in answers] and np.array_equal(served.codes, codes)
+    assert np.allclose(served.conf, back.predict_confident(test.texts)[1], atol=1e-4)
+    assert np.allclose(pred.leaf_scores(served.features), back.predict_proba(test.texts)[-1], atol=1e-4)
 
     ref = back.gen_reference_set(test)
     assert list(ref.columns) == ["targets", *map(str, range(24)), *h.leaf_names, *level_column_names(h.depth)]

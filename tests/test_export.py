@@ -35,12 +35,13 @@ def test_onnx_parity(name, bb300, tiny_encoder, real_titles, tmp_path):
     model = fitted(name, bb300, tiny_encoder)
     export_onnx(model, tmp_path)
     pred = Predictor.from_dir(tmp_path)
-    paths, codes, scores, _ = pred.predict(real_titles)
-    ref = np.concatenate(model.predict_proba(real_titles), axis=1)
+    ans = pred.predict(real_titles)
+    scores, ref = pred.answer(pred.scores(ans.features))[1], np.concatenate(model.predict_proba(real_titles), axis=1)
     assert scores.shape == ref.shape
     assert np.abs(scores - ref).max() < 1e-4
-    assert np.array_equal(codes, model.predict(real_titles))
-    assert paths == model.predict_paths(real_titles)
+    assert np.abs(ans.conf - model.predict_confident(real_titles)[1]).max() < 1e-4
+    assert np.array_equal(ans.codes, model.predict(real_titles))
+    assert ans.paths == model.predict_paths(real_titles)
     if model.served_from == "arrays":  # TF-IDF: sparse arrays, plain numpy (no pickled objects)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["serving.json", "tfidf.npz"]
         np.load(tmp_path / "tfidf.npz", allow_pickle=False)["w"].dtype == np.float32
@@ -185,7 +186,7 @@ def test_int8_graphs_quantized_and_compared(name, bb300, tiny_encoder, tmp_path)
 def graph_h_f1(folder, split):
     from ktt.metrics import evaluate
 
-    return evaluate(split.hierarchy, split.codes, Predictor.from_dir(folder).predict(split.texts)[1])["h_f1"]
+    return evaluate(split.hierarchy, split.codes, Predictor.from_dir(folder).predict(split.texts).codes)["h_f1"]
 
 
 def test_int8_export_refused_past_max_drop(bb300, tiny_encoder, tmp_path):

@@ -67,7 +67,7 @@ def test_threads_follow_ktt_threads(bb300, tiny_encoder, tmp_path, monkeypatch):
     monkeypatch.setenv("KTT_THREADS", "1")
     pred = Predictor.from_dir(tmp_path)
     assert pred.encoder.get_session_options().intra_op_num_threads == 1
-    assert pred.predict(bb300["test"].texts[:5])[0] == model.predict_paths(bb300["test"].texts[:5])
+    assert pred.predict(bb300["test"].texts[:5]).paths == model.predict_paths(bb300["test"].texts[:5])
 
 
 def test_words_ascii_route_is_the_regular_expression(texts):

@@ -78,7 +78,7 @@ def test_hostile_clients_never_fail_good_requests(name, bb300, tiny_encoder, big
                          tmp_path / "inference")
     titles = bigbasket_df[bigbasket_df.split == "test"].text.sample(150, random_state=1).tolist()
     predictor = Predictor.from_dir(tmp_path / "onnx")
-    alone = {t: "\n".join(predictor.predict([t])[0][0]) for t in titles}
+    alone = {t: "\n".join(predictor.predict([t]).paths[0]) for t in titles}
 
     server = Server(lambda ports: [str(SERVING_BIN / "bentoml"), "serve-gunicorn", str(bundle), "--port",
                                    str(ports[0]), "--workers", "1"],
@@ -153,6 +153,7 @@ def test_hostile_clients_never_fail_good_requests(name, bb300, tiny_encoder, big
 
 FLAKY = '''
 import json
+import types
 from bentoml.types import InferenceTask
 from ktt.serving import metrics
 from ktt.serving.bento import KTTService
@@ -169,7 +170,7 @@ class Flaky:  # a predictor whose batch run fails whenever a text says "boom"
         self.runs.append(len(prepared))
         if any("boom" in p for p in prepared):
             raise RuntimeError("boom at /secret/path.py")
-        return [[p.upper()] for p in prepared], None, None, None
+        return types.SimpleNamespace(paths=[[p.upper()] for p in prepared])
 
 class Service(KTTService):
     predictor = Flaky()

@@ -106,9 +106,9 @@ def test_every_model_learns_where_paths_end(name, shop, tiny_encoder, tmp_path):
     assert sum(map(len, cut)) < sum(map(len, paths))
 
     export_onnx(model, tmp_path)
-    served, *_ = Predictor.from_dir(tmp_path).predict(ds.test.texts)
+    served = Predictor.from_dir(tmp_path).predict(ds.test.texts).paths
     assert served == paths
-    assert Predictor.from_dir(tmp_path).predict(ds.test.texts, t)[0] == [[n for n, _ in a] for a in cut]
+    assert Predictor.from_dir(tmp_path).predict(ds.test.texts, t).paths == [[n for n, _ in a] for a in cut]
 
 
 def test_threshold_hyperparameter_and_per_call(shop, tiny_encoder):

@@ -43,9 +43,10 @@ def test_linear_blocks_by_hand():
     p = nodes.blocks.proba(x)
     np.testing.assert_allclose(p, [[.25, .75, .375 / .975, 0, .6 / .975], [1, 0, .25 / 1.6, .75 / 1.6, .6 / 1.6]],
                                rtol=1e-6)
-    got, first = nodes.blocks.pair_proba(x, np.array([1, 0, 0]), np.array([1, 1, 0]))
-    np.testing.assert_allclose(got, np.concatenate([p[1, 2:], p[0, 2:], p[0, :2]]), rtol=1e-6)
-    assert first.tolist() == [0, 3, 6]
+    # pairs (row 1, A), (row 0, A), (row 0, root): the classes above 0 alone (row 0's a2 is 0)
+    got, pair, local = nodes.blocks.pair_proba(x, np.array([1, 0, 0]), np.array([1, 1, 0]))
+    assert pair.tolist() == [0, 0, 0, 1, 1, 2, 2] and local.tolist() == [0, 1, 2, 0, 2, 0, 1]
+    np.testing.assert_allclose(got, [*p[1, 2:], p[0, 2], p[0, 4], *p[0, :2]], rtol=1e-6)
     cond = nodes.conditional(x)
     np.testing.assert_allclose(cond[0], p[:, :2])
     np.testing.assert_allclose(cond[1], np.c_[p[:, 2:], [1, 1], [0, 0]], rtol=1e-6)  # b1 alone: 1; b2 unseen: 0
@@ -57,6 +58,10 @@ def test_linear_blocks_by_hand():
 def test_all_zero_block_is_uniform():
     blocks = LinearBlocks.from_fits([[(np.array([0]), np.array([1.0]), -1.0)] * 3], [3], 3, "modified_huber")
     np.testing.assert_allclose(blocks.proba(csr([{0: -2.0}], 3)), [[1 / 3] * 3])  # every d = -3: all 0
+    # per pair: the row with every class at 0 gets all three, uniform; the other (d = 0, 0, 0): 1/3 each
+    p, pair, local = blocks.pair_proba(csr([{0: -2.0}, {0: 1.0}], 3), np.array([0, 1]), np.array([0, 0]))
+    assert pair.tolist() == [0, 0, 0, 1, 1, 1] and local.tolist() == [0, 1, 2] * 2
+    np.testing.assert_allclose(p, [1 / 3] * 6)
 
 
 def test_best_path_beats_greedy_by_hand():
@@ -71,34 +76,80 @@ def test_best_path_beats_greedy_by_hand():
     assert nodes.best_paths(x).tolist() == nodes.greedy(x)[0].tolist() == [[1, 3]]
 
 
+def random_nodes(rng, n_feat=30):
+    """A variable-depth tree (paths of 1 to 4 levels) and a random classifier at every node."""
+    h = Hierarchy.from_paths({tuple(f"c{rng.integers(0, 3)}" for _ in range(rng.integers(1, 5)))
+                              for _ in range(25)})
+    level, parent, children, widths, fits, singles = [], [], [], [], [], []
+    for d in range(h.depth):
+        ups = [-1] if d == 0 else range(h.sizes[d - 1])
+        for up in ups:
+            kids = np.arange(h.sizes[d]) if d == 0 else np.flatnonzero(h.parent_of(d) == up)
+            if len(kids) == 1:
+                singles.append((d, up, kids[0]))
+                continue
+            level.append(d)
+            parent.append(up)
+            children.extend(kids)
+            widths.append(len(kids))
+            n_dec = 1 if len(kids) == 2 else len(kids)
+            fits.append([(rng.choice(n_feat, 5, replace=False), rng.normal(size=5), rng.normal() * .3)
+                         for _ in range(n_dec)])
+    blocks = LinearBlocks.from_fits(fits, widths, n_feat, "modified_huber")
+    nodes = NodeClassifiers(h, blocks, level, parent, children, *np.array(singles, int).reshape(-1, 3).T)
+    x = csr([{int(f): float(v) for f, v in zip(rng.choice(n_feat, 4, replace=False), rng.random(4))}
+             for _ in range(200)], n_feat)
+    return h, nodes, x
+
+
 def test_best_paths_equal_exhaustive_search_on_random_trees():
     rng = np.random.default_rng(0)
     for trial in range(5):
-        h = Hierarchy.from_paths({tuple(f"c{rng.integers(0, 3)}" for _ in range(rng.integers(1, 5)))
-                                  for _ in range(25)})
-        level, parent, children, widths, fits, singles = [], [], [], [], [], []
-        n_feat = 30
-        for d in range(h.depth):
-            ups = [-1] if d == 0 else range(h.sizes[d - 1])
-            for up in ups:
-                kids = np.arange(h.sizes[d]) if d == 0 else np.flatnonzero(h.parent_of(d) == up)
-                if len(kids) == 1:
-                    singles.append((d, up, kids[0]))
-                    continue
-                level.append(d)
-                parent.append(up)
-                children.extend(kids)
-                widths.append(len(kids))
-                n_dec = 1 if len(kids) == 2 else len(kids)
-                fits.append([(rng.choice(n_feat, 5, replace=False), rng.normal(size=5), rng.normal() * .3)
-                             for _ in range(n_dec)])
-        blocks = LinearBlocks.from_fits(fits, widths, n_feat, "modified_huber")
-        nodes = NodeClassifiers(h, blocks, level, parent, children, *np.array(singles, int).reshape(-1, 3).T)
-        x = csr([{int(f): float(v) for f, v in zip(rng.choice(n_feat, 4, replace=False), rng.random(4))}
-                 for _ in range(200)], n_feat)
+        h, nodes, x = random_nodes(rng)
         exhaustive = h.decode_scores([], "path", conditional=nodes.conditional(x))
         assert np.array_equal(nodes.best_paths(x), exhaustive), trial
         assert np.array_equal(nodes.greedy(x)[0], h.decode_scores([], "top_down", conditional=nodes.conditional(x)))
+
+
+def test_path_runs_by_hand():
+    """Row 0 of test_linear_blocks_by_hand answered A > a3, row 1 B > b1: level 1 reads the root's
+    block, (.25, .75) and (1, 0) (so B > b1 is worth 0, and kept at 0: it is the row's class); level
+    2 A's block (.375, 0, .6) / .975 for row 0, a2 left out (0), and for row 1 B's only child b1, 1."""
+    from ktt.confidence import PathChains
+
+    nodes, x = toy_blocks(), csr([{0: 0.25}, {1: 1.0, 2: 0.5}], 3)
+    codes = np.array([[0, 2], [1, 3]])
+    runs = nodes.path_runs(x, codes)
+    np.testing.assert_allclose(runs[0][0], [.25, .75, 1, 0], rtol=1e-6)
+    assert runs[0][1].tolist() == [0, 2] and runs[0][2].tolist() == [0, 3] and runs[0][3].tolist() == [0, 1, 0, 1]
+    np.testing.assert_allclose(runs[1][0], [.375 / .975, .6 / .975, 1], rtol=1e-6)
+    assert runs[1][1].tolist() == [0, 2] and runs[1][2].tolist() == [1, 2] and runs[1][3].tolist() == [0, 2, 3]
+    conf = PathChains.of_paths(runs).confidences([1, 1])
+    np.testing.assert_allclose(conf, [[.25, .25 * .6 / .975], [0, 0]], rtol=1e-6)
+    # T = 2 at level 2: A > a3 is .25 x sqrt(.6) / (sqrt(.375) + sqrt(.6))
+    conf = PathChains.of_paths(runs).confidences([1, 2])
+    np.testing.assert_allclose(conf[0, 1], .25 * np.sqrt(.6) / (np.sqrt(.375) + np.sqrt(.6)), rtol=1e-6)
+
+
+def test_path_local_confidences_equal_every_class_on_random_trees():
+    """What a chained model answers with, read along its paths alone, is what the sum over every
+    path of the tree gave (``Hierarchy.answer_scores``, then ``temper``): the same paths, the same
+    confidences, at T = 1 and at other temperatures, on trees whose paths end at any level."""
+    from ktt.confidence import PathChains
+
+    rng = np.random.default_rng(1)
+    for trial in range(5):
+        h, nodes, x = random_nodes(rng)
+        codes = nodes.best_paths(x)
+        chains = PathChains.of_paths(nodes.path_runs(x, codes))
+        for ts in ([1.0] * h.depth, rng.uniform(.3, 3, h.depth)):
+            dense_codes, proba = h.answer_scores(h.chain(nodes.conditional(x)), "leaf", "path", ts)
+            assert np.array_equal(codes, dense_codes), trial
+            np.testing.assert_allclose(chains.confidences(ts), h.confidences(codes, proba), rtol=1e-5, atol=1e-7)
+        greedy = nodes.greedy(x)[0]  # decode=top_down: its paths' confidences, the same way
+        np.testing.assert_allclose(PathChains.of_paths(nodes.path_runs(x, greedy)).confidences(ts),
+                                   h.confidences(greedy, h.temper(h.node_proba(h.path_scores(
+                                       h.chain(nodes.conditional(x)), "leaf")), ts)), rtol=1e-5, atol=1e-7)
 
 
 def test_ngram_counts_and_tfidf_by_hand():
@@ -340,3 +391,86 @@ def test_chain_by_hand():
     chained = H.chain(cond)
     np.testing.assert_allclose(chained[1], [[.2, .1, .1, .54, .06]])
     np.testing.assert_allclose(chained[0], cond[0])
+
+
+def test_search_reads_the_same_runs_as_scoring_the_paths():
+    """``NodeClassifiers.search`` takes each path's runs from the nodes it scored while searching:
+    the same values as scoring the path's nodes again (``path_runs``), for both decoders."""
+    rng = np.random.default_rng(2)
+    for trial in range(5):
+        h, nodes, x = random_nodes(rng)
+        for decode, paths in (("path", nodes.best_paths(x)), ("top_down", nodes.greedy(x)[0])):
+            codes, runs = nodes.search(x, decode)
+            assert np.array_equal(codes, paths)
+            for got, want in zip(runs, nodes.path_runs(x, codes)):
+                for a, b in zip(got, want):
+                    np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def catalogs():
+    """``tfidf_hsgd`` calibrated on generated catalogs of 50 and of 5,600 categories (paths of 1 to
+    3 and 1 to 7 levels, 20,000 titles each), and 2,000 test titles of each."""
+    import pandas as pd
+
+    from ktt import synth
+    from ktt.data import Split, prepare
+
+    out = {}
+    for categories, depth in ((50, 3), (5600, 7)):
+        df = pd.concat(synth.generate_catalog(20_000, synth.random_taxonomy(categories, depth)), ignore_index=True)
+        splits, h, _ = prepare(df)
+        split = {k: Split(v["text"].tolist(), [tuple(p) for p in v["labels"]], h) for k, v in splits.items()}
+        model = registry.create("tfidf_hsgd", h).fit(split["train"])
+        model.calibrate(split["val"])
+        out[categories] = model, split["test"].texts[:2000]
+    return out
+
+
+def test_answers_and_confidences_are_those_of_every_path(catalogs):
+    """A real catalog model answers, path-locally, what scoring every path of the tree gave (the
+    computation before issue 39: ``Model.calibrated`` of all classes, tempered): the same paths
+    and the same confidences, for both decoders. Temperatures at most 3: scoring every path read a
+    path of probability 0 as 1e-30 (``hierarchy._TINY``), and a temperature near 20 (a level with
+    few rows: issue 41) raised such a sibling to (1e-30)^(1/20) = .03 of its parent; read along
+    the path, it stays 0."""
+    for categories, (model, texts) in catalogs.items():
+        h, fitted = model.hierarchy, model.calibration_["temperatures"]
+        model.calibration_["temperatures"] = np.minimum(fitted, 3).tolist()
+        for decode in ("path", "top_down"):
+            model.params["decode"] = decode
+            codes, conf = model.predict_confident(texts)
+            every, proba = model.calibrated(model.raw_scores(texts))
+            assert np.array_equal(codes, every), (categories, decode)
+            np.testing.assert_allclose(conf, h.confidences(every, proba), rtol=1e-4, atol=1e-6)
+        model.params["decode"], model.calibration_["temperatures"] = "path", fitted
+
+
+def test_answering_reads_the_paths_nodes_not_every_class(catalogs, monkeypatch):
+    """The guard of issue 39, deterministic: answering with confidences computes, per row, the
+    probabilities of the classes of the nodes it visits (``LinearBlocks`` counts them), at most
+    twice what the answered path's nodes hold, at 50 and at 5,600 categories alike. Scoring every
+    class (as before issue 39) computes 21,000 a row at 5,600 categories, some 80 times that."""
+    from ktt.sparse import LinearBlocks
+
+    computed = [0]
+    pair_proba, proba = LinearBlocks.pair_proba, LinearBlocks.proba
+
+    def count_pairs(self, x, rows, blocks):
+        computed[0] += int(self.width[np.asarray(blocks)].sum())
+        return pair_proba(self, x, rows, blocks)
+
+    def count_all(self, x):
+        computed[0] += x.shape[0] * self.n_out
+        return proba(self, x)
+
+    monkeypatch.setattr(LinearBlocks, "pair_proba", count_pairs)
+    monkeypatch.setattr(LinearBlocks, "proba", count_all)
+    for categories, (model, texts) in catalogs.items():
+        h, computed[0] = model.hierarchy, 0
+        codes, _ = model.predict_confident(texts)
+        per_row = computed[0] / len(texts)
+        start, end = zip(*(h.sibling_runs(d) for d in range(h.depth)))
+        on_path = sum((end[d] - start[d])[codes[:, d]].sum() for d in range(h.depth)) / len(texts)
+        assert per_row <= 2 * on_path, (categories, per_row, on_path)
+        print(f"{categories} categories: {per_row:.0f} probabilities a row, the path's nodes hold {on_path:.0f}")

@@ -75,11 +75,11 @@ class KTTService(bentoml.BentoService):
                 best = float("inf")
                 for _ in range(repeats):
                     t0 = time.perf_counter()
-                    paths, codes, scores, feats = pred.run(pred.prepare(texts[:n]))
-                    pred.explain(codes, scores, [len(p) for p in paths])
+                    ans = pred.run(pred.prepare(texts[:n]))
+                    pred.explain(ans)
                     best = min(best, time.perf_counter() - t0)
                 seconds.append([n, round(best, 6)])
-            monitoring_rows(*self._monitoring_args(codes, scores, feats))
+            monitoring_rows(*self._monitoring_args(ans))
             if self.artifacts.config.get("monitoring"):
                 from ktt.serving.forward import forwarder
 
@@ -138,57 +138,52 @@ class KTTService(bentoml.BentoService):
             return []
         try:
             thresholds = [t for _, _, _, ts, _ in ready for t in ts]
-            paths, codes, scores, feats = self.predictor.run([p for _, prepared, *_ in ready for p in prepared],
-                                                             thresholds)
+            ans = self.predictor.run([p for _, prepared, *_ in ready for p in prepared], thresholds)
         except Exception:
             if len(ready) == 1:
                 self._fail(ready[0][0], endpoint)
                 return [None]
             return [a for r in ready for a in self._predict([r], endpoint)]
-        metrics.PREDICTED_ROWS.inc(len(paths))
+        metrics.PREDICTED_ROWS.inc(len(ans.paths))
         try:
-            self.after_predict(codes, scores, feats)
-            self.review([t for *_, texts in ready for t in texts], paths, codes, scores, endpoint)
+            self.after_predict(ans)
+            self.review([t for *_, texts in ready for t in texts], ans, endpoint)
         except Exception:  # monitoring never fails a prediction
             logger.exception("after_predict failed")
-        rows = (["\n".join(p) for p in paths] if endpoint == "predict"
-                else self.predictor.explain(codes, scores, [len(p) for p in paths]))
+        rows = ["\n".join(p) for p in ans.paths] if endpoint == "predict" else self.predictor.explain(ans)
         answers, i = [], 0
         for _, prepared, many, _, _ in ready:
             answers.append(rows[i:i + len(prepared)] if many else rows[i])
             i += len(prepared)
         return answers
 
-    def after_predict(self, codes, scores, features):
+    def after_predict(self, ans):
         """Forward pooled features and leaf scores to the drift sidecar, when built with monitoring."""
         if self.artifacts.config.get("monitoring"):
             from ktt.serving.forward import forwarder
 
-            forwarder().submit(*self._monitoring_args(codes, scores, features))
+            forwarder().submit(*self._monitoring_args(ans))
 
-    def review(self, texts, paths, codes, scores, endpoint):
+    def review(self, texts, ans, endpoint):
         """Answers that stopped above their path's end (below the threshold) go to review: counted,
         and, when ``KTT_REVIEW_FILE`` names a file, appended to it as JSON lines (``ktt.review``)."""
         pred = self.predictor
-        todo = [i for i, (p, k) in enumerate(zip(paths, pred.hierarchy.path_depths(codes))) if len(p) < k]
+        todo = [i for i, (p, k) in enumerate(zip(ans.paths, pred.hierarchy.path_depths(ans.codes))) if len(p) < k]
         if not todo:
             return
         metrics.REVIEW_ANSWERS.labels(endpoint).inc(len(todo))
         if os.environ.get("KTT_REVIEW_FILE"):
             from ktt.review import append_rows, review_rows
 
-            h = pred.hierarchy
-            conf = h.confidences(codes[todo], h.split_levels(scores[todo]))
-            rows = review_rows([texts[i] for i in todo], codes[todo], conf, h,
-                               [len(paths[i]) for i in todo], pred.config.get("model"), pred.taxonomy)
+            rows = review_rows([texts[i] for i in todo], ans.codes[todo], ans.conf[todo], pred.hierarchy,
+                               [len(ans.paths[i]) for i in todo], pred.config.get("model"), pred.taxonomy)
             append_rows(os.environ["KTT_REVIEW_FILE"], rows)
 
-    def _monitoring_args(self, codes, scores, features):
+    def _monitoring_args(self, ans):
         """What the drift sidecar is sent of a batch: features, leaf scores, each level's class and confidence."""
         from ktt.schema import level_columns
 
-        h = self.predictor.hierarchy
-        return features, scores[:, h.offsets[-1]:], level_columns(h, codes, h.split_levels(scores))
+        return ans.features, self.predictor.leaf_scores(ans.features), level_columns(ans.codes, ans.conf)
 
     @bentoml.api(input=RawJsonInput(), output=JsonOutput(), batch=True, mb_max_batch_size=128, mb_max_latency=1000)
     def predict(self, bodies, tasks):

@@ -3,18 +3,20 @@ then ``classifier.onnx``; TF-IDF models score their sparse arrays (``tfidf.npz``
 ``ktt.sparse``, at the cost of a text's non-zero features (an ONNX graph would hold the weights
 dense, classes x vocabulary).
 
-Imports only numpy, onnxruntime, tokenizers / snowballstemmer and ``ktt.hierarchy``, so the
+Imports only numpy, onnxruntime, tokenizers / snowballstemmer, ``ktt.hierarchy`` and ``ktt.confidence``, so the
 BentoService and in-process benchmarks share it. Reading requests is ``ktt.serving.requests``;
 the rows forwarded to monitoring are ``ktt.schema``.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ktt import threads
+from ktt.confidence import PathChains
 from ktt.hierarchy import Hierarchy
 from ktt.serving.requests import MAX_TEXT_CHARS
 
@@ -160,15 +162,34 @@ class Predictor:
             return self.sparse.scores(features)
         return dict(zip(self.outputs, self.classifier.run(None, {"features": features})))
 
-    def answer(self, out: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def answer(self, out: dict[str, np.ndarray], temperatures=None) -> tuple[np.ndarray, np.ndarray]:
         """The decoded paths and every class's probability (all levels concatenated) from the
         raw ``scores``: ``Model.calibrated``, by the same ``Hierarchy`` methods and settings."""
         h, c = self.hierarchy, self.config
         # an export from before `paths`: TF-IDF and leaf-decoded models scored paths by their leaf
         rule = c.get("paths") or ("leaf" if c["input"] == "tfidf" or c.get("decode") == "leaf" else "joint")
         codes, proba = h.answer_scores(h.split_levels(out["scores"]), rule, c.get("decode", "path"),
-                                       c.get("temperatures", 1.0))
+                                       self.temperatures if temperatures is None else temperatures)
         return codes, np.concatenate(proba, axis=1)
+
+    @property
+    def temperatures(self):
+        return self.config.get("temperatures", 1.0)
+
+    def chains(self, features) -> tuple[np.ndarray, PathChains]:
+        """The decoded paths and what their confidences read (``Model.path_chains``): a chained
+        TF-IDF model's from its paths' nodes alone (``NodeClassifiers.search``), any other's from
+        every class's probability."""
+        if self.sparse and not self.sparse.flat:
+            codes, runs = self.sparse.nodes.search(features, self.config.get("decode", "path"))
+            return codes, PathChains.of_paths(runs)
+        codes, proba = self.answer(self.scores(features), temperatures=1.0)
+        return codes, PathChains.gather(self.hierarchy, self.hierarchy.split_levels(proba), codes)
+
+    def leaf_scores(self, features) -> np.ndarray:
+        """``(n, n_leaves)``: every leaf's probability (what drift monitoring compares): every
+        class scored, so only a monitored service asks for it."""
+        return self.answer(self.scores(features))[1][:, self.hierarchy.offsets[-1]:]
 
     @property
     def threshold(self) -> float:
@@ -184,34 +205,51 @@ class Predictor:
             raise ValueError("this model was exported without a precision curve: send a threshold instead")
         return threshold_for(self.config["precision_curve"], target_precision)
 
-    def predict(self, texts: list[str], threshold=None) -> tuple[list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
-        """Per text: the class names along the answered path (``Hierarchy.answers``; ``threshold``:
-        one, or one per text; default: the model's); plus codes, every class's probability
-        (levels concatenated) and features."""
+    def predict(self, texts: list[str], threshold=None) -> "Answers":
+        """Per text, the answered path (``Hierarchy.answers``; ``threshold``: one, or one per
+        text; default: the model's), with what it was read from (:class:`Answers`)."""
         return self.run(self.prepare(texts), threshold)
 
-    def run(self, prepared: list, threshold=None) -> tuple[list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
+    def run(self, prepared: list, threshold=None) -> "Answers":
         """``predict`` from ``prepare``'s output."""
         feats = self.encode(prepared)
-        codes, proba = self.answer(self.scores(feats))
+        codes, chains = self.chains(feats)
+        conf = chains.confidences(self.temperatures)
         h = self.hierarchy
-        t = self.threshold if threshold is None else threshold
-        depths = h.answer_depths(codes, h.split_levels(proba), t)
-        return h.decode(codes, depths), codes, proba, feats
+        depths = h.stop_depths(codes, conf, self.threshold if threshold is None else threshold)
+        return Answers(h.decode(codes, depths), codes, conf, chains, feats)
 
-    def explain(self, codes: np.ndarray, scores: np.ndarray, depths) -> list[dict]:
-        """The JSON form of :meth:`run`'s answers (``depths``: levels answered per row, the lengths
-        of its paths): the path, and at each level the class, its score and the level's top 3; the
-        taxonomy version; ``review``: the answer stopped above its path's end (below the threshold)."""
-        h, out = self.hierarchy, []
-        levels, full = h.split_levels(scores), h.path_depths(codes)
-        for i, (row, k) in enumerate(zip(codes, depths)):
+    def explain(self, ans: "Answers") -> list[dict]:
+        """The JSON form of :meth:`run`'s answers: the path, and at each level the class, its
+        score (its confidence) and ``top``: the 3 most probable classes under the same parent
+        (the alternatives at that step, the class among them); the taxonomy version;
+        ``review``: the answer stopped above its path's end (below the threshold)."""
+        h, out, ts = self.hierarchy, [], np.broadcast_to(np.asarray(self.temperatures, np.float64),
+                                                         (self.hierarchy.depth,))
+        full = h.path_depths(ans.codes)
+        levels = [ans.chains.siblings(d, ts) for d in range(h.depth)]
+        for i, (row, path) in enumerate(zip(ans.codes, ans.paths)):
             answer = []
-            for d, c in enumerate(row[:k]):
-                s = levels[d][i]
-                top = [j for j in np.argsort(-s) if not h.is_end(d)[j]][:3]
-                answer.append({"level": d + 1, "class": h.levels[d][c][-1], "score": float(s[c]),
-                               "top": [{"class": h.levels[d][j][-1], "score": float(s[j])} for j in top]})
+            for d, c in enumerate(row[:len(path)]):
+                values, first, classes = levels[d]
+                end = first[i + 1] if i + 1 < len(first) else len(values)
+                run, of = values[first[i]:end], classes[first[i]:end]
+                top = [j for j in np.argsort(-run, kind="stable") if not h.is_end(d)[of[j]]][:3]
+                answer.append({"level": d + 1, "class": h.levels[d][c][-1], "score": float(ans.conf[i, d]),
+                               "top": [{"class": h.levels[d][of[j]][-1], "score": float(run[j])} for j in top]})
             out.append({"path": [lv["class"] for lv in answer], "levels": answer, "taxonomy": self.taxonomy,
-                        "review": bool(k < full[i])})
+                        "review": bool(len(path) < full[i])})
         return out
+
+
+@dataclass
+class Answers:
+    """What :meth:`Predictor.run` answers a batch with: per text the class names along the answered
+    path, the whole decoded path (``codes``), each level's confidence in it (``conf``), what the
+    confidences were read from (``chains``) and the features."""
+
+    paths: list[list[str]]
+    codes: np.ndarray
+    conf: np.ndarray
+    chains: PathChains
+    features: object
