@@ -113,6 +113,10 @@ class KTTService(bentoml.BentoService):
 
     def _run(self, bodies, tasks, endpoint):
         """Parse and preprocess each request alone; predict the survivors as one batch."""
+        with metrics.BATCH_SECONDS.labels(endpoint).time():
+            return self._answer(bodies, tasks, endpoint)
+
+    def _answer(self, bodies, tasks, endpoint):
         ready = []  # (task, prepared texts, answer is a list, thresholds)
         for body, task in zip(bodies, tasks):
             try:
