@@ -29,16 +29,19 @@ def answers(model, texts: list[str], threshold: float | None = None,
     and ``L<d>_confidence`` (the probability the model gives it); empty (None, NaN) below where
     the answer stops (``Model.answers``: the path's end, the ``threshold``, or the threshold of
     ``target_precision``); ``review``: the answer stopped above its path's end (``ktt.review``)."""
-    from .hierarchy import SEP
-
     h, t = model.hierarchy, model.stop_threshold(threshold, target_precision)
     codes, conf = model.predict_confident(texts)
-    rows = h.answers_of(codes, conf, t)
-    out = {"path": [SEP.join(name for name, _ in a) for a in rows]}
+    depths = h.stop_depths(codes, conf, t)  # as Hierarchy.answers_of, by column instead of by row
+    path = np.full(len(codes), "", dtype=object)
+    out = {"path": path}
     for d in range(h.depth):
-        out[f"L{d + 1}"] = [a[d][0] if d < len(a) else None for a in rows]
-        out[f"L{d + 1}_confidence"] = [a[d][1] if d < len(a) else float("nan") for a in rows]
-    out["review"] = np.array([len(a) for a in rows]) < h.path_depths(codes)
+        on = d < depths
+        names = np.array([p[-1] for p in h.levels[d]], dtype=object)[codes[:, d]]
+        out[f"L{d + 1}"] = np.where(on, names, None)
+        out[f"L{d + 1}_confidence"] = np.where(on, conf[:, d], np.nan)
+        ends = depths == d + 1
+        path[ends] = np.array(h.names(d), dtype=object)[codes[ends, d]]
+    out["review"] = depths < h.path_depths(codes)
     return pd.DataFrame(out)
 
 
