@@ -124,6 +124,7 @@ def _finish_ingest(df, name, where, opts, meta, parent=None, relabel=None):
             mlflow.set_tag("ktt.stage", "ingest")
             log_dataset(load_dataset(path), context="ingest")
             mlflow.log_dict(report, "ingest_report.json")
+    return report
 
 
 def _experiment_of(dataset: str) -> str | None:
@@ -180,7 +181,9 @@ def ingest(source, name, fmt, encoding, delimiter, columns, table, query, label_
         if "\\t" == delimiter:  # as typed in a shell
             delimiter = "\t"
         names = [c.strip() for c in columns.split(",")] if columns else None
-        df = data.read_file(source, fmt, encoding=encoding, sep=delimiter, names=names)
+        # a new dataset streams through in chunks; an appended version merges rows in memory
+        df = (data.read_file if parent_name else data.read_chunks)(source, fmt, encoding=encoding, sep=delimiter,
+                                                                  names=names)
         where = source
     relabel, parent = None, None
     if to_dataset and not mapping_file:
@@ -204,8 +207,8 @@ def ingest(source, name, fmt, encoding, delimiter, columns, table, query, label_
         df = df[~waiting.to_numpy()].reset_index(drop=True)
         if not len(df):
             raise BadValue(f"{where}: no reviewed rows (every labels cell is empty)")
-    _finish_ingest(df, name, where, opts, {}, parent=parent, relabel=relabel)
-    click.echo(f"ingested {len(df):,} rows in {time.perf_counter() - start:.1f} s", err=True)
+    report = _finish_ingest(df, name, where, opts, {}, parent=parent, relabel=relabel)
+    click.echo(f"ingested {report['rows_read']:,} rows in {time.perf_counter() - start:.1f} s", err=True)
 
 
 @main.command()
@@ -242,9 +245,7 @@ def generate(name, rows, noise, categories, max_depth, taxonomy_file, inner, **o
     if categories or taxonomy_file:
         tax = synth.read_taxonomy(taxonomy_file) if taxonomy_file else \
             synth.random_taxonomy(categories, max_depth, opts["seed"])
-        import pandas as pd
-
-        df = pd.concat(synth.generate_catalog(rows, tax, opts["seed"], noise, inner), ignore_index=True)
+        df = synth.generate_catalog(rows, tax, opts["seed"], noise, inner)  # chunks: ingested as they come
         where = (f"ktt.synth.generate_catalog(rows={rows}, " +
                  (f"taxonomy={Path(taxonomy_file).name!r}" if taxonomy_file else
                   f"categories={categories}, max_depth={max_depth}") + f", inner={inner}, seed={opts['seed']})")

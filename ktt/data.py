@@ -50,6 +50,27 @@ def sniff_delimiter(path: Path, encoding: str) -> str:
         return "\t" if path.suffix.lower() == ".tsv" else ","
 
 
+def _csv_options(encoding: str, sep: str, names) -> dict:
+    """How every CSV/TSV is read: all strings, empty cells missing, ``names``: no header row."""
+    return dict(encoding=encoding, sep=sep, dtype=str, keep_default_na=False, na_values=[""],
+                header=None if names is not None else "infer", names=names,
+                index_col=False if names is not None else None)
+
+
+def _check_names(path: Path, fmt: str, names) -> None:
+    if names is not None and fmt != "csv":
+        raise IngestError(f"{path}: --columns names the columns of a header-less CSV/TSV, not of {fmt}")
+    if names is not None and len(set(names)) != len(names):
+        raise IngestError(f"--columns {','.join(names)}: a name appears twice")
+
+
+def _check_columns(path: Path, df: pd.DataFrame, names, sep: str) -> pd.DataFrame:
+    if names is not None and df[names[-1]].isna().all() and len(df):
+        raise IngestError(f"{path}: --columns names {len(names)} columns but the rows hold fewer "
+                          f"(delimiter {sep!r}); check the delimiter (--delimiter) or the names")
+    return df
+
+
 def read_file(path: str | os.PathLike, fmt: str | None = None, *, encoding: str = "utf-8",
               sep: str | None = None, names: Sequence[str] | None = None) -> pd.DataFrame:
     """Read a flat file into a DataFrame, with errors that name the file.
@@ -64,20 +85,11 @@ def read_file(path: str | os.PathLike, fmt: str | None = None, *, encoding: str 
     if fmt not in set(FORMATS.values()):
         raise IngestError(f"{path}: unknown format {fmt or path.suffix!r}; use one of "
                           f"{sorted(set(FORMATS.values()))} (--format)")
-    if names is not None and fmt != "csv":
-        raise IngestError(f"{path}: --columns names the columns of a header-less CSV/TSV, not of {fmt}")
-    if names is not None and len(set(names)) != len(names):
-        raise IngestError(f"--columns {','.join(names)}: a name appears twice")
+    _check_names(path, fmt, names)
     try:
         if fmt == "csv":
             sep = sep or sniff_delimiter(path, encoding)
-            df = pd.read_csv(path, encoding=encoding, sep=sep, dtype=str, keep_default_na=False, na_values=[""],
-                             header=None if names is not None else "infer", names=names,
-                             index_col=False if names is not None else None)
-            if names is not None and df[names[-1]].isna().all() and len(df):
-                raise IngestError(f"{path}: --columns names {len(names)} columns but the rows hold fewer "
-                                  f"(delimiter {sep!r}); check the delimiter (--delimiter) or the names")
-            return df
+            return _check_columns(path, pd.read_csv(path, **_csv_options(encoding, sep, names)), names, sep)
         if fmt in ("json", "jsonl"):
             return pd.read_json(path, lines=fmt == "jsonl", encoding=encoding, dtype=False)
         if fmt == "parquet":
@@ -94,6 +106,52 @@ def read_file(path: str | os.PathLike, fmt: str | None = None, *, encoding: str 
         raise IngestError(f"{path}: not valid {encoding} text at byte {e.start}; pass --encoding "
                           f"(for example latin-1)") from None
     except Exception as e:  # pandas/pyarrow raise many types; the user needs the file and the cause
+        raise IngestError(f"{path}: cannot read as {fmt}: {type(e).__name__}: {e}") from None
+
+
+def read_chunks(path: str | os.PathLike, fmt: str | None = None, *, encoding: str = "utf-8",
+                sep: str | None = None, names: Sequence[str] | None = None, rows: int = 100_000):
+    """:func:`read_file` a chunk of ``rows`` rows at a time (CSV/TSV, JSON lines, Parquet, Arrow;
+    a JSON array is read whole): what :func:`ingest` streams. Errors name the file, as
+    :func:`read_file`'s, when the chunk that holds the fault is read."""
+    path = Path(path)
+    fmt = fmt or FORMATS.get(path.suffix.lower())
+    if fmt not in ("csv", "jsonl", "parquet", "arrow"):
+        yield read_file(path, fmt, encoding=encoding, sep=sep, names=names)
+        return
+    if not path.is_file():
+        raise IngestError(f"{path}: no such file")
+    _check_names(path, fmt, names)
+    try:
+        if fmt == "csv":
+            sep = sep or sniff_delimiter(path, encoding)
+            for i, chunk in enumerate(pd.read_csv(path, chunksize=rows, **_csv_options(encoding, sep, names))):
+                if i == 0:
+                    _check_columns(path, chunk, names, sep)
+                yield chunk
+        elif fmt == "jsonl":
+            yield from pd.read_json(path, lines=True, encoding=encoding, dtype=False, chunksize=rows)
+        elif fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+                yield batch.to_pandas()
+        else:
+            import pyarrow.ipc as ipc
+
+            try:
+                reader = ipc.open_file(path)
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            except Exception:  # an Arrow *stream* rather than a file
+                batches = iter(ipc.open_stream(open(path, "rb")))
+            for batch in batches:
+                yield batch.to_pandas()
+    except IngestError:
+        raise
+    except UnicodeDecodeError as e:
+        raise IngestError(f"{path}: not valid {encoding} text at byte {e.start}; pass --encoding "
+                          f"(for example latin-1)") from None
+    except Exception as e:
         raise IngestError(f"{path}: cannot read as {fmt}: {type(e).__name__}: {e}") from None
 
 
@@ -169,8 +227,9 @@ def _json_path(value: str, label_sep: str, where: str) -> list[str]:
     return [x.strip() for x in parts]
 
 
-def _label_paths(df: pd.DataFrame, label_cols: Sequence[str], label_sep: str, where: str) -> list:
-    """Each row's label path as a list of stripped strings, or None where it is missing."""
+def _label_paths(df: pd.DataFrame, label_cols: Sequence[str], label_sep: str, where: str, offset: int = 0) -> list:
+    """Each row's label path as a list of stripped strings, or None where it is missing (``offset``:
+    the rows of the source before ``df``, for the row numbers in errors)."""
     if len(label_cols) > 1:
         out = []
         for vals in zip(*(df[c] for c in label_cols)):
@@ -181,7 +240,7 @@ def _label_paths(df: pd.DataFrame, label_cols: Sequence[str], label_sep: str, wh
         return out
     col = label_cols[0]
     out = []
-    for i, v in enumerate(df[col]):
+    for i, v in enumerate(df[col], start=offset):
         if isinstance(v, (list, tuple, np.ndarray)):
             if any(not isinstance(x, str) for x in v):
                 raise IngestError(f"{where}: column {col!r}, row {i + 1}: label path {list(v)!r} holds "
@@ -206,52 +265,34 @@ def _label_paths(df: pd.DataFrame, label_cols: Sequence[str], label_sep: str, wh
     return out
 
 
-def prepare(df: pd.DataFrame, *, text_col: str = "text", label_cols: Sequence[str] = ("labels",),
-            label_sep: str = ">", depth: int | None = None, invalid_rows: str = "error",
-            keep_duplicates: bool = False, split_col: str | None = "split",
-            split_ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, where: str = "input",
-            relabel=None, empty_splits: bool = False) -> tuple[dict[str, pd.DataFrame], Hierarchy, dict]:
-    """Validate rows and split them. Returns the splits, the hierarchy and a report.
-
-    ``relabel``: a function of the list of label paths (``ktt.taxonomy.relabel``), applied before
-    validation; ``empty_splits``: allow a split without rows (rows appended to a dataset)."""
-    if invalid_rows not in ("error", "drop"):
-        raise IngestError(f"invalid_rows must be 'error' or 'drop', not {invalid_rows!r}")
+def _valid_rows(df: pd.DataFrame, offset: int, *, text_col: str, label_cols: Sequence[str], label_sep: str,
+                depth: int | None, split_col: str | None, relabel, where: str) -> tuple[pd.DataFrame, list]:
+    """One chunk of the source checked (``offset``: the rows before it): ``text``, ``labels`` (and
+    ``split``, from ``split_col``) of its valid rows in order, and its problems (row, reason), rows
+    numbered from 1 over the whole source."""
     for c in (text_col, *label_cols):
         if c not in df.columns:
             raise IngestError(f"{where}: no column {c!r}; columns are {[str(x) for x in df.columns]}")
-    if len(df) == 0:
-        raise IngestError(f"{where}: no rows")
     text = df[text_col]
     if not all(isinstance(t, str) or pd.isna(t) for t in text):
         bad = next(i for i, t in enumerate(text) if not (isinstance(t, str) or pd.isna(t)))
-        raise IngestError(f"{where}: column {text_col!r}, row {bad + 1}: text {text.iloc[bad]!r} is not a string")
+        raise IngestError(f"{where}: column {text_col!r}, row {offset + bad + 1}: text {text.iloc[bad]!r} "
+                          "is not a string")
     text = text.fillna("").str.strip()
-    paths = _label_paths(df, label_cols, label_sep, where)
+    paths = _label_paths(df, label_cols, label_sep, where, offset)
     if relabel is not None:
         paths = relabel(paths)
-    lens = np.array([0 if p is None else len(p) for p in paths])
-    if depth is None:  # paths may have different lengths; they keep them (see ktt.hierarchy)
-        depth = int(lens.max()) if lens.any() else 1
-    if depth < 1:
-        raise IngestError(f"depth must be at least 1, not {depth}")
-
     problems = []  # (row, reason)
-    for i, (t, p) in enumerate(zip(text, paths)):
+    for i, (t, p) in enumerate(zip(text, paths), start=offset):
         if not t:
             problems.append((i, f"column {text_col!r} is empty"))
         elif p is None:
             problems.append((i, f"label {'/'.join(label_cols)!r} is missing"))
         elif not p or any(not x for x in p[:depth]):
             problems.append((i, f"label path {p[:depth]!r} has an empty class name"))
-    if problems and invalid_rows == "error":
-        i, why = problems[0]
-        raise IngestError(f"{where}: row {i + 1}: {why} ({len(problems)} invalid row(s) in all; "
-                          "pass --invalid-rows drop to drop them)")
     keep = np.ones(len(df), dtype=bool)
-    keep[[i for i, _ in problems]] = False
-    out = pd.DataFrame({"text": text[keep].to_numpy(),
-                        "labels": [p[:depth] for p, k in zip(paths, keep) if k]})
+    keep[[i - offset for i, _ in problems]] = False
+    out = pd.DataFrame({"text": text[keep].to_numpy(), "labels": [p[:depth] for p, k in zip(paths, keep) if k]})
     if split_col and split_col in df.columns:
         raw = df[split_col][keep].astype(str).str.strip().str.lower()
         mapped = raw.map(_SPLIT_ALIASES)
@@ -260,31 +301,129 @@ def prepare(df: pd.DataFrame, *, text_col: str = "text", label_cols: Sequence[st
             raise IngestError(f"{where}: column {split_col!r}: value {raw.iloc[bad]!r} is not one of "
                               f"train/val/test")
         out["split"] = mapped.to_numpy()
-    report = {"rows_read": len(df), "rows_invalid": len(problems),
-              "invalid_examples": [f"row {i + 1}: {w}" for i, w in problems[:5]]}
+    return out, problems
 
-    key = out["text"] + "\x00" + out["labels"].map("\x00".join)
-    dup = key.duplicated().to_numpy()
-    report["rows_duplicate"] = 0 if keep_duplicates else int(dup.sum())
-    if not keep_duplicates:
-        out = out[~dup].reset_index(drop=True)
-    # Titles seen under two different paths are kept (label noise or true ambiguity), but counted.
-    report["texts_with_several_paths"] = int((out.groupby("text")["labels"].apply(
-        lambda s: s.map(tuple).nunique()) > 1).sum())
 
-    if "split" not in out.columns:
-        out["split"] = _random_split(len(out), split_ratios, seed)
-    splits = {s: out[out["split"] == s][["text", "labels"]].reset_index(drop=True) for s in SPLITS}
-    for s, part in splits.items():
-        if len(part) == 0 and not empty_splits:
-            raise IngestError(f"{where}: the {s} split is empty ({len(out)} rows in all); "
-                              "change --split or add rows")
-    hierarchy = Hierarchy.from_paths(tuple(p) for p in out["labels"])
-    report.update({f"rows_{s}": len(p) for s, p in splits.items()})
-    report["classes_per_level"] = hierarchy.class_counts
-    report["rows_per_path_length"] = {int(k): int(v) for k, v in
-                                      sorted(out["labels"].map(len).value_counts().items())}
+class _Rows:
+    """What deduplication, the split and the report need of the valid rows, a chunk at a time
+    (:meth:`add`): per row a 128-bit key of its text and path, a key of its text alone, its
+    split when the source gives one, and the set of paths. Rows themselves are not kept, so a
+    source of any size passes in bounded memory (a few dozen bytes a row)."""
+
+    def __init__(self):
+        self.keys, self.texts, self.splits, self.lengths = [], [], [], []
+        self.paths, self.problems, self.n_problems, self.n_read = set(), [], 0, 0
+
+    @staticmethod
+    def _hash(parts, size: int) -> np.ndarray:
+        """A BLAKE2 digest of ``size`` bytes per row, as uint64 columns; each row's strings are
+        length-prefixed, so no two different rows can be the same bytes."""
+        from hashlib import blake2b
+
+        def encoded(row):
+            return b"".join(len(b).to_bytes(8, "little") + b for b in (x.encode("utf-8", "surrogatepass") for x in row))
+        out = b"".join(blake2b(encoded(row), digest_size=size).digest() for row in parts)
+        return np.frombuffer(out, np.uint64).reshape(-1, size // 8)
+
+    def add(self, valid: pd.DataFrame, problems: list, n_read: int) -> None:
+        texts, paths = valid["text"].tolist(), valid["labels"].tolist()
+        self.keys.append(self._hash(([t, *p] for t, p in zip(texts, paths)), 16))
+        self.texts.append(np.concatenate([self._hash(([t] for t in texts), 8), self._hash(paths, 8)], axis=1))
+        self.lengths.append(valid["labels"].map(len).to_numpy().astype(np.uint16))
+        if "split" in valid:
+            self.splits.append(valid["split"].map(SPLITS.index).to_numpy().astype(np.uint8))
+        self.paths.update(map(tuple, valid["labels"]))
+        self.problems += problems[:5 - len(self.problems)]
+        self.n_problems += len(problems)
+        self.n_read += n_read
+
+    def finish(self, *, invalid_rows: str, keep_duplicates: bool, split_ratios, seed: int, empty_splits: bool,
+               where: str):
+        """Which valid rows stay (the first of each exact duplicate), each kept row's split (its
+        index in ``SPLITS``), the hierarchy and the ingest report."""
+        if self.n_read == 0:
+            raise IngestError(f"{where}: no rows")
+        if self.problems and invalid_rows == "error":
+            i, why = self.problems[0]
+            raise IngestError(f"{where}: row {i + 1}: {why} ({self.n_problems} invalid row(s) in all; "
+                              "pass --invalid-rows drop to drop them)")
+        keys = np.concatenate(self.keys) if self.keys else np.zeros((0, 2), np.uint64)
+        self.keys = None
+        keep = np.ones(len(keys), bool) if keep_duplicates else _first_of_each(keys)
+        del keys
+        report = {"rows_read": self.n_read, "rows_invalid": self.n_problems,
+                  "invalid_examples": [f"row {i + 1}: {w}" for i, w in self.problems],
+                  "rows_duplicate": int((~keep).sum())}
+        # titles seen under two different paths are kept (label noise or true ambiguity), but counted
+        pairs = np.concatenate(self.texts)[keep] if self.texts else np.zeros((0, 2), np.uint64)
+        self.texts = None
+        texts = pairs[_first_of_each(pairs), :1]  # one per distinct (text, path)
+        report["texts_with_several_paths"] = len(np.unique(texts[~_first_of_each(texts)]))
+        n = int(keep.sum())
+        if self.splits:
+            split = np.concatenate(self.splits)[keep]
+        else:
+            drawn = _random_split(n, split_ratios, seed)
+            split = (drawn == "val").astype(np.uint8) + 2 * (drawn == "test").astype(np.uint8)
+        counts = {s: int((split == i).sum()) for i, s in enumerate(SPLITS)}
+        for s in SPLITS:
+            if counts[s] == 0 and not empty_splits:
+                raise IngestError(f"{where}: the {s} split is empty ({n} rows in all); change --split or add rows")
+        hierarchy = Hierarchy.from_paths(self.paths)
+        lengths = np.concatenate(self.lengths)[keep]
+        report.update({f"rows_{s}": counts[s] for s in SPLITS})
+        report["classes_per_level"] = hierarchy.class_counts
+        report["rows_per_path_length"] = {int(k): int(v) for k, v in zip(*np.unique(lengths, return_counts=True))}
+        return keep, split, hierarchy, report
+
+
+def _first_of_each(keys: np.ndarray) -> np.ndarray:
+    """Per row of ``keys`` (rows of uint64 columns): is it the first row with its key?"""
+    order = np.lexsort(keys.T[::-1])  # stable: equal keys stay in row order
+    ranked = keys[order]
+    new = np.ones(len(keys), bool)
+    new[1:] = (ranked[1:] != ranked[:-1]).any(axis=1)
+    first = np.zeros(len(keys), bool)
+    first[order[new]] = True
+    return first
+
+
+def prepare(df: pd.DataFrame, *, text_col: str = "text", label_cols: Sequence[str] = ("labels",),
+            label_sep: str = ">", depth: int | None = None, invalid_rows: str = "error",
+            keep_duplicates: bool = False, split_col: str | None = "split",
+            split_ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, where: str = "input",
+            relabel=None, empty_splits: bool = False) -> tuple[dict[str, pd.DataFrame], Hierarchy, dict]:
+    """Validate rows and split them, in memory. Returns the splits, the hierarchy and a report
+    (:func:`ingest` does the same a chunk at a time).
+
+    ``relabel``: a function of the list of label paths (``ktt.taxonomy.relabel``), applied before
+    validation; ``empty_splits``: allow a split without rows (rows appended to a dataset)."""
+    rows, valid = _checked([df], text_col=text_col, label_cols=label_cols, label_sep=label_sep, depth=depth,
+                           split_col=split_col, relabel=relabel, where=where, invalid_rows=invalid_rows)
+    valid = pd.concat(valid, ignore_index=True)
+    keep, split, hierarchy, report = rows.finish(invalid_rows=invalid_rows, keep_duplicates=keep_duplicates,
+                                                 split_ratios=split_ratios, seed=seed, empty_splits=empty_splits,
+                                                 where=where)
+    out = valid[keep].reset_index(drop=True)
+    splits = {s: out[split == i][["text", "labels"]].reset_index(drop=True) for i, s in enumerate(SPLITS)}
     return splits, hierarchy, report
+
+
+def _checked(chunks, *, text_col, label_cols, label_sep, depth, split_col, relabel, where, invalid_rows, sink=None):
+    """:func:`_valid_rows` of every chunk into a :class:`_Rows`; each chunk's valid rows go to
+    ``sink`` (a function), or are returned in a list."""
+    if invalid_rows not in ("error", "drop"):
+        raise IngestError(f"invalid_rows must be 'error' or 'drop', not {invalid_rows!r}")
+    if depth is not None and depth < 1:
+        raise IngestError(f"depth must be at least 1, not {depth}")
+    rows, kept, offset = _Rows(), [], 0
+    for chunk in chunks:
+        valid, problems = _valid_rows(chunk, offset, text_col=text_col, label_cols=label_cols, label_sep=label_sep,
+                                      depth=depth, split_col=split_col, relabel=relabel, where=where)
+        rows.add(valid, problems, len(chunk))
+        offset += len(chunk)
+        kept.append(valid) if sink is None else sink(valid)
+    return rows, kept
 
 
 def _random_split(n: int, ratios: Sequence[float], seed: int) -> np.ndarray:
@@ -300,19 +439,111 @@ def _random_split(n: int, ratios: Sequence[float], seed: int) -> np.ndarray:
 
 
 # -- writing --------------------------------------------------------------------------
-def ingest(df: pd.DataFrame, root, name: str, *, where: str = "input", overwrite: bool = False,
+ROW_GROUP = 65_536  # rows of a split file's row groups: the same rows make the same bytes, however they came
+
+
+class _SplitWriter:
+    """A split's parquet file (``text``: string, ``labels``: list of strings), written in row
+    groups of exactly ``ROW_GROUP`` rows whatever the chunks it is given: a dataset written a chunk
+    at a time and one written at once are the same bytes (the manifest's content hash)."""
+
+    def __init__(self, path: Path):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.schema = pa.schema([("text", pa.string()), ("labels", pa.list_(pa.string()))])
+        self.writer, self.parts, self.n = pq.ParquetWriter(path, self.schema), [], 0
+
+    def add(self, part: pd.DataFrame) -> None:
+        import pyarrow as pa
+
+        self.parts.append(pa.table({"text": pa.array(part["text"].tolist(), pa.string()),
+                                    "labels": pa.array([list(p) for p in part["labels"]], pa.list_(pa.string()))},
+                                   schema=self.schema))
+        self.n += len(part)
+        if self.n >= ROW_GROUP:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        import pyarrow as pa
+
+        table = pa.concat_tables(self.parts) if self.parts else self.schema.empty_table()
+        done = len(table) if final else len(table) // ROW_GROUP * ROW_GROUP
+        for i in range(0, done, ROW_GROUP):
+            self.writer.write_table(table.slice(i, min(ROW_GROUP, done - i)), row_group_size=ROW_GROUP)
+        self.parts, self.n = ([table.slice(done)] if done < len(table) else []), len(table) - done
+
+    def close(self) -> None:
+        self._flush(final=True)
+        self.writer.close()
+
+
+def ingest(source, root, name: str, *, where: str = "input", overwrite: bool = False,
            sample: dict | None = None, meta: dict | None = None, **options):
-    """The one way data becomes a dataset (``ktt ingest``, ``ktt generate``, experiments):
-    :func:`prepare` with ``options``, then a seeded sample of some splits (``sample``: split ->
-    rows; the test split is best kept whole), then :func:`write_dataset`. Returns the dataset's
-    folder, its hierarchy and the ingest report."""
-    splits, hierarchy, report = prepare(df, where=where, **options)
-    for split, n in (sample or {}).items():
-        if n:
-            splits[split] = splits[split].sample(min(int(n), len(splits[split])), random_state=options.get("seed", 0))
-    path = write_dataset(splits, hierarchy, root, name, overwrite=overwrite,
-                         meta={"source": where, "report": report, **(meta or {})})
+    """The one way data becomes a dataset (``ktt ingest``, ``ktt generate``, experiments).
+    ``source``: a DataFrame, or DataFrame chunks (a file read a chunk at a time: :func:`read_chunks`).
+    Rows are checked as :func:`prepare` checks them (``options``), a chunk at a time, into a temp
+    file beside the dataset, then deduplicated and split from their keys (:class:`_Rows`) and
+    written split by split: memory stays bounded at any number of rows, and the dataset is the
+    one :func:`prepare` and :func:`write_dataset` would make of the same rows at once. ``sample``:
+    split -> rows, a seeded sample of that split (it is read back into memory; the test split is
+    best kept whole). Returns the dataset's folder, its hierarchy and the ingest report."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    chunks = [source] if isinstance(source, pd.DataFrame) else source
+    split_ratios, seed = options.pop("split_ratios", (0.8, 0.1, 0.1)), options.get("seed", 0)
+    keep_duplicates, invalid_rows = options.pop("keep_duplicates", False), options.pop("invalid_rows", "error")
+    options.pop("seed", None), options.pop("empty_splits", None)
+    defaults = {"text_col": "text", "label_cols": ("labels",), "label_sep": ">", "depth": None, "split_col": "split",
+                "relabel": None}
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise TypeError(f"ingest() got unexpected options {sorted(unknown)}")
+
+    def fill(tmp: Path):
+        schema = pa.schema([("text", pa.string()), ("labels", pa.list_(pa.string())), ("split", pa.string())])
+        with pq.ParquetWriter(tmp / ".rows.parquet", schema) as rows_file:
+            def sink(valid):
+                rows_file.write_table(pa.table({"text": pa.array(valid["text"].tolist(), pa.string()),
+                                                "labels": pa.array(valid["labels"].tolist(), pa.list_(pa.string())),
+                                                "split": pa.array(valid["split"].tolist() if "split" in valid else
+                                                                  [None] * len(valid), pa.string())}, schema=schema))
+            rows, _ = _checked(chunks, where=where, invalid_rows=invalid_rows, sink=sink, **{**defaults, **options})
+        keep, split, hierarchy, report = rows.finish(invalid_rows=invalid_rows, keep_duplicates=keep_duplicates,
+                                                     split_ratios=split_ratios, seed=seed, empty_splits=False,
+                                                     where=where)
+        writers, at, kept = {s: _SplitWriter(tmp / f"{s}.parquet") for s in SPLITS}, 0, 0
+        try:
+            for batch in pq.ParquetFile(tmp / ".rows.parquet").iter_batches(batch_size=16_384,
+                                                                            columns=["text", "labels"]):
+                part = batch.to_pandas()
+                mine = keep[at:at + len(part)]
+                part, where_to = part[mine], split[kept:kept + int(mine.sum())]
+                at, kept = at + len(mine), kept + len(part)
+                for i, s in enumerate(SPLITS):
+                    writers[s].add(part[where_to == i])
+        finally:
+            for w in writers.values():
+                w.close()
+            (tmp / ".rows.parquet").unlink()
+        for s, n in (sample or {}).items():
+            if n:
+                part = pd.read_parquet(tmp / f"{s}.parquet")
+                part = part.sample(min(int(n), len(part)), random_state=seed)
+                _write_split(tmp / f"{s}.parquet", part)
+        return hierarchy, {"source": where, "report": report, **(meta or {})}, report
+
+    path, hierarchy, report = _write_folder(root, name, overwrite, fill)
     return path, hierarchy, report
+
+
+def _write_split(path: Path, part: pd.DataFrame) -> None:
+    w = _SplitWriter(path)
+    try:
+        w.add(part)
+    finally:
+        w.close()
 
 
 def append(parent: "Dataset", df: pd.DataFrame, root, name: str, *, where: str = "input",
@@ -351,6 +582,16 @@ def append(parent: "Dataset", df: pd.DataFrame, root, name: str, *, where: str =
 def write_dataset(splits: dict[str, pd.DataFrame], hierarchy: Hierarchy, root: str | os.PathLike,
                   name: str, *, meta: dict | None = None, overwrite: bool = False) -> Path:
     """Write a dataset folder all at once: built in a temp folder, then renamed into place."""
+    def fill(tmp: Path):
+        for s, part in splits.items():
+            _write_split(tmp / f"{s}.parquet", part)
+        return hierarchy, meta or {}, None
+    return _write_folder(root, name, overwrite, fill)[0]
+
+
+def _write_folder(root, name: str, overwrite: bool, fill):
+    """A dataset folder built by ``fill(tmp)`` (the split files; it returns the hierarchy, the
+    manifest's extra keys and a value passed back) in a temp folder beside it, then renamed into place."""
     if not name or "/" in name or name.startswith("."):
         raise IngestError(f"bad dataset name {name!r}")
     root = Path(root)
@@ -360,14 +601,13 @@ def write_dataset(splits: dict[str, pd.DataFrame], hierarchy: Hierarchy, root: s
         raise IngestError(f"dataset {final} already exists; pass --overwrite to replace it")
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
-        for s, part in splits.items():
-            part.to_parquet(tmp / f"{s}.parquet", index=False)
+        hierarchy, meta, back = fill(tmp)
         hierarchy.save(tmp / "hierarchy.json")
         from .taxonomy import digest
 
         manifest = {"name": name, "digest": _digest(tmp), "taxonomy": digest(hierarchy),
-                    "rows": {s: len(p) for s, p in splits.items()},
-                    "depth": hierarchy.depth, "classes_per_level": hierarchy.class_counts, **(meta or {})}
+                    "rows": {s: pq_rows(tmp / f"{s}.parquet") for s in SPLITS},
+                    "depth": hierarchy.depth, "classes_per_level": hierarchy.class_counts, **meta}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
         if final.exists():
             old = final.with_name(f".{name}.old")
@@ -380,7 +620,13 @@ def write_dataset(splits: dict[str, pd.DataFrame], hierarchy: Hierarchy, root: s
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
+    return final, hierarchy, back
+
+
+def pq_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def _digest(folder: Path) -> str:
