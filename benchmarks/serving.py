@@ -67,7 +67,7 @@ def serve(bundle: Path, port: int):
         try:
             if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
                 return proc
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or busy warming up
             time.sleep(0.5)
     raise TimeoutError("service did not start")
 
