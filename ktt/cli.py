@@ -189,12 +189,9 @@ def ingest(source, name, fmt, encoding, delimiter, columns, table, query, label_
     if to_dataset and not mapping_file:
         raise BadValue("--to names the taxonomy a --map relabels into; give --map too")
     if mapping_file:
-        from functools import partial
-
-        from .taxonomy import read_mapping, relabel as do_relabel
+        from .taxonomy import Relabel, read_mapping
         target = data.load_dataset(to_dataset, opts["out_root"]).hierarchy if to_dataset else None
-        relabel = partial(do_relabel, mapping=read_mapping(mapping_file, opts["label_sep"]), target=target,
-                          where=os.path.basename(mapping_file))
+        relabel = Relabel(read_mapping(mapping_file, opts["label_sep"]), target, os.path.basename(mapping_file))
     if parent_name:
         parent = data.load_dataset(parent_name, opts["out_root"])
         cols = [c.strip() for c in opts["label_cols"].split(",")]

@@ -256,12 +256,6 @@ def _label_paths(df: pd.DataFrame, label_cols: Sequence[str], label_sep: str, wh
             raise IngestError(f"{where}: column {col!r}, row {i + 1}: label {v!r} is a "
                               f"{type(v).__name__}, not a path; give class names as strings "
                               f"(`a{label_sep}b`) or a list column")
-    present = [p for p in out if p]
-    if present and all(len(p) == 1 and p[0].lstrip("-").isdigit() for p in present):
-        # a CSV reads an id column as strings: numbers alone are class ids, not paths
-        raise IngestError(f"{where}: column {col!r} holds only numbers (row 1: {present[0][0]!r}): class ids, "
-                          f"not label paths; give class names (`a{label_sep}b`), several columns with -c, "
-                          "or, for an SQL source, --label-table to map ids to names")
     return out
 
 
@@ -416,13 +410,28 @@ def _checked(chunks, *, text_col, label_cols, label_sep, depth, split_col, relab
         raise IngestError(f"invalid_rows must be 'error' or 'drop', not {invalid_rows!r}")
     if depth is not None and depth < 1:
         raise IngestError(f"depth must be at least 1, not {depth}")
-    rows, kept, offset = _Rows(), [], 0
+    if not label_sep:
+        raise IngestError("the label separator (--label-sep) must not be empty")
+    rows, kept, offset, with_split = _Rows(), [], 0, None
     for chunk in chunks:
         valid, problems = _valid_rows(chunk, offset, text_col=text_col, label_cols=label_cols, label_sep=label_sep,
                                       depth=depth, split_col=split_col, relabel=relabel, where=where)
+        if with_split is not None and ("split" in valid) != with_split and len(chunk):
+            raise IngestError(f"{where}: column {split_col!r} is {'missing from' if with_split else 'given from'} "
+                              f"row {offset + 1} on, {'given' if with_split else 'missing'} before: give every row "
+                              "a split (train/val/test), or none")
+        with_split = "split" in valid if len(chunk) else with_split
         rows.add(valid, problems, len(chunk))
         offset += len(chunk)
         kept.append(valid) if sink is None else sink(valid)
+    if getattr(relabel, "check", None):
+        relabel.check()
+    numbers = [p[0] for p in rows.paths if len(p) == 1 and p[0].lstrip("-").isdigit()]
+    if len(label_cols) == 1 and rows.paths and len(numbers) == len(rows.paths):
+        # a CSV reads an id column as strings: numbers alone are class ids, not paths
+        raise IngestError(f"{where}: column {label_cols[0]!r} holds only numbers (for example {min(numbers)!r}): "
+                          f"class ids, not label paths; give class names (`a{label_sep}b`), several columns "
+                          "with -c, or, for an SQL source, --label-table to map ids to names")
     return rows, kept
 
 

@@ -30,7 +30,6 @@ END = ""  # the last part of an end class: the path ended one level up (never a 
 DECODE_MODES = ("path", "leaf", "top_down", "argmax")
 #: How a model's per-level scores score a whole path (:meth:`Hierarchy.path_scores`).
 PATH_RULES = ("leaf", "joint", "log_odds")
-_TINY = 1e-30  # log(0) is read as log(1e-30): a path of probability 0 stays the least likely, never NaN
 _SURE = 1e-7   # sigmoid outputs are clipped to [1e-7, 1 - 1e-7] before their log-odds (float32 rounds to 0 and 1)
 
 
@@ -283,10 +282,11 @@ class Hierarchy:
         independent sigmoid: P(exactly this path's classes are on) is proportional to
         prod_path s * prod_other (1 - s), which is proportional to the product of the path's odds.
         """
-        if rule == "leaf":
-            return np.log(np.maximum(np.asarray(scores[-1], dtype=np.float64), _TINY))
-        if rule == "joint":
-            return self.path_log_scores([np.log(np.maximum(np.asarray(s, dtype=np.float64), _TINY)) for s in scores])
+        with np.errstate(divide="ignore"):  # a path of probability 0 scores -inf: it stays 0 (node_proba)
+            if rule == "leaf":
+                return np.log(np.maximum(np.asarray(scores[-1], dtype=np.float64), 0))
+            if rule == "joint":
+                return self.path_log_scores([np.log(np.maximum(np.asarray(s, dtype=np.float64), 0)) for s in scores])
         if rule == "log_odds":
             odds = []
             for s in scores:
@@ -300,7 +300,9 @@ class Hierarchy:
         paths through it of P(path) = softmax(path_scores) over all paths. A class never has more
         than its parent (its paths are some of the parent's)."""
         z = np.asarray(path_scores, dtype=np.float64)
-        p = np.exp(z - z.max(axis=1, keepdims=True))
+        top = z.max(axis=1, keepdims=True)
+        p = np.exp(z - np.where(np.isfinite(top), top, 0))
+        p[~np.isfinite(top[:, 0])] = 1.0  # every path of probability 0: none preferred
         p /= p.sum(axis=1, keepdims=True)
         return self.sum_up(p)
 

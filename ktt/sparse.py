@@ -411,8 +411,8 @@ class NodeClassifiers:
         is, each value's class)``."""
         n, out = len(codes), []
         for d in range(self.h.depth):
-            rows, kids, _, cond = self._expand(x, d, np.arange(n), codes[:, d - 1] if d else np.zeros(n, np.int64),
-                                               np.zeros(n))
+            rows, kids, _, cond, _ = self._expand(x, d, np.arange(n), codes[:, d - 1] if d else np.zeros(n, np.int64),
+                                                  np.zeros(n), np.ones(n, np.float32))
             out.append(self._runs(codes, d, rows, kids, cond))
         return out
 
@@ -433,22 +433,26 @@ class NodeClassifiers:
         counts = np.bincount(rows, minlength=n)
         return cond, np.cumsum(counts) - counts, np.flatnonzero(kids == codes[rows, d]), kids
 
-    def _expand(self, x, d: int, rows: np.ndarray, at: np.ndarray, logp: np.ndarray):
-        """Each (row, class ``at`` of level d - 1) pair -> its children at level d with their path
-        log-probability and P(child | parent): ``(rows, children, logp, cond)``."""
+    def _expand(self, x, d: int, rows: np.ndarray, at: np.ndarray, logp: np.ndarray, prob: np.ndarray):
+        """Each (row, class ``at`` of level d - 1) pair, its path's log-probability ``logp`` and
+        probability ``prob`` (float32) -> its children at level d: ``(rows, children, logp, cond,
+        prob)``, ``cond`` P(child | parent). ``prob`` is the product down the path in float32, as
+        ``Hierarchy.chain`` computes it, so that equal paths are equal (ties go to the lowest leaf)."""
         key = at if d else np.zeros(len(rows), np.int64)
         block, only = self.block_of[d][key], self.only_child[d][key]
         one = only >= 0
-        r_out, c_out, lp_out, p_out = [rows[one]], [only[one]], [logp[one]], [np.ones(int(one.sum()))]
+        r_out, c_out, lp_out, p_out, pr_out = [rows[one]], [only[one]], [logp[one]], [np.ones(int(one.sum()))], \
+            [prob[one]]
         has = block >= 0
         if has.any():  # the children that can have a probability above 0 (LinearBlocks.pair_proba)
             p, pair, local = self.blocks.pair_proba(x, rows[has], block[has])
             r_out.append(rows[has][pair])
             c_out.append(self.children[self.blocks.first_out[block[has]][pair] + local])
             p_out.append(p.astype(np.float64))
+            pr_out.append(prob[has][pair] * p)
             with np.errstate(divide="ignore"):
                 lp_out.append(logp[has][pair] + np.log(p_out[-1]))
-        return tuple(np.concatenate(a) for a in (r_out, c_out, lp_out, p_out))
+        return tuple(np.concatenate(a) for a in (r_out, c_out, lp_out, p_out, pr_out))
 
     def greedy(self, x) -> tuple[np.ndarray, np.ndarray]:
         """The top-down greedy path of every row (each level takes the parent's most likely child)
@@ -459,15 +463,16 @@ class NodeClassifiers:
     def _greedy(self, x):
         """:meth:`greedy`, and per level the expansion of every row's greedy prefix (search reuses it)."""
         n = x.shape[0]
-        codes, logp, rows, expanded = np.zeros((n, self.h.depth), np.int64), np.zeros(n), np.arange(n), []
+        codes, logp, prob, rows, expanded = (np.zeros((n, self.h.depth), np.int64), np.zeros(n),
+                                             np.ones(n, np.float32), np.arange(n), [])
         for d in range(self.h.depth):
-            r, c, lp, p = self._expand(x, d, rows, codes[:, d - 1] if d else np.zeros(n, np.int64), logp)
-            expanded.append((r, c, lp, p))
+            r, c, lp, p, pr = self._expand(x, d, rows, codes[:, d - 1] if d else np.zeros(n, np.int64), logp, prob)
+            expanded.append((r, c, lp, p, pr))
             best = np.full(n, -np.inf)
             np.maximum.at(best, r, lp)
-            pick = np.full(n, -1, np.int64)
+            pick, prob = np.full(n, -1, np.int64), np.zeros(n, np.float32)
             hit = lp >= best[r]
-            pick[r[hit][::-1]] = c[hit][::-1]  # the first of equals, as argmax
+            pick[r[hit][::-1]], prob[r[hit][::-1]] = c[hit][::-1], pr[hit][::-1]  # the first of equals, as argmax
             codes[:, d], logp = np.maximum(pick, 0), best
         return codes, logp, expanded
 
@@ -487,17 +492,17 @@ class NodeClassifiers:
             return np.zeros((0, self.h.depth), np.int64), [(np.zeros(0),) + (np.zeros(0, np.int64),) * 3] * self.h.depth
         greedy, bound, expanded = self._greedy(x)
         if decode == "top_down":
-            return greedy, [self._runs(greedy, d, r, c, p) for d, (r, c, _, p) in enumerate(expanded)]
-        rows, at, logp, seen = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), []
+            return greedy, [self._runs(greedy, d, r, c, p) for d, (r, c, _, p, _) in enumerate(expanded)]
+        rows, at, logp, prob, seen = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.float32), []
         for d in range(self.h.depth):
             # every row's greedy prefix survives (it is worth at least g): its children are known
             other = at != greedy[rows, d - 1] if d else np.zeros(len(rows), bool)
-            new = self._expand(x, d, rows[other], at[other], logp[other])
-            rows, at, logp, cond = (np.concatenate([a, b]) for a, b in zip(expanded[d], new))
+            new = self._expand(x, d, rows[other], at[other], logp[other], prob[other])
+            rows, at, logp, cond, prob = (np.concatenate([a, b]) for a, b in zip(expanded[d], new))
             seen.append((rows, at, cond))
             keep = logp >= bound[rows] - slack
-            rows, at, logp = rows[keep], at[keep], logp[keep]
-        order = np.lexsort((at, -logp, rows))  # per row: best first, then the lowest leaf index
+            rows, at, logp, prob = rows[keep], at[keep], logp[keep], prob[keep]
+        order = np.lexsort((at, -prob, rows))  # per row: the most probable first (float32), then the lowest leaf
         first = order[np.flatnonzero(np.diff(np.concatenate([[-1], rows[order]])))]
         codes = self.h.leaf_paths()[at[first]]
         return codes, [self._runs(codes, d, *e) for d, e in enumerate(seen)]

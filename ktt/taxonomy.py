@@ -248,32 +248,50 @@ def relabel(paths: list, mapping: dict[tuple, tuple], target: Hierarchy | None =
     """Each path with its longest mapped prefix replaced (``A > B -> C`` relabels ``A > B > x``
     as ``C > x``). With ``target``, every relabelled path must be one of its paths: an old path
     the mapping does not map into it is an error naming the path and the first row."""
-    valid = None if target is None else {tuple(x for x in p if x != END) for p in target.levels[-1]}
-    if valid is not None:
-        for old, new in mapping.items():
-            if not any(v[:len(new)] == new for v in valid):
-                raise BadValue(f"{where}: {SEP.join(old)!r} is mapped to {SEP.join(new)!r}, which is not a "
-                               f"category of the new taxonomy")
-    longest = max(map(len, mapping), default=0)
-    out, bad = [], Counter()
-    first = {}
-    for i, p in enumerate(paths):
-        if p is None:
-            out.append(None)
-            continue
-        p = orig = tuple(p)
-        for k in range(min(len(p), longest), 0, -1):
-            if p[:k] in mapping:
-                p = mapping[p[:k]] + p[k:]
-                break
-        if valid is not None and p not in valid:
-            bad[orig, p] += 1
-            first.setdefault((orig, p), i)
-        out.append(list(p))
-    if bad:
-        (orig, p), n = bad.most_common(1)[0]
-        how = f"becomes {SEP.join(p)!r}, which is not in the new taxonomy" if p != orig else \
-            f"is not in the new taxonomy and {where} does not map it"
-        raise BadValue(f"row {first[orig, p] + 1}: label path {SEP.join(orig)!r} {how} ({n} rows; {len(bad)} such "
-                       f"paths in all); add a line `{SEP.join(orig)},<new path>` to {where}")
+    r = Relabel(mapping, target, where)
+    out = r(paths)
+    r.check()
     return out
+
+
+class Relabel:
+    """:func:`relabel` of a source a chunk at a time (``ktt ingest --map`` streams): each chunk
+    relabelled as it comes, its rows numbered over the whole source; the paths it could not map
+    are counted over every row and reported by :meth:`check`, once all were seen."""
+
+    def __init__(self, mapping: dict[tuple, tuple], target: Hierarchy | None = None, where: str = "mapping"):
+        self.mapping, self.where, self.offset = mapping, where, 0
+        self.valid = None if target is None else {tuple(x for x in p if x != END) for p in target.levels[-1]}
+        if self.valid is not None:
+            for old, new in mapping.items():
+                if not any(v[:len(new)] == new for v in self.valid):
+                    raise BadValue(f"{where}: {SEP.join(old)!r} is mapped to {SEP.join(new)!r}, which is not a "
+                                   f"category of the new taxonomy")
+        self.longest = max(map(len, mapping), default=0)
+        self.bad, self.first = Counter(), {}
+
+    def __call__(self, paths: list) -> list:
+        out = []
+        for i, p in enumerate(paths, start=self.offset):
+            if p is None:
+                out.append(None)
+                continue
+            p = orig = tuple(p)
+            for k in range(min(len(p), self.longest), 0, -1):
+                if p[:k] in self.mapping:
+                    p = self.mapping[p[:k]] + p[k:]
+                    break
+            if self.valid is not None and p not in self.valid:
+                self.bad[orig, p] += 1
+                self.first.setdefault((orig, p), i)
+            out.append(list(p))
+        self.offset += len(paths)
+        return out
+
+    def check(self) -> None:
+        if self.bad:
+            (orig, p), n = self.bad.most_common(1)[0]
+            how = f"becomes {SEP.join(p)!r}, which is not in the new taxonomy" if p != orig else \
+                f"is not in the new taxonomy and {self.where} does not map it"
+            raise BadValue(f"row {self.first[orig, p] + 1}: label path {SEP.join(orig)!r} {how} ({n} rows; "
+                           f"{len(self.bad)} such paths in all); add a line `{SEP.join(orig)},<new path>` to {self.where}")

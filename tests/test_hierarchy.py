@@ -117,7 +117,7 @@ def brute_force_best_path(h, levels):
     """The leaf whose path has the highest product of per-level scores, by enumerating every path."""
     best, best_score = None, -np.inf
     for leaf, path in enumerate(h.leaf_paths()):
-        score = sum(np.log(max(levels[d][c], 1e-30)) for d, c in enumerate(path))
+        score = sum(np.log(levels[d][c]) if levels[d][c] > 0 else -np.inf for d, c in enumerate(path))
         if score > best_score:
             best, best_score = leaf, score
     return h.leaf_paths()[best]

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pytest
 
+from ktt.errors import BadValue
 from ktt.data import IngestError, load_dataset, prepare, read_file, read_sql, write_dataset, paths_from_label_table
 
 RAW_COLS = ["category", "sub_category", "type"]
@@ -305,3 +306,32 @@ def test_ingest_memory_stays_bounded(tmp_path):
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert (peaks[1] - peaks[0]) / 60_000 < 100, peaks
+
+
+def test_streamed_ingest_judges_the_whole_source(tmp_path):
+    """Found by the hostile review of issue 39, each read a chunk at a time as `ktt ingest` reads a
+    file: a split column given only from some row on is a one-line error (it crashed); labels
+    that are numbers in the first chunk only are accepted, as read at once (the check is over every
+    row); a --map error names the row over the whole source and counts every chunk; an empty
+    label separator is refused."""
+    from ktt.data import ingest
+    from ktt.hierarchy import Hierarchy
+    from ktt.taxonomy import Relabel
+
+    first = pd.DataFrame({"text": [f"t{i}" for i in range(40)], "labels": [f"{i % 5}" for i in range(40)]})
+    later = pd.DataFrame({"text": [f"u{i}" for i in range(40)], "labels": ["A > a", "B > b"] * 20,
+                          "split": ["train", "val", "test", "train"] * 10})
+    with pytest.raises(IngestError, match=r"column 'split' is given from row 41 on, missing before"):
+        ingest(iter([first, later]), tmp_path, "mixed")
+    path, h, report = ingest(iter([first, later.drop(columns="split")]), tmp_path, "numbers_then_names")
+    assert report["rows_read"] == 80 and ("A", "a") in h.levels[1]
+    with pytest.raises(IngestError, match=r"holds only numbers \(for example '0'\)"):
+        ingest(iter([first, first.assign(text=first.text + "x")]), tmp_path, "numbers")
+    target = Hierarchy.from_paths([("A", "a"), ("B", "b"), ("C",)])
+    relabel = Relabel({(str(i),): ("C",) for i in range(5)}, target)
+    second = first.assign(text=first.text + "x", labels=["0", "1", "9"] + ["9", "8"] * 18 + ["0"])
+    with pytest.raises(BadValue, match=r"row 43: label path '9' is not in the new taxonomy .*\(19 rows; 2 such"):
+        ingest(iter([first, second]), tmp_path, "mapped", relabel=relabel)
+    with pytest.raises(IngestError, match="label separator"):
+        ingest(first, tmp_path, "sep", label_sep="")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["numbers_then_names"]

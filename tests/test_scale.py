@@ -428,22 +428,45 @@ def catalogs():
 
 
 def test_answers_and_confidences_are_those_of_every_path(catalogs):
-    """A real catalog model answers, path-locally, what scoring every path of the tree gave (the
-    computation before issue 39: ``Model.calibrated`` of all classes, tempered): the same paths
-    and the same confidences, for both decoders. Temperatures at most 3: scoring every path read a
-    path of probability 0 as 1e-30 (``hierarchy._TINY``), and a temperature near 20 (a level with
-    few rows: issue 41) raised such a sibling to (1e-30)^(1/20) = .03 of its parent; read along
-    the path, it stays 0."""
+    """A real catalog model answers, path-locally, what scoring every path of the tree gives
+    (``Model.calibrated`` of all classes, tempered: ``predict_proba``, monitoring): the same paths
+    and the same confidences at the fitted temperatures (some near 20 on the deep levels), for
+    both decoders."""
     for categories, (model, texts) in catalogs.items():
-        h, fitted = model.hierarchy, model.calibration_["temperatures"]
-        model.calibration_["temperatures"] = np.minimum(fitted, 3).tolist()
+        h = model.hierarchy
         for decode in ("path", "top_down"):
             model.params["decode"] = decode
             codes, conf = model.predict_confident(texts)
             every, proba = model.calibrated(model.raw_scores(texts))
             assert np.array_equal(codes, every), (categories, decode)
             np.testing.assert_allclose(conf, h.confidences(every, proba), rtol=1e-4, atol=1e-6)
-        model.params["decode"], model.calibration_["temperatures"] = "path", fitted
+        model.params["decode"] = "path"
+
+
+def test_exact_ties_and_paths_of_probability_zero_by_hand():
+    """Found by the hostile review of issue 39. Three whole paths of probability 1/3 each: the
+    search answers the lowest leaf, as the argmax over every path does (it compares the float32
+    products ``Hierarchy.chain`` computes, not sums of logs whose last bit differs). A sibling of
+    probability 0 stays 0 at any temperature in both computations: at T = 20 scoring every path
+    read it as 1e-30 and gave it (1e-30)^(1/20) = .03."""
+    from ktt.confidence import PathChains
+
+    h = Hierarchy.from_paths([("A", "a1"), ("B", "b1"), ("B", "b2"), ("C", "c1")])
+    # root: one-vs-rest over A, B, C, biases 0, 1, -1: (.5, 1, 0) / 1.5; B over (b1, b2): one decision
+    # at 0, (.5, .5); A and C have one child each. A > a1, B > b1 and B > b2 are worth 1/3 each, C > c1 0.
+    fits = [[(np.array([], int), np.array([]), b) for b in (0.0, 1.0, -1.0)], [(np.array([], int), np.array([]), 0.0)]]
+    blocks = LinearBlocks.from_fits(fits, [3, 2], 1, "modified_huber")
+    nodes = NodeClassifiers(h, blocks, [0, 1], [-1, 1], [0, 1, 2, 1, 2], [1, 1], [0, 2], [0, 3])
+    x = Csr(np.array([0, 0]), np.zeros(0, np.int32), np.zeros(0, np.float32), (1, 1))  # no features: the biases
+    dense = h.chain(nodes.conditional(x))
+    assert dense[1][0].tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3, 0])
+    codes, runs = nodes.search(x)
+    assert codes.tolist() == h.decode_scores(dense, "leaf").tolist() == [[0, 0]]  # A > a1, the lowest leaf
+    ts = [20.0, 1.0]
+    every = h.confidences(codes, h.answer_scores(dense, "leaf", "path", ts)[1])
+    a, b = (1 / 3) ** (1 / 20), (2 / 3) ** (1 / 20)  # C's 0 adds nothing
+    np.testing.assert_allclose(PathChains.of_paths(runs).confidences(ts), [[a / (a + b)] * 2], rtol=1e-6)
+    np.testing.assert_allclose(every, [[a / (a + b)] * 2], rtol=1e-6)
 
 
 def test_answering_reads_the_paths_nodes_not_every_class(catalogs, monkeypatch):
