@@ -48,12 +48,12 @@ class Featuriser:
     value for value (``tests/test_hardware.py`` compares them on real data). Texts go in
     chunks, so memory stays bounded however many there are."""
 
-    def __init__(self, vectorizer, language: str, chunk: int = 20_000):
+    def __init__(self, vectorizer, language: str, chunk: int = 20_000, index: NgramIndex | None = None):
         from sklearn.feature_extraction.text import TfidfTransformer
 
         self.chunk, self.dtype = chunk, vectorizer.dtype
-        try:
-            self.index = NgramIndex.from_vocabulary(vectorizer.vocabulary_, language)
+        try:  # ``index``: the one saved with the checkpoint (a catalog's 870,000 n-grams take 3 s to index)
+            self.index = index or NgramIndex.from_vocabulary(vectorizer.vocabulary_, language)
         except ValueError as e:
             raise BadValue(str(e)) from None
         self.n_features = self.index.n_features
@@ -114,8 +114,9 @@ class TfidfModel(Model):
     def features(self, texts):
         """The TF-IDF matrix of ``texts`` (sparse, one row per text): what the vectoriser makes of
         the preprocessor's output, computed with array lookups (:class:`Featuriser`)."""
-        if getattr(self, "featuriser_", None) is None:  # made from the fitted parts, never saved
-            self.featuriser_ = Featuriser(self.vectorizer_, self.params["language"])
+        if getattr(self, "featuriser_", None) is None:  # made from the fitted parts (its index saved, as arrays)
+            self.featuriser_ = Featuriser(self.vectorizer_, self.params["language"], index=self.__dict__.pop(
+                "ngram_index_", None))
         return self.featuriser_(texts)
 
     def node_groups(self, codes) -> list[tuple]:
@@ -286,14 +287,17 @@ class TfidfModel(Model):
 
     def save(self, path, state=None):
         # the classifiers as plain arrays: a checkpoint never pickles KTT's own scoring classes
+        self.features([])  # its n-gram index, saved as arrays: loading it is faster than building it again
         save_sklearn(self, path, {"preprocessor_": self.preprocessor_, "vectorizer_": self.vectorizer_,
-                                  "nodes_": self.nodes_.to_arrays(),
+                                  "nodes_": self.nodes_.to_arrays(), "ngram_index_": self.featuriser_.index.to_arrays(),
                                   "calibration_": getattr(self, "calibration_", None)})
 
     @classmethod
     def load(cls, path):
         model = load_sklearn(cls, path)
         model.params = {**cls.defaults, **model.params}  # a checkpoint from before a hyperparameter existed
+        if isinstance(getattr(model, "ngram_index_", None), dict):
+            model.ngram_index_ = NgramIndex.from_arrays(model.ngram_index_, model.params["language"])
         if isinstance(getattr(model, "nodes_", None), dict):
             model.nodes_ = NodeClassifiers.from_arrays(model.hierarchy, model.nodes_, model.params["loss"])
         else:  # written before the sparse classifiers: scikit-learn's, converted weight for weight
