@@ -329,7 +329,15 @@ def _log_study(study, sweep: Sweep) -> None:
     mlflow.log_metric("best_trial_value", best.value)
     mlflow.log_dict({"trial": best.number, "value": best.value, "params": best.params,
                      "mlflow_run_id": best.user_attrs.get("mlflow_run_id")}, "best_params.json")
-    mlflow.set_tag("ktt.best_run_id", best.user_attrs.get("mlflow_run_id", ""))
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(2):  # fleet workers share the study's run and end together: a tag both insert
+        try:                  # at once fails one of them on the server's key (seen on PostgreSQL); again, it updates
+            mlflow.set_tag("ktt.best_run_id", best.user_attrs.get("mlflow_run_id", ""))
+            break
+        except MlflowException:
+            if attempt:
+                raise
     plots = [("optimization_history.png", ovm.plot_optimization_history)]
     if len(done) > 1 and len(best.params) > 1:
         plots.append(("param_importances.png", ovm.plot_param_importances))

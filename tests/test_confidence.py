@@ -218,7 +218,10 @@ def hsgd(bigbasket_small):
     from ktt.data import load_dataset
 
     ds = load_dataset("bb_small", bigbasket_small)
-    model = registry.get("tfidf_hsgd")(ds.hierarchy, target_precision=0.9).fit(ds.train, ds.val)
+    # .85: a target this validation split reaches. 47-75% of its confidences are exactly 1.0 (modified
+    # Huber clips; issue 41), and no threshold gets above .89; .9 held before issue 39 only because a
+    # path of probability 0 was read as 1e-30, which a large temperature spread over those ties
+    model = registry.get("tfidf_hsgd")(ds.hierarchy, target_precision=0.85).fit(ds.train, ds.val)
     return model, ds
 
 
@@ -238,12 +241,12 @@ def test_calibration_is_fitted_saved_and_used(hsgd, tmp_path):
     model, ds = hsgd
     cal = model.calibrate(ds.val)
     assert len(cal["temperatures"]) == 3 and all(0.05 <= t <= 20 and t != 1.0 for t in cal["temperatures"])
-    assert cal["threshold"] == threshold_for(cal["curve"], 0.9)
+    assert cal["threshold"] == threshold_for(cal["curve"], 0.85) < 1
     codes, proba = model.predict_scored(ds.val.texts)
     answers = model.answers(ds.val.texts)
     # the threshold chosen on validation: the answers it leaves there reach the target
     a = answered(model.hierarchy, ds.val.codes, codes, model.hierarchy.confidences(codes, proba), cal["threshold"])
-    assert a["h_precision"] >= 0.9 and sum(map(len, answers)) < len(ds.val) * 3
+    assert a["h_precision"] >= 0.85 and sum(map(len, answers)) < len(ds.val) * 3
     # calibrated confidences score better on validation than the raw ones, level by level
     h = model.hierarchy
     plain = h.confidences(codes, h.node_proba(h.path_scores(model.raw_scores(ds.val.texts), model.paths)))
@@ -255,4 +258,4 @@ def test_calibration_is_fitted_saved_and_used(hsgd, tmp_path):
     back = type(model).load(tmp_path / "m.pkl")
     assert back.calibration_ == cal and back.answers(ds.val.texts[:50]) == answers[:50]
     assert back.answer_config()["temperatures"] == cal["temperatures"] and back.stop_threshold() == cal["threshold"]
-    assert back.stop_threshold(target_precision=0.9) == cal["threshold"] and back.stop_threshold(0.3) == 0.3
+    assert back.stop_threshold(target_precision=0.85) == cal["threshold"] and back.stop_threshold(0.3) == 0.3
