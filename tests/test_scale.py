@@ -440,7 +440,7 @@ def test_answers_and_confidences_are_those_of_every_path(catalogs):
             every, proba = model.calibrated(model.raw_scores(texts))
             assert np.array_equal(codes, every), (categories, decode)
             np.testing.assert_allclose(conf, h.confidences(every, proba), rtol=1e-4, atol=1e-6)
-            for t in range(3):  # one title a call: every class scored (ktt.sparse.SEARCH_FROM), the same answer
+            for t in range(3):  # one title a call: the same answer as in a batch
                 one = model.predict_confident(texts[t:t + 1])
                 assert np.array_equal(one[0], codes[t:t + 1]) and np.allclose(one[1], conf[t:t + 1], rtol=1e-4, atol=1e-6)
         model.params["decode"] = "path"

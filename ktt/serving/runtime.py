@@ -178,11 +178,9 @@ class Predictor:
 
     def chains(self, features) -> tuple[np.ndarray, PathChains]:
         """The decoded paths and what their confidences read (``Model.path_chains``): a chained
-        TF-IDF model's from its paths' nodes alone (``NodeClassifiers.search``; a small batch, and
-        any other model, from every class's probability: the same answers)."""
-        from ktt.sparse import SEARCH_FROM
-
-        if self.sparse and not self.sparse.flat and features.shape[0] * self.hierarchy.n_classes >= SEARCH_FROM:
+        TF-IDF model's from its paths' nodes alone (``NodeClassifiers.search``), any other's from
+        every class's probability."""
+        if self.sparse and not self.sparse.flat:
             codes, runs = self.sparse.nodes.search(features, self.config.get("decode", "path"))
             return codes, PathChains.of_paths(runs)
         codes, proba = self.answer(self.scores(features), temperatures=1.0)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ktt.confidence import PathChains
-from ktt.sparse import PROBA_LOSSES, SEARCH_FROM
+from ktt.sparse import PROBA_LOSSES
 from ktt.tfidf import TfidfModel
 
 
@@ -50,7 +50,5 @@ class TfidfHSGD(TfidfModel):
         return 4096  # a row's confidences read its path's nodes: memory follows the path, not the classes (4,096: fastest measured)
 
     def path_chains(self, texts):
-        if len(texts) * self.hierarchy.n_classes < SEARCH_FROM:  # a few rows: every class at once is cheaper
-            return super().path_chains(texts)
         codes, runs = self.nodes_.search(self.features(texts), self.params["decode"])
         return codes, PathChains.of_paths(runs)
