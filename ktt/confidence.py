@@ -112,20 +112,24 @@ class PathChains:
     def factor(self, group: int, temperature: float) -> np.ndarray:
         """Per row, the tempered P(class | parent) of ``group``'s class: P^(1/T) over the sum of its
         siblings' (0 when they are all 0)."""
-        values, first, pos, _ = self.groups[group]
+        q, z = self._tempered(group, temperature)
+        return np.divide(q[self.groups[group][2]], z, out=np.zeros(len(z)), where=z > 0)
+
+    def _tempered(self, group: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+        """``group``'s values raised to 1 / T, and their sum over each row's run."""
+        values, first = self.groups[group][:2]
         q = values ** (1.0 / temperature)
-        z = np.add.reduceat(q, first) if len(first) else np.zeros(0)
-        return np.divide(q[pos], z, out=np.zeros(len(first)), where=z > 0)
+        return q, (np.add.reduceat(q, first) if len(first) else np.zeros(0))
 
     def siblings(self, level: int, temperatures) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per row, the tempered probability of every class in the run of siblings of level
         ``level``'s class (the alternatives at that step): ``(values, where each row's run
         starts, each value's class)``."""
         ts = np.broadcast_to(np.asarray(temperatures, dtype=np.float64), (len(self.links),))
-        values, first, _, classes = self.groups[self.links[level][level]]
-        q = values ** (1.0 / ts[level])
-        z = np.add.reduceat(q, first) if len(first) else np.zeros(0)
-        lens = np.diff(np.append(first, len(values)))
+        group = self.links[level][level]
+        _, first, _, classes = self.groups[group]
+        q, z = self._tempered(group, ts[level])
+        lens = np.diff(np.append(first, len(q)))
         q = np.divide(q, np.repeat(z, lens), out=np.zeros_like(q), where=np.repeat(z, lens) > 0)
         return q * np.repeat(self.above(level, ts), lens), first, classes
 

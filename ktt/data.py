@@ -497,7 +497,6 @@ def ingest(source, root, name: str, *, where: str = "input", overwrite: bool = F
     one :func:`prepare` and :func:`write_dataset` would make of the same rows at once. ``sample``:
     split -> rows, a seeded sample of that split (it is read back into memory; the test split is
     best kept whole). Returns the dataset's folder, its hierarchy and the ingest report."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     chunks = [source] if isinstance(source, pd.DataFrame) else source
@@ -511,21 +510,18 @@ def ingest(source, root, name: str, *, where: str = "input", overwrite: bool = F
         raise TypeError(f"ingest() got unexpected options {sorted(unknown)}")
 
     def fill(tmp: Path):
-        schema = pa.schema([("text", pa.string()), ("labels", pa.list_(pa.string())), ("split", pa.string())])
-        with pq.ParquetWriter(tmp / ".rows.parquet", schema) as rows_file:
-            def sink(valid):
-                rows_file.write_table(pa.table({"text": pa.array(valid["text"].tolist(), pa.string()),
-                                                "labels": pa.array(valid["labels"].tolist(), pa.list_(pa.string())),
-                                                "split": pa.array(valid["split"].tolist() if "split" in valid else
-                                                                  [None] * len(valid), pa.string())}, schema=schema))
-            rows, _ = _checked(chunks, where=where, invalid_rows=invalid_rows, sink=sink, **{**defaults, **options})
+        rows_file = _SplitWriter(tmp / ".rows.parquet")  # each valid row's text and path; _Rows keeps its split
+        try:
+            rows, _ = _checked(chunks, where=where, invalid_rows=invalid_rows, sink=rows_file.add,
+                               **{**defaults, **options})
+        finally:
+            rows_file.close()
         keep, split, hierarchy, report = rows.finish(invalid_rows=invalid_rows, keep_duplicates=keep_duplicates,
                                                      split_ratios=split_ratios, seed=seed, empty_splits=False,
                                                      where=where)
         writers, at, kept = {s: _SplitWriter(tmp / f"{s}.parquet") for s in SPLITS}, 0, 0
         try:
-            for batch in pq.ParquetFile(tmp / ".rows.parquet").iter_batches(batch_size=16_384,
-                                                                            columns=["text", "labels"]):
+            for batch in pq.ParquetFile(tmp / ".rows.parquet").iter_batches(batch_size=16_384):
                 part = batch.to_pandas()
                 mine = keep[at:at + len(part)]
                 part, where_to = part[mine], split[kept:kept + int(mine.sum())]

@@ -481,18 +481,25 @@ class NodeClassifiers:
         would find it. A path is worth no more than any of its prefixes, so once the greedy path
         is worth ``g``, only prefixes worth at least ``g`` are expanded: a confident model scores
         a handful of nodes per level instead of all of them (the greedy prefix's, scored once)."""
-        return self.search(x, "path", slack)[0]
+        return self._best(x, slack)[0]
 
     def search(self, x, decode: str = "path", slack: float = 1e-5):
         """:meth:`best_paths` (``decode="path"``) or the :meth:`greedy` paths (``top_down``), and
         their :meth:`path_runs`, read from the nodes the search scored (each path's nodes are
         among them): what answering with confidences costs is the search's."""
-        n = x.shape[0]
-        if n == 0:
+        if x.shape[0] == 0:
             return np.zeros((0, self.h.depth), np.int64), [(np.zeros(0),) + (np.zeros(0, np.int64),) * 3] * self.h.depth
-        greedy, bound, expanded = self._greedy(x)
         if decode == "top_down":
+            greedy, _, expanded = self._greedy(x)
             return greedy, [self._runs(greedy, d, r, c, p) for d, (r, c, _, p, _) in enumerate(expanded)]
+        codes, seen = self._best(x, slack)
+        return codes, [self._runs(codes, d, *e) for d, e in enumerate(seen)]
+
+    def _best(self, x, slack: float):
+        """:meth:`best_paths`, and per level every expansion the search made ``(rows, class, cond)``."""
+        if x.shape[0] == 0:
+            return np.zeros((0, self.h.depth), np.int64), []
+        greedy, bound, expanded = self._greedy(x)
         rows, at, logp, prob, seen = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.float32), []
         for d in range(self.h.depth):
             # every row's greedy prefix survives (it is worth at least g): its children are known
@@ -504,5 +511,4 @@ class NodeClassifiers:
             rows, at, logp, prob = rows[keep], at[keep], logp[keep], prob[keep]
         order = np.lexsort((at, -prob, rows))  # per row: the most probable first (float32), then the lowest leaf
         first = order[np.flatnonzero(np.diff(np.concatenate([[-1], rows[order]])))]
-        codes = self.h.leaf_paths()[at[first]]
-        return codes, [self._runs(codes, d, *e) for d, e in enumerate(seen)]
+        return self.h.leaf_paths()[at[first]], seen

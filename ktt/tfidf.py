@@ -114,9 +114,8 @@ class TfidfModel(Model):
     def features(self, texts):
         """The TF-IDF matrix of ``texts`` (sparse, one row per text): what the vectoriser makes of
         the preprocessor's output, computed with array lookups (:class:`Featuriser`)."""
-        if getattr(self, "featuriser_", None) is None:  # made from the fitted parts (its index saved, as arrays)
-            self.featuriser_ = Featuriser(self.vectorizer_, self.params["language"], index=self.__dict__.pop(
-                "ngram_index_", None))
+        if getattr(self, "featuriser_", None) is None:  # made from the fitted parts (a checkpoint's: at load)
+            self.featuriser_ = Featuriser(self.vectorizer_, self.params["language"])
         return self.featuriser_(texts)
 
     def node_groups(self, codes) -> list[tuple]:
@@ -296,8 +295,10 @@ class TfidfModel(Model):
     def load(cls, path):
         model = load_sklearn(cls, path)
         model.params = {**cls.defaults, **model.params}  # a checkpoint from before a hyperparameter existed
-        if isinstance(getattr(model, "ngram_index_", None), dict):
-            model.ngram_index_ = NgramIndex.from_arrays(model.ngram_index_, model.params["language"])
+        index = model.__dict__.pop("ngram_index_", None)  # saved since issue 39: building it takes seconds
+        if index is not None:
+            model.featuriser_ = Featuriser(model.vectorizer_, model.params["language"],
+                                           index=NgramIndex.from_arrays(index, model.params["language"]))
         if isinstance(getattr(model, "nodes_", None), dict):
             model.nodes_ = NodeClassifiers.from_arrays(model.hierarchy, model.nodes_, model.params["loss"])
         else:  # written before the sparse classifiers: scikit-learn's, converted weight for weight
