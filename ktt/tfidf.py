@@ -129,16 +129,16 @@ class TfidfModel(Model):
         self.fit_nodes(x, self.node_groups(train.codes), logger)
         return self  # nothing to select: the fitted model is the best (`ktt train` saves it once calibrated)
 
-    update_share = 0.05  # a node whose rows grew or shrank by more than this share is refitted (benchmarks/update.py)
-
     def update(self, old, diff, train, val=None, logger=None):
         """Start from ``old``, trained on the taxonomy ``diff`` leads from: keep its vectoriser
         (grown by the n-grams of the training rows it has not seen: :func:`grow_vocabulary`) and
-        every node classifier whose children are unchanged (renamed or moved ones included), through
-        which no category moved (:func:`moved_through`), and whose children's rows changed by at
-        most ``update_share``; of a one-vs-rest node whose children are unchanged but whose rows
-        changed, refit only the decisions of the children whose rows changed (each is its own
-        binary fit); refit the other nodes whole. Only the rows of what is refitted are featurised."""
+        every node classifier whose training children are the same classes (renamed or moved ones
+        included) holding the same rows (:func:`changed_classes`); of a one-vs-rest node whose
+        children are the same but some of whose children's rows changed, refit only those
+        children's decisions (each is its own binary fit of the child against the rest of the
+        node's rows); refit every other node whole. Only the rows of what is refitted are featurised."""
+        import scipy.sparse as sp
+
         from .taxonomy import text_hashes
 
         logger = logger or NullLogger()
@@ -147,28 +147,34 @@ class TfidfModel(Model):
         fits = nodes.blocks.fits()
         where = {(int(d), int(p)): b for b, (d, p) in enumerate(zip(nodes.level, nodes.parent))}
         lone = {(int(d), int(p)): int(c) for d, p, c in zip(nodes.single_level, nodes.single_parent, nodes.single_child)}
-        corr, moved = diff.correspondence(), moved_through(diff)
-        back = [np.full(n, -1, np.int64) for n in old.hierarchy.sizes]  # old index -> new
-        for d, c in enumerate(corr[:old.hierarchy.depth]):
-            back[d][c[c >= 0]] = np.flatnonzero(c >= 0)
+        corr, back = diff.correspondence(), old_to_new(diff)
+        changed = changed_classes(diff)
         kept, refit, partial = [], [], []  # partial: (group, kept node, its decisions to refit)
         for g in self.node_groups(train.codes):
-            node = self._old_node(old, diff, g[0], g[1], corr, back, moved)
-            if node is None or ((node[0], node[1]) not in where and (node[0], node[1]) not in lone):
+            d, parent, _, y = g
+            kids = np.unique(y)
+            up = -1 if parent < 0 else int(corr[d - 1][parent])
+            if changed is None or d >= old.hierarchy.depth or (parent >= 0 and up < 0):
                 refit.append(g)
                 continue
-            d, up, to_new, changed = node
             if (d, up) in lone:
-                kept.append((g[0], g[1], to_new[[lone[d, up]]], None))
+                before = back[d][[lone[d, up]]]
+            elif (d, up) in where:
+                b = where[d, up]
+                first = nodes.blocks.first_out[b]
+                before = back[d][nodes.children[first:first + nodes.blocks.width[b]]]
+            else:
+                refit.append(g)
                 continue
-            b = where[d, up]
-            first = nodes.blocks.first_out[b]
-            kids = to_new[nodes.children[first:first + nodes.blocks.width[b]]]
-            if not len(changed):
-                kept.append((g[0], g[1], kids, fits[b]))
-            elif len(kids) > 2 and len(changed) < len(kids):  # one-vs-rest: each child's decision is its own fit
-                kept.append((g[0], g[1], kids, list(fits[b])))
-                partial.append((g, kept[-1], np.flatnonzero(np.isin(kids, changed))))
+            if not np.array_equal(np.sort(before), kids):  # a child gained or lost its first or last training row
+                refit.append(g)
+                continue
+            moved = kids[changed[d][kids]]
+            if (d, up) in lone or not len(moved):
+                kept.append((d, parent, before, None if (d, up) in lone else fits[where[d, up]]))
+            elif len(kids) > 2 and len(moved) < len(kids):  # one-vs-rest: each child's decision is its own fit
+                kept.append((d, parent, before, list(fits[where[d, up]])))
+                partial.append((g, kept[-1], np.flatnonzero(np.isin(before, moved))))
             else:
                 refit.append(g)
         todo = refit + [g for g, *_ in partial]
@@ -179,7 +185,8 @@ class TfidfModel(Model):
         self.vectorizer_ = grow_vocabulary(old.vectorizer_, [t for t, u in zip(stemmed, unseen) if u], len(train),
                                            self.params["min_df"])
         # a few rows: scikit-learn's transform, without building the n-gram index of the whole vocabulary
-        x = self.vectorizer_.transform(stemmed)
+        x = self.vectorizer_.transform(stemmed) if len(rows) else \
+            sp.csr_matrix((0, len(self.vectorizer_.vocabulary_)), dtype=np.float32)
         if partial:  # a changed child's decision: it against the rest of the node's rows
             tasks = [(np.searchsorted(rows, g[2]), (g[3] == node[2][k]).astype(np.int8), node[3], k)
                      for g, node, ks in partial for k in ks]
@@ -193,42 +200,6 @@ class TfidfModel(Model):
                             "rows_featurised": float(len(rows)),
                             "vocabulary_added": float(len(self.vectorizer_.vocabulary_) - len(old.vectorizer_.vocabulary_))})
         return self
-
-    def _old_node(self, old, diff, d: int, parent: int, corr, back, moved_through):
-        """What of ``old``'s node at (level ``d``, ``parent``) can stay: None when its children
-        changed (by the diff's correspondence) or it had none; else ``(level, old parent, new index
-        of each old class of level d, changed)``, ``changed`` the new indices of its children whose
-        rows changed in number, empty when the node stays whole: no moved category entering or
-        leaving a child's subtree (``moved_through``) and at most ``update_share`` of its rows
-        changed."""
-        oh, nh = old.hierarchy, self.hierarchy
-        if d >= oh.depth or not diff.old.has_rows:
-            return None
-        up = -1 if parent < 0 else int(corr[d - 1][parent])
-        if parent >= 0 and up < 0:
-            return None
-        kids_new, kids_old = self._kids(nh, d, parent), self._kids(oh, d, up)
-        if len(kids_new) != len(kids_old) or not np.array_equal(np.sort(corr[d][kids_new]), kids_old):
-            return None
-        n_new, n_old = diff.new.counts(d)[kids_new], diff.old.counts(d)[corr[d][kids_new]]
-        moved = (nh.levels[d - 1][parent] if parent >= 0 else ()) in moved_through
-        if not moved and np.abs(n_new - n_old).sum() <= self.update_share * max(int(n_old.sum()), 1):
-            return d, up, back[d], np.zeros(0, np.int64)
-        changed = kids_new[n_new != n_old]
-        return (d, up, back[d], changed) if len(changed) else None
-
-    @staticmethod
-    def _kids(h, d: int, parent: int) -> np.ndarray:
-        """The classes of level ``d`` under ``parent`` (-1: all of them), sorted."""
-        if parent < 0:
-            return np.arange(h.sizes[d])
-        key = ("kids", d)
-        if key not in h._cache:
-            order = np.argsort(h.parent_of(d), kind="stable")
-            starts = np.searchsorted(h.parent_of(d)[order], np.arange(h.sizes[d - 1] + 1))
-            h._cache[key] = (order, starts)
-        order, starts = h._cache[key]
-        return order[starts[parent]:starts[parent + 1]]
 
     def fit_nodes(self, x, groups, logger, kept=()) -> None:
         """Fit one block of classifiers per ``(level, parent, rows, labels)`` group (``parent``:
@@ -321,21 +292,35 @@ class TfidfModel(Model):
                 "loss": self.params["loss"], "norm": self.vectorizer_.norm}
 
 
-def moved_through(diff) -> set[tuple]:
-    """The classes (new paths; ``()``: the root) whose node sends some moved category's rows to
-    another child than before: every ancestor of its new place and of its old place (in new
-    terms) below their lowest common ancestor, that one included."""
-    new_of = {o: n for n, o in diff.match.items()}
-    out = set()
-    for c in diff.changes:
-        if c.kind != "moved":
-            continue
-        o, n = c.old, c.new
-        k = 0  # the depth of the lowest common ancestor: its path is the same class on both sides
-        while k + 1 < min(len(o), len(n)) and diff.match.get(n[:k + 1]) == o[:k + 1]:
-            k += 1
-        out.update(n[:j] for j in range(k, len(n)))
-        out.update(new_of[o[:j]] if j else () for j in range(k, len(o)) if not j or o[:j] in new_of)
+def old_to_new(diff) -> list[np.ndarray]:
+    """Per level of the old taxonomy, each class's index in the new one's level (-1: none)."""
+    back = [np.full(n, -1, np.int64) for n in diff.old.hierarchy.sizes]
+    for d, c in enumerate(diff.correspondence()[:diff.old.hierarchy.depth]):
+        back[d][c[c >= 0]] = np.flatnonzero(c >= 0)
+    return back
+
+
+def changed_classes(diff) -> list[np.ndarray] | None:
+    """Per level of the new taxonomy, which classes' rows changed: a row (a text hash) that
+    joined or left the class, or was relabelled into or out of it. Rows are every split's, as the diff's sides hold
+    them: a class whose validation rows changed counts as changed too (a refit more, never one
+    less). None without rows on both sides."""
+    import pandas as pd
+
+    if not (diff.old.has_rows and diff.new.has_rows):
+        return None
+    back, out = old_to_new(diff), []
+    for d, n in enumerate(diff.new.hierarchy.sizes):
+        old = back[d][diff.old.codes[:, d]] if d < len(back) else np.full(len(diff.old), -1, np.int64)
+
+        def keys(rows, classes):
+            return pd.util.hash_pandas_object(pd.DataFrame({"r": rows, "c": classes}), index=False).to_numpy()
+        k_new, k_old = keys(diff.new.rows, diff.new.codes[:, d]), keys(diff.old.rows, old)
+        hit = np.zeros(n, bool)
+        hit[diff.new.codes[~np.isin(k_new, k_old), d]] = True
+        gone = old[~np.isin(k_old, k_new)]
+        hit[gone[gone >= 0]] = True
+        out.append(hit)
     return out
 
 

@@ -143,8 +143,8 @@ def test_tfidf_update_refits_only_the_changed_nodes():
     assert upd.predict_paths(["penne item1 penney"]) == [["Food", "Pasta", "Penne Rigate"]]
     assert upd.predict_paths(["milk item2 milky"]) == [["Home", "Dairy", "Milk"]]
     assert upd.predict_paths(["rake item3 rakey"]) == [["Home", "Garden", "Rake"]]
-    # a node whose children's rows changed by more than update_share is refitted too: Pasta with one
-    # more Spaghetti row (1 of 12 rows: more than 5%)
+    # a node whose children's rows changed at all is refitted too: Pasta with one more Spaghetti row
+    # (two children: one decision, refitted whole)
     more = dict(new_rows)
     more[("Food", "Pasta", "Spaghetti")] = words("Spaghetti", 7)
     s3 = split(more)
@@ -229,17 +229,22 @@ def test_review_rows_and_queue(tmp_path):
     assert queue(np.array([[0.9, 0.5], [0.9, np.nan], [0.2, 0.95]])).tolist() == [2, 0, 1]
 
 
-def test_moved_through_stops_at_the_lowest_common_ancestor():
-    from ktt.tfidf import moved_through
+def test_changed_classes_are_those_whose_rows_changed():
+    """By hand, OLD -> NEW: Dairy's rows left Food for Home, Mop's left Home, Rake's joined it (level
+    0: both changed); Home > Clean lost Mop, Home > Garden is new; the renamed Penne Rigate and the
+    moved Dairy hold the same rows as before (unchanged). Then one Spaghetti row relabelled Penne:
+    only the two leaves changed (their parent holds the same rows)."""
+    from ktt.tfidf import changed_classes
 
     d = diff(side(OLD, "v1"), side(NEW, "v2"))
-    assert moved_through(d) == {(), ("Home",), ("Food",)}  # Dairy left Food, joined Home: the root chose between them
-    deep_old = {("A", "B", "C", "x"): ["x1", "x2"], ("A", "B", "D", "y"): ["y1"], ("A", "E", "F", "z"): ["z1"]}
-    deep_new = {("A", "B", "C", "x"): ["x1", "x2"], ("A", "B", "C", "y"): ["y1"], ("A", "E", "F", "z"): ["z1"]}
-    d = diff(side(deep_old, "v1"), side(deep_new, "v2"))
-    assert [(c.kind, c.old, c.new) for c in d.changes] == [("removed", ("A", "B", "D"), None),
-                                                           ("moved", ("A", "B", "D", "y"), ("A", "B", "C", "y"))]
-    assert moved_through(d) == {("A", "B"), ("A", "B", "C")}  # A > B > D is gone; above A > B nothing changed
+    got = [[p for p, hit in zip(lv, c) if hit] for lv, c in zip(d.new.hierarchy.levels, changed_classes(d))]
+    assert got == [[("Food",), ("Home",)], [("Home", "Clean"), ("Home", "Garden")], [("Home", "Garden", "Rake")]]
+    relabelled = {**OLD, ("Food", "Pasta", "Spaghetti"): ["spaghetti long"],
+                  ("Food", "Pasta", "Penne"): ["penne tubes", "spaghetti thin"]}
+    d = diff(side(OLD, "v1"), side(relabelled, "v2"))
+    got = [[p for p, hit in zip(lv, c) if hit] for lv, c in zip(d.new.hierarchy.levels, changed_classes(d))]
+    assert got == [[], [], [("Food", "Pasta", "Penne"), ("Food", "Pasta", "Spaghetti")]]
+    assert changed_classes(diff(side(OLD, "v1", with_rows=False), side(NEW, "v2", with_rows=False))) is None
 
 
 def run(*args, env):
