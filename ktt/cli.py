@@ -102,7 +102,9 @@ def _finish_ingest(df, name, where, opts, meta, parent=None, relabel=None):
         path, hierarchy, report = data.append(parent, df, opts["out_root"], name, where=where,
                                               overwrite=opts["overwrite"], **kw)
         click.echo(f"{name}: {report['rows_added']} rows added to {parent.name}'s, {report['rows_corrected']} "
-                   "relabelled" + ("; the taxonomy changed" if report.get("taxonomy_changed") else ""), err=True)
+                   "relabelled" + ("; the taxonomy changed" if report.get("taxonomy_changed") else "") +
+                   (f"; {report['reviews_overridden']} earlier reviews of a text reviewed again overridden by its last"
+                    if report.get("reviews_overridden") else ""), err=True)
     else:
         path, hierarchy, report = data.ingest(df, opts["out_root"], name, where=where, overwrite=opts["overwrite"],
                                               meta=meta, split_ratios=opts["split_ratios"], **kw)
@@ -153,7 +155,8 @@ def _experiment_of(dataset: str) -> str | None:
               help="With --map: every relabelled path must be one of DATASET's (the new taxonomy).")
 @click.option("--append", "parent_name", default=None, metavar="DATASET",
               help="Write NAME as a new version of DATASET with SOURCE's rows (reviewed rows): a text DATASET holds "
-                   "takes the new label, a new one joins train; rows with no label yet are left out.")
+                   "takes the new label, a new one joins train; a text reviewed twice takes its last row's label; "
+                   "rows with no label yet are left out.")
 @_ingest_options
 def ingest(source, name, fmt, encoding, delimiter, columns, table, query, label_table, mapping_file, to_dataset,
            parent_name, **opts):

@@ -555,10 +555,17 @@ def append(parent: "Dataset", df: pd.DataFrame, root, name: str, *, where: str =
            overwrite: bool = False, **options):
     """A new version of ``parent`` with ``df``'s rows (reviewed rows: ``ktt.review``): a text the
     parent holds takes the new label where it is (a correction), a new text joins the train split
-    (or its own ``split`` column's). The manifest's ``lineage`` lists every version it came from.
-    Returns the folder, the hierarchy and the report."""
-    splits, _, report = prepare(df, where=where, split_ratios=(1.0, 0.0, 0.0), empty_splits=True, **options)
-    new = pd.concat([p.assign(split=s) for s, p in splits.items()], ignore_index=True)
+    (or its own ``split`` column's). A text reviewed more than once takes its last row's label
+    (review files are appended to: the last row is the latest review), whether the parent holds it
+    or not; the report counts the earlier reviews it overrode (``reviews_overridden``). The
+    manifest's ``lineage`` lists every version it came from. Returns the folder, the hierarchy and the report."""
+    # every row kept, repeats too: which review of a text came last decides its label
+    splits, _, report = prepare(df, where=where, split_ratios=(1.0, 0.0, 0.0), empty_splits=True,
+                                **{**options, "keep_duplicates": True})
+    new = pd.concat([p.assign(split=s) for s, p in splits.items()], ignore_index=True)  # each split in file order
+    earlier = new["text"].duplicated(keep="last").to_numpy()
+    new = new[~earlier]
+    report["reviews_overridden"] = int(earlier.sum())
     label_of = dict(zip(new["text"], new["labels"].map(tuple)))
     merged, corrected, known = {}, 0, set()
     for s in SPLITS:

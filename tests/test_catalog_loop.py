@@ -97,3 +97,25 @@ def test_a_child_left_without_training_rows_refits_its_one_vs_rest_node():
     _, upd, full, m = updated("tfidf_hsgd", v1, v2)
     probe = words("Rye")
     assert upd.predict_paths(probe) == full.predict_paths(probe) == [["Food", "Dairy", "Milk"]] * 6
+
+
+def test_a_text_reviewed_twice_takes_its_last_label_whether_new_or_known(tmp_path):
+    """The policy for conflicting reviews: a new text reviewed Penne, Spaghetti, Penne joins train
+    once, as Penne (its last review; the first is an exact repeat of it, kept so order decides);
+    a known text reviewed twice takes its last label, in its own split."""
+    import pandas as pd
+
+    from ktt.data import append, ingest, load_dataset
+
+    rows = [{"text": t, "labels": " > ".join(p)} for p, ts in PASTA.items() for t in ts]
+    ingest(pd.DataFrame(rows), tmp_path, "v1", label_sep=">", split_ratios=(0.6, 0.2, 0.2))
+    v1 = load_dataset("v1", tmp_path)
+    reviews = pd.DataFrame({"text": ["new title", "new title", "new title", "milk item0 milky", "milk item0 milky"],
+                            "labels": ["Food > Pasta > Penne", "Food > Pasta > Spaghetti", "Food > Pasta > Penne",
+                                       "Food > Dairy > Milk", "Home > Clean > Soap"]})
+    _, _, report = append(v1, reviews, tmp_path, "v2", label_sep=">")
+    v2 = load_dataset("v2", tmp_path)
+    label = {t: p for s in (v2.train, v2.val, v2.test) for t, p in zip(s.texts, s.paths)}
+    assert v2.train.texts.count("new title") == 1 and "new title" not in v2.val.texts + v2.test.texts and label["new title"] == ("Food", "Pasta", "Penne")
+    assert label["milk item0 milky"] == ("Home", "Clean", "Soap")
+    assert (report["rows_added"], report["rows_corrected"], report["reviews_overridden"]) == (1, 1, 3)
