@@ -1,6 +1,7 @@
 """The catalog loop's joins (issue 40): updates with ``--from`` for every kind of change, each
 defect reproduced on a tree small enough to work out by hand."""
 import numpy as np
+import pandas as pd
 import pytest
 
 from ktt import registry
@@ -119,3 +120,89 @@ def test_a_text_reviewed_twice_takes_its_last_label_whether_new_or_known(tmp_pat
     assert v2.train.texts.count("new title") == 1 and "new title" not in v2.val.texts + v2.test.texts and label["new title"] == ("Food", "Pasta", "Penne")
     assert label["milk item0 milky"] == ("Home", "Clean", "Soap")
     assert (report["rows_added"], report["rows_corrected"], report["reviews_overridden"]) == (1, 1, 3)
+
+
+def readme_commands(step: str) -> list[str]:
+    """The ``ktt`` commands of the README's usage step ``step`` (``# 8. ...`` up to the next step),
+    as written there, comments cut."""
+    from conftest import ROOT
+
+    lines, on, more = [], False, False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("# ") and line[2:].split(".")[0].isdigit():
+            on = line.startswith(f"# {step}.")
+        elif on and (more or line.startswith("ktt ")):
+            part = line.split("  #")[0].strip()
+            lines[-1:] = [lines[-1][:-1] + " " + part] if more else [*lines[-1:], part]
+            more = part.endswith("\\")
+    return lines
+
+
+def test_readme_catalog_loop_runs_as_written_on_bigbasket(tmp_path, tracking, raw_csv):
+    """The README's steps 1, 2 and 4 (ingest, train, register), then step 8, command for command, on
+    BigBasket: 2,000 products held out of the catalog are the week's new titles; an oracle reviews
+    30 of those sent to review; they come back as bigbasket-v2, the champion is updated with --from
+    (the issue's crash: no node needed refitting) and promoted; last year's rows, under a category
+    since renamed, are relabelled into the new version."""
+    import os
+    import shlex
+    import subprocess
+
+    import mlflow
+
+    from conftest import KTT
+    from ktt.data import load_dataset
+
+    raw = pd.read_csv(raw_csv, dtype=str, keep_default_na=False)
+    raw = raw[(raw["product"].str.strip() != "") & (raw["type"].str.strip() != "")]
+    path = raw["category"] + " > " + raw["sub_category"] + " > " + raw["type"]
+    common = path.map(path.value_counts()) >= 20  # held-out titles' categories stay in the catalog
+    held = raw[common & ~raw["product"].duplicated(keep=False)].sample(2000, random_state=0)
+    raw.drop(held.index).to_csv(tmp_path / "catalog.csv", index=False)
+    pd.DataFrame({"text": held["product"]}).to_csv(tmp_path / "titles.csv", index=False)
+    truth = dict(zip(held["product"], path[held.index]))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "KTT_DATASETS": str(tmp_path / "d"),
+           "KTT_WEIGHTS": str(tmp_path / "w")}
+
+    def ktt(line: str):
+        args = [a if a != "../shared/data/raw/bigbasket_products.csv" else str(tmp_path / "catalog.csv")
+                for a in shlex.split(line)[1:]]
+        if "<run id>" in line:
+            args[args.index("<run")] = mlflow.search_runs(search_all_experiments=True, order_by=["start_time DESC"]).run_id[0]
+            args.remove("id>")
+        out = subprocess.run([str(KTT), *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+        assert out.returncode == 0, f"{line}\n{out.stderr[-3000:]}"
+        assert "Traceback" not in out.stderr
+        return out
+    setup = [c for c in readme_commands("1") if "raw/bigbasket_products.csv" in c] + \
+        [c for c in readme_commands("2") if c.startswith("ktt train tfidf_hsgd bigbasket")] + \
+        [c for c in readme_commands("4") if "--register bigbasket" in c]
+    loop = readme_commands("8")
+    assert len(setup) == 3 and [c.split()[1] for c in loop] == ["predict", "ingest", "taxonomy", "train", "export",
+                                                                 "ingest"]
+    for line in setup:
+        ktt(line)
+    ktt(loop[0])  # predict, the unsure answers to review
+    review = pd.read_csv(tmp_path / "review.csv", keep_default_na=False)
+    assert 100 < len(review) < 2000 and set(review["text"]) <= set(truth)
+    review.loc[:29, "labels"] = review["text"][:30].map(truth)
+    review.to_csv(tmp_path / "review.csv", index=False)
+    out = ktt(loop[1])
+    assert f"{len(review) - 30} rows have no label yet" in out.stderr and "30 rows added" in out.stderr
+    v2 = load_dataset("bigbasket-v2", tmp_path / "d")
+    assert set(review["text"][:30]) <= set(v2.train.texts)
+    assert ": the same" in ktt(loop[2]).stdout  # reviewed rows in known categories: the taxonomy held
+    ktt(loop[3])  # the update
+    client = mlflow.MlflowClient()
+    upd = mlflow.search_runs(experiment_names=["bigbasket-v2"]).iloc[0]
+    assert upd["tags.ktt.parent_run"] and upd["metrics.nodes_kept"] > 0
+    ktt(loop[4])  # promoted: the same taxonomy
+    assert client.get_model_version_by_alias("bigbasket", "champion").run_id == upd.run_id
+    # last year's rows, when Beauty & Hygiene > Hair Care was called Hair
+    hair = raw[raw["sub_category"] == "Hair Care"].head(50)
+    pd.DataFrame({"text": "old " + hair["product"],
+                  "labels": "Beauty & Hygiene > Hair > " + hair["type"]}).to_csv(tmp_path / "old.csv", index=False)
+    (tmp_path / "map.csv").write_text("old,new\nBeauty & Hygiene > Hair,Beauty & Hygiene > Hair Care\n")
+    ktt(loop[5])
+    old = load_dataset("old", tmp_path / "d")
+    assert {p[:2] for s in (old.train, old.val, old.test) for p in s.paths} == {("Beauty & Hygiene", "Hair Care")}
