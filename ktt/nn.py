@@ -7,6 +7,7 @@ that resume exactly) lives here once.
 """
 from __future__ import annotations
 
+import copy
 import math
 import tempfile
 from pathlib import Path
@@ -283,26 +284,40 @@ class TorchModel(Model):
                 break
         return self
 
-    #: an update fine-tunes on the rows of the classes the diff touches, plus this many times as
-    #: many other rows (replay, so that the unchanged classes are not forgotten)
+    #: an update fine-tunes on the rows the diff touches, plus this many times as many other rows
+    #: (replay, so that the unchanged classes are not forgotten)
     replay = 1.0
 
     def update(self, old, diff, train, val, logger=None):
         """Start from ``old``: its encoder, and its head's weights for every class the diff matches,
         grown or shrunk to this taxonomy (:func:`transplant`; a new class starts from fresh
-        weights); then train for ``epochs`` on the rows under added, renamed or moved classes and
-        ``replay`` times as many other rows, weighted to stand for all (:func:`update_rows`):
-        ``update_scope="new"`` (default) trains only the weights :func:`transplant` did not copy
-        (the new classes'), the encoder frozen and encoded once; ``"all"`` fine-tunes everything."""
-        self._build(old.tokenizer_, old.net_.encoder)
-        copied = transplant(old.net_.head, self.net_.head, diff.correspondence(), old.hierarchy, self.hierarchy)
-        self.started_ = True
-        if self.params["update_scope"] == "new":
-            self.update_hold_ = {prm: (copied[name], prm.detach().clone())
-                                 for name, prm in self.net_.head.named_parameters() if copied[name].any()}
-        rows, weights = update_rows(diff, train, self.replay, self.params["seed"])
+        weights); then train for ``epochs`` on the rows the diff touches and ``replay`` times as
+        many other rows, weighted to stand for all (:func:`update_rows`). ``update_scope="new"``
+        (default) trains only the weights :func:`transplant` did not copy and those of the classes
+        whose rows changed (:func:`row_changes`; from their old weights), the encoder frozen and
+        encoded once; ``"all"`` fine-tunes everything.
+
+        With nothing to train (no row touched; or, for ``"new"``, every weight kept: a rename) the
+        update is ``old`` transplanted, not fitted, and is the run's ``best`` checkpoint."""
         logger = logger or NullLogger()
+        self._build(old.tokenizer_, old.net_.encoder)
+        corr = diff.correspondence()
+        transplant(old.net_.head, self.net_.head, corr, old.hierarchy, self.hierarchy)
+        changed, classes = row_changes(diff)
+        rows, weights = update_rows(diff, train, self.replay, self.params["seed"], changed)
         logger.log_metrics({"update_rows": float(len(rows))})
+        hold, trains = None, len(rows) > 0
+        if self.params["update_scope"] == "new":
+            # the masks of what is kept: a class whose rows changed starts from its old weights, but trains
+            kept = [np.where(c, -1, k) for c, k in zip(classes, corr)]
+            held = transplant(old.net_.head, copy.deepcopy(self.net_.head), kept, old.hierarchy, self.hierarchy)
+            params = list(self.net_.head.named_parameters())
+            hold = {prm: (held[name].to(prm.device), prm.detach().clone()) for name, prm in params if held[name].any()}
+            trains = trains and not all(held[name].all() for name, _ in params)
+        if not trains:
+            logger.checkpoint(self, "best")
+            return self
+        self.started_, self.update_hold_ = True, hold
         part = train.subset(rows)
         part.weights = weights
         return self.fit(part, val, logger)
@@ -476,15 +491,48 @@ class TorchModel(Model):
         return model
 
 
-def update_rows(diff, train, replay: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def row_changes(diff) -> tuple[set, list[np.ndarray]]:
+    """What the two sides' rows say changed, by text hash (nothing without rows on both sides):
+    the hashes of the new side's rows that are new or whose class at some level is not the old
+    row's (as the diff matched it: a renamed or moved class's rows are unchanged), and per level of
+    the new hierarchy, which classes gained or lost a row."""
+    old, new = diff.old, diff.new
+    classes = [np.zeros(n, dtype=bool) for n in new.hierarchy.sizes]
+    rows = set()
+    if not (old.has_rows and new.has_rows):
+        return rows, classes
+    for d, corr in enumerate(diff.correspondence()):
+        back = np.full(old.hierarchy.sizes[d] if d < old.hierarchy.depth else 0, -1)  # old class -> new (-1: gone)
+        back[corr[corr >= 0]] = np.flatnonzero(corr >= 0)
+        now = set(zip(new.codes[:, d].tolist(), new.rows.tolist()))
+        before = set(zip(back[old.codes[:, d]].tolist(), old.rows.tolist())) if len(back) else set()
+        gained = now - before
+        rows.update(h for _, h in gained)
+        for c, _ in gained | (before - now):
+            if c >= 0:
+                classes[d][c] = True
+    return rows, classes
+
+
+def update_rows(diff, train, replay: float, seed: int, changed: set | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``train`` to fine-tune an updated model on, and their weights: every row under a
-    class the diff added, renamed or moved, and ``replay`` times as many of the others drawn at
-    random (sorted). A drawn row stands for the others not drawn: its weight is the inverse of its
+    class the diff added, renamed or moved, every row new or relabelled (``changed``: text hashes,
+    :func:`row_changes` by default), and ``replay`` times as many of the others drawn at random
+    (sorted). A drawn row stands for the others not drawn: its weight is the inverse of its
     chance of being drawn, so the weighted loss estimates the loss over every row (without it, the
     changed classes would be half the rows seen and the model would drift toward them); the
-    weights are scaled to a mean of 1, which keeps the learning rate's meaning."""
-    changed = {c.new for c in diff.changes if c.new is not None}
-    hit = np.array([any(p[:k] in changed for k in range(1, len(p) + 1)) for p in train.paths], dtype=bool)
+    weights are scaled to a mean of 1, which keeps the learning rate's meaning. No row touched:
+    none at all."""
+    from .taxonomy import text_hashes
+
+    if changed is None:
+        changed = row_changes(diff)[0]
+    touched = {c.new for c in diff.changes if c.new is not None}
+    hit = np.array([any(p[:k] in touched for k in range(1, len(p) + 1)) for p in train.paths], dtype=bool)
+    if changed:
+        hit |= np.isin(text_hashes(train.texts), np.fromiter(changed, np.uint64, len(changed)))
+    if not hit.any():
+        return np.zeros(0, np.int64), np.zeros(0)
     others = np.flatnonzero(~hit)
     n = min(len(others), int(round(replay * hit.sum())))
     pick = np.random.default_rng(seed).choice(others, n, replace=False) if n else np.zeros(0, np.int64)

@@ -1,0 +1,132 @@
+"""Encoder updates (`ktt train MODEL DATASET --from RUN`, ``TorchModel.update``) on taxonomies small
+enough to work out by hand: which rows an update trains on, which head weights it keeps, and how
+each head tensor's class axes are bound to levels."""
+import pytest
+import torch
+
+from ktt import registry
+from ktt.data import Split
+from ktt.model import NullLogger
+from ktt.taxonomy import Side, diff, text_hashes
+
+
+def words(name: str, n: int = 4) -> list[str]:
+    return [f"{name.lower()} item{i} {name.lower()}y" for i in range(n)]
+
+
+V1 = {("Food", "Pasta", "Penne"): words("Penne"), ("Food", "Pasta", "Spaghetti"): words("Spaghetti"),
+      ("Food", "Rice", "Basmati"): words("Basmati"), ("Home", "Clean", "Soap"): words("Soap"),
+      ("Home", "Clean", "Mop"): words("Mop")}
+
+
+def split(rows: dict) -> Split:
+    paths = [p for p, texts in rows.items() for _ in texts]
+    from ktt.hierarchy import Hierarchy
+    return Split([t for texts in rows.values() for t in texts], paths, Hierarchy.from_paths(paths))
+
+
+def side(s: Split, name: str) -> Side:
+    return Side(name, s.hierarchy, s.codes, text_hashes(s.texts))
+
+
+def versions(new: dict, old: dict = V1):
+    """(version-1 split, version-2 split, their diff)."""
+    s1, s2 = split(old), split(new)
+    return s1, s2, diff(side(s1, "v1"), side(s2, "v2"))
+
+
+# Three changes with no class added, renamed or moved: the rows say what changed
+MORE_PENNE = {**V1, ("Food", "Pasta", "Penne"): words("Penne", 6)}  # two new rows
+MERGED = {p: t for p, t in V1.items() if p[-1] != "Mop"} | {("Home", "Clean", "Soap"): words("Soap") + words("Mop")}
+ENDS_AT_RICE = {p: t for p, t in V1.items() if p[-1] != "Basmati"} | {("Food", "Rice"): words("Basmati")}
+
+
+@pytest.mark.parametrize("new, rows, classes", [
+    (MORE_PENNE, words("Penne", 6)[4:], {("Food",), ("Food", "Pasta"), ("Food", "Pasta", "Penne")}),
+    # Mop's rows are Soap's now: Soap gained them (Mop is gone); Home > Clean holds the same rows
+    (MERGED, words("Mop"), {("Home", "Clean", "Soap")}),
+    # Basmati's rows end at Food > Rice: the end class Food > Rice > (end) is new
+    (ENDS_AT_RICE, words("Basmati"), {("Food", "Rice", "")}),
+])
+def test_update_rows_are_the_rows_whose_label_changed_or_that_are_new(new, rows, classes):
+    from ktt.nn import row_changes, update_rows
+
+    _, s2, d = versions(new)
+    assert not [c for c in d.changes if c.kind != "removed"]  # nothing added, renamed or moved
+    hashes, flagged = row_changes(d)
+    assert hashes == set(text_hashes(rows).tolist())
+    assert {p for lv, f in zip(s2.hierarchy.levels, flagged) for p, x in zip(lv, f) if x} == classes
+    got, weights = update_rows(d, s2, 1.0, 0)
+    hit = [i for i, t in enumerate(s2.texts) if t in rows]
+    assert set(hit) <= set(got.tolist()) and len(got) == 2 * len(hit)  # as many others drawn (replay 1)
+    assert weights.mean() == pytest.approx(1.0)
+
+
+def test_nothing_changed_has_no_update_rows():
+    from ktt.nn import row_changes, update_rows
+
+    s1 = split(V1)
+    d = diff(side(s1, "v1"), side(split(dict(reversed(V1.items()))), "v2"))
+    assert row_changes(d)[0] == set() and not any(f.any() for f in row_changes(d)[1])
+    assert len(update_rows(d, s1, 1.0, 0)[0]) == 0
+
+
+class Recorded(NullLogger):
+    def __init__(self):
+        self.metrics, self.checkpoints = {}, []
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.update(metrics)
+
+    def checkpoint(self, model, kind, state=None):
+        self.checkpoints.append(kind)
+
+
+FAST = {"epochs": 2, "batch_size": 8, "encoder_lr": 1e-3, "classifier_lr": 3e-3, "log_every": 1, "patience": 5}
+
+
+@pytest.fixture(scope="module")
+def old_bhcn(tiny_encoder):
+    s1 = split(V1)
+    return registry.create("db_bhcn", s1.hierarchy, encoder=tiny_encoder, **FAST).fit(s1, s1)
+
+
+def head_rows(model, path):
+    """The output row of class ``path`` in a BHCN head: (weights, bias) of its level's layer."""
+    head, d, i = model.net_.head, len(path) - 1, model.hierarchy.class_index(path)
+    layer = head.first if d == 0 else head.levels[d - 1]
+    return torch.cat([layer.weight[i], layer.bias[i:i + 1]]).detach().clone()
+
+
+@pytest.mark.parametrize("scope", ["new", "all"])
+def test_a_merge_trains_the_class_that_gained_rows(old_bhcn, scope):
+    """Mop merged into Soap: the update trains on Mop's rows (now Soap's) and as many others; with
+    update_scope=new only the classes whose rows changed (Soap) train, starting from their old
+    weights, and every other class and the encoder keep theirs."""
+    s1, s2, d = versions(MERGED)
+    log = Recorded()
+    upd = registry.create("db_bhcn", s2.hierarchy, **{**old_bhcn.params, "update_scope": scope}).update(
+        old_bhcn, d, s2, s2, log)
+    assert log.metrics["update_rows"] == 8 and "best" in log.checkpoints
+    soap, kept = ("Home", "Clean", "Soap"), ("Food", "Pasta", "Penne")
+    assert not torch.equal(head_rows(upd, soap), head_rows(old_bhcn, soap))
+    if scope == "new":
+        assert torch.equal(head_rows(upd, kept), head_rows(old_bhcn, kept))
+        assert torch.equal(head_rows(upd, ("Home",)), head_rows(old_bhcn, ("Home",)))
+        enc_old, enc_new = old_bhcn.net_.encoder.state_dict(), upd.net_.encoder.state_dict()
+        assert all(torch.equal(enc_old[k], enc_new[k]) for k in enc_old)
+
+
+@pytest.mark.parametrize("scope", ["new", "all"])
+def test_nothing_changed_returns_the_old_weights(old_bhcn, scope):
+    """The same rows and taxonomy: nothing to train; the update is the old model, transplanted
+    (not a crash, not a fit over no rows), and it is the run's best checkpoint."""
+    s1 = split(V1)
+    d = diff(side(s1, "v1"), side(s1, "v2"))
+    log = Recorded()
+    upd = registry.create("db_bhcn", s1.hierarchy, **{**old_bhcn.params, "update_scope": scope}).update(
+        old_bhcn, d, s1, s1, log)
+    assert log.metrics["update_rows"] == 0 and log.checkpoints == ["best"]
+    a, b = old_bhcn.net_.state_dict(), upd.net_.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert upd.predict_paths(words("Soap")[:1]) == old_bhcn.predict_paths(words("Soap")[:1])
