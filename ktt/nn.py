@@ -543,43 +543,43 @@ def update_rows(diff, train, replay: float, seed: int, changed: set | None = Non
 
 def transplant(old: nn.Module, new: nn.Module, corr: list[np.ndarray], old_h, new_h) -> dict[str, torch.Tensor]:
     """Copy ``old`` head's weights into ``new`` (the same architecture over another taxonomy) along
-    its class axes: an axis whose old and new lengths are a level's class counts in the two
-    taxonomies (or all classes'), or those counts plus the same number of other entries after them
-    (a layer fed a level's activations and the encoder's features), is indexed by ``corr`` (new
-    class -> old class, -1: new, left as initialised); every other axis must be the same length.
-    Returns, per tensor, which elements were copied (none: an axis fits neither). An axis that
-    merely has a level's length (a hidden width equal to a class count in both taxonomies) is taken
-    for that level: the copy then permutes it as the classes moved, which leaves unchanged levels
-    as they were."""
-    axes = [(old_h.sizes[d], new_h.sizes[d], torch.as_tensor(corr[d])) for d in range(min(old_h.depth, new_h.depth))]
+    the class axes the head declares in ``class_axes``: tensor name -> per axis, the level ``d``
+    whose classes it indexes (followed by any other entries, the same number on both sides: a layer
+    fed a level's activations and the encoder's features), ``"all"`` (every level's classes, in
+    order) or None (no classes). A class axis is indexed by ``corr`` (new class -> old class, -1:
+    new, left as initialised); any other axis, and every axis of a tensor the head does not list,
+    must be the same length. Returns, per tensor, which elements were copied: none where the two
+    heads declare it differently, its level is new, or ``new`` declares no ``class_axes`` (sizes
+    cannot say which level an axis is: two levels may grow alike)."""
+    index = {d: (old_h.sizes[d], new_h.sizes[d], torch.as_tensor(corr[d])) for d in range(min(old_h.depth, new_h.depth))}
     if old_h.depth == new_h.depth:
-        offsets = old_h.offsets
-        flat = torch.as_tensor(np.concatenate([np.where(c >= 0, c + offsets[d], -1) for d, c in enumerate(corr)]))
-        axes.append((old_h.n_classes, new_h.n_classes, flat))
+        flat = np.concatenate([np.where(c >= 0, c + old_h.offsets[d], -1) for d, c in enumerate(corr)])
+        index["all"] = (old_h.n_classes, new_h.n_classes, torch.as_tensor(flat))
     old_sd, copied = old.state_dict(), {}
+    old_axes, new_axes = getattr(old, "class_axes", {}), getattr(new, "class_axes", None)
     with torch.no_grad():
         for name, t in new.state_dict().items():
             copied[name] = torch.zeros(t.shape, dtype=torch.bool)
             o = old_sd.get(name)
-            if o is None or o.dim() != t.dim():
+            axes = None if new_axes is None else new_axes.get(name, (None,) * t.dim())
+            if o is None or axes is None or o.dim() != t.dim() or old_axes.get(name, (None,) * o.dim()) != axes:
                 continue
             src, dst = [], []
-            for a, b in zip(o.shape, t.shape):
-                # a level's classes, alone or followed by k other entries (a head's input: classes, then features)
-                found = next(((c, 0) for n_old, n_new, c in axes if (n_old, n_new) == (a, b)), None) or \
-                    next(((c, a - n_old) for n_old, n_new, c in axes if a != b and a - n_old == b - n_new > 0), None)
-                if found is None and a != b:
-                    break
-                if found is None:
+            for a, b, level in zip(o.shape, t.shape, axes):
+                if level is None:
+                    if a != b:
+                        break
                     src.append(torch.arange(a))
                     dst.append(torch.arange(b))
-                else:
-                    idx, k = found
-                    keep = idx >= 0
-                    src.append(torch.cat([idx[keep], torch.arange(a - k, a)]))
-                    dst.append(torch.cat([keep.nonzero().squeeze(1), torch.arange(b - k, b)]))
+                    continue
+                if level not in index or a - index[level][0] != b - index[level][1]:
+                    break
+                n_old, n_new, idx = index[level]
+                keep = idx >= 0
+                src.append(torch.cat([idx[keep], torch.arange(n_old, a)]))
+                dst.append(torch.cat([keep.nonzero().squeeze(1), torch.arange(n_new, b)]))
             else:
                 at = torch.meshgrid(*dst, indexing="ij")
-                t[at] = o[torch.meshgrid(*src, indexing="ij")].to(t.dtype)
+                t[at] = o[torch.meshgrid(*src, indexing="ij")].to(t.device, t.dtype)
                 copied[name][at] = True
     return copied

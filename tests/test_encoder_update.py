@@ -130,3 +130,55 @@ def test_nothing_changed_returns_the_old_weights(old_bhcn, scope):
     a, b = old_bhcn.net_.state_dict(), upd.net_.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert upd.predict_paths(words("Soap")[:1]) == old_bhcn.predict_paths(words("Soap")[:1])
+
+
+@pytest.mark.parametrize("name", ["db_bhcn", "db_bhcn_awx"])
+def test_transplant_binds_each_axis_to_its_level(name):
+    """A new department with one category and one leaf: every level grows by one class, so the
+    sizes alone cannot tell which level an axis is. Level 1 (old: Food > Pasta, Food > Rice,
+    Home > Clean; new: Garden > Tools at 2) feeds level 2: the input column of Garden > Tools is new,
+    and Food > Rice's column stays Food > Rice's."""
+    from ktt.nn import transplant
+
+    old = {p: t for p, t in V1.items() if p[-1] in ("Penne", "Basmati", "Soap")}
+    s1, s2, d = versions({**old, ("Garden", "Tools", "Rake"): words("Rake")}, old)
+    assert d.old.hierarchy.sizes == [2, 3, 3] and d.new.hierarchy.sizes == [3, 4, 4]
+    torch.manual_seed(0)
+    old = registry.create(name, d.old.hierarchy).build_head(8)
+    new = registry.create(name, d.new.hierarchy).build_head(8)
+    before = {k: v.clone() for k, v in new.state_dict().items()}
+    copied = transplant(old, new, d.correspondence(), d.old.hierarchy, d.new.hierarchy)
+    w_old, w_new = old.levels[1].weight, new.levels[1].weight  # (level-2 classes, level-1 classes + 8 features)
+    # leaves: Penne 0, Basmati 1, Rake 2 (new), Soap 3; level 1: Pasta 0, Rice 1, Tools 2 (new), Clean 3
+    m = [0, 1, 3]
+    assert torch.equal(w_new[m][:, m], w_old[:, :3]) and torch.equal(w_new[m][:, 4:], w_old[:, 3:])
+    assert not copied["levels.1.weight"][:, 2].any() and not copied["levels.1.weight"][2].any()
+    assert torch.equal(w_new[:, 2], before["levels.1.weight"][:, 2])
+    assert copied["levels.1.weight"].sum() == 3 * 11
+    # level 0 (Food 0, Garden 1 (new), Home 2) feeds level 1
+    assert not copied["levels.0.weight"][:, 1].any() and not copied["levels.0.weight"][2].any()
+    assert torch.equal(new.levels[0].weight[[0, 1, 3]][:, [0, 2]], old.levels[0].weight[:, :2])
+    assert copied["norms.1.weight"].tolist() == [True, True, False, True]
+    assert copied["first.bias"].tolist() == [True, False, True]
+
+
+@pytest.mark.parametrize("name, params", [("db_linear", {}), ("db_bhcn", {"level_width": 1}), ("db_bhcn_awx", {}),
+                                          ("db_ahmcnf", {}), ("db_achmcnn", {})])
+def test_every_head_declares_its_class_axes(name, params):
+    """Every encoder head declares which level each axis of its tensors is (BHCN with its levels
+    projected too: level_width=1): on the change above, every tensor is copied in part, and along
+    every class axis the new classes' entries are not copied."""
+    from ktt.nn import transplant
+
+    old_rows = {p: t for p, t in V1.items() if p[-1] in ("Penne", "Basmati", "Soap")}
+    _, _, d = versions({**old_rows, ("Garden", "Tools", "Rake"): words("Rake")}, old_rows)
+    old = registry.create(name, d.old.hierarchy, **params).build_head(8)
+    new = registry.create(name, d.new.hierarchy, **params).build_head(8)
+    copied = transplant(old, new, d.correspondence(), d.old.hierarchy, d.new.hierarchy)
+    assert all(m.any() for m in copied.values())
+    corr = {**dict(enumerate(d.correspondence())), "all": torch.cat([torch.as_tensor(c) for c in d.correspondence()])}
+    for tensor, axes in new.class_axes.items():
+        for axis, level in enumerate(axes):
+            if level is not None:
+                fresh = torch.as_tensor(corr[level] < 0).nonzero().squeeze(1)
+                assert fresh.numel() and not copied[tensor].index_select(axis, fresh).any(), (tensor, axis)

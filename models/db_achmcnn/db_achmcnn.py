@@ -43,6 +43,7 @@ class DBACHMCNN(TorchModel):
             layers += [nn.Linear(width, p["h_hidden_dim"]), ACTS[p["h_nonlinear"]](), nn.Dropout(p["h_dropout"])]
             width = p["h_hidden_dim"]
         head = nn.Sequential(*layers, nn.Linear(width, h.n_classes))
+        head.class_axes = {f"{len(layers)}.weight": ("all", None), f"{len(layers)}.bias": ("all",)}  # ktt.nn.transplant
         Tree.attach(head, h)
         return head
 

@@ -27,6 +27,9 @@ class HMCNFHead(nn.Module):
         self.local = nn.ModuleList(nn.Sequential(nn.Linear(global_hidden, local_hidden), nn.ReLU(),
                                                  nn.Dropout(dropout), nn.Linear(local_hidden, n)) for n in sizes)
         self.glob = nn.Linear(global_hidden, sum(sizes))
+        self.class_axes = {"glob.weight": ("all", None), "glob.bias": ("all",)}  # ktt.nn.transplant
+        for d in range(len(sizes)):
+            self.class_axes.update({f"local.{d}.3.weight": (d, None), f"local.{d}.3.bias": (d,)})
 
     def forward(self, x):
         a, local = None, []

@@ -33,6 +33,14 @@ class BHCNHead(nn.Module):
         # Identity holds no weights: heads over narrow levels keep the spec's layers and checkpoints
         self.down = nn.ModuleList(nn.Linear(n, width, bias=False) if n > width else nn.Identity() for n in sizes[:-1])
         self.levels = nn.ModuleList(nn.Linear(min(n, width) + hidden, m) for n, m in zip(sizes[:-1], sizes[1:]))
+        # which level's classes each axis indexes (ktt.nn.transplant): level d's outputs, its
+        # LayerNorm, and level d + 1's inputs (level d's classes then the features, unless projected)
+        self.class_axes = {"first.weight": (0, None), "first.bias": (0,)}
+        for d, n in enumerate(sizes[:-1]):
+            self.class_axes.update({f"norms.{d}.weight": (d,), f"norms.{d}.bias": (d,), f"levels.{d}.bias": (d + 1,),
+                                    f"levels.{d}.weight": (d + 1, None if n > width else d)})
+            if n > width:
+                self.class_axes[f"down.{d}.weight"] = (None, d)
 
     def forward(self, x):
         x = self.drop(x)

@@ -16,6 +16,8 @@ class DBLinear(TorchModel):
 
     def build_head(self, hidden):
         head = nn.Sequential(nn.Dropout(self.params["dropout"]), nn.Linear(hidden, self.hierarchy.n_leaves))
+        leaves = self.hierarchy.depth - 1
+        head.class_axes = {"1.weight": (leaves, None), "1.bias": (leaves,)}  # ktt.nn.transplant
         Tree.attach(head, self.hierarchy)
         return head
 
