@@ -2,12 +2,33 @@
 relabelling old paths into a new taxonomy.
 
 A taxonomy *side* is a hierarchy and, where known, its rows (each row's path and a hash of its
-text): a dataset, or what a training run logged (``taxonomy.parquet``). The diff matches classes
-top-down: a class whose parent matched and whose name is unchanged is the same class (a moved
-subtree carries its children along, unreported); what is left on each side is matched by rows
-(the same texts under it, at least half of either side's): a *renamed* class has the same parent
-and a new name, a *moved* one another parent. Without rows on both sides a class is matched only
-by a name that appears once among the unmatched of its level (a move; renames need rows).
+text): a dataset, or what a training run logged (``taxonomy.parquet``). The diff pairs classes of
+the two sides (``Diff.match``: new class -> old class, each at most once, at any two levels):
+
+1. By rows, when both sides have them (a row is known across versions by its text). Old class
+   ``o`` *can be* new class ``n`` when at least ``MATCH`` (half) of the rows they could share are
+   under both: of o's rows still on the new side, or of n's rows that were on the old side (so a
+   renamed class that doubled, or lost a child that moved away, is still a candidate). Candidates
+   are paired greedily, each class once, in this order: the same path first, then the same name,
+   then any; then the most shared rows; then the fewest rows under ``n``, then under ``o`` (the
+   most specific class: an ancestor holds the same rows); then the nearest levels; then the
+   paths' order.
+2. By name, top-down: an unpaired new class whose parent is paired with ``up`` is the unpaired
+   old class ``up + (its name,)`` if that one has no rows left on the new side (or without rows
+   on both sides): a reused name whose rows went elsewhere is not the same class. Without rows on
+   both sides, the classes then left at a level are paired by a name that appears once among each
+   side's unpaired ones (a move; renames need rows).
+
+Reported, for a pair: nothing when the parents are paired (or both are the root) and the name is
+the same (a moved class carries its subtree along); *renamed* when the parents are paired and the
+name differs; *moved* otherwise (another parent or another level, renamed or not). An unpaired
+new class is *added*, an unpaired old one *removed*, unless its parent is added or removed too
+(reported with it). So a *merge* of A into B (A's rows relabelled to B) reports A removed; of A
+and B into a new C, the one that gave C more rows is renamed (or moved) to C, the other removed.
+A *split* of A into A and A2 (some of A's rows relabelled to a new A2) reports A2 added; into two
+new classes, A is renamed to the one with more of its rows, the other added. Rows added, removed
+or relabelled between classes change nothing so long as each class keeps at least half of its
+rows still present (or has none left).
 """
 from __future__ import annotations
 
@@ -24,7 +45,7 @@ from .hierarchy import END, SEP, Hierarchy
 
 ARTIFACT = "taxonomy.parquet"  # a run's taxonomy: its rows (path, text hash), the hierarchy in the metadata
 KINDS = ("added", "removed", "renamed", "moved")
-MATCH = 0.5  # a class matches another by rows when they share at least this share of both sides' rows
+MATCH = 0.5  # two classes can be one when they share this share of one's rows (the module's docstring)
 
 
 def digest(h: Hierarchy) -> str:
@@ -161,60 +182,67 @@ class Diff:
 def diff(old: Side, new: Side) -> Diff:
     """What changed from ``old`` to ``new`` (see the module's docstring)."""
     oh, nh = old.hierarchy, new.hierarchy
-    by_rows = old.has_rows and new.has_rows
-    match: dict[tuple, tuple] = {}
+    match, kept = _by_rows(old, new) if old.has_rows and new.has_rows else ({}, None)
+    taken = set(match.values())
+    olds = {p for lv in oh.levels for p in lv}
+    for d in range(nh.depth):  # top-down: a class under its parent's counterpart, by name
+        for n in nh.levels[d]:
+            up = match.get(n[:-1]) if d else ()
+            o = None if up is None else up + n[-1:]
+            if n not in match and o in olds and o not in taken and \
+                    (kept is None or n[-1] == END or o not in kept):
+                match[n] = o
+                taken.add(o)
+        if kept is None:
+            left_old = [p for p in (oh.levels[d] if d < oh.depth else ()) if p not in taken and p[-1] != END]
+            for o, n in _by_name(left_old, [p for p in nh.levels[d] if p not in match and p[-1] != END]):
+                match[n] = o
+                taken.add(o)
     changes: list[Change] = []
-    for d in range(nh.depth):
-        olds = set(oh.levels[d]) if d < oh.depth else set()
-        for p in nh.levels[d]:
-            up = match.get(p[:-1]) if d else ()
-            if up is not None and up + p[-1:] in olds:
-                match[p] = up + p[-1:]
-        matched = set(match.values())
-        left_new = [p for p in nh.levels[d] if p not in match and p[-1] != END]
-        left_old = [p for p in (oh.levels[d] if d < oh.depth else ()) if p not in matched and p[-1] != END]
-        pairs = _by_rows(old, new, d, left_old, left_new) if by_rows else _by_name(left_old, left_new)
-        for o, n in pairs:
-            match[n] = o
-            kind = "renamed" if match.get(n[:-1], ()) == o[:-1] else "moved"
-            changes.append(Change(kind, o, n, new.count(n)))
-        paired_old, paired_new = {o for o, _ in pairs}, {n for _, n in pairs}
-        matched = set(match.values())
+    for d in range(max(oh.depth, nh.depth)):
+        news = [n for n in (nh.levels[d] if d < nh.depth else ()) if n[-1] != END]
+        for n in news:
+            o = match.get(n)
+            same_up = o is not None and (match.get(n[:-1]) if d else ()) == o[:-1]
+            if o is not None and not (same_up and o[-1] == n[-1]):  # else the same class, or carried along
+                changes.append(Change("renamed" if same_up else "moved", o, n, new.count(n)))
         # a class whose parent was itself added or removed is reported with it, not again
-        changes += [Change("added", None, n, new.count(n)) for n in left_new
-                    if n not in paired_new and (d == 0 or n[:-1] in match)]
-        changes += [Change("removed", o, None, old.count(o)) for o in left_old
-                    if o not in paired_old and (d == 0 or o[:-1] in matched)]
-    matched = set(match.values())
-    for d in range(nh.depth, oh.depth):  # levels only the old taxonomy has
-        changes += [Change("removed", o, None, old.count(o)) for o in oh.levels[d] if o[-1] != END and o[:-1] in matched]
+        changes += [Change("added", None, n, new.count(n)) for n in news
+                    if n not in match and (d == 0 or n[:-1] in match)]
+        changes += [Change("removed", o, None, old.count(o)) for o in (oh.levels[d] if d < oh.depth else ())
+                    if o[-1] != END and o not in taken and (d == 0 or o[:-1] in taken)]
     return Diff(old, new, changes, match)
 
 
-def _by_rows(old: Side, new: Side, d: int, left_old, left_new) -> list[tuple]:
-    """Unmatched classes of level ``d`` paired by the rows under them."""
-    if not left_old or not left_new or d >= old.hierarchy.depth:
-        return []
-    ido = np.array([old.hierarchy.class_index(p) for p in left_old])
-    idn = np.array([new.hierarchy.class_index(p) for p in left_new])
-    mask = np.isin(old.codes[:, d], ido)
-    owner = dict(zip(old.rows[mask].tolist(), old.codes[mask, d].tolist()))
-    size_old = old.counts(d)
-    mask = np.isin(new.codes[:, d], idn)
-    hits = Counter((c, owner[r]) for c, r in zip(new.codes[mask, d].tolist(), new.rows[mask].tolist()) if r in owner)
-    size_new = new.counts(d)
-    candidates = sorted((-k, n, o) for (n, o), k in hits.items()
-                        if k >= MATCH * size_new[n] and k >= MATCH * size_old[o])
-    pairs, taken_n, taken_o = [], set(), set()
-    for _, n, o in candidates:
-        if n not in taken_n and o not in taken_o:
-            pairs.append((old.hierarchy.levels[d][o], new.hierarchy.levels[d][n]))
-            taken_n.add(n)
-            taken_o.add(o)
-    return pairs
+def _by_rows(old: Side, new: Side) -> tuple[dict[tuple, tuple], set]:
+    """New class -> old class by rows, any two levels (the module's docstring, step 1), and the old
+    classes with rows left on the new side."""
+    oh, nh = old.hierarchy, new.hierarchy
+    _, a, b = np.intersect1d(old.rows, new.rows, return_indices=True)  # a text once per side: its first row
+    co, cn = old.codes[a].astype(np.int64), new.codes[b].astype(np.int64)
+    kept = [np.bincount(co[:, d], minlength=k) for d, k in enumerate(oh.sizes)]  # an old class's rows still there
+    came = [np.bincount(cn[:, d], minlength=k) for d, k in enumerate(nh.sizes)]  # a new class's rows that were there
+    candidates = []
+    for do in range(oh.depth):
+        for dn in range(nh.depth):
+            pair, k = np.unique(co[:, do] * nh.sizes[dn] + cn[:, dn], return_counts=True)
+            i, j = np.divmod(pair, nh.sizes[dn])
+            ok = (k >= MATCH * kept[do][i]) | (k >= MATCH * came[dn][j])
+            for i, j, k in zip(i[ok].tolist(), j[ok].tolist(), k[ok].tolist()):
+                o, n = oh.levels[do][i], nh.levels[dn][j]
+                if o[-1] != END and n[-1] != END:  # best first: see the module's docstring
+                    candidates.append(((o != n) + (o[-1] != n[-1]), -k, int(new.counts(dn)[j]),
+                                       int(old.counts(do)[i]), abs(do - dn), n, o))
+    match, taken = {}, set()
+    for *_, n, o in sorted(candidates):
+        if n not in match and o not in taken:
+            match[n] = o
+            taken.add(o)
+    return match, {p for d, lv in enumerate(oh.levels) for p, k in zip(lv, kept[d]) if k}
 
 
 def _by_name(left_old, left_new) -> list[tuple]:
+    """Unmatched classes of one level paired by a name that appears once among each side's."""
     names_old, names_new = Counter(p[-1] for p in left_old), Counter(p[-1] for p in left_new)
     once = {k for k in names_old if names_old[k] == 1 and names_new.get(k) == 1}
     new_of = {p[-1]: p for p in left_new if p[-1] in once}
