@@ -75,16 +75,15 @@ def test_a_lone_child_node_is_refitted_once_a_sibling_has_training_rows():
 
 
 def test_relabels_between_siblings_refit_the_node_though_its_counts_hold():
-    """v1 had Spaghetti's and Penne's titles swapped; v2 corrects both: every count is the same,
-    the rows are not, and the update answers as the refit does."""
-    swapped = {**PASTA, ("Food", "Pasta", "Spaghetti"): words("Penne"), ("Food", "Pasta", "Penne"): words("Spaghetti")}
+    """v1 had two of Spaghetti's titles labelled Penne and two of Penne's labelled Spaghetti; v2
+    corrects them: every count is the same (and the taxonomy: the diff reports no change), the
+    rows are not, and the update answers as the refit does."""
+    sp, pe = words("Spaghetti"), words("Penne")
+    swapped = {**PASTA, ("Food", "Pasta", "Spaghetti"): sp[2:] + pe[:2], ("Food", "Pasta", "Penne"): pe[2:] + sp[:2]}
     old, upd, full, m = updated("tfidf_hsgd", version(swapped), version(PASTA))
-    probe = words("Spaghetti") + words("Penne")
-    assert old.predict_paths(probe[:1]) == [["Food", "Pasta", "Penne"]]
-    assert upd.predict_paths(probe) == full.predict_paths(probe) == [list(p) for p in
-                                                                     [("Food", "Pasta", "Spaghetti")] * 6 +
-                                                                     [("Food", "Pasta", "Penne")] * 6]
     assert m["nodes_refit"] == 1 and m["nodes_kept"] == 5  # Pasta; the root, Food, Home, Dairy, Clean
+    assert upd.predict_paths(sp + pe) == full.predict_paths(sp + pe) == \
+        [["Food", "Pasta", "Spaghetti"]] * 6 + [["Food", "Pasta", "Penne"]] * 6
 
 
 def test_a_child_left_without_training_rows_refits_its_one_vs_rest_node():
