@@ -218,10 +218,16 @@ def _by_rows(old: Side, new: Side) -> tuple[dict[tuple, tuple], set]:
     """New class -> old class by rows, any two levels (the module's docstring, step 1), and the old
     classes with rows left on the new side."""
     oh, nh = old.hierarchy, new.hierarchy
-    _, a, b = np.intersect1d(old.rows, new.rows, return_indices=True)  # a text once per side: its first row
+    import pandas as pd
+
+    # every (old row, new row) pair with the same text: a text under two classes (duplicates kept) is in both
+    pairs = pd.DataFrame({"h": old.rows, "a": np.arange(len(old))}).merge(
+        pd.DataFrame({"h": new.rows, "b": np.arange(len(new))}), on="h")
+    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
     co, cn = old.codes[a].astype(np.int64), new.codes[b].astype(np.int64)
-    kept = [np.bincount(co[:, d], minlength=k) for d, k in enumerate(oh.sizes)]  # an old class's rows still there
-    came = [np.bincount(cn[:, d], minlength=k) for d, k in enumerate(nh.sizes)]  # a new class's rows that were there
+    ua, ub = np.unique(a), np.unique(b)  # each row counted once below, however many rows share its text
+    kept = [np.bincount(old.codes[ua, d], minlength=k) for d, k in enumerate(oh.sizes)]  # an old class's rows still there
+    came = [np.bincount(new.codes[ub, d], minlength=k) for d, k in enumerate(nh.sizes)]  # a new class's rows that were there
     candidates = []
     for do in range(oh.depth):
         for dn in range(nh.depth):

@@ -142,3 +142,15 @@ def test_diff_is_deterministic_under_row_order():
     perm = np.random.default_rng(0).permutation(len(b.rows))
     shuffled = type(b)("v2", b.hierarchy, b.codes[perm], b.rows[perm])
     assert [str(c) for c in diff(a, b).changes] == [str(c) for c in diff(a, shuffled).changes]
+
+
+def test_a_text_under_two_classes_counts_for_both():
+    """BigBasket lists a product under two categories (duplicates kept): "coconut diced" was the
+    only row of Fresh > Cut, and a review added it under Cuts > Cut too (listed first). Counting
+    a text's first row only, Fresh > Cut had a row left on the new side that went "elsewhere" and
+    was reported removed and added at the same path; the same class, with every row counted."""
+    old = {("F", "Cuts", "Cut"): ["carrot diced", "onion diced"], ("F", "Fresh", "Cut"): ["coconut diced"],
+           ("F", "Fresh", "Apple"): ["apple red", "apple green"]}
+    new = {("F", "Cuts", "Cut"): ["coconut diced", "carrot diced", "onion diced"], **old}
+    new[("F", "Cuts", "Cut")] = ["coconut diced", "carrot diced", "onion diced"]  # first in the new side's order
+    assert changes(old, new) == set()
