@@ -1,0 +1,210 @@
+"""A catalog's life, simulated (issue 40): ten weekly rounds of the loop a catalog team runs.
+
+    .venv/bin/python benchmarks/catalog_life.py [--rounds 10] [--seeds 0,1,2] [--catalog 100000,5600]
+
+Start: tfidf_hsgd fitted on 40% of the training titles, in a taxonomy that lacks some leaves. Each
+round: (1) the taxonomy changes (leaves held back so far appear with their titles; on a schedule,
+an inner category is renamed, one moved under another parent, two sibling leaves merged) and the
+labelled rows are relabelled into it (what ``ktt ingest --map`` does); (2) a batch of new titles
+arrives, the model answers them at target precision 0.95 (``ktt predict --target-precision 0.95
+--review``), and an oracle reviews the review queue, least sure first, within a label budget;
+(3) the reviewed rows are appended (``ktt ingest --append``) and the model is updated from last
+round's *updated* model (``ktt train --from``: ``Model.update``), against a full refit on the same
+rows. Validation is labelled in the current taxonomy (calibration needs it); the test split scores
+both models in it: hierarchical F1, the gap (refit minus update, points), update and refit time (the
+fit alone, the diff included in the update), labels spent, and coverage (the share of the round's
+titles answered to the end of their path at the target, and the precision of those answers).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import bigbasket  # noqa: E402
+from benchmarks.report import write_section  # noqa: E402
+from benchmarks.update import catalog  # noqa: E402
+
+MODEL, TARGET = "tfidf_hsgd", 0.95
+
+
+class Taxonomy:
+    """The truth as it changes: a list of prefix rewrites (``old -> new``), applied in order to
+    every row's original path."""
+
+    def __init__(self):
+        self.rewrites: list[tuple[tuple, tuple]] = []
+
+    def __call__(self, path: tuple) -> tuple:
+        for old, new in self.rewrites:
+            if path[:len(old)] == old:
+                path = new + path[len(old):]
+        return path
+
+    def edit(self, kind: str, live: set[tuple], rng) -> str | None:
+        """One edit of the current taxonomy (``live``: its leaves); a line describing it."""
+        inner = sorted({p[:k] for p in live for k in range(1, len(p))})
+        if kind == "rename":
+            old = inner[rng.integers(len(inner))]
+            new = old[:-1] + (old[-1] + " (renamed)",)
+        elif kind == "move":
+            cands = [p for p in inner if len(p) >= 2]
+            old = cands[rng.integers(len(cands))]
+            parents = [p for p in inner if len(p) == len(old) - 1 and p != old[:-1] and p + old[-1:] not in inner]
+            if not parents:
+                return None
+            new = parents[rng.integers(len(parents))] + old[-1:]
+        else:  # merge two sibling leaves
+            by_parent = {}
+            for p in sorted(live):
+                by_parent.setdefault(p[:-1], []).append(p)
+            pairs = [v for v in by_parent.values() if len(v) >= 3]
+            if not pairs:
+                return None
+            sibs = pairs[rng.integers(len(pairs))]
+            old, new = (sibs[i] for i in rng.choice(len(sibs), 2, replace=False))
+        self.rewrites.append((old, new))
+        return f"{kind} {' > '.join(old)} -> {' > '.join(new)}"
+
+
+def frame_of(ds) -> pd.DataFrame:
+    return pd.concat([pd.DataFrame({"text": s.texts, "orig": [tuple(p) for p in s.paths], "split": name})
+                      for name, s in (("train", ds.train), ("val", ds.val), ("test", ds.test))], ignore_index=True)
+
+
+def life(ds, seed: int, rounds: int, new_leaves: int, budget: int, root: Path) -> list[dict]:
+    """One catalog's rounds, as records."""
+    from ktt import registry, review, taxonomy
+    from ktt.data import ingest, load_dataset
+    from ktt.metrics import evaluate
+
+    rng = np.random.default_rng(seed)
+    df = frame_of(ds)
+    leaves = sorted(set(df["orig"]))
+    counts = df["orig"].value_counts()
+    held = [leaves[i] for i in rng.permutation(len(leaves)) if counts[leaves[i]] >= 10][:new_leaves * rounds]
+    appears = {p: 1 + i // new_leaves for i, p in enumerate(held)}  # the round each held-back leaf appears in
+    df["appears"] = df["orig"].map(lambda p: appears.get(p, 0))
+    train = np.flatnonzero(df["split"].to_numpy() == "train")
+    labelled = np.zeros(len(df), bool)
+    labelled[rng.choice(train, int(0.4 * len(train)), replace=False)] = True
+    labelled &= df["appears"].to_numpy() == 0
+    stream = rng.permutation(np.flatnonzero((df["split"].to_numpy() == "train") & ~labelled))
+    per_round = len(stream) // rounds
+    truth, out = Taxonomy(), []
+
+    def version(r: int):
+        live = df["appears"].to_numpy() <= r
+        rows = df[(labelled | (df["split"].to_numpy() != "train")) & live]
+        frame = pd.DataFrame({"text": rows["text"], "labels": [list(truth(p)) for p in rows["orig"]],
+                              "split": rows["split"]})
+        ingest(frame, root, f"life-{seed}-{r}", keep_duplicates=True, overwrite=True)
+        return load_dataset(f"life-{seed}-{r}", root)
+
+    def fitted(model, ds_):
+        model.calibrate(ds_.val)
+        return model
+    prev = version(0)
+    model = fitted(registry.create(MODEL, prev.hierarchy, seed=seed).fit(prev.train, prev.val), prev)
+    schedule = {2: "rename", 3: "move", 4: "merge"}
+    for r in range(1, rounds + 1):
+        live = {truth(p) for p in df["orig"][df["appears"] <= r]}
+        edits = [f"{sum(1 for v in appears.values() if v == r)} leaves appear"]
+        kind = schedule.get(2 + (r - 2) % 3) if r >= 2 else None
+        if kind:
+            edits.append(truth.edit(kind, live, rng) or f"{kind}: none possible")
+        # the week's titles, answered by last round's model at the target
+        batch = stream[(r - 1) * per_round:r * per_round]
+        batch = batch[df["appears"].to_numpy()[batch] <= r]
+        texts = df["text"].to_numpy()[batch].tolist()
+        codes, conf = model.predict_confident(texts)
+        t = model.stop_threshold(target_precision=TARGET)
+        answers = model.hierarchy.answers_of(codes, conf, t)
+        full = np.array([len(a) == len(p) for a, p in zip(answers, model.hierarchy.decode(codes))])
+        truths = [truth(p) for p in df["orig"].to_numpy()[batch]]
+        right = np.array([tuple(n for n, _ in a) == tp for a, tp in zip(answers, truths)])
+        queue = np.flatnonzero(~full)[review.queue(conf[~full])]
+        reviewed = batch[queue[:budget]]
+        labelled[reviewed] = True
+        cur = version(r)
+        t0 = time.perf_counter()
+        d = taxonomy.diff(taxonomy.of_dataset(prev), taxonomy.of_dataset(cur))
+        upd = registry.create(MODEL, cur.hierarchy, **model.params).update(model, d, cur.train, cur.val)
+        update_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        refit = registry.create(MODEL, cur.hierarchy, seed=seed).fit(cur.train, cur.val)
+        refit_s = time.perf_counter() - t0
+        model, prev = fitted(upd, cur), cur
+        fitted(refit, cur)
+        f1 = {k: evaluate(cur.hierarchy, cur.test.codes, m.predict(cur.test.texts))["h_f1"]
+              for k, m in (("update", upd), ("refit", refit))}
+        out.append({"round": r, "edits": "; ".join(edits), "labelled": len(cur.train), "spent": len(reviewed),
+                    "queue": int((~full).sum()), "titles": len(batch), "coverage": float(full.mean()),
+                    "precision": float(right[full].mean()) if full.any() else float("nan"),
+                    "hf1_update": f1["update"], "hf1_refit": f1["refit"],
+                    "gap": 100 * (f1["refit"] - f1["update"]), "update_s": update_s, "refit_s": refit_s,
+                    "changes": str(d).splitlines()[0].split(": ", 1)[-1]})
+        if __import__("os").environ.get("KTT_LIFE_DEBUG"):
+            print(d)
+        print(seed, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out[-1].items()}, flush=True)
+    return out
+
+
+def table(name: str, runs: list[list[dict]]) -> list[str]:
+    """Per round: mean ± sd over seeds (one seed: the value)."""
+    from ktt.compare import mean_sd
+
+    def ms(vals, fmt):
+        m, sd = mean_sd(vals)
+        return fmt.format(m) + ("" if len(vals) < 2 else " ± " + fmt.format(sd))
+    lines = [f"| round | {name}: what changed (seed {0}) | labelled rows | labels spent / queue | coverage at 0.95 "
+             "(precision) | hF1, update | hF1, refit | gap, points (≤ 0.5) | update, s | refit, s | update / refit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i in range(len(runs[0])):
+        rs = [run[i] for run in runs]
+        col = lambda k: [r[k] for r in rs]  # noqa: E731
+        lines.append(f"| {i + 1} | {rs[0]['edits']}; diff: {rs[0]['changes']} | {ms(col('labelled'), '{:,.0f}')} | "
+                     f"{ms(col('spent'), '{:,.0f}')} / {ms(col('queue'), '{:,.0f}')} | {ms(col('coverage'), '{:.1%}')} "
+                     f"({ms(col('precision'), '{:.3f}')}) | {ms(col('hf1_update'), '{:.4f}')} | "
+                     f"{ms(col('hf1_refit'), '{:.4f}')} | {ms(col('gap'), '{:+.2f}')} | {ms(col('update_s'), '{:.2f}')} | "
+                     f"{ms(col('refit_s'), '{:.2f}')} | {ms([u / f for u, f in zip(col('update_s'), col('refit_s'))], '{:.0%}')} |")
+    gaps = [r["gap"] for run in runs for r in run]
+    lines.append(f"| all | worst gap {max(gaps):+.2f} points over {len(gaps)} rounds x seeds "
+                 f"({'met' if max(gaps) <= 0.5 else 'missed'}: ≤ 0.5) | | | | | | | | | |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--catalog", default="100000,5600", metavar="ROWS,CATEGORIES", help="0 to skip")
+    ap.add_argument("--catalog-seeds", default="0")
+    ap.add_argument("--doc", default=None, help="write the table to this file, not docs/benchmarks.md")
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="ktt-life-"))
+    sections = []
+    data = [("bigbasket", bigbasket.load(), args.seeds, 3, 300)]
+    if args.catalog != "0":
+        n, k = (int(x) for x in args.catalog.split(","))
+        data.append((f"catalog ({n:,} rows, {k:,} categories)", catalog(n, k, root), args.catalog_seeds, 20, 1500))
+    for name, ds, seeds, new_leaves, budget in data:
+        runs = [life(ds, int(s), args.rounds, new_leaves, budget, root) for s in seeds.split(",")]
+        sections += [f"**{name}**: {len(ds.train):,} training rows; {new_leaves} held-back leaves appear each round; "
+                     f"label budget {budget} a round; seeds {seeds} (mean ± sd).", "", *table(name, runs), ""]
+    write_section("catalog-life", "\n".join([
+        "## A catalog's life (issue 40)", "",
+        f"Command: `.venv/bin/python benchmarks/catalog_life.py --rounds {args.rounds} --seeds {args.seeds} "
+        f"--catalog {args.catalog} --catalog-seeds {args.catalog_seeds}`", "",
+        __doc__.split("\n\n", 2)[2].strip().replace("\n", " "), "", *sections]), **({"doc": Path(args.doc)} if args.doc else {}))
+
+
+if __name__ == "__main__":
+    main()
