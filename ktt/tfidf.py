@@ -172,7 +172,7 @@ class TfidfModel(Model):
             moved = kids[changed[d][kids]]
             if (d, up) in lone or not len(moved):
                 kept.append((d, parent, before, None if (d, up) in lone else fits[where[d, up]]))
-            elif len(kids) > 2 and len(moved) < len(kids):  # one-vs-rest: each child's decision is its own fit
+            elif 2 * len(moved) < len(kids):  # one-vs-rest: each child's decision is its own fit (most of them: one fit is cheaper)
                 kept.append((d, parent, before, list(fits[where[d, up]])))
                 partial.append((g, kept[-1], np.flatnonzero(np.isin(before, moved))))
             else:
