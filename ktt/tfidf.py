@@ -134,9 +134,9 @@ class TfidfModel(Model):
         (grown by the n-grams of the training rows it has not seen: :func:`grow_vocabulary`) and
         every node classifier whose training children are the same classes (renamed or moved ones
         included) holding the same rows (:func:`changed_classes`); of a one-vs-rest node whose
-        children are the same but some of whose children's rows changed, refit only those
-        children's decisions (each is its own binary fit of the child against the rest of the
-        node's rows); refit every other node whole. Only the rows of what is refitted are featurised."""
+        children are the same but fewer than half of whose children's rows changed, refit only
+        those children's decisions (each is its own binary fit of the child against the rest of
+        the node's rows); refit every other node whole. Only the rows of what is refitted are featurised."""
         import scipy.sparse as sp
 
         from .taxonomy import text_hashes
