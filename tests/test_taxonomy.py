@@ -377,12 +377,14 @@ def test_every_encoder_head_transplants_whole(name):
     assert torch.equal(last_new[torch.as_tensor(keep)], last_old[torch.as_tensor(idx[keep])])
 
 
-def test_tfidf_update_refits_only_the_changed_decisions_of_a_one_vs_rest_node():
+def test_a_changed_tfidf_node_is_what_a_refit_of_that_node_gives():
     """By hand: Food's node is one-vs-rest over Pasta, Dairy and Bread. A new leaf under Pasta
-    (Fusilli, six rows) changes Pasta's children (its node is refitted whole) and Pasta's rows at
-    Food's node (12 -> 18): there only Pasta's decision is refitted, as Pasta against the rest of
-    Food's rows; Dairy's and Bread's decisions keep their weights. The root has one child (kept)."""
+    (Fusilli, six rows) changes Pasta's children and Pasta's rows at Food's node (12 -> 18): both
+    nodes are refitted whole, on the new rows, and each is weight for weight the fit of that node
+    alone (scikit-learn's SGD on the node's rows, featurised by the updated vectoriser); the root
+    (one child) and Dairy and Bread (their rows unchanged) are kept."""
     from ktt import registry
+    from ktt.tfidf import fit_block
 
     old_rows = {p: words(p[-1]) for p in [("Food", "Pasta", "Spaghetti"), ("Food", "Pasta", "Penne"),
                                           ("Food", "Dairy", "Milk"), ("Food", "Bread", "Rye")]}
@@ -393,18 +395,17 @@ def test_tfidf_update_refits_only_the_changed_decisions_of_a_one_vs_rest_node():
              Side("v2", s2.hierarchy, s2.codes, text_hashes(s2.texts)))
     log = Logged()
     upd = registry.create("tfidf_hsgd", s2.hierarchy, **old.params).update(old, d, s2, s2, log)
-    assert (log.metrics["nodes_refit"], log.metrics["nodes_partly_refit"], log.metrics["decisions_refit"],
-            log.metrics["nodes_kept"]) == (1, 1, 1, 3)  # Pasta; Food (Pasta's decision); root, Dairy, Bread
+    assert (log.metrics["nodes_refit"], log.metrics["nodes_kept"]) == (2, 3)  # Food, Pasta; root, Dairy, Bread
 
-    def food_block(model):
+    def block(model, level, parent):
         n = model.nodes_
-        b = int(np.flatnonzero((n.level == 1) & (n.parent == 0))[0])
-        first = n.blocks.first_out[b]
-        kids = [model.hierarchy.levels[1][c][-1] for c in n.children[first:first + n.blocks.width[b]]]
-        return dict(zip(kids, n.blocks.fits()[b]))
-    before, after = food_block(old), food_block(upd)
-    for kid in ("Dairy", "Bread"):
-        assert all(np.array_equal(a, b) for a, b in zip(before[kid][:2], after[kid][:2])) and \
-            before[kid][2] == after[kid][2]
-    assert not np.array_equal(before["Pasta"][1], after["Pasta"][1])
+        b = int(np.flatnonzero((n.level == level) & (n.parent == parent))[0])
+        return n.blocks.fits()[b]
+    for level, parent in ((1, 0), (2, s2.hierarchy.class_index(("Food", "Pasta")))):
+        rows = np.flatnonzero(s2.codes[:, level - 1] == parent)
+        alone = fit_block(upd.features([s2.texts[i] for i in rows]), s2.codes[rows, level], upd.make_sgd(),
+                          upd.params["min_weight"])
+        assert len(block(upd, level, parent)) == len(alone) == 3  # Pasta, Dairy, Bread; Fusilli, Penne, Spaghetti
+        for (c1, w1, b1), (c2, w2, b2) in zip(block(upd, level, parent), alone):
+            assert np.array_equal(c1, c2) and np.allclose(w1, w2, atol=1e-6) and b1 == pytest.approx(b2)
     assert upd.predict_paths(["fusilli item2 fusilliy"]) == [["Food", "Pasta", "Fusilli"]]
