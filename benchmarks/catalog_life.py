@@ -7,7 +7,8 @@ round: (1) the taxonomy changes (leaves held back so far appear with their title
 an inner category is renamed, one moved under another parent, two sibling leaves merged) and the
 labelled rows are relabelled into it (what ``ktt ingest --map`` does); (2) a batch of new titles
 arrives, the model answers them at target precision 0.95 (``ktt predict --target-precision 0.95
---review``), and an oracle reviews the review queue, least sure first, within a label budget;
+--review``), and an oracle reviews the review queue, least sure first, within a label budget (what
+the queue leaves of the budget goes to spot checks: confident answers drawn at random);
 (3) the reviewed rows are appended (``ktt ingest --append``) and the model is updated from last
 round's *updated* model (``ktt train --from``: ``Model.update``), against a full refit on the same
 rows. Validation is labelled in the current taxonomy (calibration needs it); the test split scores
@@ -130,8 +131,9 @@ def life(ds, seed: int, rounds: int, new_leaves: int, budget: int, root: Path) -
         full = np.array([len(a) == len(p) for a, p in zip(answers, model.hierarchy.decode(codes))])
         truths = [truth(p) for p in df["orig"].to_numpy()[batch]]
         right = np.array([tuple(n for n, _ in a) == tp for a, tp in zip(answers, truths)])
-        queue = np.flatnonzero(~full)[review.queue(conf[~full])]
-        reviewed = batch[queue[:budget]]
+        queue = np.flatnonzero(~full)[review.queue(conf[~full])][:budget]
+        spot = rng.permutation(np.flatnonzero(full))[:budget - len(queue)]  # the rest of the budget: spot checks
+        reviewed = batch[np.concatenate([queue, spot])]
         labelled[reviewed] = True
         cur = version(r)
         t0 = time.perf_counter()
@@ -145,7 +147,8 @@ def life(ds, seed: int, rounds: int, new_leaves: int, budget: int, root: Path) -
         fitted(refit, cur)
         f1 = {k: evaluate(cur.hierarchy, cur.test.codes, m.predict(cur.test.texts))["h_f1"]
               for k, m in (("update", upd), ("refit", refit))}
-        out.append({"round": r, "edits": "; ".join(edits), "labelled": len(cur.train), "spent": len(reviewed),
+        out.append({"round": r, "edits": "; ".join(edits), "labelled": len(cur.train), "spent": len(queue),
+                    "spot": len(spot),
                     "queue": int((~full).sum()), "titles": len(batch), "coverage": float(full.mean()),
                     "precision": float(right[full].mean()) if full.any() else float("nan"),
                     "hf1_update": f1["update"], "hf1_refit": f1["refit"],
@@ -164,14 +167,14 @@ def table(name: str, runs: list[list[dict]]) -> list[str]:
     def ms(vals, fmt):
         m, sd = mean_sd(vals)
         return fmt.format(m) + ("" if len(vals) < 2 else " ± " + fmt.format(sd))
-    lines = [f"| round | {name}: what changed (seed {0}) | labelled rows | labels spent / queue | coverage at 0.95 "
+    lines = [f"| round | {name}: what changed (seed {0}) | labelled rows | labels: queue + spot checks / queue length | coverage at 0.95 "
              "(precision) | hF1, update | hF1, refit | gap, points (≤ 0.5) | update, s | refit, s | update / refit |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for i in range(len(runs[0])):
         rs = [run[i] for run in runs]
         col = lambda k: [r[k] for r in rs]  # noqa: E731
         lines.append(f"| {i + 1} | {rs[0]['edits']}; diff: {rs[0]['changes']} | {ms(col('labelled'), '{:,.0f}')} | "
-                     f"{ms(col('spent'), '{:,.0f}')} / {ms(col('queue'), '{:,.0f}')} | {ms(col('coverage'), '{:.1%}')} "
+                     f"{ms(col('spent'), '{:,.0f}')} + {ms(col('spot'), '{:,.0f}')} / {ms(col('queue'), '{:,.0f}')} | {ms(col('coverage'), '{:.1%}')} "
                      f"({ms(col('precision'), '{:.3f}')}) | {ms(col('hf1_update'), '{:.4f}')} | "
                      f"{ms(col('hf1_refit'), '{:.4f}')} | {ms(col('gap'), '{:+.2f}')} | {ms(col('update_s'), '{:.2f}')} | "
                      f"{ms(col('refit_s'), '{:.2f}')} | {ms([u / f for u, f in zip(col('update_s'), col('refit_s'))], '{:.0%}')} |")
