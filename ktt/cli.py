@@ -430,6 +430,41 @@ def predict(model_uri, input_file, output_file, text_col, rows, threshold, targe
                                                      if review_file else ""))
 
 
+@main.command("audit")
+@click.argument("model")
+@click.argument("dataset")
+@click.argument("output_file", metavar="OUTPUT")
+@click.option("--folds", default=2, show_default=True, type=click.IntRange(min=2),
+              help="Deal the rows into this many parts; each part is scored by MODEL fitted on the others.")
+@click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="Override a hyperparameter from hyperparameters.json (repeatable).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the parts and the fits.")
+@click.option("--datasets", "datasets_root", default="datasets", show_default=True, envvar="KTT_DATASETS",
+              help="Datasets folder (env KTT_DATASETS).")
+def audit(model, dataset, output_file, folds, params, seed, datasets_root):
+    """Label audit: write every row of DATASET to OUTPUT (.csv or .jsonl), the lowest probability
+    of its own label first, as MODEL fitted without the row gives it (cross-fitting): text, split,
+    label, label_probability, guess, guess_probability and an empty labels column; correct the
+    wrong labels there and bring them back with `ktt ingest OUTPUT --append DATASET`."""
+    from .data import load_dataset
+    from .hparams import parse_overrides
+    from .review import audit as audit_rows
+
+    if not output_file.lower().endswith((".csv", ".jsonl")):
+        raise BadValue(f"{output_file}: use a .csv or .jsonl file")
+    ds = load_dataset(dataset, datasets_root)
+    table = audit_rows(model, {s: getattr(ds, s) for s in ("train", "val", "test") if len(getattr(ds, s))},
+                       folds=folds, seed=seed, params=parse_overrides(params))
+    if output_file.lower().endswith(".csv"):
+        table.to_csv(output_file, index=False)
+    else:
+        table.to_json(output_file, orient="records", lines=True, force_ascii=False)
+    low = table["label_probability"]
+    click.echo(f"wrote {output_file}: {len(table)} rows, the least believed label first ({int((low < 0.5).sum())} "
+               f"below 0.5, {int((table['label'] != table['guess']).sum())} where {folds}-fold {model} guesses "
+               "another path)")
+
+
 @main.command("export")
 @click.argument("source", required=False)
 @click.option("--model", default=None, help="With --dataset instead of SOURCE: the newest best_ checkpoint in weights/.")
