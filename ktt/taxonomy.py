@@ -64,12 +64,14 @@ def text_hashes(texts) -> np.ndarray:
 @dataclass
 class Side:
     """One taxonomy: ``hierarchy``, and optionally its rows: each row's ``(depth,)`` class indices
-    (``codes``) and text hash (``rows``)."""
+    (``codes``), text hash (``rows``) and whether it is a training row (``train``; None when not
+    known: a run logged before it was)."""
 
     name: str
     hierarchy: Hierarchy
     codes: np.ndarray | None = None
     rows: np.ndarray | None = None
+    train: np.ndarray | None = None
     _counts: list = field(default=None, repr=False)
 
     @property
@@ -98,12 +100,14 @@ class Side:
         return None if self.codes is None else int(self.counts(d)[i]) if i is not None else 0
 
     def frame(self):
-        """This side as the ``taxonomy.parquet`` a run logs: each row's path and text hash."""
+        """This side as the ``taxonomy.parquet`` a run logs: each row's path, text hash and
+        whether it trained the run."""
         import pyarrow as pa
 
         names = np.asarray(self.hierarchy.leaf_names, dtype=object)
         table = pa.table({"path": pa.array(names[self.codes[:, -1]], pa.string()).dictionary_encode(),
-                          "row": pa.array(self.rows, pa.uint64())})
+                          "row": pa.array(self.rows, pa.uint64()),
+                          **({} if self.train is None else {"train": pa.array(self.train, pa.bool_())})})
         return table.replace_schema_metadata({"ktt.hierarchy": json.dumps(self.hierarchy.to_dict()["levels"])})
 
 
@@ -111,7 +115,8 @@ def of_dataset(ds) -> Side:
     """A loaded :class:`ktt.data.Dataset` as a side: every split's rows."""
     splits = (ds.train, ds.val, ds.test)
     return Side(ds.name, ds.hierarchy, np.concatenate([s.codes for s in splits]),
-                text_hashes([t for s in splits for t in s.texts]))
+                text_hashes([t for s in splits for t in s.texts]),
+                np.arange(sum(map(len, splits))) < len(ds.train))
 
 
 def read_side(path, name: str) -> Side:
@@ -123,7 +128,8 @@ def read_side(path, name: str) -> Side:
     h = Hierarchy(tuple(tuple(tuple(p) for p in lv) for lv in levels))
     leaf = pd.Series(table.column("path").to_pandas().astype(str)).map(
         {n: i for i, n in enumerate(h.leaf_names)}).to_numpy()
-    return Side(name, h, h.leaf_paths()[leaf.astype(np.int64)], table.column("row").to_numpy())
+    return Side(name, h, h.leaf_paths()[leaf.astype(np.int64)], table.column("row").to_numpy(),
+                table.column("train").to_numpy() if "train" in table.column_names else None)
 
 
 # -- the diff ----------------------------------------------------------------------------------

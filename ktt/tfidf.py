@@ -175,7 +175,8 @@ class TfidfModel(Model):
                 refit.append(g)
         rows = np.unique(np.concatenate([g[2] for g in refit])) if refit else np.zeros(0, np.int64)
         stemmed = self.preprocessor_([train.texts[i] for i in rows])
-        unseen = ~np.isin(text_hashes([train.texts[i] for i in rows]), diff.old.rows) if diff.old.has_rows else \
+        trained = diff.old.rows if diff.old.train is None else diff.old.rows[diff.old.train]
+        unseen = ~np.isin(text_hashes([train.texts[i] for i in rows]), trained) if diff.old.has_rows else \
             np.ones(len(rows), bool)
         self.vectorizer_ = grow_vocabulary(old.vectorizer_, [t for t, u in zip(stemmed, unseen) if u], len(train),
                                            self.params["min_df"])
@@ -288,23 +289,26 @@ def old_to_new(diff) -> list[np.ndarray]:
 
 
 def changed_classes(diff) -> list[np.ndarray] | None:
-    """Per level of the new taxonomy, which classes' rows changed: a row (a text hash) that
-    joined or left the class, or was relabelled into or out of it. Rows are every split's, as the diff's sides hold
-    them: a class whose validation rows changed counts as changed too (a refit more, never one
-    less). None without rows on both sides."""
+    """Per level of the new taxonomy, which classes' training rows changed: a row (a text hash)
+    that joined or left the class, or was relabelled into or out of it. Training rows where both
+    sides know them (a run logs which rows trained it); else every split's rows, so that a class
+    whose validation rows changed counts as changed too (a refit more, never one less; a row
+    that moved between splits, as a dataset ingested anew without a split column may draw them,
+    is then missed). None without rows on both sides."""
     import pandas as pd
 
     if not (diff.old.has_rows and diff.new.has_rows):
         return None
+    both = diff.old.train is not None and diff.new.train is not None
+    on_old, on_new = (diff.old.train, diff.new.train) if both else (slice(None), slice(None))
     back, out = old_to_new(diff), []
     for d, n in enumerate(diff.new.hierarchy.sizes):
-        old = back[d][diff.old.codes[:, d]] if d < len(back) else np.full(len(diff.old), -1, np.int64)
-
-        def keys(rows, classes):
-            return pd.util.hash_pandas_object(pd.DataFrame({"r": rows, "c": classes}), index=False).to_numpy()
-        k_new, k_old = keys(diff.new.rows, diff.new.codes[:, d]), keys(diff.old.rows, old)
+        old = (back[d][diff.old.codes[:, d]] if d < len(back) else np.full(len(diff.old), -1, np.int64))[on_old]
+        new = diff.new.codes[on_new, d]
+        k_old, k_new = (pd.util.hash_pandas_object(pd.DataFrame({"r": r, "c": c}), index=False).to_numpy()
+                        for r, c in ((diff.old.rows[on_old], old), (diff.new.rows[on_new], new)))
         hit = np.zeros(n, bool)
-        hit[diff.new.codes[~np.isin(k_new, k_old), d]] = True
+        hit[new[~np.isin(k_new, k_old)]] = True
         gone = old[~np.isin(k_old, k_new)]
         hit[gone[gone >= 0]] = True
         out.append(hit)

@@ -23,7 +23,8 @@ def version(train: dict, held: dict | None = None, name: str = "v"):
     every = paths + [p for p, t in held.items() for _ in t]
     h = Hierarchy.from_paths(every)
     texts = [t for ts in train.values() for t in ts]
-    side = Side(name, h, h.encode(every), text_hashes(texts + [t for ts in held.values() for t in ts]))
+    side = Side(name, h, h.encode(every), text_hashes(texts + [t for ts in held.values() for t in ts]),
+                np.arange(len(every)) < len(paths))
     return Split(texts, paths, h), side
 
 
@@ -97,6 +98,19 @@ def test_a_child_left_without_training_rows_refits_its_one_vs_rest_node():
     _, upd, full, m = updated("tfidf_hsgd", v1, v2)
     probe = words("Rye")
     assert upd.predict_paths(probe) == full.predict_paths(probe) == [["Food", "Dairy", "Milk"]] * 6
+
+
+def test_rows_that_changed_split_refit_their_nodes():
+    """A catalog ingested anew without a split column draws its split again: a title that trained
+    v1 is in v2's test split and one of v1's test titles trains v2. Every (text, class) pair is the
+    same, and so is the taxonomy, but Spaghetti's training rows are not: Pasta, Food and the root
+    are refitted (comparing every split's rows, they were kept, trained on the old split)."""
+    sp = words("Spaghetti")
+    v1 = version({**PASTA, ("Food", "Pasta", "Spaghetti"): sp[:5]}, {("Food", "Pasta", "Spaghetti"): sp[5:]})
+    v2 = version({**PASTA, ("Food", "Pasta", "Spaghetti"): sp[1:]}, {("Food", "Pasta", "Spaghetti"): sp[:1]})
+    assert diff(v1[1], v2[1]).changes == []
+    _, _, _, m = updated("tfidf_hsgd", v1, v2)
+    assert (m["nodes_refit"], m["nodes_kept"]) == (3, 3)  # root, Food, Pasta; Dairy, Home, Clean
 
 
 def test_a_text_reviewed_twice_takes_its_last_label_whether_new_or_known(tmp_path):
