@@ -101,6 +101,9 @@ class Model(ABC):
     consistent: ClassVar[bool] = False
     #: Hyperparameters a resumed fit may change; every other one comes from the checkpoint.
     resumable: ClassVar[frozenset[str]] = frozenset()
+    #: Hyperparameters an update (``ktt train --from``) takes from the old model with what it keeps
+    #: (its vectoriser, encoder or head's shapes): an override of one is refused, not ignored.
+    kept_on_update: ClassVar[frozenset[str]] = frozenset()
     #: True when ``fit`` trains on several processes under torchrun (:mod:`ktt.distributed`).
     distributable: ClassVar[bool] = False
     #: True when ``fit``'s parallel work goes through joblib, so it can run on Spark

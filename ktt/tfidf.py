@@ -99,6 +99,8 @@ class TfidfModel(Model):
     drift_share = 0.25
     served_from = "arrays"
     joblib_fit = True
+    # the kept vectoriser and classifiers were made with these
+    kept_on_update = frozenset({"language", "ngram_max", "min_df", "loss", "min_weight"})
     chunk = 8192  # rows scored at once: memory stays bounded at any number of texts or classes
 
     def get_preprocessor(self):

@@ -136,6 +136,11 @@ def updating(model: str, ds, start_from: str, overrides: dict | None):
     cls = registry.get(model)
     old = cls.load(src.checkpoint)
     est = cls(ds.hierarchy, **cls.check_params({**old.params, **(overrides or {})}))
+    fixed = sorted(k for k in (overrides or {}) if k in cls.kept_on_update and est.params[k] != old.params.get(k))
+    if fixed:
+        raise BadValue(f"--from keeps what {start_from} learned with " + ", ".join(
+            f"{k}={old.params.get(k)!r}" for k in fixed) + f": -p {fixed[0]}={est.params[fixed[0]]!r} needs a "
+            "model trained from scratch (leave out --from)")
     return est, (old, taxonomy.diff(run_side(run_id, f"run {run_id[:8]}"), taxonomy.of_dataset(ds)), run_id)
 
 

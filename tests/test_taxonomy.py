@@ -283,7 +283,10 @@ def test_taxonomy_versions_end_to_end(tmp_path, tracking):
     assert run("export", run1, "--no-onnx", "--register", "shop", env=env).returncode == 0
     assert client.get_model_version("shop", "1").tags["ktt.taxonomy"] == digest(ds1.hierarchy)
 
-    up = run("train", "tfidf_hsgd", v2, "--from", f"models:/shop@champion", env=env)
+    bad = run("train", "tfidf_hsgd", v2, "--from", "models:/shop@champion", "-p", "language=german", env=env)
+    assert bad.returncode == 2 and "--from keeps what models:/shop@champion learned with language='english': " \
+        "-p language='german' needs a model trained from scratch" in bad.stderr and "Traceback" not in bad.stderr
+    up = run("train", "tfidf_hsgd", v2, "--from", "models:/shop@champion", "-p", "alpha=0.0002", env=env)
     assert up.returncode == 0, up.stderr
     run2 = mlflow.search_runs(experiment_names=[v2]).run_id[0]
     r2 = client.get_run(run2).data

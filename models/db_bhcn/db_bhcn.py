@@ -71,6 +71,7 @@ def bhcn_level_loss(logp, codes, gamma_l, lambda_l, lambda_h, parents):
 class DBBHCN(TorchModel):
     defaults = {**TorchModel.defaults, "gamma_l": -0.1, "lambda_l": 1.0, "lambda_h": 0.7,
                 "dropout": 0.3, "act": "relu", "level_width": 384}
+    kept_on_update = TorchModel.kept_on_update | {"level_width", "act"}  # the head's shapes
     constraints = {**TorchModel.constraints, "act": tuple(ACTS), "lambda_l": Interval(0), "lambda_h": Interval(0),
                    "level_width": Interval(1)}
 

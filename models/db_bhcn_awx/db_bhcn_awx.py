@@ -51,6 +51,7 @@ class DBBHCNAWX(TorchModel):
     paths = "log_odds"  # independent sigmoids: a path is worth the product of its classes' odds
     defaults = {**TorchModel.defaults, "gamma_l": -0.34, "lambda_l": 0.73, "dropout": 0.47,
                 "act": "relu", "awx_norm": 5.0, "level_width": 384}
+    kept_on_update = TorchModel.kept_on_update | {"level_width", "act"}  # the head's shapes
     constraints = {**TorchModel.constraints, "act": tuple(ACTS), "lambda_l": Interval(0), "awx_norm": Interval(0),
                    "level_width": Interval(1)}
 
