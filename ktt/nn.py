@@ -155,6 +155,7 @@ class TorchModel(Model):
         "patience": Interval(1), "log_every": Interval(1),
     }
     resumable = frozenset({"epochs", "patience", "log_every", "device"})
+    kept_on_update = frozenset({"encoder", "pooling"})
     distributable = True
 
     @property
