@@ -104,7 +104,9 @@ def _finish_ingest(df, name, where, opts, meta, parent=None, relabel=None):
         click.echo(f"{name}: {report['rows_added']} rows added to {parent.name}'s, {report['rows_corrected']} "
                    "relabelled" + ("; the taxonomy changed" if report.get("taxonomy_changed") else "") +
                    (f"; {report['reviews_overridden']} earlier reviews of a text reviewed again overridden by its last"
-                    if report.get("reviews_overridden") else ""), err=True)
+                    if report.get("reviews_overridden") else "") +
+                   (f"; {report['rows_dropped_as_duplicates']} rows the corrections made the same as one in an "
+                    "earlier split dropped" if report.get("rows_dropped_as_duplicates") else ""), err=True)
     else:
         path, hierarchy, report = data.ingest(df, opts["out_root"], name, where=where, overwrite=opts["overwrite"],
                                               meta=meta, split_ratios=opts["split_ratios"], **kw)

@@ -554,17 +554,19 @@ def _write_split(path: Path, part: pd.DataFrame) -> None:
 def append(parent: "Dataset", df: pd.DataFrame, root, name: str, *, where: str = "input",
            overwrite: bool = False, **options):
     """A new version of ``parent`` with ``df``'s rows (reviewed rows: ``ktt.review``): a text the
-    parent holds takes the new label where it is (a correction), a new text joins the train split
-    (or its own ``split`` column's). A text reviewed more than once takes its last row's label
+    parent holds takes the new label where it is (a correction; a copy of it that the correction makes
+    the same row as one in an earlier split is dropped: train, then val, then test), a new text
+    joins the train split (or its own ``split`` column's). A text reviewed more than once takes its last row's label
     (review files are appended to: the last row is the latest review), whether the parent holds it
     or not; the report counts the earlier reviews it overrode (``reviews_overridden``). The
     manifest's ``lineage`` lists every version it came from. Returns the folder, the hierarchy and the report."""
-    # every row kept, repeats too: which review of a text came last decides its label
-    splits, _, report = prepare(df, where=where, split_ratios=(1.0, 0.0, 0.0), empty_splits=True,
-                                **{**options, "keep_duplicates": True})
-    new = pd.concat([p.assign(split=s) for s, p in splits.items()], ignore_index=True)  # each split in file order
-    earlier = new["text"].duplicated(keep="last").to_numpy()
-    new = new[~earlier]
+    # the last review of a text decides, in file order (prepare groups rows by split)
+    text = options.get("text_col", "text")
+    earlier = df[text].astype(str).str.strip().duplicated(keep="last").to_numpy() if text in df else \
+        np.zeros(len(df), bool)
+    splits, _, report = prepare(df[~earlier], where=where, split_ratios=(1.0, 0.0, 0.0), empty_splits=True,
+                                **options)
+    new = pd.concat([p.assign(split=s) for s, p in splits.items()], ignore_index=True)
     report["reviews_overridden"] = int(earlier.sum())
     label_of = dict(zip(new["text"], new["labels"].map(tuple)))
     merged, corrected, known = {}, 0, set()
@@ -574,9 +576,18 @@ def append(parent: "Dataset", df: pd.DataFrame, root, name: str, *, where: str =
         corrected += sum(a != b for a, b in zip(labels, part.paths))
         known.update(part.texts)
         merged[s] = pd.DataFrame({"text": part.texts, "labels": [list(p) for p in labels]})
+    # a text held under two labels, corrected to one, is kept once, in its first split: no test row
+    # the same as a training row (the ones no review touched stay as they were)
+    seen, dropped = set(), 0
+    for s in SPLITS:
+        pairs = [(t, tuple(p)) if t in label_of else None for t, p in zip(merged[s]["text"], merged[s]["labels"])]
+        again = np.fromiter((p is not None and p in seen for p in pairs), bool, len(pairs))
+        seen.update(p for p in pairs if p is not None)
+        merged[s], dropped = merged[s][~again].reset_index(drop=True), dropped + int(again.sum())
     fresh = new[~new["text"].isin(known)]
     for s in SPLITS:
         merged[s] = pd.concat([merged[s], fresh[fresh["split"] == s][["text", "labels"]]], ignore_index=True)
+    report["rows_dropped_as_duplicates"] = dropped
     hierarchy = Hierarchy.from_paths(tuple(p) for part in merged.values() for p in part["labels"])
     from .taxonomy import digest
 

@@ -219,3 +219,29 @@ def test_readme_catalog_loop_runs_as_written_on_bigbasket(tmp_path, tracking, ra
     ktt(loop[5])
     old = load_dataset("old", tmp_path / "d")
     assert {p[:2] for s in (old.train, old.val, old.test) for p in s.paths} == {("Beauty & Hygiene", "Hair Care")}
+
+
+def test_reviews_in_file_order_and_no_duplicate_across_splits(tmp_path):
+    """Two defects of the append, found by the hostile review: a review file with a split column
+    let the earlier review win (rows were grouped by split first); and a text the dataset holds
+    under two labels, in train and in test, corrected to one label, stood twice, the same row in
+    both splits. The last review wins; the corrected copy in the later split is dropped."""
+    from ktt.data import append, load_dataset, write_dataset
+
+    splits = {"train": pd.DataFrame({"text": ["shared title", "soap bar", "penne tubes"],
+                                     "labels": [["Food", "Pasta", "Penne"], ["Home", "Clean", "Soap"],
+                                                ["Food", "Pasta", "Penne"]]}),
+              "val": pd.DataFrame({"text": ["mop head"], "labels": [["Home", "Clean", "Mop"]]}),
+              "test": pd.DataFrame({"text": ["shared title", "mop stick"],
+                                    "labels": [["Home", "Clean", "Soap"], ["Home", "Clean", "Mop"]]})}
+    h = Hierarchy.from_paths(tuple(p) for s in splits.values() for p in s["labels"])
+    write_dataset(splits, h, tmp_path, "v1")
+    reviews = pd.DataFrame({"text": ["brand new thing", "brand new thing", "shared title"],
+                            "labels": ["Food > Pasta > Penne", "Home > Clean > Soap", "Home > Clean > Soap"],
+                            "split": ["test", "train", "train"]})
+    _, _, report = append(load_dataset("v1", tmp_path), reviews, tmp_path, "v2", label_sep=">")
+    v2 = load_dataset("v2", tmp_path)
+    rows = [(s, t, p) for s in ("train", "val", "test") for t, p in zip(getattr(v2, s).texts, getattr(v2, s).paths)]
+    assert [r for r in rows if r[1] == "brand new thing"] == [("train", "brand new thing", ("Home", "Clean", "Soap"))]
+    assert [r for r in rows if r[1] == "shared title"] == [("train", "shared title", ("Home", "Clean", "Soap"))]
+    assert (report["reviews_overridden"], report["rows_corrected"], report["rows_dropped_as_duplicates"]) == (1, 1, 1)
