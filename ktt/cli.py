@@ -103,6 +103,8 @@ def _finish_ingest(df, name, where, opts, meta, parent=None, relabel=None):
                                               overwrite=opts["overwrite"], **kw)
         click.echo(f"{name}: {report['rows_added']} rows added to {parent.name}'s, {report['rows_corrected']} "
                    "relabelled" + ("; the taxonomy changed" if report.get("taxonomy_changed") else "") +
+                   ("; new paths: " + ", ".join(report["paths_added"][:3]) + (" ..." if len(report["paths_added"]) > 3
+                                                                               else "") if report.get("paths_added") else "") +
                    (f"; {report['reviews_overridden']} earlier reviews of a text reviewed again overridden by its last"
                     if report.get("reviews_overridden") else "") +
                    (f"; {report['rows_dropped_as_duplicates']} rows the corrections made the same as one in an "

@@ -593,7 +593,8 @@ def append(parent: "Dataset", df: pd.DataFrame, root, name: str, *, where: str =
 
     report.update({"rows_added": len(fresh), "rows_corrected": int(corrected),
                    **{f"rows_{s}": len(p) for s, p in merged.items()}, "classes_per_level": hierarchy.class_counts,
-                   **({"taxonomy_changed": True} if digest(hierarchy) != parent.taxonomy else {})})
+                   **({"taxonomy_changed": True} if digest(hierarchy) != parent.taxonomy else {}),
+                   "paths_added": sorted(set(hierarchy.leaf_names) - set(parent.hierarchy.leaf_names))})
     lineage = [*parent.manifest.get("lineage", []),
                {"dataset": parent.name, "digest": parent.digest, "taxonomy": parent.taxonomy, "source": where,
                 "rows_added": len(fresh), "rows_corrected": int(corrected)}]

@@ -245,3 +245,8 @@ def test_reviews_in_file_order_and_no_duplicate_across_splits(tmp_path):
     assert [r for r in rows if r[1] == "brand new thing"] == [("train", "brand new thing", ("Home", "Clean", "Soap"))]
     assert [r for r in rows if r[1] == "shared title"] == [("train", "shared title", ("Home", "Clean", "Soap"))]
     assert (report["reviews_overridden"], report["rows_corrected"], report["rows_dropped_as_duplicates"]) == (1, 1, 1)
+    assert report["paths_added"] == []
+    # a review naming a class the dataset lacks (last week's review of a class since renamed, say) says so
+    _, _, report = append(v2, pd.DataFrame({"text": ["mop head"], "labels": ["Home > Clean > Mops"]}), tmp_path, "v3",
+                          label_sep=">")
+    assert report["paths_added"] == ["Home > Clean > Mops"] and report["taxonomy_changed"]
