@@ -165,7 +165,8 @@ def register(run_id: str, name: str, alias: str = "champion", taxonomy: str | No
 
 def promotion_diff(run_id: str, taxonomy: str, name: str, alias: str):
     """The taxonomy diff from the version ``name@alias`` holds now to ``run_id``'s, or None when
-    no version holds the alias or both answer in the same taxonomy (``taxonomy``: the run's)."""
+    no version holds the alias or both answer in the same taxonomy (``taxonomy``: the run's) and
+    their rows say no class changed (the same paths can hold other classes: two names swapped)."""
     import mlflow
 
     from . import taxonomy as tx
@@ -180,9 +181,8 @@ def promotion_diff(run_id: str, taxonomy: str, name: str, alias: str):
         old = _from_run(mv.run_id)
         from . import registry
         held = tx.digest(registry.get(old.model).load(old.checkpoint).hierarchy)
-    if held == taxonomy:
-        return None
-    return tx.diff(_side(mv.run_id, f"{name} v{mv.version}"), _side(run_id, f"run {run_id[:8]}"))
+    change = tx.diff(_side(mv.run_id, f"{name} v{mv.version}"), _side(run_id, f"run {run_id[:8]}"))
+    return change if change.changes or held != taxonomy else None
 
 
 def _side(run_id: str, name: str):
@@ -314,7 +314,8 @@ def export(source: str | None = None, *, model: str | None = None, dataset: str 
     if register_as and src.run_id:
         change = promotion_diff(src.run_id, built["taxonomy"], register_as, alias)
         if change is not None and not allow_taxonomy_change:
-            raise BadValue(f"models:/{register_as}@{alias} answers in another taxonomy than this run:\n{change}\n"
+            raise BadValue(f"models:/{register_as}@{alias} answers in another taxonomy than this run"
+                           f"{' (the same paths, other classes)' if change.same else ''}:\n{change}\n"
                            "pass --allow-taxonomy-change to move the alias anyway (clients will see these categories "
                            "change)")
         if change is not None:

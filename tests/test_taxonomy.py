@@ -304,6 +304,19 @@ def test_taxonomy_versions_end_to_end(tmp_path, tracking):
     assert str(client.get_model_version_by_alias("shop", "champion").version) == "2"
     assert run("taxonomy", "diff", "models:/shop/1", "models:/shop@champion", env=env).stdout.splitlines()[1:] == \
         out.stdout.splitlines()[1:]
+    # two sibling leaves' names swapped: the same paths (the same taxonomy hash), other classes
+    a, b = [p for p in ds2.hierarchy.levels[-1] if p[:-1] == ds2.hierarchy.levels[-1][0][:-1]][:2]
+    swap = {a: b, b: a}
+    rows = [(t, swap.get(tuple(p), tuple(p)), s) for s in ("train", "val", "test")
+            for t, p in zip(getattr(ds2, s).texts, getattr(ds2, s).paths)]
+    pd.DataFrame({"text": [r[0] for r in rows], "labels": [" > ".join(r[1]) for r in rows],
+                  "split": [r[2] for r in rows]}).to_csv(tmp_path / "swap.csv", index=False)
+    assert run("ingest", tmp_path / "swap.csv", "--name", "shop-swap", "--no-track", env=env).returncode == 0
+    assert run("train", "tfidf_hsgd", "shop-swap", env=env).returncode == 0
+    swapped = run("export", mlflow.search_runs(experiment_names=["shop-swap"]).run_id[0], "--no-onnx", "--register",
+                  "shop", env=env)
+    assert swapped.returncode == 2 and "(the same paths, other classes)" in swapped.stderr and \
+        "2 renamed" in swapped.stderr
 
     # answers below the threshold go to review; reviewed rows come back as a new version
     pd.DataFrame({"title": ds2.test.texts[:60]}).to_csv(tmp_path / "in.csv", index=False)
