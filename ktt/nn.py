@@ -144,6 +144,9 @@ class TorchModel(Model):
         # `ktt train --from`: "new" trains only the new classes' head weights (the encoder and every
         # matched class keep theirs); "all" fine-tunes everything on the update's weighted rows
         "update_scope": "new",
+        # the epochs of an update_scope=new update: each is a pass of the head alone over features
+        # encoded once, cheap, and the new classes start from scratch (3 left them half learnt)
+        "update_epochs": 10,
     }
     constraints = {
         **Model.constraints, "pooling": ("mean", "cls"), "decode": ("path", "leaf", "argmax"),
@@ -152,7 +155,7 @@ class TorchModel(Model):
         "max_len": Interval(1), "batch_size": Interval(1), "eval_batch_size": Interval(1), "epochs": Interval(1),
         "encoder_lr": Interval(0), "classifier_lr": Interval(0, None, "neither"), "weight_decay": Interval(0),
         "warmup": Interval(0, 1), "clip": Interval(0, None, "neither"), "dropout": Interval(0, 1, "left"),
-        "patience": Interval(1), "log_every": Interval(1),
+        "patience": Interval(1), "log_every": Interval(1), "update_epochs": Interval(1),
     }
     resumable = frozenset({"epochs", "patience", "log_every", "device"})
     kept_on_update = frozenset({"encoder", "pooling"})
@@ -223,10 +226,11 @@ class TorchModel(Model):
         allowed = monitor_names(self.hierarchy.depth)
         if monitor not in allowed:
             raise BadValue(f"monitor {monitor!r} is not a validation metric; use one of {sorted(allowed)}")
-        hold = getattr(self, "update_hold_", None)  # update(): head elements that keep their weights
-        self.update_hold_ = None
+        # update(): the head elements that keep their weights, and the epochs, all run
+        upd, self.update_ = getattr(self, "update_", None) or {}, None
+        hold, epochs = upd.get("hold"), upd.get("epochs", p["epochs"])
         freeze = p["freeze_encoder"] or hold is not None
-        opt, sched = self._optimiser(len(train), freeze)
+        opt, sched = self._optimiser(len(train), freeze, epochs)
         lengths = self._lengths(train.texts) if p["bucket"] else None
         codes = torch.as_tensor(train.codes)
         weights = None if getattr(train, "weights", None) is None else torch.as_tensor(train.weights, dtype=torch.float32)
@@ -240,9 +244,9 @@ class TorchModel(Model):
 
         # a frozen encoder gives every text the same vector each epoch: encode the training split once
         pooled = self._pooled(train.texts) if freeze and world.size == 1 else None
-        for epoch in range(start, p["epochs"]):
+        for epoch in range(start, epochs):
             self.net_.train()
-            bar = tqdm(self._batches(len(train), epoch, lengths), desc=f"epoch {epoch + 1}/{p['epochs']}",
+            bar = tqdm(self._batches(len(train), epoch, lengths), desc=f"epoch {epoch + 1}/{epochs}",
                        leave=False, disable=None if world.main else True)
             for batch in bar:
                 if len(batch) < world.size:  # a rank would have no rows
@@ -272,7 +276,7 @@ class TorchModel(Model):
             metrics = {**evaluate(self.hierarchy, val.codes, pred), "loss": val_loss}
             logger.log_metrics({f"val_{k}": v for k, v in metrics.items()}, step=epoch)
             score = -metrics["loss"] if monitor == "loss" else metrics[monitor]
-            if score > best:
+            if score > best or upd:  # an update keeps its last epoch: see update()
                 best, bad = score, 0
                 logger.checkpoint(self, "best")
             else:
@@ -281,7 +285,7 @@ class TorchModel(Model):
                 "epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "best": best,
                 "bad_epochs": bad, "step": step, "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(self.device_) if self.device_.type == "cuda" else None})
-            if distributed.decide(bad >= p["patience"], world):
+            if not upd and distributed.decide(bad >= p["patience"], world):
                 break
         return self
 
@@ -292,11 +296,13 @@ class TorchModel(Model):
     def update(self, old, diff, train, val, logger=None):
         """Start from ``old``: its encoder, and its head's weights for every class the diff matches,
         grown or shrunk to this taxonomy (:func:`transplant`; a new class starts from fresh
-        weights); then train for ``epochs`` on the rows the diff touches and ``replay`` times as
-        many other rows, weighted to stand for all (:func:`update_rows`). ``update_scope="new"``
+        weights); then train on the rows the diff touches and ``replay`` times as many other rows,
+        weighted to stand for all (:func:`update_rows`). ``update_scope="new"``
         (default) trains only the weights :func:`transplant` did not copy and those of the classes
-        whose rows changed (:func:`row_changes`; from their old weights), the encoder frozen and
-        encoded once; ``"all"`` fine-tunes everything.
+        whose rows changed (:func:`row_changes`; from their old weights) for ``update_epochs``,
+        the encoder frozen and encoded once; ``"all"`` fine-tunes everything for ``epochs``. An
+        update runs all its epochs and keeps the last (no early stopping, no best epoch): the
+        validation metric, over rows mostly unchanged, barely moves while the new classes learn.
 
         With nothing to train (no row touched; or, for ``"new"``, every weight kept: a rename) the
         update is ``old`` transplanted, not fitted, and is the run's ``best`` checkpoint."""
@@ -318,15 +324,16 @@ class TorchModel(Model):
         if not trains:
             logger.checkpoint(self, "best")
             return self
-        self.started_, self.update_hold_ = True, hold
+        self.started_ = True
+        self.update_ = {"hold": hold, "epochs": self.params["update_epochs" if hold is not None else "epochs"]}
         part = train.subset(rows)
         part.weights = weights
         return self.fit(part, val, logger)
 
-    def _optimiser(self, n_rows: int, freeze_encoder: bool = False):
+    def _optimiser(self, n_rows: int, freeze_encoder: bool = False, epochs: int | None = None):
         """AdamW over what trains (the encoder, frozen in part or whole by ``freeze_*``, at
-        ``encoder_lr``; the head at ``classifier_lr``) and its schedule: linear warm-up over
-        ``warmup`` of the steps, then linear decay to 0."""
+        ``encoder_lr``; the head at ``classifier_lr``) and its schedule over ``epochs`` (default:
+        the ``epochs`` parameter): linear warm-up over ``warmup`` of the steps, then linear decay to 0."""
         p = self.params
         if freeze_encoder:
             self.net_.encoder.requires_grad_(False)
@@ -337,7 +344,7 @@ class TorchModel(Model):
             {"params": [q for q in self.net_.encoder.parameters() if q.requires_grad], "lr": p["encoder_lr"]},
             {"params": list(self.net_.head.parameters()), "lr": p["classifier_lr"]},
         ], weight_decay=p["weight_decay"], fused=self.device_.type in ("cpu", "cuda"))
-        total = math.ceil(n_rows / p["batch_size"]) * p["epochs"]
+        total = math.ceil(n_rows / p["batch_size"]) * (epochs or p["epochs"])
         warm = max(1, int(p["warmup"] * total))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))

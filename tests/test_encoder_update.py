@@ -73,10 +73,11 @@ def test_nothing_changed_has_no_update_rows():
 
 class Recorded(NullLogger):
     def __init__(self):
-        self.metrics, self.checkpoints = {}, []
+        self.metrics, self.checkpoints, self.epochs = {}, [], 0
 
     def log_metrics(self, metrics, step=None):
         self.metrics.update(metrics)
+        self.epochs += "val_loss" in metrics
 
     def checkpoint(self, model, kind, state=None):
         self.checkpoints.append(kind)
@@ -115,6 +116,17 @@ def test_a_merge_trains_the_class_that_gained_rows(old_bhcn, scope):
         assert torch.equal(head_rows(upd, ("Home",)), head_rows(old_bhcn, ("Home",)))
         enc_old, enc_new = old_bhcn.net_.encoder.state_dict(), upd.net_.encoder.state_dict()
         assert all(torch.equal(enc_old[k], enc_new[k]) for k in enc_old)
+
+
+@pytest.mark.parametrize("scope, epochs", [("new", 4), ("all", 2)])
+def test_an_update_runs_all_its_epochs_and_keeps_the_last(old_bhcn, scope, epochs):
+    """update_epochs (update_scope=new; all: epochs) run whatever the validation metric does
+    (patience 1), and each is the best checkpoint in turn: the last is the update."""
+    _, s2, d = versions(MERGED)
+    log = Recorded()
+    registry.create("db_bhcn", s2.hierarchy, **{**old_bhcn.params, "update_scope": scope, "update_epochs": 4,
+                                                "patience": 1}).update(old_bhcn, d, s2, s2, log)
+    assert log.epochs == epochs and log.checkpoints.count("best") == epochs
 
 
 @pytest.mark.parametrize("scope", ["new", "all"])
