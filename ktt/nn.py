@@ -501,24 +501,24 @@ class TorchModel(Model):
 
 def row_changes(diff) -> tuple[set, list[np.ndarray]]:
     """What the two sides' rows say changed, by text hash (nothing without rows on both sides):
-    the hashes of the new side's rows that are new or whose class at some level is not the old
-    row's (as the diff matched it: a renamed or moved class's rows are unchanged), and per level of
-    the new hierarchy, which classes gained or lost a row."""
+    the hashes of the new side's rows that are new to it or whose class at some level is not the
+    old row's (as the diff matched it: a renamed or moved class's rows are unchanged), and per
+    level of the new hierarchy, which classes gained or lost a row
+    (:func:`ktt.tfidf.changed_classes`). Training rows where both sides know them (a row that
+    moved from validation to training is new to training), else every split's."""
+    from .tfidf import changed_classes, old_to_new
+
+    classes = changed_classes(diff)
+    if classes is None:
+        return set(), [np.zeros(n, dtype=bool) for n in diff.new.hierarchy.sizes]
     old, new = diff.old, diff.new
-    classes = [np.zeros(n, dtype=bool) for n in new.hierarchy.sizes]
-    rows = set()
-    if not (old.has_rows and new.has_rows):
-        return rows, classes
-    for d, corr in enumerate(diff.correspondence()):
-        back = np.full(old.hierarchy.sizes[d] if d < old.hierarchy.depth else 0, -1)  # old class -> new (-1: gone)
-        back[corr[corr >= 0]] = np.flatnonzero(corr >= 0)
-        now = set(zip(new.codes[:, d].tolist(), new.rows.tolist()))
-        before = set(zip(back[old.codes[:, d]].tolist(), old.rows.tolist())) if len(back) else set()
-        gained = now - before
-        rows.update(h for _, h in gained)
-        for c, _ in gained | (before - now):
-            if c >= 0:
-                classes[d][c] = True
+    both = old.train is not None and new.train is not None
+    on_old, on_new = (old.train, new.train) if both else (slice(None), slice(None))
+    back, rows = old_to_new(diff), set()
+    for d in range(new.hierarchy.depth):
+        was = back[d][old.codes[on_old, d]] if d < len(back) else np.full(len(old.rows[on_old]), -1)
+        before = set(zip(was.tolist(), old.rows[on_old].tolist()))
+        rows.update(h for c, h in zip(new.codes[on_new, d].tolist(), new.rows[on_new].tolist()) if (c, h) not in before)
     return rows, classes
 
 

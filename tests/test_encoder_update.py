@@ -1,6 +1,7 @@
 """Encoder updates (`ktt train MODEL DATASET --from RUN`, ``TorchModel.update``) on taxonomies small
 enough to work out by hand: which rows an update trains on, which head weights it keeps, and how
 each head tensor's class axes are bound to levels."""
+import numpy as np
 import pytest
 import torch
 
@@ -69,6 +70,22 @@ def test_nothing_changed_has_no_update_rows():
     d = diff(side(s1, "v1"), side(split(dict(reversed(V1.items()))), "v2"))
     assert row_changes(d)[0] == set() and not any(f.any() for f in row_changes(d)[1])
     assert len(update_rows(d, s1, 1.0, 0)[0]) == 0
+
+
+def test_a_row_moved_from_validation_to_training_is_new_to_training():
+    """Where both sides know which rows trained (a run logs it), a validation row of version 1
+    in version 2's training split is a changed row, and its classes' training rows changed."""
+    from ktt.nn import row_changes
+
+    s = split(V1)
+    old, new = side(s, "v1"), side(s, "v2")
+    old.train, new.train = np.array([t != words("Soap")[0] for t in s.texts]), np.ones(len(s), bool)
+    hashes, flagged = row_changes(diff(old, new))
+    assert hashes == set(text_hashes(words("Soap")[:1]).tolist())
+    assert {p for lv, f in zip(s.hierarchy.levels, flagged) for p, x in zip(lv, f) if x} == \
+        {("Home",), ("Home", "Clean"), ("Home", "Clean", "Soap")}
+    old.train = None  # not known on one side: every split's rows, and nothing changed
+    assert row_changes(diff(old, new))[0] == set()
 
 
 class Recorded(NullLogger):
