@@ -244,6 +244,8 @@ class TorchModel(Model):
 
         # a frozen encoder gives every text the same vector each epoch: encode the training split once
         pooled = self._pooled(train.texts) if freeze and world.size == 1 else None
+        # an update (update_scope=new) validates every epoch of many: validation's too, once
+        val_pooled = self._pooled(val.texts) if pooled is not None and hold is not None else None
         for epoch in range(start, epochs):
             self.net_.train()
             bar = tqdm(self._batches(len(train), epoch, lengths), desc=f"epoch {epoch + 1}/{epochs}",
@@ -271,7 +273,7 @@ class TorchModel(Model):
                     batch_loss = distributed.mean(loss.item(), world)  # the global batch's, not this part's
                     logger.log_metrics({"train_loss": batch_loss, "lr": sched.get_last_lr()[-1]}, step=step)
                     bar.set_postfix(loss=f"{batch_loss:.4f}")
-            scores, val_loss = self._validate(val, world)
+            scores, val_loss = self._validate(val, world, val_pooled)
             pred = self.hierarchy.decode_scores(scores, p["decode"], rule=self.paths)
             metrics = {**evaluate(self.hierarchy, val.codes, pred), "loss": val_loss}
             logger.log_metrics({f"val_{k}": v for k, v in metrics.items()}, step=epoch)
@@ -361,10 +363,12 @@ class TorchModel(Model):
         del self.resume_state_
         return state["epoch"] + 1, state["best"], state["bad_epochs"], state["step"]
 
-    def _validate(self, val, world):
-        """Scores and mean loss of the validation split; each process scores its part, all see the whole."""
+    def _validate(self, val, world, pooled=None):
+        """Scores and mean loss of the validation split (from its ``pooled`` encoder output, if
+        given); each process scores its part, all see the whole."""
         part = distributed.part(len(val), world)
-        parts = distributed.gather(self._predict_scores(val.texts[part], val.codes[part]), world)
+        parts = distributed.gather(self._predict_scores(val.texts[part], val.codes[part],
+                                                        None if pooled is None else pooled[part]), world)
         scores = [np.concatenate(level) for level in zip(*(s for s, _ in parts if s))]  # s == []: no rows
         return scores, sum(loss for _, loss in parts) / max(len(val), 1)
 
@@ -386,12 +390,14 @@ class TorchModel(Model):
 
     # -- inference ------------------------------------------------------------------------
     @torch.no_grad()
-    def _predict_scores(self, texts, codes=None):
+    def _predict_scores(self, texts, codes=None, pooled=None):
+        """Per-level scores of ``texts`` (from their ``pooled`` encoder output, if given), and
+        with ``codes`` the loss summed over rows."""
         self.net_.eval()
         bs, outs, losses = self.params["eval_batch_size"], [], []
         for i in range(0, len(texts), bs):
             with self._autocast():
-                out = self.net_(*self._batch(texts[i:i + bs]))
+                out = self.net_(*self._batch(texts[i:i + bs])) if pooled is None else self.net_.head(pooled[i:i + bs])
                 if codes is not None:
                     losses.append(self.loss(out, torch.as_tensor(codes[i:i + bs]).to(self.device_)).sum().item())
                 outs.append([s.float().cpu().numpy() for s in self.level_scores(out)])

@@ -211,3 +211,18 @@ def test_every_head_declares_its_class_axes(name, params):
             if level is not None:
                 fresh = torch.as_tensor(corr[level] < 0).nonzero().squeeze(1)
                 assert fresh.numel() and not copied[tensor].index_select(axis, fresh).any(), (tensor, axis)
+
+
+def test_an_update_encodes_its_rows_and_validation_once(old_bhcn):
+    """update_scope=new: the encoder is frozen, so the update rows and the validation split go
+    through it once for all update_epochs, not validation once an epoch."""
+    _, s2, d = versions(MERGED)
+    calls = []
+    hook = old_bhcn.net_.encoder.register_forward_hook(  # the update shares the old model's encoder
+        lambda mod, a, kw, out: calls.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        registry.create("db_bhcn", s2.hierarchy, **{**old_bhcn.params, "update_epochs": 4}).update(
+            old_bhcn, d, s2, s2, Recorded())
+    finally:
+        hook.remove()
+    assert sum(calls) == 8 + len(s2)  # 8 update rows, then validation (here the training split)
