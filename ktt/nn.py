@@ -510,9 +510,9 @@ def row_changes(diff) -> tuple[set, list[np.ndarray]]:
     the hashes of the new side's rows that are new to it or whose class at some level is not the
     old row's (as the diff matched it: a renamed or moved class's rows are unchanged), and per
     level of the new hierarchy, which classes gained or lost a row
-    (:func:`ktt.tfidf.changed_classes`). Training rows where both sides know them (a row that
+    (:func:`ktt.taxonomy.changed_classes`). Training rows where both sides know them (a row that
     moved from validation to training is new to training), else every split's."""
-    from .tfidf import changed_classes, old_to_new
+    from .taxonomy import changed_classes, old_to_new
 
     classes = changed_classes(diff)
     if classes is None:

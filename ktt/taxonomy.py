@@ -261,6 +261,41 @@ def _by_name(left_old, left_new) -> list[tuple]:
     return [(o, new_of[o[-1]]) for o in left_old if o[-1] in once]
 
 
+def old_to_new(diff) -> list[np.ndarray]:
+    """Per level of the old taxonomy, each class's index in the new one's level (-1: none)."""
+    back = [np.full(n, -1, np.int64) for n in diff.old.hierarchy.sizes]
+    for d, c in enumerate(diff.correspondence()[:diff.old.hierarchy.depth]):
+        back[d][c[c >= 0]] = np.flatnonzero(c >= 0)
+    return back
+
+
+def changed_classes(diff) -> list[np.ndarray] | None:
+    """Per level of the new taxonomy, which classes' training rows changed: a row (a text hash)
+    that joined or left the class, or was relabelled into or out of it. Training rows where both
+    sides know them (a run logs which rows trained it); else every split's rows, so that a class
+    whose validation rows changed counts as changed too (a refit more, never one less; a row
+    that moved between splits, as a dataset ingested anew without a split column may draw them,
+    is then missed). None without rows on both sides."""
+    import pandas as pd
+
+    if not (diff.old.has_rows and diff.new.has_rows):
+        return None
+    both = diff.old.train is not None and diff.new.train is not None
+    on_old, on_new = (diff.old.train, diff.new.train) if both else (slice(None), slice(None))
+    back, out = old_to_new(diff), []
+    for d, n in enumerate(diff.new.hierarchy.sizes):
+        old = (back[d][diff.old.codes[:, d]] if d < len(back) else np.full(len(diff.old), -1, np.int64))[on_old]
+        new = diff.new.codes[on_new, d]
+        k_old, k_new = (pd.util.hash_pandas_object(pd.DataFrame({"r": r, "c": c}), index=False).to_numpy()
+                        for r, c in ((diff.old.rows[on_old], old), (diff.new.rows[on_new], new)))
+        hit = np.zeros(n, bool)
+        hit[new[~np.isin(k_new, k_old)]] = True
+        gone = old[~np.isin(k_old, k_new)]
+        hit[gone[gone >= 0]] = True
+        out.append(hit)
+    return out
+
+
 # -- relabelling old data -------------------------------------------------------------------------
 def read_mapping(path, label_sep: str = ">") -> dict[tuple, tuple]:
     """A mapping file: a CSV with columns ``old`` and ``new``, one path each (``A > B``)."""

@@ -135,13 +135,13 @@ class TfidfModel(Model):
         """Start from ``old``, trained on the taxonomy ``diff`` leads from: keep its vectoriser
         (grown by the n-grams of the training rows it has not seen: :func:`grow_vocabulary`) and
         every node classifier whose training children are the same classes (renamed or moved ones
-        included) holding the same rows (:func:`changed_classes`); refit every other node whole,
+        included) holding the same rows (:func:`ktt.taxonomy.changed_classes`); refit every other node whole,
         on the new rows (refitting only the decisions of the children whose rows changed saved no
         time measurably on BigBasket's benchmark edit and cost hF1 in benchmarks/catalog_life.py:
         removed). Only the rows of what is refitted are featurised."""
         import scipy.sparse as sp
 
-        from .taxonomy import text_hashes
+        from .taxonomy import changed_classes, old_to_new, text_hashes
 
         logger = logger or NullLogger()
         self.preprocessor_, self.featuriser_ = old.preprocessor_, None
@@ -280,41 +280,6 @@ class TfidfModel(Model):
         """What a server needs besides the arrays."""
         return {**self.answer_config(), "input": "tfidf", "language": self.params["language"],
                 "loss": self.params["loss"], "norm": self.vectorizer_.norm}
-
-
-def old_to_new(diff) -> list[np.ndarray]:
-    """Per level of the old taxonomy, each class's index in the new one's level (-1: none)."""
-    back = [np.full(n, -1, np.int64) for n in diff.old.hierarchy.sizes]
-    for d, c in enumerate(diff.correspondence()[:diff.old.hierarchy.depth]):
-        back[d][c[c >= 0]] = np.flatnonzero(c >= 0)
-    return back
-
-
-def changed_classes(diff) -> list[np.ndarray] | None:
-    """Per level of the new taxonomy, which classes' training rows changed: a row (a text hash)
-    that joined or left the class, or was relabelled into or out of it. Training rows where both
-    sides know them (a run logs which rows trained it); else every split's rows, so that a class
-    whose validation rows changed counts as changed too (a refit more, never one less; a row
-    that moved between splits, as a dataset ingested anew without a split column may draw them,
-    is then missed). None without rows on both sides."""
-    import pandas as pd
-
-    if not (diff.old.has_rows and diff.new.has_rows):
-        return None
-    both = diff.old.train is not None and diff.new.train is not None
-    on_old, on_new = (diff.old.train, diff.new.train) if both else (slice(None), slice(None))
-    back, out = old_to_new(diff), []
-    for d, n in enumerate(diff.new.hierarchy.sizes):
-        old = (back[d][diff.old.codes[:, d]] if d < len(back) else np.full(len(diff.old), -1, np.int64))[on_old]
-        new = diff.new.codes[on_new, d]
-        k_old, k_new = (pd.util.hash_pandas_object(pd.DataFrame({"r": r, "c": c}), index=False).to_numpy()
-                        for r, c in ((diff.old.rows[on_old], old), (diff.new.rows[on_new], new)))
-        hit = np.zeros(n, bool)
-        hit[new[~np.isin(k_new, k_old)]] = True
-        gone = old[~np.isin(k_old, k_new)]
-        hit[gone[gone >= 0]] = True
-        out.append(hit)
-    return out
 
 
 def grow_vocabulary(vectorizer, stemmed: list[str], n_docs: int, min_df: int = 1):

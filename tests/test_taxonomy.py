@@ -234,7 +234,7 @@ def test_changed_classes_are_those_whose_rows_changed():
     0: both changed); Home > Clean lost Mop, Home > Garden is new; the renamed Penne Rigate and the
     moved Dairy hold the same rows as before (unchanged). Then one Spaghetti row relabelled Penne:
     only the two leaves changed (their parent holds the same rows)."""
-    from ktt.tfidf import changed_classes
+    from ktt.taxonomy import changed_classes
 
     d = diff(side(OLD, "v1"), side(NEW, "v2"))
     got = [[p for p, hit in zip(lv, c) if hit] for lv, c in zip(d.new.hierarchy.levels, changed_classes(d))]
