@@ -560,13 +560,21 @@ def append(parent: "Dataset", df: pd.DataFrame, root, name: str, *, where: str =
     (review files are appended to: the last row is the latest review), whether the parent holds it
     or not; the report counts the earlier reviews it overrode (``reviews_overridden``). The
     manifest's ``lineage`` lists every version it came from. Returns the folder, the hierarchy and the report."""
-    # the last review of a text decides, in file order (prepare groups rows by split)
-    text = options.get("text_col", "text")
-    earlier = df[text].astype(str).str.strip().duplicated(keep="last").to_numpy() if text in df else \
-        np.zeros(len(df), bool)
-    splits, _, report = prepare(df[~earlier], where=where, split_ratios=(1.0, 0.0, 0.0), empty_splits=True,
-                                **options)
+    splits, _, report = prepare(df, where=where, split_ratios=(1.0, 0.0, 0.0), empty_splits=True,
+                                **{**options, "keep_duplicates": True})
     new = pd.concat([p.assign(split=s) for s, p in splits.items()], ignore_index=True)
+    # the last valid review of a text decides, in file order (prepare keeps it within a split only):
+    # each kept row's place in the file, from the same row checks
+    o = {"text_col": "text", "label_cols": ("labels",), "label_sep": ">", "depth": None, "split_col": "split",
+         **{k: v for k, v in options.items() if k in ("text_col", "label_cols", "label_sep", "depth", "split_col")}}
+    checked, problems = _valid_rows(df, 0, relabel=None, where=where, **o)
+    place = np.delete(np.arange(len(df)), [i for i, _ in problems])
+    split = checked["split"].to_numpy() if "split" in checked else np.full(len(place), "train")
+    at = np.concatenate([place[split == s] for s in SPLITS])
+    if len(at) == len(new):  # always, but for a --map that empties a label
+        new = new.assign(_at=at).sort_values("_at", kind="stable")
+    earlier = new["text"].duplicated(keep="last").to_numpy()
+    new = new[~earlier]
     report["reviews_overridden"] = int(earlier.sum())
     label_of = dict(zip(new["text"], new["labels"].map(tuple)))
     merged, corrected, known = {}, 0, set()
@@ -576,13 +584,15 @@ def append(parent: "Dataset", df: pd.DataFrame, root, name: str, *, where: str =
         corrected += sum(a != b for a, b in zip(labels, part.paths))
         known.update(part.texts)
         merged[s] = pd.DataFrame({"text": part.texts, "labels": [list(p) for p in labels]})
-    # a text held under two labels, corrected to one, is kept once, in its first split: no test row
-    # the same as a training row (the ones no review touched stay as they were)
+    # a text held under two labels, corrected to one, is kept once, at its first row (train, then
+    # val, then test): no test row the same as a training row (rows no review touched stay as they were)
     seen, dropped = set(), 0
     for s in SPLITS:
-        pairs = [(t, tuple(p)) if t in label_of else None for t, p in zip(merged[s]["text"], merged[s]["labels"])]
-        again = np.fromiter((p is not None and p in seen for p in pairs), bool, len(pairs))
-        seen.update(p for p in pairs if p is not None)
+        again = np.zeros(len(merged[s]), bool)
+        for i, (t, p) in enumerate(zip(merged[s]["text"], merged[s]["labels"])):
+            if t in label_of:
+                again[i] = (t, tuple(p)) in seen
+                seen.add((t, tuple(p)))
         merged[s], dropped = merged[s][~again].reset_index(drop=True), dropped + int(again.sum())
     fresh = new[~new["text"].isin(known)]
     for s in SPLITS:

@@ -166,7 +166,8 @@ def register(run_id: str, name: str, alias: str = "champion", taxonomy: str | No
 def promotion_diff(run_id: str, taxonomy: str, name: str, alias: str):
     """The taxonomy diff from the version ``name@alias`` holds now to ``run_id``'s, or None when
     no version holds the alias or both answer in the same taxonomy (``taxonomy``: the run's) and
-    their rows say no class changed (the same paths can hold other classes: two names swapped)."""
+    their rows say no class was renamed or moved (the same paths can hold other classes: two names
+    swapped)."""
     import mlflow
 
     from . import taxonomy as tx
@@ -182,7 +183,9 @@ def promotion_diff(run_id: str, taxonomy: str, name: str, alias: str):
         from . import registry
         held = tx.digest(registry.get(old.model).load(old.checkpoint).hierarchy)
     change = tx.diff(_side(mv.run_id, f"{name} v{mv.version}"), _side(run_id, f"run {run_id[:8]}"))
-    return change if change.changes or held != taxonomy else None
+    # the same paths: only a rename or move (names swapped) changes what clients see; a class whose
+    # every row was corrected away and that holds new rows is reported removed and added, at one path
+    return change if held != taxonomy or any(c.kind in ("renamed", "moved") for c in change.changes) else None
 
 
 def _side(run_id: str, name: str):

@@ -250,3 +250,26 @@ def test_reviews_in_file_order_and_no_duplicate_across_splits(tmp_path):
     _, _, report = append(v2, pd.DataFrame({"text": ["mop head"], "labels": ["Home > Clean > Mops"]}), tmp_path, "v3",
                           label_sep=">")
     assert report["paths_added"] == ["Home > Clean > Mops"] and report["taxonomy_changed"]
+
+
+def test_append_keeps_the_last_valid_review_and_one_copy_within_a_split(tmp_path):
+    """The second hostile review: with --invalid-rows drop, a later invalid row of a text erased its
+    earlier valid review (and shifted the row number its message named); a text held twice in
+    train under two labels, corrected to one, stood twice in train."""
+    from ktt.data import IngestError, append, load_dataset, write_dataset
+
+    splits = {"train": pd.DataFrame({"text": ["milk 1l", "milk 1l", "soap bar"],
+                                     "labels": [["Food", "Dairy"], ["Food", "Pasta"], ["Home", "Clean"]]}),
+              "val": pd.DataFrame({"text": ["penne"], "labels": [["Food", "Pasta"]]}),
+              "test": pd.DataFrame({"text": ["mop"], "labels": [["Home", "Clean"]]})}
+    write_dataset(splits, Hierarchy.from_paths(tuple(p) for s in splits.values() for p in s["labels"]), tmp_path, "v1")
+    v1 = load_dataset("v1", tmp_path)
+    reviews = pd.DataFrame({"text": ["soap bar", "milk 1l", "soap bar"],
+                            "labels": ["Home > Laundry", "Food > Dairy", "Home >"]})
+    with pytest.raises(IngestError, match="row 3"):
+        append(v1, reviews, tmp_path, "v2", label_sep=">")
+    _, _, report = append(v1, reviews, tmp_path, "v2", label_sep=">", invalid_rows="drop")
+    v2 = load_dataset("v2", tmp_path)
+    train = list(zip(v2.train.texts, v2.train.paths))
+    assert train.count(("milk 1l", ("Food", "Dairy"))) == 1 and ("soap bar", ("Home", "Laundry")) in train
+    assert (report["reviews_overridden"], report["rows_dropped_as_duplicates"]) == (0, 1)
