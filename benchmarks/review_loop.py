@@ -90,6 +90,7 @@ def noise(ds, seed: int, share: float = 0.1, top: int = 1000) -> dict:
     (least sure answer first; not spread: the two folds' models featurise differently), the label
     audit of issue 29 (lowest probability of the row's own label first, ties in row order) and
     ``ktt audit``'s (ties: the surer the model of its own guess, the earlier), also with 5 folds."""
+    from ktt import registry
     from ktt.data import Split
     from ktt.review import audit_order, cross_scores, queue
 
@@ -100,7 +101,7 @@ def noise(ds, seed: int, share: float = 0.1, top: int = 1000) -> dict:
     data, is_flipped = Split(train.texts, paths, h), np.isin(np.arange(len(train)), flipped)
     out = {"flipped": len(flipped), "random": top * len(flipped) / len(train)}
     for folds in (2, 5):
-        codes, conf, own = cross_scores(MODEL, data, folds=folds, seed=seed)
+        codes, conf, own = cross_scores(lambda h: registry.create(MODEL, h, seed=seed), data, folds=folds, seed=seed)
         sure = conf[np.arange(len(train)), h.path_depths(codes) - 1]
         out[f"audit{folds}"] = int(is_flipped[audit_order(own, sure)[:top]].sum())
         if folds == 2:

@@ -450,6 +450,7 @@ def audit(model, dataset, output_file, folds, params, seed, datasets_root):
     of its own label first, as MODEL fitted without the row gives it (cross-fitting): text, split,
     label, label_probability, guess, guess_probability and an empty labels column; correct the
     wrong labels there and bring them back with `ktt ingest OUTPUT --append DATASET`."""
+    from . import registry
     from .data import load_dataset
     from .hparams import parse_overrides
     from .review import audit as audit_rows
@@ -457,8 +458,9 @@ def audit(model, dataset, output_file, folds, params, seed, datasets_root):
     if not output_file.lower().endswith((".csv", ".jsonl")):
         raise BadValue(f"{output_file}: use a .csv or .jsonl file")
     ds = load_dataset(dataset, datasets_root)
-    table = audit_rows(model, {s: getattr(ds, s) for s in ("train", "val", "test") if len(getattr(ds, s))},
-                       folds=folds, seed=seed, params=parse_overrides(params))
+    overrides = {"seed": seed, **parse_overrides(params)}
+    table = audit_rows(lambda h: registry.create(model, h, **overrides),
+                       {s: getattr(ds, s) for s in ("train", "val", "test") if len(getattr(ds, s))}, folds=folds, seed=seed)
     if output_file.lower().endswith(".csv"):
         table.to_csv(output_file, index=False)
     else:

@@ -90,15 +90,14 @@ def spread(order: np.ndarray, features, similar: float = SIMILAR) -> np.ndarray:
     return np.concatenate([order[kept], order[~kept]])
 
 
-def cross_scores(model: str, split, folds: int = 2, seed: int = 0, params: dict | None = None):
-    """Every row of ``split`` scored by a ``model`` that never saw it: the rows dealt at random
-    into ``folds`` parts, each part scored by the model fitted on the others (a model that
+def cross_scores(make, split, folds: int = 2, seed: int = 0):
+    """Every row of ``split`` scored by a model that never saw it (``make(hierarchy)``: an unfitted
+    one, ``registry.create`` with its hyperparameters): the rows dealt at random into ``folds``
+    parts, each part scored by the model fitted on the others (a model that
     validates gets a tenth of those held out). Returns the model's guess (``(n, depth)`` class
     indices), each level's confidence in it (``Hierarchy.confidences``) and the probability of
     each row's own path (its class at the last level; 0 for a class no other row has)."""
     import inspect
-
-    from . import registry
 
     h, n = split.hierarchy, len(split)
     if folds < 2 or n < folds:
@@ -109,7 +108,7 @@ def cross_scores(model: str, split, folds: int = 2, seed: int = 0, params: dict 
     codes, conf, own = np.zeros((n, h.depth), np.int64), np.zeros((n, h.depth)), np.zeros(n)
     for k in range(folds):
         rows, rest = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
-        est = registry.create(model, h, **{"seed": seed, **(params or {})})
+        est = make(h)
         if inspect.signature(est.fit).parameters["val"].default is None:  # it does not validate
             est.fit(split.subset(rest))
         else:
@@ -131,7 +130,7 @@ def audit_order(own: np.ndarray, guess: np.ndarray) -> np.ndarray:
 AUDIT_COLUMNS = ("text", "split", "label", "label_probability", "guess", "guess_probability", "labels")
 
 
-def audit(model: str, splits: dict, folds: int = 2, seed: int = 0, params: dict | None = None):
+def audit(make, splits: dict, folds: int = 2, seed: int = 0):
     """The label audit: every row of ``splits`` (split name -> ``ktt.data.Split``, one hierarchy)
     as a table of :data:`AUDIT_COLUMNS` in :func:`audit_order` (probabilities by
     :func:`cross_scores`, so no model judges a label it learned): its ``label``, that
@@ -145,7 +144,7 @@ def audit(model: str, splits: dict, folds: int = 2, seed: int = 0, params: dict 
     parts = list(splits.values())
     h = parts[0].hierarchy
     every = Split([t for p in parts for t in p.texts], [q for p in parts for q in p.paths], h)
-    codes, conf, own = cross_scores(model, every, folds, seed, params)
+    codes, conf, own = cross_scores(make, every, folds, seed)
     guess = h.decode(codes)
     sure = conf[np.arange(len(guess)), [len(g) - 1 for g in guess]]
     table = pd.DataFrame({

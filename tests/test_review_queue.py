@@ -7,6 +7,7 @@ from click.testing import CliRunner
 
 from ktt.cli import main
 from ktt.errors import BadValue
+from ktt import registry
 from ktt.review import AUDIT_COLUMNS, audit_order, cross_scores, queue, spread
 
 NAN = np.nan
@@ -40,9 +41,9 @@ def test_audit_order_lowest_own_label_first_then_the_surest_guess():
 
 def test_cross_scores_needs_two_parts(bb300):
     with pytest.raises(BadValue, match="2 parts or more"):
-        cross_scores("tfidf_hsgd", bb300["train"], folds=1)
+        cross_scores(lambda h: registry.create("tfidf_hsgd", h), bb300["train"], folds=1)
     with pytest.raises(BadValue, match="a row in each"):
-        cross_scores("tfidf_hsgd", bb300["train"].head(3), folds=4)
+        cross_scores(lambda h: registry.create("tfidf_hsgd", h), bb300["train"].head(3), folds=4)
 
 
 def test_audit_cli_ranks_injected_label_errors_first(bigbasket_small, tmp_path):
