@@ -154,8 +154,6 @@ def life(ds, seed: int, rounds: int, new_leaves: int, budget: int, root: Path) -
                     "hf1_update": f1["update"], "hf1_refit": f1["refit"],
                     "gap": 100 * (f1["refit"] - f1["update"]), "update_s": update_s, "refit_s": refit_s,
                     "changes": str(d).splitlines()[0].split(": ", 1)[-1]})
-        if __import__("os").environ.get("KTT_LIFE_DEBUG"):
-            print(d)
         print(seed, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out[-1].items()}, flush=True)
     return out
 
