@@ -54,8 +54,8 @@ def main(path: str) -> None:
         lines.append("| " + " | ".join(cells) + " |")
     if any(len(r["runs"]) > 1 for r in rows):
         lines += ["", "Mean ± sample sd over each model's seeds (train s: the mean); intervals: paired bootstrap "
-                  "over the same test rows, the seeds both models ran pooled (2,000 resamples), the model minus "
-                  "its reference."]
+                  "over the seeds both models ran, the model minus its reference (2,000 resamples of the test "
+                  "texts, the same draw for every seed of both)."]
     write_section(f"experiment-{spec['name']}", "\n".join([
         f"## Experiment `{spec['name']}`", "",
         f"Command: `.venv/bin/python benchmarks/experiment_table.py {path}` (the same runs as "

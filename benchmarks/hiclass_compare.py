@@ -8,7 +8,8 @@ KTT's own environment, and fits ``LocalClassifierPerParentNode`` around the same
 ``SGDClassifier`` settings on the very matrix ``tfidf_hsgd`` trained on. Both are scored by
 ``ktt.metrics.evaluate``; fit seconds exclude featurisation. Every model is fitted with seeds 0-4
 (SGD's shuffling, HiClass's ``random_state`` alike): mean ± sd, and the paired bootstrap interval
-of each row's test difference from the default tfidf_hsgd, seeds pooled (issue 27).
+of the test difference from the default tfidf_hsgd, seeds pooled: test texts resampled, the same
+draw for every seed (issues 27, 41).
 """
 import json
 import subprocess
@@ -52,7 +53,7 @@ def main() -> None:
     import scipy.sparse as sp
     import sklearn
 
-    from ktt.compare import format_interval, mean_sd, paired_bootstrap, stack
+    from ktt.compare import format_interval, mean_sd, paired_bootstrap
     from ktt.hierarchy import SEP
     from ktt.metrics import evaluate, row_counts
 
@@ -86,14 +87,14 @@ def main() -> None:
 
     def ms(values, digits=3):
         return " ± ".join(f"{v:.{digits}f}" for v in mean_sd(values))
-    ref = stack([row_counts(h, ds.test.codes, c) for c in runs[DEFAULT]])
+    ref = [row_counts(h, ds.test.codes, c) for c in runs[DEFAULT]]
     rows = []
     for key, per_seed in runs.items():
         m = [evaluate(h, ds.test.codes, c) for c in per_seed]
         if key == DEFAULT:
             ci = "(reference)"
         else:
-            x = paired_bootstrap(ref, stack([row_counts(h, ds.test.codes, c) for c in per_seed]))["h_f1"]
+            x = paired_bootstrap(ref, [row_counts(h, ds.test.codes, c) for c in per_seed])["h_f1"]
             ci = format_interval(x)
         rows.append(f"| {key[0]} | {key[1]} | " + " | ".join(ms([r[k] for r in m]) for k in (
             "L1_accuracy", "L2_accuracy", "leaf_accuracy", "h_f1")) + f" | {ms([r['violation_rate'] for r in m])} | "
@@ -110,7 +111,8 @@ def main() -> None:
         f"({HICLASS}, installed by the command into a throwaway environment) wraps the same `SGDClassifier` "
         f"settings. Seeds {', '.join(map(str, SEEDS))} (SGD's shuffling; HiClass's `random_state`): mean ± sd over "
         "the seeds, and the paired bootstrap 95% interval of test hierarchical F1 minus the default tfidf_hsgd's "
-        "over the same test rows, seeds pooled. Fit seconds exclude featurisation. Test rows where HiClass's "
+        "(2,000 resamples of the test texts, the same draw for every seed of both models). Fit seconds exclude "
+        "featurisation. Test rows where HiClass's "
         f"path differs from tfidf_hsgd's greedy decoding, per seed: {', '.join(map(str, differ))} of {len(ds.test)}.",
         "", "| model | decoding | L1 acc | L2 acc | leaf acc | hier. F1 | violation rate | fit s | hF1 - default [95% CI] |",
         "|---|---|---|---|---|---|---|---|---|", *rows]))

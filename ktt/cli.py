@@ -391,16 +391,24 @@ def tune(model, dataset, write_back, **kw):
 @click.argument("run_b")
 @click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(min=100), help="Bootstrap resamples.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the resampling.")
-def compare(run_a, run_b, n_boot, seed):
+@click.option("--resample", type=click.Choice(["texts", "seeds-and-texts"]), default="texts", show_default=True,
+              help="texts: the test texts, the same draw for every seed of both sides (the interval carries "
+                   "test-set variance); seeds-and-texts: each side's seeds first, then the texts (training "
+                   "variance too).")
+def compare(run_a, run_b, n_boot, seed, resample):
     """Is RUN_B better than RUN_A, or luck? A paired bootstrap 95% interval of the difference in
-    hierarchical F1 and leaf accuracy over the same test rows, logged as an MLflow run. Several
-    seeds: comma-separated run IDs on each side, paired in order, their rows pooled."""
+    hierarchical F1 and leaf accuracy over the same test texts, logged as an MLflow run. Several
+    seeds: comma-separated run IDs on each side, the same number on each; a side's metric pools
+    its seeds, and a resample draws each text once for all of them (a text's rows under k seeds
+    are not k texts)."""
     from .tracking import check_tracking_uri, compare_runs
 
     check_tracking_uri()
     a, b = [r.strip() for r in run_a.split(",") if r.strip()], [r.strip() for r in run_b.split(",") if r.strip()]
-    result = compare_runs(a, b, n_boot=n_boot, seed=seed)
-    click.echo(f"B - A over {n_boot} paired resamples of the test rows (MLflow run {result['run_id']}):")
+    result = compare_runs(a, b, n_boot=n_boot, seed=seed, resample=resample)
+    how = ("test texts resampled, the same draw for every seed of both sides" if resample == "texts" else
+           "each side's seeds resampled, then the test texts, the same text draw for every seed of both sides")
+    click.echo(f"B - A over {n_boot} resamples ({how}; MLflow run {result['run_id']}):")
     for m in ("h_f1", "leaf_accuracy"):
         r = result[m]
         click.echo(f"  {m}: A {r['a']:.4f}, B {r['b']:.4f}, difference {r['diff']:+.4f}, 95% interval "

@@ -18,8 +18,8 @@ models with their overrides, an optional tuning budget, seeds and the metric to 
 
 A parent run holds the file, the ranked table (``ranking.md``: mean ± sd over seeds, and for
 each model the paired bootstrap 95% interval of its difference from the best model, or from
-its ``baseline``, in hierarchical F1 and leaf accuracy over the same test rows, the seeds both
-ran pooled) and a
+its ``baseline``, in hierarchical F1 and leaf accuracy over the seeds both ran: test texts
+resampled, the same draw for every seed) and a
 bar chart with error bars (``ranking.png``); each model is a nested run holding one nested run
 per seed (tuning studies are runs of their own, tagged with the experiment).
 """
@@ -206,8 +206,9 @@ def rank(rows: list[dict], rank_by: str, order: str = "max") -> list[dict]:
 
 def intervals(rows: list[dict], baseline: str | dict | None = None, n_boot: int = 2000) -> None:
     """Each row with a reference (``baseline``: one model for all, a mapping model -> reference,
-    or None for the best) gets ``vs``: the paired bootstrap of its test rows against the
-    reference's over the seeds both ran (``ktt.compare``), and ``vs_model``."""
+    or None for the best) gets ``vs``: the paired bootstrap of its test texts against the
+    reference's over the seeds both ran, the same text draw for every seed (``ktt.compare``),
+    and ``vs_model``."""
     from .tracking import bootstrap_runs
 
     by_name = {r["model"]: r for r in rows}

@@ -620,30 +620,38 @@ def load_test_rows(run_id: str) -> dict:
     return {k: v.to_numpy() for k, v in pd.read_parquet(path).items()}
 
 
-def bootstrap_runs(a: list[str], b: list[str], n_boot: int = 2000, seed: int = 0) -> dict:
-    """:func:`ktt.compare.paired_bootstrap` of runs ``b`` against runs ``a`` from their logged test
-    rows (several runs on a side: seeds, paired in order, their rows pooled); ``BadValue`` when a
-    pair was not evaluated on the same test rows."""
-    from .compare import paired_bootstrap, stack
+def bootstrap_runs(a: list[str], b: list[str], n_boot: int = 2000, seed: int = 0, resample: str = "texts") -> dict:
+    """:func:`ktt.compare.paired_bootstrap` of runs ``b`` against runs ``a`` (seeds: the same number
+    on each side) from their logged test rows: each resample draws the test texts once, the same
+    draw for every run of both sides (``resample``: see there). ``BadValue`` naming the run unless
+    every run scored the same test rows in the same order (a run logs no text per row: its true
+    leaves are compared, and their number)."""
+    from .compare import paired_bootstrap
 
     if len(a) != len(b):
-        raise BadValue(f"{len(a)} runs against {len(b)}: give each side the same seeds, in the same order")
-    sides = [[load_test_rows(r) for r in runs] for runs in (a, b)]
-    for ra, rb, ia, ib in zip(*sides, a, b):
-        if len(ra["true_leaf"]) != len(rb["true_leaf"]) or (ra["true_leaf"] != rb["true_leaf"]).any():
-            raise BadValue(f"runs {ia} and {ib} were evaluated on different test rows")
-    keys = ("shared", "predicted", "true", "leaf_right")
-    return paired_bootstrap(*(stack([{k: r[k] for k in keys} for r in side]) for side in sides), n_boot, seed)
+        raise BadValue(f"{len(a)} runs against {len(b)}: give each side the same number of seeds")
+    ids = [*a, *b]
+    rows = {r: load_test_rows(r) for r in dict.fromkeys(ids)}
+    first = rows[ids[0]]["true_leaf"]
+    for r in ids[1:]:
+        leaf = rows[r]["true_leaf"]
+        if len(leaf) != len(first):
+            raise BadValue(f"run {r} scored {len(leaf)} test rows, run {ids[0]} {len(first)}: "
+                           "compare runs on the same test rows")
+        if (leaf != first).any():
+            raise BadValue(f"run {r} and run {ids[0]} differ in the true leaf of test row {np.argmax(leaf != first)} "
+                           f"(of {len(first)}): compare runs on the same test rows, in the same order")
+    return paired_bootstrap(*([rows[r] for r in side] for side in (a, b)), n_boot, seed, resample=resample)
 
 
-def compare_runs(a: list[str], b: list[str], n_boot: int = 2000, seed: int = 0) -> dict:
+def compare_runs(a: list[str], b: list[str], n_boot: int = 2000, seed: int = 0, resample: str = "texts") -> dict:
     """:func:`bootstrap_runs`, logged as a run of its own (``ktt.stage`` compare) in the experiment
     of ``a``'s first run; returns the numbers and that run's ID."""
-    result = bootstrap_runs(a, b, n_boot, seed)
+    result = bootstrap_runs(a, b, n_boot, seed, resample)
     experiment_id = mlflow.MlflowClient().get_run(a[0]).info.experiment_id
     with mlflow.start_run(experiment_id=experiment_id, run_name="compare", nested=mlflow.active_run() is not None,
                           tags={"ktt.stage": "compare", "ktt.compare.a": ",".join(a), "ktt.compare.b": ",".join(b)}):
-        mlflow.log_params({"n_boot": n_boot, "seed": seed, "runs_per_side": len(a)})
+        mlflow.log_params({"n_boot": n_boot, "seed": seed, "runs_per_side": len(a), "resample": resample})
         mlflow.log_metrics({f"{m}_{k}": float(v) for m, r in result.items() for k, v in r.items()})
         log_dict(result, "compare.json")
         run_id = mlflow.active_run().info.run_id
