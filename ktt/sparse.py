@@ -156,9 +156,13 @@ class LinearBlocks:
 
     Block ``b`` has ``width[b]`` outputs (its classes). A block of two classes has one decision
     (for its second class), as scikit-learn's binary ``SGDClassifier``; a wider block has one
-    decision per class. Probabilities follow scikit-learn's ``predict_proba`` for the loss:
-    ``modified_huber``: (clip(d, -1, 1) + 1) / 2, ``log_loss``: sigmoid(d); one-vs-rest blocks
-    then normalise over their classes (uniform when all are 0).
+    decision per class. Probabilities, once ``platt`` is set (``NodeClassifiers.fit_platt``, on
+    validation): sigmoid(a d + b) of each class's decision (a binary block's first class: of -d),
+    normalised over the block, with one (a, b) per block. Before that, scikit-learn's
+    ``predict_proba`` for the loss: ``modified_huber``: (clip(d, -1, 1) + 1) / 2, ``log_loss``:
+    sigmoid(d); one-vs-rest blocks then normalise over their classes (uniform when all are 0).
+    Modified Huber's clip gives exactly 1 to a child whose margin clears 1 while its siblings'
+    do not (a quarter of BigBasket's level-2 answers), which no temperature can move.
 
     Weights are one CSR matrix, features x decisions (``indptr``, ``dec``, ``w``), holding
     only the non-zero weights, plus one bias per decision.
@@ -174,6 +178,7 @@ class LinearBlocks:
         self.first_out = np.concatenate([[0], np.cumsum(self.width)[:-1]]).astype(np.int64)
         self.n_dec, self.n_out = int(self.n_dec_of.sum()), int(self.width.sum())
         self.indptr, self.dec, self.w, self.bias, self.loss = indptr, dec, w, bias, loss
+        self.platt = None  # (n_blocks, 2): each block's (a, b), or None: the loss's own link
         self._index = None
 
     def _runs(self):
@@ -256,8 +261,19 @@ class LinearBlocks:
         """Class probabilities of block ``blocks[i]`` for row ``rows[i]`` of ``x``, for each pair
         ``i``, computing only those blocks' decisions (what search needs). Returns the classes of
         probability above 0 alone, ``(probability, pair, class within the block)``, by pair then
-        class: modified Huber clips most of a wide block's classes to exactly 0 for a given row,
-        and what reads the answer (search, confidences) then handles a few classes, not all."""
+        class: scikit-learn's modified Huber clips most of a wide block's classes to exactly 0
+        for a given row, and what reads the answer (search, confidences) then handles a few."""
+        rows, blocks = np.asarray(rows, dtype=np.int64), np.asarray(blocks, dtype=np.int64)
+        d, width, first = self.pair_decisions(x, rows, blocks)
+        p = self._outputs_proba(d, blocks, width, first)
+        nz = np.flatnonzero(p > 0)
+        pair = np.searchsorted(first, nz, side="right") - 1
+        return p[nz], pair, nz - first[pair]
+
+    def pair_decisions(self, x, rows: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every class's decision of block ``blocks[i]`` for row ``rows[i]`` of ``x`` (a binary
+        block's first class: minus the second's), pairs side by side: ``(decisions, each pair's
+        width, where each pair starts)``."""
         rows, blocks = np.asarray(rows, dtype=np.int64), np.asarray(blocks, dtype=np.int64)
         out_bias, out_of_w, comp = self._outputs()
         width = self.width[blocks]
@@ -278,13 +294,9 @@ class LinearBlocks:
         slot = np.repeat(first[pair] - self.first_out[blocks][pair], per) + out_of_w[take]
         value = self.w[take] * np.repeat(np.asarray(x.data, dtype=np.float32)[entry], per)
         d += np.bincount(slot, weights=value, minlength=len(d)).astype(np.float32)
-        p = self._link(d)
         at = np.flatnonzero(comp[src])
-        p[at] = 1 - p[at + 1]  # two classes: [1 - p, p] from the one decision
-        p = self._normalise(p, width, first)
-        nz = np.flatnonzero(p > 0)
-        pair = np.searchsorted(first, nz, side="right") - 1
-        return p[nz], pair, nz - first[pair]
+        d[at] = -d[at + 1]  # two classes: the first's decision is minus the second's
+        return d, width, first
 
     def _outputs(self):
         """Per output of every block: its decision's bias, whether it is a binary block's first
@@ -299,18 +311,22 @@ class LinearBlocks:
             self._layout = (self.bias[dec_of_out].astype(np.float32), out_of_dec[self.dec].astype(np.int32), first_class)
         return self._layout
 
-    def _link(self, d: np.ndarray) -> np.ndarray:
-        """Decision values -> scikit-learn's per-decision probabilities for the loss (float32)."""
-        p = (np.clip(d, -1, 1) + 1) / 2 if self.loss == "modified_huber" else 1 / (1 + np.exp(-d))
-        return p.astype(np.float32)
+    def _outputs_proba(self, d: np.ndarray, blocks: np.ndarray, width: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """Decisions laid out as outputs (blocks ``blocks`` of ``width`` side by side from ``first``;
+        a binary block's first output holds minus its decision) -> probabilities, float32."""
+        if self.platt is None:  # scikit-learn's: link(-d) = 1 - link(d) for either loss
+            p = (np.clip(d, -1, 1) + 1) / 2 if self.loss == "modified_huber" else 1 / (1 + np.exp(-d))
+            return self._normalise(p.astype(np.float32), width, first, binary_as_is=True)
+        a, b = (np.repeat(self.platt[blocks, k], width) for k in (0, 1))
+        return self._normalise(np.exp(-np.logaddexp(0, -(a * d + b))).astype(np.float32), width, first)
 
     @staticmethod
-    def _normalise(p: np.ndarray, width: np.ndarray, first: np.ndarray) -> np.ndarray:
-        """One-vs-rest blocks' probabilities (blocks of ``width`` side by side from ``first``)
-        normalised over their classes (uniform when all are 0); two-class blocks as they are."""
+    def _normalise(p: np.ndarray, width: np.ndarray, first: np.ndarray, binary_as_is: bool = False) -> np.ndarray:
+        """Blocks' probabilities (blocks of ``width`` side by side from ``first``) normalised over
+        their classes (uniform when all are 0); with ``binary_as_is``, two-class blocks as they are."""
         total = np.add.reduceat(p, first, dtype=np.float64) if len(p) else np.zeros(0)
         none = total == 0
-        total[none | (width == 2)] = 1.0
+        total[none | (binary_as_is & (width == 2))] = 1.0
         p = (p / np.repeat(total, width)).astype(np.float32)
         if none.any():
             p[np.repeat(none, width)] = np.repeat(1.0 / width[none], width[none])
@@ -320,17 +336,16 @@ class LinearBlocks:
         """``proba``'s decisions of every block (``flat``, rows one after another) -> outputs."""
         n_dec = self.n_dec_of[blocks]
         first = np.concatenate([[0], np.cumsum(n_dec)[:-1]]).astype(np.int64)
-        p = self._link(flat)
         width = self.width[blocks]
         out_first = np.concatenate([[0], np.cumsum(width)[:-1]]).astype(np.int64)
         binary = width == 2
         out = np.empty(int(width.sum()), np.float32)
-        out[out_first[binary]] = 1 - p[first[binary]]
-        out[out_first[binary] + 1] = p[first[binary]]
+        out[out_first[binary]] = -flat[first[binary]]
+        out[out_first[binary] + 1] = flat[first[binary]]
         wide = ~binary
         out[ragged_range(out_first[wide], out_first[wide] + width[wide])] = \
-            p[ragged_range(first[wide], first[wide] + width[wide])]
-        return self._normalise(out, width, out_first).reshape(len(d), self.n_out)
+            flat[ragged_range(first[wide], first[wide] + width[wide])]
+        return self._outputs_proba(out, blocks, width, out_first).reshape(len(d), self.n_out)
 
 
 def quantize(arrays: dict) -> dict:
@@ -378,12 +393,55 @@ class NodeClassifiers:
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {**self.blocks.to_arrays(), "level": self.level, "parent": self.parent, "children": self.children,
                 "single_level": self.single_level, "single_parent": self.single_parent,
-                "single_child": self.single_child}
+                "single_child": self.single_child, **({} if self.platt is None else {"platt": self.platt})}
 
     @classmethod
     def from_arrays(cls, hierarchy, arrays: dict, loss: str) -> "NodeClassifiers":
-        return cls(hierarchy, LinearBlocks.from_arrays(arrays, loss), *(arrays[k] for k in (
+        nodes = cls(hierarchy, LinearBlocks.from_arrays(arrays, loss), *(arrays[k] for k in (
             "level", "parent", "children", "single_level", "single_parent", "single_child")))
+        nodes.platt = arrays.get("platt")  # absent: saved before issue 41, scikit-learn's probabilities
+        return nodes
+
+    @property
+    def platt(self) -> np.ndarray | None:
+        """``(depth, 2)``: each level's (a, b), every node's probabilities sigmoid(a d + b) of its
+        children's decisions, normalised (:meth:`fit_platt`); None: the loss's own probabilities."""
+        return getattr(self, "_platt", None)
+
+    @platt.setter
+    def platt(self, value) -> None:
+        self._platt = None if value is None else np.asarray(value, np.float64).reshape(self.h.depth, 2)
+        self.blocks.platt = None if value is None else self._platt[self.level]
+
+    def fit_platt(self, x, codes: np.ndarray) -> np.ndarray:
+        """Fit :attr:`platt` on labelled rows (``x``: their TF-IDF rows, ``codes``: their true paths):
+        per level, the (a > 0, b) that maximise the likelihood of each row's true class under its
+        true parent's classifier (Platt scaling shared by a level's nodes; a level without a
+        node classifier, a flat one's included, keeps (1, 0)). Returns it, and sets it."""
+        from scipy.optimize import minimize
+
+        codes, out = np.asarray(codes), np.tile([1.0, 0.0], (self.h.depth, 1))
+        for d in range(self.h.depth):
+            block = self.block_of[d][codes[:, d - 1] if d else np.zeros(len(codes), np.int64)]
+            rows = np.flatnonzero(block >= 0)
+            if not len(rows):
+                continue
+            dec, width, first = self.blocks.pair_decisions(x, rows, block[rows])
+            dec, pair = dec.astype(np.float64), np.repeat(np.arange(len(rows)), width)
+            kids = self.children[ragged_range(self.blocks.first_out[block[rows]], self.blocks.first_out[block[rows]] + width)]
+            right = kids == codes[rows[pair], d]
+            has = np.bincount(pair, right, len(rows)) > 0  # a true class the node never saw: no term
+            if not has.any():
+                continue
+            right_at = np.flatnonzero(right)
+
+            def nll(v):
+                log_p = -np.logaddexp(0, -(v[0] * dec + v[1]))
+                return -np.mean(log_p[right_at] - np.log(np.add.reduceat(np.exp(log_p), first))[has])
+            out[d] = minimize(nll, out[d], method="L-BFGS-B", bounds=[(1e-3, 1e3), (-50, 50)]).x
+        self.platt = out
+        return out
+
 
     def leaf_proba(self, x) -> np.ndarray:
         """``(n, n_leaves)``: the last level's P(class | its parent) (a flat classifier's P(leaf))."""

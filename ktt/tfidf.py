@@ -102,6 +102,8 @@ class TfidfModel(Model):
     # the kept vectoriser and classifiers were made with these
     kept_on_update = frozenset({"language", "ngram_max", "min_df", "loss", "min_weight"})
     chunk = 8192  # rows scored at once: memory stays bounded at any number of texts or classes
+    #: node probabilities from a sigmoid of the decisions fitted on validation (``calibrate``)
+    platt_scaled = True
 
     def get_preprocessor(self):
         return StemPreprocessor(self.params["language"])
@@ -214,6 +216,16 @@ class TfidfModel(Model):
                                       np.concatenate([n[2] for n in fitted]) if fitted else np.zeros(0, np.int64),
                                       *np.array(single, np.int64).reshape(-1, 3).T)
         logger.log_metrics({"weights_nonzero": float(len(blocks.w)), "weights_mb": blocks.nbytes / 2**20})
+
+    def calibrate(self, val, max_rows: int = 20_000, seed: int = 0) -> dict:
+        """First the node probabilities (``NodeClassifiers.fit_platt``: a sigmoid of the decisions
+        per level, fitted on ``val``), then what every model calibrates on them (``Model.calibrate``)."""
+        rows = np.arange(len(val))
+        if len(rows) > max_rows:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
+        if len(rows) and self.platt_scaled:
+            self.nodes_.fit_platt(self.features([val.texts[i] for i in rows]), val.codes[rows])
+        return super().calibrate(val, max_rows, seed)
 
     # a subclass scores features, so the classifier can be timed (and used) without featurising
     def proba_from_features(self, x) -> list[np.ndarray]:

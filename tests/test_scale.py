@@ -55,6 +55,57 @@ def test_linear_blocks_by_hand():
     np.testing.assert_allclose(toy_blocks("log_loss").blocks.proba(x)[0, 2:], sig / sig.sum(), rtol=1e-6)
 
 
+def test_platt_link_by_hand():
+    """Once ``platt`` is set, a node's P(child) is sigmoid(a d + b) of each child's decision (a
+    binary block's first child: of -d), normalised over the node."""
+    nodes = toy_blocks()
+    nodes.platt = [[2.0, -1.0], [1.0, np.log(3)]]
+    x = csr([{0: 0.25}], 3)
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    # root: d(B) = 0.5 -> A: sigmoid(2 * -0.5 - 1) = sigmoid(-2), B: sigmoid(2 * 0.5 - 1) = 1/2
+    root = np.array([sig(-2.0), 0.5])
+    # A's block d = (-0.25, -1, 0.2): sigmoid(d + ln 3)
+    kids = sig(np.array([-0.25, -1, 0.2]) + np.log(3))
+    p = nodes.blocks.proba(x)[0]
+    np.testing.assert_allclose(p, [*(root / root.sum()), *(kids / kids.sum())], rtol=1e-6)
+    got, pair, local = nodes.blocks.pair_proba(x, np.array([0, 0]), np.array([1, 0]))
+    assert pair.tolist() == [0, 0, 0, 1, 1] and local.tolist() == [0, 1, 2, 0, 1]  # no class clipped to 0
+    np.testing.assert_allclose(got, [*p[2:], *p[:2]], rtol=1e-6)
+    # saved with the arrays; arrays from before it load with the loss's own probabilities
+    again = NodeClassifiers.from_arrays(H, nodes.to_arrays(), "modified_huber")
+    np.testing.assert_allclose(again.blocks.proba(x), nodes.blocks.proba(x))
+    old = {k: v for k, v in nodes.to_arrays().items() if k != "platt"}
+    np.testing.assert_allclose(NodeClassifiers.from_arrays(H, old, "modified_huber").blocks.proba(x),
+                               toy_blocks().blocks.proba(x))
+
+
+def test_fit_platt_maximises_the_likelihood_at_the_true_parents():
+    """The fitted (a, b) of a level is where the mean log-probability of each row's true child
+    under its true parent's node is highest: no point of a grid around it does better."""
+    nodes = toy_blocks()
+    rng = np.random.default_rng(0)
+    f = rng.uniform(-1, 1, (60, 3))
+    x = csr([{0: float(u), 1: float(v), 2: float(w)} for u, v, w in f], 3)
+    # labels that follow the decisions, with noise: B where 2 f0 - f1 + noise > 0 (then b1, B's
+    # one child: no term at level 2), else the A child of the highest decision + noise
+    under_b = 2 * f[:, 0] - f[:, 1] + rng.normal(0, 1, 60) > 0
+    a_kid = np.argmax(np.c_[f[:, 0] - 0.5, 3 * f[:, 2] - 1, np.full(60, 0.2)] + rng.normal(0, 1, (60, 3)), axis=1)
+    codes = np.where(under_b[:, None], [1, 3], np.c_[np.zeros(60, int), a_kid])
+    fitted = nodes.fit_platt(x, codes)
+    assert (fitted[:, 0] > 0.1).all()  # informative decisions: far from the bound
+
+    def mean_log_p(level, a, b):
+        nodes.platt = np.where(np.arange(2)[:, None] == level, [a, b], fitted)
+        p = nodes.conditional(x)[level]
+        return np.mean(np.log(p[np.arange(60), codes[:, level]][codes[:, 0] == 0 if level else slice(None)]))
+    for level in (0, 1):
+        a, b = fitted[level]
+        best = mean_log_p(level, a, b)
+        for da in (-0.05, 0, 0.05):
+            for db in (-0.05, 0, 0.05):
+                assert mean_log_p(level, a * np.exp(da), b + db) <= best + 1e-6
+
+
 def test_all_zero_block_is_uniform():
     blocks = LinearBlocks.from_fits([[(np.array([0]), np.array([1.0]), -1.0)] * 3], [3], 3, "modified_huber")
     np.testing.assert_allclose(blocks.proba(csr([{0: -2.0}], 3)), [[1 / 3] * 3])  # every d = -3: all 0
