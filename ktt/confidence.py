@@ -3,19 +3,29 @@ probabilities, and the stopping threshold that reaches a target hierarchical pre
 
 A model's per-level scores become a distribution over whole paths and every node's probability
 (``Hierarchy.path_scores``, ``Hierarchy.node_proba``); this module fits what makes those
-probabilities honest, on validation, and turns a target precision into a threshold. numpy only
-(scipy when fitting): the server reads the saved curve with :func:`threshold_for`.
+probabilities honest, on validation, and turns a target precision into a threshold and a depth
+answers stop at (no deeper than the levels that reach it). numpy only (scipy when fitting): the
+server reads the saved curves with :func:`stop_for`.
 """
 from __future__ import annotations
 
+import logging
 import numbers
 
 import numpy as np
 
 from .errors import BadValue
 
+log = logging.getLogger(__name__)
+
 MAX_CURVE_POINTS = 512  # a saved precision curve (in checkpoints and serving.json) stays small
 TEMPERATURE_RANGE = (0.05, 20.0)
+#: a level reaches a target precision only at a threshold that answers at least this many of its
+#: validation classes: one lucky row is no evidence
+MIN_ANSWERED = 30
+#: a level's temperature is fitted only on at least this many rows whose confidence depends on it;
+#: with fewer the search drifts to a bound of TEMPERATURE_RANGE on nothing (T = 1 instead)
+MIN_INFORMATIVE = 30
 
 
 def check_target(value) -> float:
@@ -115,6 +125,16 @@ class PathChains:
         q, z = self._tempered(group, temperature)
         return np.divide(q[self.groups[group][2]], z, out=np.zeros(len(z)), where=z > 0)
 
+    def varies(self, group: int) -> np.ndarray:
+        """Per row, whether ``group``'s tempered P(class | parent) changes with T: its class is
+        above 0 and its run's values above 0 are not all equal (a single class, or 1 against 0s,
+        stays what it is at any T)."""
+        values, first, pos, _ = self.groups[group]
+        if not len(first):
+            return np.zeros(0, dtype=bool)
+        low = np.minimum.reduceat(np.where(values > 0, values, np.inf), first)
+        return (values[pos] > 0) & (np.maximum.reduceat(values, first) > low)
+
     def _tempered(self, group: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
         """``group``'s values raised to 1 / T, and their sum over each row's run."""
         values, first = self.groups[group][:2]
@@ -165,7 +185,8 @@ def fit_temperatures(h, proba, codes: np.ndarray, truth: np.ndarray) -> list[flo
     from the top (level d's probabilities depend on T_1..T_d only): T_d minimises the Brier
     score of the confidence in the predicted class at level d against whether it is right,
     searched on a log scale within ``TEMPERATURE_RANGE``. ``proba``: the rows' node
-    probabilities per level, or what calibration reads of them (:class:`PathChains`).
+    probabilities per level, or what calibration reads of them (:class:`PathChains`). A level
+    with fewer than ``MIN_INFORMATIVE`` rows whose confidence depends on T keeps T = 1 (logged).
 
     Brier, not the likelihood of the true path: a TF-IDF model's clipped probabilities give the
     true path exactly 0 on some rows (6-12% of BigBasket's validation rows), and the likelihood
@@ -180,6 +201,11 @@ def fit_temperatures(h, proba, codes: np.ndarray, truth: np.ndarray) -> list[flo
     lo_hi = tuple(np.log(TEMPERATURE_RANGE))
     for d in range(h.depth):  # the levels above are fitted, and their part of the product taken, once
         right, above, group = codes[:, d] == truth[:, d], chains.above(d, ts), chains.links[d][d]
+        informative = int(((above > 0) & chains.varies(group)).sum())
+        if informative < MIN_INFORMATIVE:
+            log.info("level %d keeps temperature 1: %d validation rows have a confidence that depends on it "
+                     "(fitted from %d)", d + 1, informative, MIN_INFORMATIVE)
+            continue
 
         def loss(log_t, right=right, above=above, group=group):
             return brier(above * chains.factor(group, np.exp(log_t)), right)
@@ -199,16 +225,48 @@ def precision_curve(h, codes: np.ndarray, conf: np.ndarray, truth: np.ndarray,
     holds it: so every (row, level) of the predicted paths is one answered-or-not class, and one
     sort gives the precision at every threshold. Kept to at most ``max_points`` thresholds
     (exact at each)."""
+    c, right, real = _classes(h, codes, conf, truth)
+    return _curve(c[real], right[real], max_points)
+
+
+def target_curve(h, codes: np.ndarray, conf: np.ndarray, truth: np.ndarray,
+                 max_points: int = MAX_CURVE_POINTS) -> dict:
+    """:func:`precision_curve`, with what a target precision needs level by level
+    (:func:`stop_for`): ``level_precision``, per level, the best precision of that level's
+    answered classes at a threshold that answers at least ``MIN_ANSWERED`` of them (None: fewer
+    were predicted); ``capped``, for k = 1 .. depth - 1, the curve of the classes of levels 1..k
+    alone (what answers stopped at level k give)."""
+    c, right, real = _classes(h, codes, conf, truth)
+    best = []
+    for d in range(h.depth):
+        _, hits, n = _tie_ends(c[real[:, d], d], right[real[:, d], d])
+        ok = n >= MIN_ANSWERED
+        best.append(float((hits[ok] / n[ok]).max()) if ok.any() else None)
+    capped = [_curve(c[:, :k][real[:, :k]], right[:, :k][real[:, :k]], max_points) for k in range(1, h.depth)]
+    return {**_curve(c[real], right[real], max_points), "level_precision": best, "capped": capped}
+
+
+def _classes(h, codes, conf, truth):
+    """``(n, depth)`` confidences, whether each level's class is right, and whether the path has that level."""
     codes, conf = np.asarray(codes), np.asarray(conf, dtype=np.float64)
     real = np.arange(h.depth)[None, :] < h.path_depths(codes)[:, None]
-    c, right = conf[real], (codes == np.asarray(truth))[real]
-    if len(c) == 0:
-        return {"threshold": [], "precision": [], "coverage": []}
+    return conf, codes == np.asarray(truth), real
+
+
+def _tie_ends(c: np.ndarray, right: np.ndarray):
+    """Each distinct confidence (descending), the right classes and the classes at or above it:
+    a threshold answers every class tied at it."""
     order = np.argsort(-c, kind="stable")
     c, hits = c[order], np.cumsum(right[order])
-    last = np.r_[c[1:] != c[:-1], True]  # a threshold answers every class tied at it
-    n = np.arange(1, len(c) + 1)[last]
-    t, prec, cov = c[last][::-1], (hits[last] / n)[::-1], (n / len(c))[::-1]
+    last = np.r_[c[1:] != c[:-1], True] if len(c) else np.zeros(0, dtype=bool)
+    return c[last], hits[last], np.arange(1, len(c) + 1)[last]
+
+
+def _curve(c: np.ndarray, right: np.ndarray, max_points: int) -> dict[str, list[float]]:
+    if len(c) == 0:
+        return {"threshold": [], "precision": [], "coverage": []}
+    t, hits, n = _tie_ends(c, right)
+    t, prec, cov = t[::-1], (hits / n)[::-1], (n / len(c))[::-1]
     if len(t) > max_points:
         keep = np.unique(np.linspace(0, len(t) - 1, max_points).round().astype(int))
         t, prec, cov = t[keep], prec[keep], cov[keep]
@@ -217,8 +275,48 @@ def precision_curve(h, codes: np.ndarray, conf: np.ndarray, truth: np.ndarray,
 
 def threshold_for(curve: dict, target: float) -> float:
     """The lowest threshold of ``curve`` whose answers reach ``target`` precision (the most
-    coverage at that precision); 1.0 (answer only certainties) when no threshold reaches it."""
-    target = check_target(target)
+    coverage at that precision); 1.0 (answer only certainties) when no threshold reaches it.
+    What answers stop at for a target is :func:`stop_for`: this threshold, and a depth cap."""
+    t = _lowest(curve, check_target(target))
+    return 1.0 if t is None else t
+
+
+def _lowest(curve: dict, target: float) -> float | None:
     t, prec = np.asarray(curve["threshold"]), np.asarray(curve["precision"])
     ok = np.flatnonzero(prec >= target - 1e-12)
-    return float(t[ok[0]]) if len(ok) else 1.0
+    return float(t[ok[0]]) if len(ok) else None
+
+
+def stop_for(curve: dict, target: float) -> tuple[float, int | None]:
+    """Where answers stop for ``target`` precision, from a :func:`target_curve`: ``(threshold,
+    max_depth)``. Answers stop above the first level whose validation precision never reached
+    the target (``level_precision``), and the threshold is the lowest that reaches it on the
+    curve of the levels above (one level higher while that curve does not reach it); ``(1.0,
+    0)``: no level reaches it, nothing is answered. A curve saved before ``level_precision``:
+    ``(threshold_for(curve, target), None)``, no cap, as it was then."""
+    target = check_target(target)
+    best = curve.get("level_precision")
+    if best is None:
+        return threshold_for(curve, target), None
+    top = next((d for d, b in enumerate(best) if b is None or b < target - 1e-12), len(best))
+    curves = [*curve["capped"], curve]  # curves[k - 1]: the classes of levels 1..k
+    for k in range(top, 0, -1):
+        t = _lowest(curves[k - 1], target)
+        if t is not None:
+            return t, k
+    return 1.0, 0
+
+
+def shortfall(curve: dict, target: float) -> str | None:
+    """Why answers for ``target`` stop above the deepest level (:func:`stop_for`), naming the best
+    precision validation reached at the first level left out; None when they do not stop early."""
+    best = curve.get("level_precision")
+    _, k = stop_for(curve, target)
+    if best is None or k == len(best):
+        return None
+    b = best[k]
+    why = (f"fewer than {MIN_ANSWERED} of its classes were predicted" if b is None else
+           f"its best precision was {b:.4f}, answering at least {MIN_ANSWERED} of its classes" if b < target - 1e-12
+           else f"levels 1-{k + 1} together never reached it")
+    return (f"target precision {target:g} is not reached at level {k + 1} on validation ({why}): answers stop "
+            + (f"at level {k}" if k else "before level 1, nothing is answered"))

@@ -218,11 +218,16 @@ class Hierarchy:
         ``threshold`` (a number, or one per row); 0 when no level clears it. Never below the path's end."""
         return self.stop_depths(codes, self.confidences(codes, scores), threshold)
 
-    def stop_depths(self, codes: np.ndarray, conf: np.ndarray, threshold) -> np.ndarray:
-        """:meth:`answer_depths` from the path's ``confidences``."""
+    def stop_depths(self, codes: np.ndarray, conf: np.ndarray, threshold, max_depth=None) -> np.ndarray:
+        """:meth:`answer_depths` from the path's ``confidences``, never below ``max_depth`` (a
+        number, or one per row; None: no cap), the levels a target precision holds at
+        (``ktt.confidence.stop_for``)."""
         t = np.reshape(np.asarray(check_threshold(threshold), dtype=np.float64), (-1, 1))
         ok = (conf >= t) | (t <= 0)  # 0: never stop early (scores may be negative margins)
-        ok &= np.arange(self.depth)[None, :] < self.path_depths(codes)[:, None]
+        cap = self.path_depths(codes)
+        if max_depth is not None:
+            cap = np.minimum(cap, [self.depth if k is None else k for k in np.atleast_1d(np.asarray(max_depth, object))])
+        ok &= np.arange(self.depth)[None, :] < cap[:, None]
         return np.where(ok.any(axis=1), self.depth - np.argmax(ok[:, ::-1], axis=1), 0)
 
     def answers(self, codes: np.ndarray, scores: list[np.ndarray], threshold=0.0) -> list[list[tuple[str, float]]]:
@@ -231,9 +236,9 @@ class Hierarchy:
         the service) returns it."""
         return self.answers_of(codes, self.confidences(codes, scores), threshold)
 
-    def answers_of(self, codes: np.ndarray, conf: np.ndarray, threshold=0.0) -> list[list[tuple[str, float]]]:
-        """:meth:`answers` from the paths' ``(n, depth)`` :meth:`confidences`."""
-        depths = self.stop_depths(codes, conf, threshold)
+    def answers_of(self, codes: np.ndarray, conf: np.ndarray, threshold=0.0, max_depth=None) -> list[list[tuple[str, float]]]:
+        """:meth:`answers` from the paths' ``(n, depth)`` :meth:`confidences` (``max_depth``: :meth:`stop_depths`)."""
+        depths = self.stop_depths(codes, conf, threshold, max_depth)
         return [[(self.levels[d][c][-1], float(conf[i, d])) for d, c in enumerate(row[:k])]
                 for i, (row, k) in enumerate(zip(np.asarray(codes), depths))]
 

@@ -1,6 +1,7 @@
 """The model contract every KTT model implements (the scikit-learn estimator of KTT)."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 from abc import ABC, abstractmethod
@@ -11,6 +12,8 @@ import numpy as np
 
 from .errors import BadValue
 from .hierarchy import Hierarchy
+
+log = logging.getLogger(__name__)
 
 
 class FitLogger(Protocol):
@@ -89,7 +92,8 @@ class Model(ABC):
     #: ``threshold``: answers stop at the deepest level whose confidence (the probability the
     #: model gives that class) is at least this; 0 answers every level (``Hierarchy.answer_depths``).
     #: ``target_precision`` (0: off): :meth:`calibrate` picks the threshold that reaches this
-    #: hierarchical precision on validation, and answers use it instead of ``threshold``.
+    #: hierarchical precision on validation, and answers use it instead of ``threshold``, never
+    #: below a level that validation did not bring to the target (:meth:`stop`).
     defaults: ClassVar[dict[str, Any]] = {"threshold": 0.0, "target_precision": 0.0}
     constraints: ClassVar[dict[str, Any]] = {"threshold": Interval(0, 1), "target_precision": Interval(0, 1)}
     #: How the model's per-level scores (:meth:`raw_scores`) score a whole path: ``leaf``,
@@ -216,10 +220,12 @@ class Model(ABC):
     def calibrate(self, val, max_rows: int = 20_000, seed: int = 0) -> dict:
         """Fit what makes the confidences honest on ``val`` (a :class:`ktt.data.Split`; at most
         ``max_rows`` of it, sampled): a temperature per level (``confidence.fit_temperatures``),
-        then the precision each stopping threshold gives, and the threshold for
-        ``target_precision``. Kept in ``calibration_``, saved with the model, and read by every
-        front-end. ``ktt train`` runs it after every fit."""
-        from .confidence import fit_temperatures, precision_curve, threshold_for
+        then the precision each stopping threshold gives (pooled and level by level:
+        ``confidence.target_curve``), and where answers stop for ``target_precision`` (a threshold,
+        and the depth the target holds to: ``confidence.stop_for``; a shortfall is logged). Kept
+        in ``calibration_``, saved with the model, and read by every front-end. ``ktt train``
+        runs it after every fit."""
+        from .confidence import fit_temperatures, shortfall, stop_for, target_curve
 
         h, rows = self.hierarchy, np.arange(len(val))
         if len(rows) > max_rows:
@@ -227,40 +233,50 @@ class Model(ABC):
         codes, chains = self.chains([val.texts[i] for i in rows])
         truth = val.codes[rows]
         temperatures = fit_temperatures(h, chains, codes, truth)
-        curve = precision_curve(h, codes, chains.confidences(temperatures), truth)
+        curve = target_curve(h, codes, chains.confidences(temperatures), truth)
         target = self.params["target_precision"]
-        self.calibration_ = {"temperatures": temperatures, "curve": curve,
-                             "threshold": threshold_for(curve, target) if target else None}
+        threshold, max_depth = stop_for(curve, target) if target else (None, None)
+        if target and (why := shortfall(curve, target)):
+            log.warning("%s: %s", self.name, why)
+        self.calibration_ = {"temperatures": temperatures, "curve": curve, "threshold": threshold,
+                             "max_depth": max_depth}
         return self.calibration_
 
-    def stop_threshold(self, threshold=None, target_precision=None):
-        """The threshold answers stop at: ``threshold`` (one, or one per text) when given, else
-        the one that reaches ``target_precision`` on validation, else the model's own (the one
-        :meth:`calibrate` chose for the ``target_precision`` hyperparameter, or ``threshold``)."""
-        from .confidence import threshold_for
+    def stop(self, threshold=None, target_precision=None) -> tuple:
+        """Where answers stop: ``(threshold, max_depth)`` (``Hierarchy.stop_depths``). ``threshold``
+        (one, or one per text) when given, with no cap; else the threshold and the depth that
+        reach ``target_precision`` on validation (``confidence.stop_for``); else the model's own
+        (those :meth:`calibrate` chose for the ``target_precision`` hyperparameter, or
+        ``threshold``). ``max_depth`` None: no cap (a checkpoint from before caps, too)."""
+        from .confidence import stop_for
 
         cal = getattr(self, "calibration_", None) or {}
         if threshold is not None:
-            return threshold
+            return threshold, None
         if target_precision is not None:
             if not cal.get("curve"):
                 raise BadValue(f"this {self.name} model has no precision curve (it was not calibrated): "
                                "send a threshold, or retrain it")
-            return threshold_for(cal["curve"], target_precision)
-        return cal["threshold"] if cal.get("threshold") is not None else self.params.get("threshold", 0.0)
+            return stop_for(cal["curve"], target_precision)
+        if cal.get("threshold") is not None:
+            return cal["threshold"], cal.get("max_depth")
+        return self.params.get("threshold", 0.0), None
+
+    def stop_threshold(self, threshold=None, target_precision=None):
+        """The threshold of :meth:`stop`, without its depth cap."""
+        return self.stop(threshold, target_precision)[0]
 
     def predict_paths(self, texts: Sequence[str], threshold: float | None = None,
                       target_precision: float | None = None) -> list[list[str]]:
         """Convenience: :meth:`answers` without the confidences. The predicted class names,
         coarsest first, down to where the path ends or to its deepest level whose confidence
-        clears the threshold (:meth:`stop_threshold`)."""
+        clears the threshold (:meth:`stop`)."""
         return [[name for name, _ in a] for a in self.answers(texts, threshold, target_precision)]
 
     def answers(self, texts: Sequence[str], threshold: float | None = None,
                 target_precision: float | None = None) -> list[list[tuple[str, float]]]:
         """``predict_paths`` with each level's confidence: ``[(class name, confidence), ...]`` per text."""
-        t = self.stop_threshold(threshold, target_precision)
-        return self.hierarchy.answers_of(*self.predict_confident(texts), t)
+        return self.hierarchy.answers_of(*self.predict_confident(texts), *self.stop(threshold, target_precision))
 
     # -- persistence ------------------------------------------------------------------
     @abstractmethod
@@ -287,12 +303,14 @@ class Model(ABC):
     def answer_config(self) -> dict:
         """How scores become answers, for the server (``ktt.serving.runtime.Predictor``) exactly as
         in-process: the hierarchy, ``paths``, ``decode``, the temperatures, the default threshold
-        and the validation precision curve (for requests that send a ``target_precision``)."""
+        and depth cap (:meth:`stop`) and the validation precision curves (for requests that send
+        a ``target_precision``)."""
         from .taxonomy import digest
 
         cal = getattr(self, "calibration_", None) or {}
+        threshold, max_depth = self.stop()
         return {"model": self.name, "taxonomy": digest(self.hierarchy), "paths": self.paths, "decode": self.params.get("decode", "path"),
-                "temperatures": self.temperatures, "threshold": self.stop_threshold(),
+                "temperatures": self.temperatures, "threshold": threshold, "max_depth": max_depth,
                 "precision_curve": cal.get("curve"), "hierarchy": self.hierarchy.to_dict()}
 
     def features(self, texts: Sequence[str]):

@@ -27,11 +27,11 @@ def answers(model, texts: list[str], threshold: float | None = None,
             target_precision: float | None = None) -> pd.DataFrame:
     """Per text: ``path`` (class names joined by " > "), and at every level ``L<d>`` (the class)
     and ``L<d>_confidence`` (the probability the model gives it); empty (None, NaN) below where
-    the answer stops (``Model.answers``: the path's end, the ``threshold``, or the threshold of
-    ``target_precision``); ``review``: the answer stopped above its path's end (``ktt.review``)."""
-    h, t = model.hierarchy, model.stop_threshold(threshold, target_precision)
+    the answer stops (``Model.answers``: the path's end, the ``threshold``, or the threshold and
+    depth of ``target_precision``); ``review``: the answer stopped above its path's end (``ktt.review``)."""
+    h = model.hierarchy
     codes, conf = model.predict_confident(texts)
-    depths = h.stop_depths(codes, conf, t)  # as Hierarchy.answers_of, by column instead of by row
+    depths = h.stop_depths(codes, conf, *model.stop(threshold, target_precision))  # as Hierarchy.answers_of, by column
     path = np.full(len(codes), "", dtype=object)
     out = {"path": path}
     for d in range(h.depth):
@@ -78,10 +78,12 @@ class KTTModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         params = params or {}
         target = params.get("target_precision") or None  # the signature's default, 0, means unset
-        if target is not None and "threshold" in params and params["threshold"] != self.threshold:
+        # so does the default threshold (the model's own), which MLflow fills in: unset keeps the model's depth cap
+        threshold = None if params.get("threshold", self.threshold) == self.threshold else params["threshold"]
+        if target is not None and threshold is not None:
             from .errors import BadValue
             raise BadValue("send a threshold or a target_precision, not both")
-        return answers(self.model, _texts(model_input), None if target else params.get("threshold"), target)
+        return answers(self.model, _texts(model_input), threshold, target)
 
     @property
     def threshold(self) -> float:

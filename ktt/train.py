@@ -21,13 +21,23 @@ log = logging.getLogger(__name__)
 
 
 def calibrate(model, val, logger) -> None:
-    """Fit the temperatures (and the threshold of ``target_precision``) on validation, log them and
-    the validation precision curve, and make the calibrated model the ``best`` checkpoint."""
+    """Fit the temperatures (and where answers stop for ``target_precision``) on validation, log
+    them, each level's best validation precision and the precision curves, and make the calibrated
+    model the ``best`` checkpoint. A target that a level does not reach (``Model.calibrate`` warns)
+    is also the run's tag ``ktt.target_shortfall``, and ``max_depth`` its metric."""
+    from .confidence import shortfall
+
     t0 = time.perf_counter()
     cal = model.calibrate(val)
+    best = cal["curve"].get("level_precision") or []
     logger.log_metrics({**{f"L{d + 1}_temperature": t for d, t in enumerate(cal["temperatures"])},
                         "calibrate_time_s": time.perf_counter() - t0,
-                        **({"threshold": cal["threshold"]} if cal["threshold"] is not None else {})})
+                        **{f"L{d + 1}_val_best_precision": b for d, b in enumerate(best) if b is not None},
+                        **({"threshold": cal["threshold"], "max_depth": cal["max_depth"]}
+                           if cal["threshold"] is not None else {})})
+    target = model.params.get("target_precision")
+    if target and (why := shortfall(cal["curve"], target)):
+        tracking.log_batch(tags={"ktt.target_shortfall": why})
     tracking.log_dict(cal["curve"], "metrics/val_precision_curve.json")
     logger.checkpoint(model, "best")
 

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import ROOT
 from ktt import registry
-from ktt.confidence import PathChains, brier, fit_temperatures, precision_curve, threshold_for
+from ktt.confidence import (MIN_ANSWERED, MIN_INFORMATIVE, PathChains, brier, fit_temperatures, precision_curve,
+                             shortfall, stop_for, target_curve, threshold_for)
 from ktt.hierarchy import Hierarchy
 from ktt.metrics import answered, ece, level_ece, reliability
 
@@ -121,14 +122,14 @@ def test_leaf_rule_reads_the_leaf_level_only():
 
 
 def test_fit_temperatures_by_hand():
-    """Ten rows, all predicted A > a1 with P(A) = sigmoid(2) and P(a1 | A) = sigmoid(1); 8 are
-    right at level 1 and 6 at level 2. With equal confidences the Brier score is least where the
-    confidence equals the share right: sigmoid(2 / T_1) = .8, so T_1 = 2 / ln 4; then
-    .8 sigmoid(1 / T_2) = .6, so sigmoid(1 / T_2) = .75 and T_2 = 1 / ln 3."""
+    """Thirty rows (MIN_INFORMATIVE), all predicted A > a1 with P(A) = sigmoid(2) and P(a1 | A) =
+    sigmoid(1); 24 are right at level 1 and 18 at level 2. With equal confidences the Brier score
+    is least where the confidence equals the share right: sigmoid(2 / T_1) = .8, so T_1 = 2 / ln 4;
+    then .8 sigmoid(1 / T_2) = .6, so sigmoid(1 / T_2) = .75 and T_2 = 1 / ln 3."""
     s2, s1 = 1 / (1 + np.exp(-2)), 1 / (1 + np.exp(-1))
-    proba = [np.tile([[s2, 1 - s2]], (10, 1)), np.tile([[s2 * s1, s2 * (1 - s1), 1 - s2]], (10, 1))]
-    codes = TOY.encode([("A", "a1")] * 10)
-    truth = TOY.encode([("A", "a1")] * 6 + [("A", "a2")] * 2 + [("B", "b1")] * 2)
+    proba = [np.tile([[s2, 1 - s2]], (30, 1)), np.tile([[s2 * s1, s2 * (1 - s1), 1 - s2]], (30, 1))]
+    codes = TOY.encode([("A", "a1")] * 30)
+    truth = TOY.encode([("A", "a1")] * 18 + [("A", "a2")] * 6 + [("B", "b1")] * 6)
     ts = fit_temperatures(TOY, proba, codes, truth)
     assert ts == pytest.approx([2 / np.log(4), 1 / np.log(3)], rel=2e-3)
     conf = TOY.confidences(codes, TOY.temper(proba, ts))
@@ -195,6 +196,120 @@ def test_precision_curve_keeps_ties_together_and_stays_small():
     rng = np.random.default_rng(0)
     big = precision_curve(RAGGED, np.tile(p, (400, 1)), rng.random((1200, 3)), np.tile(t, (400, 1)), max_points=50)
     assert len(big["threshold"]) <= 50 and np.all(np.diff(big["threshold"]) > 0)
+
+
+def forty_rows():
+    """Forty rows predicted A > a1 (TOY). Level 1: 30 at .9, all right; 10 at .6, 5 right (true
+    A > a1 or A > a2) and 5 wrong (B > b1). Level 2: 10 at .8, all right; 20 at .7, 10 right; the
+    last 10 at .5, 2 right (true A > a1)."""
+    codes = TOY.encode([("A", "a1")] * 40)
+    truth = TOY.encode([("A", "a1")] * 20 + [("A", "a2")] * 10 + [("A", "a1")] * 2 + [("A", "a2")] * 3
+                       + [("B", "b1")] * 5)
+    conf = np.array([[.9, .8]] * 10 + [[.9, .7]] * 20 + [[.6, .5]] * 10)
+    return codes, conf, truth
+
+
+def test_a_target_holds_level_by_level_or_answers_stop_above_by_hand():
+    """forty_rows, level by level: level 1 is right on 30 of 30 at .9 (precision 1), 35 of 40 at
+    .6; level 2 on 10 of 10 at .8 (too few to count), 20 of 30 at .7, 22 of 40 at .5: its best
+    is 2/3. Pooled (today's curve), .8 answers 40 classes, all right, so a target of .9 took
+    .8 and answered level 2 at a precision validation never showed with 30 classes."""
+    codes, conf, truth = forty_rows()
+    curve = target_curve(TOY, codes, conf, truth)
+    assert MIN_ANSWERED == 30 and curve["level_precision"] == pytest.approx([1, 2 / 3])
+    assert {k: curve[k] for k in ("threshold", "precision", "coverage")} == precision_curve(TOY, codes, conf, truth)
+    assert curve["precision"] == pytest.approx([57 / 80, 55 / 70, 50 / 60, 1, 1])
+    assert threshold_for(curve, .9) == pytest.approx(.8)  # the pooled curve alone
+    # capped[0]: level 1 alone
+    assert curve["capped"] == [{"threshold": [.6, .9], "precision": [35 / 40, 1.0], "coverage": [1.0, .75]}]
+    # level 2 never reaches .9 (2/3): answers stop at level 1, at the threshold level 1's curve gives
+    assert stop_for(curve, .9) == (pytest.approx(.9), 1) and stop_for(curve, 1) == (pytest.approx(.9), 1)
+    assert stop_for(curve, .7) == (pytest.approx(.6), 1)  # level 1 reaches .7 at .6 (35/40)
+    assert stop_for(curve, .6) == (pytest.approx(.5), 2)  # both levels reach it: the pooled curve, 57/80
+    assert shortfall(curve, .6) is None
+    assert shortfall(curve, .9) == ("target precision 0.9 is not reached at level 2 on validation (its best "
+                                    "precision was 0.6667, answering at least 30 of its classes): answers stop at level 1")
+    # what it answers: level 1 of the rows at .9, nothing of the rest; a threshold sent is not capped
+    depths = TOY.stop_depths(codes, conf, *stop_for(curve, .9))
+    assert depths.tolist() == [1] * 30 + [0] * 10
+    assert TOY.stop_depths(codes, conf, .8, None).tolist() == [2] * 10 + [1] * 20 + [0] * 10
+    assert TOY.stop_depths(codes, conf, .5, [None] * 20 + [1] * 20).tolist() == [2] * 20 + [1] * 20
+    # fewer than MIN_ANSWERED classes at every level: nothing is answered
+    few = target_curve(TOY, codes[:20], conf[:20], truth[:20])
+    assert few["level_precision"] == [None, None] and stop_for(few, .5) == (1.0, 0)
+    assert shortfall(few, .5) == ("target precision 0.5 is not reached at level 1 on validation (fewer than 30 of "
+                                  "its classes were predicted): answers stop before level 1, nothing is answered")
+    assert TOY.stop_depths(codes[:20], conf[:20], *stop_for(few, .5)).tolist() == [0] * 20
+    # a curve saved before level_precision (an old checkpoint or serving.json): as then, no cap
+    assert stop_for({"threshold": [.5], "precision": [.4]}, .9) == (1.0, None)
+    assert stop_for({"threshold": [.2, .5], "precision": [.4, .95]}, .9) == (.5, None)
+
+
+def test_a_level_without_informative_rows_keeps_temperature_1(caplog):
+    """Forty rows predicted B > b1: level 1 (.3, .7) on 35 rows and (0, 1) on 5, level 2 P(b1 | B)
+    = 1 (b1 is B's only child). Level 2's confidence is P(B)^(1/T_1)-tempered times 1 at any T_2:
+    no row depends on T_2, which was fitted to the search's bound; it stays 1. Level 1 has 35
+    informative rows (the 0/1 rows are not): fitted. With only 29 informative rows it stays 1 too."""
+    proba = [np.array([[.3, .7]] * 35 + [[0, 1]] * 5), np.array([[.2, .1, .7]] * 35 + [[0, 0, 1]] * 5)]
+    codes = TOY.encode([("B", "b1")] * 40)
+    truth = TOY.encode([("B", "b1")] * 30 + [("A", "a1")] * 10)
+    chains = PathChains.gather(TOY, proba, codes)
+    assert chains.varies(chains.links[0][0]).sum() == 35 and not chains.varies(chains.links[1][1]).any()
+    with caplog.at_level("INFO", logger="ktt.confidence"):
+        ts = fit_temperatures(TOY, proba, codes, truth)
+    assert ts[0] != 1.0 and ts[1] == 1.0
+    assert "level 2 keeps temperature 1: 0 validation rows have a confidence that depends on it" in caplog.text
+    rows = np.r_[0:MIN_INFORMATIVE - 1, 35:40]
+    assert fit_temperatures(TOY, [p[rows] for p in proba], codes[rows], truth[rows]) == [1.0, 1.0]
+
+
+def test_an_unreachable_target_stops_every_front_end_and_says_so(hsgd, tmp_path, monkeypatch, caplog):
+    """A target between the validation precision of levels 2 and 3: the fit's answers, in-process,
+    from the pyfunc's answers and from the exported server, stop at level 2; so do a request's
+    target_precision; ``ktt train``'s calibration logs it, with level 3's best precision, and tags the run."""
+    import copy
+
+    from ktt import train as train_mod
+    from ktt.export import export_onnx
+    from ktt.pyfunc import answers as pyfunc_answers
+    from ktt.serving.requests import parse_thresholds
+    from ktt.serving.runtime import Predictor
+
+    model, ds = copy.deepcopy(hsgd[0]), hsgd[1]
+    best = model.calibrate(ds.val)["curve"]["level_precision"]
+    target = round((best[1] + best[2]) / 2, 4)
+    assert best[2] < target <= min(best[:2])
+    model.params["target_precision"] = target
+    logged = {}
+    monkeypatch.setattr(train_mod.tracking, "log_batch", lambda **kw: logged.update(kw))
+    monkeypatch.setattr(train_mod.tracking, "log_dict", lambda d, name: logged.update({name: d}))
+
+    class Logger:
+        def log_metrics(self, m, step=None):
+            logged.update(m)
+
+        def checkpoint(self, m, kind, state=None):
+            logged["checkpoint"] = kind
+    with caplog.at_level("WARNING"):
+        train_mod.calibrate(model, ds.val, Logger())
+    why = (f"target precision {target:g} is not reached at level 3 on validation (its best precision was "
+           f"{best[2]:.4f}, answering at least 30 of its classes): answers stop at level 2")
+    assert why in caplog.text and logged["tags"] == {"ktt.target_shortfall": why}
+    assert logged["max_depth"] == 2 and logged["L3_val_best_precision"] == best[2] and logged["checkpoint"] == "best"
+    texts = ds.test.texts
+    codes, conf = model.predict_confident(texts)
+    full = [len(p) for p in ds.hierarchy.decode(codes)]
+    assert max(map(len, model.answers(texts))) == 2 and max(full) == 3
+    assert model.answers(texts) == model.answers(texts, target_precision=target)
+    assert max(map(len, model.answers(texts, threshold=model.stop_threshold()))) == 3  # a threshold sent: no cap
+    frame = pyfunc_answers(model, texts)
+    assert frame["L3"].isna().all() and frame["L2"].notna().any()
+    export_onnx(model, tmp_path)
+    pred = Predictor.from_dir(tmp_path)
+    paths = [[n for n, _ in a] for a in model.answers(texts)]
+    assert pred.predict(texts).paths == paths
+    stops = parse_thresholds({"text": texts, "target_precision": target}, (0.0, None), pred.stop_for)
+    assert pred.predict(texts, *map(list, zip(*stops))).paths == paths
 
 
 def test_every_search_space_value_validates():

@@ -159,14 +159,14 @@ from ktt.serving import metrics
 from ktt.serving.bento import KTTService
 
 class Flaky:  # a predictor whose batch run fails whenever a text says "boom"
-    threshold = 0.0
+    threshold, max_depth = 0.0, None
     def __init__(self):
         self.runs = []
     def prepare(self, texts):
         return list(texts)
-    def threshold_for(self, target):
-        return target
-    def run(self, prepared, threshold=None):
+    def stop_for(self, target):
+        return target, None
+    def run(self, prepared, threshold=None, max_depth=None):
         self.runs.append(len(prepared))
         if any("boom" in p for p in prepared):
             raise RuntimeError("boom at /secret/path.py")

@@ -67,28 +67,31 @@ def test_json_bodies_read():
 
 
 def test_thresholds_per_text():
+    """Per text, (threshold, max_depth): a threshold sent has no depth cap; the default keeps the model's."""
     from ktt.serving.requests import parse_thresholds
 
-    assert parse_thresholds({"text": "a"}, 0.2) == [0.2]
-    assert parse_thresholds({"text": ["a", "b"], "threshold": 0.5}, 0.2) == [0.5, 0.5]
-    assert parse_thresholds([{"text": "a", "threshold": 1}, {"text": ["b", "c"]}, {"text": "d", "threshold": 0}], 0.3) \
-        == [1, 0.3, 0.3, 0]
+    assert parse_thresholds({"text": "a"}, (0.2, 2)) == [(0.2, 2)]
+    assert parse_thresholds({"text": ["a", "b"], "threshold": 0.5}, (0.2, 2)) == [(0.5, None), (0.5, None)]
+    assert parse_thresholds([{"text": "a", "threshold": 1}, {"text": ["b", "c"]}, {"text": "d", "threshold": 0}],
+                            (0.3, None)) == [(1, None), (0.3, None), (0.3, None), (0, None)]
     for bad in ("0.5", None, True, -0.01, 1.01, float("nan"), [0.5]):
         with pytest.raises(ValueError, match=r"^threshold must be a number from 0 to 1, not "):
-            parse_thresholds([{"text": "a"}, {"text": "b", "threshold": bad}], 0.0)
+            parse_thresholds([{"text": "a"}, {"text": "b", "threshold": bad}], (0.0, None))
 
 
 def test_target_precision_per_text():
-    """A target precision becomes the threshold its curve gives (here the lookup doubles it)."""
+    """A target precision becomes the threshold and depth its curves give (here the lookup halves
+    it and caps at level 1)."""
     from ktt.serving.requests import parse_thresholds
 
-    half = lambda p: p / 2  # noqa: E731
-    assert parse_thresholds([{"text": ["a", "b"], "target_precision": 0.9}, {"text": "c"}], 0.1, half) == [.45, .45, .1]
-    assert parse_thresholds({"text": "a", "target_precision": 1}, 0.1, half) == [.5]
+    half = lambda p: (p / 2, 1)  # noqa: E731
+    assert parse_thresholds([{"text": ["a", "b"], "target_precision": 0.9}, {"text": "c"}], (0.1, None), half) \
+        == [(.45, 1), (.45, 1), (.1, None)]
+    assert parse_thresholds({"text": "a", "target_precision": 1}, (0.1, None), half) == [(.5, 1)]
     for bad in (0, 0.0, -1, 1.5, "0.9", None, True, float("nan"), [0.9]):
         with pytest.raises(ValueError, match=r"^target_precision must be a number above 0 and at most 1, not "):
-            parse_thresholds({"text": "a", "target_precision": bad}, 0.0, half)
+            parse_thresholds({"text": "a", "target_precision": bad}, (0.0, None), half)
     with pytest.raises(ValueError, match="^send a threshold or a target_precision, not both$"):
-        parse_thresholds({"text": "a", "target_precision": 0.9, "threshold": 0.1}, 0.0, half)
+        parse_thresholds({"text": "a", "target_precision": 0.9, "threshold": 0.1}, (0.0, None), half)
     with pytest.raises(ValueError, match="no precision curve"):
-        parse_thresholds({"text": "a", "target_precision": 0.9}, 0.0)
+        parse_thresholds({"text": "a", "target_precision": 0.9}, (0.0, None))

@@ -5,7 +5,8 @@
 for a list input). ``POST /predict_json`` answers the path with per-level scores. An object may
 add ``"threshold": t`` (0 to 1): its paths stop at the deepest level whose confidence (the
 probability the model gives that class) clears ``t``; or ``"target_precision": p``: the
-threshold that reached hierarchical precision ``p`` on validation (default: the model's). Requests
+threshold that reached hierarchical precision ``p`` on validation, no deeper than the levels
+that reached it (default: the model's). Requests
 are micro-batched, but each is parsed and preprocessed on its own first, and a batch that still
 fails is re-run request by request: one client's bad input never fails another's request.
 A client mistake gets HTTP 400 and a one-line reason; a server fault gets a 500 that names only
@@ -117,12 +118,13 @@ class KTTService(bentoml.BentoService):
             return self._answer(bodies, tasks, endpoint)
 
     def _answer(self, bodies, tasks, endpoint):
-        ready = []  # (task, prepared texts, answer is a list, thresholds)
+        ready = []  # (task, prepared texts, answer is a list, (threshold, max_depth) per text, texts)
         for body, task in zip(bodies, tasks):
             try:
                 parsed = load_json(body)
                 texts = parse_request(parsed)
-                thresholds = parse_thresholds(parsed, self.predictor.threshold, self.predictor.threshold_for)
+                stops = parse_thresholds(parsed, (self.predictor.threshold, self.predictor.max_depth),
+                                         self.predictor.stop_for)
                 prepared = self.predictor.prepare(texts)
             except ValueError as e:
                 self._fail(task, endpoint, e)
@@ -131,7 +133,7 @@ class KTTService(bentoml.BentoService):
                 self._fail(task, endpoint)
                 continue
             ready.append((task, prepared, isinstance(parsed, list) or isinstance(parsed.get("text"), list),
-                          thresholds, texts))
+                          stops, texts))
         answers = self._predict(ready, endpoint)
         return [a for a in answers if a is not None]
 
@@ -141,8 +143,9 @@ class KTTService(bentoml.BentoService):
         if not ready:
             return []
         try:
-            thresholds = [t for _, _, _, ts, _ in ready for t in ts]
-            ans = self.predictor.run([p for _, prepared, *_ in ready for p in prepared], thresholds)
+            stops = [s for _, _, _, ss, _ in ready for s in ss]
+            ans = self.predictor.run([p for _, prepared, *_ in ready for p in prepared],
+                                     [t for t, _ in stops], [k for _, k in stops])
         except Exception:
             if len(ready) == 1:
                 self._fail(ready[0][0], endpoint)

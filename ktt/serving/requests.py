@@ -50,10 +50,11 @@ def parse_request(body) -> list[str]:
     return texts
 
 
-def parse_thresholds(body, default: float, for_target=None) -> list[float]:
-    """Per text of a request that :func:`parse_request` accepted, its stopping threshold: the
-    item's ``"threshold"``, or the threshold that reaches its ``"target_precision"``
-    (``for_target``, e.g. ``Predictor.threshold_for``), or ``default``; ValueError naming a bad one."""
+def parse_thresholds(body, default: tuple, for_target=None) -> list[tuple]:
+    """Per text of a request that :func:`parse_request` accepted, where its answer stops:
+    ``(threshold, max_depth)`` (``Hierarchy.stop_depths``): the item's ``"threshold"`` (no depth
+    cap), or the threshold and depth that reach its ``"target_precision"`` (``for_target``, e.g.
+    ``Predictor.stop_for``), or ``default``; ValueError naming a bad one."""
     from ktt.confidence import check_target
 
     out = []
@@ -64,12 +65,14 @@ def parse_thresholds(body, default: float, for_target=None) -> list[float]:
             target = item["target_precision"]
             if isinstance(target, (list, dict)):  # one number per request object
                 raise ValueError(f"target_precision must be a number above 0 and at most 1, not {target!r}")
-            t = (for_target or _no_curve)(check_target(target))
-        else:
-            t = item.get("threshold", default)
+            t = tuple((for_target or _no_curve)(check_target(target)))
+        elif "threshold" in item:
+            t = item["threshold"]
             if isinstance(t, (list, dict)):
                 raise ValueError(f"threshold must be a number from 0 to 1, not {t!r}")
-            check_threshold(t)
+            t = (check_threshold(t), None)
+        else:
+            t = tuple(default)
         value = item["text"]
         out += [t] * (len(value) if isinstance(value, list) else 1)
     return out

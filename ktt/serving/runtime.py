@@ -196,27 +196,33 @@ class Predictor:
         """The model's stopping threshold (a request may send its own, or a target precision)."""
         return self.config.get("threshold", 0.0)
 
-    def threshold_for(self, target_precision: float) -> float:
-        """The threshold that reached ``target_precision`` on validation; ValueError if the
-        export has no precision curve."""
-        from ktt.confidence import threshold_for
+    @property
+    def max_depth(self) -> int | None:
+        """The depth the model's answers stop at, at most (``Model.stop``; None: no cap)."""
+        return self.config.get("max_depth")
+
+    def stop_for(self, target_precision: float) -> tuple[float, int | None]:
+        """The threshold and depth cap that reach ``target_precision`` on validation
+        (``ktt.confidence.stop_for``); ValueError if the export has no precision curve."""
+        from ktt.confidence import stop_for
 
         if not self.config.get("precision_curve"):
             raise ValueError("this model was exported without a precision curve: send a threshold instead")
-        return threshold_for(self.config["precision_curve"], target_precision)
+        return stop_for(self.config["precision_curve"], target_precision)
 
-    def predict(self, texts: list[str], threshold=None) -> "Answers":
-        """Per text, the answered path (``Hierarchy.answers``; ``threshold``: one, or one per
-        text; default: the model's), with what it was read from (:class:`Answers`)."""
-        return self.run(self.prepare(texts), threshold)
+    def predict(self, texts: list[str], threshold=None, max_depth=None) -> "Answers":
+        """Per text, the answered path (``Hierarchy.stop_depths``; ``threshold`` and ``max_depth``:
+        one, or one per text; default: the model's own), with what it was read from (:class:`Answers`)."""
+        return self.run(self.prepare(texts), threshold, max_depth)
 
-    def run(self, prepared: list, threshold=None) -> "Answers":
+    def run(self, prepared: list, threshold=None, max_depth=None) -> "Answers":
         """``predict`` from ``prepare``'s output."""
         feats = self.encode(prepared)
         codes, chains = self.chains(feats)
         conf = chains.confidences(self.temperatures)
         h = self.hierarchy
-        depths = h.stop_depths(codes, conf, self.threshold if threshold is None else threshold)
+        stop = (self.threshold, self.max_depth) if threshold is None else (threshold, max_depth)
+        depths = h.stop_depths(codes, conf, *stop)
         return Answers(h.decode(codes, depths), codes, conf, chains, feats)
 
     def explain(self, ans: "Answers") -> list[dict]:
