@@ -78,11 +78,12 @@ def coverage_row(model, val, test) -> dict:
     row = {"h_f1": evaluate(h, test.codes, codes)["h_f1"], "threshold": t, **{f"node_{k}": v for k, v in node.items()},
            "leaf_threshold": t_leaf, **{f"leaf_{k}": v for k, v in whole.items()},
            "auc": auc(precision_curve(h, codes, conf, test.codes, max_points=10**9))}
-    if model.name in SIGMOID:  # the three defensible path rules, on the same scores
+    if model.name in SIGMOID:  # the three defensible path rules, on the same scores (the heads' log-odds, their sigmoids)
         vraw = model.raw_scores(val.texts)
-        for rule in ("joint", "log_odds", "leaf"):
-            row[f"val_{rule}"] = evaluate(h, val.codes, h.decode_scores(vraw, "path", rule=rule))["h_f1"]
-            row[f"test_{rule}"] = evaluate(h, test.codes, h.decode_scores(raw, "path", rule=rule))["h_f1"]
+        sig = lambda r: [1 / (1 + np.exp(-np.asarray(s, np.float64))) for s in r]  # noqa: E731
+        for rule, scores, by in (("joint", sig, "joint"), ("log_odds", list, "logits"), ("leaf", sig, "leaf")):
+            row[f"val_{rule}"] = evaluate(h, val.codes, h.decode_scores(scores(vraw), "path", rule=by))["h_f1"]
+            row[f"test_{rule}"] = evaluate(h, test.codes, h.decode_scores(scores(raw), "path", rule=by))["h_f1"]
     return row
 
 

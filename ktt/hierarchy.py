@@ -29,7 +29,7 @@ SEP = " > "
 END = ""  # the last part of an end class: the path ended one level up (never a class name)
 DECODE_MODES = ("path", "leaf", "top_down", "argmax")
 #: How a model's per-level scores score a whole path (:meth:`Hierarchy.path_scores`).
-PATH_RULES = ("leaf", "joint", "log_odds")
+PATH_RULES = ("leaf", "joint", "logits", "log_odds")
 _SURE = 1e-7   # sigmoid outputs are clipped to [1e-7, 1 - 1e-7] before their log-odds (float32 rounds to 0 and 1)
 
 
@@ -283,15 +283,20 @@ class Hierarchy:
         (a softmax over leaves, or conditional probabilities already chained);
         ``joint``: the sum of log-scores along the path, when each level is a distribution of its
         own (per-level softmax heads): the product of the per-level probabilities;
-        ``log_odds``: the sum of log(s / (1 - s)) along the path, when every class is an
-        independent sigmoid: P(exactly this path's classes are on) is proportional to
-        prod_path s * prod_other (1 - s), which is proportional to the product of the path's odds.
+        ``logits``: the sum of the scores along the path, when every class is an independent
+        sigmoid s and its score is its log-odds log(s / (1 - s)) (its logit, or computed from
+        logits): P(exactly this path's classes are on) is proportional to prod_path s *
+        prod_other (1 - s), which is proportional to the product of the path's odds;
+        ``log_odds``: the same from the sigmoids s themselves (exports from before ``logits``):
+        a float32 sigmoid rounds to 1 above a logit of about 16.6, so those classes tie there.
         """
         with np.errstate(divide="ignore"):  # a path of probability 0 scores -inf: it stays 0 (node_proba)
             if rule == "leaf":
                 return np.log(np.maximum(np.asarray(scores[-1], dtype=np.float64), 0))
             if rule == "joint":
                 return self.path_log_scores([np.log(np.maximum(np.asarray(s, dtype=np.float64), 0)) for s in scores])
+        if rule == "logits":
+            return self.path_log_scores([np.asarray(s, dtype=np.float64) for s in scores])
         if rule == "log_odds":
             odds = []
             for s in scores:

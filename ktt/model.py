@@ -97,8 +97,8 @@ class Model(ABC):
     defaults: ClassVar[dict[str, Any]] = {"threshold": 0.0, "target_precision": 0.0}
     constraints: ClassVar[dict[str, Any]] = {"threshold": Interval(0, 1), "target_precision": Interval(0, 1)}
     #: How the model's per-level scores (:meth:`raw_scores`) score a whole path: ``leaf``,
-    #: ``joint`` or ``log_odds`` (``Hierarchy.path_scores``). Its semantics, declared once: every
-    #: confidence, decoding and threshold follows from it.
+    #: ``joint`` or ``logits`` (each class's log-odds; ``Hierarchy.path_scores``). Its semantics,
+    #: declared once: every confidence, decoding and threshold follows from it.
     paths: ClassVar[str] = "joint"
     #: Convenience (for tests and readers, read by nothing else): True when ``predict`` can only
     #: return valid paths.

@@ -56,6 +56,18 @@ def multilabel_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return nn.functional.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").sum(-1)
 
 
+def log_sigmoid(z: torch.Tensor) -> torch.Tensor:
+    """log σ(z), exact in the exported graph as well: ``logsigmoid`` exports as Log(Sigmoid(z)),
+    which is 0 above z ≈ 16.6 (σ rounds to 1 in float32) and -inf below -88; Softplus is exact
+    at both ends in torch and onnxruntime alike."""
+    return -nn.functional.softplus(-z)
+
+
+def log_add_exp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log(e^a + e^b) of finite values, with ops that export to ONNX (``torch.logaddexp`` does not)."""
+    return torch.maximum(a, b) + torch.log1p(torch.exp(-(a - b).abs()))
+
+
 class Tree:
     """The hierarchy's parent links, for reductions over subtrees level by level.
 

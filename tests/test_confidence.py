@@ -113,11 +113,59 @@ def test_log_odds_decoder_by_hand():
     assert level1 == pytest.approx(np.array([[(99 + 1 / 99) / total, 13.5 / total]]))
 
 
+def onnx_run(fn, *inputs):
+    """``fn`` exported to ONNX (as ``TorchModel.export_onnx`` exports a head) and run by onnxruntime."""
+    import io
+
+    import onnxruntime as ort
+    import torch
+
+    class Head(torch.nn.Module):
+        def forward(self, *z):
+            return fn(*z)
+    names = [f"z{i}" for i in range(len(inputs))]
+    graph = io.BytesIO()
+    torch.onnx.export(Head(), inputs, graph, input_names=names, output_names=["s"], opset_version=17, dynamo=False)
+    session = ort.InferenceSession(graph.getvalue(), providers=["CPUExecutionProvider"])
+    return session.run(None, {n: z.numpy() for n, z in zip(names, inputs)})[0]
+
+
+def test_sigmoid_heads_score_log_odds_from_logits_in_torch_and_onnx():
+    """TOY's leaves a1, a2, b1 with logits 17, 18, -5, where float32 sigmoids are 1 (their
+    log-odds tied before): each sigmoid head's scores are the log-odds, in torch and in the
+    exported graph alike (to 2e-6). C-HMCNN: its logits after MCM (A = 18, B = -5). HMCN-F, g = .5,
+    local 18 and global 17: 1 - y = (sigma(-18) + sigma(-17)) / 2, log-odds 17 + log 2 - log(1 +
+    e^-1) (to 1e-7). AWX, max (norm 0): A = sigma(18), 18; norm 5: A's (sigma(17)^5 +
+    sigma(18)^5)^(1/5) clips at 1: log(1e30), the surest a class is; B = sigma(b1) alone: -5, or
+    17 with b1 at 17 (``logsigmoid``'s graph, Log(Sigmoid), made that 15.9)."""
+    import torch
+
+    from ktt.nn import Tree
+    from models.db_achmcnn.db_achmcnn import mcm
+    from models.db_ahmcnf.db_ahmcnf import hmcnf_log_odds
+    from models.db_bhcn_awx.db_bhcn_awx import awx_log, awx_log_odds
+
+    tree, leaves = Tree.of(TOY), torch.tensor([[17.0, 18.0, -5.0]])
+    assert mcm(torch.cat([torch.full((1, 2), -30.0), leaves], dim=1), tree)[0].tolist() == [18, -5, 17, 18, -5]
+    local, glob = torch.tensor([[18.0, 17.0, -5.0]]), torch.tensor([[17.0, 17.0, -5.0]])
+    sure = torch.tensor([[17.0, 18.0, 17.0]])  # B = sigma(17) alone: not clipped, 1 in float32
+    for fn, inputs, want, graph in [
+            (lambda lo, gl: hmcnf_log_odds(lo, gl, 0.5), (local, glob), [17 + np.log(2) - np.log1p(np.exp(-1)), 17, -5], True),
+            (lambda z: awx_log_odds(awx_log(z, tree, 5).clamp(max=0), z), (leaves,), [np.log(1e30), -5, 17, 18, -5], True),
+            (lambda z: awx_log_odds(awx_log(z, tree, 5).clamp(max=0), z), (sure,), [np.log(1e30), 17, 17, 18, 17], True),
+            # the max variant: onnxruntime refuses this graph of awx_log alone (a Concat's axis), before this change too
+            (lambda z: awx_log_odds(awx_log(z, tree, 0).clamp(max=0), z), (leaves,), [18, -5, 17, 18, -5], False)]:
+        got = fn(*inputs)[0].numpy()
+        assert got == pytest.approx(np.array(want, dtype=np.float64), abs=2e-6)
+        if graph:
+            assert onnx_run(fn, *inputs)[0] == pytest.approx(got, abs=2e-6)
+
+
 def test_leaf_rule_reads_the_leaf_level_only():
     scores = [np.array([[.7, .3]]), np.array([[.5, .2, .3]])]
     assert np.exp(TOY.path_scores(scores, "leaf")) == pytest.approx(np.array([[.5, .2, .3]]))
     assert TOY.node_proba(TOY.path_scores(scores, "leaf"))[0] == pytest.approx(np.array([[.7, .3]]))
-    with pytest.raises(ValueError, match="paths must be one of leaf, joint, log_odds, not 'sum'"):
+    with pytest.raises(ValueError, match="paths must be one of leaf, joint, logits, log_odds, not 'sum'"):
         TOY.path_scores(scores, "sum")
 
 

@@ -102,6 +102,24 @@ def test_path_log_scores_by_hand():
     assert h2.decode_scores(scores).tolist() == h2.decode_scores(scores, "path").tolist() == [[1, 2]]
 
 
+def test_logits_rule_keeps_the_odds_that_float32_sigmoids_tie():
+    """A > a1, A > a2, B > b1; logits A 20, B -20, a1 17, a2 29, b1 -20. Paths A > a1 = 37, A > a2
+    = 49, B > b1 = -40: P(a2) = 1 / (1 + e^-12) = .999994, P(a1) .000006. From the float32
+    sigmoids (the ``log_odds`` rule), 17 and 29 both clip at 1 - 1e-7: .5 and .5. With a2 at 18
+    instead: P(a1) = 1 / (1 + e), P(a2) = e / (1 + e)."""
+    toy = Hierarchy.from_paths([("A", "a1"), ("A", "a2"), ("B", "b1")])
+    logits = [np.array([[20, -20]], np.float32), np.array([[17, 29, -20]], np.float32)]
+    level2 = toy.node_proba(toy.path_scores(logits, "logits"))[1][0]
+    assert level2 == pytest.approx([1 / (1 + np.exp(12)), 1 / (1 + np.exp(-12)), 0], abs=1e-12)
+    assert level2[1] == pytest.approx(.999994, abs=1e-6)
+    sigmoids = [1 / (1 + np.exp(-s)) for s in logits]  # float32, as a graph gives them
+    assert toy.node_proba(toy.path_scores(sigmoids, "log_odds"))[1][0] == pytest.approx([.5, .5, 0], abs=1e-12)
+    near = [logits[0], np.array([[17, 18, -20]], np.float32)]
+    e = np.e
+    assert toy.node_proba(toy.path_scores(near, "logits"))[1][0] == pytest.approx([1 / (1 + e), e / (1 + e), 0], abs=1e-12)
+    assert toy.decode_scores(near, "path", rule="logits").tolist() == [[0, 1]]
+
+
 def test_bad_hierarchies(tmp_path):
     with pytest.raises(ValueError, match="no parent"):
         Hierarchy(((("a",),), (("b", "x"),)))

@@ -7,7 +7,8 @@ scores below its children. Trained with MCLoss: per row, BCE summed over classes
 
 Consistent scores do not make per-level argmax a path: with A = .9, B = .85 at level 1 and
 b1 = .8 (a child of B) above every child of A, argmax picks A then b1. Decoded by the best whole
-path (``decode=path``: the product of its classes' scores), which is always in the tree.
+path (``decode=path``: the product of its classes' odds), which is always in the tree. Its scores
+are the logits after MCM (σ's log-odds: exact where σ rounds to 1 in float32).
 """
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ def mc_loss(z: torch.Tensor, target: torch.Tensor, tree: Tree) -> torch.Tensor:
 
 
 class DBACHMCNN(TorchModel):
-    paths = "log_odds"  # independent sigmoids: a path is worth the product of its classes' odds
+    paths = "logits"  # independent sigmoids: a path is worth the product of its classes' odds
     defaults = {**TorchModel.defaults, "h_dropout": 0.7, "h_nonlinear": "relu", "h_hidden_dim": 512, "h_layer_count": 3}
     kept_on_update = TorchModel.kept_on_update | {"h_hidden_dim", "h_layer_count", "h_nonlinear"}  # the head's shapes
     constraints = {**TorchModel.constraints, "h_nonlinear": tuple(ACTS), "h_dropout": Interval(0, 1, "left"),
@@ -52,4 +53,4 @@ class DBACHMCNN(TorchModel):
         return mc_loss(logits.float(), self.multi_hot(codes), Tree.on(self.net_.head))
 
     def level_scores(self, logits):
-        return self.split_levels(torch.sigmoid(mcm(logits.float(), Tree.on(self.net_.head))))
+        return self.split_levels(mcm(logits.float(), Tree.on(self.net_.head)))

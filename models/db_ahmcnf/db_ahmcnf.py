@@ -9,13 +9,16 @@ C = number of classes: the paper's loss (BCE averaged over classes, the violatio
 over parent-child pairs), multiplied by C so the positives' BCE gradient is not C times too weak
 (written as BCE summed over classes + λ_H · C · Σ violations²). λ_H keeps its designed meaning.
 
-Decoded by the best whole path (``decode=path``: the product of its classes' scores).
+Decoded by the best whole path (``decode=path``: the product of its classes' odds). Its scores are
+the log-odds of ŷ, computed from the logits (:func:`hmcnf_log_odds`).
 """
+import math
+
 import torch
 from torch import nn
 
 from ktt.model import Interval
-from ktt.nn import TorchModel, multilabel_bce
+from ktt.nn import TorchModel, log_add_exp, log_sigmoid, multilabel_bce
 
 
 class HMCNFHead(nn.Module):
@@ -44,6 +47,17 @@ def hmcnf_output(local, glob, global_weight):
     return global_weight * torch.sigmoid(glob.float()) + (1 - global_weight) * torch.sigmoid(local.float())
 
 
+def hmcnf_log_odds(local, glob, global_weight):
+    """log(ŷ / (1 − ŷ)) of :func:`hmcnf_output`, from the logits: log ŷ and log(1 − ŷ) are each a
+    log-sum of the two log-sigmoids (1 − σ(z) = σ(−z)), exact where ŷ rounds to 1 in float32."""
+    glob, local = glob.float(), local.float()
+    if global_weight in (0, 1):  # one sigmoid: its logit
+        return glob if global_weight == 1 else local
+    wg, wl = math.log(global_weight), math.log1p(-global_weight)
+    return (log_add_exp(wg + log_sigmoid(glob), wl + log_sigmoid(local))
+            - log_add_exp(wg + log_sigmoid(-glob), wl + log_sigmoid(-local)))
+
+
 def hmcnf_loss(local, glob, target, pairs, global_weight, lambda_h):
     """Per-row HMCN-F loss, ``(batch,)``; ``pairs``: (2, n_pairs) global indices of (child, parent)."""
     y = hmcnf_output(local, glob, global_weight)
@@ -53,7 +67,7 @@ def hmcnf_loss(local, glob, target, pairs, global_weight, lambda_h):
 
 
 class DBAHMCNF(TorchModel):
-    paths = "log_odds"  # independent sigmoids: a path is worth the product of its classes' odds
+    paths = "logits"  # independent sigmoids: a path is worth the product of its classes' odds
     defaults = {**TorchModel.defaults, "lambda_h": 0.05, "dropout": 0.25,
                 "global_hidden": 384, "local_hidden": 384, "global_weight": 0.5}
     kept_on_update = TorchModel.kept_on_update | {"global_hidden", "local_hidden"}  # the head's shapes
@@ -73,4 +87,4 @@ class DBAHMCNF(TorchModel):
         return hmcnf_loss(*out, self.multi_hot(codes), self.net_.head.pairs, p["global_weight"], p["lambda_h"])
 
     def level_scores(self, out):
-        return self.split_levels(hmcnf_output(*out, self.params["global_weight"]))
+        return self.split_levels(hmcnf_log_odds(*out, self.params["global_weight"]))

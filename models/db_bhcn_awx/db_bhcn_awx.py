@@ -10,7 +10,8 @@ class's leaves; a leaf's BCE on its logit): a confident leaf keeps an exact, non
 where σ(z) rounds to 1 in float32, and no op runs that CUDA autocast refuses
 (``binary_cross_entropy`` on probabilities). Where the n-norm overshoots 1 for a *negative*
 inner class, the clip passes the gradient straight through (the class is still pushed down);
-for a positive class the clip means "already right".
+for a positive class the clip means "already right". Its scores are the log-odds of ŷ
+(:func:`awx_log_odds`).
 """
 import math
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from ktt.model import Interval
-from ktt.nn import TorchModel, Tree, multilabel_bce
+from ktt.nn import TorchModel, Tree, log_sigmoid, multilabel_bce
 from models.db_bhcn.db_bhcn import ACTS, BHCNHead, bhcn_level_loss
 
 #: an inner class's log(1 − ŷ) is evaluated at ŷ ≤ 1 − 1e-4 (bounded loss and gradient when it overshoots)
@@ -28,8 +29,20 @@ _LOG_MAX_NEG = math.log1p(-1e-4)
 def awx_log(leaf_logits: torch.Tensor, tree: Tree, norm: float) -> torch.Tensor:
     """log of the unclipped AWX output, ``(batch, n_classes)``: per class, the max (n <= 0) or
     (1/n) log Σ exp(n log σ(z_l)) over the leaves l at or below it, level by level over ``tree``."""
-    ls = nn.functional.logsigmoid(leaf_logits.float())
+    ls = log_sigmoid(leaf_logits.float())
     return tree.from_leaves(ls, "amax") if norm <= 0 else tree.from_leaves(norm * ls, "logsumexp") / norm
+
+
+def awx_log_odds(log_y: torch.Tensor, leaf_logits: torch.Tensor) -> torch.Tensor:
+    """log(ŷ / (1 − ŷ)) of every class from ``log_y`` (:func:`awx_log`, at most 0): a leaf's ŷ is
+    σ(z), so its logit; an inner class's log(1 − ŷ) is log(−expm1(log ŷ)), floored at log(1e-30)
+    where ŷ is 1 (the clip, or float32)."""
+    n_leaves = leaf_logits.shape[1]
+    inner = log_y[:, :-n_leaves]
+    # torch.expm1 does not export to ONNX, and exp(x) - 1 loses x near 0: its series there
+    expm1 = torch.where(inner > -0.1, inner * (1 + inner / 2 * (1 + inner / 3 * (1 + inner / 4 * (1 + inner / 5)))),
+                        torch.exp(inner) - 1)
+    return torch.cat([inner - torch.log((-expm1).clamp(min=1e-30)), leaf_logits.float()], dim=1)
 
 
 def awx_bce(leaf_logits: torch.Tensor, tree: Tree, norm: float, target: torch.Tensor) -> torch.Tensor:
@@ -48,7 +61,7 @@ def awx_bce(leaf_logits: torch.Tensor, tree: Tree, norm: float, target: torch.Te
 
 
 class DBBHCNAWX(TorchModel):
-    paths = "log_odds"  # independent sigmoids: a path is worth the product of its classes' odds
+    paths = "logits"  # independent sigmoids: a path is worth the product of its classes' odds
     defaults = {**TorchModel.defaults, "gamma_l": -0.34, "lambda_l": 0.73, "dropout": 0.47,
                 "act": "relu", "awx_norm": 5.0, "level_width": 384}
     kept_on_update = TorchModel.kept_on_update | {"level_width", "act"}  # the head's shapes
@@ -71,4 +84,4 @@ class DBBHCNAWX(TorchModel):
                 + bhcn_level_loss(logp, codes, p["gamma_l"], p["lambda_l"], 0.0, []))
 
     def level_scores(self, z):
-        return self.split_levels(self._log_y(z).clamp(max=0.0).exp())
+        return self.split_levels(awx_log_odds(self._log_y(z).clamp(max=0.0), z[-1]))
