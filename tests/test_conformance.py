@@ -39,6 +39,7 @@ def check_model(name: str, splits: dict, tmp_path, **extra) -> None:
 
     cal = model.calibrate(val)
     assert len(cal["temperatures"]) == h.depth and cal["curve"]["threshold"] and cal["threshold"] is not None
+    codes = model.predict(test.texts)  # calibrating may fit the node probabilities paths are decoded by (tfidf_hsgd)
     answers = model.answers(test.texts)
     assert all(c1 >= c2 - 1e-9 for a in answers for (_, c1), (_, c2) in zip(a, a[1:]))
     assert model.predict_paths(test.texts) == [[n for n, _ in a] for a in answers]

@@ -71,6 +71,11 @@ def test_platt_link_by_hand():
     got, pair, local = nodes.blocks.pair_proba(x, np.array([0, 0]), np.array([1, 0]))
     assert pair.tolist() == [0, 0, 0, 1, 1] and local.tolist() == [0, 1, 2, 0, 1]  # no class clipped to 0
     np.testing.assert_allclose(got, [*p[2:], *p[:2]], rtol=1e-6)
+    # a child below PLATT_FLOOR (1e-4) of its node's best gets 0: sigmoid(30 d) of A's block
+    nodes.platt = [[2.0, -1.0], [30.0, 0.0]]
+    steep = sig(30 * np.array([-0.25, -1, 0.2]))  # 5.5e-4, 9.4e-14 (below 1e-4 of .9975), .9975
+    np.testing.assert_allclose(nodes.blocks.proba(x)[0, 2:], [steep[0], 0, steep[2]] / (steep[0] + steep[2]), rtol=1e-6)
+    nodes.platt = [[2.0, -1.0], [1.0, np.log(3)]]
     # saved with the arrays; arrays from before it load with the loss's own probabilities
     again = NodeClassifiers.from_arrays(H, nodes.to_arrays(), "modified_huber")
     np.testing.assert_allclose(again.blocks.proba(x), nodes.blocks.proba(x))
