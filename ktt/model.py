@@ -162,6 +162,12 @@ class Model(ABC):
         """The temperature of each level that :meth:`calibrate` fitted (all 1 before it ran)."""
         return (getattr(self, "calibration_", None) or {}).get("temperatures", [1.0] * self.hierarchy.depth)
 
+    @property
+    def level_maps(self) -> list | None:
+        """Each level's map of its confidence that :meth:`calibrate` fitted
+        (``confidence.fit_level_maps``; None before it ran, or in a checkpoint from before maps)."""
+        return (getattr(self, "calibration_", None) or {}).get("level_maps")
+
     def calibrated(self, raw: list[np.ndarray], temperatures=None) -> tuple[np.ndarray, list[np.ndarray]]:
         """From :meth:`raw_scores`: the paths decoded by the ``decode`` hyperparameter (default
         ``path``: the most probable whole path) and every class's probability, per level: the sum
@@ -201,11 +207,14 @@ class Model(ABC):
     def predict_confident(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``predict`` and each level's confidence in the predicted class, ``(n, depth)`` both:
         the tempered probability of each prefix of the path, read from :meth:`path_chains` (what
-        ``Hierarchy.temper`` of every class would give, at the cost of the paths' sibling runs)."""
+        ``Hierarchy.temper`` of every class would give, at the cost of the paths' sibling runs),
+        through each level's map (:attr:`level_maps`)."""
+        from .confidence import recalibrate
+
         step, codes, conf = self.rows_per_chunk(), [], []
         for i in range(0, max(len(texts), 1), step):
             c, chains = self.path_chains(texts[i:i + step])
-            codes.append(c), conf.append(chains.confidences(self.temperatures))
+            codes.append(c), conf.append(recalibrate(chains.confidences(self.temperatures), self.level_maps))
         return np.concatenate(codes), np.concatenate(conf)
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
@@ -220,12 +229,12 @@ class Model(ABC):
     def calibrate(self, val, max_rows: int = 20_000, seed: int = 0) -> dict:
         """Fit what makes the confidences honest on ``val`` (a :class:`ktt.data.Split`; at most
         ``max_rows`` of it, sampled): a temperature per level (``confidence.fit_temperatures``),
-        then the precision each stopping threshold gives (pooled and level by level:
+        a map of each level's confidence (``confidence.fit_level_maps``), then the precision each stopping threshold gives (pooled and level by level:
         ``confidence.target_curve``), and where answers stop for ``target_precision`` (a threshold,
         and the depth the target holds to: ``confidence.stop_for``; a shortfall is logged). Kept
         in ``calibration_``, saved with the model, and read by every front-end. ``ktt train``
         runs it after every fit."""
-        from .confidence import fit_temperatures, shortfall, stop_for, target_curve
+        from .confidence import fit_level_maps, fit_temperatures, recalibrate, shortfall, stop_for, target_curve
 
         h, rows = self.hierarchy, np.arange(len(val))
         if len(rows) > max_rows:
@@ -233,12 +242,14 @@ class Model(ABC):
         codes, chains = self.chains([val.texts[i] for i in rows])
         truth = val.codes[rows]
         temperatures = fit_temperatures(h, chains, codes, truth)
-        curve = target_curve(h, codes, chains.confidences(temperatures), truth)
+        conf = chains.confidences(temperatures)
+        maps = fit_level_maps(conf, codes, truth)
+        curve = target_curve(h, codes, recalibrate(conf, maps), truth)
         target = self.params["target_precision"]
         threshold, max_depth = stop_for(curve, target) if target else (None, None)
         if target and (why := shortfall(curve, target)):
             log.warning("%s: %s", self.name, why)
-        self.calibration_ = {"temperatures": temperatures, "curve": curve, "threshold": threshold,
+        self.calibration_ = {"temperatures": temperatures, "level_maps": maps, "curve": curve, "threshold": threshold,
                              "max_depth": max_depth}
         return self.calibration_
 
@@ -302,7 +313,7 @@ class Model(ABC):
 
     def answer_config(self) -> dict:
         """How scores become answers, for the server (``ktt.serving.runtime.Predictor``) exactly as
-        in-process: the hierarchy, ``paths``, ``decode``, the temperatures, the default threshold
+        in-process: the hierarchy, ``paths``, ``decode``, the temperatures and level maps, the default threshold
         and depth cap (:meth:`stop`) and the validation precision curves (for requests that send
         a ``target_precision``)."""
         from .taxonomy import digest
@@ -310,7 +321,7 @@ class Model(ABC):
         cal = getattr(self, "calibration_", None) or {}
         threshold, max_depth = self.stop()
         return {"model": self.name, "taxonomy": digest(self.hierarchy), "paths": self.paths, "decode": self.params.get("decode", "path"),
-                "temperatures": self.temperatures, "threshold": threshold, "max_depth": max_depth,
+                "temperatures": self.temperatures, "level_maps": self.level_maps, "threshold": threshold, "max_depth": max_depth,
                 "precision_curve": cal.get("curve"), "hierarchy": self.hierarchy.to_dict()}
 
     def features(self, texts: Sequence[str]):
@@ -328,12 +339,14 @@ class Model(ABC):
     def monitoring_frame(self, texts: Sequence[str]) -> "pd.DataFrame":  # noqa: F821
         """What the service forwards to the drift sidecar for ``texts`` (``ktt.schema.reference_frame``):
         the model's ``features(texts)`` pooled into ``"0"``..``"23"``, leaf scores, level columns."""
+        from .confidence import recalibrate
         from .schema import level_columns, reference_frame
 
         texts, h = list(texts), self.hierarchy
         feats = self.features(texts)
         codes, scores = self.predict_scored(texts)
-        return reference_frame(feats, scores[-1], h.leaf_names, levels=level_columns(codes, h.confidences(codes, scores)))
+        conf = recalibrate(h.confidences(codes, scores), self.level_maps)
+        return reference_frame(feats, scores[-1], h.leaf_names, levels=level_columns(codes, conf))
 
 
 SCORES_PER_CHUNK = 1 << 23  # 64 MB of float64 scores, all classes of a chunk's rows

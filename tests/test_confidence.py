@@ -422,3 +422,32 @@ def test_calibration_is_fitted_saved_and_used(hsgd, tmp_path):
     assert back.calibration_ == cal and back.answers(ds.val.texts[:50]) == answers[:50]
     assert back.answer_config()["temperatures"] == cal["temperatures"] and back.stop_threshold() == cal["threshold"]
     assert back.stop_threshold(target_precision=0.85) == cal["threshold"] and back.stop_threshold(0.3) == 0.3
+
+
+def test_level_maps_by_hand():
+    """sigmoid(a logit(c) + b) per level, then never above the level above (issue 41)."""
+    from ktt.confidence import map_level, recalibrate
+
+    np.testing.assert_allclose(map_level([0.5, 0.8], 0, [[2.0, 0.0]]), [0.5, 16 / 17])  # sigmoid(2 ln 4) = 16/17
+    np.testing.assert_allclose(map_level([0.5], 0, [[1.0, np.log(3)]]), [0.75])
+    # level 1: sigmoid(0.5 ln 9) = 3/4; level 2: 0.5 stays (identity), below 3/4
+    np.testing.assert_allclose(recalibrate(np.array([[0.9, 0.5]]), [[0.5, 0.0], [1.0, 0.0]]), [[0.75, 0.5]])
+    # level 2 mapped to sigmoid(2 ln 9) = 81/82, above its parent's 0.8: capped there
+    np.testing.assert_allclose(recalibrate(np.array([[0.8, 0.9]]), [[1.0, 0.0], [2.0, 0.0]]), [[0.8, 0.8]])
+    np.testing.assert_array_equal(recalibrate(np.array([[0.8, 0.9]]), None), [[0.8, 0.9]])
+
+
+def test_level_maps_fit_only_where_they_pay_on_held_out_rows():
+    """An overconfident level (confidence .9-1, right 60% of the time) gets a map that brings its
+    mean confidence to its accuracy; a calibrated level (right with probability = confidence)
+    and a level with too few wrong answers keep the identity."""
+    from ktt.confidence import fit_level_maps, recalibrate
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    conf = np.c_[rng.uniform(0.9, 1.0, n), rng.uniform(0.05, 0.95, n), np.full(n, 0.99)]
+    right = np.c_[rng.random(n) < 0.6, rng.random(n) < conf[:, 1], np.arange(n) >= 10]
+    codes, truth = np.zeros((n, 3), int), np.where(right, 0, 1)
+    maps = fit_level_maps(conf, codes, truth)
+    assert maps[1] == [1.0, 0.0] and maps[2] == [1.0, 0.0]
+    assert maps[0] != [1.0, 0.0] and abs(recalibrate(conf, maps)[:, 0].mean() - right[:, 0].mean()) < 0.01

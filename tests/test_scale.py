@@ -71,11 +71,6 @@ def test_platt_link_by_hand():
     got, pair, local = nodes.blocks.pair_proba(x, np.array([0, 0]), np.array([1, 0]))
     assert pair.tolist() == [0, 0, 0, 1, 1] and local.tolist() == [0, 1, 2, 0, 1]  # no class clipped to 0
     np.testing.assert_allclose(got, [*p[2:], *p[:2]], rtol=1e-6)
-    # a child below PLATT_FLOOR (1e-4) of its node's best gets 0: sigmoid(30 d) of A's block
-    nodes.platt = [[2.0, -1.0], [30.0, 0.0]]
-    steep = sig(30 * np.array([-0.25, -1, 0.2]))  # 5.5e-4, 9.4e-14 (below 1e-4 of .9975), .9975
-    np.testing.assert_allclose(nodes.blocks.proba(x)[0, 2:], [steep[0], 0, steep[2]] / (steep[0] + steep[2]), rtol=1e-6)
-    nodes.platt = [[2.0, -1.0], [1.0, np.log(3)]]
     # saved with the arrays; arrays from before it load with the loss's own probabilities
     again = NodeClassifiers.from_arrays(H, nodes.to_arrays(), "modified_huber")
     np.testing.assert_allclose(again.blocks.proba(x), nodes.blocks.proba(x))
@@ -486,8 +481,10 @@ def catalogs():
 def test_answers_and_confidences_are_those_of_every_path(catalogs):
     """A real catalog model answers, path-locally, what scoring every path of the tree gives
     (``Model.calibrated`` of all classes, tempered: ``predict_proba``, monitoring): the same paths
-    and the same confidences at the fitted temperatures (some near 20 on the deep levels), for
-    both decoders."""
+    and the same confidences at the fitted temperatures (some near 20 on the deep levels) and
+    level maps, for both decoders."""
+    from ktt.confidence import recalibrate
+
     for categories, (model, texts) in catalogs.items():
         h = model.hierarchy
         for decode in ("path", "top_down"):
@@ -495,7 +492,7 @@ def test_answers_and_confidences_are_those_of_every_path(catalogs):
             codes, conf = model.predict_confident(texts)
             every, proba = model.calibrated(model.raw_scores(texts))
             assert np.array_equal(codes, every), (categories, decode)
-            np.testing.assert_allclose(conf, h.confidences(every, proba), rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(conf, recalibrate(h.confidences(every, proba), model.level_maps), rtol=1e-4, atol=1e-6)
             for t in range(3):  # one title a call: the same answer as in a batch
                 one = model.predict_confident(texts[t:t + 1])
                 assert np.array_equal(one[0], codes[t:t + 1]) and np.allclose(one[1], conf[t:t + 1], rtol=1e-4, atol=1e-6)

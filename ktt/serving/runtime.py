@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ktt import threads
-from ktt.confidence import PathChains
+from ktt.confidence import PathChains, map_level, recalibrate
 from ktt.hierarchy import Hierarchy
 from ktt.serving.requests import MAX_TEXT_CHARS
 
@@ -176,6 +176,10 @@ class Predictor:
     def temperatures(self):
         return self.config.get("temperatures", 1.0)
 
+    @property
+    def level_maps(self):
+        return self.config.get("level_maps")  # None: exported before them (``Model.level_maps``)
+
     def chains(self, features) -> tuple[np.ndarray, PathChains]:
         """The decoded paths and what their confidences read (``Model.path_chains``): a chained
         TF-IDF model's from its paths' nodes alone (``NodeClassifiers.search``), any other's from
@@ -219,7 +223,7 @@ class Predictor:
         """``predict`` from ``prepare``'s output."""
         feats = self.encode(prepared)
         codes, chains = self.chains(feats)
-        conf = chains.confidences(self.temperatures)
+        conf = recalibrate(chains.confidences(self.temperatures), self.level_maps)
         h = self.hierarchy
         stop = (self.threshold, self.max_depth) if threshold is None else (threshold, max_depth)
         depths = h.stop_depths(codes, conf, *stop)
@@ -240,6 +244,7 @@ class Predictor:
                 values, first, classes = levels[d]
                 end = first[i + 1] if i + 1 < len(first) else len(values)
                 run, of = values[first[i]:end], classes[first[i]:end]
+                run = np.minimum(map_level(run, d, self.level_maps), ans.conf[i, d - 1] if d else 1.0)  # as run's
                 top = [j for j in np.argsort(-run, kind="stable") if not h.is_end(d)[of[j]]][:3]
                 answer.append({"level": d + 1, "class": h.levels[d][c][-1], "score": float(ans.conf[i, d]),
                                "top": [{"class": h.levels[d][of[j]][-1], "score": float(run[j])} for j in top]})
