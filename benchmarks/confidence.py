@@ -1,8 +1,9 @@
-"""Confidence a team can act on (issue 25): coverage at a target precision, calibration, and the
-decoding rule of sigmoid heads, for all seven models on BigBasket and CLINC150.
+"""Confidence a team can act on (issues 25, 41): coverage at a target precision, calibration, and the
+decoding rule of sigmoid heads, for all seven models on BigBasket and CLINC150, and both TF-IDF
+models on a generated 5,600-category catalog.
 
-    .venv/bin/python benchmarks/confidence.py                       # every section
-    .venv/bin/python benchmarks/confidence.py --section calibration # one of: coverage, calibration, in-scope
+    .venv/bin/python benchmarks/confidence.py                        # every section
+    .venv/bin/python benchmarks/confidence.py --section coverage     # one of: coverage, in-scope, catalog
 
 ``coverage``: every model trained by ``ktt.train.train`` (tracked, calibrated on validation, the
 threshold for ``target_precision`` 0.95 chosen there) on each dataset's official split. Encoder
@@ -12,10 +13,11 @@ model on test: coverage at 95% hierarchical precision (the share of texts given 
 level), the mean answered depth as a share of the true depth, the precision reached, the same for
 leaf-only reject (the whole path or nothing, its threshold chosen on validation the same way), and
 the area under the precision-coverage curve. The sigmoid heads are also decoded by each of the
-three path rules on validation and test (the ``decoders`` table).
+three path rules on validation and test (the ``decoders`` table). The same fits write the
+calibration table: ECE per level on test at each stage of calibration.
 
-``calibration``: ``tfidf_hsgd`` and ``db_bhcn`` (frozen encoder, as above) on BigBasket: ECE per
-level on test without temperature, with one for every level, and with one per level.
+``catalog``: ``tfidf_lsgd`` and ``tfidf_hsgd`` on ``--catalog-rows`` generated titles over 5,600
+categories: calibration and coverage, as above.
 Runs go to a temporary SQLite store unless MLFLOW_TRACKING_URI is set.
 """
 import argparse
@@ -49,10 +51,26 @@ def datasets(root: Path, names) -> None:
 
 
 def scored(model, split):
-    """Raw scores, decoded paths and the (n, depth) confidences of the paths, one pass."""
-    raw = model.raw_scores(split.texts)
-    codes, proba = model.calibrated(raw)
-    return raw, codes, model.hierarchy.confidences(codes, proba)
+    """Decoded paths and the (n, depth) confidences of the paths, as every front-end answers them."""
+    return model.predict_confident(split.texts)
+
+
+def ece_row(model, split) -> dict:
+    """Per level, test ECE of the confidence in the predicted class at each stage of calibration:
+    T = 1, the temperatures, the temperatures and level maps (what answers report); and the
+    share of answers whose confidence ties the split's highest at that level."""
+    from ktt.confidence import recalibrate
+    from ktt.metrics import level_ece
+
+    h = model.hierarchy
+    codes, chains = model.chains(split.texts)
+    stages = {"plain": chains.confidences(1.0), "temps": chains.confidences(model.temperatures)}
+    stages["maps"] = recalibrate(stages["temps"], model.level_maps)
+    row = {f"ece_{k}": list(level_ece(h, split.codes, codes, c).values()) for k, c in stages.items()}
+    top = stages["maps"]
+    row["tied_top"] = [float((top[:, d] == top[:, d].max()).mean()) for d in range(h.depth)]
+    row["maps"] = "/".join("-" if m == [1.0, 0.0] else f"{m[0]:.2f},{m[1]:+.2f}" for m in (model.level_maps or []))
+    return row
 
 
 def auc(curve: dict) -> float:
@@ -67,19 +85,20 @@ def coverage_row(model, val, test) -> dict:
     from ktt.metrics import answered, evaluate
 
     h = model.hierarchy
-    _, vcodes, vconf = scored(model, val)
-    raw, codes, conf = scored(model, test)
-    t = model.stop_threshold()  # chosen at fit time for target_precision
-    node = answered(h, test.codes, codes, conf, t)
+    vcodes, vconf = scored(model, val)
+    codes, conf = scored(model, test)
+    t, cap = model.stop()  # chosen at fit time for target_precision
+    node = answered(h, test.codes, codes, conf, t, cap)
     # leaf-only reject: every level carries the path's own probability (its deepest level's)
     leaf = lambda c, k: np.repeat(c[np.arange(len(c)), h.path_depths(k) - 1][:, None], h.depth, axis=1)  # noqa: E731
     t_leaf = threshold_for(precision_curve(h, vcodes, leaf(vconf, vcodes), val.codes), TARGET)
     whole = answered(h, test.codes, codes, leaf(conf, codes), t_leaf)
-    row = {"h_f1": evaluate(h, test.codes, codes)["h_f1"], "threshold": t, **{f"node_{k}": v for k, v in node.items()},
+    row = {"h_f1": evaluate(h, test.codes, codes)["h_f1"], "threshold": t, "max_depth": cap,
+           **{f"node_{k}": v for k, v in node.items()},
            "leaf_threshold": t_leaf, **{f"leaf_{k}": v for k, v in whole.items()},
            "auc": auc(precision_curve(h, codes, conf, test.codes, max_points=10**9))}
     if model.name in SIGMOID:  # the three defensible path rules, on the same scores (the heads' log-odds, their sigmoids)
-        vraw = model.raw_scores(val.texts)
+        vraw, raw = model.raw_scores(val.texts), model.raw_scores(test.texts)
         sig = lambda r: [1 / (1 + np.exp(-np.asarray(s, np.float64))) for s in r]  # noqa: E731
         for rule, scores, by in (("joint", sig, "joint"), ("log_odds", list, "logits"), ("leaf", sig, "leaf")):
             row[f"val_{rule}"] = evaluate(h, val.codes, h.decode_scores(scores(vraw), "path", rule=by))["h_f1"]
@@ -110,9 +129,10 @@ def coverage(root: Path, epochs: int, models, names) -> None:
                 over.update(freeze_encoder=True, epochs=epochs)
             model, run, secs = fit(name, dataset, root, over)
             row = {"dataset": dataset, "model": name, "run": run.run_id, "fit_s": secs,
-                   "temperatures": "/".join(f"{t:.2f}" for t in model.temperatures), **coverage_row(model, ds.val, ds.test)}
+                   "temperatures": "/".join(f"{t:.2f}" for t in model.temperatures), **coverage_row(model, ds.val, ds.test),
+                   **ece_row(model, ds.test)}
             rows.append(row)
-            print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+            print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if not k.startswith("ece")}, flush=True)
     df = pd.DataFrame(rows)
     cmd = "    .venv/bin/python benchmarks/confidence.py --section coverage" + (
         f" --epochs {epochs}" if epochs != 10 else "")
@@ -156,59 +176,64 @@ on the same scores of the same fits:
 """ + "\n".join(dec) + "\n"
     write_section("confidence-coverage", body)
     print(body)
+    calibration_table(df, cmd, "confidence-calibration", "Calibration: ECE per level, all seven models",
+                      "The fits of the coverage table above.")
 
 
-def single_temperature(h, proba, codes, truth) -> float:
-    """The one temperature for every level that minimises the Brier score summed over levels:
-    what ``Hierarchy.temper`` with per-level temperatures is compared against."""
-    from scipy.optimize import minimize_scalar
-
-    from ktt.confidence import brier
-
-    def loss(log_t):
-        conf = h.confidences(codes, h.temper(proba, np.exp(log_t)))
-        return sum(brier(conf[:, d], codes[:, d] == truth[:, d]) for d in range(h.depth))
-    return float(np.exp(minimize_scalar(loss, bounds=(np.log(0.05), np.log(20)), method="bounded").x))
+def ece_cells(r, depth) -> str:
+    """Per level: ECE at T = 1 / the temperatures / with the level maps."""
+    return " | ".join(" / ".join(f"{r[f'ece_{k}'][d]:.3f}" for k in ("plain", "temps", "maps")) if d < len(r["ece_maps"])
+                      else "" for d in range(depth))
 
 
-def calibration(root: Path, epochs: int) -> None:
-    from ktt.data import load_dataset
-    from ktt.metrics import evaluate, level_ece
+def calibration_table(df: pd.DataFrame, cmd: str, key: str, title: str, notes: str) -> None:
+    depth = max(len(e) for e in df.ece_maps)
+    lines = ["| dataset | model | test hF1 | " + " | ".join(f"L{d + 1} ECE" for d in range(depth)) +
+             " | largest ECE | T per level | level maps (a,b; -: identity) | answers tied at the top |", "|---" * (depth + 7) + "|"]
+    for r in df.itertuples():
+        r = r._asdict()
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['h_f1']:.4f} | {ece_cells(r, depth)} | {max(r['ece_maps']):.3f} | "
+                     f"{r['temperatures']} | {r['maps']} | {max(r['tied_top']):.3f} |")
+    body = f"""## {title}
 
-    ds = load_dataset("bigbasket", root / "datasets")
-    cols = [f"L{d} ECE: T = 1 / one T / T per level" for d in (1, 2, 3)]
-    lines = ["| model | test hF1 | T per level | one T | " + " | ".join(cols) + " | fit s |", "|---" * 8 + "|"]
-    for name in ("tfidf_hsgd", "db_bhcn"):
-        model, run, secs = fit(name, "bigbasket", root, {"freeze_encoder": True, "epochs": epochs}
-                               if name.startswith("db_") else {})
-        h = model.hierarchy
-        vraw = model.raw_scores(ds.val.texts)
-        vcodes = h.decode_scores(vraw, model.params.get("decode", "path"), rule=model.paths)
-        one = single_temperature(h, h.node_proba(h.path_scores(vraw, model.paths)), vcodes, ds.val.codes)
-        raw = model.raw_scores(ds.test.texts)
-        codes, proba = model.calibrated(raw)
-        plain = h.node_proba(h.path_scores(raw, model.paths))
-        ece = {k: level_ece(h, ds.test.codes, codes, h.confidences(codes, p))
-               for k, p in (("plain", plain), ("one", h.temper(plain, one)), ("level", proba))}
-        hf1 = evaluate(h, ds.test.codes, codes)["h_f1"]
-        lines.append(f"| {name} | {hf1:.4f} | {'/'.join(f'{t:.2f}' for t in model.temperatures)} | {one:.2f} | "
-                     + " | ".join(" / ".join(f"{ece[k][f'L{d}_ece']:.3f}" for k in ("plain", "one", "level"))
-                                  for d in (1, 2, 3)) + f" | {secs:.0f} |")
-        print(lines[-1], flush=True)
-    body = """## Calibration on BigBasket: ECE per level, before and after the temperatures (issue 25)
+{cmd}
 
-    .venv/bin/python benchmarks/confidence.py --section calibration
-
-Both models with their defaults on the official split, db_bhcn with the frozen encoder of the
-coverage table (a fine-tuned db_bhcn takes 26 minutes a fit on this CPU). ECE: 15 equal-width bins of the confidence in the predicted class at each level (the
-probability the model gives it: the sum over the paths through it), against whether the true
-path takes that class, on test. Three settings of the same fit: no temperature; one temperature
-for every level; one per level (what `ktt train` fits: `ktt.confidence.fit_temperatures`), both
-fitted on validation by the Brier score of the level confidences. Goal: at most 0.03 at every level.
+{notes} ECE: 15 equal-width bins of the confidence in the predicted class at each level, against
+whether the true path takes that class, on test; each cell: T = 1 / the fitted temperatures / the
+temperatures and level maps (`ktt.confidence.fit_level_maps`, what answers report). Goal: at
+most 0.03 at every level (the last stage). **answers tied at the top**: the largest share, over
+levels, of test answers whose confidence equals the highest one there (confidences a threshold
+cannot order).
 
 """ + "\n".join(lines) + "\n"
-    write_section("confidence-calibration", body)
+    write_section(key, body)
     print(body)
+
+
+def catalog(root: Path, rows: int) -> None:
+    """Both TF-IDF models on a generated 5,600-category catalog: calibration and coverage."""
+    from ktt import synth
+    from ktt.data import load_dataset, prepare, write_dataset
+
+    splits, h, _ = prepare(pd.concat(synth.generate_catalog(rows, synth.random_taxonomy(5600, 7, 0), 0, 0.05, 0.1)))
+    write_dataset(splits, h, root / "datasets", "catalog")
+    ds = load_dataset("catalog", root / "datasets")
+    out = []
+    for name in ("tfidf_lsgd", "tfidf_hsgd"):
+        model, run, secs = fit(name, "catalog", root, {"target_precision": TARGET})
+        row = {"dataset": "catalog", "model": name, "fit_s": secs,
+               "temperatures": "/".join(f"{t:.2f}" for t in model.temperatures),
+               **coverage_row(model, ds.val, ds.test), **ece_row(model, ds.test)}
+        out.append(row)
+        print({k: v for k, v in row.items() if not k.startswith("ece")}, flush=True)
+    df = pd.DataFrame(out)
+    calibration_table(df, f"    .venv/bin/python benchmarks/confidence.py --section catalog --catalog-rows {rows}",
+                      "confidence-catalog", "Calibration on a generated 5,600-category catalog",
+                      f"`ktt.synth.generate_catalog({rows:,} rows, random_taxonomy(5600, 7))`: paths of 1 to 7 "
+                      "levels, 10% of rows labelled at inner categories, 5% carry a sibling's label; 80/10/10 split, "
+                      "defaults plus `target_precision=0.95`. Coverage at 95% hierarchical precision on test: " +
+                      ", ".join(f"{r.model} {r.node_coverage:.3f} (precision {r.node_h_precision:.3f})" for r in df.itertuples()) +
+                      ". Fit seconds: " + ", ".join(f"{r.model} {r.fit_s:.0f}" for r in df.itertuples()) + ".")
 
 
 def in_scope(root: Path) -> None:
@@ -247,21 +272,22 @@ of its test split. The threshold for 95% hierarchical precision is chosen on val
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--section", choices=("coverage", "calibration", "in-scope"), action="append")
+    p.add_argument("--section", choices=("coverage", "in-scope", "catalog"), action="append",
+                   help="coverage also writes the calibration table (the same fits)")
+    p.add_argument("--catalog-rows", type=int, default=100_000)
     p.add_argument("--epochs", type=int, default=10, help="head epochs of the frozen-encoder models")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--datasets", default="bigbasket,clinc150")
     a = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="ktt-confidence-"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    sections = a.section or ["coverage", "calibration", "in-scope"]
-    names = a.datasets.split(",") if "coverage" in sections else \
-        (["bigbasket"] if "calibration" in sections else []) + (["clinc150"] if "in-scope" in sections else [])
+    sections = a.section or ["coverage", "in-scope", "catalog"]
+    names = a.datasets.split(",") if "coverage" in sections else (["clinc150"] if "in-scope" in sections else [])
     datasets(root / "datasets", names)
     if "coverage" in sections:
         coverage(root, a.epochs, a.models.split(","), names)
-    if "calibration" in sections:
-        calibration(root, a.epochs)
+    if "catalog" in sections:
+        catalog(root, a.catalog_rows)
     if "in-scope" in sections:
         in_scope(root)
 

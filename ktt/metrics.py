@@ -139,11 +139,13 @@ def level_ece(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray, conf: np.nda
     return {f"L{d + 1}_ece": ece(conf[:, d], y_true[:, d] == y_pred[:, d], bins) for d in range(h.depth)}
 
 
-def answered(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray, conf: np.ndarray, threshold: float) -> dict[str, float]:
-    """What stopping at ``threshold`` answers (``Hierarchy.stop_depths``): ``h_precision`` of the
-    answered classes, ``coverage`` (the share of texts given at least one level), ``depth_share``
-    (the mean over texts of answered levels / true levels, at most 1; 0 when unanswered)."""
-    depths = h.stop_depths(y_pred, conf, threshold)
+def answered(h: Hierarchy, y_true: np.ndarray, y_pred: np.ndarray, conf: np.ndarray, threshold: float,
+             max_depth=None) -> dict[str, float]:
+    """What stopping at ``threshold`` (and at most ``max_depth`` levels: ``Model.stop``) answers
+    (``Hierarchy.stop_depths``): ``h_precision`` of the answered classes, ``coverage`` (the share
+    of texts given at least one level), ``depth_share`` (the mean over texts of answered levels /
+    true levels, at most 1; 0 when unanswered)."""
+    depths = h.stop_depths(y_pred, conf, threshold, max_depth)
     hp, _, _ = _hprf(_ancestor_sets(h, y_true), _ancestor_sets(h, y_pred, depths))
     return {"h_precision": hp, "coverage": float(np.mean(depths > 0)),
             "depth_share": float(np.mean(np.minimum(depths, h.path_depths(y_true)) / h.path_depths(y_true)))}
