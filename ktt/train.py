@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def calibrate(model, val, logger) -> None:
-    """Fit the temperatures (and where answers stop for ``target_precision``) on validation, log
-    them, each level's best validation precision and the precision curves, and make the calibrated
+    """Fit the temperatures and level maps (and where answers stop for ``target_precision``) on
+    validation, log them, each level's best validation precision and the precision curves, and make the calibrated
     model the ``best`` checkpoint. A target that a level does not reach (``Model.calibrate`` warns)
     is also the run's tag ``ktt.target_shortfall``, and ``max_depth`` its metric."""
     from .confidence import shortfall
@@ -31,6 +31,8 @@ def calibrate(model, val, logger) -> None:
     cal = model.calibrate(val)
     best = cal["curve"].get("level_precision") or []
     logger.log_metrics({**{f"L{d + 1}_temperature": t for d, t in enumerate(cal["temperatures"])},
+                        **{f"L{d + 1}_map_{k}": v for d, m in enumerate(cal.get("level_maps") or [])
+                           for k, v in zip("ab", m)},
                         "calibrate_time_s": time.perf_counter() - t0,
                         **{f"L{d + 1}_val_best_precision": b for d, b in enumerate(best) if b is not None},
                         **({"threshold": cal["threshold"], "max_depth": cal["max_depth"]}
