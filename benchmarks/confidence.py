@@ -65,7 +65,7 @@ def ece_row(model, split) -> dict:
     h = model.hierarchy
     codes, chains = model.chains(split.texts)
     stages = {"plain": chains.confidences(1.0), "temps": chains.confidences(model.temperatures)}
-    stages["maps"] = recalibrate(stages["temps"], model.level_maps)
+    stages["maps"] = recalibrate(h, codes, stages["temps"], model.level_maps)
     row = {f"ece_{k}": list(level_ece(h, split.codes, codes, c).values()) for k, c in stages.items()}
     top = stages["maps"]
     row["tied_top"] = [float((top[:, d] == top[:, d].max()).mean()) for d in range(h.depth)]

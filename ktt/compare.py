@@ -75,7 +75,11 @@ def paired_bootstrap(a: list[dict], b: list[dict], n_boot: int = 2000, seed: int
     first, independently, then the texts as before, so that training variance counts too."""
     if resample not in RESAMPLE:
         raise BadValue(f"resample {resample!r}: one of {', '.join(RESAMPLE)}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise BadValue(f"n_boot must be a whole number above 0, not {n_boot!r}")
     a, b = _side(a), _side(b)
+    if not all(np.isfinite(x).all() for side in (a, b) for x in side.values()):
+        raise BadValue("the test rows' counts hold a value that is not a finite number")
     n = a["leaf_right"].shape[1]
     if b["leaf_right"].shape[1] != n or n == 0:
         raise BadValue(f"the two sides hold {n} and {b['leaf_right'].shape[1]} rows: compare runs on the same test rows")

@@ -220,27 +220,31 @@ def _logit(c) -> np.ndarray:
     return np.log(c) - np.log1p(-c)
 
 
-def fit_level_maps(conf: np.ndarray, codes: np.ndarray, truth: np.ndarray) -> list[list[float]]:
+def fit_level_maps(h, conf: np.ndarray, codes: np.ndarray, truth: np.ndarray) -> list[list[float]]:
     """Per level, the (a > 0, b) of ``sigmoid(a logit(c) + b)`` that minimise the Brier score of
     the mapped confidence in the predicted class (``conf``: ``(n, depth)``, after the
-    temperatures) against whether it is right: Platt scaling of each level's confidence. A level
-    keeps (1, 0), the identity, unless a map fitted on half the rows lowers the Brier score of
-    the other half (both ways round, summed), or with fewer than ``MIN_INFORMATIVE`` rows of
-    each outcome: a map must show its gain on rows it was not fitted on.
+    temperatures) against whether it is right, over the rows whose predicted path reaches that
+    level (below where a path ends, its confidence is its last class's: :func:`recalibrate`):
+    Platt scaling of each level's confidence. A level keeps (1, 0), the identity, unless a map
+    fitted on half those rows lowers the Brier score of the other half (both ways round,
+    summed), or with fewer than ``MIN_INFORMATIVE`` rows of each outcome in a half: a map must
+    show its gain on rows it was not fitted on.
 
     Why on top of the temperatures: a temperature reshapes each node's distribution, which is
     what alternatives and paths read, but one per level cannot make a level's confidence honest
     where right and wrong answers get the same margins (a generated 5,600-category catalog's
-    label noise: level-7 ECE .058 with temperatures, .016 with this map; benchmarks/confidence.py).
-    On BigBasket the held-out check keeps the identity where a map would only fit noise."""
+    label noise; docs/benchmarks.md). On BigBasket the held-out check keeps the identity where a
+    map would only fit noise."""
     codes, truth, conf = np.asarray(codes), np.asarray(truth), np.asarray(conf, np.float64)
-    maps = [[1.0, 0.0] for _ in range(conf.shape[1] if conf.ndim == 2 else 0)]
-    half = np.arange(len(conf)) % 2 == 0
-    for d in range(len(maps)):
-        right, z = codes[:, d] == truth[:, d], _logit(conf[:, d])
+    maps = [[1.0, 0.0] for _ in range(h.depth)]
+    for d in range(h.depth):
+        reach = ~h.is_end(d)[codes[:, d]]
+        right, z = (codes[reach, d] == truth[reach, d]), _logit(conf[reach, d])
+        half = np.arange(len(z)) % 2 == 0
         if min(right[half].sum(), (~right[half]).sum(), right[~half].sum(), (~right[~half]).sum()) < MIN_INFORMATIVE:
             continue
-        gain = sum(brier(conf[~on, d], right[~on]) - brier(_mapped(z[~on], _fit_map(z[on], right[on])), right[~on])
+        c = conf[reach, d]
+        gain = sum(brier(c[~on], right[~on]) - brier(_mapped(z[~on], _fit_map(z[on], right[on])), right[~on])
                    for on in (half, ~half))
         if gain > 0:
             maps[d] = _fit_map(z, right)
@@ -266,13 +270,16 @@ def map_level(values, level: int, maps) -> np.ndarray:
     return _mapped(_logit(values), maps[level])
 
 
-def recalibrate(conf: np.ndarray, maps) -> np.ndarray:
-    """``(n, depth)`` confidences of paths through each level's map, then never above the level
-    above's (a child's confidence never exceeds its parent's)."""
-    if maps is None:
-        return np.asarray(conf, np.float64)
-    out = np.stack([map_level(conf[:, d], d, maps) for d in range(conf.shape[1])], axis=1) if len(conf) else \
-        np.asarray(conf, np.float64)
+def recalibrate(h, codes: np.ndarray, conf: np.ndarray, maps) -> np.ndarray:
+    """``(n, depth)`` confidences of paths ``codes`` through each level's map, never above the
+    level above's (a child's confidence never exceeds its parent's); below where a path ends,
+    its last class's (its end has probability 1 under it)."""
+    conf = np.asarray(conf, np.float64)
+    if maps is None or not len(conf):
+        return conf
+    codes = np.asarray(codes)
+    out = np.stack([np.where(h.is_end(d)[codes[:, d]], np.inf, map_level(conf[:, d], d, maps))
+                    for d in range(h.depth)], axis=1)
     return np.minimum.accumulate(out, axis=1)
 
 

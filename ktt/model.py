@@ -214,7 +214,7 @@ class Model(ABC):
         step, codes, conf = self.rows_per_chunk(), [], []
         for i in range(0, max(len(texts), 1), step):
             c, chains = self.path_chains(texts[i:i + step])
-            codes.append(c), conf.append(recalibrate(chains.confidences(self.temperatures), self.level_maps))
+            codes.append(c), conf.append(recalibrate(self.hierarchy, c, chains.confidences(self.temperatures), self.level_maps))
         return np.concatenate(codes), np.concatenate(conf)
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
@@ -243,8 +243,8 @@ class Model(ABC):
         truth = val.codes[rows]
         temperatures = fit_temperatures(h, chains, codes, truth)
         conf = chains.confidences(temperatures)
-        maps = fit_level_maps(conf, codes, truth)
-        curve = target_curve(h, codes, recalibrate(conf, maps), truth)
+        maps = fit_level_maps(h, conf, codes, truth)
+        curve = target_curve(h, codes, recalibrate(h, codes, conf, maps), truth)
         target = self.params["target_precision"]
         threshold, max_depth = stop_for(curve, target) if target else (None, None)
         if target and (why := shortfall(curve, target)):
@@ -345,7 +345,7 @@ class Model(ABC):
         texts, h = list(texts), self.hierarchy
         feats = self.features(texts)
         codes, scores = self.predict_scored(texts)
-        conf = recalibrate(h.confidences(codes, scores), self.level_maps)
+        conf = recalibrate(h, codes, h.confidences(codes, scores), self.level_maps)
         return reference_frame(feats, scores[-1], h.leaf_names, levels=level_columns(codes, conf))
 
 

@@ -45,11 +45,14 @@ def answers(model, texts: list[str], threshold: float | None = None,
     return pd.DataFrame(out)
 
 
-def signature(depth: int, threshold: float = 0.0):
+def signature(depth: int):
     """Input: a ``text`` column. Output: ``path``, then ``L<d>`` and ``L<d>_confidence`` per level,
     then ``review``.
-    Parameters (per request): ``threshold`` (default: the model's) or ``target_precision`` (0:
-    unset; else the threshold that reached it on validation)."""
+    Parameters (per request): ``threshold`` (below 0, the default: unset, the model's own stop)
+    or ``target_precision`` (0: unset; else the threshold that reached it on validation). MLflow
+    fills in a default for every parameter, so an unset one must be a value nobody sends: the
+    model's own threshold as the default read a threshold sent equal to it as unset, and capped
+    its depth."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -58,7 +61,7 @@ def signature(depth: int, threshold: float = 0.0):
         outputs += [ColSpec("string", f"L{d}", required=False), ColSpec("double", f"L{d}_confidence", required=False)]
     outputs.append(ColSpec("boolean", "review"))
     return ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema(outputs),
-                          params=ParamSchema([ParamSpec("threshold", "double", float(threshold)),
+                          params=ParamSchema([ParamSpec("threshold", "double", -1.0),
                                               ParamSpec("target_precision", "double", 0.0)]))
 
 
@@ -78,21 +81,15 @@ class KTTModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         params = params or {}
         target = params.get("target_precision") or None  # the signature's default, 0, means unset
-        # so does the default threshold (the model's own), which MLflow fills in: unset keeps the model's depth cap
-        threshold = None if params.get("threshold", self.threshold) == self.threshold else params["threshold"]
+        threshold = params.get("threshold")
+        threshold = None if threshold is None or threshold < 0 else threshold  # so does a negative one
         if target is not None and threshold is not None:
             from .errors import BadValue
             raise BadValue("send a threshold or a target_precision, not both")
         return answers(self.model, _texts(model_input), threshold, target)
 
-    @property
-    def threshold(self) -> float:
-        return float(self.model.stop_threshold())
-
-
 @remotely
-def log_pyfunc(model_name: str, checkpoint: Path, depth: int, example: list[str], threshold: float,
-               run_id: str, model_id: str):
+def log_pyfunc(model_name: str, checkpoint: Path, depth: int, example: list[str], run_id: str, model_id: str):
     """Log the checkpoint as run ``run_id``'s model ``model_id`` (``tracking.start_model``): the
     checkpoint, KTT's code (one zip, ``ktt/pyfunc_model.py`` loads it), the signature and an input
     example. Its environment is requirements/main.in constrained by the lock (main.txt). MLflow
@@ -109,7 +106,7 @@ def log_pyfunc(model_name: str, checkpoint: Path, depth: int, example: list[str]
         info.write_text(json.dumps({"model": model_name, "depth": depth}))
         code = code_zip()
         reqs = [line.split("#")[0].strip() for line in (ROOT / "requirements" / "main.in").read_text().splitlines()]
-        sig = signature(depth, threshold)
+        sig = signature(depth)
         kwargs = dict(name="model", python_model=str(ROOT / "ktt" / "pyfunc_model.py"),
                       artifacts={"checkpoint": str(checkpoint), "info": str(info), "code": str(code)},
                       pip_requirements=[r for r in reqs if r] + [f"-c {ROOT / 'requirements' / 'main.txt'}"],

@@ -415,14 +415,16 @@ class NodeClassifiers:
         self._platt = None if value is None else np.asarray(value, np.float64).reshape(self.h.depth, 2)
         self.blocks.platt = None if value is None else self._platt[self.level]
 
-    def fit_platt(self, x, codes: np.ndarray) -> np.ndarray:
+    def fit_platt(self, x, codes: np.ndarray, min_rows: int = 30) -> np.ndarray:
         """Fit :attr:`platt` on labelled rows (``x``: their TF-IDF rows, ``codes``: their true paths):
         per level, the (a > 0, b) that maximise the likelihood of each row's true class under its
-        true parent's classifier (Platt scaling shared by a level's nodes; a level without a
-        node classifier, a flat one's included, keeps (1, 0)). Returns it, and sets it."""
+        true parent's classifier (Platt scaling shared by a level's nodes). A level with fewer
+        than ``min_rows`` such rows (or no node classifier) takes the nearest fitted
+        level's (a, b); with none fitted, the probabilities stay scikit-learn's (None: a sigmoid
+        fitted on 5 rows calibrated worse than none). Returns it, and sets it."""
         from scipy.optimize import minimize
 
-        codes, out = np.asarray(codes), np.tile([1.0, 0.0], (self.h.depth, 1))
+        codes, out, fitted = np.asarray(codes), np.tile([1.0, 0.0], (self.h.depth, 1)), []
         for d in range(self.h.depth):
             block = self.block_of[d][codes[:, d - 1] if d else np.zeros(len(codes), np.int64)]
             rows = np.flatnonzero(block >= 0)
@@ -433,7 +435,7 @@ class NodeClassifiers:
             kids = self.children[ragged_range(self.blocks.first_out[block[rows]], self.blocks.first_out[block[rows]] + width)]
             right = kids == codes[rows[pair], d]
             has = np.bincount(pair, right, len(rows)) > 0  # a true class the node never saw: no term
-            if not has.any():
+            if has.sum() < min_rows:
                 continue
             right_at = np.flatnonzero(right)
 
@@ -441,6 +443,12 @@ class NodeClassifiers:
                 log_p = -np.logaddexp(0, -(v[0] * dec + v[1]))
                 return -np.mean(log_p[right_at] - np.log(np.add.reduceat(np.exp(log_p), first))[has])
             out[d] = minimize(nll, out[d], method="L-BFGS-B", bounds=[(1e-3, 1e3), (-50, 50)]).x
+            fitted.append(d)
+        if not fitted:  # too few rows anywhere: scikit-learn's probabilities stay
+            self.platt = None
+            return None
+        for d in range(self.h.depth):  # a level with too few rows takes the nearest fitted level's
+            out[d] = out[min(fitted, key=lambda k: (abs(k - d), k))]
         self.platt = out
         return out
 

@@ -224,7 +224,9 @@ class TfidfModel(Model):
         if len(rows) > max_rows:
             rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
         if len(rows) and self.platt_scaled:
-            self.nodes_.fit_platt(self.features([val.texts[i] for i in rows]), val.codes[rows])
+            from .confidence import MIN_INFORMATIVE
+
+            self.nodes_.fit_platt(self.features([val.texts[i] for i in rows]), val.codes[rows], MIN_INFORMATIVE)
         return super().calibrate(val, max_rows, seed)
 
     # a subclass scores features, so the classifier can be timed (and used) without featurising

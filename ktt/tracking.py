@@ -616,6 +616,11 @@ def load_test_rows(run_id: str) -> dict:
     except Exception as e:  # MLflow raises several types for an unknown run
         raise NotFound(f"no MLflow run {run_id!r} ({str(e).splitlines()[0]})") from None
     if path is None:
+        children = mlflow.MlflowClient().search_runs(
+            [mlflow.get_run(run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'", max_results=100)
+        if children:  # ``ktt train --seeds`` prints the parent; its seeds are what a comparison pools
+            raise NotFound(f"run {run_id} is the parent of {len(children)} runs and scored no test rows itself: "
+                           f"compare its runs, {','.join(sorted(c.info.run_id for c in children))}")
         raise NotFound(f"run {run_id} logged no {TEST_ROWS} (runs trained before it was logged cannot be compared)")
     return {k: v.to_numpy() for k, v in pd.read_parquet(path).items()}
 

@@ -115,8 +115,8 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
             if log_model:  # in the background, while the model is evaluated
                 from .pyfunc import log_pyfunc
 
-                checkpoint, example, threshold, model_id = logger.paths["best"], ds.test.texts[:3], best.stop_threshold(), pending
-                tracking.in_order(lambda: log_pyfunc(model, checkpoint, ds.hierarchy.depth, example, threshold, run_id,
+                checkpoint, example, model_id = logger.paths["best"], ds.test.texts[:3], pending
+                tracking.in_order(lambda: log_pyfunc(model, checkpoint, ds.hierarchy.depth, example, run_id,
                                                      model_id.result()))
                 pending = None  # MLflow marks it READY, or FAILED
             test = score_split(best, ds.test, curve=True)  # the checkpoint fit selected, once

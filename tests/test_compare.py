@@ -56,6 +56,26 @@ def test_paired_bootstrap_by_hand():
         paired_bootstrap([counts([1, 0]), counts([1, 0, 1])], [counts([1, 0])] * 2)
     with pytest.raises(ValueError, match="resample 'rows'"):
         paired_bootstrap([a], [a], resample="rows")
+    with pytest.raises(ValueError, match="n_boot must be a whole number above 0, not 0"):
+        paired_bootstrap([a], [a], n_boot=0)
+    with pytest.raises(ValueError, match="not a finite number"):
+        paired_bootstrap([a], [{**a, "shared": np.array([1.0, np.nan, 1.0, 0.0])}])
+
+
+def test_a_parent_run_names_its_runs(tracking):
+    """``ktt train --seeds`` prints the parent run: comparing it names the runs to compare."""
+    import mlflow
+
+    from ktt.errors import NotFound
+    from ktt.tracking import load_test_rows
+
+    with mlflow.start_run() as parent:
+        with mlflow.start_run(nested=True) as child:
+            pass
+    with pytest.raises(NotFound, match=f"parent of 1 runs and scored no test rows itself: compare its runs, {child.info.run_id}"):
+        load_test_rows(parent.info.run_id)
+    with pytest.raises(NotFound, match="logged no metrics/test_rows.parquet"):
+        load_test_rows(child.info.run_id)
 
 
 def test_seeds_pool_with_one_weight_per_text_by_hand():

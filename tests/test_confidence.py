@@ -352,6 +352,18 @@ def test_an_unreachable_target_stops_every_front_end_and_says_so(hsgd, tmp_path,
     assert max(map(len, model.answers(texts, threshold=model.stop_threshold()))) == 3  # a threshold sent: no cap
     frame = pyfunc_answers(model, texts)
     assert frame["L3"].isna().all() and frame["L2"].notna().any()
+    # the logged pyfunc, with MLflow's defaults filled in and with the model's own threshold sent:
+    # sent, it is not capped (the hostile review: equal to the default, it was read as unset)
+    import pandas as pd
+
+    from ktt.pyfunc import KTTModel, signature
+
+    pyfunc, frame_in = KTTModel(), pd.DataFrame({"text": texts})
+    pyfunc.model = model
+    defaults = {p.name: p.default for p in signature(ds.hierarchy.depth).params}
+    assert pyfunc.predict(None, frame_in, defaults)["L3"].isna().all()
+    sent = pyfunc.predict(None, frame_in, {**defaults, "threshold": model.stop_threshold()})
+    assert sent["L3"].notna().any()
     export_onnx(model, tmp_path)
     pred = Predictor.from_dir(tmp_path)
     paths = [[n for n, _ in a] for a in model.answers(texts)]
@@ -425,29 +437,53 @@ def test_calibration_is_fitted_saved_and_used(hsgd, tmp_path):
 
 
 def test_level_maps_by_hand():
-    """sigmoid(a logit(c) + b) per level, then never above the level above (issue 41)."""
+    """sigmoid(a logit(c) + b) per level, then never above the level above; below where a path
+    ends, its last class's confidence (issue 41)."""
     from ktt.confidence import map_level, recalibrate
 
+    h = Hierarchy.from_paths([("A", "a1"), ("A", "a2"), ("B",)])
+    a1, b_end = h.encode([["A", "a1"]])[0], h.encode([["B"]])[0]
     np.testing.assert_allclose(map_level([0.5, 0.8], 0, [[2.0, 0.0]]), [0.5, 16 / 17])  # sigmoid(2 ln 4) = 16/17
     np.testing.assert_allclose(map_level([0.5], 0, [[1.0, np.log(3)]]), [0.75])
     # level 1: sigmoid(0.5 ln 9) = 3/4; level 2: 0.5 stays (identity), below 3/4
-    np.testing.assert_allclose(recalibrate(np.array([[0.9, 0.5]]), [[0.5, 0.0], [1.0, 0.0]]), [[0.75, 0.5]])
+    np.testing.assert_allclose(recalibrate(h, [a1], np.array([[0.9, 0.5]]), [[0.5, 0.0], [1.0, 0.0]]), [[0.75, 0.5]])
     # level 2 mapped to sigmoid(2 ln 9) = 81/82, above its parent's 0.8: capped there
-    np.testing.assert_allclose(recalibrate(np.array([[0.8, 0.9]]), [[1.0, 0.0], [2.0, 0.0]]), [[0.8, 0.8]])
-    np.testing.assert_array_equal(recalibrate(np.array([[0.8, 0.9]]), None), [[0.8, 0.9]])
+    np.testing.assert_allclose(recalibrate(h, [a1], np.array([[0.8, 0.9]]), [[1.0, 0.0], [2.0, 0.0]]), [[0.8, 0.8]])
+    # a path that ended at B: level 2 is B's 3/4, not level 2's map of anything
+    np.testing.assert_allclose(recalibrate(h, [b_end], np.array([[0.9, 0.9]]), [[0.5, 0.0], [0.1, -5.0]]), [[0.75, 0.75]])
+    np.testing.assert_array_equal(recalibrate(h, [a1], np.array([[0.8, 0.9]]), None), [[0.8, 0.9]])
 
 
 def test_level_maps_fit_only_where_they_pay_on_held_out_rows():
     """An overconfident level (confidence .9-1, right 60% of the time) gets a map that brings its
     mean confidence to its accuracy; a calibrated level (right with probability = confidence)
-    and a level with too few wrong answers keep the identity."""
+    and a level with too few wrong answers keep the identity, as does a level only paths that
+    ended above it reach (found by the hostile review: such rows counted, and thin levels got maps)."""
     from ktt.confidence import fit_level_maps, recalibrate
 
+    h = Hierarchy.from_paths([("A", "a", "x"), ("B", "b", "y"), ("C", "c")])
+    ended = h.encode([["C", "c"]])[0]  # its level 3 is an end class
     rng = np.random.default_rng(0)
     n = 4000
     conf = np.c_[rng.uniform(0.9, 1.0, n), rng.uniform(0.05, 0.95, n), np.full(n, 0.99)]
     right = np.c_[rng.random(n) < 0.6, rng.random(n) < conf[:, 1], np.arange(n) >= 10]
     codes, truth = np.zeros((n, 3), int), np.where(right, 0, 1)
-    maps = fit_level_maps(conf, codes, truth)
+    maps = fit_level_maps(h, conf, codes, truth)
     assert maps[1] == [1.0, 0.0] and maps[2] == [1.0, 0.0]
-    assert maps[0] != [1.0, 0.0] and abs(recalibrate(conf, maps)[:, 0].mean() - right[:, 0].mean()) < 0.01
+    assert maps[0] != [1.0, 0.0] and abs(recalibrate(h, codes, conf, maps)[:, 0].mean() - right[:, 0].mean()) < 0.01
+    # level 3 overconfident, but every path ended at level 2: no map
+    codes3 = np.tile(ended, (n, 1))
+    truth3 = np.where(np.c_[right[:, :2], rng.random(n) < 0.5], codes3, 1 - np.minimum(codes3, 1))
+    assert fit_level_maps(h, conf, codes3, truth3)[2] == [1.0, 0.0]
+
+
+def test_alternatives_share_their_parents_score_by_hand():
+    """``explain``'s alternatives at a step: the answered class its (mapped) score, its siblings
+    what is left of the parent's score in proportion to their probabilities; they sum to the
+    parent's (the hostile review of issue 41: mapped one by one they summed to 1.44)."""
+    from ktt.serving.runtime import Predictor
+
+    q, own = np.array([0.5, 0.3, 0.2]), np.array([True, False, False])
+    np.testing.assert_allclose(Predictor._shares(q, own, 0.4, 0.9), [0.4, 0.3, 0.2])  # no map: as they were
+    np.testing.assert_allclose(Predictor._shares(q, own, 0.6, 0.8), [0.6, 0.12, 0.08])  # (0.8 - 0.6) x 0.3 / 0.5
+    np.testing.assert_allclose(Predictor._shares(q[:1], own[:1], 0.7, 0.7), [0.7])

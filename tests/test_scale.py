@@ -93,6 +93,12 @@ def test_fit_platt_maximises_the_likelihood_at_the_true_parents():
     codes = np.where(under_b[:, None], [1, 3], np.c_[np.zeros(60, int), a_kid])
     fitted = nodes.fit_platt(x, codes)
     assert (fitted[:, 0] > 0.1).all()  # informative decisions: far from the bound
+    # too few rows (under MIN_INFORMATIVE = 30 a level): scikit-learn's probabilities stay (the
+    # hostile review: a sigmoid fitted on 5 validation rows calibrated worse than none)
+    assert toy_blocks().fit_platt(x.rows(np.arange(20)), codes[:20]) is None
+    few = toy_blocks()  # 35 rows: level 1 fitted; level 2 (the rows under A, fewer than 30) takes its (a, b)
+    got = few.fit_platt(x.rows(np.arange(35)), codes[:35])
+    assert got is not None and np.array_equal(got[1], got[0]) and not np.array_equal(got[0], [1.0, 0.0])
 
     def mean_log_p(level, a, b):
         nodes.platt = np.where(np.arange(2)[:, None] == level, [a, b], fitted)
@@ -492,7 +498,7 @@ def test_answers_and_confidences_are_those_of_every_path(catalogs):
             codes, conf = model.predict_confident(texts)
             every, proba = model.calibrated(model.raw_scores(texts))
             assert np.array_equal(codes, every), (categories, decode)
-            np.testing.assert_allclose(conf, recalibrate(h.confidences(every, proba), model.level_maps), rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(conf, recalibrate(h, every, h.confidences(every, proba), model.level_maps), rtol=1e-4, atol=1e-6)
             for t in range(3):  # one title a call: the same answer as in a batch
                 one = model.predict_confident(texts[t:t + 1])
                 assert np.array_equal(one[0], codes[t:t + 1]) and np.allclose(one[1], conf[t:t + 1], rtol=1e-4, atol=1e-6)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ktt import threads
-from ktt.confidence import PathChains, map_level, recalibrate
+from ktt.confidence import PathChains, recalibrate
 from ktt.hierarchy import Hierarchy
 from ktt.serving.requests import MAX_TEXT_CHARS
 
@@ -223,8 +223,8 @@ class Predictor:
         """``predict`` from ``prepare``'s output."""
         feats = self.encode(prepared)
         codes, chains = self.chains(feats)
-        conf = recalibrate(chains.confidences(self.temperatures), self.level_maps)
         h = self.hierarchy
+        conf = recalibrate(h, codes, chains.confidences(self.temperatures), self.level_maps)
         stop = (self.threshold, self.max_depth) if threshold is None else (threshold, max_depth)
         depths = h.stop_depths(codes, conf, *stop)
         return Answers(h.decode(codes, depths), codes, conf, chains, feats)
@@ -244,12 +244,24 @@ class Predictor:
                 values, first, classes = levels[d]
                 end = first[i + 1] if i + 1 < len(first) else len(values)
                 run, of = values[first[i]:end], classes[first[i]:end]
-                run = np.minimum(map_level(run, d, self.level_maps), ans.conf[i, d - 1] if d else 1.0)  # as run's
+                run = self._shares(run, of == c, ans.conf[i, d], ans.conf[i, d - 1] if d else 1.0)
                 top = [j for j in np.argsort(-run, kind="stable") if not h.is_end(d)[of[j]]][:3]
                 answer.append({"level": d + 1, "class": h.levels[d][c][-1], "score": float(ans.conf[i, d]),
                                "top": [{"class": h.levels[d][of[j]][-1], "score": float(run[j])} for j in top]})
             out.append({"path": [lv["class"] for lv in answer], "levels": answer, "taxonomy": self.taxonomy,
                         "review": bool(len(path) < full[i])})
+        return out
+
+
+    @staticmethod
+    def _shares(q: np.ndarray, own: np.ndarray, score: float, parent: float) -> np.ndarray:
+        """The alternatives' scores at one step: the answered class its ``score``, its siblings
+        what is left of the ``parent``'s score, in proportion to their tempered probabilities
+        ``q``: mutually exclusive classes sum to their parent's, after the level maps too (each
+        mapped alone, three siblings summed to 1.44 under a parent of .87)."""
+        rest = q[~own].sum()
+        out = q * (max(parent - score, 0.0) / rest if rest > 0 else 0.0)
+        out[own] = score
         return out
 
 
