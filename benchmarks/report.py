@@ -10,6 +10,9 @@ HEADER = "# Benchmarks\n\nEvery number below is written by the command shown abo
 
 
 def write_section(key: str, body: str, doc: Path = DOC) -> None:
+    """Replace section ``key`` of the page (append it when new); its title goes one level under
+    the page's questions (``## How accurate?``)."""
+    body = re.sub(r"^## ", "### ", body, flags=re.M)
     text = doc.read_text() if doc.exists() else HEADER
     block = f"<!-- {key}:start -->\n{body.rstrip()}\n\nMachine: {platform.processor() or platform.machine()}, " \
             f"Python {platform.python_version()}.\n<!-- {key}:end -->"
