@@ -236,9 +236,7 @@ class Model(ABC):
         runs it after every fit."""
         from .confidence import fit_level_maps, fit_temperatures, recalibrate, shortfall, stop_for, target_curve
 
-        h, rows = self.hierarchy, np.arange(len(val))
-        if len(rows) > max_rows:
-            rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
+        h, rows = self.hierarchy, calibration_rows(len(val), max_rows, seed)
         codes, chains = self.chains([val.texts[i] for i in rows])
         truth = val.codes[rows]
         temperatures = fit_temperatures(h, chains, codes, truth)
@@ -347,6 +345,12 @@ class Model(ABC):
         codes, scores = self.predict_scored(texts)
         conf = recalibrate(h, codes, h.confidences(codes, scores), self.level_maps)
         return reference_frame(feats, scores[-1], h.leaf_names, levels=level_columns(codes, conf))
+
+
+def calibration_rows(n: int, max_rows: int, seed: int) -> np.ndarray:
+    """The validation rows calibration reads: all ``n``, or a sorted sample of ``max_rows``."""
+    rows = np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False)) if n > max_rows else rows
 
 
 SCORES_PER_CHUNK = 1 << 23  # 64 MB of float64 scores, all classes of a chunk's rows

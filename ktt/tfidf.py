@@ -11,7 +11,7 @@ import snowballstemmer
 from . import threads
 from .errors import BadValue
 from .hierarchy import Hierarchy
-from .model import Interval, Model, NullLogger
+from .model import Interval, Model, NullLogger, calibration_rows
 from .sparse import PROBA_LOSSES, LinearBlocks, NgramIndex, NodeClassifiers
 from .text import stem
 
@@ -220,9 +220,7 @@ class TfidfModel(Model):
     def calibrate(self, val, max_rows: int = 20_000, seed: int = 0) -> dict:
         """First the node probabilities (``NodeClassifiers.fit_platt``: a sigmoid of the decisions
         per level, fitted on ``val``), then what every model calibrates on them (``Model.calibrate``)."""
-        rows = np.arange(len(val))
-        if len(rows) > max_rows:
-            rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
+        rows = calibration_rows(len(val), max_rows, seed)
         if len(rows) and self.platt_scaled:
             from .confidence import MIN_INFORMATIVE
 
