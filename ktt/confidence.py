@@ -259,7 +259,7 @@ def _fit_map(z: np.ndarray, right: np.ndarray) -> list[float]:
 
 
 def _mapped(z: np.ndarray, ab) -> np.ndarray:
-    return 1 / (1 + np.exp(-(ab[0] * z + ab[1])))
+    return np.exp(-np.logaddexp(0, -(ab[0] * z + ab[1])))  # sigmoid, as ``LinearBlocks``'s: no overflow at a z of 16 x a of 1000
 
 
 def map_level(values, level: int, maps) -> np.ndarray:
