@@ -78,7 +78,7 @@ class KTTModel(mlflow.pyfunc.PythonModel):
     def __getstate__(self):  # MLflow pickles this object: the model comes from the artifacts, never the pickle
         return {k: v for k, v in self.__dict__.items() if k != "model"}
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = params or {}
         target = params.get("target_precision") or None  # the signature's default, 0, means unset
         threshold = params.get("threshold")

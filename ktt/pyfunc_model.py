@@ -3,6 +3,7 @@ it. KTT's own code travels as one artifact, ``code`` (a zip of ``ktt/`` and ``mo
 to a tracking server instead of one per file); loading unpacks it and puts it first on the path,
 as MLflow does with ``code_paths``, then hands over to :class:`ktt.pyfunc.KTTModel`."""
 import mlflow
+import pandas as pd
 
 
 class KTTPyfunc(mlflow.pyfunc.PythonModel):
@@ -20,7 +21,9 @@ class KTTPyfunc(mlflow.pyfunc.PythonModel):
         self.impl = KTTModel()
         self.impl.load_context(context)
 
-    def predict(self, context, model_input, params=None):
+    # the hint (a DataFrame: MLflow infers no schema from it) keeps the logged signature and stops
+    # MLflow's "Add type hints" warning at every load
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         return self.impl.predict(context, model_input, params)
 
     @property

@@ -2,7 +2,6 @@
 vectoriser, SGD classifiers, checkpoint I/O, ONNX export of linear blocks and the reference set."""
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -258,24 +257,34 @@ class TfidfModel(Model):
                              n_jobs=1, tol=1e-4)
 
     def save(self, path, state=None):
-        # the classifiers as plain arrays: a checkpoint never pickles KTT's own scoring classes
-        self.features([])  # its n-gram index, saved as arrays: loading it is faster than building it again
-        save_sklearn(self, path, {"preprocessor_": self.preprocessor_, "vectorizer_": self.vectorizer_,
-                                  "nodes_": self.nodes_.to_arrays(), "ngram_index_": self.featuriser_.index.to_arrays(),
-                                  "calibration_": getattr(self, "calibration_", None)})
+        """A checkpoint of plain arrays and JSON (:func:`write_checkpoint`): nothing in it runs
+        when loaded. The n-gram index goes in too: loading it is faster than building it again."""
+        self.features([])
+        v = self.vectorizer_
+        write_checkpoint(path, {"model": self.name, "params": self.params, "hierarchy": self.hierarchy.to_dict(),
+                                "calibration": getattr(self, "calibration_", None),
+                                "vectorizer": {"norm": v.norm, "use_idf": v.use_idf, "smooth_idf": v.smooth_idf,
+                                               "sublinear_tf": v.sublinear_tf}},
+                         {**self.featuriser_.index.to_arrays(), **self.nodes_.to_arrays(),
+                          "vocabulary": _join(sorted(v.vocabulary_, key=v.vocabulary_.get)),
+                          **({"idf": v.idf_.astype(np.float32)} if v.use_idf else {})})
 
     @classmethod
     def load(cls, path):
-        model = load_sklearn(cls, path)
-        model.params = {**cls.defaults, **model.params}  # a checkpoint from before a hyperparameter existed
-        index = model.__dict__.pop("ngram_index_", None)  # saved since issue 39: building it takes seconds
-        if index is not None:
-            model.featuriser_ = Featuriser(model.vectorizer_, model.params["language"],
-                                           index=NgramIndex.from_arrays(index, model.params["language"]))
-        if isinstance(getattr(model, "nodes_", None), dict):
-            model.nodes_ = NodeClassifiers.from_arrays(model.hierarchy, model.nodes_, model.params["loss"])
-        else:  # written before the sparse classifiers: scikit-learn's, converted weight for weight
-            model.nodes_ = from_sklearn(model)
+        meta, arrays = read_checkpoint(path)
+        if meta.get("model") != cls.name:
+            raise BadValue(f"{Path(path).name} is a {meta.get('model')!r} checkpoint, not {cls.name!r}")
+        model = cls(Hierarchy.from_dict(meta["hierarchy"]), **{**cls.defaults, **meta["params"]})
+        model.preprocessor_ = model.get_preprocessor()
+        model.vectorizer_ = make_vectorizer(model.params)
+        model.vectorizer_.set_params(**meta["vectorizer"])
+        model.vectorizer_.vocabulary_ = {t: i for i, t in enumerate(_split(arrays["vocabulary"]))}
+        if model.vectorizer_.use_idf:
+            model.vectorizer_.idf_ = arrays["idf"]
+        model.featuriser_ = Featuriser(model.vectorizer_, model.params["language"],
+                                       index=NgramIndex.from_arrays(arrays, model.params["language"]))
+        model.nodes_ = NodeClassifiers.from_arrays(model.hierarchy, arrays, model.params["loss"])
+        model.calibration_ = meta.get("calibration")
         return model
 
     # -- export -----------------------------------------------------------------------------
@@ -328,7 +337,7 @@ def available_memory() -> int:
     """Bytes this machine can still give (``MemAvailable``; the cgroup's limit when lower)."""
     free = None
     try:
-        for line in open("/proc/meminfo"):
+        for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 free = int(line.split()[1]) * 1024
         limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
@@ -426,27 +435,77 @@ def from_sklearn(model) -> NodeClassifiers:
                            *np.array(single, np.int64).reshape(-1, 3).T)
 
 
-def save_sklearn(model, path, fitted: dict) -> None:
+FORMAT = "ktt-tfidf/1"
+
+
+def _join(terms) -> np.ndarray:
+    """Strings as one UTF-8 byte array (an n-gram of ``\\S+`` tokens holds no newline)."""
+    return np.frombuffer("\n".join(terms).encode(), np.uint8)
+
+
+def _split(data: np.ndarray) -> list[str]:
+    text = data.tobytes().decode()
+    return text.split("\n") if text else []
+
+
+def write_checkpoint(path, meta: dict, arrays: dict) -> None:
+    """``path``: an ``.npz`` of ``arrays`` and ``meta`` as JSON, read with ``allow_pickle=False``."""
+    import json
+
+    def plain(x):  # numpy scalars and arrays in the calibration
+        return x.tolist() if isinstance(x, (np.ndarray, np.generic)) else str(x)
+
     with open(path, "wb") as f:
-        pickle.dump({"model": model.name, "params": model.params, "hierarchy": model.hierarchy.to_dict(),
-                     "fitted": fitted}, f, protocol=pickle.HIGHEST_PROTOCOL)
+        np.savez(f, meta=_join([json.dumps({"format": FORMAT, **meta}, default=plain)]), **arrays)
 
 
-class _Unpickler(pickle.Unpickler):
-    """Reads checkpoints written before this module moved from ``models/tfidf_common.py``."""
+def read_checkpoint(path) -> tuple[dict, dict]:
+    """The ``(meta, arrays)`` of :func:`write_checkpoint`. A pickle (what KTT wrote before) is
+    refused unread: unpickling a file runs whatever code it names."""
+    import json
+    import zipfile
 
-    def find_class(self, module, name):
-        return super().find_class("ktt.tfidf" if module == "models.tfidf_common" else module, name)
-
-
-def load_sklearn(cls, path):
+    name = Path(path).name
     with open(path, "rb") as f:
-        ckpt = _Unpickler(f).load()
-    if ckpt.get("model") != cls.name:
-        raise BadValue(f"{path} is a {ckpt.get('model')!r} checkpoint, not {cls.name!r}")
-    model = cls(Hierarchy.from_dict(ckpt["hierarchy"]), **ckpt["params"])
-    for k, v in ckpt["fitted"].items():
-        setattr(model, k, v)
-    return model
+        head = f.read(2)
+    if head[:1] == b"\x80":
+        raise BadValue(f"{name} is a pickled TF-IDF checkpoint (how KTT wrote them before December 2026); unpickling "
+                       f"a file runs any code it names, so KTT refuses to. If you trust where it came from, convert it once: "
+                       f"python scripts/convert_checkpoint.py {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        meta = json.loads(_split(arrays.pop("meta"))[0])
+    except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as e:
+        raise BadValue(f"{name} is not a whole TF-IDF checkpoint ({type(e).__name__}: {e})") from None
+    if meta.get("format") != FORMAT:
+        raise BadValue(f"{name} is a checkpoint of format {meta.get('format')!r}; this KTT reads {FORMAT!r}")
+    return meta, arrays
+
+
+def convert_pickled(path, out) -> None:
+    """Rewrite a pickled TF-IDF checkpoint (KTT before December 2026) in today's format. Unpickling runs
+    the code the file names: only for a file you trust (``scripts/convert_checkpoint.py``)."""
+    import pickle
+
+    from . import registry
+
+    class Unpickler(pickle.Unpickler):  # the module of StemPreprocessor before it moved here
+        def find_class(self, module, name):
+            return super().find_class("ktt.tfidf" if module == "models.tfidf_common" else module, name)
+
+    with open(path, "rb") as f:
+        ckpt = Unpickler(f).load()
+    cls = registry.get(ckpt["model"])
+    model = cls(Hierarchy.from_dict(ckpt["hierarchy"]), **{**cls.defaults, **ckpt["params"]})
+    fitted = dict(ckpt["fitted"])
+    model.preprocessor_, model.vectorizer_ = model.get_preprocessor(), fitted.pop("vectorizer_")
+    model.calibration_ = fitted.get("calibration_")
+    if isinstance(fitted.get("nodes_"), dict):
+        model.nodes_ = NodeClassifiers.from_arrays(model.hierarchy, fitted["nodes_"], model.params["loss"])
+    else:  # written before the sparse classifiers: scikit-learn's, converted weight for weight
+        model.__dict__.update({k: v for k, v in fitted.items() if k in ("nodes_", "clf_")})
+        model.nodes_ = from_sklearn(model)
+    model.save(out)
 
 

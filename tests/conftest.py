@@ -84,6 +84,15 @@ class Server:
         return self.proc.returncode
 
 
+def legacy_tfidf_pickle(model, path, fitted: dict) -> None:
+    """A TF-IDF checkpoint as KTT pickled them before December 2026 (``fitted``: the attributes)."""
+    import pickle
+
+    with open(path, "wb") as f:
+        pickle.dump({"model": model.name, "params": model.params, "hierarchy": model.hierarchy.to_dict(),
+                     "fitted": fitted}, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def clean_env(**settings) -> dict:
     """This process's environment without its ``MLFLOW_*`` settings (a test's store, an experiment
     set by ``mlflow.set_experiment``), plus ``settings``: for a process that must see only what it is given."""

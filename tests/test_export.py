@@ -217,9 +217,9 @@ def test_int8_export_serves_the_int8_graphs(tracking, bigbasket_small, tmp_path)
     assert built["quantization"]["int8"]["h_f1"] >= built["quantization"]["float"]["h_f1"] - 0.005
     served = Path(built["inference"])
     int8 = np.load(built["onnx_int8"]["arrays"])
-    served_arrays = [p for p in served.rglob("arrays.pkl")]
-    import pickle
-    assert len(served_arrays) == 1 and np.array_equal(pickle.loads(served_arrays[0].read_bytes())["w_int8"],
+    served_arrays = [p for p in served.rglob("arrays.npz")]  # data, read with allow_pickle=False
+    assert not list(served.rglob("*.pkl"))
+    assert len(served_arrays) == 1 and np.array_equal(np.load(served_arrays[0], allow_pickle=False)["w_int8"],
                                                       int8["w_int8"])
     logged = MlflowClient().download_artifacts(run_id, "onnx-int8/quantization.json", str(tmp_path))
     assert json.loads(Path(logged).read_text()) == built["quantization"]

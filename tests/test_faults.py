@@ -239,3 +239,56 @@ def test_served_model_under_10000_mixed_requests(env, bigbasket_df, tmp_path):
         print(f"codes {codes}, 429s retried {shed[0]}, RSS kB over the run {memory}")
     finally:
         server.stop()
+
+
+class _Payload:
+    """Unpickled, it creates the file it names: what a hostile checkpoint could do instead."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_planted_pickle_never_runs(env, tmp_path):
+    """Every path that loads a checkpoint a user may be handed (issue 42): a pickle planted in
+    place of every TF-IDF checkpoint, in weights/ and in the run's MLflow artifacts, is refused
+    with a one-line error (exit 2) and its code never runs."""
+    import pickle
+
+    def run(*args):
+        return ktt(*args, env=env, cwd=tmp_path, timeout=600)
+
+    marker = tmp_path / "PAYLOAD_RAN"
+    first = run("train", "tfidf_hsgd", "bb_small")
+    assert first.returncode == 0, first.stderr[-2000:]
+    run_id = MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()])[0].info.run_id
+    assert run("export", run_id, "--no-onnx", "--register", "Shop").returncode == 0
+    planted = list(tmp_path.rglob("*.pt"))
+    assert len(planted) >= 2  # the best_ checkpoint in weights/, and the logged model's copy
+    for p in planted:
+        p.write_bytes(pickle.dumps(_Payload(marker)))
+    for p in tmp_path.rglob("taxonomy.parquet"):  # a run from before taxonomy versions: its checkpoint is read
+        p.unlink()
+    last = next(p for p in planted if CKPT.match(p.name))
+    clean = ktt("train", "tfidf_hsgd", "bb_small", "--experiment", "clean", cwd=tmp_path, timeout=600,  # not planted
+                env={**env, "KTT_WEIGHTS": str(tmp_path / "clean")})
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    clean_id = MlflowClient().get_experiment_by_name("clean")
+    clean_id = MlflowClient().search_runs([clean_id.experiment_id])[0].info.run_id
+    (tmp_path / "in.csv").write_text("text\nbasmati rice 5 kg\n")
+    # (`--resume RUN` loads nothing for a TF-IDF run: it keeps no last_ checkpoint, and says so)
+    for args in (["train", "tfidf_hsgd", "bb_small", "--resume", str(last)],
+                 ["train", "tfidf_hsgd", "bb_small", "--from", run_id],
+                 ["train", "tfidf_hsgd", "bb_small", "--from", "models:/Shop@champion"],
+                 ["export", run_id],
+                 ["export", "--model", "tfidf_hsgd", "--dataset", "bb_small"],
+                 ["taxonomy", "diff", "bb_small", f"runs:/{run_id}"],
+                 ["export", clean_id, "--no-onnx", "--register", "Shop"],  # loads the champion it would replace
+                 ["predict", "models:/Shop@champion", str(tmp_path / "in.csv"), str(tmp_path / "out.csv")]):
+        out = run(*args)
+        assert out.returncode == 2 and "pickled TF-IDF checkpoint" in out.stderr, (args, out.stderr[-2000:])
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, (args, out.stderr)
+        assert not marker.exists(), args
+

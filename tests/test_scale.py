@@ -404,11 +404,12 @@ def test_a_fit_that_cannot_fit_says_so_before_training(bb300, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["tfidf_hsgd", "tfidf_lsgd"])
-def test_checkpoints_of_scikit_learn_classifiers_still_load(name, bb300, tmp_path):
+def test_checkpoints_of_scikit_learn_classifiers_still_convert(name, bb300, tmp_path):
     """A checkpoint written before the sparse classifiers held scikit-learn's own (``tfidf_hsgd``:
-    per level, each parent's SGDClassifier or only child; ``tfidf_lsgd``: one ``clf_``): it loads
-    and scores as they did."""
-    from ktt.tfidf import save_sklearn
+    per level, each parent's SGDClassifier or only child; ``tfidf_lsgd``: one ``clf_``), pickled:
+    converted (``scripts/convert_checkpoint.py``), it scores as they did."""
+    from conftest import legacy_tfidf_pickle
+    from ktt.tfidf import convert_pickled
 
     train, texts = bb300["train"], bb300["test"].texts
     model = registry.create(name, train.hierarchy)
@@ -429,9 +430,10 @@ def test_checkpoints_of_scikit_learn_classifiers_still_load(name, bb300, tmp_pat
             nodes.append(level)
         old = {"nodes_": nodes}
         expected = None
-    save_sklearn(model, tmp_path / "old.pt", {"preprocessor_": model.preprocessor_,
-                                              "vectorizer_": model.vectorizer_, **old})
-    loaded = registry.get(name).load(tmp_path / "old.pt")
+    legacy_tfidf_pickle(model, tmp_path / "old.pt", {"preprocessor_": model.preprocessor_,
+                                                     "vectorizer_": model.vectorizer_, **old})
+    convert_pickled(tmp_path / "old.pt", tmp_path / "converted.pt")
+    loaded = registry.get(name).load(tmp_path / "converted.pt")
     if expected is None:  # the root's classifier, as scikit-learn scores it
         root = nodes[0][-1]
         expected = np.zeros((len(texts), h.sizes[0]))

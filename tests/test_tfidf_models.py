@@ -1,6 +1,8 @@
 """The two TF-IDF models on the full BigBasket split."""
 import re
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -46,23 +48,52 @@ def test_save_load_reproduces_predictions(fitted, bigbasket, tmp_path):
         registry.get(other).load(tmp_path / "m.pt")
 
 
-def test_checkpoints_from_before_the_base_moved_still_load(fitted, bigbasket, tmp_path, monkeypatch):
-    """TF-IDF checkpoints pickled the preprocessor as models.tfidf_common.StemPreprocessor."""
+def test_pickled_checkpoints_are_refused_and_a_trusted_one_converts(fitted, bigbasket, tmp_path, monkeypatch):
+    """A checkpoint as KTT pickled them (the preprocessor once lived in models.tfidf_common) is
+    refused unread with how to convert it; the script converts a trusted one, same answers."""
+    import subprocess
     import sys
     import types
 
+    from conftest import legacy_tfidf_pickle
     from ktt import tfidf
 
     old = types.ModuleType("models.tfidf_common")
     old.StemPreprocessor = tfidf.StemPreprocessor
     monkeypatch.setitem(sys.modules, "models.tfidf_common", old)
     monkeypatch.setattr(tfidf.StemPreprocessor, "__module__", "models.tfidf_common")
-    fitted.save(tmp_path / "old.pt")
+    fitted.features([])
+    legacy_tfidf_pickle(fitted, tmp_path / "old.pt", {
+        "preprocessor_": fitted.preprocessor_, "vectorizer_": fitted.vectorizer_, "nodes_": fitted.nodes_.to_arrays(),
+        "ngram_index_": fitted.featuriser_.index.to_arrays(), "calibration_": getattr(fitted, "calibration_", None)})
     assert b"models.tfidf_common" in (tmp_path / "old.pt").read_bytes()
     monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"old.pt is a pickled TF-IDF checkpoint .* convert it once: "
+                                         r"python scripts/convert_checkpoint.py"):
+        type(fitted).load(tmp_path / "old.pt")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, root / "scripts/convert_checkpoint.py", tmp_path / "old.pt"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "old.pickle").is_file()  # the original kept
     loaded = type(fitted).load(tmp_path / "old.pt")
-    assert type(loaded.preprocessor_) is tfidf.StemPreprocessor
-    assert np.array_equal(loaded.predict(bigbasket.test.texts[:200]), fitted.predict(bigbasket.test.texts[:200]))
+    texts = bigbasket.test.texts[:200]
+    assert np.array_equal(loaded.predict(texts), fitted.predict(texts))
+    assert loaded.stop() == fitted.stop() and loaded.temperatures == fitted.temperatures
+
+
+def test_checkpoints_are_data(fitted, tmp_path):
+    """A checkpoint reads with numpy's ``allow_pickle=False``; a truncated or foreign file is a
+    one-line refusal naming the file, not numpy's error."""
+    fitted.save(tmp_path / "m.pt")
+    with np.load(tmp_path / "m.pt", allow_pickle=False) as f:
+        assert {"meta", "vocabulary", "w", "tokens"} <= set(f.files)
+    data = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[:len(data) // 2])
+    (tmp_path / "text.pt").write_text("hello")
+    for bad in ("cut.pt", "text.pt"):
+        with pytest.raises(ValueError, match=f"^{bad} is not a whole TF-IDF checkpoint"):
+            type(fitted).load(tmp_path / bad)
 
 
 def test_predict_paths_are_names(fitted, bigbasket):

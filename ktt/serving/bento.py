@@ -17,17 +17,20 @@ from __future__ import annotations
 import bentoml
 from bentoml.adapters import JsonInput, JsonOutput
 from bentoml.frameworks.onnx import OnnxModelArtifact
-from bentoml.service.artifacts.common import JSONArtifact, PickleArtifact
+from bentoml.service.artifacts import BentoServiceArtifact
+from bentoml.service.artifacts.common import JSONArtifact
 from bentoml.types import InferenceTask
 
 import logging
 import os
 from pathlib import Path
 
+import numpy as np
+
 
 from ktt.serving import metrics
 from ktt.serving.requests import load_json, parse_request, parse_thresholds
-from ktt.serving.runtime import Predictor
+from ktt.serving.runtime import Predictor, load_arrays
 
 logger = logging.getLogger(__name__)
 _REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements" / "serving.txt"
@@ -201,7 +204,33 @@ class KTTService(bentoml.BentoService):
         return self._run(bodies, tasks, "predict_json")
 
 
-@bentoml.artifacts([PickleArtifact("arrays"), JSONArtifact("config")])
+class NpzArtifact(BentoServiceArtifact):
+    """Named arrays, saved as ``<name>.npz`` and read back with ``allow_pickle=False``: a bundle's
+    arrays are data (BentoML's ``PickleArtifact`` would run whatever code its file names)."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self._arrays = None
+
+    def _path(self, base):
+        return os.path.join(base, self.name + ".npz")
+
+    def pack(self, arrays, metadata=None):  # noqa: ARG002 (BentoML's signature)
+        self._arrays = dict(arrays)
+        return self
+
+    def load(self, path):
+        return self.pack(load_arrays(self._path(path)))
+
+    def get(self):
+        return self._arrays
+
+    def save(self, dst):
+        with open(self._path(dst), "wb") as f:
+            np.savez(f, **self._arrays)
+
+
+@bentoml.artifacts([NpzArtifact("arrays"), JSONArtifact("config")])
 class TfidfService(KTTService):
     """The same API over a TF-IDF model's sparse arrays (``tfidf.npz``) instead of two graphs."""
 
