@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BadValue, NotFound
+from .errors import BadValue, NotFound, UserError
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,6 +151,32 @@ def check_quantized(onnx_dir: Path, int8_dir: Path, split, max_drop: float) -> d
                          f"{int8['h_f1']:.4f}), more than --max-drop {max_drop}; the service was not built "
                          "(serve the float graphs, or raise --max-drop)")
     return report
+
+
+def check_promotable(run_id: str) -> None:
+    """Refuse to register a run whose model a client could not load: the run must have FINISHED
+    (a killed fit stays RUNNING), its logged model be READY (not PENDING or FAILED), and that
+    model must load as ``ktt predict`` would load it."""
+    import mlflow.pyfunc
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    if run.info.status != "FINISHED":
+        raise BadValue(f"run {run_id} is {run.info.status}, not FINISHED: only a finished fit can be registered "
+                       "(a fit that was killed stays RUNNING)")
+    logged = [client.get_logged_model(o.model_id) for o in (run.outputs.model_outputs if run.outputs else [])]
+    model = next((m for m in logged if m.name == "model"), None)
+    if model is None:
+        raise BadValue(f"run {run_id} logged no model to register")
+    status = getattr(model.status, "name", str(model.status))
+    if status != "READY":
+        raise BadValue(f"run {run_id}'s logged model is {status}, not READY: its fit did not finish logging it")
+    try:
+        mlflow.pyfunc.load_model(f"models:/{model.model_id}")
+    except UserError as e:
+        raise BadValue(f"run {run_id}'s logged model does not load: {e}") from None
+    except Exception as e:  # a missing or damaged artifact: MLflow's and the loader's own errors
+        raise BadValue(f"run {run_id}'s logged model does not load: {str(e).splitlines()[0][:300]}") from None
 
 
 def register(run_id: str, name: str, alias: str = "champion", taxonomy: str | None = None) -> int:
@@ -315,6 +341,7 @@ def export(source: str | None = None, *, model: str | None = None, dataset: str 
     built: dict = {"model": src.model, "dataset": src.dataset, "taxonomy": digest(est.hierarchy),
                    "checkpoint": str(src.checkpoint), "build": str(out)}
     if register_as and src.run_id:
+        check_promotable(src.run_id)
         change = promotion_diff(src.run_id, built["taxonomy"], register_as, alias)
         if change is not None and not allow_taxonomy_change:
             raise BadValue(f"models:/{register_as}@{alias} answers in another taxonomy than this run"

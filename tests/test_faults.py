@@ -292,3 +292,41 @@ def test_a_planted_pickle_never_runs(env, tmp_path):
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, (args, out.stderr)
         assert not marker.exists(), args
 
+
+def test_promotion_checks_the_run(env, tmp_path):
+    """`export --register` refuses a run a client could not load (issue 42): one still RUNNING (a
+    killed fit), one whose logged model is not READY, one whose logged checkpoint is gone; each
+    a one-line error, exit 2, and the alias stays where it was."""
+    from mlflow.entities import LoggedModelStatus
+
+    def run(*args):
+        return ktt(*args, env=env, cwd=tmp_path, timeout=600)
+
+    ids = []
+    for i in range(2):
+        out = run("train", "tfidf_hsgd", "bb_small", "--experiment", f"e{i}")
+        assert out.returncode == 0, out.stderr[-2000:]
+        ids.append(MlflowClient().search_runs([MlflowClient().get_experiment_by_name(f"e{i}").experiment_id])[0].info.run_id)
+    assert run("export", ids[0], "--no-onnx", "--register", "Shop").returncode == 0
+    client, bad = MlflowClient(), ids[1]
+    model_id = client.get_run(bad).outputs.model_outputs[0].model_id
+
+    def running():
+        client.update_run(bad, "RUNNING")
+
+    def failed():
+        client.update_run(bad, "FINISHED")
+        client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+
+    def gone():
+        client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+        for p in (tmp_path / "mlruns").rglob(f"{model_id}/artifacts/artifacts/*.pt"):
+            p.unlink()
+
+    for damage, why in ((running, "is RUNNING, not FINISHED"), (failed, "logged model is FAILED, not READY"),
+                        (gone, "logged model does not load")):
+        damage()
+        out = run("export", bad, "--no-onnx", "--register", "Shop")
+        assert out.returncode == 2 and why in out.stderr, out.stderr[-2000:]
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert client.get_model_version_by_alias("Shop", "champion").run_id == ids[0]
