@@ -93,7 +93,9 @@ def predict_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike,
                     _review(model, texts[answers["review"].to_numpy()].tolist(), depths, model_uri, review)
                 out = pd.concat([chunk.reset_index(drop=True), answers.reset_index(drop=True)], axis=1)
                 if fmt_out == "csv":
-                    out.to_csv(tmp, mode="a" if written else "w", header=not written, index=False,
+                    from .review import spreadsheet_safe
+
+                    spreadsheet_safe(out).to_csv(tmp, mode="a" if written else "w", header=not written, index=False,
                                sep="\t" if dst.suffix.lower() == ".tsv" else ",")
                 else:
                     table = pa.Table.from_pandas(out, preserve_index=False)

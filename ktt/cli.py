@@ -470,7 +470,9 @@ def audit(model, dataset, output_file, folds, params, seed, datasets_root):
     table = audit_rows(lambda h: registry.create(model, h, **overrides),
                        {s: getattr(ds, s) for s in ("train", "val", "test") if len(getattr(ds, s))}, folds=folds, seed=seed)
     if output_file.lower().endswith(".csv"):
-        table.to_csv(output_file, index=False)
+        from .review import spreadsheet_safe
+
+        spreadsheet_safe(table).to_csv(output_file, index=False)
     else:
         table.to_json(output_file, orient="records", lines=True, force_ascii=False)
     low = table["label_probability"]

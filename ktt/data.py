@@ -6,6 +6,7 @@ A dataset is a folder ``datasets/<name>/`` with ``train.parquet``, ``val.parquet
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -559,7 +560,13 @@ def append(parent: "Dataset", df: pd.DataFrame, root, name: str, *, where: str =
     joins the train split (or its own ``split`` column's). A text reviewed more than once takes its last row's label
     (review files are appended to: the last row is the latest review), whether the parent holds it
     or not; the report counts the earlier reviews it overrode (``reviews_overridden``). The
-    manifest's ``lineage`` lists every version it came from. Returns the folder, the hierarchy and the report."""
+    manifest's ``lineage`` lists every version it came from. Returns the folder, the hierarchy and the report.
+    A CSV's text and label cells lose the ``'`` KTT put before a would-be formula (``ktt.review.unescape``)."""
+    if str(where).lower().endswith((".csv", ".tsv")):
+        from .review import unescape
+
+        cols = [options.get("text_col") or "text", *(options.get("label_cols") or ("labels",))]
+        df = df.assign(**{c: unescape(df[c]) for c in cols if c in df.columns})
     splits, _, report = prepare(df, where=where, split_ratios=(1.0, 0.0, 0.0), empty_splits=True,
                                 **{**options, "keep_duplicates": True})
     new = pd.concat([p.assign(split=s) for s, p in splits.items()], ignore_index=True)
@@ -623,37 +630,81 @@ def write_dataset(splits: dict[str, pd.DataFrame], hierarchy: Hierarchy, root: s
     return _write_folder(root, name, overwrite, fill)[0]
 
 
+def check_name(name: str, what: str = "dataset name") -> str:
+    """A dataset name as a folder name: from a user, or from a run's tags (anyone who can tag a
+    run on a shared server could otherwise point ``ktt export`` outside ``build/``)."""
+    if not isinstance(name, str) or not name or name.startswith(".") or len(name) > 100 or \
+            any(c in name for c in "/\\") or not name.isprintable():
+        raise BadValue(f"bad {what} {name!r}: 1 to 100 printable characters, no / or \\, not starting with '.'")
+    return name
+
+
+@contextlib.contextmanager
+def _claimed(root: Path, name: str):
+    """Hold dataset ``name`` exclusively while it is written: a lock on ``.<name>.lock`` (released
+    by the kernel if the process dies, so a killed ingest never blocks the next). Holding it, the
+    temp folders of earlier ingests of ``name`` that were killed are removed."""
+    import fcntl
+
+    lock = root / f".{name}.lock"
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise IngestError(f"dataset {name!r} is being written by another ingest right now; "
+                              "run this one when it has finished") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))  # not a lock file its holder just removed
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        for stale in root.iterdir():  # not a glob: a name may hold glob characters
+            if stale.name.startswith(f".{name}.tmp-"):
+                shutil.rmtree(stale, ignore_errors=True)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # while still held: a waiter that opened it retries on the new file
+        os.close(fd)
+
+
 def _write_folder(root, name: str, overwrite: bool, fill):
     """A dataset folder built by ``fill(tmp)`` (the split files; it returns the hierarchy, the
-    manifest's extra keys and a value passed back) in a temp folder beside it, then renamed into place."""
-    if not name or "/" in name or name.startswith("."):
-        raise IngestError(f"bad dataset name {name!r}")
+    manifest's extra keys and a value passed back) in a temp folder beside it, then renamed into
+    place, the name held exclusively meanwhile (:func:`_claimed`)."""
+    check_name(name)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
-    if final.exists() and not overwrite:
-        raise IngestError(f"dataset {final} already exists; pass --overwrite to replace it")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-    try:
-        hierarchy, meta, back = fill(tmp)
-        hierarchy.save(tmp / "hierarchy.json")
-        from .taxonomy import digest
+    with _claimed(root, name):
+        if final.exists() and not overwrite:
+            raise IngestError(f"dataset {final} already exists; pass --overwrite to replace it")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would stay on the dataset folder
+        try:
+            hierarchy, meta, back = fill(tmp)
+            hierarchy.save(tmp / "hierarchy.json")
+            from .taxonomy import digest
 
-        manifest = {"name": name, "digest": _digest(tmp), "taxonomy": digest(hierarchy),
-                    "rows": {s: pq_rows(tmp / f"{s}.parquet") for s in SPLITS},
-                    "depth": hierarchy.depth, "classes_per_level": hierarchy.class_counts, **meta}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
-        if final.exists():
-            old = final.with_name(f".{name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            manifest = {"name": name, "digest": _digest(tmp), "taxonomy": digest(hierarchy),
+                        "rows": {s: pq_rows(tmp / f"{s}.parquet") for s in SPLITS},
+                        "depth": hierarchy.depth, "classes_per_level": hierarchy.class_counts, **meta}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+            if final.exists():
+                old = final.with_name(f".{name}.tmp-old")
+                shutil.rmtree(old, ignore_errors=True)
+                final.rename(old)
+                tmp.rename(final)
+                shutil.rmtree(old)
+            else:
+                tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return final, hierarchy, back
 
 

@@ -38,7 +38,10 @@ def _from_run(run_id: str) -> Source:
         raise NotFound(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
     if "ktt.model" not in tags:
         raise BadValue(f"MLflow run {run_id} is not a KTT training run (no ktt.model tag)")
-    return Source(tags["ktt.model"], tags["ktt.dataset"], resolve_checkpoint(run_id, "best"), run_id)
+    from .data import check_name
+
+    dataset = check_name(tags.get("ktt.dataset", ""), f"dataset name in run {run_id}'s tag ktt.dataset:")
+    return Source(tags["ktt.model"], dataset, resolve_checkpoint(run_id, "best"), run_id)
 
 
 def resolve_source(source: str | None = None, model: str | None = None, dataset: str | None = None,
@@ -48,6 +51,9 @@ def resolve_source(source: str | None = None, model: str | None = None, dataset:
     if source is None:
         if not (model and dataset):
             raise BadValue("give a source (run ID, runs:/ or models:/ URI) or both --model and --dataset")
+        from .data import check_name
+
+        check_name(dataset)
         folder = Path(weights_root) / model / dataset
         from .tracking import SUFFIX, checkpoint_time
 

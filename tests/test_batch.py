@@ -97,3 +97,29 @@ def test_spark_udf_scores_like_the_model(logged):
     want = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": frame.title}))
     assert got.path.tolist() == want.path.tolist() and got.L3.tolist() == want.L3.tolist()
     assert (got.L1_confidence.to_numpy() - want.L1_confidence.to_numpy()).max() < 1e-9
+
+
+def test_cells_a_spreadsheet_would_run_are_escaped_and_come_back_whole(logged, bigbasket_small, tmp_path):
+    """A CSV a person may open in a spreadsheet (`ktt predict`'s output, the review file) never
+    holds a cell that starts a formula; `ktt ingest REVIEW.csv --append` takes the escape off, so
+    the dataset gets the text as it came (issue 42)."""
+    uri, model_uri, ds = logged
+    hostile = ['=HYPERLINK("http://x.example","click")', "+1 Tea 100 g", "-20% Basmati Rice 5 kg",
+               "@SUM(A1) Cola 1 l", "\tTab Soap 3 x 100 g"]
+    pd.DataFrame({"text": hostile, "ref": ["=1+1"] * len(hostile)}).to_csv(tmp_path / "in.csv", index=False)
+    out = ktt(uri, "predict", model_uri, tmp_path / "in.csv", tmp_path / "out.csv", "--threshold", "1",
+              "--review", tmp_path / "review.csv")
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in ("out.csv", "review.csv"):
+        cells = pd.read_csv(tmp_path / name, dtype=str, keep_default_na=False)
+        assert all(not v.startswith(("=", "+", "-", "@", "\t")) for col in cells for v in cells[col]), name
+    review = pd.read_csv(tmp_path / "review.csv", dtype=str, keep_default_na=False)
+    assert sorted(review.text) == sorted("'" + t for t in hostile)
+    review["labels"] = [" > ".join(ds.test.paths[0])] * len(review)
+    review.to_csv(tmp_path / "review.csv", index=False)
+    shutil.copytree(bigbasket_small / "bb_small", tmp_path / "datasets" / "bb_small")  # --append's parent
+    back = ktt(uri, "ingest", tmp_path / "review.csv", "-n", "bb_reviewed", "--append", "bb_small",
+               "--out", tmp_path / "datasets", "--no-track")
+    assert back.returncode == 0, back.stderr
+    reviewed = load_dataset("bb_reviewed", tmp_path / "datasets")
+    assert {t.strip() for t in hostile} <= set(reviewed.train.texts)  # ingest strips outer whitespace

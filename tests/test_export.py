@@ -87,7 +87,8 @@ def test_registered_model_exported_and_served(name, tracking, bigbasket_small, t
                     {"onnx/encoder.onnx", "onnx/classifier.onnx", "onnx/serving.json"})
 
     review = tmp_path / "review.jsonl"
-    svc = Served(bundle, gunicorn=name == "tfidf_hsgd", KTT_REVIEW_FILE=review)
+    svc = Served(bundle, gunicorn=name == "tfidf_hsgd", KTT_REVIEW_FILE=review, KTT_REVIEW_MAX_MB=0.05,
+                 KTT_REVIEW_ROWS_PER_REQUEST=12)
     try:
         got = [svc.post("predict", {"text": t}).json() for t in real_titles[:40]]
         assert got == expected[:40]
@@ -107,6 +108,19 @@ def test_registered_model_exported_and_served(name, tracking, bigbasket_small, t
         assert {r["taxonomy"] for r in rows} == {digest(model.hierarchy)} and {r["model"] for r in rows} == {name}
         metrics = requests.get(f"{svc.url}/metrics").text
         assert f'ktt_review_answers_total{{endpoint="predict_json"}} {float(sum(stop))}' in metrics
+        # the review file is capped: 12 rows a request here, then nothing once it holds KTT_REVIEW_MAX_MB
+        before = review.read_text().count("\n")
+        many = svc.post("predict_json", {"text": real_titles[:60], "threshold": 1.0}).json()
+        flagged = sum(a["review"] for a in many)
+        assert flagged > 12 and review.read_text().count("\n") == before + 12
+        assert f'ktt_review_dropped_rows_total{{reason="per_request"}} {float(flagged - 12)}' in \
+            requests.get(f"{svc.url}/metrics").text
+        with open(review, "a") as f:  # as if clients had filled it
+            f.write(json.dumps({"text": "x" * 60_000}) + "\n")
+        size = review.stat().st_size
+        svc.post("predict_json", {"text": real_titles[:60], "threshold": 1.0})
+        assert review.stat().st_size == size
+        assert 'ktt_review_dropped_rows_total{reason="file_full"} 12.0' in requests.get(f"{svc.url}/metrics").text
         # every front-end gives the same confidences, the probability of each class, never rising
         # down a path: the model in-process, the logged pyfunc, and the service
         import mlflow

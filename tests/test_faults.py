@@ -296,7 +296,8 @@ def test_a_planted_pickle_never_runs(env, tmp_path):
 def test_promotion_checks_the_run(env, tmp_path):
     """`export --register` refuses a run a client could not load (issue 42): one still RUNNING (a
     killed fit), one whose logged model is not READY, one whose logged checkpoint is gone; each
-    a one-line error, exit 2, and the alias stays where it was."""
+    a one-line error, exit 2, and the alias stays where it was. A run tagged with a dataset name
+    that leaves build/ is refused too."""
     from mlflow.entities import LoggedModelStatus
 
     def run(*args):
@@ -330,3 +331,40 @@ def test_promotion_checks_the_run(env, tmp_path):
         assert out.returncode == 2 and why in out.stderr, out.stderr[-2000:]
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
         assert client.get_model_version_by_alias("Shop", "champion").run_id == ids[0]
+    # a run's tags are checked like a user's names: anyone may tag runs on a shared server
+    client.set_tag(ids[0], "ktt.dataset", "x/../../../outside")  # build/tfidf_hsgd_x/../../../outside
+    out = run("export", ids[0], "--bento")
+    assert out.returncode == 2 and "bad dataset name in run" in out.stderr and "x/../../../outside" in out.stderr, out.stderr
+    assert not (tmp_path.parent / "outside").exists() and not list(tmp_path.parent.glob("*outside*"))
+
+
+def test_two_ingests_of_one_name_at_once(env, bigbasket_path, tmp_path):
+    """Ingest claims its name (issue 42): of two `ktt ingest -n same` at once, one writes it and
+    the other is refused (it exists, or it is being written); with --overwrite on both, each
+    either replaces it whole or is refused, never an OSError. A folder left by a killed ingest is
+    removed by the next, and the dataset folder is readable by others (0755)."""
+    import fcntl
+
+    pd.read_parquet(bigbasket_path).head(3000).to_parquet(tmp_path / "in.parquet")
+    out = tmp_path / "datasets"
+    cmd = [KTT, "ingest", str(tmp_path / "in.parquet"), "-n", "same", "--out", str(out), "--no-track"]
+    for extra in ([], ["--overwrite"], ["--overwrite"]):
+        procs = [subprocess.Popen(cmd + extra, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+        codes = sorted(rc for rc, _ in results)
+        assert codes in ([0, 0], [0, 2]) if extra else codes == [0, 2], results
+        for rc, err in results:
+            assert rc == 0 or ("already exists" in err or "being written by another ingest" in err), err
+            assert "Traceback" not in err and "OSError" not in err, err
+        assert sorted(p.name for p in out.iterdir()) == ["same"]  # no temp folder, no lock left
+    assert (out / "same").stat().st_mode & 0o777 == 0o755
+    (out / ".same.tmp-killed").mkdir()  # what a SIGKILLed ingest leaves
+    (out / ".same.tmp-killed" / "train.parquet").write_bytes(b"x" * 1000)
+    with open(out / ".same.lock", "w") as held:  # an ingest of that name is running
+        fcntl.flock(held, fcntl.LOCK_EX)
+        busy = subprocess.run(cmd + ["--overwrite"], env=env, capture_output=True, text=True, timeout=300)
+        assert busy.returncode == 2 and "being written by another ingest" in busy.stderr, busy.stderr
+    assert (out / ".same.tmp-killed").exists()  # not touched while another held the name
+    assert subprocess.run(cmd + ["--overwrite"], env=env, capture_output=True, text=True, timeout=300).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == ["same"]

@@ -157,7 +157,7 @@ class KTTService(bentoml.BentoService):
         metrics.PREDICTED_ROWS.inc(len(ans.paths))
         try:
             self.after_predict(ans)
-            self.review([t for *_, texts in ready for t in texts], ans, endpoint)
+            self.review([t for *_, texts in ready for t in texts], ans, endpoint, [len(r[4]) for r in ready])
         except Exception:  # monitoring never fails a prediction
             logger.exception("after_predict failed")
         rows = ["\n".join(p) for p in ans.paths] if endpoint == "predict" else self.predictor.explain(ans)
@@ -174,20 +174,40 @@ class KTTService(bentoml.BentoService):
 
             forwarder().submit(*self._monitoring_args(ans))
 
-    def review(self, texts, ans, endpoint):
+    def review(self, texts, ans, endpoint, sizes):
         """Answers that stopped above their path's end (below the threshold) go to review: counted,
-        and, when ``KTT_REVIEW_FILE`` names a file, appended to it as JSON lines (``ktt.review``)."""
+        and, when ``KTT_REVIEW_FILE`` names a file, appended to it as JSON lines (``ktt.review``):
+        at most ``KTT_REVIEW_ROWS_PER_REQUEST`` (32) of each request's (``sizes``: texts per request),
+        while the file is under ``KTT_REVIEW_MAX_MB`` (100). Any client can ask for a threshold of
+        0.999: without the caps, one could grow the file as fast as it can send texts."""
         pred = self.predictor
         todo = [i for i, (p, k) in enumerate(zip(ans.paths, pred.hierarchy.path_depths(ans.codes))) if len(p) < k]
         if not todo:
             return
         metrics.REVIEW_ANSWERS.labels(endpoint).inc(len(todo))
-        if os.environ.get("KTT_REVIEW_FILE"):
-            from ktt.review import append_rows, review_rows
+        path = os.environ.get("KTT_REVIEW_FILE")
+        if not path:
+            return
+        per_request = int(os.environ.get("KTT_REVIEW_ROWS_PER_REQUEST", 32))
+        request = np.repeat(np.arange(len(sizes)), sizes)[todo]
+        kept, seen = [], np.zeros(len(sizes), np.int64)
+        for i, r in zip(todo, request):
+            if seen[r] < per_request:
+                kept.append(i)
+                seen[r] += 1
+        metrics.REVIEW_DROPPED.labels("per_request").inc(len(todo) - len(kept))
+        try:
+            full = os.path.getsize(path) >= float(os.environ.get("KTT_REVIEW_MAX_MB", 100)) * 1e6
+        except OSError:
+            full = False
+        if full:
+            metrics.REVIEW_DROPPED.labels("file_full").inc(len(kept))
+            return
+        from ktt.review import append_rows, review_rows
 
-            rows = review_rows([texts[i] for i in todo], ans.codes[todo], ans.conf[todo], pred.hierarchy,
-                               [len(ans.paths[i]) for i in todo], pred.config.get("model"), pred.taxonomy)
-            append_rows(os.environ["KTT_REVIEW_FILE"], rows)
+        rows = review_rows([texts[i] for i in kept], ans.codes[kept], ans.conf[kept], pred.hierarchy,
+                           [len(ans.paths[i]) for i in kept], pred.config.get("model"), pred.taxonomy)
+        append_rows(path, rows)
 
     def _monitoring_args(self, ans):
         """What the drift sidecar is sent of a batch: features, leaf scores, each level's class and confidence."""

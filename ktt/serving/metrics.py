@@ -16,6 +16,8 @@ BATCH_SECONDS = Histogram("ktt_batch_seconds", "Seconds KTT's code spent on a mi
                           "(parse, preprocess, predict, answer): the rest of a request's time is BentoML's",
                           ["endpoint"], buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5))
 DROPPED_ROWS = Counter("ktt_forward_dropped_rows", "Rows not delivered to the drift sidecar", ["reason"])
+REVIEW_DROPPED = Counter("ktt_review_dropped_rows", "Answers for review not written to KTT_REVIEW_FILE: over the "
+                         "rows kept per request, or the file at its size cap", ["reason"])
 
 for _endpoint in ("predict", "predict_json"):
     BAD_REQUESTS.labels(_endpoint)
@@ -24,3 +26,5 @@ for _endpoint in ("predict", "predict_json"):
     BATCH_SECONDS.labels(_endpoint)
 for _reason in ("queue_full", "unreachable", "refused"):
     DROPPED_ROWS.labels(_reason)
+for _reason in ("per_request", "file_full"):
+    REVIEW_DROPPED.labels(_reason)
