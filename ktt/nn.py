@@ -486,12 +486,13 @@ class TorchModel(Model):
         with tempfile.TemporaryDirectory() as tmp:
             self.tokenizer_.save_pretrained(tmp)
             tok = {f.name: f.read_text() for f in Path(tmp).iterdir() if f.is_file()}
-        torch.save({
+        ckpt = {
             "model": self.name, "params": self.params, "hierarchy": self.hierarchy.to_dict(),
             "encoder_config": self.net_.encoder.config.to_dict(), "tokenizer": tok,
             "state_dict": self.net_.state_dict(), "train_state": state,
             "calibration": getattr(self, "calibration_", None),
-        }, path)
+        }
+        torch.save({**ckpt, "sha256": _digest(ckpt)}, path)
 
     @classmethod
     def load(cls, path):
@@ -499,7 +500,18 @@ class TorchModel(Model):
 
         from .hierarchy import Hierarchy
 
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        name = Path(path).name
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except MemoryError:
+            raise
+        except Exception as e:  # torch's errors for a truncated zip or a damaged record
+            why = " ".join(str(e).split())[:200]
+            raise BadValue(f"{name} is not a whole checkpoint ({type(e).__name__}: {why})") from None
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise BadValue(f"{name} is not a KTT encoder checkpoint")
+        if "sha256" in ckpt and ckpt.pop("sha256") != _digest(ckpt):  # absent: written before issue 42
+            raise BadValue(f"{name} is damaged: its content does not match the hash written with it")
         if ckpt.get("model") != cls.name:
             raise BadValue(f"{path} is a {ckpt.get('model')!r} checkpoint, not {cls.name!r}")
         model = cls(Hierarchy.from_dict(ckpt["hierarchy"]), **ckpt["params"])
@@ -515,6 +527,33 @@ class TorchModel(Model):
         if ckpt["train_state"] is not None:
             model.resume_state_ = ckpt["train_state"]
         return model
+
+
+def _digest(obj) -> str:
+    """SHA-256 of a checkpoint's content, every tensor's bytes, dtype and shape and every other
+    value included, in a fixed order: a damaged file does not load (or resume)."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def walk(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, dict):
+            h.update(f"D{len(x)};".encode())
+            for k in sorted(x, key=repr):
+                walk(k)
+                walk(x[k])
+        elif isinstance(x, (list, tuple)):
+            h.update(f"L{len(x)};".encode())
+            for v in x:
+                walk(v)
+        else:
+            h.update(f"V{x!r};".encode())
+    walk(obj)
+    return h.hexdigest()
 
 
 def row_changes(diff) -> tuple[set, list[np.ndarray]]:

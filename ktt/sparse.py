@@ -93,6 +93,22 @@ class NgramIndex:
             out[f"keys{n}"], out[f"columns{n}"] = np.asarray(index, dtype=np.int64), columns
         return out
 
+    def check(self) -> None:
+        """Raise ValueError unless every feature column appears once and every key is an n-gram of
+        known tokens (a checkpoint may come from anyone)."""
+        seen = np.zeros(self.n_features, np.int64)
+        for n, (keys, columns) in self.index.items():
+            k = np.asarray(keys)
+            if k.dtype.kind != "i" or columns.dtype.kind != "i" or len(k) != len(columns):
+                raise ValueError(f"the {n}-gram index is not two integer arrays of one length")
+            if len(k) and (k.min() < 0 or k.max() >= len(self.tokens) ** n):
+                raise ValueError(f"a {n}-gram key is out of range")
+            if len(columns) and (columns.min() < 0 or columns.max() >= self.n_features):
+                raise ValueError(f"a {n}-gram's column is out of range")
+            np.add.at(seen, columns, 1)
+        if not np.all(seen == 1):
+            raise ValueError("the n-gram index does not give every column once")
+
     @classmethod
     def from_arrays(cls, arrays: dict, language: str) -> "NgramIndex":
         ns = sorted(int(k[4:]) for k in arrays if k.startswith("keys"))
@@ -391,6 +407,34 @@ class NodeClassifiers:
             s[np.maximum(self.single_parent[at], 0)] = self.single_child[at]
             self.block_of.append(b)
             self.only_child.append(s)
+
+    def check(self, n_features: int) -> None:
+        """Raise ValueError unless the arrays fit together (a checkpoint may come from anyone):
+        every index in range, every length as the others say, over ``n_features`` features."""
+        b, h = self.blocks, self.h
+
+        def need(ok, what):
+            if not ok:
+                raise ValueError(what)
+        for name, a, kind in (("indptr", b.indptr, "i"), ("dec", b.dec, "i"), ("w", b.w, "f"), ("bias", b.bias, "f")):
+            need(isinstance(a, np.ndarray) and a.ndim == 1 and a.dtype.kind == kind, f"{name} is not a 1-d array of "
+                 f"{'integers' if kind == 'i' else 'floats'}")
+        need(len(b.indptr) == n_features + 1, f"the weights cover {len(b.indptr) - 1} features, the vocabulary {n_features}")
+        need(b.indptr[0] == 0 and b.indptr[-1] == len(b.w) == len(b.dec) and np.all(np.diff(b.indptr) >= 0),
+             "indptr does not index the weights")
+        need(len(b.bias) == b.n_dec and (not len(b.dec) or (b.dec.min() >= 0 and b.dec.max() < b.n_dec)),
+             "the weights' decisions do not match the biases")
+        need(np.all(b.width >= 2) and len(self.level) == len(self.parent) == len(b.width), "blocks do not match their nodes")
+        need(np.all((self.level >= 0) & (self.level < h.depth)), "a node's level is out of range")
+        sizes = np.asarray(h.sizes)
+        need(len(self.children) == b.n_out and np.all((self.children >= 0) &
+             (self.children < sizes[np.repeat(self.level, b.width)])), "a node's child is out of range")
+        need(np.all(self.parent < np.where(self.level > 0, sizes[np.maximum(self.level - 1, 0)], 1)),
+             "a node's parent is out of range")
+        need(len(self.single_level) == len(self.single_parent) == len(self.single_child) and
+             np.all((self.single_level >= 0) & (self.single_level < h.depth)) and
+             np.all((self.single_child >= 0) & (self.single_child < sizes[self.single_level])), "an only child is out of range")
+        need(self.platt is None or np.all(np.isfinite(self.platt)), "platt is not finite")
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {**self.blocks.to_arrays(), "level": self.level, "parent": self.parent, "children": self.children,

@@ -272,19 +272,40 @@ class TfidfModel(Model):
     @classmethod
     def load(cls, path):
         meta, arrays = read_checkpoint(path)
-        if meta.get("model") != cls.name:
-            raise BadValue(f"{Path(path).name} is a {meta.get('model')!r} checkpoint, not {cls.name!r}")
-        model = cls(Hierarchy.from_dict(meta["hierarchy"]), **{**cls.defaults, **meta["params"]})
-        model.preprocessor_ = model.get_preprocessor()
-        model.vectorizer_ = make_vectorizer(model.params)
-        model.vectorizer_.set_params(**meta["vectorizer"])
-        model.vectorizer_.vocabulary_ = {t: i for i, t in enumerate(_split(arrays["vocabulary"]))}
-        if model.vectorizer_.use_idf:
-            model.vectorizer_.idf_ = arrays["idf"]
-        model.featuriser_ = Featuriser(model.vectorizer_, model.params["language"],
-                                       index=NgramIndex.from_arrays(arrays, model.params["language"]))
-        model.nodes_ = NodeClassifiers.from_arrays(model.hierarchy, arrays, model.params["loss"])
-        model.calibration_ = meta.get("calibration")
+        name = Path(path).name
+        if not isinstance(meta, dict) or meta.get("model") != cls.name:
+            raise BadValue(f"{name} is a {meta.get('model') if isinstance(meta, dict) else None!r} checkpoint, "
+                           f"not {cls.name!r}")
+        try:  # a file anyone may hand over: every part checked before it is used
+            model = cls(Hierarchy.from_dict(meta["hierarchy"]), **{**cls.defaults, **meta["params"]})
+            model.preprocessor_ = model.get_preprocessor()
+            model.vectorizer_ = make_vectorizer(model.params)
+            model.vectorizer_.set_params(**meta["vectorizer"])
+            vocabulary = _split(arrays["vocabulary"])
+            model.vectorizer_.vocabulary_ = {t: i for i, t in enumerate(vocabulary)}
+            if model.vectorizer_.use_idf:
+                if arrays["idf"].shape != (len(vocabulary),) or arrays["idf"].dtype.kind != "f":
+                    raise ValueError(f"idf holds {arrays['idf'].shape} values for {len(vocabulary)} n-grams")
+                model.vectorizer_.idf_ = arrays["idf"]
+            missing = [f"keys{n}" for n in range(1, model.params["ngram_max"] + 1) if f"keys{n}" not in arrays]
+            if missing:
+                raise KeyError(missing[0])
+            index = NgramIndex.from_arrays(arrays, model.params["language"])
+            index.check()
+            if model.vectorizer_.norm not in ("l1", "l2", None):
+                raise ValueError(f"norm {model.vectorizer_.norm!r}")
+            if index.n_features != len(vocabulary):
+                raise ValueError(f"the n-gram index has {index.n_features} n-grams, the vocabulary {len(vocabulary)}")
+            model.featuriser_ = Featuriser(model.vectorizer_, model.params["language"], index=index)
+            model.nodes_ = NodeClassifiers.from_arrays(model.hierarchy, arrays, model.params["loss"])
+            model.nodes_.check(len(vocabulary))
+            calibration = meta.get("calibration")
+            if calibration is not None and not isinstance(calibration, dict):
+                raise TypeError("calibration is not a mapping")
+            model.calibration_ = calibration
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, UnicodeDecodeError) as e:
+            why = " ".join(str(e).split())[:300]  # one line, whatever the library's message
+            raise BadValue(f"{name} is not a whole TF-IDF checkpoint ({type(e).__name__}: {why})") from None
         return model
 
     # -- export -----------------------------------------------------------------------------
@@ -456,7 +477,20 @@ def write_checkpoint(path, meta: dict, arrays: dict) -> None:
         return x.tolist() if isinstance(x, (np.ndarray, np.generic)) else str(x)
 
     with open(path, "wb") as f:
-        np.savez(f, meta=_join([json.dumps({"format": FORMAT, **meta}, default=plain)]), **arrays)
+        np.savez(f, meta=_join([json.dumps({"format": FORMAT, "sha256": _digest(arrays), **meta}, default=plain)]),
+                 **arrays)
+
+
+def _digest(arrays: dict) -> str:
+    """What the arrays hold, names, types and shapes included: a damaged file does not load."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.data)
+    return h.hexdigest()
 
 
 def read_checkpoint(path) -> tuple[dict, dict]:
@@ -473,13 +507,26 @@ def read_checkpoint(path) -> tuple[dict, dict]:
                        f"a file runs any code it names, so KTT refuses to. If you trust where it came from, convert it once: "
                        f"python scripts/convert_checkpoint.py {path}")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ValueError("one array, not an .npz of them")
+        with f:
             arrays = {k: f[k] for k in f.files}
         meta = json.loads(_split(arrays.pop("meta"))[0])
-    except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as e:
+    except MemoryError:
+        raise BadValue(f"{name} declares arrays larger than this machine's memory: not a TF-IDF checkpoint KTT "
+                       "wrote") from None
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # numpy would read it as a pickle: not one KTT wrote, never unpickled
+            raise BadValue(f"{name} is not a whole TF-IDF checkpoint (not an .npz file)") from None
         raise BadValue(f"{name} is not a whole TF-IDF checkpoint ({type(e).__name__}: {e})") from None
-    if meta.get("format") != FORMAT:
-        raise BadValue(f"{name} is a checkpoint of format {meta.get('format')!r}; this KTT reads {FORMAT!r}")
+    except (OSError, KeyError, IndexError, EOFError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+        raise BadValue(f"{name} is not a whole TF-IDF checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BadValue(f"{name} is a checkpoint of format {meta.get('format') if isinstance(meta, dict) else None!r}; "
+                       f"this KTT reads {FORMAT!r}")
+    if meta.get("sha256") != _digest(arrays):
+        raise BadValue(f"{name} is damaged: its arrays do not match the hash written with them")
     return meta, arrays
 
 

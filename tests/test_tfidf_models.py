@@ -75,7 +75,10 @@ def test_pickled_checkpoints_are_refused_and_a_trusted_one_converts(fitted, bigb
     out = subprocess.run([sys.executable, root / "scripts/convert_checkpoint.py", tmp_path / "old.pt"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert (tmp_path / "old.pickle").is_file()  # the original kept
+    assert (tmp_path / "old.pt.pickle").is_file()  # the original kept
+    again = subprocess.run([sys.executable, root / "scripts/convert_checkpoint.py", tmp_path / "old.pt"],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and "already in today's format" in again.stderr  # the backup untouched
     loaded = type(fitted).load(tmp_path / "old.pt")
     texts = bigbasket.test.texts[:200]
     assert np.array_equal(loaded.predict(texts), fitted.predict(texts))
@@ -94,6 +97,46 @@ def test_checkpoints_are_data(fitted, tmp_path):
     for bad in ("cut.pt", "text.pt"):
         with pytest.raises(ValueError, match=f"^{bad} is not a whole TF-IDF checkpoint"):
             type(fitted).load(tmp_path / bad)
+    flipped = bytearray(data)  # 50 bytes flipped inside the weights: loads, answers wrong, unless checked
+    for i in range(50):
+        flipped[len(data) // 3 + 97 * i] ^= 0xFF
+    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="^flipped.pt is (damaged: its arrays do not match the hash|not a whole)"):
+        type(fitted).load(tmp_path / "flipped.pt")
+
+
+@pytest.mark.parametrize("damage", ["meta_list", "short_w", "no_keys1", "child_out_of_range", "short_idf", "npy"])
+def test_crafted_checkpoints_are_refused_in_one_line(fitted, tmp_path, damage):
+    """Arrays anyone may write, hash recomputed (so only the checks can catch them): each a
+    one-line refusal at load, never a traceback at load or a wrong answer later."""
+    import json
+
+    from ktt import tfidf
+
+    fitted.save(tmp_path / "m.pt")
+    meta, arrays = tfidf.read_checkpoint(tmp_path / "m.pt")
+    meta.pop("format"), meta.pop("sha256")
+    if damage == "meta_list":
+        meta = ["not", "a", "mapping"]
+    elif damage == "short_w":
+        arrays["w"] = arrays["w"][:-3]
+    elif damage == "no_keys1":
+        del arrays["keys1"]
+    elif damage == "child_out_of_range":
+        arrays["children"] = arrays["children"] + 10_000
+    elif damage == "short_idf":
+        arrays["idf"] = arrays["idf"][:5]
+    if damage == "npy":
+        np.save(tmp_path / "bad.npy", arrays["w"])
+        (tmp_path / "bad.npy").rename(tmp_path / "bad.pt")
+    elif damage == "meta_list":
+        with open(tmp_path / "bad.pt", "wb") as f:
+            np.savez(f, meta=tfidf._join([json.dumps(meta)]), **arrays)
+    else:
+        tfidf.write_checkpoint(tmp_path / "bad.pt", meta, arrays)
+    with pytest.raises(ValueError, match=r"^bad.pt (is not a whole TF-IDF checkpoint|is a checkpoint of format)") as e:
+        type(fitted).load(tmp_path / "bad.pt")
+    assert "\n" not in str(e.value)
 
 
 def test_predict_paths_are_names(fitted, bigbasket):
