@@ -1,6 +1,7 @@
 """Export a trained model to ONNX and to a BentoML 0.13.1 service under ``build/<model>_<dataset>/``."""
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import logging
@@ -8,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,29 +162,39 @@ def check_quantized(onnx_dir: Path, int8_dir: Path, split, max_drop: float) -> d
 
 
 def check_promotable(run_id: str) -> None:
-    """Refuse to register a run whose model a client could not load: the run must have FINISHED
-    (a killed fit stays RUNNING), its logged model be READY (not PENDING or FAILED), and that
-    model must load as ``ktt predict`` would load it."""
+    """Refuse to register a run whose model a client could not use: the run must have FINISHED
+    (a killed fit stays RUNNING) and not be deleted, its logged model be READY (not PENDING or
+    FAILED), and that model must load and answer a text as ``ktt predict`` would."""
     import mlflow.pyfunc
 
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
+    if run.info.lifecycle_stage == "deleted":
+        raise BadValue(f"run {run_id} is deleted; restore it first (mlflow runs restore) to register it")
     if run.info.status != "FINISHED":
         raise BadValue(f"run {run_id} is {run.info.status}, not FINISHED: only a finished fit can be registered "
                        "(a fit that was killed stays RUNNING)")
-    logged = [client.get_logged_model(o.model_id) for o in (run.outputs.model_outputs if run.outputs else [])]
+    logged = []
+    for out in run.outputs.model_outputs if run.outputs else []:
+        try:
+            logged.append(client.get_logged_model(out.model_id))
+        except Exception:  # deleted since: not one to register
+            continue
     model = next((m for m in logged if m.name == "model"), None)
     if model is None:
-        raise BadValue(f"run {run_id} logged no model to register")
+        raise BadValue(f"run {run_id} has no logged model to register (none was logged, or it was deleted)")
     status = getattr(model.status, "name", str(model.status))
     if status != "READY":
         raise BadValue(f"run {run_id}'s logged model is {status}, not READY: its fit did not finish logging it")
     try:
-        mlflow.pyfunc.load_model(f"models:/{model.model_id}")
+        import pandas as pd
+
+        mlflow.pyfunc.load_model(f"models:/{model.model_id}").predict(pd.DataFrame({"text": ["a title to check"]}))
     except UserError as e:
         raise BadValue(f"run {run_id}'s logged model does not load: {e}") from None
     except Exception as e:  # a missing or damaged artifact: MLflow's and the loader's own errors
-        raise BadValue(f"run {run_id}'s logged model does not load: {str(e).splitlines()[0][:300]}") from None
+        why = " ".join(str(e).split())[:300]
+        raise BadValue(f"run {run_id}'s logged model does not load and answer: {type(e).__name__}: {why}") from None
 
 
 def register(run_id: str, name: str, alias: str = "champion", taxonomy: str | None = None) -> int:
@@ -313,7 +325,8 @@ def build_bento(svc_file: Path, onnx_dir: Path, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         shutil.rmtree(out)
-    proc = subprocess.run([py, "-m", "ktt.serving.build", str(svc_file), str(onnx_dir), str(out)],
+    # absolute: the build runs in KTT's folder, not the caller's
+    proc = subprocess.run([py, "-m", "ktt.serving.build", *(str(Path(p).resolve()) for p in (svc_file, onnx_dir, out))],
                           capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"building the BentoService failed:\n{proc.stderr[-3000:]}")
@@ -343,9 +356,11 @@ def export(source: str | None = None, *, model: str | None = None, dataset: str 
         raise BadValue(f"--max-drop must be at least 0, not {max_drop}")
     src = resolve_source(source, model, dataset, weights_root)
     est = registry.get(src.model).load(src.checkpoint)
-    out = Path(build_root) / f"{src.model}_{src.dataset}"
+    final = Path(build_root) / f"{src.model}_{src.dataset}"
     built: dict = {"model": src.model, "dataset": src.dataset, "taxonomy": digest(est.hierarchy),
-                   "checkpoint": str(src.checkpoint), "build": str(out)}
+                   "checkpoint": str(src.checkpoint), "build": str(final)}
+    if register_as and not src.run_id:
+        raise BadValue("--register needs an MLflow run as the source, not a weights/ checkpoint")
     if register_as and src.run_id:
         check_promotable(src.run_id)
         change = promotion_diff(src.run_id, built["taxonomy"], register_as, alias)
@@ -356,37 +371,80 @@ def export(source: str | None = None, *, model: str | None = None, dataset: str 
                            "change)")
         if change is not None:
             built["taxonomy_change"] = str(change)
-    onnx_dir = out / "onnx"
-    if onnx or bento or monitoring or quantize:
-        built["onnx"] = {k: str(v) for k, v in export_onnx(est, onnx_dir, monitoring).items()}
-    served_dir = onnx_dir
-    if quantize:
-        from .data import load_dataset
+    from .data import claim_name
 
-        served_dir = out / "onnx-int8"
-        built["onnx_int8"] = {k: str(v) for k, v in quantize_int8(onnx_dir, served_dir).items()}
-        test = load_dataset(src.dataset, datasets_root).test
-        built["quantization"] = check_quantized(onnx_dir, served_dir, test, max_drop)
-        if src.run_id:
-            import mlflow
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with claim_name(final.parent, final.name, f"{final} is being exported by another process right now; "
+                                              "run this one when it has finished"):
+        # built beside the previous build, which stays whole until the new one is
+        out = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        try:
+            onnx_dir = out / "onnx"
+            if onnx or bento or monitoring or quantize:
+                built["onnx"] = {k: str(v) for k, v in export_onnx(est, onnx_dir, monitoring).items()}
+            served_dir = onnx_dir
+            if quantize:
+                from .data import load_dataset
 
-            mlflow.MlflowClient().log_dict(src.run_id, built["quantization"], "onnx-int8/quantization.json")
-    if bento or monitoring:
-        files = service_files(type(est), out / "bentoml")
-        built["inference"] = str(build_bento(files["svc_lts.py"], served_dir, out / "inference"))
-    if monitoring:
-        from .monitoring.build import build_monitoring
-        built.update(build_monitoring(est, src, out, files, datasets_root))
+                served_dir = out / "onnx-int8"
+                built["onnx_int8"] = {k: str(v) for k, v in quantize_int8(onnx_dir, served_dir).items()}
+                test = load_dataset(src.dataset, datasets_root).test
+                built["quantization"] = check_quantized(onnx_dir, served_dir, test, max_drop)
+                if src.run_id:
+                    import mlflow
+
+                    mlflow.MlflowClient().log_dict(src.run_id, built["quantization"], "onnx-int8/quantization.json")
+            if bento or monitoring:
+                files = service_files(type(est), out / "bentoml")
+                built["inference"] = str(build_bento(files["svc_lts.py"], served_dir, out / "inference"))
+            if monitoring:
+                from .monitoring.build import build_monitoring
+                built.update(build_monitoring(est, src, out, files, datasets_root))
+            _swap_in(out, final)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            raise _no_space(final, e) from None
+        except RuntimeError as e:  # the serving build's own report of a full disk
+            if "No space left on device" not in str(e):
+                raise
+            raise _no_space(final, e) from None
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+    built = json.loads(json.dumps(built).replace(json.dumps(str(out))[1:-1], json.dumps(str(final))[1:-1]))
     if src.run_id:
         import mlflow
 
         client = mlflow.MlflowClient()
-        for f in onnx_dir.glob("*"):
+        for f in (final / "onnx").glob("*") if "onnx" in built else ():
             client.log_artifact(src.run_id, str(f), "onnx")
         client.set_tag(src.run_id, "ktt.export", json.dumps(built))
         if register_as:
             built["registered"] = f"models:/{register_as}@{alias}"
             built["version"] = register(src.run_id, register_as, alias, built["taxonomy"])
-    elif register_as:
-        raise BadValue("--register needs an MLflow run as the source, not a weights/ checkpoint")
     return built
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Each top-level entry of ``new`` replaces ``final``'s of that name (what this export did not
+    build, an earlier one's ``inference/`` say, stays); the replaced ones go into ``new``, which
+    the caller removes."""
+    final.mkdir(exist_ok=True)
+    for entry in sorted(new.iterdir()):
+        if entry.name.startswith(".old-"):
+            continue
+        dest = final / entry.name
+        if dest.exists():
+            dest.rename(new / f".old-{entry.name}")
+        entry.rename(dest)
+
+
+def _no_space(final: Path, e: Exception):
+    from .errors import Unavailable
+
+    free = shutil.disk_usage(final.parent).free / 1e6
+    last = sum(f.stat().st_size for f in final.rglob("*") if f.is_file()) / 1e6 if final.exists() else 0
+    why = e.strerror if isinstance(e, OSError) and e.strerror else "No space left on device"
+    return Unavailable(f"cannot write the export to {final}: {why} ({free:.0f} MB free there"
+                       + (f"; the previous build there takes {last:.0f} MB" if last else "")
+                       + "); the previous build is intact")

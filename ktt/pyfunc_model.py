@@ -8,11 +8,14 @@ import pandas as pd
 
 class KTTPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
+        import atexit
+        import shutil
         import sys
         import tempfile
         import zipfile
 
         folder = tempfile.mkdtemp(prefix="ktt-code-")
+        atexit.register(shutil.rmtree, folder, True)  # every load unpacks a copy: none left behind
         with zipfile.ZipFile(context.artifacts["code"]) as z:
             z.extractall(folder)
         sys.path.insert(0, folder)
