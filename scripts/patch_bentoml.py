@@ -16,6 +16,13 @@
    request until it has learned). Its own ``/readyz`` says whether it is ready.
 6. Shedding: a shed request gets 429 (over the latency budget) or 503 (not ready) with
    ``Retry-After``, counted in ``<service>_mb_shed_total{endpoint, reason}``.
+7. ``serve-gunicorn``'s model server (one sync worker, behind the front server) listens on
+   127.0.0.1, not on every interface: a client that opens it and sends nothing would hold its
+   only worker; only the front server, on this machine, talks to it.
+8. ``max_request_size`` 8 MiB, not 20 MB: the largest valid request (256 texts of 10,000
+   characters, ``ktt.serving.requests.MAX_BODY_BYTES``) fits; a bigger body gets 413 from the
+   front server before it joins a micro-batch, where three clients sending 19 MB bodies made
+   good requests in the same batches time out (408).
 """
 import re
 import sys
@@ -176,4 +183,15 @@ patch(marshal, "    def add_batch_handler(self, api_route, max_latency, max_batc
 
     def add_batch_handler(self, api_route, max_latency, max_batch_size):
 ''', replace=True)
+# 7. the model server behind the front server: on the loopback interface only
+gunicorn_server = root / "server" / "gunicorn_server.py"
+patch(gunicorn_server, '                self.bind = f"0.0.0.0:{port}"\n',
+      '                self.bind = f"127.0.0.1:{port}"  # patched by ktt: only the front server talks to it\n',
+      replace=True)
+patch(marshal, '        outbound_host="localhost",\n', '        outbound_host="127.0.0.1",  # patched by ktt\n', replace=True)
+
+# 8. bodies no valid request needs are refused by the front server
+patch(root / "configuration" / "default_configuration.yml", "  max_request_size: 20971520\n",
+      "  max_request_size: 8388608  # patched by ktt: ktt.serving.requests.MAX_BODY_BYTES fits\n", replace=True)
+
 print(f"patched {root}")

@@ -4,6 +4,7 @@ import json
 import os
 import random
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -203,3 +204,84 @@ def test_a_failing_batch_is_rerun_request_by_request():
     assert got["errors"][1] == [500, f"prediction failed (request id {got['ids'][1]}; see the server log)"]
     assert got["errors"][3] == [400, '"text" must be a string, not int']
     assert got["failed"] == 1
+
+
+def listening(sid: int) -> list[tuple[str, int]]:
+    """The TCP sockets (IPv4 address, port) that the processes of session ``sid`` listen on."""
+    pids = subprocess.run(["ps", "-o", "pid=", "--sid", str(sid)], capture_output=True, text=True).stdout.split()
+    inodes = set()
+    for pid in pids:
+        try:
+            inodes |= {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
+                       if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
+        except OSError:
+            continue
+    out = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and f[9] in inodes:  # LISTEN
+            ip, port = f[1].split(":")
+            out.append((socket.inet_ntoa(bytes.fromhex(ip)[::-1]), int(port, 16)))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SERVING_BIN / "bentoml").exists(), reason="no serving env: run `make env`")
+def test_internal_port_is_local_and_big_bodies_hold_no_one(bb300, bigbasket_df, tmp_path):
+    """`serve-gunicorn` (issue 42): only the public port listens beyond the loopback interface (the
+    model server's one worker, which an idle connection would hold, is on 127.0.0.1); two idle
+    connections and four slow senders on the public port and three clients sending 19 MB bodies
+    (413 from the front server: over 8 MiB, which the largest valid request fits) leave good
+    requests a p99 under 1 s."""
+    cls = registry.get("tfidf_hsgd")
+    model = cls(bb300["train"].hierarchy).fit(bb300["train"], bb300["val"])
+    export_onnx(model, tmp_path / "onnx")
+    bundle = build_bento(service_files(cls, tmp_path / "bentoml")["svc_lts.py"], tmp_path / "onnx",
+                         tmp_path / "inference")
+    titles = bigbasket_df[bigbasket_df.split == "test"].text.sample(100, random_state=2).tolist()
+    server = Server(lambda ports: [str(SERVING_BIN / "bentoml"), "serve-gunicorn", str(bundle), "--port",
+                                   str(ports[0]), "--workers", "1"],
+                    lambda ports, log: http_ok(f"http://127.0.0.1:{ports[0]}/readyz"),
+                    env={**os.environ, "BENTOML_DO_NOT_TRACK": "true",
+                         "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python", "OMP_NUM_THREADS": "1"})
+    public = server.ports[0]
+    url = f"http://127.0.0.1:{public}"
+    stop = threading.Event()
+    idle = []
+    try:
+        ports = listening(server.proc.pid)
+        internal = [(ip, p) for ip, p in ports if p != public]
+        assert internal and all(ip == "127.0.0.1" for ip, _ in internal), ports
+        for _ in range(2):  # headers, then nothing
+            s = socket.create_connection(("127.0.0.1", public))
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+            idle.append(s)
+        slow = [threading.Thread(target=slow_sender, args=(public, stop)) for _ in range(4)]
+        big = json.dumps([{"text": "x" * 1900}] * 10_000).encode()  # 19 MB, under BentoML's 20 MB cap
+        refused = []
+
+        def heavy():
+            with requests.Session() as s:
+                while not stop.is_set():
+                    r = s.post(f"{url}/predict", data=big, headers={"Content-Type": "application/json"}, timeout=60)
+                    refused.append(r.status_code == 413)  # by the front server, before any batch
+        heavies = [threading.Thread(target=heavy) for _ in range(3)]
+        [t.start() for t in slow + heavies]
+        time.sleep(2)
+        seconds = []
+        with requests.Session() as s:
+            for t in titles:
+                t0 = time.perf_counter()
+                r = s.post(f"{url}/predict", json={"text": t}, timeout=30)
+                seconds.append(time.perf_counter() - t0)
+                assert r.status_code == 200, (r.status_code, r.text[:200])
+        stop.set()
+        [t.join(timeout=120) for t in slow + heavies]
+        assert refused and all(refused)
+        p99 = sorted(seconds)[int(0.99 * len(seconds)) - 1]
+        assert p99 < 1.0, f"p99 {p99:.2f} s over {len(seconds)} good requests"
+    finally:
+        stop.set()
+        for s in idle:
+            s.close()
+        server.stop()

@@ -8,10 +8,17 @@ from ktt.hierarchy import check_threshold
 
 MAX_TEXT_CHARS = 10_000  # a request with a longer text is refused (in-process callers: cut); titles never need more
 MAX_TEXTS_PER_REQUEST = 256
+# the largest body a valid request needs: every text at the limit, in UTF-8 (3 bytes a character
+# at most outside JSON escapes), and room for the JSON around them; checked before any parsing, so
+# that clients sending bodies near BentoML's 20 MB cap cannot keep the one model worker busy
+MAX_BODY_BYTES = MAX_TEXTS_PER_REQUEST * MAX_TEXT_CHARS * 3 + 64 * 1024
 
 
 def load_json(data: bytes | str):
     """A request body as JSON, or ValueError saying in one line why it is not."""
+    if len(data) > MAX_BODY_BYTES:
+        raise ValueError(f"the body is {len(data) / 1e6:.1f} MB; the limit is {MAX_BODY_BYTES / 1e6:.1f} MB "
+                         f"({MAX_TEXTS_PER_REQUEST} texts of {MAX_TEXT_CHARS:,} characters)")
     try:
         return json.loads(data)
     except UnicodeDecodeError:
@@ -27,6 +34,10 @@ def parse_request(body) -> list[str]:
     items = body if isinstance(body, list) else [body]
     if not items:
         raise ValueError("empty list: send {\"text\": \"...\"} or a list of them")
+    # counted before any text is looked at: a request of 100,000 items is refused at once
+    n = sum(len(i["text"]) if isinstance(i, dict) and isinstance(i.get("text"), list) else 1 for i in items)
+    if n > MAX_TEXTS_PER_REQUEST:
+        raise ValueError(f"{n} texts in one request; the limit is {MAX_TEXTS_PER_REQUEST}")
     texts = []
     for item in items:
         if not isinstance(item, dict) or "text" not in item:
