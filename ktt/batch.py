@@ -93,7 +93,7 @@ def predict_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike,
                     _review(model, texts[answers["review"].to_numpy()].tolist(), depths, model_uri, review)
                 out = pd.concat([chunk.reset_index(drop=True), answers.reset_index(drop=True)], axis=1)
                 if fmt_out == "csv":
-                    from .review import spreadsheet_safe
+                    from .text import spreadsheet_safe
 
                     spreadsheet_safe(out).to_csv(tmp, mode="a" if written else "w", header=not written, index=False,
                                sep="\t" if dst.suffix.lower() == ".tsv" else ",")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 
@@ -44,10 +45,16 @@ class KTTGroup(click.Group):
             sys.exit(1)
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 @click.group(cls=KTTGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 def main(verbose):
     """KTT: hierarchical text classification, tracked end to end."""
+    # SIGTERM (timeout, docker stop, Kubernetes) unwinds like Ctrl-C: an MLflow run ends FAILED, temp files go
+    signal.signal(signal.SIGTERM, _terminated)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -470,7 +477,7 @@ def audit(model, dataset, output_file, folds, params, seed, datasets_root):
     table = audit_rows(lambda h: registry.create(model, h, **overrides),
                        {s: getattr(ds, s) for s in ("train", "val", "test") if len(getattr(ds, s))}, folds=folds, seed=seed)
     if output_file.lower().endswith(".csv"):
-        from .review import spreadsheet_safe
+        from .text import spreadsheet_safe
 
         spreadsheet_safe(table).to_csv(output_file, index=False)
     else:

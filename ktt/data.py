@@ -561,9 +561,9 @@ def append(parent: "Dataset", df: pd.DataFrame, root, name: str, *, where: str =
     (review files are appended to: the last row is the latest review), whether the parent holds it
     or not; the report counts the earlier reviews it overrode (``reviews_overridden``). The
     manifest's ``lineage`` lists every version it came from. Returns the folder, the hierarchy and the report.
-    A CSV's text and label cells lose the ``'`` KTT put before a would-be formula (``ktt.review.unescape``)."""
+    A CSV's text and label cells lose the ``'`` KTT put before a would-be formula (``ktt.text.unescape``)."""
     if str(where).lower().endswith((".csv", ".tsv")):
-        from .review import unescape
+        from .text import unescape
 
         cols = [options.get("text_col") or "text", *(options.get("label_cols") or ("labels",))]
         df = df.assign(**{c: unescape(df[c]) for c in cols if c in df.columns})
@@ -640,10 +640,11 @@ def check_name(name: str, what: str = "dataset name") -> str:
 
 
 @contextlib.contextmanager
-def _claimed(root: Path, name: str):
-    """Hold dataset ``name`` exclusively while it is written: a lock on ``.<name>.lock`` (released
-    by the kernel if the process dies, so a killed ingest never blocks the next). Holding it, the
-    temp folders of earlier ingests of ``name`` that were killed are removed."""
+def claim_name(root: Path, name: str, busy: str):
+    """Hold folder ``root/name`` exclusively while it is written (a dataset, an export): a lock on
+    ``.<name>.lock``, released by the kernel if the process dies, so a killed writer never blocks
+    the next. Holding it, the temp folders (``.<name>.tmp-*``) of killed writers are removed.
+    ``busy``: the error when another process holds it."""
     import fcntl
 
     lock = root / f".{name}.lock"
@@ -653,8 +654,7 @@ def _claimed(root: Path, name: str):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise IngestError(f"dataset {name!r} is being written by another ingest right now; "
-                              "run this one when it has finished") from None
+            raise BadValue(busy) from None
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(lock))  # not a lock file its holder just removed
         except FileNotFoundError:
@@ -675,12 +675,13 @@ def _claimed(root: Path, name: str):
 def _write_folder(root, name: str, overwrite: bool, fill):
     """A dataset folder built by ``fill(tmp)`` (the split files; it returns the hierarchy, the
     manifest's extra keys and a value passed back) in a temp folder beside it, then renamed into
-    place, the name held exclusively meanwhile (:func:`_claimed`)."""
+    place, the name held exclusively meanwhile (:func:`claim_name`)."""
     check_name(name)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
-    with _claimed(root, name):
+    with claim_name(root, name, f"dataset {name!r} is being written by another ingest right now; "
+                                "run this one when it has finished"):
         if final.exists() and not overwrite:
             raise IngestError(f"dataset {final} already exists; pass --overwrite to replace it")
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
@@ -778,11 +779,23 @@ def load_dataset(name_or_path: str | os.PathLike, root: str | os.PathLike = "dat
             if Path(root).is_dir() else []
         raise NotFound(f"no dataset {str(name_or_path)!r} (looked in {p}); known datasets: "
                                 f"{known or 'none'}; create one with `ktt ingest`")
-    h = Hierarchy.load(p / "hierarchy.json")
-    manifest = json.loads((p / "manifest.json").read_text()) if (p / "manifest.json").exists() else {}
-    manifest.setdefault("digest", _digest(p))
-    parts = {}
-    for s in SPLITS:
-        df = pd.read_parquet(p / f"{s}.parquet")
-        parts[s] = Split(df["text"].tolist(), [tuple(x) for x in df["labels"]], h)
+    try:
+        h = Hierarchy.load(p / "hierarchy.json")
+        manifest = json.loads((p / "manifest.json").read_text()) if (p / "manifest.json").exists() else {}
+        # what the files hold now: a folder edited after ingest is not logged under its old content
+        digest = _digest(p)
+        if manifest.get("digest", digest) != digest:
+            raise BadValue(f"dataset {p.name!r} was changed after it was written (its files no longer match the "
+                           f"digest in {p / 'manifest.json'}); write it again with `ktt ingest ... --overwrite`")
+        manifest["digest"] = digest
+        parts = {}
+        for s in SPLITS:
+            df = pd.read_parquet(p / f"{s}.parquet")
+            parts[s] = Split(df["text"].tolist(), [tuple(x) for x in df["labels"]], h)
+    except BadValue:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:  # a truncated parquet, a missing file, bad JSON
+        why = " ".join(str(e).split())[:300]
+        raise BadValue(f"dataset {p.name!r} cannot be read ({type(e).__name__}: {why}); write it again with "
+                       "`ktt ingest ... --overwrite`") from None
     return Dataset(manifest.get("name", p.name), p, h, manifest, **parts)

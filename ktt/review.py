@@ -24,25 +24,6 @@ from .hierarchy import SEP
 SIMILAR = 0.7
 
 COLUMNS = ("text", "answer", "guess", "confidences", "model", "taxonomy", "labels")
-#: A spreadsheet runs a cell that starts with one of these as a formula (CSV injection, OWASP).
-FORMULA = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(df):
-    """``df`` for a CSV a person may open in a spreadsheet: a text cell that would start a formula
-    gets a leading ``'`` (shown as text, not run); :func:`unescape` takes it off on the way back."""
-    out = df.copy()
-    for col in out.columns:
-        if out[col].dtype == object:
-            out[col] = [("'" + v) if isinstance(v, str) and v.startswith(FORMULA) else v for v in out[col]]
-    return out
-
-
-def unescape(values):
-    """The inverse of :func:`spreadsheet_safe` on a column read back from a review file."""
-    return [v[1:] if isinstance(v, str) and v.startswith("'") and v[1:].startswith(FORMULA) else v for v in values]
-
-
 def review_rows(texts, codes, conf, hierarchy, depths, model: str | None, taxonomy: str) -> list[dict]:
     """One review row per text: its ``answer`` (the path answered, stopped at ``depths``), the
     model's ``guess`` (the whole path), each level's confidence in the guess (``conf``:
@@ -63,6 +44,8 @@ def append_rows(path: str | os.PathLike, rows: list[dict]) -> None:
     path = Path(path)
     if path.suffix.lower() == ".csv":
         import pandas as pd
+
+        from .text import spreadsheet_safe
 
         text = spreadsheet_safe(pd.DataFrame(rows, columns=COLUMNS)).to_csv(
             index=False, header=not path.exists() or path.stat().st_size == 0)

@@ -31,3 +31,22 @@ def stem(texts, language: str = "english") -> list[str]:
     vocabulary = list({w: None for ws in per_text for w in ws})
     stems = dict(zip(vocabulary, stemmer(language).stemWords(vocabulary)))
     return [" ".join([stems[w] for w in ws]) for ws in per_text]
+
+
+#: A spreadsheet runs a cell that starts with one of these as a formula (CSV injection, OWASP).
+FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(df):
+    """``df`` for a CSV a person may open in a spreadsheet: a text cell that would start a formula
+    gets a leading ``'`` (shown as text, not run); :func:`unescape` takes it off on the way back."""
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object:
+            out[col] = [("'" + v) if isinstance(v, str) and v.startswith(FORMULA) else v for v in out[col]]
+    return out
+
+
+def unescape(values):
+    """The inverse of :func:`spreadsheet_safe` on a column read back from a review file."""
+    return [v[1:] if isinstance(v, str) and v.startswith("'") and v[1:].startswith(FORMULA) else v for v in values]

@@ -165,10 +165,12 @@ def resumed(model: str, ds, resume: str, overrides: dict | None):
         raise BadValue(f"{resume} holds no training state; resume from a last_ checkpoint")
     if est.hierarchy != ds.hierarchy:
         raise BadValue(f"{resume} was trained on another hierarchy than dataset {ds.name!r}")
-    fixed = sorted(set(overrides or {}) - cls.resumable)
+    wanted = cls.check_params({**est.params, **(overrides or {})})
+    # the same value again (a command repeated as it was) is no change
+    fixed = sorted(k for k in set(overrides or {}) - cls.resumable if wanted[k] != est.params.get(k))
     if fixed:
         raise BadValue(f"cannot change {fixed} when resuming; only {sorted(cls.resumable)}")
-    est.params.update(cls.check_params({**est.params, **(overrides or {})}))
+    est.params.update(wanted)
     return est
 
 

@@ -325,7 +325,7 @@ def test_promotion_checks_the_run(env, tmp_path):
             p.unlink()
 
     for damage, why in ((running, "is RUNNING, not FINISHED"), (failed, "logged model is FAILED, not READY"),
-                        (gone, "logged model does not load")):
+                        (gone, "logged model does not load"), (lambda: client.delete_run(bad), "is deleted")):
         damage()
         out = run("export", bad, "--no-onnx", "--register", "Shop")
         assert out.returncode == 2 and why in out.stderr, out.stderr[-2000:]
@@ -368,3 +368,99 @@ def test_two_ingests_of_one_name_at_once(env, bigbasket_path, tmp_path):
     assert (out / ".same.tmp-killed").exists()  # not touched while another held the name
     assert subprocess.run(cmd + ["--overwrite"], env=env, capture_output=True, text=True, timeout=300).returncode == 0
     assert sorted(p.name for p in out.iterdir()) == ["same"]
+
+
+def test_export_keeps_the_previous_build_until_the_new_one_is_whole(env, tmp_path):
+    """`ktt export` builds beside the previous build and swaps it in (issue 42): a full disk is a
+    one-line error naming the folder and the space, a SIGKILL mid-build changes nothing, and the
+    next export clears what the killed one left."""
+    out = ktt("train", "tfidf_hsgd", "bb_small", env=env, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run_id = MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()])[0].info.run_id
+    assert ktt("export", run_id, "--bento", env=env, cwd=tmp_path, timeout=600).returncode == 0
+    build = tmp_path / "build"
+    before = {p: p.read_bytes() for p in build.rglob("*") if p.is_file()}
+    npz = build / "tfidf_hsgd_bb_small" / "onnx" / "tfidf.npz"
+    limit = npz.stat().st_size // 2
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    fetch = ktt("export", run_id, "--bento", env=env, cwd=tmp_path, timeout=600, preexec_fn=small_disk)
+    assert fetch.returncode == 2 and re.search(r"^error: cannot download checkpoints/best_\S+\.pt \(\d+ MB\) of run \w+: "
+                                               r".+ \(\d+ MB free in \S+\)\n$", fetch.stderr), fetch.stderr[-2000:]
+    # the newest checkpoint in weights/: nothing to download, the build itself meets the full disk
+    full = ktt("export", "--model", "tfidf_hsgd", "--dataset", "bb_small", "--bento", env=env, cwd=tmp_path,
+               timeout=600, preexec_fn=small_disk)
+    assert full.returncode == 2 and re.search(r"^error: cannot write the export to build/tfidf_hsgd_bb_small: .+ \(\d+ MB "
+                                              r"free there; the previous build there takes \d+ MB\); the previous "
+                                              r"build is intact\n$", full.stderr), full.stderr[-2000:]
+    assert {p: p.read_bytes() for p in build.rglob("*") if p.is_file()} == before
+    proc = subprocess.Popen([KTT, "export", run_id, "--bento"], env=env, cwd=tmp_path, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(build.glob(".tfidf_hsgd_bb_small.tmp-*/onnx/*")) and time.time() < deadline:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert list(build.glob(".tfidf_hsgd_bb_small.tmp-*")), "killed before it began building"
+    kept = {p: p.read_bytes() for p in build.rglob("*") if p.is_file() and not p.name.endswith(".lock") and ".tmp-" not in str(p)}
+    assert kept == before  # (a killed export leaves its empty lock file and temp folder: the next one removes both)
+    assert ktt("export", run_id, "--bento", env=env, cwd=tmp_path, timeout=600).returncode == 0
+    assert sorted(p.name for p in build.iterdir()) == ["tfidf_hsgd_bb_small"]
+    assert (build / "tfidf_hsgd_bb_small" / "inference").is_dir()
+
+
+def test_sigterm_ends_the_run_failed(env, tiny_encoder):
+    """SIGTERM (what `timeout`, `docker stop` and Kubernetes send) ends a fit as Ctrl-C does
+    (issue 42): the MLflow run is FAILED, not RUNNING forever; exit 143; no temp file left."""
+    cmd = [KTT, "train", "db_linear", "bb_small", "-p", f"encoder={tiny_encoder}", *TINY[:2], "-p", "epochs=200"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client, deadline = MlflowClient(), time.time() + 300
+    while time.time() < deadline and not checkpoints(env):  # well into the fit: a checkpoint written
+        time.sleep(0.2)
+    assert checkpoints(env), "no checkpoint within 300 s"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    folder = Path(env["KTT_WEIGHTS"]) / "db_linear" / "bb_small"
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no claim, no half-written temp file
+    assert all_load(checkpoints(env))
+
+
+def test_damaged_checkpoints_and_datasets_are_refused(env, tiny_encoder, tmp_path):
+    """A checkpoint with 50 flipped bytes, a truncated one, a dataset edited after ingest and a
+    truncated parquet (issue 42): each a one-line error, exit 2, before anything trains (before:
+    a damaged checkpoint resumed silently, accuracy .10 instead of .45; the others tracebacks)."""
+    import shutil
+
+    datasets = tmp_path / "datasets"  # a copy: the damaged ones are made beside it
+    shutil.copytree(Path(env["KTT_DATASETS"]) / "bb_small", datasets / "bb_small")
+    env = {**env, "KTT_DATASETS": str(datasets)}
+    first = ktt("train", "db_linear", "bb_small", "-p", f"encoder={tiny_encoder}", *TINY[:2], "-p", "epochs=1",
+                env=env, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    last = next(p for p in checkpoints(env) if p.name.startswith("last_"))
+    data = last.read_bytes()
+    flipped = bytearray(data)
+    for i in range(50):  # inside the weights, the largest part of the file
+        flipped[len(data) // 2 + 101 * i] ^= 0xFF
+    (last.parent / "flipped.pt").write_bytes(bytes(flipped))
+    (last.parent / "cut.pt").write_bytes(data[:len(data) // 2])
+    shutil.copytree(datasets / "bb_small", datasets / "edited")
+    pd.read_parquet(datasets / "edited" / "train.parquet").head(50).to_parquet(datasets / "edited" / "train.parquet")
+    shutil.copytree(datasets / "bb_small", datasets / "cut")
+    raw = (datasets / "cut" / "test.parquet").read_bytes()
+    (datasets / "cut" / "test.parquet").write_bytes(raw[:len(raw) // 2])
+    for args, why in ((["bb_small", "--resume", str(last.parent / "flipped.pt")], r"flipped.pt is (damaged|not a whole)"),
+                      (["bb_small", "--resume", str(last.parent / "cut.pt")], r"cut.pt is not a whole checkpoint"),
+                      (["edited"], r"dataset 'edited' was changed after it was written"),
+                      (["cut"], r"dataset 'cut' (was changed after it was written|cannot be read)")):
+        out = ktt("train", "db_linear", *args, "-p", f"encoder={tiny_encoder}", env=env, timeout=600)
+        assert out.returncode == 2 and re.search(why, out.stderr), (args, out.stderr[-2000:])
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    # the command repeated as it was, -p values unchanged, resumes (before: "cannot change ['encoder']")
+    again = ktt("train", "db_linear", "bb_small", "--resume", str(last), "-p", f"encoder={tiny_encoder}", *TINY[:2],
+                "-p", "epochs=2", env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
