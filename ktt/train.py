@@ -261,6 +261,7 @@ def train_seeds(model: str, dataset: str, seeds: list[int], *, overrides: dict |
 
     if "seed" not in registry.get(model).defaults:
         raise BadValue(f"model {model!r} has no seed hyperparameter: it cannot be trained over seeds")
+    tracking.check_tracking_uri()  # before the group's run: its start would be retried for minutes
     with tracking.start_run(run_name=run_name or f"{model}-{Path(str(dataset)).name}-seeds",
                             nested=mlflow.active_run() is not None,
                             tags={**(tags or {}), "ktt.stage": "seeds", "ktt.model": model,

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -17,7 +18,7 @@ from mlflow.entities import LoggedModelStatus
 from ktt import registry
 from ktt.data import load_dataset
 from ktt.tracking import RunLogger, atomic_write
-from ktt.train import train
+from ktt.train import train, train_seeds
 
 CKPT = re.compile(r"^(best|last)_\d{8}T\d{6}\.pt$")  # ISO 8601 basic: no ':' in file names
 
@@ -135,6 +136,10 @@ def test_unreachable_tracking_server_fails_at_start(monkeypatch, bigbasket_small
     try:
         with pytest.raises(RuntimeError, match="MLflow tracking server http://127.0.0.1:9 is unreachable"):
             train("tfidf_lsgd", "bb_small", datasets_root=bigbasket_small, weights_root=tmp_path)
+        t0 = time.perf_counter()  # over seeds too, before the group's run (issue 42: 248 s of retries)
+        with pytest.raises(RuntimeError, match="MLflow tracking server http://127.0.0.1:9 is unreachable"):
+            train_seeds("tfidf_lsgd", "bb_small", [0, 1], datasets_root=bigbasket_small, weights_root=tmp_path)
+        assert time.perf_counter() - t0 < 30
     finally:
         mlflow.set_tracking_uri(None)
 
