@@ -101,6 +101,10 @@ def _ingest_options(f):
 def _finish_ingest(df, name, where, opts, meta, parent=None, relabel=None):
     from . import data
 
+    if opts["track"]:  # before anything is written: a dataset must not be left behind by a failed command
+        from .tracking import check_tracking_uri
+        check_tracking_uri()
+
     kw = dict(text_col=opts["text_col"], label_cols=[c.strip() for c in opts["label_cols"].split(",")],
               label_sep=opts["label_sep"], depth=opts["depth"], invalid_rows=opts["invalid_rows"],
               keep_duplicates=opts["keep_duplicates"], split_col=opts["split_col"] or None, seed=opts["seed"],
@@ -131,8 +135,7 @@ def _finish_ingest(df, name, where, opts, meta, parent=None, relabel=None):
         import mlflow
 
         from .data import load_dataset
-        from .tracking import check_tracking_uri, log_dataset, start_run
-        check_tracking_uri()
+        from .tracking import log_dataset, start_run
         with start_run(run_name=f"ingest-{name}", nested=mlflow.active_run() is not None):
             mlflow.set_tag("ktt.stage", "ingest")
             log_dataset(load_dataset(path), context="ingest")

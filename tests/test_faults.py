@@ -464,3 +464,13 @@ def test_damaged_checkpoints_and_datasets_are_refused(env, tiny_encoder, tmp_pat
     again = ktt("train", "db_linear", "bb_small", "--resume", str(last), "-p", f"encoder={tiny_encoder}", *TINY[:2],
                 "-p", "epochs=2", env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_ingest_checks_the_tracking_server_before_writing(env, bigbasket_path, tmp_path):
+    """`ktt ingest` (tracked, the default) with the tracking server down: a one-line error and no
+    dataset written (issue 42: it wrote the dataset, then failed)."""
+    pd.read_parquet(bigbasket_path).head(500).to_parquet(tmp_path / "in.parquet")
+    out = ktt("ingest", str(tmp_path / "in.parquet"), "-n", "x", "--out", str(tmp_path / "datasets"),
+              env={**env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, timeout=120)
+    assert out.returncode == 2 and "is unreachable" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "datasets" / "x").exists()
