@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -633,9 +634,12 @@ def write_dataset(splits: dict[str, pd.DataFrame], hierarchy: Hierarchy, root: s
 def check_name(name: str, what: str = "dataset name") -> str:
     """A dataset name as a folder name: from a user, or from a run's tags (anyone who can tag a
     run on a shared server could otherwise point ``ktt export`` outside ``build/``)."""
-    if not isinstance(name, str) or not name or name.startswith(".") or len(name) > 100 or \
-            any(c in name for c in "/\\") or not name.isprintable():
-        raise BadValue(f"bad {what} {name!r}: 1 to 100 printable characters, no / or \\, not starting with '.'")
+    import unicodedata
+
+    if not isinstance(name, str) or not name or name.startswith(".") or len(name.encode()) > 200 or \
+            any(c in "/\\" or unicodedata.category(c) == "Cc" for c in name):
+        raise BadValue(f"bad {what} {name!r}: up to 200 bytes of UTF-8, no / or \\ or control characters, "
+                       "not starting with '.'")
     return name
 
 
@@ -663,8 +667,11 @@ def claim_name(root: Path, name: str, busy: str):
             break
         os.close(fd)
     try:
-        for stale in root.iterdir():  # not a glob: a name may hold glob characters
-            if stale.name.startswith(f".{name}.tmp-"):
+        # exactly this name's temp folders (mkdtemp's 8 characters, or the swap's "old"): a prefix
+        # would also take those of a name like "<name>.tmp-x", held by another writer
+        ours = re.compile(rf"\.{re.escape(name)}\.tmp-([a-z0-9_]{{8}}|old)")
+        for stale in root.iterdir():
+            if ours.fullmatch(stale.name):
                 shutil.rmtree(stale, ignore_errors=True)
         yield
     finally:

@@ -35,18 +35,25 @@ def stem(texts, language: str = "english") -> list[str]:
 
 #: A spreadsheet runs a cell that starts with one of these as a formula (CSV injection, OWASP).
 FORMULA = ("=", "+", "-", "@", "\t", "\r")
+_ESCAPED = FORMULA + ("'",)  # a leading ' is escaped too, so that unescape is the exact inverse
 
 
 def spreadsheet_safe(df):
     """``df`` for a CSV a person may open in a spreadsheet: a text cell that would start a formula
-    gets a leading ``'`` (shown as text, not run); :func:`unescape` takes it off on the way back."""
+    (or starts with ``'``) gets a leading ``'`` (shown as text, not run); :func:`unescape` takes it
+    off on the way back, exactly."""
+    import pandas as pd
+
     out = df.copy()
     for col in out.columns:
-        if out[col].dtype == object:
-            out[col] = [("'" + v) if isinstance(v, str) and v.startswith(FORMULA) else v for v in out[col]]
+        s = out[col]
+        if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
+                or pd.api.types.is_datetime64_any_dtype(s)):  # object, string, Arrow and categorical text
+            out[col] = pd.Series([("'" + v) if isinstance(v, str) and v.startswith(_ESCAPED) else v for v in s],
+                                 index=s.index, dtype=object)
     return out
 
 
 def unescape(values):
-    """The inverse of :func:`spreadsheet_safe` on a column read back from a review file."""
-    return [v[1:] if isinstance(v, str) and v.startswith("'") and v[1:].startswith(FORMULA) else v for v in values]
+    """The inverse of :func:`spreadsheet_safe` on a column read back from a CSV it wrote."""
+    return [v[1:] if isinstance(v, str) and v.startswith("'") and v[1:].startswith(_ESCAPED) else v for v in values]

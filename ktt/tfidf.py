@@ -525,7 +525,7 @@ def read_checkpoint(path) -> tuple[dict, dict]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BadValue(f"{name} is a checkpoint of format {meta.get('format') if isinstance(meta, dict) else None!r}; "
                        f"this KTT reads {FORMAT!r}")
-    if meta.get("sha256") != _digest(arrays):
+    if "sha256" in meta and meta["sha256"] != _digest(arrays):  # absent: written before checkpoints carried one
         raise BadValue(f"{name} is damaged: its arrays do not match the hash written with them")
     return meta, arrays
 

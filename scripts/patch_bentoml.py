@@ -19,10 +19,10 @@
 7. ``serve-gunicorn``'s model server (one sync worker, behind the front server) listens on
    127.0.0.1, not on every interface: a client that opens it and sends nothing would hold its
    only worker; only the front server, on this machine, talks to it.
-8. ``max_request_size`` 8 MiB, not 20 MB: the largest valid request (256 texts of 10,000
-   characters, ``ktt.serving.requests.MAX_BODY_BYTES``) fits; a bigger body gets 413 from the
-   front server before it joins a micro-batch, where three clients sending 19 MB bodies made
-   good requests in the same batches time out (408).
+8. ``max_request_size`` 8 MiB, not 20 MB: the service's own body limit
+   (``ktt.serving.requests.MAX_BODY_BYTES``); a bigger body gets 413 from the front server
+   before it joins a micro-batch, where three clients sending 19 MB bodies made good requests in
+   the same batches time out (408).
 """
 import re
 import sys
@@ -192,6 +192,6 @@ patch(marshal, '        outbound_host="localhost",\n', '        outbound_host="1
 
 # 8. bodies no valid request needs are refused by the front server
 patch(root / "configuration" / "default_configuration.yml", "  max_request_size: 20971520\n",
-      "  max_request_size: 8388608  # patched by ktt: ktt.serving.requests.MAX_BODY_BYTES fits\n", replace=True)
+      "  max_request_size: 8388608  # patched by ktt: ktt.serving.requests.MAX_BODY_BYTES\n", replace=True)
 
 print(f"patched {root}")

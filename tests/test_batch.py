@@ -99,13 +99,25 @@ def test_spark_udf_scores_like_the_model(logged):
     assert (got.L1_confidence.to_numpy() - want.L1_confidence.to_numpy()).max() < 1e-9
 
 
+def test_spreadsheet_escape_is_exact_for_every_text_dtype():
+    from ktt.text import spreadsheet_safe, unescape
+
+    texts = ["=1+1", "'=x", "'-5", "'plain", "plain", "-", "", None]
+    for dtype in (object, "string", "category"):
+        df = pd.DataFrame({"t": pd.Series(texts, dtype=dtype), "n": range(len(texts))})
+        out = spreadsheet_safe(df)
+        assert not any(isinstance(v, str) and v.startswith(("=", "+", "-", "@")) for v in out.t), dtype
+        assert [v if isinstance(v, str) else None for v in unescape(out.t)] == texts, dtype
+        assert out.n.tolist() == list(range(len(texts)))
+
+
 def test_cells_a_spreadsheet_would_run_are_escaped_and_come_back_whole(logged, bigbasket_small, tmp_path):
     """A CSV a person may open in a spreadsheet (`ktt predict`'s output, the review file) never
     holds a cell that starts a formula; `ktt ingest REVIEW.csv --append` takes the escape off, so
     the dataset gets the text as it came (issue 42)."""
     uri, model_uri, ds = logged
     hostile = ['=HYPERLINK("http://x.example","click")', "+1 Tea 100 g", "-20% Basmati Rice 5 kg",
-               "@SUM(A1) Cola 1 l", "\tTab Soap 3 x 100 g"]
+               "@SUM(A1) Cola 1 l", "\tTab Soap 3 x 100 g", "'=not a formula Jam 200 g", "'-5 Cookies"]
     pd.DataFrame({"text": hostile, "ref": ["=1+1"] * len(hostile)}).to_csv(tmp_path / "in.csv", index=False)
     out = ktt(uri, "predict", model_uri, tmp_path / "in.csv", tmp_path / "out.csv", "--threshold", "1",
               "--review", tmp_path / "review.csv")
@@ -114,7 +126,7 @@ def test_cells_a_spreadsheet_would_run_are_escaped_and_come_back_whole(logged, b
         cells = pd.read_csv(tmp_path / name, dtype=str, keep_default_na=False)
         assert all(not v.startswith(("=", "+", "-", "@", "\t")) for col in cells for v in cells[col]), name
     review = pd.read_csv(tmp_path / "review.csv", dtype=str, keep_default_na=False)
-    assert sorted(review.text) == sorted("'" + t for t in hostile)
+    assert sorted(review.text) == sorted("'" + t for t in hostile)  # a leading ' too: the way back is exact
     review["labels"] = [" > ".join(ds.test.paths[0])] * len(review)
     review.to_csv(tmp_path / "review.csv", index=False)
     shutil.copytree(bigbasket_small / "bb_small", tmp_path / "datasets" / "bb_small")  # --append's parent

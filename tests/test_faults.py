@@ -359,15 +359,16 @@ def test_two_ingests_of_one_name_at_once(env, bigbasket_path, tmp_path):
             assert "Traceback" not in err and "OSError" not in err, err
         assert sorted(p.name for p in out.iterdir()) == ["same"]  # no temp folder, no lock left
     assert (out / "same").stat().st_mode & 0o777 == 0o755
-    (out / ".same.tmp-killed").mkdir()  # what a SIGKILLed ingest leaves
-    (out / ".same.tmp-killed" / "train.parquet").write_bytes(b"x" * 1000)
+    (out / ".same.tmp-k1lled__").mkdir()  # what a SIGKILLed ingest leaves (mkdtemp's 8 characters)
+    (out / ".same.tmp-k1lled__" / "train.parquet").write_bytes(b"x" * 1000)
+    (out / ".same.tmp-x.tmp-abcdefgh").mkdir()  # the temp folder of a dataset named "same.tmp-x": not ours
     with open(out / ".same.lock", "w") as held:  # an ingest of that name is running
         fcntl.flock(held, fcntl.LOCK_EX)
         busy = subprocess.run(cmd + ["--overwrite"], env=env, capture_output=True, text=True, timeout=300)
         assert busy.returncode == 2 and "being written by another ingest" in busy.stderr, busy.stderr
-    assert (out / ".same.tmp-killed").exists()  # not touched while another held the name
+    assert (out / ".same.tmp-k1lled__").exists()  # not touched while another held the name
     assert subprocess.run(cmd + ["--overwrite"], env=env, capture_output=True, text=True, timeout=300).returncode == 0
-    assert sorted(p.name for p in out.iterdir()) == ["same"]
+    assert sorted(p.name for p in out.iterdir()) == [".same.tmp-x.tmp-abcdefgh", "same"]
 
 
 def test_export_keeps_the_previous_build_until_the_new_one_is_whole(env, tmp_path):

@@ -8,17 +8,19 @@ from ktt.hierarchy import check_threshold
 
 MAX_TEXT_CHARS = 10_000  # a request with a longer text is refused (in-process callers: cut); titles never need more
 MAX_TEXTS_PER_REQUEST = 256
-# the largest body a valid request needs: every text at the limit, in UTF-8 (3 bytes a character
-# at most outside JSON escapes), and room for the JSON around them; checked before any parsing, so
-# that clients sending bodies near BentoML's 20 MB cap cannot keep the one model worker busy
-MAX_BODY_BYTES = MAX_TEXTS_PER_REQUEST * MAX_TEXT_CHARS * 3 + 64 * 1024
+# a body's own limit, as the front server's (scripts/patch_bentoml.py sets BentoML's max_request_size
+# to it): checked before any parsing, so that clients sending bodies near BentoML's 20 MB cap cannot
+# keep the one model worker busy. 256 titles fit many times over; 256 texts of 10,000 characters
+# fit in UTF-8 unless most are outside the Basic Multilingual Plane, or sent as \u escapes (up to
+# 6 bytes a character): such a request is split in two
+MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 def load_json(data: bytes | str):
     """A request body as JSON, or ValueError saying in one line why it is not."""
     if len(data) > MAX_BODY_BYTES:
-        raise ValueError(f"the body is {len(data) / 1e6:.1f} MB; the limit is {MAX_BODY_BYTES / 1e6:.1f} MB "
-                         f"({MAX_TEXTS_PER_REQUEST} texts of {MAX_TEXT_CHARS:,} characters)")
+        raise ValueError(f"the body is {len(data) / 1e6:.1f} MB; the limit is {MAX_BODY_BYTES / 1e6:.1f} MB: "
+                         "send its texts in more than one request")
     try:
         return json.loads(data)
     except UnicodeDecodeError:
