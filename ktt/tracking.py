@@ -564,8 +564,12 @@ def run_artifact(run_id: str, folder: str, name_matches) -> Path | None:
     client = mlflow.MlflowClient()
     for art in client.list_artifacts(run_id, folder):
         if name_matches(Path(art.path).name):
+            import atexit
+
+            dst = tempfile.mkdtemp(prefix="ktt-artifact-")
+            atexit.register(shutil.rmtree, dst, True)  # a copy for this process: none left behind
             try:
-                return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=art.path))
+                return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=art.path, dst_path=dst))
             except Exception as e:  # a full disk, a store gone: MLflow's errors name neither
                 free = shutil.disk_usage(tempfile.gettempdir()).free / 1e6
                 raise Unavailable(f"cannot download {art.path} ({(art.file_size or 0) / 1e6:.0f} MB) of run {run_id}: "

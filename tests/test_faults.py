@@ -406,7 +406,10 @@ def test_export_keeps_the_previous_build_until_the_new_one_is_whole(env, tmp_pat
     assert list(build.glob(".tfidf_hsgd_bb_small.tmp-*")), "killed before it began building"
     kept = {p: p.read_bytes() for p in build.rglob("*") if p.is_file() and not p.name.endswith(".lock") and ".tmp-" not in str(p)}
     assert kept == before  # (a killed export leaves its empty lock file and temp folder: the next one removes both)
-    assert ktt("export", run_id, "--bento", env=env, cwd=tmp_path, timeout=600).returncode == 0
+    (tmp_path / "tmp").mkdir()  # the checkpoint's download and the code a model load unpacks go at exit
+    assert ktt("export", run_id, "--bento", env={**env, "TMPDIR": str(tmp_path / "tmp")}, cwd=tmp_path,
+               timeout=600).returncode == 0
+    assert not list((tmp_path / "tmp").glob("ktt-*"))
     assert sorted(p.name for p in build.iterdir()) == ["tfidf_hsgd_bb_small"]
     assert (build / "tfidf_hsgd_bb_small" / "inference").is_dir()
 
