@@ -13,6 +13,7 @@ import pandas as pd
 
 from . import allocator
 from .errors import BadValue, NotFound
+from .text import spreadsheet_safe
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -93,8 +94,6 @@ def predict_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike,
                     _review(model, texts[answers["review"].to_numpy()].tolist(), depths, model_uri, review)
                 out = pd.concat([chunk.reset_index(drop=True), answers.reset_index(drop=True)], axis=1)
                 if fmt_out == "csv":
-                    from .text import spreadsheet_safe
-
                     spreadsheet_safe(out).to_csv(tmp, mode="a" if written else "w", header=not written, index=False,
                                sep="\t" if dst.suffix.lower() == ".tsv" else ",")
                 else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -722,10 +723,14 @@ def pq_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def _digest(folder: Path) -> str:
+DIGESTED = (*(f"{s}.parquet" for s in SPLITS), "hierarchy.json")  # in this order
+
+
+def _digest(folder: Path, blobs: dict | None = None) -> str:
+    """The dataset's content hash, of its files' bytes (``blobs``: those already read, by name)."""
     h = hashlib.sha256()
-    for f in (*(f"{s}.parquet" for s in SPLITS), "hierarchy.json"):
-        h.update((folder / f).read_bytes())
+    for f in DIGESTED:
+        h.update(blobs[f] if blobs else (folder / f).read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -789,15 +794,16 @@ def load_dataset(name_or_path: str | os.PathLike, root: str | os.PathLike = "dat
     try:
         h = Hierarchy.load(p / "hierarchy.json")
         manifest = json.loads((p / "manifest.json").read_text()) if (p / "manifest.json").exists() else {}
+        blobs = {f: (p / f).read_bytes() for f in DIGESTED}  # read once: hashed, then parsed
         # what the files hold now: a folder edited after ingest is not logged under its old content
-        digest = _digest(p)
+        digest = _digest(p, blobs)
         if manifest.get("digest", digest) != digest:
             raise BadValue(f"dataset {p.name!r} was changed after it was written (its files no longer match the "
                            f"digest in {p / 'manifest.json'}); write it again with `ktt ingest ... --overwrite`")
         manifest["digest"] = digest
         parts = {}
         for s in SPLITS:
-            df = pd.read_parquet(p / f"{s}.parquet")
+            df = pd.read_parquet(io.BytesIO(blobs.pop(f"{s}.parquet")))
             parts[s] = Split(df["text"].tolist(), [tuple(x) for x in df["labels"]], h)
     except BadValue:
         raise

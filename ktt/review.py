@@ -24,6 +24,8 @@ from .hierarchy import SEP
 SIMILAR = 0.7
 
 COLUMNS = ("text", "answer", "guess", "confidences", "model", "taxonomy", "labels")
+
+
 def review_rows(texts, codes, conf, hierarchy, depths, model: str | None, taxonomy: str) -> list[dict]:
     """One review row per text: its ``answer`` (the path answered, stopped at ``depths``), the
     model's ``guess`` (the whole path), each level's confidence in the guess (``conf``:
