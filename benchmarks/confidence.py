@@ -69,7 +69,8 @@ def ece_row(model, split) -> dict:
     row = {f"ece_{k}": list(level_ece(h, split.codes, codes, c).values()) for k, c in stages.items()}
     top = stages["maps"]
     row["tied_top"] = [float((top[:, d] == top[:, d].max()).mean()) for d in range(h.depth)]
-    row["maps"] = "/".join("-" if m == [1.0, 0.0] else f"{m[0]:.2f},{m[1]:+.2f}" for m in (model.level_maps or []))
+    row["maps"] = "/".join(" ".join("-" if m[i:i + 2] == [1.0, 0.0] else f"{m[i]:.2f},{m[i + 1]:+.2f}"
+                                    for i in range(0, len(m), 2)) for m in (model.level_maps or []))
     return row
 
 

@@ -452,6 +452,12 @@ def test_level_maps_by_hand():
     # a path that ended at B: level 2 is B's 3/4, not level 2's map of anything
     np.testing.assert_allclose(recalibrate(h, [b_end], np.array([[0.9, 0.9]]), [[0.5, 0.0], [0.1, -5.0]]), [[0.75, 0.75]])
     np.testing.assert_array_equal(recalibrate(h, [a1], np.array([[0.8, 0.9]]), None), [[0.8, 0.9]])
+    # four numbers: the second pair maps the classes paths end at. B ends at level 1: sigmoid(ln 9 - ln 3) = 3/4;
+    # A goes on: the first pair, the identity; a1 ends at level 2: sigmoid(2 ln 1) = 1/2
+    maps = [[1.0, 0.0, 1.0, -np.log(3)], [5.0, 1.0, 2.0, 0.0]]
+    np.testing.assert_allclose(recalibrate(h, [b_end, a1], np.array([[0.9, 0.9], [0.9, 0.5]]), maps),
+                               [[0.75, 0.75], [0.9, 0.5]])
+    np.testing.assert_allclose(map_level([0.9, 0.9], 0, maps, [True, False]), [0.75, 0.9])
 
 
 def test_level_maps_fit_only_where_they_pay_on_held_out_rows():
@@ -466,15 +472,45 @@ def test_level_maps_fit_only_where_they_pay_on_held_out_rows():
     rng = np.random.default_rng(0)
     n = 4000
     conf = np.c_[rng.uniform(0.9, 1.0, n), rng.uniform(0.05, 0.95, n), np.full(n, 0.99)]
-    right = np.c_[rng.random(n) < 0.6, rng.random(n) < conf[:, 1], np.arange(n) >= 10]
+    right = np.c_[rng.random(n) < 0.6, rng.random(n) < conf[:, 1], np.arange(n) >= 4]  # 2 wrong a half
     codes, truth = np.zeros((n, 3), int), np.where(right, 0, 1)
     maps = fit_level_maps(h, conf, codes, truth)
-    assert maps[1] == [1.0, 0.0] and maps[2] == [1.0, 0.0]
-    assert maps[0] != [1.0, 0.0] and abs(recalibrate(h, codes, conf, maps)[:, 0].mean() - right[:, 0].mean()) < 0.01
+    assert maps[1] == [1.0, 0.0] * 2 and maps[2] == [1.0, 0.0] * 2
+    assert maps[0][:2] != [1.0, 0.0] and abs(recalibrate(h, codes, conf, maps)[:, 0].mean() - right[:, 0].mean()) < 0.01
+    assert maps[0][2:] == maps[0][:2]  # no path ends at level 1: its ends take the map of the level
     # level 3 overconfident, but every path ended at level 2: no map
     codes3 = np.tile(ended, (n, 1))
     truth3 = np.where(np.c_[right[:, :2], rng.random(n) < 0.5], codes3, 1 - np.minimum(codes3, 1))
-    assert fit_level_maps(h, conf, codes3, truth3)[2] == [1.0, 0.0]
+    assert fit_level_maps(h, conf, codes3, truth3)[2] == [1.0, 0.0] * 2
+
+
+def test_paths_that_end_get_their_own_map():
+    """A level where paths that end there are overconfident (confidence .9-1, right 60%) and paths
+    that go on are calibrated: the ends get a map that brings their mean confidence to their
+    accuracy, the others keep the identity; one map for both would leave each side wrong by a
+    share of the other's error (issue 41: the generated catalog's levels 5-7)."""
+    from ktt.confidence import fit_level_maps, recalibrate
+
+    h = Hierarchy.from_paths([("A", "a"), ("B",)])
+    goes_on, ends = h.encode([["A", "a"]])[0], h.encode([["B"]])[0]
+    rng = np.random.default_rng(1)
+    n = 4000
+    stop = np.arange(n) % 2 == 0
+    c1 = np.where(stop, rng.uniform(0.9, 1.0, n), rng.uniform(0.05, 0.95, n))
+    right = np.where(stop, rng.random(n) < 0.6, rng.random(n) < c1)
+    codes = np.where(stop[:, None], ends, goes_on)
+    wrong = np.where(stop[:, None], goes_on, ends)
+    truth = np.where(right[:, None], codes, wrong)
+    conf = np.c_[c1, c1]
+    maps = fit_level_maps(h, conf, codes, truth)
+    assert maps[0][:2] == [1.0, 0.0] and maps[0][2:] != [1.0, 0.0]
+    out = recalibrate(h, codes, conf, maps)
+    assert abs(out[stop, 0].mean() - right[stop].mean()) < 0.01
+    np.testing.assert_allclose(out[~stop, 0], c1[~stop])
+    # one map over both: the ends stay overconfident by more than 0.05 (0.077)
+    from ktt.confidence import _fit_map, _logit, _mapped
+    pooled = _mapped(_logit(c1), _fit_map(_logit(c1), right))
+    assert pooled[stop].mean() - right[stop].mean() > 0.05
 
 
 def test_alternatives_share_their_parents_score_by_hand():
