@@ -203,7 +203,6 @@ def epoch(before_rev: str) -> str:
 def tracking(short_rows: int = 2000) -> str:
     import mlflow
 
-    from ktt import figures
     from ktt.metrics import evaluate
     from ktt.train import train
 
@@ -227,7 +226,6 @@ def tracking(short_rows: int = 2000) -> str:
         def tracked(log_model):  # one fit, as `ktt train`: its figures waited for (drawn after the run)
             train(name, dataset, overrides=params, datasets_root=tmp / "datasets", weights_root=tmp / "weights",
                   log_model=log_model)
-            figures.wait()
 
         repeat = 3
         base = best_of(untracked, repeat)

@@ -1,19 +1,17 @@
-"""Beyond one machine, measured (issue 12): what tracking to a server costs a fit, what a second
-tuning worker on PostgreSQL buys, and how fast `ktt predict` and Spark score 100,000 titles.
+"""Beyond one machine, measured (issue 12): what a second tuning worker on PostgreSQL buys, and
+how fast `ktt predict` and Spark score 100,000 titles. (What tracking costs: benchmarks/tracking_ab.py.)
 
-    .venv/bin/python benchmarks/scaling.py [--only tracking|tuning|scoring]
+    .venv/bin/python benchmarks/scaling.py [--only tuning|scoring]
 
 The engines are the tests' own (tests/conftest.py): a throw-away PostgreSQL (Debian's) and
 `mlflow server` on it with served artifacts. Deduplicated BigBasket, official split.
 """
 import argparse
-import gc
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -41,121 +39,6 @@ def tracking_server(pg: Postgres, folder: Path) -> tuple[Server, str]:
                                    "--host", "127.0.0.1", "--port", str(ports[0]), "--workers", "2"],
                     lambda ports, log: http_ok(f"http://127.0.0.1:{ports[0]}/health"), env=env)
     return server, f"http://127.0.0.1:{server.ports[0]}"
-
-
-def tracking(tmp: Path, server: Server, server_url: str, fits: int = 2, rounds: int = 20) -> str:
-    from benchmarks.allocator import untracked_fit
-    from ktt import allocator, figures
-    from ktt.train import train
-
-    allocator.configure()  # as train() does: the untracked fits run with the same allocator as the tracked ones
-    fit_s = []
-    collector = {"s": 0.0}  # seconds in Python's garbage collector (gc.callbacks), any thread of this process
-    started = {}
-
-    def clock(phase, info):
-        if phase == "start":
-            started[threading.get_ident()] = time.perf_counter()
-        elif threading.get_ident() in started:
-            collector["s"] += time.perf_counter() - started.pop(threading.get_ident())
-    gc.callbacks.append(clock)
-
-    def untracked():  # the same load, fit, calibration and evaluations: nothing logged or saved
-        fit_s.append(untracked_fit(tmp / "datasets", "bigbasket"))
-
-    def tracked(uri, log_model):
-        def fit():
-            mlflow.set_tracking_uri(uri)
-            train("tfidf_hsgd", "bigbasket", datasets_root=tmp / "datasets", weights_root=tmp / "weights",
-                  experiment="overhead", log_model=log_model)
-        return fit
-
-    def requests() -> int:  # the server's access log: one line per request
-        return server.text().count(" HTTP/1.1\" ")
-
-    def others_cpu() -> float:
-        """CPU seconds used so far by every process on the machine but this one and its figure
-        process: the tracking worker, and the tracking server and its database when one runs."""
-        tick = os.sysconf("SC_CLK_TCK")
-        busy = sum(int(x) for i, x in enumerate(Path("/proc/stat").read_text().split()[1:8]) if i != 3 and i != 4)
-        mine = os.times()
-        worker = 0
-        if figures._worker is not None:
-            stat = Path(f"/proc/{figures._worker[0].pid}/stat").read_text().rsplit(")", 1)[1].split()
-            worker = int(stat[11]) + int(stat[12])
-        return (busy - worker) / tick - mine.user - mine.system
-
-    def compare(uri, log_model) -> tuple[float, float, list[float], float, float]:
-        """Rounds of ``fits`` untracked fits, then one tracked fit not timed and
-        ``fits`` tracked ones, as in a sweep (each runs while the figures of the one before are
-        drawn), then the wait for the last figures. This machine's speed drifts by more than the
-        goal, so the overhead is the median over the rounds of each round's difference of means.
-        Returns the medians of the untracked and the tracked fits, each round's overhead, the median wait,
-        the CPU seconds other processes used per tracked fit (:func:`others_cpu`), and the
-        collector's seconds per fit, untracked and tracked (the means: a full collection is rare and long)."""
-        untimed, timed, tails, over, others, gc_s = [], [], [], [], [], {"u": [], "t": []}
-        for _ in range(rounds):
-            for _ in range(fits):
-                t0, g0 = time.perf_counter(), collector["s"]
-                untracked()
-                untimed.append(time.perf_counter() - t0)
-                gc_s["u"].append(collector["s"] - g0)
-            c0 = others_cpu()
-            tracked(uri, log_model)()  # its figures are drawn while the first timed fit runs
-            for _ in range(fits):
-                t0, g0 = time.perf_counter(), collector["s"]
-                tracked(uri, log_model)()
-                timed.append(time.perf_counter() - t0)
-                gc_s["t"].append(collector["s"] - g0)
-            t0 = time.perf_counter()
-            figures.wait()
-            tails.append(time.perf_counter() - t0)
-            others.append((others_cpu() - c0) / (fits + 1))
-            over.append(np.mean(timed[-fits:]) - np.mean(untimed[-fits:]))
-        return (float(np.median(untimed)), float(np.median(timed)), over, float(np.median(tails)),
-                float(np.median(others)), float(np.mean(gc_s["u"])), float(np.mean(gc_s["t"])))
-
-    rows = []
-    for label, uri in (("SQLite file", f"sqlite:///{tmp / 'overhead.db'}"),
-                       ("HTTP: `mlflow server`, PostgreSQL, served artifacts (same machine)", server_url)):
-        for log_model in (False, True):
-            tracked(uri, log_model)()  # the experiment exists, the input example is checked, the worker is warm
-            untracked()
-            figures.wait()
-            before = requests()
-            base, t, rounds_over, tail, cpu, gc_u, gc_t = compare(uri, log_model)
-            over, (q1, q3) = float(np.median(rounds_over)), np.percentile(rounds_over, [25, 75])
-            sent = f"{(requests() - before) / (rounds * (fits + 1)):.0f}" if uri == server_url else ""
-            goal = max(0.3, 0.1 * float(np.median(fit_s)))
-            rows.append(f"| {label} | {'yes' if log_model else 'no'} | {base:.2f} | {t:.2f} | "
-                        f"{over:+.2f} s ({100 * over / base:+.0f}%) | {q1:+.2f} to {q3:+.2f} s | {tail:.2f} | {sent} | {cpu:.2f} | "
-                        f"{gc_u:.3f}, {gc_t:.3f} | "
-                        f"{'met' if over <= goal else 'missed'} (<= {goal:.2f} s) |")
-            print(rows[-1], flush=True)
-    return "\n".join([
-        f"`tfidf_hsgd` on BigBasket: {rounds} rounds of {fits} untracked fits, then {fits + 1} tracked ones in a row, "
-        "as in a sweep (`ktt tune`, `--seeds`, `ktt experiment`), the first not timed (so that each timed fit runs "
-        "while the figures of the one before are drawn); the median fit of each kind. This machine's speed drifts "
-        "by more than the goal, so the rounds interleave the two and the overhead is the median over the rounds of "
-        "each round's difference of means (the \"middle half\" column: the rounds' 25th to 75th percentile). Tracked is `ktt train`'s whole run: the dataset "
-        "loaded, params, per-level metrics, tables, both checkpoints, with or without the logged pyfunc model "
-        "(which carries KTT's code), and the five test figures. Files, metrics, params and tags go to MLflow from "
-        "background threads while the run goes on, and the run ends when all of them are in; from a process's "
-        "second fit on, those threads hand MLflow's calls to the tracking worker process (`ktt.worker`); the figures are "
-        "drawn in the figure process and logged by a thread while the next fit runs. Untracked is the same load, "
-        "fit, calibration and two evaluations with nothing logged or saved. Last figures: the wait for the last "
-        "fit's figures after it returned (a single `ktt train` waits that long at exit). Requests: the server's "
-        "access-log lines per fit. Other processes' CPU: what the rest of the machine (the tracking worker, and the "
-        "tracking server and PostgreSQL when they serve) used per tracked fit, on the same two cores as the fit (a team's server "
-        "would have its own machine; this one has no other). Collector: the seconds this process spent in Python's "
-        "garbage collector per fit, untracked and tracked (the means; `ktt.allocator.settle` freezes what a "
-        "process's first fit left, so full collections do not scan it again). Goal (issue 28): tracking costs at most 10% of the fit "
-        f"({float(np.median(fit_s)):.2f} s here, the median; the untracked time adds loading, calibration and "
-        "evaluation) or 0.3 s, whichever is larger.", "",
-        "| tracking | logged model | untracked s | tracked s | over untracked | middle half of the rounds | "
-        "last figures s | HTTP requests per fit | other processes' CPU s per fit | collector s per fit | goal |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        *rows])
 
 
 def tuning(tmp: Path, pg: Postgres, server_url: str, trials: int = 8) -> str:
@@ -243,7 +126,7 @@ def spark_scoring(uri: str, tmp: Path, rows: int) -> float:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["tracking", "tuning", "scoring"])
+    ap.add_argument("--only", choices=["tuning", "scoring"])
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ktt-scaling-"))
     splits, h, _ = prepare(pd.read_parquet(DATA))
@@ -252,14 +135,13 @@ def main():
                        val=splits["val"].sample(500, random_state=0)), h, tmp / "datasets", "bigbasket_short")
     pg = Postgres()
     server, url = tracking_server(pg, tmp)
-    parts = {"tracking": ("What tracking costs a fit: none, SQLite, a tracking server", lambda: tracking(tmp, server, url)),
-             "tuning": ("Tuning workers on PostgreSQL", lambda: tuning(tmp, pg, url)),
+    parts = {             "tuning": ("Tuning workers on PostgreSQL", lambda: tuning(tmp, pg, url)),
              "scoring": ("Batch scoring: in-process, `ktt predict`, Spark", lambda: scoring(tmp))}
     try:
         for key, (title, fn) in parts.items():
             if args.only and key != args.only:
                 continue
-            issues = "issues 12, 28" if key == "tracking" else "issue 12"
+            issues = "issue 12"
             cmd = CMD + (f" --only {key}" if args.only else "")
             write_section(f"scaling-{key}", f"## {title} ({issues})\n\nCommand: `{cmd}`\n\n{fn()}")
     finally:

@@ -10,6 +10,7 @@ import traceback
 
 import click
 
+from . import allocator
 from .errors import BadValue, UserError, missing_dependency
 
 
@@ -56,6 +57,7 @@ def main(verbose):
     # SIGTERM (timeout, docker stop, Kubernetes) unwinds like Ctrl-C: an MLflow run ends FAILED, temp files go
     signal.signal(signal.SIGTERM, _terminated)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    allocator.configure()  # this process fits and scores large arrays (ktt.allocator); a library call never sets it
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 
@@ -423,6 +425,18 @@ def compare(run_a, run_b, n_boot, seed, resample):
         r = result[m]
         click.echo(f"  {m}: A {r['a']:.4f}, B {r['b']:.4f}, difference {r['diff']:+.4f}, 95% interval "
                    f"[{r['low']:+.4f}, {r['high']:+.4f}]: " + ("significant" if r["significant"] else "not significant"))
+
+
+@main.command("figures")
+@click.argument("run")
+@click.option("--datasets", "datasets_root", default="datasets", show_default=True, envvar="KTT_DATASETS",
+              help="Datasets folder (env KTT_DATASETS).")
+def figures_cmd(run, datasets_root):
+    """Draw RUN's test figures (levels, confusions, stopping curve, reliability) and log them under
+    its figures/: what `ktt train` draws, for a sweep's trials (`ktt tune` draws its best trial's)."""
+    from .figures import for_run
+
+    click.echo(f"logged the figures of run {for_run(run, datasets_root)}")
 
 
 @main.command("predict")

@@ -6,90 +6,16 @@ import inspect
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BadValue, NotFound, UserError
+from .tracking import from_run, resolve_source, run_side
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-@dataclass
-class Source:
-    model: str
-    dataset: str
-    checkpoint: Path
-    run_id: str | None = None
-
-
-def _from_run(run_id: str) -> Source:
-    import mlflow
-
-    from .tracking import resolve_checkpoint
-
-    client = mlflow.MlflowClient()
-    try:
-        tags = client.get_run(run_id).data.tags
-    except Exception:
-        raise NotFound(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
-    if "ktt.model" not in tags:
-        raise BadValue(f"MLflow run {run_id} is not a KTT training run (no ktt.model tag)")
-    from .data import check_name
-
-    dataset = check_name(tags.get("ktt.dataset", ""), f"dataset name in run {run_id}'s tag ktt.dataset:")
-    return Source(tags["ktt.model"], dataset, resolve_checkpoint(run_id, "best"), run_id)
-
-
-def resolve_source(source: str | None = None, model: str | None = None, dataset: str | None = None,
-                   weights_root: str | os.PathLike = "weights") -> Source:
-    """A run ID, ``runs:/<id>[/...]``, ``models:/<name>@<alias>``, ``models:/<name>/<version>``,
-    or (no source) a model and dataset: the newest ``best_`` checkpoint under ``weights/``."""
-    if source is None:
-        if not (model and dataset):
-            raise BadValue("give a source (run ID, runs:/ or models:/ URI) or both --model and --dataset")
-        from .data import check_name
-
-        check_name(dataset)
-        folder = Path(weights_root) / model / dataset
-        from .tracking import SUFFIX, checkpoint_time
-
-        best = list(folder.glob(f"best_*{SUFFIX}"))
-        if not best:
-            raise NotFound(f"no best_ checkpoint in {folder}; train {model} on {dataset} first")
-        return Source(model, dataset, max(best, key=checkpoint_time))
-    from .tracking import check_tracking_uri
-
-    check_tracking_uri()  # a registry or a run: the server must answer, and take the login
-    if source.startswith("models:/"):
-        import mlflow
-
-        client = mlflow.MlflowClient()
-        ref = source[len("models:/"):]
-        try:
-            if "@" in ref:
-                name, alias = ref.split("@", 1)
-                mv = client.get_model_version_by_alias(name, alias)
-            else:
-                name, version = ref.split("/", 1)
-                mv = client.get_model_version(name, version)
-        except Exception as e:
-            raise NotFound(f"no registered model version {source!r}: {str(e).splitlines()[0]}") from None
-        run_id = mv.run_id
-        if not run_id:
-            raise BadValue(f"{source} was not logged by a run; KTT needs the run's checkpoints")
-        return _from_run(run_id)
-    if source.startswith("runs:/"):
-        return _from_run(source[len("runs:/"):].strip("/").split("/")[0])
-    if RUN_ID.match(source):
-        return _from_run(source)
-    raise BadValue(f"cannot read export source {source!r}: expected a run ID, runs:/<id>, "
-                     "models:/<name>@<alias> or models:/<name>/<version>")
 
 
 def export_onnx(model, folder: Path, monitoring: bool = False) -> dict[str, Path]:
@@ -223,7 +149,7 @@ def promotion_diff(run_id: str, taxonomy: str, name: str, alias: str):
         return None
     held = mv.tags.get("ktt.taxonomy") or (client.get_run(mv.run_id).data.tags.get("ktt.taxonomy") if mv.run_id else None)
     if held is None and mv.run_id:  # registered before taxonomy versions: its checkpoint's hierarchy
-        old = _from_run(mv.run_id)
+        old = from_run(mv.run_id)
         from . import registry
         held = tx.digest(registry.get(old.model).load(old.checkpoint).hierarchy)
     change = tx.diff(_side(mv.run_id, f"{name} v{mv.version}"), _side(run_id, f"run {run_id[:8]}"))
@@ -239,7 +165,7 @@ def _side(run_id: str, name: str):
     try:
         return run_side(run_id, name)
     except NotFound:
-        src = _from_run(run_id)
+        src = from_run(run_id)
         return tx.Side(name, registry.get(src.model).load(src.checkpoint).hierarchy)
 
 
@@ -248,30 +174,14 @@ def taxonomy_side(ref: str, datasets_root="datasets"):
     ``runs:/ID``) or a registered model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``)."""
     from . import taxonomy as tx
     from .data import load_dataset
+    from .tracking import RUN_ID
 
     if ref.startswith(("runs:/", "models:/")) or (RUN_ID.match(ref) and not (Path(datasets_root) / ref).exists()):
-        return _side(run_of(ref), ref)
+        return _side(resolve_source(ref).run_id, ref)
     try:
         return tx.of_dataset(load_dataset(ref, datasets_root))
     except NotFound:
         raise NotFound(f"{ref!r} is neither a dataset (in {datasets_root}) nor a run ID, runs:/ or models:/ URI") from None
-
-
-def run_of(ref: str) -> str:
-    """The run ID behind a run ID, ``runs:/`` or ``models:/`` URI."""
-    return resolve_source(ref if ref.startswith(("runs:/", "models:/")) else f"runs:/{ref}").run_id
-
-
-def run_side(run_id: str, name: str | None = None):
-    """What run ``run_id`` logged of its taxonomy (``taxonomy.parquet``)."""
-    from .taxonomy import ARTIFACT, read_side
-    from .tracking import run_artifact
-
-    found = run_artifact(run_id, None, lambda n: n == ARTIFACT)
-    if not found:
-        raise NotFound(f"MLflow run {run_id} logged no {ARTIFACT} (trained before taxonomy versions); "
-                       "diff its dataset instead")
-    return read_side(found, name or run_id)
 
 
 SERVICE_TEMPLATE = '''"""BentoService of `{model}`, written by `ktt export`: the shared KTT API

@@ -145,120 +145,41 @@ def render(folder, h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str,
         plt.close(fig)
 
 
-_worker = None  # (process, the end of the pipe to it): the forked process that draws, kept for every run
-_logging = None  # the thread that hands a run's figures to the worker and logs them (a ThreadPoolExecutor of one)
-_pending: list = []  # (run ID, future) of the figures not yet logged
-
-
-def warm() -> None:
-    """Fork the process that draws figures, unless it runs already (a sweep's runs share it).
-
-    It imports matplotlib and draws a throw-away figure at once, while the caller loads and fits;
-    a run's figures then cost the caller nothing but handing them over (:func:`log_later`).
-    Forked before the fit, it shares only the memory the caller had then.
-    """
-    global _worker
-    if _worker is not None and _worker[0].is_alive():
-        return
-    import multiprocessing as mp
-
-    try:
-        ctx = mp.get_context("fork")
-        here, there = ctx.Pipe()
-        proc = ctx.Process(target=_serve, args=(there, here), daemon=True, name="ktt-figures")
-        proc.start()
-    except (OSError, ValueError):  # no fork here (another platform, or a resource limit): drawn in a thread
-        _worker = None
-        return
-    there.close()
-    _worker = (proc, here)
-
-
-def _serve(conn, callers_end) -> None:
-    """The worker: draw each ``(folder, args)`` it is sent (:func:`render`) and answer ``None``,
-    or what went wrong; end when the caller has gone, even killed."""
-    import gc
-    import io
-    import os
-
-    callers_end.close()  # else this process holds the pipe open and never sees the caller go
-
-    try:
-        os.nice(10)  # background work: it takes the cores the fits leave idle, not the fits' share
-    except OSError:
-        pass
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(2, 2))  # loads the font, the Agg renderer and the PNG writer now
-    ax.bar([0, 1], [1, 2], label="warm")
-    ax.set_title("warm")
-    ax.legend(fontsize=7)
-    fig.savefig(io.BytesIO(), format="png")
-    plt.close(fig)
-    # what the fork inherited and matplotlib's modules are never garbage: the collector stops scanning
-    # them (it took a sixth of the drawing, measured)
-    gc.collect()
-    gc.freeze()
-    while True:
-        try:
-            folder, args = conn.recv()
-        except (EOFError, OSError):  # the caller has gone
-            return
-        try:
-            render(folder, *args)
-            answer = None
-        except Exception as e:  # the caller's thread draws them instead
-            answer = repr(e)
-        try:
-            conn.send(answer)
-        except OSError:  # the caller has gone
-            return
-
-
-def log_later(run, *args):
-    """Have :func:`render`'s figures drawn by the worker (:func:`warm`) and logged under
-    ``figures/`` of ``run`` (an MLflow run) by a background thread, while the caller goes on: a sweep's
-    next fit runs while this one's figures are drawn. :func:`wait` waits for them (a process
-    does at exit); a run waits here for the figures of the run before it, so at most one is
-    pending. Returns the future of their logging."""
-    global _logging
+def log_figures(h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, float], confusions, curve,
+                split: str, conf: np.ndarray, run_id: str | None = None) -> None:
+    """Draw :func:`render`'s figures here and log them under ``figures/`` of run ``run_id`` (None:
+    the active run; inside ``tracking.uploading``, uploaded in the background)."""
     import mlflow
-    from concurrent.futures import ThreadPoolExecutor
 
-    from .tracking import artifact_store
+    from .tracking import artifact_store, log_path, submit
 
-    wait()
-    if _logging is None:  # its thread is joined at exit: no figures are lost when the caller ends
-        _logging = ThreadPoolExecutor(1, thread_name_prefix="ktt-figures")
-    future = _logging.submit(_log, args, artifact_store(run.info.artifact_uri, mlflow.get_tracking_uri()))
-    _pending.append((run.info.run_id, future))
-    return future
-
-
-def _log(args, store) -> None:
     folder = tempfile.mkdtemp(prefix="ktt-figures-")
     try:
-        failed = "no worker"
-        if _worker is not None and _worker[0].is_alive():
-            try:
-                _worker[1].send((folder, args))
-                failed = _worker[1].recv()
-            except (EOFError, OSError) as e:  # the worker died
-                failed = repr(e)
-        if failed:
-            render(folder, *args)
-        store.log_artifacts(folder, "figures")
+        render(folder, h, y_true, y_pred, metrics, confusions, curve, split, conf)
+        if run_id is None:
+            log_path(Path(folder), "figures")
+        else:  # a finished run: its store, without starting the run again
+            uri = mlflow.MlflowClient().get_run(run_id).info.artifact_uri
+            artifact_store(uri, mlflow.get_tracking_uri()).log_artifacts(folder, "figures")
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        submit(lambda: shutil.rmtree(folder, ignore_errors=True))  # after the upload
 
 
-def wait() -> None:
-    """Wait until every run's figures handed to :func:`log_later` are logged; a failure to log
-    them is a warning that names the run, not an error of the caller's next run."""
-    import logging
+def for_run(ref: str, datasets_root="datasets") -> str:
+    """Draw and log the test figures of a trained run (``ktt figures RUN``; a sweep's best trial):
+    its ``best`` checkpoint scored on its dataset's test split, as ``ktt train`` draws them. The run's ID."""
+    import pandas as pd
 
-    while _pending:
-        run_id, future = _pending.pop(0)
-        try:
-            future.result()
-        except Exception as e:
-            logging.getLogger(__name__).warning("the figures of run %s could not be logged: %s", run_id, e)
+    from . import registry
+    from .data import load_dataset
+    from .metrics import confusion_summary, evaluate, stop_curve
+    from .tracking import check_tracking_uri, resolve_source
+
+    check_tracking_uri()
+    src = resolve_source(ref)
+    model, ds = registry.get(src.model).load(src.checkpoint), load_dataset(src.dataset, datasets_root)
+    h, split = ds.hierarchy, ds.test
+    pred, conf = model.predict_confident(split.texts)
+    log_figures(h, split.codes, pred, evaluate(h, split.codes, pred), confusion_summary(h, split.codes, pred),
+                pd.DataFrame(stop_curve(h, split.codes, pred, conf)), "test", conf, run_id=src.run_id)
+    return src.run_id

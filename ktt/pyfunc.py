@@ -9,8 +9,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from .tracking import remotely
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -88,15 +86,13 @@ class KTTModel(mlflow.pyfunc.PythonModel):
             raise BadValue("send a threshold or a target_precision, not both")
         return answers(self.model, _texts(model_input), threshold, target)
 
-@remotely
 def log_pyfunc(model_name: str, checkpoint: Path, depth: int, example: list[str], run_id: str, model_id: str):
     """Log the checkpoint as run ``run_id``'s model ``model_id`` (``tracking.start_model``): the
     checkpoint, KTT's code (one zip, ``ktt/pyfunc_model.py`` loads it), the signature and an input
     example. Its environment is requirements/main.in constrained by the lock (main.txt). MLflow
     checks that the logged model answers its input example (it loads and runs it: half a second)
     and that this environment has the requirements: both once per model class, code, signature
-    and requirements on this machine (:func:`_checked`), not on every fit. Returns MLflow's ``ModelInfo``
-    (in a sweep, logged by the tracking worker: ``tracking.remotely``)."""
+    and requirements on this machine (:func:`_checked`), not on every fit. Returns MLflow's ``ModelInfo``."""
     import hashlib
 
     from mlflow.entities import LoggedModelOutput
@@ -145,57 +141,23 @@ def code_zip() -> Path:
     return _zips[key]
 
 
-class _Unchecked:
-    """``mlflow.pyfunc`` as a flavor for ``Model.log`` that takes ``validate_serving_input``
-    (``mlflow.pyfunc.save_model`` refuses it; ``Model.log`` reads it, then passes it on). Without
-    it, the requirements are not checked against this environment either: both passed before."""
-
-    __name__ = "mlflow.pyfunc"
-
-    @staticmethod
-    def save_model(validate_serving_input=True, source_run_id=None, **kwargs):
-        from unittest import mock
-
-        from mlflow.utils import environment
-
-        if source_run_id and not kwargs["mlflow_model"].run_id:
-            kwargs["mlflow_model"].run_id = source_run_id
-
-        # reads every requirement's metadata (0.1 s a fit); patched for the whole process while this runs
-        check = "warn_dependency_requirement_mismatches"
-        if validate_serving_input or not hasattr(environment, check):
-            return mlflow.pyfunc.save_model(**kwargs)
-        with mock.patch.object(environment, check, lambda requirements: None):
-            return mlflow.pyfunc.save_model(**kwargs)
-
-
 def _checked(key: str, kwargs: dict):
     """``Model.log`` of the pyfunc flavor with ``kwargs``, MLflow's checks (input example, requirements)
     included the first time ``key`` is logged here and passed; afterwards the same model class, code,
     signature and requirements are logged without them (a marker under ``$XDG_CACHE_HOME/ktt``)."""
     import functools
-    import logging
     import os
 
     from mlflow.models import Model
 
+    from .tracking.mlflow_compat import UncheckedPyfunc, log_model_checked
+
     marker = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ktt" / f"pyfunc-checked-{key}"
-    log = functools.partial(Model.log, artifact_path=None, flavor=_Unchecked, flavor_name="mlflow.pyfunc", **kwargs)
+    log = functools.partial(Model.log, artifact_path=None, flavor=UncheckedPyfunc, flavor_name="mlflow.pyfunc", **kwargs)
     if marker.exists():
         return log(validate_serving_input=False)
-
-    class Failed(logging.Handler):  # MLflow warns, and goes on, when the example fails
-        failed = False
-
-        def emit(self, record):
-            Failed.failed |= "Failed to validate serving input" in record.getMessage()
-    handler = Failed(logging.WARNING)
-    logging.getLogger("mlflow.models.model").addHandler(handler)
-    try:
-        info = log(validate_serving_input=True)
-    finally:
-        logging.getLogger("mlflow.models.model").removeHandler(handler)
-    if not Failed.failed:
+    info, answered = log_model_checked(log)
+    if answered:
         try:
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.touch()

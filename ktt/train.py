@@ -10,10 +10,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from . import allocator, distributed, registry, taxonomy, tracking
+from . import distributed, registry, taxonomy, tracking
 from .errors import BadValue
 from .data import load_dataset
-from . import figures as pictures
 from .metrics import confusion_summary, evaluate, level_ece, level_table, row_counts, stop_curve
 from .model import NullLogger
 
@@ -56,93 +55,94 @@ class Fit:
 
 def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_root="datasets",
           weights_root="weights", experiment: str | None = None, run_name: str | None = None,
-          reference: bool = False, log_model: bool = True, tags: dict | None = None,
+          reference: bool = False, log_model: bool = True, figures: bool = True, tags: dict | None = None,
           resume: str | None = None, start_from: str | None = None, callbacks=()) -> Fit:
-    """Fit ``model`` on ``dataset`` inside an MLflow run (hyperparameters as ``registry.create``).
-
-    Everything that can be checked is checked before the run starts: the tracking
-    server, the dataset, the model name and every hyperparameter. ``resume`` (a ``last_``
-    checkpoint or an MLflow run) continues a fit from the end of its last finished epoch.
-    ``callbacks`` see every ``log_metrics`` call of the fit (``cb(metrics, step)``). The test
-    split's figures are drawn and logged in the background, while the caller goes on (the next
-    fit of a sweep): ``ktt.figures.wait()`` waits for them, and so does the process at exit.
-    ``start_from`` (a run ID, ``runs:/`` or ``models:/`` URI of the same model, trained on an
-    earlier taxonomy) updates that model instead of training from scratch (``Model.update``).
-
-    Under ``torchrun`` every process calls this: all of them fit, each on its part of every
-    batch (:mod:`ktt.distributed`); only rank 0 tracks, checkpoints and evaluates.
-    """
-    allocator.configure()  # before the dataset is loaded: a fit's arrays stay on the heap (ktt.allocator)
-    allocator.settle()  # from the second fit of a sweep on, full collections skip what the first left
+    """Fit ``model`` on ``dataset`` in an MLflow run (hyperparameters as ``registry.create``), all
+    that can be checked checked first. ``resume``: a ``last_`` checkpoint or run to continue;
+    ``start_from``: a run or ``models:/`` URI of the same model on an earlier taxonomy, to update
+    (``Model.update``). ``callbacks`` see every ``log_metrics`` (``cb(metrics, step)``); ``figures``:
+    draw the test split's (or later: ``ktt figures RUN``). Under ``torchrun`` all processes fit, rank 0 tracks."""
     world = distributed.setup()
     if world.main:
         tracking.check_tracking_uri()
-        pictures.warm()  # matplotlib, imported in another process while this one loads and fits
     ds = load_dataset(dataset, datasets_root)
-    update = None
-    if start_from:
-        if resume:
-            raise BadValue("--from updates a trained model, --resume continues an unfinished fit: give one")
-        est, update = updating(model, ds, start_from, overrides)
-        tags = {**(tags or {}), "ktt.parent_run": update[2]}
-    else:
-        est = resumed(model, ds, resume, overrides) if resume else \
-            registry.get(model)(ds.hierarchy, **registry.params(model, overrides))
+    est, update, tags = estimator(model, ds, overrides, resume, start_from, tags)
     if world.size > 1 and not est.distributable:
         raise BadValue(f"model {model!r} does not train on several processes; run it without torchrun")
     if not world.main:  # a helper process of a distributed fit: it fits, rank 0 does the rest
-        est.update(*update[:2], ds.train, ds.val, NullLogger()) if update else est.fit(ds.train, ds.val, NullLogger())
-        distributed.finish(world)
+        fit(est, ds, NullLogger(), world, update)
         return Fit(None)
     if experiment:
         tracking.set_experiment(experiment)
     with tracking.start_run(run_name=run_name or f"{model}-{ds.name}", nested=mlflow.active_run() is not None) as run, \
-            tracking.uploading():  # artifacts uploaded while the run goes on, all of them before it ends
+            tracking.uploading():  # everything logged goes to MLflow in the background, all of it before the run ends
         logger = tracking.RunLogger(model, ds.name, weights_root, callbacks)
-        params = log_run_info(est, ds, world, {**({"ktt.resumed_from": resume} if resume else {}), **(tags or {})})
-        pending = None  # the run's logged model (the future of its ID), until the checkpoint is logged into it
+        params = log_run_info(est, ds, world, tags)
         if log_model:  # created now, so that every metric is logged as the model's (MLflow 3): tracking.start_model
-            run_id, exp_id = run.info.run_id, run.info.experiment_id
-            pending = logger.model_id = tracking.in_order(lambda: tracking.start_model(run_id, exp_id, params))
+            logger.model_id = tracking.submit(lambda: tracking.start_model(run.info.run_id, run.info.experiment_id, params))
+        logged = False  # the model: filled by log_pyfunc (READY or FAILED), else marked FAILED here
         try:
             if update:
                 tracking.log_dict(update[1].to_dict(), "taxonomy_diff.json")
             final = {"train_time_s": fit(est, ds, logger, world, update)}
-            # the checkpoint of the epoch the fit selected, or the fitted model (written once calibrated)
-            best = type(est).load(logger.paths["best"]) if "best" in logger.paths else est
+            best = type(est).load(logger.paths["best"]) if "best" in logger.paths else est  # the epoch fit chose
             calibrate(best, ds.val, logger)
-            logger.log_checkpoints()  # final from here on: uploaded while the model is evaluated
-            if log_model:  # in the background, while the model is evaluated
-                from .pyfunc import log_pyfunc
-
-                checkpoint, example, model_id = logger.paths["best"], ds.test.texts[:3], pending
-                tracking.in_order(lambda: log_pyfunc(model, checkpoint, ds.hierarchy.depth, example, run_id,
-                                                     model_id.result()))
-                pending = None  # MLflow marks it READY, or FAILED
-            test = score_split(best, ds.test, curve=True)  # the checkpoint fit selected, once
-            pictures.log_later(run, ds.hierarchy, ds.test.codes,  # drawn and logged while the rest goes on
-                               *(test[k] for k in ("pred", "metrics", "confusions", "curve")), "test", test["conf"])
-            final.update(log_split(test, ds.test, "test", logger))
-            final.update(log_split(score_split(best, ds.val), ds.val, "best_val", logger))
-            if reference:
-                log_reference_set(best, ds.test, logger)
+            logger.log_checkpoints()
+            if log_model:
+                logged = log_model_of(logger, model, ds)
+            final.update(evaluate_and_log(best, ds, logger, figures, reference))
         except BaseException:
-            if pending is not None:
-                failed = pending
-                tracking.in_order(lambda: tracking.fail_model(failed.result()))
+            if log_model and not logged:
+                tracking.submit(lambda: tracking.fail_model(logger.model_id.result()))
             raise
-        log.info("run %s: test leaf accuracy %.4f, checkpoints %s", run.info.run_id,
-                 final["test_leaf_accuracy"], [str(p) for p in logger.paths.values()])
-        return Fit(run.info.run_id, final, dict(logger.paths))
+    log.info("run %s: test leaf accuracy %.4f, checkpoints %s", run.info.run_id,
+             final["test_leaf_accuracy"], [str(p) for p in logger.paths.values()])
+    return Fit(run.info.run_id, final, dict(logger.paths))
+
+
+def estimator(model: str, ds, overrides, resume, start_from, tags) -> tuple:
+    """The model to fit: fresh, resumed from a checkpoint or updated from a run; what it updates
+    from (``updating``; None) and the run's tags."""
+    if start_from:
+        if resume:
+            raise BadValue("--from updates a trained model, --resume continues an unfinished fit: give one")
+        est, update = updating(model, ds, start_from, overrides)
+        return est, update, {**(tags or {}), "ktt.parent_run": update[2]}
+    if resume:
+        return resumed(model, ds, resume, overrides), None, {"ktt.resumed_from": resume, **(tags or {})}
+    return registry.get(model)(ds.hierarchy, **registry.params(model, overrides)), None, dict(tags or {})
+
+
+def log_model_of(logger, model: str, ds) -> bool:
+    """Log the ``best`` checkpoint as the run's model (``pyfunc.log_pyfunc``), in the background."""
+    from .pyfunc import log_pyfunc
+
+    checkpoint, example, model_id, run_id = logger.paths["best"], ds.test.texts[:3], logger.model_id, \
+        mlflow.active_run().info.run_id
+    tracking.submit(lambda: log_pyfunc(model, checkpoint, ds.hierarchy.depth, example, run_id, model_id.result()))
+    return True  # MLflow marks it READY, or FAILED
+
+
+def evaluate_and_log(best, ds, logger, figures: bool, reference: bool) -> dict:
+    """Score the selected model on test (with its figures) and validation, log both; the metrics."""
+    test = score_split(best, ds.test, curve=True)
+    if figures:
+        from .figures import log_figures
+
+        log_figures(ds.hierarchy, ds.test.codes, *(test[k] for k in ("pred", "metrics", "confusions", "curve")),
+                    "test", test["conf"])
+    final = log_split(test, ds.test, "test", logger)
+    final.update(log_split(score_split(best, ds.val), ds.val, "best_val", logger))
+    if reference:
+        log_reference_set(best, ds.test, logger)
+    return final
 
 
 def updating(model: str, ds, start_from: str, overrides: dict | None):
     """A fresh ``model`` for ``ds`` with the hyperparameters of the run ``start_from`` (``overrides``
     applied), and what it updates from: (the trained model, the taxonomy diff, the run ID)."""
-    from .export import _from_run, run_of, run_side
-
-    run_id = run_of(start_from)
-    src = _from_run(run_id)
+    src = tracking.resolve_source(start_from)
+    run_id = src.run_id
     if src.model != model:
         raise BadValue(f"{start_from} trained {src.model!r}, not {model!r}: an update starts from the same model")
     cls = registry.get(model)
@@ -153,7 +153,7 @@ def updating(model: str, ds, start_from: str, overrides: dict | None):
         raise BadValue(f"--from keeps what {start_from} learned with " + ", ".join(
             f"{k}={old.params.get(k)!r}" for k in fixed) + f": -p {fixed[0]}={est.params[fixed[0]]!r} needs a "
             "model trained from scratch (leave out --from)")
-    return est, (old, taxonomy.diff(run_side(run_id, f"run {run_id[:8]}"), taxonomy.of_dataset(ds)), run_id)
+    return est, (old, taxonomy.diff(tracking.run_side(run_id, f"run {run_id[:8]}"), taxonomy.of_dataset(ds)), run_id)
 
 
 def resumed(model: str, ds, resume: str, overrides: dict | None):
@@ -203,7 +203,7 @@ def taxonomy_table(ds):
 
 def fit(est, ds, logger, world, update=None) -> float:
     """Fit (every process of a distributed fit together; ``update``: from a trained model, its
-    diff); the seconds it took."""
+    diff); the seconds it took, logged."""
     t0 = time.perf_counter()
     if update:
         est.update(update[0], update[1], ds.train, ds.val, logger)

@@ -25,8 +25,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import hparams, registry, threads
-from .errors import BadValue, Unavailable
+from . import allocator, figures, hparams, registry, threads
+from .errors import BadValue, Unavailable, UserError
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def _objective(sweep: Sweep, space: dict, defaults: dict, parent_run_id: str):
                     raise optuna.TrialPruned(f"pruned at epoch {step}")
         try:
             fit = train(sweep.model, sweep.dataset, overrides=params, datasets_root=sweep.datasets_root,
-                        weights_root=sweep.weights_root, run_name=f"trial-{trial.number}", log_model=False,
+                        weights_root=sweep.weights_root, run_name=f"trial-{trial.number}", log_model=False, figures=False,
                         tags={"mlflow.parentRunId": parent_run_id, "ktt.trial": str(trial.number),
                               "ktt.study": sweep.study_name}, callbacks=[report])
         except optuna.TrialPruned:
@@ -217,6 +217,7 @@ def _worker(sweep: Sweep, space: dict, defaults: dict, parent_run_id: str, track
     import mlflow
     import optuna
 
+    allocator.configure()  # a sweep's worker is where an application starts (ktt.allocator)
     if sweep.workers > 1:  # each worker gets its share of the cores (read by training), not all of them
         os.environ[threads.ENV] = str(threads.share(sweep.workers))
     mlflow.set_tracking_uri(tracking_uri)
@@ -338,6 +339,10 @@ def _log_study(study, sweep: Sweep) -> None:
         except MlflowException:
             if attempt:
                 raise
+    try:  # the best trial's figures: trials leave them out (ktt.train)
+        figures.for_run(best.user_attrs["mlflow_run_id"], sweep.datasets_root)
+    except (KeyError, UserError) as e:
+        log.warning("no figures for the best trial: %s", e)
     plots = [("optimization_history.png", ovm.plot_optimization_history)]
     if len(done) > 1 and len(best.params) > 1:
         plots.append(("param_importances.png", ovm.plot_param_importances))

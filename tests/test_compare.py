@@ -147,7 +147,7 @@ def test_every_run_of_both_sides_scored_the_same_rows(monkeypatch):
     from ktt.errors import BadValue
 
     leaves = {"a": [1, 2, 3], "b": [1, 2, 3], "short": [1, 2], "moved": [1, 3, 2]}
-    monkeypatch.setattr(tracking, "load_test_rows",
+    monkeypatch.setattr(tracking.comparisons, "load_test_rows",
                         lambda r: {**counts([1, 0, 1][:len(leaves[r])]), "true_leaf": np.array(leaves[r])})
     assert tracking.bootstrap_runs(["a", "a"], ["b", "b"], n_boot=100)["leaf_accuracy"]["diff"] == 0
     with pytest.raises(BadValue, match="^run short scored 2 test rows, run a 3: compare runs on the same test rows$"):

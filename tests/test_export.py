@@ -8,7 +8,8 @@ import requests
 
 from conftest import Served, leaks, needs_serving
 from ktt import registry
-from ktt.export import export, export_onnx, resolve_source
+from ktt.export import export, export_onnx
+from ktt.tracking import resolve_source
 from ktt.serving.runtime import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -358,7 +358,8 @@ def test_every_model_trains_exports_and_serves_a_deep_catalog(name, deep_catalog
     from conftest import Served
 
     from ktt.data import load_dataset
-    from ktt.export import export, resolve_source
+    from ktt.export import export
+    from ktt.tracking import resolve_source
     from ktt.train import train
 
     ds = load_dataset("deep", deep_catalog)

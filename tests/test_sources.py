@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 
-from ktt.export import register, resolve_source
+from ktt.export import register
+from ktt.tracking import resolve_source
 from ktt.train import train
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from click.testing import CliRunner
 from mlflow.entities import LoggedModelStatus
 
 from ktt import registry
@@ -44,7 +45,7 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     ds = load_dataset("bb_small", bigbasket_small)
     assert [i.dataset.digest for i in run.inputs.dataset_inputs] == [ds.digest]
     # the taxonomy version, and what `ktt taxonomy diff` and `ktt train --from` read of it
-    from ktt.export import run_side
+    from ktt.tracking import run_side
     from ktt.taxonomy import of_dataset
     assert run.data.tags["ktt.taxonomy"] == ds.taxonomy == ds.manifest["taxonomy"]
     logged_side, side = run_side(run_id), of_dataset(ds)
@@ -53,8 +54,6 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     # checkpoint mirrored to weights/<model>/<dataset>/ and logged as an artifact
     files = os.listdir(weights / "tfidf_hsgd" / "bb_small")
     assert len(files) == 1 and CKPT.match(files[0])
-    from ktt import figures as pictures
-    pictures.wait()  # the figures are logged by a background thread once drawn
     figures = {a.path: a.file_size for a in client.list_artifacts(run_id, "figures")}
     assert set(figures) == {f"figures/test_{n}.png" for n in ("levels", "confusion_level1", "confused_leaves", "precision_coverage",
                                                                   "reliability")}
@@ -69,9 +68,7 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     tags = run.data.tags
     assert len(tags["ktt.env_hash"]) == 16 and tags["ktt.cpu"] and tags["ktt.cpu_count"] and tags["ktt.threads"]
     from ktt import allocator
-    assert tags["ktt.malloc"] == allocator.configure()  # glibc's thresholds, set by the fit (ktt.allocator)
-    if os.confstr("CS_GNU_LIBC_VERSION") and not set(allocator._ENV) & set(os.environ):
-        assert tags["ktt.malloc"] == "ktt"
+    assert tags["ktt.malloc"] == allocator.state()  # what the process runs with; train() itself sets nothing
     packages = mlflow.artifacts.load_text(f"runs:/{run_id}/environment.txt")
     import hashlib
     assert hashlib.sha256(packages.encode()).hexdigest()[:16] == tags["ktt.env_hash"] and "mlflow==" in packages
@@ -194,7 +191,7 @@ def test_atomic_write_cleans_up(tmp_path):
 
 def test_old_checkpoint_names_still_load_and_the_newest_wins(bb300, tmp_path):
     """Names with ':' (before issue 14) load and sort by time among the new ones."""
-    from ktt.export import resolve_source
+    from ktt.tracking import resolve_source
 
     model = registry.create("tfidf_lsgd", bb300["train"].hierarchy).fit(bb300["train"])
     folder = tmp_path / "tfidf_lsgd" / "ds"
@@ -212,29 +209,24 @@ FIGURES = {f"figures/test_{n}.png" for n in ("levels", "confusion_level1", "conf
                                              "reliability")}
 
 
-def test_figures_follow_their_run_even_without_the_figure_process(tracking, bigbasket_small, tmp_path):
-    """A run's figures are drawn in the figure process and logged by a thread after ``train``
-    returns (a sweep's next fit runs meanwhile), each run's to its own run; ``figures.wait``
-    waits for them. When that process dies, the thread draws them itself."""
-    from ktt import figures
+def test_figures_inline_for_a_fit_and_on_demand_for_a_sweep_trial(tracking, bigbasket_small, tmp_path):
+    """``train`` draws the test figures before its run ends; a fit without them (a sweep's trial)
+    gets the same five from ``ktt figures RUN``, logged to that run, which stays FINISHED."""
+    from ktt.cli import main
 
-    def kill_worker(metrics, step):  # during the second fit, after its start made sure the worker runs
-        figures._worker[0].kill()
-        figures._worker[0].join()
     runs = [train("tfidf_lsgd", "bb_small", datasets_root=bigbasket_small, weights_root=tmp_path / "w",
-                  experiment="figs", log_model=False, callbacks=cbs).run_id for cbs in ((), (kill_worker,))]
-    assert not figures._worker[0].is_alive()
-    figures.wait()
+                  experiment="figs", log_model=False, figures=drawn).run_id for drawn in (True, False)]
     client = MlflowClient()
-    for run_id in runs:
-        assert {a.path for a in client.list_artifacts(run_id, "figures")} == FIGURES
-        assert client.get_run(run_id).info.status == "FINISHED"
-    figures.warm()  # a new process for the next run
-    assert figures._worker[0].is_alive()
+    assert {a.path for a in client.list_artifacts(runs[0], "figures")} == FIGURES
+    assert client.list_artifacts(runs[1], "figures") == []
+    out = CliRunner().invoke(main, ["figures", runs[1], "--datasets", str(bigbasket_small)])
+    assert out.exit_code == 0, out.output
+    assert {a.path for a in client.list_artifacts(runs[1], "figures")} == FIGURES
+    assert client.get_run(runs[1]).info.status == "FINISHED"
 
 
 def test_background_logging_waits_and_raises_its_first_failure(tracking):
-    """Inside ``uploading`` files, metrics, params and tags go to MLflow from threads; leaving it
+    """Inside ``uploading`` files, metrics, params and tags go to MLflow from one thread; leaving it
     waits for all of them (in the order they were logged: metric history, last tag wins) and
     raises the first failure, after logging everything else."""
     from ktt import tracking as tr
@@ -253,12 +245,13 @@ def test_background_logging_waits_and_raises_its_first_failure(tracking):
     assert data.params == {"alpha": "0.1"} and data.tags["stage"] == "step 2"
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == [(0, 3.0), (1, 2.0), (2, 1.0)]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "metrics")} == {"metrics/a.json"}
-    assert tr._background is None and not tr._pending  # the next run starts clean
+    from ktt.tracking import logs
+    assert logs._thread is None and not logs._pending  # the next run starts clean
 
 
-def test_a_batch_waiting_to_be_sent_takes_nothing_logged_after_in_order_work(tracking):
-    """Metrics that wait for a model ID (``in_order``'s future) must not join a batch queued before
-    it: that batch would wait on the thread it blocks (a run hung against a slow server)."""
+def test_metrics_wait_for_the_model_id_they_belong_to(tracking):
+    """Metrics logged as a model's while its ID is still being made (``submit``'s future, as
+    ``train`` creates the run's model) are sent after it, as the model's."""
     from ktt import tracking as tr
 
     release, done, runs = threading.Event(), threading.Event(), []
@@ -266,35 +259,19 @@ def test_a_batch_waiting_to_be_sent_takes_nothing_logged_after_in_order_work(tra
     def run_block():  # on a thread of its own, so that a deadlock fails the test instead of hanging it
         with mlflow.start_run() as run, tr.uploading():
             runs.append(run)
-            tr.in_order(release.wait)  # the ordered thread is busy: what follows queues up
+            tr.submit(release.wait)  # the upload thread is busy: what follows queues up
             tr.log_batch({"before": 1.0})
-            model_id = tr.in_order(lambda: None)
+            model_id = tr.submit(lambda: tr.start_model(run.info.run_id, run.info.experiment_id, {}))
             tr.log_batch({"after": 2.0}, model_id=model_id)
             release.set()
         done.set()
     threading.Thread(target=run_block, daemon=True).start()
     assert done.wait(60), "background logging deadlocked"
     run = runs[0]
-    metrics = MlflowClient().get_run(run.info.run_id).data.metrics
-    assert metrics == {"before": 1.0, "after": 2.0}
-
-
-def test_the_figure_process_ends_when_its_caller_is_killed(tmp_path):
-    """Killed (SIGKILL, no clean-up), a process leaves no figure process behind: it would keep the
-    caller's stdout open, and whoever reads it would wait forever."""
-    import signal
-    import time
-
-    code = ("import os, signal\nfrom ktt import figures\nfigures.warm()\n"
-            "print(figures._worker[0].pid, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parent.parent)
-    assert proc.returncode == -signal.SIGKILL
-    pid = int(proc.stdout.split()[0])  # run() returned: nothing holds the pipe open any more
-    deadline = time.monotonic() + 30
-    while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]:
-        assert time.monotonic() < deadline, "the figure process outlived its caller"
-        time.sleep(0.1)
+    assert MlflowClient().get_run(run.info.run_id).data.metrics == {"before": 1.0, "after": 2.0}
+    model = mlflow.get_logged_model(mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                                                output_format="list")[0].model_id)
+    assert [m.key for m in model.metrics] == ["after"]
 
 
 def test_input_example_and_requirements_checked_once_per_model_class(tracking, bigbasket_small, tmp_path,
@@ -306,7 +283,6 @@ def test_input_example_and_requirements_checked_once_per_model_class(tracking, b
     from mlflow.utils import environment
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("KTT_TRACKING_WORKER", "0")  # MLflow's checks counted here, not in a tracking worker
     checks, reqs = [], []
     real, real_reqs = mutils._validate_serving_input, environment.warn_dependency_requirement_mismatches
     monkeypatch.setattr(mutils, "_validate_serving_input", lambda *a, **k: checks.append(1) or real(*a, **k))
