@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,22 @@ class Net(nn.Module):
         return self.head(self.pool(input_ids, attention_mask))
 
 
+@dataclass
+class _Run:
+    """What one fit's epochs share: the optimiser and schedule, the training rows' codes (and an
+    update's row weights and held weights), length buckets, and where the steps run."""
+
+    opt: object
+    sched: object
+    codes: torch.Tensor
+    hold: dict
+    weights: torch.Tensor | None = None
+    lengths: np.ndarray | None = None
+    pooled: torch.Tensor | None = None  # a frozen encoder's vectors of the training rows, encoded once
+    net: nn.Module | None = None  # the network, or its DistributedDataParallel wrapper
+    step: int = 0
+
+
 class TorchModel(Model):
     """Base of the encoder models. Subclasses add their own entries to ``defaults``."""
 
@@ -171,6 +188,7 @@ class TorchModel(Model):
     }
     resumable = frozenset({"epochs", "patience", "log_every", "device"})
     kept_on_update = frozenset({"encoder", "pooling"})
+    test_params = {**Model.test_params, "epochs": 1, "batch_size": 32, "encoder_lr": 1e-3, "classifier_lr": 3e-3}
     distributable = True
 
     @property
@@ -225,8 +243,6 @@ class TorchModel(Model):
 
     # -- training -------------------------------------------------------------------------
     def fit(self, train, val, logger=None):
-        from tqdm.auto import tqdm
-
         logger = logger or NullLogger()
         p = self.params
         world = distributed.setup()  # a world of one unless started by torchrun
@@ -234,62 +250,35 @@ class TorchModel(Model):
         if state is None and not getattr(self, "started_", False):  # update(): built from a trained model
             self._build()
         self.started_ = False
-        monitor = p["monitor"]
-        allowed = monitor_names(self.hierarchy.depth)
-        if monitor not in allowed:
-            raise BadValue(f"monitor {monitor!r} is not a validation metric; use one of {sorted(allowed)}")
+        if p["monitor"] not in monitor_names(self.hierarchy.depth):
+            raise BadValue(f"monitor {p['monitor']!r} is not a validation metric; use one of "
+                           f"{sorted(monitor_names(self.hierarchy.depth))}")
         # update(): the head elements that keep their weights, and the epochs, all run
         upd, self.update_ = getattr(self, "update_", None) or {}, None
         hold, epochs = upd.get("hold"), upd.get("epochs", p["epochs"])
         freeze = p["freeze_encoder"] or hold is not None
         opt, sched = self._optimiser(len(train), freeze, epochs)
-        lengths = self._lengths(train.texts) if p["bucket"] else None
-        codes = torch.as_tensor(train.codes)
-        weights = None if getattr(train, "weights", None) is None else torch.as_tensor(train.weights, dtype=torch.float32)
-        start, best, bad, step = self._restore(state, opt, sched) if state is not None else (0, -math.inf, 0, 0)
-        net = self.net_
+        run = _Run(opt, sched, codes=torch.as_tensor(train.codes), hold=hold or {},
+                   weights=None if getattr(train, "weights", None) is None else torch.as_tensor(train.weights, dtype=torch.float32),
+                   lengths=self._lengths(train.texts) if p["bucket"] else None)
+        start, best, bad, run.step = self._restore(state, opt, sched) if state is not None else (0, -math.inf, 0, 0)
+        run.net = self.net_
         if world.size > 1:  # gradients averaged across processes; the encoder's pooler is never used
             from torch.nn.parallel import DistributedDataParallel
 
-            net = DistributedDataParallel(self.net_, find_unused_parameters=True,
-                                          device_ids=[self.device_.index or 0] if self.device_.type == "cuda" else None)
-
+            run.net = DistributedDataParallel(self.net_, find_unused_parameters=True,
+                                              device_ids=[self.device_.index or 0] if self.device_.type == "cuda" else None)
         # a frozen encoder gives every text the same vector each epoch: encode the training split once
-        pooled = self._pooled(train.texts) if freeze and world.size == 1 else None
+        run.pooled = self._pooled(train.texts) if freeze and world.size == 1 else None
         # an update (update_scope=new) validates every epoch of many: validation's too, once
-        val_pooled = self._pooled(val.texts) if pooled is not None and hold is not None else None
+        val_pooled = self._pooled(val.texts) if run.pooled is not None and hold is not None else None
         for epoch in range(start, epochs):
-            self.net_.train()
-            bar = tqdm(self._batches(len(train), epoch, lengths), desc=f"epoch {epoch + 1}/{epochs}",
-                       leave=False, disable=None if world.main else True)
-            for batch in bar:
-                if len(batch) < world.size:  # a rank would have no rows
-                    continue
-                idx = distributed.rows(batch, world)
-                with self._autocast():
-                    out = self.net_.head(pooled[idx]) if pooled is not None else \
-                        net(*self._batch([train.texts[j] for j in idx]))
-                    rows = self.loss(out, codes[idx].to(self.device_))
-                    if weights is not None:  # an update's rows stand for more rows than themselves
-                        rows = rows * weights[idx].to(self.device_)
-                    loss = distributed.batch_loss(rows, len(batch), world)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.net_.parameters(), p["clip"])
-                opt.step()
-                for prm, (mask, value) in (hold or {}).items():  # undone after every step, weight decay included
-                    prm.data[mask] = value[mask]
-                sched.step()
-                step += 1
-                if step % p["log_every"] == 0:
-                    batch_loss = distributed.mean(loss.item(), world)  # the global batch's, not this part's
-                    logger.log_metrics({"train_loss": batch_loss, "lr": sched.get_last_lr()[-1]}, step=step)
-                    bar.set_postfix(loss=f"{batch_loss:.4f}")
+            self._train_epoch(train, epoch, epochs, run, world, logger)
             scores, val_loss = self._validate(val, world, val_pooled)
             pred = self.hierarchy.decode_scores(scores, p["decode"], rule=self.paths)
             metrics = {**evaluate(self.hierarchy, val.codes, pred), "loss": val_loss}
             logger.log_metrics({f"val_{k}": v for k, v in metrics.items()}, step=epoch)
-            score = -metrics["loss"] if monitor == "loss" else metrics[monitor]
+            score = -metrics["loss"] if p["monitor"] == "loss" else metrics[p["monitor"]]
             if score > best or upd:  # an update keeps its last epoch: see update()
                 best, bad = score, 0
                 logger.checkpoint(self, "best")
@@ -297,11 +286,43 @@ class TorchModel(Model):
                 bad += 1
             logger.checkpoint(self, "last", state={
                 "epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "best": best,
-                "bad_epochs": bad, "step": step, "rng": torch.get_rng_state(),
+                "bad_epochs": bad, "step": run.step, "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(self.device_) if self.device_.type == "cuda" else None})
             if not upd and distributed.decide(bad >= p["patience"], world):
                 break
         return self
+
+    def _train_epoch(self, train, epoch: int, epochs: int, run: "_Run", world, logger) -> None:
+        """One pass over the training rows (this process's part of each batch), a step a batch."""
+        from tqdm.auto import tqdm
+
+        p = self.params
+        self.net_.train()
+        bar = tqdm(self._batches(len(train), epoch, run.lengths), desc=f"epoch {epoch + 1}/{epochs}",
+                   leave=False, disable=None if world.main else True)
+        for batch in bar:
+            if len(batch) < world.size:  # a rank would have no rows
+                continue
+            idx = distributed.rows(batch, world)
+            with self._autocast():
+                out = self.net_.head(run.pooled[idx]) if run.pooled is not None else \
+                    run.net(*self._batch([train.texts[j] for j in idx]))
+                rows = self.loss(out, run.codes[idx].to(self.device_))
+                if run.weights is not None:  # an update's rows stand for more rows than themselves
+                    rows = rows * run.weights[idx].to(self.device_)
+                loss = distributed.batch_loss(rows, len(batch), world)
+            run.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.net_.parameters(), p["clip"])
+            run.opt.step()
+            for prm, (mask, value) in run.hold.items():  # undone after every step, weight decay included
+                prm.data[mask] = value[mask]
+            run.sched.step()
+            run.step += 1
+            if run.step % p["log_every"] == 0:
+                batch_loss = distributed.mean(loss.item(), world)  # the global batch's, not this part's
+                logger.log_metrics({"train_loss": batch_loss, "lr": run.sched.get_last_lr()[-1]}, step=run.step)
+                bar.set_postfix(loss=f"{batch_loss:.4f}")
 
     #: an update fine-tunes on the rows the diff touches, plus this many times as many other rows
     #: (replay, so that the unchanged classes are not forgotten)
