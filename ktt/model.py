@@ -119,6 +119,9 @@ class Model(ABC):
     #: Monitoring: the share of the reference set's pooled feature columns that must drift for the
     #: drift sidecar to report dataset drift (written into the service's ``evidently.yaml``).
     drift_share: ClassVar[float] = 0.5
+    #: Tiny settings ``ktt.testing.check_model`` fits with (a few seconds on a CPU): a subclass
+    #: adds its own (small heads, one epoch).
+    test_params: ClassVar[dict[str, Any]] = {"target_precision": 0.9}
 
     def __init__(self, hierarchy: Hierarchy, **params):
         self.hierarchy = hierarchy

@@ -71,11 +71,10 @@ def test_layers():
 #: the server's layer (the serving environment) imports only the core; the sidecar nothing of KTT.
 LAYERS = {
     "core": ["ktt", "ktt.errors", "ktt.text", "ktt.threads", "ktt.allocator", "ktt.hierarchy", "ktt.confidence", "ktt.compare", "ktt.schema",
-             "ktt.sparse", "ktt.metrics", "ktt.data", "ktt.synth", "ktt.hparams", "ktt.taxonomy", "ktt.review",
-             "ktt.worker"],
+             "ktt.sparse", "ktt.metrics", "ktt.data", "ktt.synth", "ktt.hparams", "ktt.taxonomy", "ktt.review"],
     "models": ["ktt.model", "ktt.nn", "ktt.tfidf", "ktt.registry", "ktt.distributed", "models", "models.*"],
     "serving": ["ktt.serving", "ktt.serving.*"],
-    "tracking": ["ktt.tracking", "ktt.train", "ktt.tune", "ktt.experiment", "ktt.export", "ktt.pyfunc", "ktt.pyfunc_model", "ktt.batch",
+    "tracking": ["ktt.tracking", "ktt.tracking.*", "ktt.train", "ktt.tune", "ktt.experiment", "ktt.export", "ktt.pyfunc", "ktt.pyfunc_model", "ktt.batch",
                  "ktt.figures", "ktt.monitoring", "ktt.monitoring.build", "ktt.monitoring.dashboard",
                  "ktt.monitoring.stack"],
     "cli": ["ktt.cli", "ktt.__main__"],
@@ -145,3 +144,25 @@ def test_interval_and_pattern_by_hand():
         ("[0, 1)", "(0, inf)", "[1, inf)", "(-inf, 5]")
     device = Pattern(r"cpu|cuda(:\d+)?", "cpu or cuda[:N]")
     assert "cuda:1" in device and "cpu" in device and "cuda:" not in device and "xcpu" not in device and 3 not in device
+
+
+def test_the_contract_table_is_the_class():
+    """docs/adding_a_model.md's contract table names every public member of ``Model``, once, in
+    its group: what a model must implement (the abstract methods), declare (class attributes)
+    or may override (what ``Model`` provides); plus ``export_arrays``, which ``served_from =
+    "arrays"`` asks for."""
+    import re
+
+    from ktt.model import Model
+
+    rows = re.findall(r"^\| (implement|declare|may override) \| (.*?) \|", (ROOT / "docs" / "adding_a_model.md").read_text(), re.M)
+    groups: dict[str, list[str]] = {}
+    for group, cell in rows:
+        groups.setdefault(group, []).extend(re.findall(r"`(\w+)", cell))
+    named = [m for ms in groups.values() for m in ms]
+    assert len(named) == len(set(named)), "a member named twice"
+    public = {n for n in dir(Model) if not n.startswith("_")}
+    assert set(groups["implement"]) == set(Model.__abstractmethods__)
+    declared = {n for n in public if not callable(getattr(Model, n)) and not isinstance(vars(Model).get(n), property)}
+    assert set(groups["declare"]) == declared
+    assert set(groups["may override"]) == (public - declared - set(Model.__abstractmethods__)) | {"export_arrays"}

@@ -34,6 +34,7 @@ def mc_loss(z: torch.Tensor, target: torch.Tensor, tree: Tree) -> torch.Tensor:
 class DBACHMCNN(TorchModel):
     paths = "logits"  # independent sigmoids: a path is worth the product of its classes' odds
     defaults = {**TorchModel.defaults, "h_dropout": 0.7, "h_nonlinear": "relu", "h_hidden_dim": 512, "h_layer_count": 3}
+    test_params = {**TorchModel.test_params, "h_hidden_dim": 64}
     kept_on_update = TorchModel.kept_on_update | {"h_hidden_dim", "h_layer_count", "h_nonlinear"}  # the head's shapes
     constraints = {**TorchModel.constraints, "h_nonlinear": tuple(ACTS), "h_dropout": Interval(0, 1, "left"),
                    "h_hidden_dim": Interval(1), "h_layer_count": Interval(1)}

@@ -70,6 +70,7 @@ class DBAHMCNF(TorchModel):
     paths = "logits"  # independent sigmoids: a path is worth the product of its classes' odds
     defaults = {**TorchModel.defaults, "lambda_h": 0.05, "dropout": 0.25,
                 "global_hidden": 384, "local_hidden": 384, "global_weight": 0.5}
+    test_params = {**TorchModel.test_params, "global_hidden": 64, "local_hidden": 64}
     kept_on_update = TorchModel.kept_on_update | {"global_hidden", "local_hidden"}  # the head's shapes
     constraints = {**TorchModel.constraints, "lambda_h": Interval(0), "global_hidden": Interval(1),
                    "local_hidden": Interval(1), "global_weight": Interval(0, 1)}
