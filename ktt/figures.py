@@ -162,7 +162,7 @@ def log_figures(h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, fl
             uri = mlflow.MlflowClient().get_run(run_id).info.artifact_uri
             artifact_store(uri, mlflow.get_tracking_uri()).log_artifacts(folder, "figures")
     finally:
-        submit(lambda: shutil.rmtree(folder, ignore_errors=True))  # after the upload
+        submit(lambda: shutil.rmtree(folder, ignore_errors=True), always=True)  # after the upload
 
 
 def for_run(ref: str, datasets_root="datasets") -> str:

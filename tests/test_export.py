@@ -14,8 +14,6 @@ from ktt.serving.runtime import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["tfidf_lsgd", "tfidf_hsgd", "db_linear", "db_bhcn", "db_bhcn_awx", "db_ahmcnf", "db_achmcnn"]
-TINY = {"epochs": 1, "batch_size": 32, "encoder_lr": 1e-3, "classifier_lr": 3e-3, "h_hidden_dim": 64,
-        "global_hidden": 64, "local_hidden": 64}
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +23,7 @@ def real_titles(bigbasket_df):
 
 def fitted(name, bb300, tiny_encoder):
     cls = registry.get(name)
-    params = {k: v for k, v in TINY.items() if k in cls.defaults}
+    params = dict(cls.test_params)  # one epoch, small heads: declared on each model class
     if "encoder" in cls.defaults:
         params["encoder"] = tiny_encoder
     return cls(bb300["train"].hierarchy, **params).fit(bb300["train"], bb300["val"])
@@ -56,7 +54,7 @@ def test_onnx_parity(name, bb300, tiny_encoder, real_titles, tmp_path):
 def test_source_resolution_errors(tmp_path, tracking):
     with pytest.raises(FileNotFoundError, match="no best_ checkpoint in"):
         resolve_source(None, "tfidf_hsgd", "nope", tmp_path)
-    with pytest.raises(ValueError, match="cannot read export source 'latest'"):
+    with pytest.raises(ValueError, match="cannot read 'latest': expected a run ID"):
         resolve_source("latest")
     with pytest.raises(FileNotFoundError, match="no registered model version 'models:/nope@champion'"):
         resolve_source("models:/nope@champion")
@@ -70,7 +68,7 @@ def test_source_resolution_errors(tmp_path, tracking):
 def test_registered_model_exported_and_served(name, tracking, bigbasket_small, tiny_encoder, real_titles, tmp_path):
     from ktt.train import train
 
-    overrides = {**{k: v for k, v in TINY.items() if k in registry.get(name).defaults}}
+    overrides = dict(registry.get(name).test_params)
     if name.startswith("db_"):
         overrides["encoder"] = tiny_encoder
     run_id = train(name, "bb_small", overrides=overrides, datasets_root=bigbasket_small,

@@ -478,3 +478,54 @@ def test_ingest_checks_the_tracking_server_before_writing(env, bigbasket_path, t
               env={**env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, timeout=120)
     assert out.returncode == 2 and "is unreachable" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (tmp_path / "datasets" / "x").exists()
+
+
+def test_a_tracking_server_gone_mid_fit_ends_it_with_what_was_kept(bigbasket_small, tmp_path, monkeypatch):
+    """The server dies once the fit is done (its first metric): the fit still calibrates and
+    evaluates, MLflow retries one request for its bounded time (here 1 retry), nothing after it
+    waits, and train ends with one line naming the checkpoints and a local file holding every
+    metric it computed (issue 42: 17 minutes of retries, then a traceback, the metrics lost)."""
+    from ktt.tracking import TrackingLost
+    from ktt.train import train
+
+    from conftest import clean_env
+
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    server = Server(lambda ports: [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                                   "--artifacts-destination", str(tmp_path / "art"), "--host", "127.0.0.1",
+                                   "--port", str(ports[0]), "--workers", "1"],
+                    lambda ports, log: http_ok(f"http://127.0.0.1:{ports[0]}/health"), env=clean_env())
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{server.ports[0]}")
+
+    def kill_server(metrics, step):
+        if server.proc.poll() is None:
+            server.stop(signal.SIGKILL)
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(TrackingLost) as err:
+            train("tfidf_hsgd", "bb_small", datasets_root=bigbasket_small, weights_root=tmp_path / "w",
+                  callbacks=[kill_server])
+        took = time.perf_counter() - t0
+    finally:
+        server.stop(signal.SIGKILL)
+        mlflow.set_tracking_uri(None)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("MLflow tracking failed during the run (")
+    ckpt = re.search(r"checkpoints (\S+\.pt)", message).group(1)
+    kept = json.loads(Path(re.search(r"metric it computed in (\S+\.json)$", message).group(1)).read_text())
+    assert registry.get("tfidf_hsgd").load(ckpt).predict_paths(["basmati rice"])
+    assert {"train_time_s", "test_h_f1", "best_val_h_f1", "L1_temperature"} <= set(kept) and 0.3 < kept["test_h_f1"] <= 1
+    assert took < 60, took  # one request's retries, not every request's
+    assert mlflow.active_run() is None  # the run is off MLflow's stack: the next fit starts clean
+
+
+def test_the_cli_bounds_mlflows_retries():
+    """About 2 minutes of retries for a request (6, backoff 2 s doubling), unless the user sets MLflow's own variable."""
+    code = ("import os\nfrom click.testing import CliRunner\nfrom ktt.cli import main\n"
+            "CliRunner().invoke(main, ['models'])\nprint(os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_HTTP_REQUEST_MAX_RETRIES"}
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.split() == ["6"]
+    env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "2"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.split() == ["2"]

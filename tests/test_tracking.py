@@ -228,25 +228,30 @@ def test_figures_inline_for_a_fit_and_on_demand_for_a_sweep_trial(tracking, bigb
 def test_background_logging_waits_and_raises_its_first_failure(tracking):
     """Inside ``uploading`` files, metrics, params and tags go to MLflow from one thread; leaving it
     waits for all of them (in the order they were logged: metric history, last tag wins) and
-    raises the first failure, after logging everything else."""
+    raises the first failure; after a failure nothing more is sent (a server gone would make each
+    later request wait out its retries), but work marked ``always`` (clean-up) still runs."""
     from ktt import tracking as tr
+    from ktt.tracking import logs
 
     def full_disk(path):
         raise OSError("No space left on device")
+    cleaned = []
     with mlflow.start_run() as run, pytest.raises(OSError, match="No space left"):
         with tr.uploading():
             tr.log_batch({"loss": 3.0}, params={"alpha": 0.1}, tags={"stage": "one"}, step=0)
-            tr.log_file(full_disk, "broken.txt")
-            tr.log_dict({"a": [1, 2]}, "metrics/a.json")
             for step, loss in enumerate((2.0, 1.0), 1):
                 tr.log_batch({"loss": loss}, tags={"stage": f"step {step}"}, step=step)
+            tr.log_dict({"a": [1, 2]}, "metrics/a.json")
+            tr.log_file(full_disk, "broken.txt")
+            tr.log_batch({"loss": 0.5}, step=3)
+            tr.submit(lambda: cleaned.append(1), always=True)
     client = MlflowClient()
     data = client.get_run(run.info.run_id).data
     assert data.params == {"alpha": "0.1"} and data.tags["stage"] == "step 2"
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == [(0, 3.0), (1, 2.0), (2, 1.0)]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "metrics")} == {"metrics/a.json"}
-    from ktt.tracking import logs
-    assert logs._thread is None and not logs._pending  # the next run starts clean
+    assert cleaned == [1]
+    assert logs._thread is None and not logs._pending and not logs._failed  # the next run starts clean
 
 
 def test_metrics_wait_for_the_model_id_they_belong_to(tracking):

@@ -21,40 +21,53 @@ from .mlflow_compat import artifact_store, dataset_input
 
 _thread = None  # the upload thread of :func:`uploading` (a ThreadPoolExecutor of one), while a block runs
 _pending: list = []  # its futures, not yet waited for
+_failed: list = []  # the first failure of the block's work: what is sent after it is skipped
 
 
 @contextlib.contextmanager
-def uploading():
+def uploading(on_failure=None):
     """Within this block, what a run logs through this module goes to MLflow from one background
     thread, in the order it was logged, while the run goes on; leaving the block waits for all of
-    it and raises the first failure. Enter it inside the run, so that the run ends after what it
-    logged. (MLflow's own asynchronous logging sends metrics, params and tags only, from a pool
-    of threads, out of order: a tag logged twice, as a run's newest checkpoint is, could keep the
-    older value.) A nested block: the outer one waits."""
+    it and raises the first failure, or ``on_failure(error)`` (an exception to raise instead).
+    After a failure (a tracking server gone: MLflow retried that request for its bounded time,
+    ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``) nothing more is sent, so the fit goes on and ends
+    without waiting out every later request's retries. Enter it inside the run, so that the
+    run ends after what it logged. (MLflow's own asynchronous logging sends metrics, params and
+    tags only, from a pool of threads, out of order: a tag logged twice, as a run's newest
+    checkpoint is, could keep the older value.) A nested block: the outer one waits."""
     global _thread
     from concurrent.futures import ThreadPoolExecutor
 
     if _thread is not None:
         yield
         return
-    _thread = ThreadPoolExecutor(1, thread_name_prefix="ktt-upload")
+    _thread, _failed[:] = ThreadPoolExecutor(1, thread_name_prefix="ktt-upload"), []
     try:
         yield
     finally:
         pool, _thread = _thread, None
         pool.shutdown(wait=True)
-        done, _pending[:] = list(_pending), []
-        errors = [f.exception() for f in done if f.exception() is not None]
-        if errors and sys.exc_info()[0] is None:  # never hide the error that ended the block
-            raise errors[0]
+        _pending.clear()
+        failed, _failed[:] = list(_failed), []
+        if failed and sys.exc_info()[0] is None:  # never hide the error that ended the block
+            raise (on_failure(failed[0]) if on_failure else failed[0])
 
 
-def submit(work):
+def submit(work, always: bool = False):
     """``work()`` after everything logged so far: on the upload thread inside :func:`uploading`
-    (returns its future), here otherwise (returns its result)."""
+    (returns its future; skipped after a failure unless ``always``), here otherwise (returns its result)."""
     if _thread is None:
         return work()
-    _pending.append(_thread.submit(work))
+
+    def guarded():
+        if _failed and not always:
+            return None
+        try:
+            return work()
+        except BaseException as e:
+            _failed.append(e)
+            raise
+    _pending.append(_thread.submit(guarded))
     return _pending[-1]
 
 
@@ -183,6 +196,7 @@ class RunLogger:
         self.callbacks = list(callbacks)  # each called as cb(metrics, step), e.g. to report to Optuna
         self.paths: dict[str, Path] = {}
         self.model_id = None  # the logged model metrics from now on belong to (MLflow 3), or its future
+        self.metrics: dict[str, float] = {}  # the last value of every metric logged: kept locally if tracking fails
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.folder, prefix=".write-test-"):
@@ -192,6 +206,7 @@ class RunLogger:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        self.metrics.update(clean)
         if clean:
             log_batch(clean, step=step, model_id=self.model_id)
         for cb in self.callbacks:
@@ -221,3 +236,21 @@ class RunLogger:
     def log_checkpoints(self) -> None:
         for p in self.paths.values():
             log_path(p, "checkpoints")
+
+    def kept_locally(self, error: BaseException) -> "TrackingLost":
+        """After tracking failed: every metric of the fit written beside its checkpoints, and the
+        one-line error that names both (``uploading(on_failure=...)``)."""
+        where = self.paths.get("best") or self.paths.get("last")
+        path = where.with_name(where.stem + ".metrics.json") if where else self.folder / "metrics.json"
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(self.metrics, indent=1, sort_keys=True)))
+        why = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        kept = ", ".join(str(p) for p in self.paths.values()) or "none written"
+        return TrackingLost(f"MLflow tracking failed during the run ({why}); the fit went on to its end, but the "
+                            f"run may lack metrics, files or its model. Kept here: checkpoints {kept}; every "
+                            f"metric it computed in {path}")
+
+
+class TrackingLost(Unavailable):
+    """Tracking failed during a run whose fit finished: what was kept is named in the message."""
+
+    tracking_lost = True  # QuietRun ends such a run without MLflow's retries (ktt.tracking.mlflow_compat)

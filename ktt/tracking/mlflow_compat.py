@@ -3,6 +3,7 @@ does not offer, and each has a test (tests/test_mlflow_compat.py) that fails lou
 MLflow upgrade moves it. Checked against :data:`CHECKED_WITH`."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -42,21 +43,38 @@ class QuietRun(mlflow.ActiveRun):
 
         top = mlflow.active_run()
         ends = top is not None and top.info.run_id == self.info.run_id  # else MLflow leaves it, silently
-        quiet, was = QUIET.get() or not ends, os.environ.get(QUIET.name)
-        os.environ[QUIET.name] = "true"
+        quiet = QUIET.get() or not ends
+        lost = getattr(exc[1], "tracking_lost", False)  # the server is gone: one try to end the run, no retries
         try:
-            done = super().__exit__(*exc)
-        finally:
-            if was is None:
-                os.environ.pop(QUIET.name, None)
-            else:
-                os.environ[QUIET.name] = was
+            with _environ(**{QUIET.name: "true"}, **({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"} if lost else {})):
+                done = super().__exit__(*exc)  # fluent.end_run takes the run off its stack before the request
+        except Exception as e:
+            if exc[1] is None:
+                raise
+            logging.getLogger(__name__).warning("MLflow could not end run %s: %s", self.info.run_id,
+                                                (str(e).splitlines() or [""])[0][:200])
+            return False
         uri = mlflow.get_tracking_uri().rstrip("/")
         if not quiet and uri.startswith(("http://", "https://")):  # where MLflow prints it
             exp = f"{uri}/#/experiments/{self.info.experiment_id}"
             sys.stdout.write(f"🏃 View run {self.info.run_name} at: {exp}/runs/{self.info.run_id}\n"
                              f"🧪 View experiment at: {exp}\n")
         return done
+
+
+@contextlib.contextmanager
+def _environ(**values):
+    """Environment variables set for the block (MLflow reads its settings at each request)."""
+    was = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in was.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def dataset_input(path: str, name: str, digest: str, context: str):
