@@ -160,7 +160,13 @@ def log_figures(h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, fl
             log_path(Path(folder), "figures")
         else:  # a finished run: its store, without starting the run again
             uri = mlflow.MlflowClient().get_run(run_id).info.artifact_uri
-            artifact_store(uri, mlflow.get_tracking_uri()).log_artifacts(folder, "figures")
+            try:
+                artifact_store(uri, mlflow.get_tracking_uri()).log_artifacts(folder, "figures")
+            except Exception as e:  # a store gone, a full or read-only disk: MLflow's errors name neither
+                from .errors import Unavailable
+
+                raise Unavailable(f"cannot upload the figures of run {run_id} to {uri}: "
+                                  f"{(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
     finally:
         submit(lambda: shutil.rmtree(folder, ignore_errors=True), always=True)  # after the upload
 
@@ -175,9 +181,14 @@ def for_run(ref: str, datasets_root="datasets") -> str:
     from .metrics import confusion_summary, evaluate, stop_curve
     from .tracking import check_tracking_uri, resolve_source
 
+    from .errors import BadValue
+
     check_tracking_uri()
     src = resolve_source(ref)
     model, ds = registry.get(src.model).load(src.checkpoint), load_dataset(src.dataset, datasets_root)
+    if model.hierarchy != ds.hierarchy:  # the dataset changed since: its test split is not what the run scored
+        raise BadValue(f"run {src.run_id} was trained on another taxonomy than dataset {src.dataset!r} in "
+                       f"{datasets_root} holds now: its figures need the dataset it was trained on")
     h, split = ds.hierarchy, ds.test
     pred, conf = model.predict_confident(split.texts)
     log_figures(h, split.codes, pred, evaluate(h, split.codes, pred), confusion_summary(h, split.codes, pred),

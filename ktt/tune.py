@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import allocator, figures, hparams, registry, threads
-from .errors import BadValue, Unavailable, UserError
+from .errors import BadValue, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -341,8 +341,8 @@ def _log_study(study, sweep: Sweep) -> None:
                 raise
     try:  # the best trial's figures: trials leave them out (ktt.train)
         figures.for_run(best.user_attrs["mlflow_run_id"], sweep.datasets_root)
-    except (KeyError, UserError) as e:
-        log.warning("no figures for the best trial: %s", e)
+    except Exception as e:  # the sweep's results stand without them
+        log.warning("no figures for the best trial: %s", (str(e).splitlines() or [type(e).__name__])[0])
     plots = [("optimization_history.png", ovm.plot_optimization_history)]
     if len(done) > 1 and len(best.params) > 1:
         plots.append(("param_importances.png", ovm.plot_param_importances))

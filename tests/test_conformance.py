@@ -18,6 +18,16 @@ def test_check_model_runs_without_the_repositorys_data(tmp_path):
     check_model(registry.get("tfidf_hsgd"), folder=tmp_path)
 
 
+def test_check_model_refuses_what_is_not_a_model_and_leaves_no_files(tmp_path, monkeypatch, bb300):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(TypeError, match="is not a ktt.model.Model subclass"):
+        check_model(dict)
+    check_model("tfidf_lsgd", bb300)
+    assert list(tmp_path.iterdir()) == []  # its temp folder is removed
+
+
 def test_check_model_names_what_breaks(tmp_path, bb300):
     """A model whose fit returns None, or whose test_params name an unknown hyperparameter, fails
     with an AssertionError that says so."""

@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import requests
@@ -60,6 +61,15 @@ def test_source_resolution_errors(tmp_path, tracking):
         resolve_source("models:/nope@champion")
     with pytest.raises(FileNotFoundError, match="no MLflow run '0123456789abcdef0123456789abcdef'"):
         resolve_source("0123456789abcdef0123456789abcdef")
+    for ref in ("runs:/", "models:/", "models:/name", "models:/@champion"):  # hostile review: MLflow's own errors
+        with pytest.raises(ValueError, match=f"cannot read '{ref}': expected a run ID"):
+            resolve_source(ref)
+    with pytest.raises(FileNotFoundError, match="no registered model version 'models:/nope/latest'"):
+        resolve_source("models:/nope/latest")
+    with mlflow.start_run(tags={"ktt.stage": "tune", "ktt.model": "tfidf_hsgd", "ktt.best_run_id": "b" * 32}) as run:
+        pass
+    with pytest.raises(ValueError, match=f"is a tune run over several fits, not one trained model; its best trial is run {'b' * 32}"):
+        resolve_source(run.info.run_id)
 
 
 @pytest.mark.slow

@@ -223,6 +223,14 @@ def test_figures_inline_for_a_fit_and_on_demand_for_a_sweep_trial(tracking, bigb
     assert out.exit_code == 0, out.output
     assert {a.path for a in client.list_artifacts(runs[1], "figures")} == FIGURES
     assert client.get_run(runs[1]).info.status == "FINISHED"
+    # a dataset of that name changed since (another taxonomy): refused, not figures of other rows
+    from ktt import synth
+    from ktt.data import prepare, write_dataset
+    splits, h, _ = prepare(synth.generate(300))
+    write_dataset(splits, h, tmp_path / "other", "bb_small")
+    out = CliRunner().invoke(main, ["figures", runs[0], "--datasets", str(tmp_path / "other")])
+    assert out.exit_code == 2 and "was trained on another taxonomy than dataset 'bb_small'" in out.output
+    assert len(out.output.strip().splitlines()) == 1
 
 
 def test_background_logging_waits_and_raises_its_first_failure(tracking):
@@ -252,6 +260,22 @@ def test_background_logging_waits_and_raises_its_first_failure(tracking):
     assert {a.path for a in client.list_artifacts(run.info.run_id, "metrics")} == {"metrics/a.json"}
     assert cleaned == [1]
     assert logs._thread is None and not logs._pending and not logs._failed  # the next run starts clean
+
+
+def test_a_failed_upload_raises_even_inside_the_callers_except_block(tracking):
+    """The block's own failure is raised when it is entered while the caller handles an
+    exception (a retry in an ``except``): found by the hostile review, the run ended FINISHED
+    with nothing logged."""
+    from ktt import tracking as tr
+
+    def full_disk(path):
+        raise OSError("No space left on device")
+    try:
+        raise KeyError("the caller's")
+    except KeyError:
+        with mlflow.start_run(), pytest.raises(OSError, match="No space left"):
+            with tr.uploading():
+                tr.log_file(full_disk, "broken.txt")
 
 
 def test_metrics_wait_for_the_model_id_they_belong_to(tracking):

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,13 +43,22 @@ def uploading(on_failure=None):
     _thread, _failed[:] = ThreadPoolExecutor(1, thread_name_prefix="ktt-upload"), []
     try:
         yield
-    finally:
-        pool, _thread = _thread, None
-        pool.shutdown(wait=True)
-        _pending.clear()
-        failed, _failed[:] = list(_failed), []
-        if failed and sys.exc_info()[0] is None:  # never hide the error that ended the block
-            raise (on_failure(failed[0]) if on_failure else failed[0])
+    except BaseException:  # never hidden by what failed in the background
+        _finish()
+        raise
+    failed = _finish()
+    if failed:
+        raise (on_failure(failed[0]) if on_failure else failed[0])
+
+
+def _finish() -> list:
+    """Wait for the upload thread's work; what failed."""
+    global _thread
+    pool, _thread = _thread, None
+    pool.shutdown(wait=True)
+    _pending.clear()
+    failed, _failed[:] = list(_failed), []
+    return failed
 
 
 def submit(work, always: bool = False):

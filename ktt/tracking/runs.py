@@ -155,21 +155,25 @@ def resolve_source(source: str | None = None, model: str | None = None, dataset:
 
 def run_of(ref: str) -> str:
     """The run ID behind a run ID, ``runs:/<id>[/...]`` or ``models:/<name>@<alias>`` / ``/<version>``."""
-    if ref.startswith("runs:/"):
+    expected = "expected a run ID, runs:/<id>, models:/<name>@<alias> or models:/<name>/<version|latest>"
+    if ref.startswith("runs:/") and ref[len("runs:/"):].strip("/"):
         return ref[len("runs:/"):].strip("/").split("/")[0]
     if RUN_ID.match(ref):
         return ref
-    if not ref.startswith("models:/"):
-        raise BadValue(f"cannot read {ref!r}: expected a run ID, runs:/<id>, models:/<name>@<alias> "
-                       "or models:/<name>/<version>")
-    client, name_ref = mlflow.MlflowClient(), ref[len("models:/"):]
+    name, at, alias = ref[len("models:/"):].partition("@")
+    name, slash, version = name.partition("/") if not at else (name, "", "")
+    if not ref.startswith("models:/") or not name or not (alias or version):
+        raise BadValue(f"cannot read {ref!r}: {expected}")
+    client = mlflow.MlflowClient()
     try:
-        if "@" in name_ref:
-            mv = client.get_model_version_by_alias(*name_ref.split("@", 1))
+        if alias:
+            mv = client.get_model_version_by_alias(name, alias)
+        elif version == "latest":  # MLflow's own URI form: the highest version
+            mv = max(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
         else:
-            mv = client.get_model_version(*name_ref.split("/", 1))
+            mv = client.get_model_version(name, version)
     except Exception as e:
-        raise NotFound(f"no registered model version {ref!r}: {str(e).splitlines()[0]}") from None
+        raise NotFound(f"no registered model version {ref!r}: {(str(e).splitlines() or ['none'])[0]}") from None
     if not mv.run_id:
         raise BadValue(f"{ref} was not logged by a run; KTT needs the run's checkpoints")
     return mv.run_id
@@ -183,6 +187,10 @@ def from_run(run_id: str) -> Source:
         tags = mlflow.MlflowClient().get_run(run_id).data.tags
     except Exception:
         raise NotFound(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
+    if tags.get("ktt.stage") in ("tune", "seeds", "experiment"):  # a group of fits: its fits trained models
+        best = tags.get("ktt.best_run_id")
+        raise BadValue(f"MLflow run {run_id} is a {tags['ktt.stage']} run over several fits, not one trained model"
+                       + (f"; its best trial is run {best}" if best else "; give one of its runs"))
     if "ktt.model" not in tags:
         raise BadValue(f"MLflow run {run_id} is not a KTT training run (no ktt.model tag)")
     dataset = check_name(tags.get("ktt.dataset", ""), f"dataset name in run {run_id}'s tag ktt.dataset:")
