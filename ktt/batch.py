@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import allocator
 from .errors import BadValue, NotFound
 from .text import spreadsheet_safe
 
@@ -60,7 +59,6 @@ def predict_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike,
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
-    allocator.configure()  # each chunk's scores reuse the heap (ktt.allocator)
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise NotFound(f"{src}: no such file")

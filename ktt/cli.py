@@ -10,7 +10,6 @@ import traceback
 
 import click
 
-from . import allocator
 from .errors import BadValue, UserError, missing_dependency
 
 
@@ -59,7 +58,6 @@ def main(verbose):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # a tracking server gone mid-fit: MLflow retries a request about 2 minutes (backoff 2, 4, ... 64 s), not 4
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "6")
-    allocator.configure()  # this process fits and scores large arrays (ktt.allocator); a library call never sets it
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 

@@ -25,7 +25,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import allocator, figures, hparams, registry, threads
+from . import figures, hparams, registry, threads
 from .errors import BadValue, Unavailable
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,6 @@ def _worker(sweep: Sweep, space: dict, defaults: dict, parent_run_id: str, track
     import mlflow
     import optuna
 
-    allocator.configure()  # a sweep's worker is where an application starts (ktt.allocator)
     if sweep.workers > 1:  # each worker gets its share of the cores (read by training), not all of them
         os.environ[threads.ENV] = str(threads.share(sweep.workers))
     mlflow.set_tracking_uri(tracking_uri)

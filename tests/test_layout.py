@@ -70,11 +70,11 @@ def test_layers():
 #: docs/architecture.md's layers, lowest first: a module imports from its own layer or a lower one;
 #: the server's layer (the serving environment) imports only the core; the sidecar nothing of KTT.
 LAYERS = {
-    "core": ["ktt", "ktt.errors", "ktt.text", "ktt.threads", "ktt.allocator", "ktt.hierarchy", "ktt.confidence", "ktt.compare", "ktt.schema",
+    "core": ["ktt", "ktt.errors", "ktt.text", "ktt.threads", "ktt.hierarchy", "ktt.confidence", "ktt.compare", "ktt.schema",
              "ktt.sparse", "ktt.metrics", "ktt.data", "ktt.synth", "ktt.hparams", "ktt.taxonomy", "ktt.review"],
     "models": ["ktt.model", "ktt.nn", "ktt.tfidf", "ktt.registry", "ktt.distributed", "models", "models.*"],
     "serving": ["ktt.serving", "ktt.serving.*"],
-    "tracking": ["ktt.tracking", "ktt.tracking.*", "ktt.train", "ktt.tune", "ktt.experiment", "ktt.export", "ktt.pyfunc", "ktt.pyfunc_model", "ktt.batch",
+    "tracking": ["ktt.tracking", "ktt.tracking.*", "ktt.testing", "ktt.train", "ktt.tune", "ktt.experiment", "ktt.export", "ktt.pyfunc", "ktt.pyfunc_model", "ktt.batch",
                  "ktt.figures", "ktt.monitoring", "ktt.monitoring.build", "ktt.monitoring.dashboard",
                  "ktt.monitoring.stack"],
     "cli": ["ktt.cli", "ktt.__main__"],

@@ -67,8 +67,6 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     # the environment it ran on: a hash of the installed packages (their list an artifact), CPU, threads
     tags = run.data.tags
     assert len(tags["ktt.env_hash"]) == 16 and tags["ktt.cpu"] and tags["ktt.cpu_count"] and tags["ktt.threads"]
-    from ktt import allocator
-    assert tags["ktt.malloc"] == allocator.state()  # what the process runs with; train() itself sets nothing
     packages = mlflow.artifacts.load_text(f"runs:/{run_id}/environment.txt")
     import hashlib
     assert hashlib.sha256(packages.encode()).hexdigest()[:16] == tags["ktt.env_hash"] and "mlflow==" in packages

@@ -99,13 +99,13 @@ def git_commit() -> str | None:
 @functools.lru_cache(maxsize=1)  # once per process: a sweep's trials share it
 def environment() -> tuple[dict[str, str], str]:
     """What a run ran on: tags (``ktt.env_hash``: a hash of every installed package and version;
-    CPU, GPU, Python, thread and allocator settings) and the package list (``name==version`` lines) they hash.
+    CPU, GPU, Python and thread settings) and the package list (``name==version`` lines) they hash.
     Two runs with the same hash ran on the same software."""
     import hashlib
     import importlib.metadata as md
     import platform
 
-    from .. import allocator, threads
+    from .. import threads
 
     packages = "\n".join(sorted({f"{d.metadata['Name']}=={d.version}" for d in md.distributions()
                                   if d.metadata["Name"]}, key=str.lower)) + "\n"
@@ -120,8 +120,7 @@ def environment() -> tuple[dict[str, str], str]:
     torch_threads = str(torch.get_num_threads()) if torch else "n/a"
     tags = {"ktt.env_hash": hashlib.sha256(packages.encode()).hexdigest()[:16], "ktt.cpu": cpu, "ktt.gpu": gpu,
             "ktt.python": platform.python_version(), "ktt.cpu_count": str(os.cpu_count()),
-            "ktt.threads": str(threads.configured() or "default"), "ktt.torch_threads": torch_threads,
-            "ktt.malloc": allocator.state()}
+            "ktt.threads": str(threads.configured() or "default"), "ktt.torch_threads": torch_threads}
     return tags, packages
 
 
