@@ -39,6 +39,14 @@ class KTTGroup(click.Group):
             click.echo(f"error: {why}", err=True)
             sys.exit(2)
         except Exception as e:
+            if type(e).__module__.startswith("mlflow") and "API request to" in str(e):  # the server failed a request
+                from .tracking.logs import cause
+
+                if ctx.params.get("verbose"):
+                    traceback.print_exc()
+                click.echo(f"error: the MLflow tracking server failed a request ({cause(e)}); nothing after it was "
+                           "logged. Check the server and run the command again", err=True)
+                sys.exit(2)
             traceback.print_exc()
             click.echo(f"error: unexpected {type(e).__name__} (a bug in KTT, not a mistake in your input; "
                        "the traceback above says where)", err=True)
@@ -56,10 +64,14 @@ def main(verbose):
     # SIGTERM (timeout, docker stop, Kubernetes) unwinds like Ctrl-C: an MLflow run ends FAILED, temp files go
     signal.signal(signal.SIGTERM, _terminated)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # a tracking server gone mid-fit: MLflow retries a request about 2 minutes (backoff 2, 4, ... 64 s), not 4
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "6")
+    # a tracking server gone mid-fit: a request is given up after about 2 minutes (5 tries of 20 s when it hangs,
+    # backoff 2+4+8+16 s when it refuses), not MLflow's 7 retries of 120 s (18 minutes); each is the user's to set
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # its retries end in KTT's own one-line error (ktt.tracking.logs.TrackingLost)
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def _split_ratios(ctx, param, value):

@@ -178,7 +178,7 @@ class Sweep:
                            f"{self.workers} and {self.heartbeat}")
 
 
-def _objective(sweep: Sweep, space: dict, defaults: dict, parent_run_id: str):
+def _objective(sweep: Sweep, space: dict, defaults: dict, parent_run_id: str, lost: list):
     import mlflow
     import optuna
 
@@ -202,6 +202,10 @@ def _objective(sweep: Sweep, space: dict, defaults: dict, parent_run_id: str):
             run = mlflow.last_active_run()
             mlflow.MlflowClient().set_tag(run.info.run_id, "ktt.pruned", "true")
             raise
+        except Unavailable as e:  # the tracking server is gone: every later trial would fail the same way
+            lost.append(e)
+            trial.study.stop()
+            return float("nan")  # a failed trial, one line in Optuna's log; the sweep then raises it
         value = fit.metrics[sweep.metric]
         trial.set_user_attr("mlflow_run_id", fit.run_id)
         return value
@@ -225,8 +229,13 @@ def _worker(sweep: Sweep, space: dict, defaults: dict, parent_run_id: str, track
     sampler, pruner = search or (make_sampler(sweep.sampler, sweep.seed + index),
                                  make_pruner(sweep.pruner, defaults.get("epochs")))
     study = optuna.load_study(study_name=sweep.study_name, storage=storage, sampler=sampler, pruner=pruner)
-    study.optimize(_objective(sweep, space, defaults, parent_run_id), n_trials=n_trials, timeout=sweep.timeout,
+    lost: list = []
+    study.optimize(_objective(sweep, space, defaults, parent_run_id, lost), n_trials=n_trials, timeout=sweep.timeout,
                    catch=(Exception,))
+    if lost:
+        if search is None:  # a spawned worker: its one line, and a failed exit
+            raise SystemExit(f"error: {lost[0]}")
+        raise lost[0]
 
 
 def _join(sweep: Sweep, storage, url: str, defaults: dict, space: dict, sampler, pruner):

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
+import re
+import stat
 import secrets
 from pathlib import Path
 
@@ -12,19 +15,23 @@ KINDS = ("best", "last")
 SUFFIX = ".pt"  # every checkpoint file, whatever its model writes into it: best_<time>.pt, last_<time>.pt
 # ISO 8601 basic format: no ':', which Windows and some artifact stores cannot write
 TIME_FORMAT = "%Y%m%dT%H%M%S"
+_TEMP = re.compile(r"^\.(best|last)_.+\.[0-9a-f]{12}\.tmp$")  # atomic_write's temp files of checkpoints and beside them
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename into ``path``: readers never see half a file."""
+    """Call ``write(tmp_path)`` then rename into ``path``: readers never see half a file. The temp
+    file is locked while it is written, so that :func:`remove_stale` can tell one a killed
+    process left (the kernel released its lock) from one being written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:  # not mkstemp: its 0600 mode would outlive the rename; 0666 here is cut by the umask
         tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
         try:
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             break
         except FileExistsError:
             continue
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -32,6 +39,32 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
+
+
+def remove_stale(folder: Path) -> list[Path]:
+    """Remove the temp files of :func:`atomic_write` in ``folder`` that no live process holds (a
+    process killed mid-write leaves its temp file, as large as a checkpoint); the removed paths."""
+    gone = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        if not _TEMP.match(tmp.name):  # only atomic_write's names: a user's own dot-file stays
+            continue
+        try:
+            if not stat.S_ISREG(os.lstat(tmp).st_mode):  # a link, a pipe: never opened, never removed
+                continue
+            fd = os.open(tmp, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except OSError:  # removed meanwhile
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: being written right now
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return gone
 
 
 def claim(folder: Path, kind: str, ext: str = SUFFIX) -> tuple[Path, Path]:

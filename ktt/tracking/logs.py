@@ -15,7 +15,7 @@ from pathlib import Path
 import mlflow
 
 from ..errors import Unavailable
-from .checkpoints import KINDS, SUFFIX, atomic_write, claim
+from .checkpoints import KINDS, SUFFIX, atomic_write, claim, remove_stale
 from .mlflow_compat import artifact_store, dataset_input
 
 _thread = None  # the upload thread of :func:`uploading` (a ThreadPoolExecutor of one), while a block runs
@@ -211,6 +211,7 @@ class RunLogger:
                 pass
         except OSError as e:
             raise Unavailable(f"cannot write checkpoints to {self.folder}: {e.strerror}") from None
+        remove_stale(self.folder)  # what killed fits left half-written
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
@@ -251,11 +252,22 @@ class RunLogger:
         where = self.paths.get("best") or self.paths.get("last")
         path = where.with_name(where.stem + ".metrics.json") if where else self.folder / "metrics.json"
         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(self.metrics, indent=1, sort_keys=True)))
-        why = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        why = cause(error)
         kept = ", ".join(str(p) for p in self.paths.values()) or "none written"
         return TrackingLost(f"MLflow tracking failed during the run ({why}); the fit went on to its end, but the "
                             f"run may lack metrics, files or its model. Kept here: checkpoints {kept}; every "
                             f"metric it computed in {path}")
+
+
+def cause(error: BaseException) -> str:
+    """What went wrong under an MLflow request's error, in a few words: its socket's error
+    (``[Errno 111] Connection refused``, ``Read timed out``) rather than the URL around it."""
+    import re
+
+    text = str(error)
+    found = re.findall(r"\[Errno -?\d+\] [^'\")\]]+|Read timed out|Connection aborted|RemoteDisconnected[^'\")]*|"
+                       r"Connection reset by peer|Max retries exceeded", text)
+    return found[-1].strip() if found else (text.strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 class TrackingLost(Unavailable):

@@ -51,7 +51,7 @@ class QuietRun(mlflow.ActiveRun):
         except Exception as e:
             if exc[1] is None:
                 raise
-            logging.getLogger(__name__).warning("MLflow could not end run %s: %s", self.info.run_id,
+            logging.getLogger(__name__).info("MLflow could not end run %s: %s", self.info.run_id,
                                                 (str(e).splitlines() or [""])[0][:200])
             return False
         uri = mlflow.get_tracking_uri().rstrip("/")
