@@ -74,9 +74,9 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
         return Fit(None)
     if experiment:
         tracking.set_experiment(experiment)
-    logger = tracking.RunLogger(model, ds.name, weights_root, callbacks)
     with tracking.start_run(run_name=run_name or f"{model}-{ds.name}", nested=mlflow.active_run() is not None) as run, \
-            tracking.uploading(on_failure=logger.kept_locally):  # sent in the background, all before the run ends
+            tracking.uploading(on_failure=lambda e: logger.kept_locally(e)):  # in the background, all before the run ends
+        logger = tracking.RunLogger(model, ds.name, weights_root, callbacks)  # nothing written before the run may start
         params = log_run_info(est, ds, world, tags)
         if log_model:  # created now, so that every metric is logged as the model's (MLflow 3): tracking.start_model
             logger.model_id = tracking.submit(lambda: tracking.start_model(run.info.run_id, run.info.experiment_id, params))
