@@ -93,7 +93,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
             final.update(evaluate_and_log(best, ds, logger, figures, reference))
         except BaseException:
             if log_model and not logged:
-                tracking.submit(lambda: tracking.fail_model(logger.model_id.result()))
+                tracking.submit(lambda: tracking.fail_model(tracking.resolved(logger.model_id)))
             raise
     log.info("run %s: test leaf accuracy %.4f, checkpoints %s", run.info.run_id,
              final["test_leaf_accuracy"], [str(p) for p in logger.paths.values()])
@@ -119,7 +119,7 @@ def log_model_of(logger, model: str, ds) -> bool:
 
     checkpoint, example, model_id, run_id = logger.paths["best"], ds.test.texts[:3], logger.model_id, \
         mlflow.active_run().info.run_id
-    tracking.submit(lambda: log_pyfunc(model, checkpoint, ds.hierarchy.depth, example, run_id, model_id.result()))
+    tracking.submit(lambda: log_pyfunc(model, checkpoint, ds.hierarchy.depth, example, run_id, tracking.resolved(model_id)))
     return True  # MLflow marks it READY, or FAILED
 
 

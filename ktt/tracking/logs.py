@@ -79,6 +79,11 @@ def submit(work, always: bool = False):
     return _pending[-1]
 
 
+def resolved(value):
+    """``value``, or its result when it is the future of :func:`submit` inside :func:`uploading`."""
+    return value.result() if hasattr(value, "result") else value
+
+
 def _run():
     """The active run; like MLflow's own ``log_*``, a run is started when none is."""
     return mlflow.active_run() or mlflow.start_run()
@@ -93,7 +98,7 @@ def log_batch(metrics: dict | None = None, params: dict | None = None, tags: dic
     now, run_id = int(time.time() * 1000), _run().info.run_id
 
     def send():
-        m_id = model_id.result() if hasattr(model_id, "result") else model_id
+        m_id = resolved(model_id)
         mlflow.MlflowClient().log_batch(
             run_id, metrics=[Metric(k, float(v), now, step or 0, model_id=m_id) for k, v in (metrics or {}).items()],
             params=[Param(k, str(v)) for k, v in (params or {}).items()],
