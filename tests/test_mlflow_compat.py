@@ -5,7 +5,6 @@ import io
 from contextlib import redirect_stdout
 
 import mlflow
-import pytest
 
 from ktt.tracking import mlflow_compat as compat
 
@@ -60,12 +59,3 @@ def test_pyfunc_flavor_hooks_exist():
     # log_model_checked listens for this warning of MLflow's
     assert "Failed to validate serving input" in inspect.getsource(model_module)
 
-
-@pytest.fixture
-def tracking(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
