@@ -164,9 +164,9 @@ def log_figures(h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, fl
                 artifact_store(uri, mlflow.get_tracking_uri()).log_artifacts(folder, "figures")
             except Exception as e:  # a store gone, a full or read-only disk: MLflow's errors name neither
                 from .errors import Unavailable
+                from .tracking.logs import cause
 
-                raise Unavailable(f"cannot upload the figures of run {run_id} to {uri}: "
-                                  f"{(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
+                raise Unavailable(f"cannot upload the figures of run {run_id} to {uri}: {cause(e)}") from None
     finally:
         submit(lambda: shutil.rmtree(folder, ignore_errors=True), always=True)  # after the upload
 
@@ -179,9 +179,8 @@ def for_run(ref: str, datasets_root="datasets") -> str:
     from . import registry
     from .data import load_dataset
     from .metrics import confusion_summary, evaluate, stop_curve
-    from .tracking import check_tracking_uri, resolve_source
-
     from .errors import BadValue
+    from .tracking import check_tracking_uri, resolve_source
 
     check_tracking_uri()
     src = resolve_source(ref)

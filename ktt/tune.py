@@ -350,7 +350,9 @@ def _log_study(study, sweep: Sweep) -> None:
     try:  # the best trial's figures: trials leave them out (ktt.train)
         figures.for_run(best.user_attrs["mlflow_run_id"], sweep.datasets_root)
     except Exception as e:  # the sweep's results stand without them
-        log.warning("no figures for the best trial: %s", (str(e).splitlines() or [type(e).__name__])[0])
+        from .tracking.logs import cause
+
+        log.warning("no figures for the best trial: %s", cause(e))
     plots = [("optimization_history.png", ovm.plot_optimization_history)]
     if len(done) > 1 and len(best.params) > 1:
         plots.append(("param_importances.png", ovm.plot_param_importances))

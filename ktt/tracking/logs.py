@@ -19,7 +19,6 @@ from .checkpoints import KINDS, SUFFIX, atomic_write, claim, remove_stale
 from .mlflow_compat import artifact_store, dataset_input
 
 _thread = None  # the upload thread of :func:`uploading` (a ThreadPoolExecutor of one), while a block runs
-_pending: list = []  # its futures, not yet waited for
 _failed: list = []  # the first failure of the block's work: what is sent after it is skipped
 
 
@@ -56,7 +55,6 @@ def _finish() -> list:
     global _thread
     pool, _thread = _thread, None
     pool.shutdown(wait=True)
-    _pending.clear()
     failed, _failed[:] = list(_failed), []
     return failed
 
@@ -75,8 +73,7 @@ def submit(work, always: bool = False):
         except BaseException as e:
             _failed.append(e)
             raise
-    _pending.append(_thread.submit(guarded))
-    return _pending[-1]
+    return _thread.submit(guarded)
 
 
 def resolved(value):
