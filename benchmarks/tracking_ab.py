@@ -1,11 +1,11 @@
 """What tracking costs, and what the mechanisms issue 43 removed bought: the tracking design before
 it (a tracking worker process for a sweep's MLflow calls, a forked figure process, ``gc.freeze``
-from a process's second fit) against today's (one upload thread, figures drawn inline, a sweep's
-for its best trial only), each from its own checkout, in one run.
+from a process's second fit), the one after (one upload thread) and today's (every call made where it
+is logged; figures drawn inline, a sweep's for its best trial only), each from its own checkout, in one run.
 
     .venv/bin/python benchmarks/tracking_ab.py --before a89a6e9 [--rounds 4] [--part sweep|fit]
 
-``--before`` is checked out with ``git worktree`` (offline: the clone's history has it) and run
+``--before`` (and ``--thread``, for ``--part fit``) is checked out with ``git worktree`` (offline: the clone's history has it) and run
 with this checkout's environment. Each round runs, in fresh processes and in turn: a 20-trial
 ``ktt tune tfidf_hsgd bigbasket`` of each design (random sampler, seed 0, no pruner: the same 20
 trials) to SQLite and to an ``mlflow server`` on PostgreSQL (tests/conftest.py's), the same 20
@@ -34,6 +34,10 @@ from conftest import Postgres, Server, clean_env, http_ok  # noqa: E402
 DATA = Path(os.environ.get("KTT_SHARED_DATA", ROOT.parent / "shared" / "data")) / "bigbasket_products.parquet"
 PY = str(ROOT / ".venv" / "bin" / "python")
 TRIALS = 20
+DESIGNS = {"before": "the design at a89a6e9 (a tracking worker process for a sweep's MLflow calls, a forked figure "
+                     "process, `gc.freeze` from a process's second fit)",
+           "upload thread": "at e070668 (one upload thread sending a run's MLflow calls in order, figures inline)",
+           "now": "every MLflow call made where it is logged, figures inline"}
 
 UNTRACKED = """
 import sys, time
@@ -73,10 +77,6 @@ from ktt.metrics import evaluate, level_ece
 from ktt.train import train
 mlflow.set_tracking_uri(sys.argv[2])
 n = int(sys.argv[1])
-if sys.argv[3] == "sync":  # today's design without its upload thread: every MLflow call made where it is logged
-    import contextlib
-    from ktt import tracking
-    tracking.uploading = lambda on_failure=None: contextlib.nullcontext()
 figures = {"figures": True} if "figures" in inspect.signature(train).parameters else {}
 
 def untracked():
@@ -113,8 +113,7 @@ def in_process(designs: dict, tmp: Path, rounds: int, fits: int) -> str:
     for r in range(rounds):
         for name, tree in list(designs.items())[::1 if r % 2 == 0 else -1]:
             env = {**clean_env(), "PYTHONPATH": str(tree)}
-            out = subprocess.run([PY, "-c", IN_PROCESS, str(fits), f"sqlite:///{tmp / f'{name}-fit.db'}",
-                                  "sync" if name.endswith("no upload thread") else "thread"], cwd=tmp,
+            out = subprocess.run([PY, "-c", IN_PROCESS, str(fits), f"sqlite:///{tmp / f'{name}-fit.db'}"], cwd=tmp,
                                  env=env, capture_output=True, text=True)
             if out.returncode:
                 raise RuntimeError(out.stderr[-3000:])
@@ -129,11 +128,12 @@ def in_process(designs: dict, tmp: Path, rounds: int, fits: int) -> str:
     return "\n".join([
         "## What tracking costs one fit, in a warm process (issue 43)", "",
         f"Command: `.venv/bin/python benchmarks/tracking_ab.py --part fit --rounds {rounds}`", "",
+        "Designs: " + "; ".join(f"{name}: {what}" for name, what in DESIGNS.items() if name in designs) + ".", "",
         f"`tfidf_hsgd` on BigBasket, SQLite. Per design, {rounds} fresh processes (the designs alternating), each a "
         f"warm-up then {fits} pairs of an untracked fit (load, fit, calibrate, score test and validation) and `train()` "
         "as `ktt train` runs it (params, metrics, tables, both checkpoints, the logged pyfunc model, the five figures; "
-        "the design before: its figures waited for, as `ktt train` waits at exit; now, no upload thread: today's with "
-        "every MLflow call made where it is logged). Tracked minus untracked per pair: mean and 95% t-interval.", "",
+        "the design before: its figures waited for, as `ktt train` waits at exit). Tracked minus untracked per pair: "
+        "mean and 95% t-interval.", "",
         "| design | untracked s | tracked s | tracked - untracked, s | goal |", "|---|---|---|---|---|", *rows])
 
 
@@ -157,6 +157,7 @@ def interval(x: np.ndarray, unit: str = "%", digits: int = 1) -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--before", default="a89a6e9", help="the commit of the design before issue 43")
+    ap.add_argument("--thread", default="e070668", help="the commit of the design with one upload thread (--part fit)")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--part", choices=("sweep", "fit"), default="sweep",
                     help="sweep: whole commands (ktt tune, ktt train); fit: one fit's cost in a warm process")
@@ -164,17 +165,20 @@ def main():
     from ktt.data import prepare, write_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="ktt-tracking-ab-"))
-    old_tree = tmp / "before"
-    subprocess.run(["git", "worktree", "add", "--detach", str(old_tree), args.before], cwd=ROOT, check=True,
-                   capture_output=True)
+    trees = {"before": (tmp / "before", args.before), "upload thread": (tmp / "thread", args.thread)}
+    if args.part == "sweep":
+        del trees["upload thread"]
+    for tree, commit in trees.values():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True, capture_output=True)
     splits, h, _ = prepare(pd.read_parquet(DATA))
     write_dataset(splits, h, tmp / "datasets", "bigbasket")
-    designs = {"before": old_tree, "now": ROOT}
+    designs = {**{name: tree for name, (tree, _) in trees.items()}, "now": ROOT}
     if args.part == "fit":
-        try:  # and today's without its upload thread: what the one mechanism kept buys
-            body = in_process({**designs, "now, no upload thread": ROOT}, tmp, args.rounds, fits=4)
+        try:
+            body = in_process(designs, tmp, args.rounds, fits=4)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=ROOT, capture_output=True)
+            for tree, _ in trees.values():
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
             shutil.rmtree(tmp, ignore_errors=True)
         print(body)
         return write_section("tracking-fit", body)
@@ -212,7 +216,8 @@ def main():
     finally:
         server.stop()
         pg.stop()
-        subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=ROOT, capture_output=True)
+        for tree, _ in trees.values():
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
     t = {k: np.asarray(v) for k, v in times.items()}
@@ -234,9 +239,8 @@ def main():
     body = "\n".join([
         "## What tracking costs, and what issue 43's removals cost (issue 43)", "",
         f"Command: `.venv/bin/python benchmarks/tracking_ab.py --before {args.before} --rounds {args.rounds}`", "",
-        f"`tfidf_hsgd` on BigBasket. Before: the design at {args.before} (a tracking worker process for a sweep's MLflow "
-        "calls, a forked figure process, `gc.freeze` from a process's second fit); now: one upload thread, figures "
-        f"inline, a sweep's for its best trial only. A sweep: `ktt tune --n-trials {TRIALS} --sampler random --pruner none "
+        f"`tfidf_hsgd` on BigBasket. Before: {DESIGNS['before']}; now: {DESIGNS['now']}, a sweep's for its best "
+        f"trial only. A sweep: `ktt tune --n-trials {TRIALS} --sampler random --pruner none "
         "--seed 0` (the same trials every time); untracked: the same trials' fits, calibrations and evaluations in one "
         "process, nothing logged. One fit: `ktt train` (logged model, figures) against one untracked fit. Whole commands "
         f"in fresh processes, start-up and imports included; {args.rounds} rounds, the designs' order alternating; "

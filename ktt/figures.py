@@ -148,10 +148,10 @@ def render(folder, h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str,
 def log_figures(h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, float], confusions, curve,
                 split: str, conf: np.ndarray, run_id: str | None = None) -> None:
     """Draw :func:`render`'s figures here and log them under ``figures/`` of run ``run_id`` (None:
-    the active run; inside ``tracking.uploading``, uploaded in the background)."""
+    the active run)."""
     import mlflow
 
-    from .tracking import artifact_store, log_path, submit
+    from .tracking import artifact_store, log_path
 
     folder = tempfile.mkdtemp(prefix="ktt-figures-")
     try:
@@ -168,7 +168,7 @@ def log_figures(h, y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, fl
 
                 raise Unavailable(f"cannot upload the figures of run {run_id} to {uri}: {cause(e)}") from None
     finally:
-        submit(lambda: shutil.rmtree(folder, ignore_errors=True), always=True)  # after the upload
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def for_run(ref: str, datasets_root="datasets") -> str:

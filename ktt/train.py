@@ -75,11 +75,11 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
     if experiment:
         tracking.set_experiment(experiment)
     with tracking.start_run(run_name=run_name or f"{model}-{ds.name}", nested=mlflow.active_run() is not None) as run, \
-            tracking.uploading(on_failure=lambda e: logger.kept_locally(e)):  # in the background, all before the run ends
+            tracking.lenient(on_failure=lambda e: logger.kept_locally(e)):  # a lost server: the fit goes on
         logger = tracking.RunLogger(model, ds.name, weights_root, callbacks)  # nothing written before the run may start
         params = log_run_info(est, ds, world, tags)
         if log_model:  # created now, so that every metric is logged as the model's (MLflow 3): tracking.start_model
-            logger.model_id = tracking.submit(lambda: tracking.start_model(run.info.run_id, run.info.experiment_id, params))
+            logger.model_id = tracking.send(lambda: tracking.start_model(run.info.run_id, run.info.experiment_id, params))
         logged = False  # the model: filled by log_pyfunc (READY or FAILED), else marked FAILED here
         try:
             if update:
@@ -93,7 +93,7 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
             final.update(evaluate_and_log(best, ds, logger, figures, reference))
         except BaseException:
             if log_model and not logged:
-                tracking.submit(lambda: tracking.fail_model(tracking.resolved(logger.model_id)))
+                tracking.send(lambda: logger.model_id and tracking.fail_model(logger.model_id))
             raise
     log.info("run %s: test leaf accuracy %.4f, checkpoints %s", run.info.run_id,
              final["test_leaf_accuracy"], [str(p) for p in logger.paths.values()])
@@ -114,12 +114,12 @@ def estimator(model: str, ds, overrides, resume, start_from, tags) -> tuple:
 
 
 def log_model_of(logger, model: str, ds) -> bool:
-    """Log the ``best`` checkpoint as the run's model (``pyfunc.log_pyfunc``), in the background."""
+    """Log the ``best`` checkpoint as the run's model (``pyfunc.log_pyfunc``)."""
     from .pyfunc import log_pyfunc
 
-    checkpoint, example, model_id, run_id = logger.paths["best"], ds.test.texts[:3], logger.model_id, \
-        mlflow.active_run().info.run_id
-    tracking.submit(lambda: log_pyfunc(model, checkpoint, ds.hierarchy.depth, example, run_id, tracking.resolved(model_id)))
+    run_id = mlflow.active_run().info.run_id
+    tracking.send(lambda: log_pyfunc(model, logger.paths["best"], ds.hierarchy.depth, ds.test.texts[:3], run_id,
+                                     logger.model_id))
     return True  # MLflow marks it READY, or FAILED
 
 

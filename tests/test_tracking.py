@@ -256,36 +256,37 @@ def test_figures_inline_for_a_fit_and_on_demand_for_a_sweep_trial(tracking, bigb
     assert len(out.output.strip().splitlines()) == 1
 
 
-def test_background_logging_waits_and_raises_its_first_failure(tracking):
-    """Inside ``uploading`` files, metrics, params and tags go to MLflow from one thread; leaving it
-    waits for all of them (in the order they were logged: metric history, last tag wins) and
-    raises the first failure; after a failure nothing more is sent (a server gone would make each
-    later request wait out its retries), but work marked ``always`` (clean-up) still runs."""
+def test_lenient_logging_goes_on_after_a_failure_and_raises_it_at_the_end(tracking):
+    """Inside ``lenient`` a failed MLflow call does not stop the fit: what was logged before it
+    is kept (in order: metric history, last tag wins), nothing after it is sent (a server gone
+    would make each later request wait out its retries), and leaving the block raises the first
+    failure."""
     from ktt import tracking as tr
     from ktt.tracking import logs
 
     def full_disk(path):
         raise OSError("No space left on device")
-    cleaned = []
+    after = []
     with mlflow.start_run() as run, pytest.raises(OSError, match="No space left"):
-        with tr.uploading():
+        with tr.lenient():
             tr.log_batch({"loss": 3.0}, params={"alpha": 0.1}, tags={"stage": "one"}, step=0)
             for step, loss in enumerate((2.0, 1.0), 1):
                 tr.log_batch({"loss": loss}, tags={"stage": f"step {step}"}, step=step)
             tr.log_dict({"a": [1, 2]}, "metrics/a.json")
             tr.log_file(full_disk, "broken.txt")
             tr.log_batch({"loss": 0.5}, step=3)
-            tr.submit(lambda: cleaned.append(1), always=True)
+            after.append(tr.send(lambda: "sent"))
     client = MlflowClient()
     data = client.get_run(run.info.run_id).data
     assert data.params == {"alpha": "0.1"} and data.tags["stage"] == "step 2"
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == [(0, 3.0), (1, 2.0), (2, 1.0)]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "metrics")} == {"metrics/a.json"}
-    assert cleaned == [1]
-    assert logs._thread is None and not logs._failed  # the next run starts clean
+    assert after == [None] and logs._lost is None  # skipped; the next run starts clean
+    with mlflow.start_run(), tr.lenient():
+        assert tr.send(lambda: "sent") == "sent"
 
 
-def test_a_failed_upload_raises_even_inside_the_callers_except_block(tracking):
+def test_a_failed_call_raises_even_inside_the_callers_except_block(tracking):
     """The block's own failure is raised when it is entered while the caller handles an
     exception (a retry in an ``except``): found by the hostile review, the run ended FINISHED
     with nothing logged."""
@@ -297,33 +298,20 @@ def test_a_failed_upload_raises_even_inside_the_callers_except_block(tracking):
         raise KeyError("the caller's")
     except KeyError:
         with mlflow.start_run(), pytest.raises(OSError, match="No space left"):
-            with tr.uploading():
+            with tr.lenient():
                 tr.log_file(full_disk, "broken.txt")
 
 
-def test_metrics_wait_for_the_model_id_they_belong_to(tracking):
-    """Metrics logged as a model's while its ID is still being made (``submit``'s future, as
-    ``train`` creates the run's model) are sent after it, as the model's."""
+def test_the_fits_own_error_wins_over_a_lost_server(tracking):
+    """A fit that fails after tracking failed raises its own error, not the tracking one."""
     from ktt import tracking as tr
 
-    release, done, runs = threading.Event(), threading.Event(), []
-
-    def run_block():  # on a thread of its own, so that a deadlock fails the test instead of hanging it
-        with mlflow.start_run() as run, tr.uploading():
-            runs.append(run)
-            tr.submit(release.wait)  # the upload thread is busy: what follows queues up
-            tr.log_batch({"before": 1.0})
-            model_id = tr.submit(lambda: tr.start_model(run.info.run_id, run.info.experiment_id, {}))
-            tr.log_batch({"after": 2.0}, model_id=model_id)
-            release.set()
-        done.set()
-    threading.Thread(target=run_block, daemon=True).start()
-    assert done.wait(60), "background logging deadlocked"
-    run = runs[0]
-    assert MlflowClient().get_run(run.info.run_id).data.metrics == {"before": 1.0, "after": 2.0}
-    model = mlflow.get_logged_model(mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                                                output_format="list")[0].model_id)
-    assert [m.key for m in model.metrics] == ["after"]
+    def full_disk(path):
+        raise OSError("No space left on device")
+    with mlflow.start_run(), pytest.raises(ValueError, match="the fit's"):
+        with tr.lenient(on_failure=lambda e: RuntimeError("tracking")):
+            tr.log_file(full_disk, "broken.txt")
+            raise ValueError("the fit's")
 
 
 def test_input_example_and_requirements_checked_once_per_model_class(tracking, bigbasket_small, tmp_path,
