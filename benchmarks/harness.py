@@ -26,14 +26,17 @@ PY, KTT = str(ROOT / ".venv" / "bin" / "python"), str(ROOT / ".venv" / "bin" / "
 
 def write_section(key: str, *parts: str, doc: Path = DOC) -> None:
     """Replace section ``key`` of the page (append it when new) with ``parts``, a blank line
-    between them, and print it; its title goes one level under the page's questions."""
-    body = re.sub(r"^## ", "### ", "\n\n".join(parts), flags=re.M)
-    print(body, flush=True)
+    between them, and print it. Its title keeps the level the section has on the page; a new
+    one goes one level under the page's questions (``## How accurate?``)."""
     text = doc.read_text() if doc.exists() else HEADER
+    pattern = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
+    old = pattern.search(text)
+    level = re.search(r"^(#+) ", old.group(0), re.M) if old else None
+    body = re.sub(r"^## ", (level.group(1) if level else "###") + " ", "\n\n".join(parts), flags=re.M)
+    print(body, flush=True)
     block = f"<!-- {key}:start -->\n{body.rstrip()}\n\nMachine: {platform.processor() or platform.machine()}, " \
             f"Python {platform.python_version()}.\n<!-- {key}:end -->"
-    pattern = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    text = pattern.sub(lambda _: block, text) if old else text.rstrip() + "\n\n" + block + "\n"
     doc.parent.mkdir(exist_ok=True)
     doc.write_text(text)
 
