@@ -22,27 +22,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import arguments, bigbasket, catalog, clocked, spread, table, workdir, write_section  # noqa: E402
-from benchmarks.taxonomy_change import frame  # noqa: E402
+from benchmarks.harness import (arguments, bigbasket, catalog, clocked, dataset, spread, table, workdir,  # noqa: E402
+                                write_section)
+from benchmarks.taxonomy_change import Rewrites, frame  # noqa: E402
 
 MODEL, TARGET = "tfidf_hsgd", 0.95
 
 
-class Taxonomy:
-    """The truth as it changes: a list of prefix rewrites (``old -> new``), applied in order to
-    every row's original path."""
-
-    def __init__(self):
-        self.rewrites: list[tuple[tuple, tuple]] = []
-
-    def __call__(self, path: tuple) -> tuple:
-        for old, new in self.rewrites:
-            if path[:len(old)] == old:
-                path = new + path[len(old):]
-        return path
+class Taxonomy(Rewrites):
+    """The truth as it changes: the rewrites of every row's original path so far."""
 
     def edit(self, kind: str, live: set[tuple], rng) -> str | None:
         """One edit of the current taxonomy (``live``: its leaves); a line describing it."""
@@ -66,14 +56,13 @@ class Taxonomy:
                 return None
             sibs = pairs[rng.integers(len(pairs))]
             old, new = (sibs[i] for i in rng.choice(len(sibs), 2, replace=False))
-        self.rewrites.append((old, new))
+        self.append((old, new))
         return f"{kind} {' > '.join(old)} -> {' > '.join(new)}"
 
 
 def life(ds, seed: int, rounds: int, new_leaves: int, budget: int, root: Path) -> list[dict]:
     """One catalog's rounds, as records."""
     from ktt import registry, review, taxonomy
-    from ktt.data import ingest, load_dataset
     from ktt.metrics import evaluate
 
     rng = np.random.default_rng(seed)
@@ -91,19 +80,13 @@ def life(ds, seed: int, rounds: int, new_leaves: int, budget: int, root: Path) -
     per_round = len(stream) // rounds
     truth, out = Taxonomy(), []
 
-    def version(r: int):
-        live = df["appears"].to_numpy() <= r
-        rows = df[(labelled | (df["split"].to_numpy() != "train")) & live]
-        frame = pd.DataFrame({"text": rows["text"], "labels": [list(truth(p)) for p in rows["orig"]],
-                              "split": rows["split"]})
-        ingest(frame, root, f"life-{seed}-{r}", keep_duplicates=True, overwrite=True)
-        return load_dataset(f"life-{seed}-{r}", root)
-
-    def fitted(model, ds_):
-        model.calibrate(ds_.val)
-        return model
+    def version(r: int):  # the labelled rows and the other splits, in the taxonomy of round r
+        rows = df[(labelled | (df["split"].to_numpy() != "train")) & (df["appears"].to_numpy() <= r)]
+        return dataset(rows.assign(labels=[list(truth(p)) for p in rows["orig"]])[["text", "labels", "split"]],
+                       root, f"life-{seed}-{r}", keep_duplicates=True)
     prev = version(0)
-    model = fitted(registry.create(MODEL, prev.hierarchy, seed=seed).fit(prev.train, prev.val), prev)
+    model = registry.create(MODEL, prev.hierarchy, seed=seed).fit(prev.train, prev.val)
+    model.calibrate(prev.val)
     schedule = {2: "rename", 3: "move", 4: "merge"}
     for r in range(1, rounds + 1):
         live = {truth(p) for p in df["orig"][df["appears"] <= r]}
@@ -123,8 +106,7 @@ def life(ds, seed: int, rounds: int, new_leaves: int, budget: int, root: Path) -
         right = np.array([tuple(n for n, _ in a) == tp for a, tp in zip(answers, truths)])
         queue = np.flatnonzero(~full)[review.queue(conf[~full])][:budget]
         spot = rng.permutation(np.flatnonzero(full))[:budget - len(queue)]  # the rest of the budget: spot checks
-        reviewed = batch[np.concatenate([queue, spot])]
-        labelled[reviewed] = True
+        labelled[batch[np.concatenate([queue, spot])]] = True
         cur = version(r)
 
         def update():
@@ -132,8 +114,8 @@ def life(ds, seed: int, rounds: int, new_leaves: int, budget: int, root: Path) -
             return d, registry.create(MODEL, cur.hierarchy, **model.params).update(model, d, cur.train, cur.val)
         (d, upd), update_s = clocked(update)
         refit, refit_s = clocked(registry.create(MODEL, cur.hierarchy, seed=seed).fit, cur.train, cur.val)
-        model, prev = fitted(upd, cur), cur
-        fitted(refit, cur)
+        upd.calibrate(cur.val), refit.calibrate(cur.val)
+        model, prev = upd, cur
         f1 = {k: evaluate(cur.hierarchy, cur.test.codes, m.predict(cur.test.texts))["h_f1"]
               for k, m in (("update", upd), ("refit", refit))}
         out.append({"round": r, "edits": "; ".join(edits), "labelled": len(cur.train), "spent": len(queue),

@@ -5,10 +5,6 @@ MLFLOW_TRACKING_URI is set.
 
     .venv/bin/python benchmarks/confidence.py                        # every section
     .venv/bin/python benchmarks/confidence.py --section coverage     # one of: coverage, in-scope, catalog
-
-``coverage`` fits every model with ``ktt.train.train`` (encoder models with a frozen encoder: on this
-CPU fine-tuning five models on two datasets takes hours) and also writes the calibration table;
-``catalog``: calibration and coverage of the TF-IDF models on ``--catalog-rows`` generated titles.
 """
 import sys
 from pathlib import Path
@@ -73,13 +69,14 @@ def coverage_row(model, val, test) -> dict:
     return row
 
 
-def fit(name, dataset, root, overrides):
+def fit(name, data, root, overrides):
+    """``ktt.train.train``'s fit (tracked, calibrated, its threshold chosen on validation), loaded."""
     from ktt import registry
     from ktt.train import train
 
-    run, secs = clocked(train, name, dataset, overrides=overrides, datasets_root=root / "datasets",
-                        weights_root=root / "weights", experiment=f"confidence-{dataset}",
-                        run_name=f"{name}-{dataset}", log_model=False)
+    run, secs = clocked(train, name, data, overrides=overrides, datasets_root=root / "datasets",
+                        weights_root=root / "weights", experiment=f"confidence-{data}", run_name=f"{name}-{data}",
+                        log_model=False)
     return registry.get(name).load(run.checkpoints["best"]), secs
 
 

@@ -18,19 +18,16 @@ from ktt.review import SIMILAR  # noqa: E402
 MODEL = "tfidf_hsgd"
 
 
-def fit(h, train, rows, seed: int):
+STRATEGIES = ("queue", "lowest", "random")
+
+
+def fitted(ds, rows, seed: int):
+    """The model fitted on training rows ``rows``, and its test hF1."""
     from ktt import registry
-
-    return registry.create(MODEL, h, seed=seed).fit(train.subset(rows))
-
-
-def test_f1(model, test) -> float:
     from ktt.metrics import evaluate
 
-    return evaluate(model.hierarchy, test.codes, model.predict(test.texts))["h_f1"]
-
-
-STRATEGIES = ("queue", "lowest", "random")
+    model = registry.create(MODEL, ds.hierarchy, seed=seed).fit(ds.train.subset(rows))
+    return model, evaluate(ds.hierarchy, ds.test.codes, model.predict(ds.test.texts))["h_f1"]
 
 
 def curve(ds, strategy: str, seed: int, start: float, batch: int) -> list[tuple[int, float]]:
@@ -43,8 +40,8 @@ def curve(ds, strategy: str, seed: int, start: float, batch: int) -> list[tuple[
     labelled[rng.choice(n, int(start * n), replace=False)] = True
     out = []
     while True:
-        model = fit(ds.hierarchy, ds.train, np.flatnonzero(labelled), seed)
-        out.append((int(labelled.sum()), test_f1(model, ds.test)))
+        model, f1 = fitted(ds, np.flatnonzero(labelled), seed)
+        out.append((int(labelled.sum()), f1))
         pool = np.flatnonzero(~labelled)
         if not len(pool):
             return out
@@ -105,7 +102,7 @@ def main() -> None:
     args = arguments(__doc__, ("--seeds", "0,1,2"), ("--start", 0.2), ("--batch", 1000))
     ds = bigbasket()
     seeds = [int(s) for s in args.seeds.split(",")]
-    full = [test_f1(fit(ds.hierarchy, ds.train, np.arange(len(ds.train)), s), ds.test) for s in seeds]
+    full = [fitted(ds, np.arange(len(ds.train)), s)[1] for s in seeds]
     need = {k: [] for k in STRATEGIES}
     curves = {}
     for s, f in zip(seeds, full):
@@ -144,13 +141,6 @@ def main() -> None:
                "mean ± sd (goal ≤ 50%)"], needed),
         "Test hF1 by labelled rows, the first rounds:",
         table(["labelled rows", *(f"{k:,}" for k in steps)], by_rows),
-        "Tried for issue 40 and not kept, on fewer seeds with each curve stopped at its first round within a "
-        "point: the margin between the two likeliest siblings (at the leaf, or the smallest along the path), "
-        "entropy summed over the levels, round-robin over predicted leaves or parents, a cap of picks per "
-        "predicted leaf or parent, density (mean similarity to the nearest unlabelled titles) and novelty "
-        "(distance to the labelled titles) as weights, and an oracle sending only the rows the model got wrong. "
-        "None needed a round (1,000 labels) fewer than the lowest confidence on average; round-robin, the caps and "
-        "the oracle needed more.",
         f"Injected label errors: {noisy[0]['flipped']:,} training rows ({0.1:.0%}) given a sibling leaf. Each row "
         "is scored by a model fitted without it (cross-fitting: `ktt.review.cross_scores`), so no model judges "
         "a label it learned. Flipped rows among the first 1,000 of each order (random order: "

@@ -69,16 +69,14 @@ def fasttext_row(py: str, ds_root: Path, name: str, tmp: Path) -> dict:
     from ktt.metrics import evaluate
     from ktt.text import words
 
-    ds = load_dataset(name, ds_root)
-    work = tmp / f"fasttext-{name}"
+    ds, work = load_dataset(name, ds_root), tmp / f"fasttext-{name}"
     work.mkdir(exist_ok=True)
     paths = [tuple(row) for row in np.unique(ds.train.codes, axis=0).tolist()]
     keys = {p: i for i, p in enumerate(paths)}
     (work / "train.txt").write_text("\n".join(f"__label__{keys[tuple(c)]} {' '.join(w)}"
                                               for c, w in zip(ds.train.codes.tolist(), words(ds.train.texts))) + "\n")
     (work / "test.txt").write_text("\n".join(" ".join(w) for w in words(ds.test.texts)) + "\n")
-    (work / "worker.py").write_text(FASTTEXT_WORKER)
-    run = run_measured([py, work / "worker.py", work])
+    run = run_measured([py, "-c", FASTTEXT_WORKER, work])
     if run["rc"]:
         return {"error": run["out"][-300:]}
     out = json.loads((work / "out.json").read_text())
@@ -110,8 +108,7 @@ def model_row(model: str, name: str, tmp: Path, env: dict, params: list[str], ti
         return {**row, "error": export["out"].strip().splitlines()[-1][:200]}
     build = tmp / "build" / f"{model}_{name}"
     row["build_mb"] = sum(f.stat().st_size for f in build.rglob("*") if f.is_file()) / 2**20
-    (tmp / "predict.py").write_text(PREDICT)
-    pred = run_measured([PY, tmp / "predict.py", run_id, tmp / "datasets"], env)
+    pred = run_measured([PY, "-c", PREDICT, run_id, tmp / "datasets"], env)
     row["rows_per_s"] = None if pred["rc"] else json.loads(pred["out"].strip().splitlines()[-1])["rows_per_s"]
     test = tmp / "datasets" / name / "test.parquet"
     batch = run_measured([KTT, "predict", f"runs:/{run_id}/model", test, tmp / "answers.parquet"], env)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from benchmarks.harness import arguments, bento, bigbasket, clocked, load, table, workdir, write_section  # noqa: E402
+from benchmarks.harness import arguments, bento, bigbasket, clocked, load, serve, table, workdir, write_section  # noqa: E402
 from conftest import Served  # noqa: E402
 from test_cold_start import BAD, burst  # noqa: E402
 
@@ -60,11 +60,8 @@ def main() -> None:
         shed, sent, ready_s = cold(path, titles, tmp)
         cold_rows.append([name, STARTS, f"{ready_s:.1f}", sent, f"{shed} ({100 * shed / sent:.0f}%)"])
         print(cold_rows[-1], flush=True)
-        svc = Served(path, gunicorn=True, probe="readyz", BENTOML_HOME=tmp / "home-load")
-        try:
-            levels = [{"c": c, **load(f"{svc.url}/predict", texts_file, c, SECONDS)} for c in LEVELS]
-        finally:
-            svc.stop()
+        with serve(path, BENTOML_HOME=tmp / "home-load") as url:
+            levels = [{"c": c, **load(f"{url}/predict", texts_file, c, SECONDS)} for c in LEVELS]
         print(levels, flush=True)
         best = max(r["rps"] for r in levels)
         knee = next(r["c"] for r in levels if r["rps"] >= 0.9 * best)

@@ -16,6 +16,16 @@ def frame(ds) -> pd.DataFrame:
                       for name, s in (("train", ds.train), ("val", ds.val), ("test", ds.test))], ignore_index=True)
 
 
+class Rewrites(list):
+    """Prefix rewrites of paths (``(old, new)`` pairs), applied in order."""
+
+    def __call__(self, path: tuple) -> tuple:
+        for old, new in self:
+            if path[:len(old)] == old:
+                path = new + path[len(old):]
+        return path
+
+
 def simulate(ds, n_leaves: int = 30, seed: int = 0):
     """``(v1, v2, change)``: two frames (``text``, ``labels``, ``split``: each row keeps its split)
     and what was changed: the held-out leaves, the renamed and the moved category (old and new path)."""
@@ -35,15 +45,8 @@ def simulate(ds, n_leaves: int = 30, seed: int = 0):
     # held-out leaves: not under the renamed or moved class, so each change is seen on its own
     free = [p for p in leaves if p[:depth - 1] not in new_name]
     held = {free[i] for i in rng.choice(len(free), min(n_leaves, len(free) - 1), replace=False)}
-
-    def relabel(p):
-        for old, new in new_name.items():
-            if p[:len(old)] == old:
-                return new + p[len(old):]
-        return p
-
     v1 = rows[~rows["labels"].isin(held)].reset_index(drop=True)
-    v2 = rows.assign(labels=rows["labels"].map(relabel))
+    v2 = rows.assign(labels=rows["labels"].map(Rewrites(new_name.items())))
     change = {"held_out": sorted(held), "renamed": (renamed, new_name[renamed]), "moved": (moved, new_name[moved])}
     return v1.assign(labels=v1["labels"].map(list)), v2.assign(labels=v2["labels"].map(list)), change
 

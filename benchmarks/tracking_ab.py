@@ -30,66 +30,54 @@ DESIGNS = {"before": "the design at a89a6e9 (a tracking worker process for a swe
            "upload thread": "at e070668 (one upload thread sending a run's MLflow calls in order, figures inline)",
            "now": "every MLflow call made where it is logged, figures inline"}
 
-UNTRACKED = """
-import sys, time
-from ktt import registry
-from ktt.data import load_dataset
-from ktt.metrics import evaluate, level_ece
-trials = int(sys.argv[1])
-ds = load_dataset("bigbasket", "datasets")
-if trials:  # the sweep's trials: the same sampler, seed and space as `ktt tune --sampler random --seed 0`
-    import optuna
-    from ktt.tune import load_space, make_sampler, suggest
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space, study = load_space("tfidf_hsgd"), optuna.create_study(sampler=make_sampler("random", 0), direction="maximize")
-    params = []
-    for _ in range(trials):
-        t = study.ask()
-        params.append(suggest(t, space))
-        study.tell(t, 0.0)
-else:
-    params = [{}]
-for p in params:  # what train() does but log: fit, calibrate, score test and validation
-    ds = load_dataset("bigbasket", "datasets")
-    model = registry.create("tfidf_hsgd", ds.hierarchy, **p).fit(ds.train, ds.val)
-    model.calibrate(ds.val)
-    for split in (ds.test, ds.val):
-        pred, conf = model.predict_confident(split.texts)
-        evaluate(ds.hierarchy, split.codes, pred), level_ece(ds.hierarchy, split.codes, pred, conf)
-"""
-
-IN_PROCESS = """
+WORKER = """
 import json, sys, time, inspect
-import mlflow
 from ktt import registry
 from ktt.data import load_dataset
 from ktt.metrics import evaluate, level_ece
-from ktt.train import train
-mlflow.set_tracking_uri(sys.argv[2])
-n = int(sys.argv[1])
-figures = {"figures": True} if "figures" in inspect.signature(train).parameters else {}
 
-def untracked():
+def untracked(**params):  # what train() does but log: fit, calibrate, score test and validation
     ds = load_dataset("bigbasket", "datasets")
-    model = registry.create("tfidf_hsgd", ds.hierarchy).fit(ds.train, ds.val)
+    model = registry.create("tfidf_hsgd", ds.hierarchy, **params).fit(ds.train, ds.val)
     model.calibrate(ds.val)
     for split in (ds.test, ds.val):
         pred, conf = model.predict_confident(split.texts)
         evaluate(ds.hierarchy, split.codes, pred), level_ece(ds.hierarchy, split.codes, pred, conf)
 
 def tracked():
-    train("tfidf_hsgd", "bigbasket", experiment="in-process", **figures)
+    from ktt.train import train
+    train("tfidf_hsgd", "bigbasket", experiment="in-process",
+          **({"figures": True} if "figures" in inspect.signature(train).parameters else {}))
     try:  # the design before: figures drawn by another process, waited for as ktt train waits at exit
         from ktt import figures as f
         f.wait()
     except AttributeError:
         pass
-times = {"untracked": [], "tracked": []}
-untracked(), tracked()  # warm: imports, the experiment, MLflow's one-time model checks
-for _ in range(n):
-    for kind, fn in (("untracked", untracked), ("tracked", tracked)):
-        t0 = time.perf_counter(); fn(); times[kind].append(time.perf_counter() - t0)
-print(json.dumps(times))
+
+if sys.argv[1] == "untracked":  # a sweep's trials (the sampler, seed and space of `ktt tune --sampler random --seed 0`) or one fit
+    trials, params = int(sys.argv[2]), [{}]
+    load_dataset("bigbasket", "datasets")
+    if trials:
+        import optuna
+        from ktt.tune import load_space, make_sampler, suggest
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        space, study = load_space("tfidf_hsgd"), optuna.create_study(sampler=make_sampler("random", 0), direction="maximize")
+        params = []
+        for _ in range(trials):
+            t = study.ask()
+            params.append(suggest(t, space))
+            study.tell(t, 0.0)
+    for p in params:
+        untracked(**p)
+else:  # pairs of fits in a warm process
+    import mlflow
+    mlflow.set_tracking_uri(sys.argv[3])
+    times = {"untracked": [], "tracked": []}
+    untracked(), tracked()  # warm: imports, the experiment, MLflow's one-time model checks
+    for _ in range(int(sys.argv[2])):
+        for kind, fn in (("untracked", untracked), ("tracked", tracked)):
+            t0 = time.perf_counter(); fn(); times[kind].append(time.perf_counter() - t0)
+    print(json.dumps(times))
 """
 
 
@@ -115,7 +103,7 @@ def in_process(designs: dict, tmp: Path, rounds: int, fits: int = 4) -> str:
     base: dict[str, list[float]] = {name: [] for name in designs}
     for r in range(rounds):
         for name, tree in list(designs.items())[::1 if r % 2 == 0 else -1]:
-            out = subprocess.run([PY, "-c", IN_PROCESS, str(fits), f"sqlite:///{tmp / f'{name}-fit.db'}"], cwd=tmp,
+            out = subprocess.run([PY, "-c", WORKER, "pairs", str(fits), f"sqlite:///{tmp / f'{name}-fit.db'}"], cwd=tmp,
                                  env={**clean_env(), "PYTHONPATH": str(tree)}, capture_output=True, text=True)
             if out.returncode:
                 raise RuntimeError(out.stderr[-3000:])
@@ -147,7 +135,7 @@ def sweeps(designs: dict, tmp: Path, rounds: int) -> dict[str, np.ndarray]:
     with mlflow_server(tmp) as (_, http):
         for r in range(rounds):
             order = list(designs.items())[::1 if r % 2 == 0 else -1]  # alternating: drift hits both alike
-            jobs = [("untracked sweep", None, None, [PY, "-c", UNTRACKED, str(TRIALS)])]
+            jobs = [("untracked sweep", None, None, [PY, "-c", WORKER, "untracked", str(TRIALS)])]
             for name, tree in order:
                 for store in ("sqlite", "http"):
                     n += 1
@@ -155,7 +143,7 @@ def sweeps(designs: dict, tmp: Path, rounds: int) -> dict[str, np.ndarray]:
                                  [PY, "-m", "ktt", "tune", "tfidf_hsgd", "bigbasket", "--n-trials", str(TRIALS),
                                   "--sampler", "random", "--pruner", "none", "--seed", "0", "--study-name", f"ab{n}",
                                   "--storage", str(tmp / f"ab{n}.journal"), "--experiment", f"ab-{name}"]))
-            jobs.append(("untracked fit", None, None, [PY, "-c", UNTRACKED, "0"]))
+            jobs.append(("untracked fit", None, None, [PY, "-c", WORKER, "untracked", "0"]))
             jobs += [(f"{name} train sqlite", tree, f"sqlite:///{tmp / f'{name}.db'}",
                       [PY, "-m", "ktt", "train", "tfidf_hsgd", "bigbasket", "--experiment", f"ab-{name}"]) for name, tree in order]
             for label, tree, uri, cmd in jobs:
