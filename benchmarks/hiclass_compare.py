@@ -1,9 +1,6 @@
 """tfidf_hsgd against HiClass's per-parent-node classifier, on the same TF-IDF features (issues 10, 27).
 
     .venv/bin/python benchmarks/hiclass_compare.py
-
-HiClass is installed into a throwaway virtual environment (no dependency of KTT), with KTT's
-scikit-learn version, and runs there on the very matrix ``tfidf_hsgd`` trained on.
 """
 import json
 import subprocess

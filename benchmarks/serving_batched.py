@@ -3,12 +3,9 @@ where a request's time goes in BentoML 0.13.1 (issue 39).
 
     .venv/bin/python benchmarks/serving_batched.py
 
-Two models, BigBasket (the official split) and a generated catalog of 5,600 categories (100,000
-titles), each calibrated, exported and served by `bentoml serve-gunicorn` (one worker,
-micro-batching on). In-process: the same export through `ktt.serving.runtime.Predictor`, 64 titles a
-call, best of 5. Where the time goes, from the service's own /metrics over each load: BentoML's
-front server (`_mb_request_duration_seconds`), its model server (`_request_duration_seconds`) and
-KTT's code inside it (`ktt_batch_seconds`: parse, preprocess, predict, answer).
+BigBasket and a generated catalog of 5,600 categories (100,000 titles); in-process: the export
+through `ktt.serving.runtime.Predictor`, 64 titles a call, best of 5; where the time goes: the
+service's /metrics (`_mb_request_duration_seconds`, `_request_duration_seconds`, `ktt_batch_seconds`).
 """
 import json
 import os

@@ -1,7 +1,5 @@
 """What tracking costs, and what the mechanisms issue 43 removed bought: the tracking design before
-it (a tracking worker process for a sweep's MLflow calls, a forked figure process, ``gc.freeze``
-from a process's second fit), the one after (one upload thread) and today's (every call made where it
-is logged; figures drawn inline, a sweep's for its best trial only), each from its own checkout, in one run.
+it, the one after and today's (``DESIGNS``), each from its own checkout, in one run.
 
     .venv/bin/python benchmarks/tracking_ab.py --before a89a6e9 [--rounds 4] [--part sweep|fit]
 

@@ -5,6 +5,7 @@ DATASET --from RUN`` runs), against a full retrain on version 2; BigBasket and a
     .venv/bin/python benchmarks/update.py [--models tfidf_hsgd,db_bhcn] [--seeds 0,1,2] [--encoder-seeds 0]
 """
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ def leaf_f1(truth: np.ndarray, pred: np.ndarray, leaves) -> float:
 
 def row(data: str, model: str, seeds, r: dict, goal: float) -> list:
     """One table row: mean ± sd over seeds of each measure, and whether each goal was met."""
+    r = {**r, "ratio": np.divide(r["update_s"], r["full_s"]), "old_drop": 100 * np.subtract(r["old_full"], r["old_upd"]),
+         "new_ratio": np.divide(r["new_upd"], np.maximum(r["new_full"], 1e-9))}
     ms = lambda k, fmt="{:.3f}": spread(r[k], fmt)  # noqa: E731
     met = ["met" if ok else "missed" for ok in (max(r["ratio"]) <= goal, min(r["new_ratio"]) >= 0.9,
                                                  max(r["old_drop"]) <= 0.5)]
@@ -60,8 +63,7 @@ def compare(ds, root: Path, models: list[tuple[str, list[int]]], n_leaves: int) 
         # encoder models: the default update (only the new classes' weights train) and the whole fine-tune
         variants = {"": {}} if not name.startswith("db_") else {" (update_scope=new)": {},
                                                                 " (update_scope=all)": {"update_scope": "all"}}
-        rs = {v: {k: [] for k in ("full_s", "update_s", "ratio", "new_full", "new_upd", "new_ratio", "old_full",
-                                  "old_upd", "old_drop")} for v in variants}
+        rs = {v: defaultdict(list) for v in variants}
         for seed in seeds:
             old = registry.create(name, v1.hierarchy, seed=seed).fit(v1.train, v1.val)
             if len(variants) > 1:
@@ -76,12 +78,9 @@ def compare(ds, root: Path, models: list[tuple[str, list[int]]], n_leaves: int) 
                 upd, secs = clocked(lambda: registry.create(name, h, **{**old.params, **over}).update(
                     old, diff(), v2.train, v2.val))
                 r["update_s"].append(secs)
-                r["ratio"].append(r["update_s"][-1] / r["full_s"][-1])
                 for tag, pred in (("full", pred_full), ("upd", upd.predict(test.texts))):
                     r[f"new_{tag}"].append(leaf_f1(test.codes[is_new, -1], pred[is_new, -1], new_leaves))
                     r[f"old_{tag}"].append(evaluate(h, test.codes[~is_new], pred[~is_new])["h_f1"])
-                r["new_ratio"].append(r["new_upd"][-1] / max(r["new_full"][-1], 1e-9))
-                r["old_drop"].append(100 * (r["old_full"][-1] - r["old_upd"][-1]))
                 print(ds.name, name + label, seed, {k: round(v[-1], 4) for k, v in r.items()}, flush=True)
         for label, r in rs.items():
             rows.append(row(ds.name, name + label, seeds, r, GOALS.get(name, 0.25)))
