@@ -9,7 +9,6 @@ detection-curve figure to docs/monitoring.md.
 import json
 import multiprocessing as mp
 import sys
-import time
 from collections import deque
 from pathlib import Path
 
@@ -38,10 +37,8 @@ def _init(config):
 def _calculate(rows):
     """One window through the sidecar: its results, the spec's two flags, and the seconds it took."""
     _monitor.window = deque(rows)  # the whole window: the sidecar's own keeps window_size (100) rows
-    t0 = time.perf_counter()
-    _monitor.calculate()
-    return (_monitor.last_results, _monitor.dataset_drift._value.get(), _monitor.target_drift._value.get(),
-            time.perf_counter() - t0)
+    secs = clocked(_monitor.calculate)[1]
+    return _monitor.last_results, _monitor.dataset_drift._value.get(), _monitor.target_drift._value.get(), secs
 
 
 def datasets(root: Path):
@@ -98,14 +95,13 @@ def main():
         with mp.get_context("forkserver").Pool(args.processes, _init, (str(root / f"{name}.yaml"),)) as pool:
             for size in SIZES:
                 todo = list(windows(pools, size, rng, args.calm_windows, args.shift_windows))
-                t0 = time.perf_counter()
-                for (condition, _), (results, spec_drift, spec_pred, secs) in zip(
-                        todo, pool.imap(_calculate, [rows for _, rows in todo])):
+                done, wall = clocked(lambda: list(pool.imap(_calculate, [rows for _, rows in todo])))
+                for (condition, _), (results, spec_drift, spec_pred, secs) in zip(todo, done):
                     signals = alert_signals(results, size, ALERT)
                     records.append({"model": name, "window": size, "condition": condition, "alert": any(signals.values()),
                                     "spec_dataset_drift": spec_drift == 1.0, "spec_prediction_drift_value": spec_pred,
                                     "seconds": secs, **{f"signal:{k}": v for k, v in signals.items()}})
-                print(f"{name} window {size}: {len(todo)} windows in {time.perf_counter() - t0:.0f} s", flush=True)
+                print(f"{name} window {size}: {len(todo)} windows in {wall:.0f} s", flush=True)
     df = pd.DataFrame(records)
     df.attrs.update(train=len(ds.train), val=len(ds.val), test=len(ds.test), held=len(held))
     df.to_csv(root / "windows.csv", index=False)

@@ -16,11 +16,10 @@ import json
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import (KTT, PY, arguments, bigbasket, load, run_measured, serve, table,  # noqa: E402
+from benchmarks.harness import (KTT, PY, arguments, bigbasket, clocked, load, run_measured, serve, table,  # noqa: E402
                                 throwaway_env, workdir, write_section)
 
 FASTTEXT = "fasttext-community==0.11.9"
@@ -143,16 +142,14 @@ def step_costs(steps: int = 12) -> None:
             model.net_.train()
             opt = torch.optim.AdamW([q for q in model.net_.parameters() if q.requires_grad], lr=1e-4, fused=True)
             codes = torch.as_tensor(h.leaf_paths()[np.random.default_rng(0).integers(h.n_leaves, size=len(texts))])
-            times = []
-            for i in range(steps + 2):  # two warm-up steps
-                at = slice(32 * (i % steps), 32 * (i % steps) + 32)
-                batch = model._batch(texts[at])
-                t0 = time.perf_counter()
-                loss = model.loss(model.net_(*batch), codes[at]).mean()
+
+            def step(batch, target):  # the batch is tokenised before the clock starts
+                loss = model.loss(model.net_(*batch), target).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                times.append(time.perf_counter() - t0)
+            times = [clocked(step, model._batch(texts[at]), codes[at])[1]  # two warm-up steps first
+                     for at in (slice(32 * (i % steps), 32 * (i % steps) + 32) for i in range(steps + 2))]
             ms[label] = 1000 * float(np.median(times[2:]))
             ms[label + "_params"] = sum(q.numel() for q in model.net_.head.parameters()) / 1e6
         rows.append([name, f"{ms['bigbasket']:.0f} ({ms['bigbasket_params']:.1f}M)",

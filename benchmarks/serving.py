@@ -11,13 +11,12 @@ an untrained head (latency does not depend on the weights).
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.harness import arguments, bento, bigbasket, load, serve, table, workdir, write_section  # noqa: E402
+from benchmarks.harness import arguments, bento, bigbasket, clocked, load, serve, table, workdir, write_section  # noqa: E402
 
 SECONDS = float(os.environ.get("KTT_BENCH_SECONDS", 10))
 CONCURRENCY = (1, 8, 32)
@@ -27,21 +26,15 @@ def in_process(pred, texts):
     """One text a call (latency, and where it goes), and batches of 32 (throughput)."""
     lat, stages = [], np.zeros(3)
     for t in texts[:300]:
-        t0 = time.perf_counter()
-        prepared = pred.prepare([t])
-        t1 = time.perf_counter()
-        feats = pred.encode(prepared)
-        t2 = time.perf_counter()
-        pred.chains(feats)
-        t3 = time.perf_counter()
-        lat.append(t3 - t0)
-        stages += (t1 - t0, t2 - t1, t3 - t2)
-    t0 = time.perf_counter()
-    for i in range(0, 1024, 32):
-        pred.predict(texts[i:i + 32])
+        prepared, a = clocked(pred.prepare, [t])
+        feats, b = clocked(pred.encode, prepared)
+        c = clocked(pred.chains, feats)[1]
+        lat.append(a + b + c)
+        stages += (a, b, c)
+    batch_s = clocked(lambda: [pred.predict(texts[i:i + 32]) for i in range(0, 1024, 32)])[1]
     ms = np.array(lat) * 1000
     return {"rps": len(lat) / sum(lat), "p50": np.percentile(ms, 50), "p99": np.percentile(ms, 99),
-            "batch_rps": 1024 / (time.perf_counter() - t0), "stages_ms": stages / len(lat) * 1000}
+            "batch_rps": 1024 / batch_s, "stages_ms": stages / len(lat) * 1000}
 
 
 def models(args):
