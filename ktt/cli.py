@@ -592,7 +592,7 @@ def experiment(file, **kw):
 
 @main.group("taxonomy")
 def taxonomy_group():
-    """Taxonomy versions: what changed between two datasets, runs or registered models."""
+    """Taxonomy versions: what changed between two datasets, runs or registered models; new categories."""
 
 
 @taxonomy_group.command("diff")
@@ -608,6 +608,28 @@ def taxonomy_diff(old, new, as_json, datasets_root):
 
     d = diff(taxonomy_side(old, datasets_root), taxonomy_side(new, datasets_root))
     click.echo(json.dumps(d.to_dict(), indent=1) if as_json else str(d))
+
+
+@taxonomy_group.command("add")
+@click.argument("dataset")
+@click.argument("categories", nargs=-1, required=True)
+@click.option("-n", "--name", required=True, help="The new dataset: DATASET's rows, its taxonomy plus CATEGORIES.")
+@click.option("--describe", multiple=True, metavar="TEXT",
+              help="Words that describe a category beyond its name (synonyms, typical titles' words); the first "
+                   "--describe goes with the first category, and so on.")
+@click.option("--label-sep", default=">", show_default=True, help="Separator inside a category path.")
+@click.option("--overwrite", is_flag=True, help="Replace dataset NAME if it exists.")
+@click.option("--datasets", "datasets_root", default="datasets", show_default=True, envvar="KTT_DATASETS")
+def taxonomy_add(dataset, categories, name, describe, label_sep, overwrite, datasets_root):
+    """Write dataset NAME: DATASET with CATEGORIES ("Dept > Category > New leaf") added to its
+    taxonomy before any row is labelled with them. `ktt train MODEL NAME --from RUN` then answers
+    them from their names and descriptions; reviewed rows (`ktt ingest --append`) improve them."""
+    from . import data
+
+    parent = data.load_dataset(dataset, datasets_root)
+    path, h = data.add_classes(parent, categories, datasets_root, name, descriptions=describe, label_sep=label_sep,
+                               overwrite=overwrite)
+    click.echo(f"wrote {path}: {len(categories)} categories added, {h.n_leaves} leaves in all")
 
 
 @main.command("models")
