@@ -439,6 +439,31 @@ def compare(run_a, run_b, n_boot, seed, resample):
                    f"[{r['low']:+.4f}, {r['high']:+.4f}]: " + ("significant" if r["significant"] else "not significant"))
 
 
+@main.command("discover")
+@click.argument("model_uri")
+@click.argument("input_file", metavar="TITLES")
+@click.argument("output_file", metavar="OUTPUT")
+@click.option("--text-col", default="text", show_default=True, help="The input column holding the titles.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="A title stops above its leaf when a level's confidence is below this (default: the model's).")
+@click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Stop at the threshold that reached this hierarchical precision on validation (instead of --threshold).")
+@click.option("--min-size", default=5, show_default=True, type=click.IntRange(min=2),
+              help="The fewest titles a proposed category holds.")
+@click.option("--distance", default=0.7, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="How far apart (cosine distance of their words, average linkage) titles of one proposal may be.")
+def discover(model_uri, input_file, output_file, text_col, threshold, target_precision, min_size, distance):
+    """Propose categories the taxonomy lacks: the titles of TITLES whose answer stops above its leaf,
+    clustered by their words under the class where they stop. OUTPUT (.csv, .tsv or .parquet) lists each
+    proposal's parent, a name from its distinctive terms, its size and example titles, for a team to review
+    and add with `ktt taxonomy add`."""
+    from .batch import discover_file
+
+    n = discover_file(model_uri, input_file, output_file, text_col=text_col, threshold=threshold,
+                      target_precision=target_precision, min_size=min_size, distance=distance)
+    click.echo(f"wrote {output_file}: {n} proposed categories")
+
+
 @main.command("figures")
 @click.argument("run")
 @click.option("--datasets", "datasets_root", default="datasets", show_default=True, envvar="KTT_DATASETS",

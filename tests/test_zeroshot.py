@@ -118,3 +118,48 @@ def test_a_category_added_without_rows_is_answered_from_its_name_after_an_update
     test = load_dataset("bb_small", root).test
     same = np.mean([a == b for a, b in zip(model.predict_paths(test.texts), old.predict_paths(test.texts))])
     assert same > 0.95
+
+
+def test_discover_clusters_the_titles_stopped_under_each_class_and_names_them_by_their_own_words():
+    """Worked by hand: under Food > Pasta, six udon and six lasagne titles stop (depth 2) among two
+    strays; three soap titles stop under Home (fewer than min_size: no proposal); titles answered
+    to their leaf are never read."""
+    from ktt.discover import propose
+
+    h = Hierarchy.from_paths(PATHS)
+    udon = [f"udon noodles {w}" for w in ("fresh", "frozen", "soup", "bowl", "classic", "pack")]
+    lasagne = [f"lasagne sheets {w}" for w in ("egg", "wholewheat", "fresh", "large", "thin", "pack")]
+    texts = udon + lasagne + ["olive oil", "tomato sauce"] + ["soap bar", "soap liquid", "soap pack"] + ["spaghetti"] * 6
+    penne, spag, soap = (h.encode([p])[0] for p in (PATHS[1], PATHS[0], PATHS[3]))
+    codes = np.array([penne] * 6 + [penne, penne, spag, spag, spag, spag] + [spag] * 2 + [soap] * 3 + [spag] * 6)
+    depths = np.array([2] * 14 + [1] * 3 + [3] * 6)
+    found = propose(h, texts, codes, depths, min_size=5)
+    assert found["parent"].tolist() == ["Food > Pasta"] * 2 and found["size"].tolist() == [6, 6]
+    by = {row["name"]: row for _, row in found.iterrows()}
+    assert set(by) == {"Udon Noodles", "Lasagne Sheets"}, by.keys()
+    assert by["Udon Noodles"]["path"] == "Food > Pasta > Udon Noodles"
+    assert (by["Udon Noodles"]["nearest"], by["Udon Noodles"]["nearest_share"]) == ("Food > Pasta > Penne", 1.0)
+    assert (by["Lasagne Sheets"]["nearest"], by["Lasagne Sheets"]["nearest_share"]) == ("Food > Pasta > Spaghetti", 0.667)
+    assert by["Udon Noodles"]["examples"].split(" | ") == udon[:5]
+    with pytest.raises(BadValue, match="min_size must be at least 2"):
+        propose(h, texts, codes, depths, min_size=1)
+
+
+def test_ktt_discover_proposes_from_a_logged_model_and_names_bad_input(tracking, bigbasket_small, tmp_path):
+    from ktt.train import train
+
+    fit = train("tfidf_hsgd", "bb_small", datasets_root=bigbasket_small, weights_root=tmp_path / "w", figures=False)
+    titles = tmp_path / "titles.csv"
+    pd.DataFrame({"title": load_dataset("bb_small", bigbasket_small).test.texts}).to_csv(titles, index=False)
+    out = tmp_path / "found.csv"
+    run = CliRunner().invoke(main, ["discover", f"runs:/{fit.run_id}/model", str(titles), str(out), "--text-col", "title",
+                                    "--threshold", "0.95", "--min-size", "3", "--distance", "0.9"])
+    assert run.exit_code == 0, run.output
+    found = pd.read_csv(out)
+    from ktt.discover import COLUMNS
+
+    assert list(found.columns) == COLUMNS and len(found) >= 1 and (found["size"] >= 3).all(), run.output
+    h = load_dataset("bb_small", bigbasket_small).hierarchy
+    assert all(h.class_index(tuple(p.split(" > "))) is not None for p in found["parent"] if isinstance(p, str))
+    bad = CliRunner().invoke(main, ["discover", f"runs:/{fit.run_id}/model", str(titles), str(out)])
+    assert bad.exit_code == 2 and "no column 'text'" in bad.output and len(bad.output.strip().splitlines()) == 1
