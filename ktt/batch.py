@@ -86,7 +86,7 @@ def discover_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike
         raise BadValue(f"{src.name}: no titles")
     codes, conf = model.predict_confident(texts)
     depths = model.hierarchy.stop_depths(codes, conf, *model.stop(threshold, target_precision))
-    found = propose(model.hierarchy, texts, codes, depths, **options)
+    found = propose(model.hierarchy, texts, codes, depths, **options).drop(columns="rows")
     tmp = dst.with_name(f".{dst.name}.part")
     try:
         if fmt_out == "csv":

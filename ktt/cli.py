@@ -448,9 +448,9 @@ def compare(run_a, run_b, n_boot, seed, resample):
               help="A title stops above its leaf when a level's confidence is below this (default: the model's).")
 @click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Stop at the threshold that reached this hierarchical precision on validation (instead of --threshold).")
-@click.option("--min-size", default=5, show_default=True, type=click.IntRange(min=2),
-              help="The fewest titles a proposed category holds.")
-@click.option("--distance", default=0.7, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--min-size", default=3, show_default=True, type=click.IntRange(min=2),
+              help="The fewest titles a proposed category holds (raise it with more traffic).")
+@click.option("--distance", default=0.85, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="How far apart (cosine distance of their words, average linkage) titles of one proposal may be.")
 def discover(model_uri, input_file, output_file, text_col, threshold, target_precision, min_size, distance):
     """Propose categories the taxonomy lacks: the titles of TITLES whose answer stops above its leaf,

@@ -4,7 +4,9 @@ A title whose answer stops above its leaf (a level below the threshold) often be
 category the taxonomy lacks. Under each class where such titles stop, they are clustered by
 their words (TF-IDF of word unigrams and bigrams, cosine distance, average linkage, cut at
 ``distance``: scikit-learn's ``AgglomerativeClustering``), and each cluster of at least
-``min_size`` titles is proposed as a category under that class, named by the terms that set it
+``min_size`` titles is proposed (0.85 and 3: on BigBasket, 30 leaves gone from the taxonomy and
+about 15 titles of each in the traffic, 0.7 or 5 found a fifth to a third of them, these two
+about 65%: docs/benchmarks.md) as a category under that class, named by the terms that set it
 apart from the other titles stopped there (its mean TF-IDF weight minus theirs), with the existing
 class the model's paths took most often one level down (``nearest``, and the share of the
 cluster's titles it took: a high share says "a part of that class", a low one "something new"). A proposal is
@@ -26,7 +28,7 @@ def stopped_above(h: Hierarchy, codes: np.ndarray, depths: np.ndarray) -> np.nda
     return depths < h.path_depths(codes)
 
 
-def clusters(texts: list[str], distance: float = 0.7, max_rows: int = 5000, seed: int = 0):
+def clusters(texts: list[str], distance: float = 0.85, max_rows: int = 5000, seed: int = 0):
     """Cluster labels of ``texts`` (-1: left out beyond ``max_rows``, drawn by ``seed``) and the
     TF-IDF matrix and its terms."""
     from sklearn.cluster import AgglomerativeClustering
@@ -50,10 +52,11 @@ def clusters(texts: list[str], distance: float = 0.7, max_rows: int = 5000, seed
     return labels, full, vec.get_feature_names_out()
 
 
-def propose(h: Hierarchy, texts, codes: np.ndarray, depths: np.ndarray, *, min_size: int = 5,
-            distance: float = 0.7, terms: int = 3, examples: int = 5) -> pd.DataFrame:
-    """Candidate categories (:data:`COLUMNS`, largest first) among the rows whose answer stopped
-    above its leaf: per class where they stopped, clusters of at least ``min_size`` titles."""
+def propose(h: Hierarchy, texts, codes: np.ndarray, depths: np.ndarray, *, min_size: int = 3,
+            distance: float = 0.85, terms: int = 3, examples: int = 5) -> pd.DataFrame:
+    """Candidate categories (:data:`COLUMNS`, largest first, and ``rows``: the indices of their
+    titles) among the rows whose answer stopped above its leaf: per class where they stopped,
+    clusters of at least ``min_size`` titles."""
     if min_size < 2:
         raise BadValue(f"min_size must be at least 2, not {min_size}")
     if not 0 < distance < 1:
@@ -83,8 +86,8 @@ def propose(h: Hierarchy, texts, codes: np.ndarray, depths: np.ndarray, *, min_s
                         "size": int(inside.sum()), "terms": ", ".join(top),
                         "nearest": h.names(len(parent))[kids[counts.argmax()]] if len(kids) else "",
                         "nearest_share": round(float(counts.max() / counts.sum()), 3) if len(kids) else 0.0,
-                        "examples": " | ".join(members[:examples])})
-    return pd.DataFrame(out, columns=COLUMNS).sort_values("size", ascending=False, kind="stable").reset_index(drop=True)
+                        "examples": " | ".join(members[:examples]), "rows": rows[inside]})
+    return pd.DataFrame(out, columns=[*COLUMNS, "rows"]).sort_values("size", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def _name(words, titles: list[str]) -> str:
