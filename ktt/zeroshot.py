@@ -45,3 +45,17 @@ def with_name_rows(split, copies: int):
     paths = [p for p in missing for _ in range(copies)]
     weights = None if split.weights is None else np.concatenate([split.weights, np.ones(len(texts))])
     return replace(split, texts=split.texts + texts, paths=split.paths + paths, weights=weights)
+
+
+def near(h: Hierarchy, codes: np.ndarray, leaves: list[tuple]) -> np.ndarray:
+    """Per row of predicted paths ``codes``, whether it is routed near one of ``leaves`` (new
+    categories: :func:`unlabelled` of the training rows): its path takes that leaf, or passes
+    through that leaf's parent. The review queue puts these first (``ktt.review.queue(first=)``),
+    so that the first reviewed rounds give the new categories their rows."""
+    hit = np.zeros(len(codes), dtype=bool)
+    for leaf in leaves:
+        d = len(leaf) - 1
+        at = h.class_index(leaf[:-1]) if d > 0 else None
+        hit |= (codes[:, d - 1] == at) if d > 0 else (codes[:, 0] == h.class_index(leaf))
+        hit |= codes[:, d] == h.class_index(leaf)
+    return hit

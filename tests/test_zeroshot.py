@@ -163,3 +163,16 @@ def test_ktt_discover_proposes_from_a_logged_model_and_names_bad_input(tracking,
     assert all(h.class_index(tuple(p.split(" > "))) is not None for p in found["parent"] if isinstance(p, str))
     bad = CliRunner().invoke(main, ["discover", f"runs:/{fit.run_id}/model", str(titles), str(out)])
     assert bad.exit_code == 2 and "no column 'text'" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+def test_the_review_queue_puts_titles_routed_near_a_new_category_first():
+    from ktt.review import queue
+    from ktt.zeroshot import near
+
+    h = Hierarchy.from_paths(PATHS)
+    codes = h.encode([PATHS[3], PATHS[0], PATHS[2], PATHS[1], PATHS[3]])
+    assert near(h, codes, [("Food", "Pasta", "Penne")]).tolist() == [False, True, False, True, False]
+    assert near(h, codes, [("Home", "Clean", "Soap")]).tolist() == [True, False, False, False, True]
+    conf = np.array([[0.1] * 3, [0.9] * 3, [0.2] * 3, [0.5] * 3, [0.3] * 3])
+    assert queue(conf).tolist() == [0, 2, 4, 3, 1]
+    assert queue(conf, first=near(h, codes, [("Food", "Pasta", "Penne")])).tolist() == [3, 1, 0, 2, 4]
