@@ -18,36 +18,21 @@ titles answered to the end of their path at the target, and the precision of tho
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks import bigbasket  # noqa: E402
-from benchmarks.report import write_section  # noqa: E402
-from benchmarks.update import catalog  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import (arguments, bigbasket, catalog, clocked, dataset, spread, table, workdir,  # noqa: E402
+                                write_section)
+from benchmarks.taxonomy_change import Rewrites, frame  # noqa: E402
 
 MODEL, TARGET = "tfidf_hsgd", 0.95
 
 
-class Taxonomy:
-    """The truth as it changes: a list of prefix rewrites (``old -> new``), applied in order to
-    every row's original path."""
-
-    def __init__(self):
-        self.rewrites: list[tuple[tuple, tuple]] = []
-
-    def __call__(self, path: tuple) -> tuple:
-        for old, new in self.rewrites:
-            if path[:len(old)] == old:
-                path = new + path[len(old):]
-        return path
+class Taxonomy(Rewrites):
+    """The truth as it changes: the rewrites of every row's original path so far."""
 
     def edit(self, kind: str, live: set[tuple], rng) -> str | None:
         """One edit of the current taxonomy (``live``: its leaves); a line describing it."""
@@ -71,23 +56,17 @@ class Taxonomy:
                 return None
             sibs = pairs[rng.integers(len(pairs))]
             old, new = (sibs[i] for i in rng.choice(len(sibs), 2, replace=False))
-        self.rewrites.append((old, new))
+        self.append((old, new))
         return f"{kind} {' > '.join(old)} -> {' > '.join(new)}"
-
-
-def frame_of(ds) -> pd.DataFrame:
-    return pd.concat([pd.DataFrame({"text": s.texts, "orig": [tuple(p) for p in s.paths], "split": name})
-                      for name, s in (("train", ds.train), ("val", ds.val), ("test", ds.test))], ignore_index=True)
 
 
 def life(ds, seed: int, rounds: int, new_leaves: int, budget: int, root: Path) -> list[dict]:
     """One catalog's rounds, as records."""
     from ktt import registry, review, taxonomy
-    from ktt.data import ingest, load_dataset
     from ktt.metrics import evaluate
 
     rng = np.random.default_rng(seed)
-    df = frame_of(ds)
+    df = frame(ds).rename(columns={"labels": "orig"})
     leaves = sorted(set(df["orig"]))
     counts = df["orig"].value_counts()
     held = [leaves[i] for i in rng.permutation(len(leaves)) if counts[leaves[i]] >= 10][:new_leaves * rounds]
@@ -101,19 +80,13 @@ def life(ds, seed: int, rounds: int, new_leaves: int, budget: int, root: Path) -
     per_round = len(stream) // rounds
     truth, out = Taxonomy(), []
 
-    def version(r: int):
-        live = df["appears"].to_numpy() <= r
-        rows = df[(labelled | (df["split"].to_numpy() != "train")) & live]
-        frame = pd.DataFrame({"text": rows["text"], "labels": [list(truth(p)) for p in rows["orig"]],
-                              "split": rows["split"]})
-        ingest(frame, root, f"life-{seed}-{r}", keep_duplicates=True, overwrite=True)
-        return load_dataset(f"life-{seed}-{r}", root)
-
-    def fitted(model, ds_):
-        model.calibrate(ds_.val)
-        return model
+    def version(r: int):  # the labelled rows and the other splits, in the taxonomy of round r
+        rows = df[(labelled | (df["split"].to_numpy() != "train")) & (df["appears"].to_numpy() <= r)]
+        return dataset(rows.assign(labels=[list(truth(p)) for p in rows["orig"]])[["text", "labels", "split"]],
+                       root, f"life-{seed}-{r}", keep_duplicates=True)
     prev = version(0)
-    model = fitted(registry.create(MODEL, prev.hierarchy, seed=seed).fit(prev.train, prev.val), prev)
+    model = registry.create(MODEL, prev.hierarchy, seed=seed).fit(prev.train, prev.val)
+    model.calibrate(prev.val)
     schedule = {2: "rename", 3: "move", 4: "merge"}
     for r in range(1, rounds + 1):
         live = {truth(p) for p in df["orig"][df["appears"] <= r]}
@@ -133,23 +106,20 @@ def life(ds, seed: int, rounds: int, new_leaves: int, budget: int, root: Path) -
         right = np.array([tuple(n for n, _ in a) == tp for a, tp in zip(answers, truths)])
         queue = np.flatnonzero(~full)[review.queue(conf[~full])][:budget]
         spot = rng.permutation(np.flatnonzero(full))[:budget - len(queue)]  # the rest of the budget: spot checks
-        reviewed = batch[np.concatenate([queue, spot])]
-        labelled[reviewed] = True
+        labelled[batch[np.concatenate([queue, spot])]] = True
         cur = version(r)
-        t0 = time.perf_counter()
-        d = taxonomy.diff(taxonomy.of_dataset(prev), taxonomy.of_dataset(cur))
-        upd = registry.create(MODEL, cur.hierarchy, **model.params).update(model, d, cur.train, cur.val)
-        update_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        refit = registry.create(MODEL, cur.hierarchy, seed=seed).fit(cur.train, cur.val)
-        refit_s = time.perf_counter() - t0
-        model, prev = fitted(upd, cur), cur
-        fitted(refit, cur)
+
+        def update():
+            d = taxonomy.diff(taxonomy.of_dataset(prev), taxonomy.of_dataset(cur))
+            return d, registry.create(MODEL, cur.hierarchy, **model.params).update(model, d, cur.train, cur.val)
+        (d, upd), update_s = clocked(update)
+        refit, refit_s = clocked(registry.create(MODEL, cur.hierarchy, seed=seed).fit, cur.train, cur.val)
+        upd.calibrate(cur.val), refit.calibrate(cur.val)
+        model, prev = upd, cur
         f1 = {k: evaluate(cur.hierarchy, cur.test.codes, m.predict(cur.test.texts))["h_f1"]
               for k, m in (("update", upd), ("refit", refit))}
         out.append({"round": r, "edits": "; ".join(edits), "labelled": len(cur.train), "spent": len(queue),
-                    "spot": len(spot),
-                    "queue": int((~full).sum()), "titles": len(batch), "coverage": float(full.mean()),
+                    "spot": len(spot), "queue": int((~full).sum()), "titles": len(batch), "coverage": float(full.mean()),
                     "precision": float(right[full].mean()) if full.any() else float("nan"),
                     "hf1_update": f1["update"], "hf1_refit": f1["refit"],
                     "gap": 100 * (f1["refit"] - f1["update"]), "update_s": update_s, "refit_s": refit_s,
@@ -158,53 +128,44 @@ def life(ds, seed: int, rounds: int, new_leaves: int, budget: int, root: Path) -
     return out
 
 
-def table(name: str, runs: list[list[dict]]) -> list[str]:
+def rounds_table(name: str, runs: list[list[dict]]) -> str:
     """Per round: mean ± sd over seeds (one seed: the value)."""
-    from ktt.compare import mean_sd
-
-    def ms(vals, fmt):
-        m, sd = mean_sd(vals)
-        return fmt.format(m) + ("" if len(vals) < 2 else " ± " + fmt.format(sd))
-    lines = [f"| round | {name}: what changed (seed {0}) | labelled rows | labels: queue + spot checks / queue length | coverage at 0.95 "
-             "(precision) | hF1, update | hF1, refit | gap, points (≤ 0.5) | update, s | refit, s | update / refit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for i in range(len(runs[0])):
         rs = [run[i] for run in runs]
-        col = lambda k: [r[k] for r in rs]  # noqa: E731
-        lines.append(f"| {i + 1} | {rs[0]['edits']}; diff: {rs[0]['changes']} | {ms(col('labelled'), '{:,.0f}')} | "
-                     f"{ms(col('spent'), '{:,.0f}')} + {ms(col('spot'), '{:,.0f}')} / {ms(col('queue'), '{:,.0f}')} | {ms(col('coverage'), '{:.1%}')} "
-                     f"({ms(col('precision'), '{:.3f}')}) | {ms(col('hf1_update'), '{:.4f}')} | "
-                     f"{ms(col('hf1_refit'), '{:.4f}')} | {ms(col('gap'), '{:+.2f}')} | {ms(col('update_s'), '{:.2f}')} | "
-                     f"{ms(col('refit_s'), '{:.2f}')} | {ms([u / f for u, f in zip(col('update_s'), col('refit_s'))], '{:.0%}')} |")
+        col = lambda k, fmt="{:,.0f}": spread([r[k] for r in rs], fmt)  # noqa: E731
+        rows.append([i + 1, f"{rs[0]['edits']}; diff: {rs[0]['changes']}", col("labelled"),
+                     f"{col('spent')} + {col('spot')} / {col('queue')}", f"{col('coverage', '{:.1%}')} "
+                     f"({col('precision', '{:.3f}')})", col("hf1_update", "{:.4f}"), col("hf1_refit", "{:.4f}"),
+                     col("gap", "{:+.2f}"), col("update_s", "{:.2f}"), col("refit_s", "{:.2f}"),
+                     spread([r["update_s"] / r["refit_s"] for r in rs], "{:.0%}")])
     gaps = [r["gap"] for run in runs for r in run]
-    lines.append(f"| all | worst gap {max(gaps):+.2f} points over {len(gaps)} rounds x seeds "
-                 f"({'met' if max(gaps) <= 0.5 else 'missed'}: ≤ 0.5) | | | | | | | | | |")
-    return lines
+    rows.append(["all", f"worst gap {max(gaps):+.2f} points over {len(gaps)} rounds x seeds "
+                 f"({'met' if max(gaps) <= 0.5 else 'missed'}: ≤ 0.5)", *[""] * 9])
+    return table(["round", f"{name}: what changed (seed 0)", "labelled rows", "labels: queue + spot checks / queue length",
+                  "coverage at 0.95 (precision)", "hF1, update", "hF1, refit", "gap, points (≤ 0.5)", "update, s",
+                  "refit, s", "update / refit"], rows)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--catalog", default="100000,5600", metavar="ROWS,CATEGORIES", help="0 to skip")
-    ap.add_argument("--catalog-seeds", default="0")
-    ap.add_argument("--doc", default=None, help="write the table to this file, not docs/benchmarks.md")
-    args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="ktt-life-"))
-    sections = []
-    data = [("bigbasket", bigbasket.load(), args.seeds, 3, 300)]
+    args = arguments(__doc__, ("--rounds", 10), ("--seeds", "0,1,2"),
+                     ("--catalog", "100000,5600", "ROWS,CATEGORIES of a generated catalog; 0 to skip"),
+                     ("--catalog-seeds", "0"), ("--doc", None, "write the table to this file, not docs/benchmarks.md"))
+    root = workdir("life")
+    data = [("bigbasket", bigbasket(), args.seeds, 3, 300)]
     if args.catalog != "0":
         n, k = (int(x) for x in args.catalog.split(","))
         data.append((f"catalog ({n:,} rows, {k:,} categories)", catalog(n, k, root), args.catalog_seeds, 20, 1500))
+    sections = []
     for name, ds, seeds, new_leaves, budget in data:
         runs = [life(ds, int(s), args.rounds, new_leaves, budget, root) for s in seeds.split(",")]
         sections += [f"**{name}**: {len(ds.train):,} training rows; {new_leaves} held-back leaves appear each round; "
-                     f"label budget {budget} a round; seeds {seeds} (mean ± sd).", "", *table(name, runs), ""]
-    write_section("catalog-life", "\n".join([
-        "## A catalog's life (issue 40)", "",
-        f"Command: `.venv/bin/python benchmarks/catalog_life.py --rounds {args.rounds} --seeds {args.seeds} "
-        f"--catalog {args.catalog} --catalog-seeds {args.catalog_seeds}`", "",
-        __doc__.split("\n\n", 2)[2].strip().replace("\n", " "), "", *sections]), **({"doc": Path(args.doc)} if args.doc else {}))
+                     f"label budget {budget} a round; seeds {seeds} (mean ± sd).", rounds_table(name, runs)]
+    write_section("catalog-life", "## A catalog's life (issue 40)",
+                  f"Command: `.venv/bin/python benchmarks/catalog_life.py --rounds {args.rounds} --seeds {args.seeds} "
+                  f"--catalog {args.catalog} --catalog-seeds {args.catalog_seeds}`",
+                  __doc__.split("\n\n", 2)[2].strip().replace("\n", " "), *sections,
+                  **({"doc": Path(args.doc)} if args.doc else {}))
 
 
 if __name__ == "__main__":

@@ -1,33 +1,23 @@
-"""Drift monitoring against real shifts: false alarms and detection, tfidf_hsgd and db_bhcn on BigBasket.
+"""Drift monitoring against real shifts: false alarms and detection, tfidf_hsgd and db_bhcn trained on
+BigBasket without two top-level categories (a new catalog section). Windows of 50/100/200 rows, each
+through the drift sidecar's own calculation (``Monitor.calculate``): in-distribution test titles,
+titles of the held-out categories mixed in at 10-100%, CLINC150 utterances. Writes the table and the
+detection-curve figure to docs/monitoring.md.
 
     .venv/bin/python benchmarks/drift.py [--calm-windows 50] [--shift-windows 20] [--processes 2]
-
-Both models are trained on BigBasket with two top-level categories held out entirely
-(Kitchen, Garden & Pets; Baby Care: products the model never saw, as a new catalog section
-would be); db_bhcn for one epoch (the signals need a trained model, not the best one). The
-reference set is the validation split. Windows of 50/100/200 rows, each the drift sidecar's
-own calculation (``Monitor.calculate``, the same code and defaults as the service's sidecar):
-in-distribution test titles (false alarms), 10/25/50/100% titles of the held-out categories
-mixed into test titles (the detection curve), CLINC150 utterances (a text-type shift).
-Writes the table and the detection-curve figure to docs/monitoring.md.
 """
-import argparse
 import json
-from collections import deque
 import multiprocessing as mp
 import sys
-import tempfile
-import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.bigbasket import DATA  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import DATA, ROOT, arguments, clocked, dataset, table, workdir, write_section  # noqa: E402
 
 HELD_OUT = ("Kitchen, Garden & Pets", "Baby Care")
 SIZES = (50, 100, 200)
@@ -47,22 +37,19 @@ def _init(config):
 def _calculate(rows):
     """One window through the sidecar: its results, the spec's two flags, and the seconds it took."""
     _monitor.window = deque(rows)  # the whole window: the sidecar's own keeps window_size (100) rows
-    t0 = time.perf_counter()
-    _monitor.calculate()
-    return (_monitor.last_results, _monitor.dataset_drift._value.get(), _monitor.target_drift._value.get(),
-            time.perf_counter() - t0)
+    secs = clocked(_monitor.calculate)[1]
+    return _monitor.last_results, _monitor.dataset_drift._value.get(), _monitor.target_drift._value.get(), secs
 
 
 def datasets(root: Path):
-    from ktt.data import load_dataset, prepare, write_dataset
+    """BigBasket without the held-out categories, their titles, and CLINC150's utterances."""
+    from ktt.data import prepare
 
     df = pd.read_parquet(DATA)
     held = df.labels.map(lambda p: p[0]).isin(HELD_OUT)
-    splits, h, _ = prepare(df[~held])
-    write_dataset(splits, h, root, "bigbasket_known")
     held_texts = pd.concat(prepare(df[held])[0].values()).text.tolist()
     clinc = pd.read_parquet(DATA.parent / "clinc150.parquet").text.drop_duplicates().tolist()
-    return load_dataset("bigbasket_known", root), held_texts, clinc
+    return dataset(df[~held], root, "bigbasket_known"), held_texts, clinc
 
 
 def windows(pools, size, rng, n_calm, n_shift):
@@ -81,33 +68,24 @@ def windows(pools, size, rng, n_calm, n_shift):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--calm-windows", type=int, default=50)
-    ap.add_argument("--shift-windows", type=int, default=20)
-    ap.add_argument("--processes", type=int, default=2)
-    ap.add_argument("--from-csv", help="redraw the table and figure from a run's windows.csv")
-    args = ap.parse_args()
+    args = arguments(__doc__, ("--calm-windows", 50), ("--shift-windows", 20), ("--processes", 2),
+                     ("--from-csv", None, "redraw the table and figure from a run's windows.csv"))
     if args.from_csv:
-        from benchmarks.report import write_section
         df = pd.read_csv(args.from_csv)
         df.attrs.update(json.loads((Path(args.from_csv).parent / "sizes.json").read_text()))
-        return write_doc(df, write_section)
-
-    from benchmarks.report import write_section
+        return write_doc(df)
     from ktt import registry
     from ktt.monitoring.build import evidently_template
     from ktt.monitoring.sidecar import ALERT, alert_signals
 
-    root = Path(tempfile.mkdtemp(prefix="ktt-drift-"))
+    root = workdir("drift")
     ds, held, clinc = datasets(root)
     rng = np.random.default_rng(0)
     clinc = [clinc[i] for i in rng.choice(len(clinc), 3000, replace=False)]
     records = []
     for name in ("tfidf_hsgd", "db_bhcn"):
-        t0 = time.perf_counter()
         model = registry.create(name, ds.hierarchy, **({"epochs": 1} if name == "db_bhcn" else {}))
-        model.fit(ds.train, ds.val)
-        print(f"{name}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"{name}: trained in {clocked(model.fit, ds.train, ds.val)[1]:.0f} s", flush=True)
         model.gen_reference_set(ds.val).to_parquet(root / f"{name}.parquet", index=False)
         cfg = yaml.safe_load(evidently_template(type(model).drift_share))
         cfg["service"].update(reference_path=f"./{name}.parquet", min_reference_size=min(SIZES))
@@ -117,41 +95,31 @@ def main():
         with mp.get_context("forkserver").Pool(args.processes, _init, (str(root / f"{name}.yaml"),)) as pool:
             for size in SIZES:
                 todo = list(windows(pools, size, rng, args.calm_windows, args.shift_windows))
-                t0 = time.perf_counter()
-                for (condition, _), (results, spec_drift, spec_pred, secs) in zip(
-                        todo, pool.imap(_calculate, [rows for _, rows in todo])):
+                done, wall = clocked(lambda: list(pool.imap(_calculate, [rows for _, rows in todo])))
+                for (condition, _), (results, spec_drift, spec_pred, secs) in zip(todo, done):
                     signals = alert_signals(results, size, ALERT)
                     records.append({"model": name, "window": size, "condition": condition, "alert": any(signals.values()),
                                     "spec_dataset_drift": spec_drift == 1.0, "spec_prediction_drift_value": spec_pred,
                                     "seconds": secs, **{f"signal:{k}": v for k, v in signals.items()}})
-                print(f"{name} window {size}: {len(todo)} windows in {time.perf_counter() - t0:.0f} s", flush=True)
+                print(f"{name} window {size}: {len(todo)} windows in {wall:.0f} s", flush=True)
     df = pd.DataFrame(records)
     df.attrs.update(train=len(ds.train), val=len(ds.val), test=len(ds.test), held=len(held))
     df.to_csv(root / "windows.csv", index=False)
     (root / "sizes.json").write_text(json.dumps(df.attrs))
     print(f"windows: {root / 'windows.csv'}")
-    write_doc(df, write_section)
+    write_doc(df)
 
 
-def write_doc(df, write_section):
+def write_doc(df):
     order = ["in-distribution", *(f"held-out {m:.0%}" for m in MIXES), "CLINC150"]
     rate = df.groupby(["model", "window", "condition"])[["alert", "spec_dataset_drift"]].mean()
     n = df.groupby(["model", "window", "condition"]).size()
-    head = "| model | window | " + " | ".join(order) + " |"
-    rows = [head, "|" + "---|" * (len(order) + 2)]
-    for (model, size), part in rate.groupby(level=[0, 1]):
-        cells = []
-        for c in order:
-            r = part.loc[(model, size, c)]
-            cells.append(f"**{r.alert:.0%}** ({r.spec_dataset_drift:.0%})")
-        rows.append(f"| {model} | {size} | " + " | ".join(cells) + " |")
+    rows = [[model, size, *(f"**{part.loc[(model, size, c)].alert:.0%}** ({part.loc[(model, size, c)].spec_dataset_drift:.0%})"
+                            for c in order)] for (model, size), part in rate.groupby(level=[0, 1])]
     signal_cols = sorted(c for c in df.columns if c.startswith("signal:"))
     sig = df[df.window == 100].groupby(["model", "condition"])[signal_cols].mean()
-    sig_rows = ["| model | windows of 100 | " + " | ".join(c[7:] for c in signal_cols) + " |",
-                "|" + "---|" * (len(signal_cols) + 2)]
-    for (model, cond), r in sig.iterrows():
-        if cond in ("in-distribution", "held-out 25%", "held-out 100%", "CLINC150"):
-            sig_rows.append(f"| {model} | {cond} | " + " | ".join(f"{v:.0%}" for v in r.fillna(0)) + " |")
+    sig_rows = [[model, cond, *(f"{v:.0%}" for v in r.fillna(0))] for (model, cond), r in sig.iterrows()
+                if cond in ("in-distribution", "held-out 25%", "held-out 100%", "CLINC150")]
 
     from ktt.figures import _pyplot
     plt = _pyplot()
@@ -170,11 +138,8 @@ def write_doc(df, write_section):
     FIGURE.parent.mkdir(exist_ok=True)
     fig.savefig(FIGURE, dpi=110)
 
-    body = f"""## Measured: false alarms and detection
-
-    .venv/bin/python benchmarks/drift.py
-
-Trained on BigBasket without {' and '.join(HELD_OUT)} ({df.attrs['train']:,} train titles; db_bhcn one epoch);
+    write_section("drift-benchmark", "## Measured: false alarms and detection", "    .venv/bin/python benchmarks/drift.py",
+                  f"""Trained on BigBasket without {' and '.join(HELD_OUT)} ({df.attrs['train']:,} train titles; db_bhcn one epoch);
 reference set: the validation split ({df.attrs['val']:,} titles). Each cell: the share of windows where
 **`ktt_drift_alert`** rose, then in brackets the spec's `ktt_dataset_drift` alone. (The spec's prediction
 drift on the leaf class is not counted: for a reference over 1,000 rows Evidently's default test is the
@@ -182,13 +147,10 @@ Jensen-Shannon distance, not a p-value, and over hundreds of leaves a window of 
 estimate it; the per-level chi-square replaces it where a level has few classes.) {int(n.max())} windows per cell at most: in-distribution windows are drawn from the
 {df.attrs['test']:,} test titles, held-out ones from the {df.attrs['held']:,} titles of the held-out categories, mixed
 into test titles at the given share; CLINC150 windows are utterances. Goals: at most 5% of
-in-distribution windows flagged, at least 95% of held-out windows, 100% of CLINC150 windows.
-
-![detection curve](figures/{FIGURE.name})
-
-""" + "\n".join(rows) + "\n\nWhich signal fired (windows of 100):\n\n" + "\n".join(sig_rows) + "\n"
-    write_section("drift-benchmark", body, DOC)
-    print(body)
+in-distribution windows flagged, at least 95% of held-out windows, 100% of CLINC150 windows.""",
+                  f"![detection curve](figures/{FIGURE.name})", table(["model", "window", *order], rows),
+                  "Which signal fired (windows of 100):",
+                  table(["model", "windows of 100", *(c[7:] for c in signal_cols)], sig_rows), doc=DOC)
 
 
 if __name__ == "__main__":

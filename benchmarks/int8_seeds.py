@@ -1,26 +1,16 @@
-"""What int8 costs in accuracy, over seeds: tfidf_hsgd and db_bhcn, float graphs against int8.
+"""What int8 costs in accuracy, over seeds (issue 27): tfidf_hsgd and db_bhcn, float graphs against
+int8 (``export_onnx``, then ``quantize_int8`` as ``ktt export --quantize int8`` does), both scoring the
+test split through the serving runtime. db_bhcn: about 3 minutes an epoch on a 2-core CPU.
 
     .venv/bin/python benchmarks/int8_seeds.py [--epochs 1] [--seeds 0,1,2] [--tfidf-seeds 0,1,2,3,4]
-
-Deduplicated BigBasket, official split. Each seed fits the model (db_bhcn fine-tuned for
-``--epochs`` epochs on the full training split: about 3 minutes an epoch on a 2-core CPU),
-exports it (``ktt.export.export_onnx``) and quantizes it as ``ktt export --quantize int8`` does
-(``quantize_int8``); both graph sets score the test split through the serving runtime. Reported:
-float and int8 test metrics as mean ± sd over seeds, the hF1 drop per seed, and the paired
-bootstrap 95% interval of int8 minus float, seeds pooled: test texts resampled, the same draw for
-every seed of both graph sets (issues 27, 41).
 """
-import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks import bigbasket  # noqa: E402
-from benchmarks.report import write_section  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import arguments, bigbasket, paired, spread, table, workdir, write_section  # noqa: E402
 
 
 def graph_paths(folder: Path, texts, batch_size: int = 256) -> np.ndarray:
@@ -31,20 +21,16 @@ def graph_paths(folder: Path, texts, batch_size: int = 256) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=1, help="db_bhcn's fine-tuning epochs per seed")
-    ap.add_argument("--seeds", default="0,1,2", help="db_bhcn's seeds")
-    ap.add_argument("--tfidf-seeds", default="0,1,2,3,4", help="tfidf_hsgd's seeds")
-    args = ap.parse_args()
-
+    args = arguments(__doc__, ("--epochs", 1, "db_bhcn's fine-tuning epochs per seed"),
+                     ("--seeds", "0,1,2", "db_bhcn's seeds"), ("--tfidf-seeds", "0,1,2,3,4", "tfidf_hsgd's seeds"))
     from ktt import registry
-    from ktt.compare import format_interval, mean_sd, paired_bootstrap
+    from ktt.compare import format_interval
     from ktt.export import export_onnx, quantize_int8
-    from ktt.metrics import evaluate, row_counts
+    from ktt.metrics import evaluate
 
-    ds = bigbasket.load()
+    ds = bigbasket()
     h, test = ds.hierarchy, ds.test
-    tmp = Path(tempfile.mkdtemp(prefix="ktt-int8-"))
+    tmp = workdir("int8")
     rows = []
     for name, seeds, over in (("tfidf_hsgd", args.tfidf_seeds, {}), ("db_bhcn", args.seeds, {"epochs": args.epochs})):
         seeds = [int(s) for s in seeds.split(",")]
@@ -56,36 +42,27 @@ def main() -> None:
             quantize_int8(out / "float", out / "int8")
             for graphs in paths:
                 paths[graphs].append(graph_paths(out / graphs, test.texts))
-            print(name, seed, {g: round(evaluate(h, test.codes, p[-1])["h_f1"], 4) for g, p in paths.items()},
-                  flush=True)
+            print(name, seed, {g: round(evaluate(h, test.codes, p[-1])["h_f1"], 4) for g, p in paths.items()}, flush=True)
         m = {g: [evaluate(h, test.codes, p) for p in ps] for g, ps in paths.items()}
-        counts = {g: [row_counts(h, test.codes, p) for p in ps] for g, ps in paths.items()}
-        ci = paired_bootstrap(counts["float"], counts["int8"])
-
-        def both(k):
-            return " / ".join(" ± ".join(f"{v:.4f}" for v in mean_sd([r[k] for r in m[g]])) for g in m)
-
-        def interval(k):
-            x = ci[k]
-            return format_interval(x)
+        ci = paired(h, test.codes, paths["float"], paths["int8"])
+        both = lambda k: " / ".join(spread([r[k] for r in m[g]], "{:.4f}") for g in m)  # noqa: E731
         drops = [100 * (a["h_f1"] - b["h_f1"]) for a, b in zip(m["float"], m["int8"])]
         label = name + (f" ({args.epochs} fine-tuned epoch{'s' * (args.epochs > 1)})" if name == "db_bhcn" else "")
-        rows.append(f"| {label} | {','.join(map(str, seeds))} | {both('L1_accuracy')} | {both('leaf_accuracy')} | "
-                    f"{both('h_f1')} | {', '.join(f'{d:+.2f}' for d in drops)} | {interval('h_f1')} | "
-                    f"{interval('leaf_accuracy')} |")
+        rows.append([label, ",".join(map(str, seeds)), both("L1_accuracy"), both("leaf_accuracy"), both("h_f1"),
+                     ", ".join(f"{d:+.2f}" for d in drops), format_interval(ci["h_f1"]),
+                     format_interval(ci["leaf_accuracy"])])
         print(rows[-1], flush=True)
-    write_section("int8-seeds", "\n".join([
-        "## What int8 costs in accuracy, over seeds (issue 27)", "",
-        "Command: `.venv/bin/python benchmarks/int8_seeds.py`", "",
+    write_section(
+        "int8-seeds", "## What int8 costs in accuracy, over seeds (issue 27)",
+        "Command: `.venv/bin/python benchmarks/int8_seeds.py`",
         f"Deduplicated BigBasket, official split ({len(ds.train)} training / {len(test)} test rows). Per seed: fit, "
         "`export_onnx`, `quantize_int8` (what `ktt export --quantize int8` serves), both graph sets scoring the "
         f"test split through the serving runtime. db_bhcn: all-MiniLM-L6-v2 fine-tuned for {args.epochs} "
         "epoch(s) of the full training split, what fits three seeds on this 2-core CPU. Float / int8 as mean ± "
         "sd over the seeds; the int8 - float interval is a paired bootstrap, seeds pooled (2,000 resamples of "
-        "the test texts, the same draw for every seed of both graph sets).", "",
-        "| model | seeds | L1 acc float / int8 | leaf acc float / int8 | hF1 float / int8 | hF1 drop per seed, points "
-        "| hF1 int8 - float [95% CI] | leaf acc int8 - float [95% CI] |",
-        "|---|---|---|---|---|---|---|---|", *rows]))
+        "the test texts, the same draw for every seed of both graph sets).",
+        table(["model", "seeds", "L1 acc float / int8", "leaf acc float / int8", "hF1 float / int8",
+               "hF1 drop per seed, points", "hF1 int8 - float [95% CI]", "leaf acc int8 - float [95% CI]"], rows))
 
 
 if __name__ == "__main__":

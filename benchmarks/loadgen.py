@@ -5,23 +5,22 @@ Prints one JSON line: answered (200) requests/s and titles/s, their p50/p99 late
 (every other answer), and the count of each status (429 and 503 are shed requests). ``--batch N``:
 each request carries N titles (``{"text": [...]}``).
 """
-import argparse
 import json
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import requests
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import arguments  # noqa: E402
+
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("url")
-    ap.add_argument("texts")
-    ap.add_argument("--concurrency", type=int, default=1)
-    ap.add_argument("--seconds", type=float, default=10)
-    ap.add_argument("--batch", type=int, default=0, help="titles per request (0: one title, not a list)")
-    args = ap.parse_args()
+    args = arguments(__doc__, ("url",), ("texts",), ("--concurrency", 1), ("--seconds", 10.0),
+                     ("--batch", 0, "titles per request (0: one title, not a list)"))
     texts = json.load(open(args.texts))
     lat, errors, statuses, lock = [], [0], {}, threading.Lock()
     stop = time.perf_counter() + args.seconds
@@ -44,7 +43,8 @@ def main():
     [t.join() for t in threads]
     wall = time.perf_counter() - t0
     ms = np.array(lat) * 1000
-    print(json.dumps({"rps": len(lat) / wall, "titles_per_s": len(lat) * max(args.batch, 1) / wall, "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+    print(json.dumps({"rps": len(lat) / wall, "titles_per_s": len(lat) * max(args.batch, 1) / wall,
+                      "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
                       "errors": errors[0], "requests": len(lat), "statuses": statuses}))
 
 

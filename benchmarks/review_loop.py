@@ -1,45 +1,33 @@
-"""The review loop, simulated on BigBasket (issues 29 and 40): start from 20% of the training
-labels, then in rounds send titles to "review" (their true labels come back) and retrain, choosing
-them by the review queue (``ktt.review.queue``: the lowest mean confidence along the path first,
-near-copies of a queued title after the rest), by issue 29's queue (the lowest confidence along the
-path first) or at random; and, with 10% of the training labels flipped to a sibling, how many
-flipped rows the first 1,000 of the review queue and of the label audit (``ktt audit``) hold.
+"""The review loop, simulated on BigBasket (issues 29 and 40): from 20% of the training labels, rounds
+of sending titles to review (their true labels come back) and refitting, the titles chosen by the
+review queue (``ktt.review.queue``), by issue 29's queue or at random; and, with 10% of the training
+labels flipped to a sibling, how many flipped rows the first 1,000 of the review queue and of the
+label audit (``ktt audit``) hold.
 
     .venv/bin/python benchmarks/review_loop.py [--seeds 0,1,2] [--batch 1000]
-
-tfidf_hsgd with its defaults, deduplicated BigBasket, official split. Each round scores the
-unlabelled rows with the current model, moves ``--batch`` of them into the labelled set, and
-refits from scratch. "Labels needed": the fewest labelled rows at which test hierarchical F1 is
-within 1 point of the model trained on every training label (measured after each round).
 """
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks import bigbasket  # noqa: E402
-from benchmarks.report import write_section  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import arguments, bigbasket, spread, table, write_section  # noqa: E402
 from ktt.review import SIMILAR  # noqa: E402
 
 MODEL = "tfidf_hsgd"
 
 
-def fit(h, train, rows, seed: int):
+STRATEGIES = ("queue", "lowest", "random")
+
+
+def fitted(ds, rows, seed: int):
+    """The model fitted on training rows ``rows``, and its test hF1."""
     from ktt import registry
-
-    return registry.create(MODEL, h, seed=seed).fit(train.subset(rows))
-
-
-def test_f1(model, test) -> float:
     from ktt.metrics import evaluate
 
-    return evaluate(model.hierarchy, test.codes, model.predict(test.texts))["h_f1"]
-
-
-STRATEGIES = ("queue", "lowest", "random")
+    model = registry.create(MODEL, ds.hierarchy, seed=seed).fit(ds.train.subset(rows))
+    return model, evaluate(ds.hierarchy, ds.test.codes, model.predict(ds.test.texts))["h_f1"]
 
 
 def curve(ds, strategy: str, seed: int, start: float, batch: int) -> list[tuple[int, float]]:
@@ -52,8 +40,8 @@ def curve(ds, strategy: str, seed: int, start: float, batch: int) -> list[tuple[
     labelled[rng.choice(n, int(start * n), replace=False)] = True
     out = []
     while True:
-        model = fit(ds.hierarchy, ds.train, np.flatnonzero(labelled), seed)
-        out.append((int(labelled.sum()), test_f1(model, ds.test)))
+        model, f1 = fitted(ds, np.flatnonzero(labelled), seed)
+        out.append((int(labelled.sum()), f1))
         pool = np.flatnonzero(~labelled)
         if not len(pool):
             return out
@@ -111,16 +99,10 @@ def noise(ds, seed: int, share: float = 0.1, top: int = 1000) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--start", type=float, default=0.2)
-    ap.add_argument("--batch", type=int, default=1000)
-    args = ap.parse_args()
-    from ktt.compare import mean_sd
-
-    ds = bigbasket.load()
+    args = arguments(__doc__, ("--seeds", "0,1,2"), ("--start", 0.2), ("--batch", 1000))
+    ds = bigbasket()
     seeds = [int(s) for s in args.seeds.split(",")]
-    full = [test_f1(fit(ds.hierarchy, ds.train, np.arange(len(ds.train)), s), ds.test) for s in seeds]
+    full = [fitted(ds, np.arange(len(ds.train)), s)[1] for s in seeds]
     need = {k: [] for k in STRATEGIES}
     curves = {}
     for s, f in zip(seeds, full):
@@ -131,20 +113,21 @@ def main() -> None:
     ratio = {k: [q / r for q, r in zip(need[k], need["random"])] for k in need}
     noisy = [noise(ds, s) for s in seeds]
     print(noisy, flush=True)
-    fmt = lambda xs, f="{:,.0f}": " ± ".join(f.format(v) for v in mean_sd(xs))  # noqa: E731
     n = len(ds.train)
     names = {"queue": "queue", "lowest": "lowest confidence (issue 29's queue)", "random": "random"}
     steps = sorted({k for c in curves.values() for k, _ in c})[:8]
-    table = ["| labelled rows | " + " | ".join(f"{k:,}" for k in steps) + " |", "|---" * (len(steps) + 1) + "|"]
-    for strategy in need:
-        vals = [[dict(curves[strategy, s]).get(k) for s in seeds] for k in steps]
-        table.append(f"| {names[strategy]} | " + " | ".join(fmt(v, "{:.4f}") for v in vals) + " |")
-    needed = [f"| {names[k]} | {', '.join(f'{x:,}' for x in need[k])} | {fmt(need[k])} | "
-              + (f"{', '.join(f'{x:.0%}' for x in ratio[k])} | {fmt(ratio[k], '{:.0%}')} "
-                 f"({'met' if max(ratio[k]) <= 0.5 else 'missed'}) |" if k != "random" else "| |") for k in need]
-    write_section("review-loop", "\n".join([
-        "## The review loop (issues 29 and 40)", "",
-        "Command: `.venv/bin/python benchmarks/review_loop.py`", "",
+    by_rows = [[names[k], *(spread([dict(curves[k, s]).get(m) for s in seeds], "{:.4f}") for m in steps)] for k in need]
+    needed = [[names[k], ", ".join(f"{x:,}" for x in need[k]), spread(need[k], "{:,.0f}"),
+               *([", ".join(f"{x:.0%}" for x in ratio[k]),
+                  f"{spread(ratio[k], '{:.0%}')} ({'met' if max(ratio[k]) <= 0.5 else 'missed'})"]
+                 if k != "random" else ["", ""])] for k in need]
+    flipped = [["review queue (lowest mean confidence first; 2 folds, not spread)", "queue"],
+               ["label audit of issue 29 (lowest probability of the row's own label first, ties in row order; 2 folds)",
+                "audit29"],
+               ["`ktt audit` (the same, ties: the surer the model of its own guess, the earlier; 2 folds)", "audit2"],
+               ["`ktt audit --folds 5`", "audit5"]]
+    write_section(
+        "review-loop", "## The review loop (issues 29 and 40)", "Command: `.venv/bin/python benchmarks/review_loop.py`",
         f"{MODEL} with its defaults; deduplicated BigBasket, official split ({n:,} training rows, {len(ds.test):,} "
         f"test rows). Start from {args.start:.0%} of the training labels ({int(args.start * n):,} rows, drawn per "
         f"seed); each round scores the unlabelled rows, sends {args.batch:,} to review (their true labels come "
@@ -153,28 +136,18 @@ def main() -> None:
         f"above {SIMILAR} with one queued before it moved behind the rest; *lowest confidence*: issue 29's "
         "queue, the lowest confidence along the path first; *random*: drawn at random. Labels needed: the fewest "
         "labelled rows at which test hF1 is within 1 point of the model trained on all "
-        f"{n:,} labels (hF1 {fmt(full, '{:.4f}')}). Mean ± sd over seeds {args.seeds}.", "",
-        "| order | labels needed, per seed | mean ± sd | share of random's, per seed | mean ± sd (goal ≤ 50%) |",
-        "|---|---|---|---|---|", *needed, "",
-        "Test hF1 by labelled rows, the first rounds:", "", *table, "",
-        "Tried for issue 40 and not kept, on fewer seeds with each curve stopped at its first round within a "
-        "point: the margin between the two likeliest siblings (at the leaf, or the smallest along the path), "
-        "entropy summed over the levels, round-robin over predicted leaves or parents, a cap of picks per "
-        "predicted leaf or parent, density (mean similarity to the nearest unlabelled titles) and novelty "
-        "(distance to the labelled titles) as weights, and an oracle sending only the rows the model got wrong. "
-        "None needed a round (1,000 labels) fewer than the lowest confidence on average; round-robin, the caps and "
-        "the oracle needed more.", "",
+        f"{n:,} labels (hF1 {spread(full, '{:.4f}')}). Mean ± sd over seeds {args.seeds}.",
+        table(["order", "labels needed, per seed", "mean ± sd", "share of random's, per seed",
+               "mean ± sd (goal ≤ 50%)"], needed),
+        "Test hF1 by labelled rows, the first rounds:",
+        table(["labelled rows", *(f"{k:,}" for k in steps)], by_rows),
         f"Injected label errors: {noisy[0]['flipped']:,} training rows ({0.1:.0%}) given a sibling leaf. Each row "
         "is scored by a model fitted without it (cross-fitting: `ktt.review.cross_scores`), so no model judges "
         "a label it learned. Flipped rows among the first 1,000 of each order (random order: "
-        f"{noisy[0]['random']:.0f} expected):", "",
-        "| order | flipped rows in the first 1,000 |", "|---|---|",
-        f"| review queue (lowest mean confidence first; 2 folds, not spread) | {fmt([x['queue'] for x in noisy])} |",
-        "| label audit of issue 29 (lowest probability of the row's own label first, ties in row order; 2 folds) | "
-        f"{fmt([x['audit29'] for x in noisy])} |",
-        "| `ktt audit` (the same, ties: the surer the model of its own guess, the earlier; 2 folds) | "
-        f"{fmt([x['audit2'] for x in noisy])} |",
-        f"| `ktt audit --folds 5` | {fmt([x['audit5'] for x in noisy])} |"]))
+        f"{noisy[0]['random']:.0f} expected):",
+        table(["order", "flipped rows in the first 1,000"], [[what, spread([x[k] for x in noisy], "{:,.0f}")]
+                                                             for what, k in flipped]))
+
 
 if __name__ == "__main__":
     main()

@@ -6,20 +6,33 @@ under another parent.
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pandas as pd
+
+
+def frame(ds) -> pd.DataFrame:
+    """Every row of dataset ``ds``: ``text``, ``labels`` (a tuple) and ``split``."""
+    return pd.concat([pd.DataFrame({"text": s.texts, "labels": [tuple(p) for p in s.paths], "split": name})
+                      for name, s in (("train", ds.train), ("val", ds.val), ("test", ds.test))], ignore_index=True)
+
+
+class Rewrites(list):
+    """Prefix rewrites of paths (``(old, new)`` pairs), applied in order."""
+
+    def __call__(self, path: tuple) -> tuple:
+        for old, new in self:
+            if path[:len(old)] == old:
+                path = new + path[len(old):]
+        return path
 
 
 def simulate(ds, n_leaves: int = 30, seed: int = 0):
     """``(v1, v2, change)``: two frames (``text``, ``labels``, ``split``: each row keeps its split)
     and what was changed: the held-out leaves, the renamed and the moved category (old and new path)."""
     rng = np.random.default_rng(seed)
-    frame = pd.concat([pd.DataFrame({"text": s.texts, "labels": [tuple(p) for p in s.paths], "split": name})
-                       for name, s in (("train", ds.train), ("val", ds.val), ("test", ds.test))], ignore_index=True)
+    rows = frame(ds)
     depth = ds.hierarchy.depth
-    full = frame[frame["labels"].map(len) == depth]
+    full = rows[rows["labels"].map(len) == depth]
     leaves = sorted(full["labels"].unique())
     inner = sorted({p[:depth - 1] for p in leaves})
     # the renamed and the moved category: two inner classes one level above the leaves, under different parents
@@ -32,15 +45,8 @@ def simulate(ds, n_leaves: int = 30, seed: int = 0):
     # held-out leaves: not under the renamed or moved class, so each change is seen on its own
     free = [p for p in leaves if p[:depth - 1] not in new_name]
     held = {free[i] for i in rng.choice(len(free), min(n_leaves, len(free) - 1), replace=False)}
-
-    def relabel(p):
-        for old, new in new_name.items():
-            if p[:len(old)] == old:
-                return new + p[len(old):]
-        return p
-
-    v1 = frame[~frame["labels"].isin(held)].reset_index(drop=True)
-    v2 = frame.assign(labels=frame["labels"].map(relabel))
+    v1 = rows[~rows["labels"].isin(held)].reset_index(drop=True)
+    v2 = rows.assign(labels=rows["labels"].map(Rewrites(new_name.items())))
     change = {"held_out": sorted(held), "renamed": (renamed, new_name[renamed]), "moved": (moved, new_name[moved])}
     return v1.assign(labels=v1["labels"].map(list)), v2.assign(labels=v2["labels"].map(list)), change
 
@@ -58,11 +64,12 @@ def write_versions(ds, root, n_leaves: int = 30, seed: int = 0, name: str | None
 
 
 if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.harness import arguments
     from ktt.data import load_dataset
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset")
-    ap.add_argument("--leaves", type=int, default=30)
-    ap.add_argument("--datasets", default="datasets")
-    args = ap.parse_args()
+    args = arguments(__doc__, ("dataset",), ("--leaves", 30), ("--datasets", "datasets"))
     print(write_versions(load_dataset(args.dataset, args.datasets), args.datasets, args.leaves))
