@@ -1,29 +1,22 @@
 """New categories on day one (issue 44): 30 BigBasket leaves lose every labelled row but stay in
-the taxonomy, as if a team had just added them (``ktt taxonomy add``).
+the taxonomy, as if a team had just added them (``ktt taxonomy add``); then the same leaves gone
+from the taxonomy, to be found again (``ktt discover``); and the review loop from zero labels.
 
     .venv/bin/python benchmarks/new_categories.py [--seeds 0,1,2] [--copies 1,5,20] [--models tfidf_hsgd,db_bhcn]
 
-Deduplicated BigBasket, official split. Per seed, 30 mid-sized leaves (training rows between the
-quartiles of all leaves' and at least 10, drawn by the seed) lose their training and validation rows; their test
-rows stay. Fitted per seed: the model on every row (supervised, the reference); on the rest with
-``c`` name rows per new leaf (``ktt.zeroshot``; ``--copies``); with 5 reviewed rows per new leaf
-drawn by the seed. (BigBasket has 23 leaves with validation or test rows but no training row: every
-fit but the ``--copies`` ones gives them the model's ``name_rows``, as ``ktt train`` does.) Reported over the new leaves' test rows: the
-right parent (level 2 of the predicted path), the new leaves' macro F1 and its share of the
-supervised fit's; over every other test row, hF1 minus the supervised fit's, in points. Mean and
-95% t-interval over the seeds. db_bhcn: all-MiniLM-L6-v2 frozen (``freeze_encoder``: encoded once
-a fit, the head trained ``--epochs``), what a 2-core CPU fits for every seed and setting.
+Per seed, 30 mid-sized leaves (training rows between the quartiles and at least 10) drawn by the
+seed. BigBasket has 23 leaves with validation or test rows but no training row: every fit but
+the ``--copies`` ones gives them the model's ``name_rows``, as ``ktt train`` does. db_bhcn: the
+encoder frozen (``freeze_encoder``: encoded once a fit, the head trained ``--epochs``), what a
+2-core CPU fits for every seed and setting. The table's notes say the rest.
 """
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks import bigbasket  # noqa: E402
-from benchmarks.report import write_section  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import arguments, bigbasket, t_interval, table, write_section  # noqa: E402
 
 NEW, REVIEWED = 30, 5
 
@@ -98,6 +91,7 @@ def review_rounds(name: str, ds, leaves, params: dict, rounds: int, budget: int,
     for what is not) answers the traffic, the first ``budget`` rows of the review queue get their
     labels. Per queue (the titles routed near a new category first, or not), the new leaves'
     macro F1 on test after each round."""
+    from ktt import registry
     from ktt.review import queue
     from ktt.zeroshot import near, unlabelled
 
@@ -111,7 +105,7 @@ def review_rounds(name: str, ds, leaves, params: dict, rounds: int, budget: int,
         for r in range(rounds + 1):
             train = ds.train.subset(labelled)
             model = fit(name, train, ds.val.subset(np.flatnonzero(~np.isin(ds.val.codes[:, -1], leaves))), params,
-                        registry_name_rows(name))
+                        registry.get(name).name_rows)
             f1.append(scores(h, ds.test.codes, model.predict(ds.test.texts), leaves)["f1"])
             if r == rounds:
                 break
@@ -123,104 +117,78 @@ def review_rounds(name: str, ds, leaves, params: dict, rounds: int, budget: int,
     return out
 
 
-def registry_name_rows(name: str) -> int:
-    from ktt import registry
-
-    return registry.get(name).name_rows
-
-
-def interval(x) -> str:
-    from scipy import stats
-
-    x = np.asarray(x, float)
-    m = x.mean()
-    h = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
-    return f"{m:.3f} [{m - h:.3f}, {m + h:.3f}]"
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--copies", default="1,5,20", help="name rows per new leaf, one setting each")
-    ap.add_argument("--models", default="tfidf_hsgd,db_bhcn")
-    ap.add_argument("--epochs", type=int, default=10, help="db_bhcn's head epochs over the frozen encoder's features")
-    ap.add_argument("--target-precision", type=float, default=0.85, help="discovery: where answers stop")
-    ap.add_argument("--min-size", type=int, default=3, help="discovery: the fewest titles of a proposal")
-    ap.add_argument("--rounds", type=int, default=2, help="review rounds (tfidf_hsgd only)")
-    ap.add_argument("--budget", type=int, default=200, help="rows reviewed a round")
-    args = ap.parse_args()
+    args = arguments(__doc__, ("--seeds", "0,1,2"), ("--copies", "1,5,20", "name rows per new leaf, one setting each"),
+                     ("--models", "tfidf_hsgd,db_bhcn"),
+                     ("--epochs", 10, "db_bhcn's head epochs over the frozen encoder's features"),
+                     ("--target-precision", 0.85, "discovery: where answers stop"),
+                     ("--min-size", 3, "discovery: the fewest titles of a proposal"),
+                     ("--rounds", 2, "review rounds (tfidf_hsgd only)"), ("--budget", 200, "rows reviewed a round"))
     from ktt import registry
 
     seeds, copies = [int(s) for s in args.seeds.split(",")], [int(c) for c in args.copies.split(",")]
-    ds = bigbasket.load()
+    ds = bigbasket()
     h, test = ds.hierarchy, ds.test
-    rows, discovered, loops = [], {}, {}
+    rows, found, loops = [], [], {}
     for name in args.models.split(","):
         params = {"freeze_encoder": True, "epochs": args.epochs, "patience": args.epochs} if name.startswith("db_") else {}
         results: dict[str, list[dict]] = {}
+        gone = []
         for seed in seeds:
             leaves = new_leaves(ds.train, seed)
-            keep = ~np.isin(ds.train.codes[:, -1], leaves)
+            keep = np.flatnonzero(~np.isin(ds.train.codes[:, -1], leaves))
             val = ds.val.subset(np.flatnonzero(~np.isin(ds.val.codes[:, -1], leaves)))
             rng = np.random.default_rng(seed)
             reviewed = np.concatenate([rng.choice(np.flatnonzero(ds.train.codes[:, -1] == leaf), REVIEWED, replace=False)
                                        for leaf in leaves])
             p = {**params, "seed": seed}
-            default = registry.get(name).name_rows  # what `ktt train` adds (for BigBasket's leaves without training rows too)
+            default = registry.get(name).name_rows  # what `ktt train` adds (to BigBasket's leaves without training rows too)
             full = scores(h, test.codes, fit(name, ds.train, ds.val, p, default).predict(test.texts), leaves)
             results.setdefault("supervised (every row)", []).append(full)
-            settings = [(f"0 labels, {c} name rows", np.flatnonzero(keep), c) for c in copies] + \
-                [(f"{REVIEWED} labels", np.sort(np.r_[np.flatnonzero(keep), reviewed]), default)]
-            for label, train_rows, c in settings:
-                model = fit(name, ds.train.subset(train_rows), val, p, c)
-                got = scores(h, test.codes, model.predict(test.texts), leaves, full["f1"])
-                got["old_hf1"] -= full["old_hf1"]
+            for label, train_rows, c in [(f"0 labels, {c} name rows", keep, c) for c in copies] + \
+                    [(f"{REVIEWED} labels", np.sort(np.r_[keep, reviewed]), default)]:
+                got = scores(h, test.codes, fit(name, ds.train.subset(train_rows), val, p, c).predict(test.texts),
+                             leaves, full["f1"])
+                got["old_hf1"] = 100 * (got["old_hf1"] - full["old_hf1"])
                 results.setdefault(label, []).append(got)
                 print(name, seed, label, {k: round(v, 4) for k, v in got.items()}, flush=True)
-            found = discovery(name, ds, leaves, p, args.target_precision, args.min_size)
-            print(name, seed, "discovery", found, flush=True)
-            discovered.setdefault(name, []).append(found)
+            gone.append(discovery(name, ds, leaves, p, args.target_precision, args.min_size))
+            print(name, seed, "discovery", gone[-1], flush=True)
             if name == "tfidf_hsgd":
                 for how, f1 in review_rounds(name, ds, leaves, p, args.rounds, args.budget, seed).items():
                     print(name, seed, how, f1, flush=True)
                     loops.setdefault(how, []).append(f1)
         for label, rs in results.items():
-            cell = {k: interval([r[k] for r in rs]) for k in rs[0]}
-            old = "" if "f1_share" not in rs[0] else f"{100 * np.mean([r['old_hf1'] for r in rs]):+.2f} " \
-                f"[{interval([100 * r['old_hf1'] for r in rs]).split('[')[1]}"
-            rows.append(f"| {name} | {label} | {cell['parent']} | {cell['f1']} | {cell.get('f1_share', '1')} | "
-                        f"{old or '0'} |")
-    body = "\n".join([
-        "## New categories on day one: 30 BigBasket leaves without labelled rows (issue 44)", "",
+            cells = [t_interval([r[k] for r in rs], "", 3) if k in rs[0] else "(reference)"
+                     for k in ("parent", "f1", "f1_share")] + \
+                [t_interval([r["old_hf1"] for r in rs], "", 2) if "f1_share" in rs[0] else "(reference)"]
+            rows.append([name, label, *cells])
+        found.append([name, *(t_interval([g[k] for g in gone], "", 3) for k in ("stopped", "proposals", "recovered"))])
+    write_section(
+        "new-categories", "## New categories on day one: 30 BigBasket leaves without labelled rows (issue 44)",
         f"Command: `.venv/bin/python benchmarks/new_categories.py --seeds {args.seeds} --copies {args.copies} "
-        f"--models {args.models}`", "",
+        f"--models {args.models}`",
         f"Deduplicated BigBasket, official split. Per seed ({args.seeds}), {NEW} mid-sized leaves (training rows "
-        f"between the quartiles and at least {2 * REVIEWED}) lose their training and validation rows but stay in the taxonomy; their test rows "
-        f"stay. Name rows: `ktt.zeroshot` (the leaf's name; BigBasket has no descriptions). "
+        f"between the quartiles and at least {2 * REVIEWED}) lose their training and validation rows but stay in the "
+        "taxonomy; their test rows stay. Name rows: `ktt.zeroshot` (the leaf's name; BigBasket has no descriptions). "
         f"{REVIEWED} labels: that many training rows per new leaf, drawn by the seed. db_bhcn: all-MiniLM-L6-v2 "
         f"frozen, its head trained {args.epochs} epochs. Mean and 95% t-interval over the seeds. Goals: right parent "
         f"at least 0.80 with 0 labels; new-leaf F1 at least 40% of the supervised fit's with 0 labels, 80% with "
-        f"{REVIEWED}; other rows lose at most 0.5 points of hF1.", "",
-        "| model | new leaves' rows | right parent | new-leaf macro F1 | F1 / supervised | other rows' hF1, points |",
-        "|---|---|---|---|---|---|", *rows, "",
+        f"{REVIEWED}; other rows lose at most 0.5 points of hF1.",
+        table(["model", "new leaves' rows", "right parent", "new-leaf macro F1", "F1 / supervised",
+               "other rows' hF1 - supervised, points"], rows),
         f"Discovery: the same {NEW} leaves gone from the taxonomy too. The model fitted on the other rows answers the "
         "traffic (the test split and the gone leaves' training titles) with the threshold that reached "
         f"{args.target_precision} hierarchical precision on validation; `ktt discover`'s proposals (at least "
         f"{args.min_size} titles each) over the titles that stopped above their leaf. Recovered: a gone leaf whose "
-        "titles are at least 70% of some proposal. Goal: at least 60%.", "",
-        "| model | titles stopped above their leaf | proposals | gone leaves recovered |", "|---|---|---|---|",
-        *[f"| {name} | {interval([r['stopped'] for r in rs])} | {interval([r['proposals'] for r in rs])} | "
-          f"{interval([r['recovered'] for r in rs])} |" for name, rs in discovered.items()], "",
-        f"The review loop from zero labels (tfidf_hsgd): a fifth of the other leaves' training rows and all of the new "
-        f"leaves' are unlabelled traffic; each round the model, refitted, answers it and the first {args.budget} rows of "
-        "the review queue (`ktt.review.queue`: least sure first, near-copies last; near first: the titles routed to a "
-        "new leaf or its parent, `ktt.zeroshot.near`, before the others) get their labels. New-leaf macro F1 on test.", "",
-        "| queue | " + " | ".join(f"after round {r}" for r in range(args.rounds + 1)) + " |",
-        "|---|" + "---|" * (args.rounds + 1),
-        *[f"| {how} | " + " | ".join(interval([f[r] for f in fs]) for r in range(args.rounds + 1)) + " |"
-          for how, fs in loops.items()]])
-    print(body)
-    write_section("new-categories", body)
+        "titles are at least 70% of some proposal. Goal: at least 60%.",
+        table(["model", "titles stopped above their leaf", "proposals", "gone leaves recovered"], found),
+        "The review loop from zero labels (tfidf_hsgd): a fifth of the other leaves' training rows and all of the new "
+        f"leaves' are unlabelled traffic; each round the model, refitted, answers it and the first {args.budget} rows "
+        "of the review queue (`ktt.review.queue`: least sure first, near-copies last; near first: the titles routed to "
+        "a new leaf or its parent, `ktt.zeroshot.near`, before the others) get their labels. New-leaf macro F1 on test.",
+        table(["queue", *(f"after round {r}" for r in range(args.rounds + 1))],
+              [[how, *(t_interval([f[r] for f in fs], "", 3) for r in range(args.rounds + 1))] for how, fs in loops.items()]))
 
 
 if __name__ == "__main__":
