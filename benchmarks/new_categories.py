@@ -164,8 +164,9 @@ def main() -> None:
                 [t_interval([r["old_hf1"] for r in rs], "", 2) if "f1_share" in rs[0] else "(reference)"]
             rows.append([name, label, *cells])
         found.append([name, *(t_interval([g[k] for g in gone], "", 3) for k in ("stopped", "proposals", "recovered"))])
-    write_section(
-        "new-categories", "## New categories on day one: 30 BigBasket leaves without labelled rows (issue 44)",
+    write_section(  # a section per model list: db_bhcn's take hours on a CPU, tfidf_hsgd's a minute
+        f"new-categories-{args.models.replace(',', '-')}",
+        f"## New categories on day one: 30 BigBasket leaves without labelled rows, {args.models} (issue 44)",
         f"Command: `.venv/bin/python benchmarks/new_categories.py --seeds {args.seeds} --copies {args.copies} "
         f"--models {args.models}`",
         f"Deduplicated BigBasket, official split. Per seed ({args.seeds}), {NEW} mid-sized leaves (training rows "
