@@ -46,23 +46,12 @@ def _review(pyfunc, texts: list[str], depths: list[int], model_uri: str, path) -
     append_rows(path, review_rows(texts, codes, conf, h, depths, model_uri, digest(h)))
 
 
-def predict_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike, *, text_col: str = "text",
-                 rows: int = 10_000, threshold: float | None = None, target_precision: float | None = None,
-                 review: str | os.PathLike | None = None, progress: bool = True) -> int:
-    """Score every row of ``src`` into ``dst``: its columns, then ``path``, ``L<d>``,
-    ``L<d>_confidence`` and ``review`` (``ktt.pyfunc.answers``; stopped at ``threshold`` or at the
-    threshold that reached ``target_precision`` on validation). With ``review`` (a ``.csv`` or
-    ``.jsonl`` file), the rows whose answer stopped above its path's end are appended to it
-    (``ktt.review``). Returns the rows written."""
+def _load(model_uri: str, src: Path, threshold, target_precision):
+    """The pyfunc model at ``model_uri``, once the input file and the stopping options are checked."""
     import mlflow
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from tqdm.auto import tqdm
 
-    src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise NotFound(f"{src}: no such file")
-    fmt_in, fmt_out = _format(src), _format(dst)
     if model_uri.startswith(("models:/", "runs:/")):
         from .tracking import check_tracking_uri
 
@@ -73,6 +62,58 @@ def predict_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike,
         raise NotFound(f"cannot load model {model_uri!r}: {str(e).splitlines()[0]}") from None
     if threshold is not None and target_precision is not None:
         raise BadValue("give a threshold or a target precision, not both")
+    return model
+
+
+def discover_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike, *, text_col: str = "text",
+                  threshold: float | None = None, target_precision: float | None = None, **options) -> int:
+    """Candidate categories (``ktt.discover.propose``, ``options`` its own) among the titles of
+    ``src`` whose answer stops above its leaf, written to ``dst`` (.csv, .tsv or .parquet).
+    Returns how many were proposed."""
+    from .discover import propose
+
+    src, dst = Path(src), Path(dst)
+    fmt_in, fmt_out = _format(src), _format(dst)
+    model = _load(model_uri, src, threshold, target_precision).unwrap_python_model().model
+    chunks, _ = _chunks(src, fmt_in, 100_000)
+    texts = []
+    for chunk in chunks:
+        if text_col not in chunk.columns:
+            raise BadValue(f"{src.name}: no column {text_col!r} (columns: {list(chunk.columns)}); "
+                           "name the text column with --text-col")
+        texts += chunk[text_col].astype(str).tolist()
+    if not texts:
+        raise BadValue(f"{src.name}: no titles")
+    codes, conf = model.predict_confident(texts)
+    depths = model.hierarchy.stop_depths(codes, conf, *model.stop(threshold, target_precision))
+    found = propose(model.hierarchy, texts, codes, depths, **options).drop(columns="rows")
+    tmp = dst.with_name(f".{dst.name}.part")
+    try:
+        if fmt_out == "csv":
+            spreadsheet_safe(found).to_csv(tmp, index=False, sep="\t" if dst.suffix.lower() == ".tsv" else ",")
+        else:
+            found.to_parquet(tmp, index=False)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(found)
+
+
+def predict_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike, *, text_col: str = "text",
+                 rows: int = 10_000, threshold: float | None = None, target_precision: float | None = None,
+                 review: str | os.PathLike | None = None, progress: bool = True) -> int:
+    """Score every row of ``src`` into ``dst``: its columns, then ``path``, ``L<d>``,
+    ``L<d>_confidence`` and ``review`` (``ktt.pyfunc.answers``; stopped at ``threshold`` or at the
+    threshold that reached ``target_precision`` on validation). With ``review`` (a ``.csv`` or
+    ``.jsonl`` file), the rows whose answer stopped above its path's end are appended to it
+    (``ktt.review``). Returns the rows written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    src, dst = Path(src), Path(dst)
+    fmt_in, fmt_out = _format(src), _format(dst)
+    model = _load(model_uri, src, threshold, target_precision)
     params = ({"threshold": float(threshold)} if threshold is not None else
               {"target_precision": float(target_precision)} if target_precision is not None else None)
     chunks, total = _chunks(src, fmt_in, rows)

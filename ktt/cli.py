@@ -439,6 +439,31 @@ def compare(run_a, run_b, n_boot, seed, resample):
                    f"[{r['low']:+.4f}, {r['high']:+.4f}]: " + ("significant" if r["significant"] else "not significant"))
 
 
+@main.command("discover")
+@click.argument("model_uri")
+@click.argument("input_file", metavar="TITLES")
+@click.argument("output_file", metavar="OUTPUT")
+@click.option("--text-col", default="text", show_default=True, help="The input column holding the titles.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="A title stops above its leaf when a level's confidence is below this (default: the model's).")
+@click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Stop at the threshold that reached this hierarchical precision on validation (instead of --threshold).")
+@click.option("--min-size", default=3, show_default=True, type=click.IntRange(min=2),
+              help="The fewest titles a proposed category holds (raise it with more traffic).")
+@click.option("--distance", default=0.85, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="How far apart (cosine distance of their words, average linkage) titles of one proposal may be.")
+def discover(model_uri, input_file, output_file, text_col, threshold, target_precision, min_size, distance):
+    """Propose categories the taxonomy lacks: the titles of TITLES whose answer stops above its leaf,
+    clustered by their words under the class where they stop. OUTPUT (.csv, .tsv or .parquet) lists each
+    proposal's parent, a name from its distinctive terms, its size and example titles, for a team to review
+    and add with `ktt taxonomy add`."""
+    from .batch import discover_file
+
+    n = discover_file(model_uri, input_file, output_file, text_col=text_col, threshold=threshold,
+                      target_precision=target_precision, min_size=min_size, distance=distance)
+    click.echo(f"wrote {output_file}: {n} proposed categories")
+
+
 @main.command("figures")
 @click.argument("run")
 @click.option("--datasets", "datasets_root", default="datasets", show_default=True, envvar="KTT_DATASETS",
@@ -592,7 +617,7 @@ def experiment(file, **kw):
 
 @main.group("taxonomy")
 def taxonomy_group():
-    """Taxonomy versions: what changed between two datasets, runs or registered models."""
+    """Taxonomy versions: what changed between two datasets, runs or registered models; new categories."""
 
 
 @taxonomy_group.command("diff")
@@ -608,6 +633,28 @@ def taxonomy_diff(old, new, as_json, datasets_root):
 
     d = diff(taxonomy_side(old, datasets_root), taxonomy_side(new, datasets_root))
     click.echo(json.dumps(d.to_dict(), indent=1) if as_json else str(d))
+
+
+@taxonomy_group.command("add")
+@click.argument("dataset")
+@click.argument("categories", nargs=-1, required=True)
+@click.option("-n", "--name", required=True, help="The new dataset: DATASET's rows, its taxonomy plus CATEGORIES.")
+@click.option("--describe", multiple=True, metavar="TEXT",
+              help="Words that describe a category beyond its name (synonyms, typical titles' words); the first "
+                   "--describe goes with the first category, and so on.")
+@click.option("--label-sep", default=">", show_default=True, help="Separator inside a category path.")
+@click.option("--overwrite", is_flag=True, help="Replace dataset NAME if it exists.")
+@click.option("--datasets", "datasets_root", default="datasets", show_default=True, envvar="KTT_DATASETS")
+def taxonomy_add(dataset, categories, name, describe, label_sep, overwrite, datasets_root):
+    """Write dataset NAME: DATASET with CATEGORIES ("Dept > Category > New leaf") added to its
+    taxonomy before any row is labelled with them. `ktt train MODEL NAME --from RUN` then answers
+    them from their names and descriptions; reviewed rows (`ktt ingest --append`) improve them."""
+    from . import data
+
+    parent = data.load_dataset(dataset, datasets_root)
+    path, h = data.add_classes(parent, categories, datasets_root, name, descriptions=describe, label_sep=label_sep,
+                               overwrite=overwrite)
+    click.echo(f"wrote {path}: {len(categories)} categories added, {h.n_leaves} leaves in all")
 
 
 @main.command("models")

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import BadValue, NotFound
-from .hierarchy import Hierarchy
+from .hierarchy import END, Hierarchy
 
 log = logging.getLogger(__name__)
 
@@ -607,7 +607,7 @@ def append(parent: "Dataset", df: pd.DataFrame, root, name: str, *, where: str =
     for s in SPLITS:
         merged[s] = pd.concat([merged[s], fresh[fresh["split"] == s][["text", "labels"]]], ignore_index=True)
     report["rows_dropped_as_duplicates"] = dropped
-    hierarchy = Hierarchy.from_paths(tuple(p) for part in merged.values() for p in part["labels"])
+    hierarchy = waiting_classes(parent, (tuple(p) for part in merged.values() for p in part["labels"]))
     from .taxonomy import digest
 
     report.update({"rows_added": len(fresh), "rows_corrected": int(corrected),
@@ -620,6 +620,54 @@ def append(parent: "Dataset", df: pd.DataFrame, root, name: str, *, where: str =
     path = write_dataset(merged, hierarchy, root, name, overwrite=overwrite,
                          meta={"source": where, "report": report, "lineage": lineage})
     return path, hierarchy, report
+
+
+def waiting_classes(parent: "Dataset", paths) -> Hierarchy:
+    """The hierarchy of label ``paths`` and of every leaf of ``parent`` that no row of it has (a
+    category ``ktt taxonomy add`` added, still waiting for its rows), with the descriptions of
+    the classes it keeps: a class that lost its last row to a correction goes, one that never
+    had a row stays."""
+    from .zeroshot import unlabelled
+
+    codes = np.concatenate([getattr(parent, s).codes for s in SPLITS])
+    h = Hierarchy.from_paths([*paths, *unlabelled(parent.hierarchy, codes)])
+    return Hierarchy(h.levels, {p: t for p, t in parent.hierarchy.descriptions.items() if h.class_index(p) is not None})
+
+
+def add_classes(parent: "Dataset", paths: Sequence[str], root, name: str, *, descriptions: Sequence[str] = (),
+                label_sep: str = ">", overwrite: bool = False) -> tuple[Path, Hierarchy]:
+    """A new version of ``parent`` (``ktt taxonomy add``): its rows, and its taxonomy plus the
+    categories ``paths`` (``"Dept > Category > New"``; any class of the path not yet in it is
+    added too), no row labelled with them yet; ``descriptions[i]``, if given, describes
+    ``paths[i]`` (words, synonyms: ``ktt.zeroshot``)."""
+    if len(descriptions) > len(paths):
+        raise BadValue(f"{len(descriptions)} descriptions for {len(paths)} categories: each --describe goes "
+                       "with the category in the same place")
+    new, h = [], parent.hierarchy
+    for text in paths:
+        path = tuple(x.strip() for x in str(text).split(label_sep))
+        if not all(path) or any(c.isspace() and c != " " for x in path for c in x):
+            raise BadValue(f"category {text!r} has an empty class name or a line break; write it as "
+                           f"'Dept {label_sep} Category {label_sep} New'")
+        if h.class_index(path) is not None or path in new:
+            raise BadValue(f"category {' > '.join(path)!r} is already in the taxonomy of dataset {parent.name!r}")
+        new.append(path)
+    if not new:
+        raise BadValue("name at least one category to add")
+    old = [tuple(x for x in p if x != END) for p in h.levels[-1]]
+    hierarchy = Hierarchy.from_paths([*old, *new])
+    described = {**h.descriptions, **{p: " ".join(d.split()) for p, d in zip(new, descriptions) if d and d.strip()}}
+    hierarchy = Hierarchy(hierarchy.levels, described)
+    frames = {s: pd.DataFrame({"text": getattr(parent, s).texts, "labels": [list(p) for p in getattr(parent, s).paths]})
+              for s in SPLITS}
+    lineage = [*parent.manifest.get("lineage", []),
+               {"dataset": parent.name, "digest": parent.digest, "taxonomy": parent.taxonomy,
+                "source": "ktt taxonomy add", "categories_added": [" > ".join(p) for p in new]}]
+    path = write_dataset(frames, hierarchy, root, name, overwrite=overwrite,
+                         meta={"source": f"ktt taxonomy add {parent.name}", "lineage": lineage,
+                               "report": {f"rows_{s}": len(f) for s, f in frames.items()} |
+                                         {"categories_added": [" > ".join(p) for p in new]}})
+    return path, hierarchy
 
 
 def write_dataset(splits: dict[str, pd.DataFrame], hierarchy: Hierarchy, root: str | os.PathLike,

@@ -44,9 +44,13 @@ def check_threshold(value) -> float:
 
 @dataclass(frozen=True)
 class Hierarchy:
-    """Classes per level (each a full path tuple) and the parent of each class."""
+    """Classes per level (each a full path tuple) and the parent of each class; ``descriptions``:
+    words that describe some classes beyond their names (path -> text: ``ktt taxonomy add
+    --describe``), read by a fit for the classes no training row has (``ktt.zeroshot``). Two
+    hierarchies are equal when their classes are: descriptions never change a class."""
 
     levels: tuple[tuple[tuple[str, ...], ...], ...]
+    descriptions: dict = field(default_factory=dict, compare=False, repr=False)
     _index: tuple[dict, ...] = field(init=False, repr=False, compare=False)
     _end: tuple[np.ndarray, ...] = field(init=False, repr=False, compare=False)
     _parents: tuple[np.ndarray, ...] = field(init=False, repr=False, compare=False)
@@ -69,6 +73,9 @@ class Hierarchy:
                     raise BadValue(f"class {SEP.join(path)!r} has no parent {SEP.join(path[:-1])!r} at level {depth - 1}")
                 seen[path] = i
             index.append(seen)
+        for path in self.descriptions:
+            if not isinstance(path, tuple) or path not in index[len(path) - 1 if 0 < len(path) <= len(index) else 0]:
+                raise BadValue(f"a description is of {SEP.join(map(str, path))!r}, which is no class of the taxonomy")
         object.__setattr__(self, "_index", tuple(index))
         parents = [np.full(len(self.levels[0]), -1, dtype=np.int64)]
         for d in range(1, len(self.levels)):
@@ -424,13 +431,16 @@ class Hierarchy:
             # where a path may end, per level (every real class of the last level; above it, the
             # classes some path ends at); "" as a class name's last part marks an end class
             "may_end": [self.may_end(d).tolist() for d in range(self.depth)],
+            **({"descriptions": {SEP.join(p): text for p, text in sorted(self.descriptions.items())}}
+               if self.descriptions else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Hierarchy":
         try:
-            return cls(tuple(tuple(tuple(p) for p in lv) for lv in d["levels"]))
-        except (KeyError, TypeError) as e:
+            described = {tuple(k.split(SEP)): str(v) for k, v in d.get("descriptions", {}).items()}
+            return cls(tuple(tuple(tuple(p) for p in lv) for lv in d["levels"]), described)
+        except (KeyError, TypeError, AttributeError) as e:
             raise BadValue(f"not a KTT hierarchy: {e}") from None
 
     def save(self, path: str | os.PathLike) -> None:

@@ -119,6 +119,9 @@ class Model(ABC):
     #: Monitoring: the share of the reference set's pooled feature columns that must drift for the
     #: drift sidecar to report dataset drift (written into the service's ``evidently.yaml``).
     drift_share: ClassVar[float] = 0.5
+    #: Copies of a name row (``ktt.zeroshot``) a fit adds for each class no training row has, so
+    #: that a category added without rows is answered from its name (0: never).
+    name_rows: ClassVar[int] = 5
     #: Tiny settings ``ktt.testing.check_model`` fits with (a few seconds on a CPU): a subclass
     #: adds its own (small heads, one epoch).
     test_params: ClassVar[dict[str, Any]] = {"target_precision": 0.9}

@@ -57,13 +57,17 @@ def append_rows(path: str | os.PathLike, rows: list[dict]) -> None:
         f.write(text)
 
 
-def queue(confidences: np.ndarray, features=None, similar: float = SIMILAR) -> np.ndarray:
+def queue(confidences: np.ndarray, features=None, similar: float = SIMILAR, first=None) -> np.ndarray:
     """Row order for review: the least sure first, by the mean confidence along each row's path
     (``(n, depth)``, NaN where the path has ended): the share of its levels the answer expects
     to get right, its expected hierarchical F1. With ``features`` (one unit-length row per row:
     a TF-IDF model's ``features(texts)``), a row much like one queued before it waits until
-    after all the others (:func:`spread`): a round of review spends no labels on near-copies."""
+    after all the others (:func:`spread`): a round of review spends no labels on near-copies.
+    ``first``: rows (a mask) that go before all others, in the same order among themselves (the
+    titles routed near a category that has no reviewed row yet: ``ktt.zeroshot.near``)."""
     order = np.argsort(np.nanmean(np.asarray(confidences, dtype=np.float64), axis=1), kind="stable")
+    if first is not None:
+        order = np.concatenate([order[np.asarray(first)[order]], order[~np.asarray(first)[order]]])
     return order if features is None else spread(order, features, similar)
 
 

@@ -203,12 +203,16 @@ def taxonomy_table(ds):
 
 def fit(est, ds, logger, world, update=None) -> float:
     """Fit (every process of a distributed fit together; ``update``: from a trained model, its
-    diff); the seconds it took, logged."""
+    diff), on the training rows and name rows for the classes they lack (``ktt.zeroshot``); the
+    seconds it took, logged."""
+    from .zeroshot import with_name_rows
+
     t0 = time.perf_counter()
+    train = with_name_rows(ds.train, est.name_rows)
     if update:
-        est.update(update[0], update[1], ds.train, ds.val, logger)
+        est.update(update[0], update[1], train, ds.val, logger)
     else:
-        est.fit(ds.train, ds.val, logger)
+        est.fit(train, ds.val, logger)
     train_time = time.perf_counter() - t0
     distributed.finish(world)  # from here on rank 0 works alone
     logger.log_metrics({"train_time_s": train_time})

@@ -71,7 +71,8 @@ def test_layers():
 #: the server's layer (the serving environment) imports only the core; the sidecar nothing of KTT.
 LAYERS = {
     "core": ["ktt", "ktt.errors", "ktt.text", "ktt.threads", "ktt.hierarchy", "ktt.confidence", "ktt.compare", "ktt.schema",
-             "ktt.sparse", "ktt.metrics", "ktt.data", "ktt.synth", "ktt.hparams", "ktt.taxonomy", "ktt.review"],
+             "ktt.sparse", "ktt.metrics", "ktt.data", "ktt.synth", "ktt.hparams", "ktt.taxonomy", "ktt.review",
+             "ktt.zeroshot", "ktt.discover"],
     "models": ["ktt.model", "ktt.nn", "ktt.tfidf", "ktt.registry", "ktt.distributed", "models", "models.*"],
     "serving": ["ktt.serving", "ktt.serving.*"],
     "tracking": ["ktt.tracking", "ktt.tracking.*", "ktt.testing", "ktt.train", "ktt.tune", "ktt.experiment", "ktt.export", "ktt.pyfunc", "ktt.pyfunc_model", "ktt.batch",
