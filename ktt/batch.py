@@ -32,7 +32,10 @@ def _chunks(path: Path, fmt: str, rows: int):
         f = pq.ParquetFile(path)
         return (b.to_pandas() for b in f.iter_batches(batch_size=rows)), f.metadata.num_rows
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
-    return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, chunksize=rows), None
+    try:
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, chunksize=rows), None
+    except pd.errors.EmptyDataError:
+        raise BadValue(f"{path.name}: an empty file (not even a header row)") from None
 
 
 def _review(pyfunc, texts: list[str], depths: list[int], model_uri: str, path) -> None:
@@ -46,12 +49,15 @@ def _review(pyfunc, texts: list[str], depths: list[int], model_uri: str, path) -
     append_rows(path, review_rows(texts, codes, conf, h, depths, model_uri, digest(h)))
 
 
-def _load(model_uri: str, src: Path, threshold, target_precision):
-    """The pyfunc model at ``model_uri``, once the input file and the stopping options are checked."""
+def _load(model_uri: str, src: Path, dst: Path, threshold, target_precision):
+    """The pyfunc model at ``model_uri``, once the input file, the output's folder and the stopping
+    options are checked."""
     import mlflow
 
     if not src.is_file():
         raise NotFound(f"{src}: no such file")
+    if not dst.parent.is_dir():  # before the model scores every row
+        raise NotFound(f"{dst.parent}: no such folder for the output")
     if model_uri.startswith(("models:/", "runs:/")):
         from .tracking import check_tracking_uri
 
@@ -74,7 +80,7 @@ def discover_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike
 
     src, dst = Path(src), Path(dst)
     fmt_in, fmt_out = _format(src), _format(dst)
-    model = _load(model_uri, src, threshold, target_precision).unwrap_python_model().model
+    model = _load(model_uri, src, dst, threshold, target_precision).unwrap_python_model().model
     chunks, _ = _chunks(src, fmt_in, 100_000)
     texts = []
     for chunk in chunks:
@@ -113,7 +119,7 @@ def predict_file(model_uri: str, src: str | os.PathLike, dst: str | os.PathLike,
 
     src, dst = Path(src), Path(dst)
     fmt_in, fmt_out = _format(src), _format(dst)
-    model = _load(model_uri, src, threshold, target_precision)
+    model = _load(model_uri, src, dst, threshold, target_precision)
     params = ({"threshold": float(threshold)} if threshold is not None else
               {"target_precision": float(target_precision)} if target_precision is not None else None)
     chunks, total = _chunks(src, fmt_in, rows)

@@ -640,6 +640,8 @@ def add_classes(parent: "Dataset", paths: Sequence[str], root, name: str, *, des
     categories ``paths`` (``"Dept > Category > New"``; any class of the path not yet in it is
     added too), no row labelled with them yet; ``descriptions[i]``, if given, describes
     ``paths[i]`` (words, synonyms: ``ktt.zeroshot``)."""
+    if not label_sep.strip():
+        raise BadValue(f"--label-sep must hold a character other than a space, not {label_sep!r}")
     if len(descriptions) > len(paths):
         raise BadValue(f"{len(descriptions)} descriptions for {len(paths)} categories: each --describe goes "
                        "with the category in the same place")

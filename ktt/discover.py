@@ -28,28 +28,44 @@ def stopped_above(h: Hierarchy, codes: np.ndarray, depths: np.ndarray) -> np.nda
     return depths < h.path_depths(codes)
 
 
-def clusters(texts: list[str], distance: float = 0.85, max_rows: int = 5000, seed: int = 0):
-    """Cluster labels of ``texts`` (-1: left out beyond ``max_rows``, drawn by ``seed``) and the
-    TF-IDF matrix and its terms."""
+def clusters(texts: list[str], distance: float = 0.85, max_rows: int = 3000, seed: int = 0):
+    """Cluster labels of ``texts`` (-1: no cluster), and their TF-IDF rows (sparse) and terms.
+    At most ``max_rows`` of them (drawn by ``seed``) are clustered, from their pairwise cosine
+    distances (``max_rows`` squared floats, never rows x terms); every other text joins the
+    cluster whose mean is nearest, if within ``distance``."""
     from sklearn.cluster import AgglomerativeClustering
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     labels = np.full(len(texts), -1)
     take = np.sort(np.random.default_rng(seed).choice(len(texts), max_rows, replace=False)) \
         if len(texts) > max_rows else np.arange(len(texts))
-    vec = TfidfVectorizer(ngram_range=(1, 2), token_pattern=r"(?u)\b[^\W\d_]{2,}\b", sublinear_tf=True)
+    vec = TfidfVectorizer(ngram_range=(1, 2), token_pattern=r"(?u)\b[^\W\d_]{2,}\b", sublinear_tf=True,
+                          dtype=np.float32)
     try:
-        x = vec.fit_transform([texts[i] for i in take])
+        vec.fit([texts[i] for i in take])
     except ValueError:  # no word at all (numbers, one-letter tokens)
         return labels, None, []
+    x = vec.transform(texts)
     if len(take) > 1:
-        labels[take] = AgglomerativeClustering(n_clusters=None, metric="cosine", linkage="average",
-                                               distance_threshold=distance).fit_predict(x.toarray())
+        near = np.clip(1 - (x[take] @ x[take].T).toarray(), 0, 2)
+        labels[take] = AgglomerativeClustering(n_clusters=None, metric="precomputed", linkage="average",
+                                               distance_threshold=distance).fit_predict(near)
     else:
         labels[take] = 0
-    full = np.zeros((len(texts), x.shape[1]), np.float32)
-    full[take] = x.toarray()
-    return labels, full, vec.get_feature_names_out()
+    rest = np.setdiff1d(np.arange(len(texts)), take)
+    if len(rest):
+        import scipy.sparse as sp
+
+        ids = np.unique(labels[take])
+        member = sp.csr_matrix((np.ones(len(take), np.float32), (np.searchsorted(ids, labels[take]), take)),
+                               shape=(len(ids), len(texts)))
+        means = member @ x  # per cluster, the sum of its rows, normalised below: cosine to each mean
+        norms = np.sqrt(np.asarray(means.multiply(means).sum(1))).ravel()
+        for part in np.array_split(rest, -(-len(rest) // 10_000)):  # rows x clusters, 10,000 rows at a time
+            sim = (x[part] @ means.T).toarray() / np.maximum(norms, 1e-12)
+            best = sim.argmax(1)
+            labels[part] = np.where(1 - sim[np.arange(len(part)), best] <= distance, ids[best], -1)
+    return labels, x, vec.get_feature_names_out()
 
 
 def propose(h: Hierarchy, texts, codes: np.ndarray, depths: np.ndarray, *, min_size: int = 3,
@@ -75,7 +91,8 @@ def propose(h: Hierarchy, texts, codes: np.ndarray, depths: np.ndarray, *, min_s
             inside = labels == c
             if inside.sum() < min_size:
                 continue
-            apart = x[inside].mean(0) - (x[~inside & (labels >= 0)].mean(0) if (~inside & (labels >= 0)).any() else 0)
+            others = ~inside & (labels >= 0)
+            apart = np.asarray(x[inside].mean(0)).ravel() - (np.asarray(x[others].mean(0)).ravel() if others.any() else 0)
             top = [vocab[j] for j in np.argsort(-apart)[:terms] if apart[j] > 0]
             members = [group[i] for i in np.flatnonzero(inside)]
             name = _name(dict.fromkeys(w for t in top for w in t.split()), members)
@@ -86,7 +103,7 @@ def propose(h: Hierarchy, texts, codes: np.ndarray, depths: np.ndarray, *, min_s
                         "size": int(inside.sum()), "terms": ", ".join(top),
                         "nearest": h.names(len(parent))[kids[counts.argmax()]] if len(kids) else "",
                         "nearest_share": round(float(counts.max() / counts.sum()), 3) if len(kids) else 0.0,
-                        "examples": " | ".join(members[:examples]), "rows": rows[inside]})
+                        "examples": " | ".join(list(dict.fromkeys(members))[:examples]), "rows": rows[inside]})
     return pd.DataFrame(out, columns=[*COLUMNS, "rows"]).sort_values("size", ascending=False, kind="stable").reset_index(drop=True)
 
 

@@ -431,16 +431,21 @@ class Hierarchy:
             # where a path may end, per level (every real class of the last level; above it, the
             # classes some path ends at); "" as a class name's last part marks an end class
             "may_end": [self.may_end(d).tolist() for d in range(self.depth)],
-            **({"descriptions": {SEP.join(p): text for p, text in sorted(self.descriptions.items())}}
+            # [path, text] pairs: a path joined into one string would be ambiguous when a name holds " > "
+            **({"descriptions": [[list(p), text] for p, text in sorted(self.descriptions.items())]}
                if self.descriptions else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Hierarchy":
         try:
-            described = {tuple(k.split(SEP)): str(v) for k, v in d.get("descriptions", {}).items()}
+            described = {}
+            for path, text in d.get("descriptions", []):
+                if not isinstance(text, str) or not isinstance(path, list) or not all(isinstance(x, str) for x in path):
+                    raise TypeError(f"a description is a [path, text] pair of strings, not {[path, text]!r}")
+                described[tuple(path)] = text
             return cls(tuple(tuple(tuple(p) for p in lv) for lv in d["levels"]), described)
-        except (KeyError, TypeError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BadValue(f"not a KTT hierarchy: {e}") from None
 
     def save(self, path: str | os.PathLike) -> None:

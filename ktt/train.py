@@ -15,6 +15,7 @@ from .errors import BadValue
 from .data import load_dataset
 from .metrics import confusion_summary, evaluate, level_ece, level_table, row_counts, stop_curve
 from .model import NullLogger
+from .zeroshot import with_name_rows
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,9 @@ def train(model: str, dataset: str, *, overrides: dict | None = None, datasets_r
     world = distributed.setup()
     if world.main:
         tracking.check_tracking_uri()
-    ds = load_dataset(dataset, datasets_root)
+    # name rows for the classes no row has (ktt.zeroshot) are training rows like the others: an
+    # update's diff sees them, so the nodes above a new category learn its name too
+    ds = with_name_rows(load_dataset(dataset, datasets_root), registry.get(model).name_rows)
     est, update, tags = estimator(model, ds, overrides, resume, start_from, tags)
     if world.size > 1 and not est.distributable:
         raise BadValue(f"model {model!r} does not train on several processes; run it without torchrun")
@@ -190,29 +193,26 @@ def log_run_info(est, ds, world, tags: dict) -> dict:
     return {**data_params, **params}
 
 
-_taxonomy_tables: dict = {}  # dataset digest -> its taxonomy.parquet table: a sweep's fits of one dataset share it
+_taxonomy_tables: dict = {}  # (dataset digest, training rows) -> its taxonomy.parquet table: a sweep's fits share it
 
 
 def taxonomy_table(ds):
-    if ds.digest not in _taxonomy_tables:
+    key = (ds.digest, len(ds.train))  # the training rows' count: name rows included (ktt.zeroshot)
+    if key not in _taxonomy_tables:
         if len(_taxonomy_tables) >= 2:
             _taxonomy_tables.pop(next(iter(_taxonomy_tables)))
-        _taxonomy_tables[ds.digest] = taxonomy.of_dataset(ds).frame()
-    return _taxonomy_tables[ds.digest]
+        _taxonomy_tables[key] = taxonomy.of_dataset(ds).frame()
+    return _taxonomy_tables[key]
 
 
 def fit(est, ds, logger, world, update=None) -> float:
     """Fit (every process of a distributed fit together; ``update``: from a trained model, its
-    diff), on the training rows and name rows for the classes they lack (``ktt.zeroshot``); the
-    seconds it took, logged."""
-    from .zeroshot import with_name_rows
-
+    diff); the seconds it took, logged."""
     t0 = time.perf_counter()
-    train = with_name_rows(ds.train, est.name_rows)
     if update:
-        est.update(update[0], update[1], train, ds.val, logger)
+        est.update(update[0], update[1], ds.train, ds.val, logger)
     else:
-        est.fit(train, ds.val, logger)
+        est.fit(ds.train, ds.val, logger)
     train_time = time.perf_counter() - t0
     distributed.finish(world)  # from here on rank 0 works alone
     logger.log_metrics({"train_time_s": train_time})

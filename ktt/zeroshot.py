@@ -35,9 +35,13 @@ def unlabelled(h: Hierarchy, codes: np.ndarray) -> list[tuple]:
 
 def with_name_rows(split, copies: int):
     """``split`` plus ``copies`` name rows (:func:`name_text`) for every leaf it has no row of;
-    ``split`` itself when there is none (or ``copies`` is 0)."""
+    ``split`` itself when there is none (or ``copies`` is 0). A dataset: the same, its training
+    split so extended."""
     from dataclasses import replace
 
+    if hasattr(split, "train"):
+        train = with_name_rows(split.train, copies)
+        return split if train is split.train else replace(split, train=train)
     missing = unlabelled(split.hierarchy, split.codes) if copies and len(split) else []
     if not missing:
         return split

@@ -95,7 +95,7 @@ def test_an_append_keeps_a_category_waiting_for_rows_and_drops_one_corrected_awa
 def test_a_category_added_without_rows_is_answered_from_its_name_after_an_update(tracking, bigbasket_small, tmp_path):
     """``ktt taxonomy add`` then ``ktt train --from``: a real BigBasket slice, a new leaf named
     and described by words no training title holds; titles made of those words go to it, the
-    others keep their answers."""
+    test split is answered as well as before."""
     from ktt.train import train
 
     root = bigbasket_small
@@ -115,9 +115,11 @@ def test_a_category_added_without_rows_is_answered_from_its_name_after_an_update
     old = registry.get("tfidf_hsgd").load(resolve_source(first.run_id).checkpoint)
     got = model.predict_paths(["kombucha scoby tea", "scoby kombucha tea 500 ml"])
     assert all(tuple(p) == parent + ("Kombucha",) for p in got), got
-    test = load_dataset("bb_small", root).test
-    same = np.mean([a == b for a, b in zip(model.predict_paths(test.texts), old.predict_paths(test.texts))])
-    assert same > 0.95
+    from ktt.metrics import evaluate
+
+    test = load_dataset("bb_small", root).test  # the nodes above the new leaf are refitted: the rest answers as well
+    before, after = (evaluate(m.hierarchy, m.hierarchy.encode(test.paths), m.predict(test.texts))["h_f1"] for m in (old, model))
+    assert after >= before - 0.03, (before, after)  # 150 test rows: 0.02 is about 3 of them (measured: 0.76 -> 0.74)
 
 
 def test_discover_clusters_the_titles_stopped_under_each_class_and_names_them_by_their_own_words():
@@ -163,6 +165,9 @@ def test_ktt_discover_proposes_from_a_logged_model_and_names_bad_input(tracking,
     assert all(h.class_index(tuple(p.split(" > "))) is not None for p in found["parent"] if isinstance(p, str))
     bad = CliRunner().invoke(main, ["discover", f"runs:/{fit.run_id}/model", str(titles), str(out)])
     assert bad.exit_code == 2 and "no column 'text'" in bad.output and len(bad.output.strip().splitlines()) == 1
+    (tmp_path / "empty.csv").write_text("")
+    bad = CliRunner().invoke(main, ["discover", f"runs:/{fit.run_id}/model", str(tmp_path / "empty.csv"), str(out)])
+    assert bad.exit_code == 2 and "empty.csv: an empty file" in bad.output, bad.output
 
 
 def test_the_review_queue_puts_titles_routed_near_a_new_category_first():
@@ -176,3 +181,63 @@ def test_the_review_queue_puts_titles_routed_near_a_new_category_first():
     conf = np.array([[0.1] * 3, [0.9] * 3, [0.2] * 3, [0.5] * 3, [0.3] * 3])
     assert queue(conf).tolist() == [0, 2, 4, 3, 1]
     assert queue(conf, first=near(h, codes, [("Food", "Pasta", "Penne")])).tolist() == [3, 1, 0, 2, 4]
+
+
+def test_an_update_teaches_the_levels_above_a_new_category_its_name(tracking, tmp_path):
+    """``--from`` keeps a node whose rows did not change; name rows are training rows the diff
+    sees, so the nodes above a new category are refitted and route its words to it (found by the
+    hostile review: the kept root node sent "noodles" elsewhere)."""
+    from ktt import registry
+    from ktt.synth import generate
+    from ktt.data import prepare
+    from ktt.tracking import resolve_source
+    from ktt.train import train
+
+    splits, h, _ = prepare(generate(600))
+    write_dataset(splits, h, tmp_path, "base")
+    first = train("tfidf_hsgd", "base", datasets_root=tmp_path, weights_root=tmp_path / "w", figures=False, log_model=False)
+    out = CliRunner().invoke(main, ["taxonomy", "add", "base", "-n", "nb", "Food > Pasta > Noodles", "--describe",
+                                    "ramen udon instant noodles", "--datasets", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    fits = [train("tfidf_hsgd", "nb", datasets_root=tmp_path, weights_root=tmp_path / "w", figures=False,
+                  log_model=False, **kw) for kw in ({}, {"start_from": first.run_id})]
+    for fit in fits:
+        model = registry.get("tfidf_hsgd").load(resolve_source(fit.run_id).checkpoint)
+        assert [tuple(p) for p in model.predict_paths(["ramen noodles", "udon"])] == [("Food", "Pasta", "Noodles")] * 2
+
+
+def test_odd_names_and_descriptions_from_the_hostile_review(small):
+    """Found by the hostile review: an empty --label-sep was a traceback; a name holding " > "
+    with a description wrote a dataset that could not be read back; a non-string description
+    became the text "None"."""
+    out = CliRunner().invoke(main, ["taxonomy", "add", "v1", "-n", "v9", "Food > Pasta > A", "--label-sep", "",
+                                    "--datasets", str(small)])
+    assert out.exit_code == 2 and "--label-sep must hold a character" in out.output
+    out = CliRunner().invoke(main, ["taxonomy", "add", "v1", "-n", "v9", "Home|Odd > Name", "--label-sep", "|",
+                                    "--describe", "odd", "--datasets", str(small)])
+    assert out.exit_code == 0, out.output
+    assert load_dataset("v9", small).hierarchy.descriptions == {("Home", "Odd > Name"): "odd"}
+    d = hand_built().to_dict()
+    for bad in ([[["Food"], None]], [["Food", "edible"]], {"Food": "edible"}):
+        with pytest.raises(BadValue, match="not a KTT hierarchy"):
+            Hierarchy.from_dict({**d, "descriptions": bad})
+
+
+def test_clusters_beyond_the_sample_join_the_nearest_one():
+    """Only ``max_rows`` titles are clustered (their pairwise distances, never rows x terms);
+    the others join the nearest cluster within the distance, so sizes count every title."""
+    from ktt.discover import clusters
+
+    texts = [f"udon noodles {w}" for w in ("a", "b", "c")] * 10 + ["lasagne sheets egg"] * 10 + ["zzz qqq"]
+    labels, _, _ = clusters(texts, max_rows=12)
+    assert len(set(labels[:30])) == 1 and len(set(labels[30:40])) == 1 and labels[0] != labels[30]
+    assert (labels >= 0).sum() >= 40
+
+
+def test_predict_and_discover_refuse_an_empty_file_and_a_missing_folder_before_scoring(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    for cmd in ("predict", "discover"):
+        out = CliRunner().invoke(main, [cmd, "runs:/0123456789abcdef0123456789abcdef/model", str(empty),
+                                        str(tmp_path / "no" / "such" / "out.csv")])
+        assert out.exit_code == 2 and "no such folder for the output" in out.output, out.output
