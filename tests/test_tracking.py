@@ -48,7 +48,9 @@ def test_tracked_fit_logs_everything(tracking, bigbasket_small, tmp_path):
     from ktt.tracking import run_side
     from ktt.taxonomy import of_dataset
     assert run.data.tags["ktt.taxonomy"] == ds.taxonomy == ds.manifest["taxonomy"]
-    logged_side, side = run_side(run_id), of_dataset(ds)
+    from ktt.zeroshot import with_name_rows  # the rows that trained it: name rows for the leaves without one too
+    logged_side, side = run_side(run_id), of_dataset(with_name_rows(ds, 5))
+    assert len(logged_side.rows) > len(of_dataset(ds).rows)
     assert logged_side.hierarchy == ds.hierarchy and np.array_equal(logged_side.codes, side.codes)
     assert np.array_equal(logged_side.rows, side.rows)
     # checkpoint mirrored to weights/<model>/<dataset>/ and logged as an artifact
@@ -281,7 +283,7 @@ def test_lenient_logging_goes_on_after_a_failure_and_raises_it_at_the_end(tracki
     assert data.params == {"alpha": "0.1"} and data.tags["stage"] == "step 2"
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == [(0, 3.0), (1, 2.0), (2, 1.0)]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "metrics")} == {"metrics/a.json"}
-    assert after == [None] and logs._lost is None  # skipped; the next run starts clean
+    assert after == [None] and logs._state.lost is None  # skipped; the next run starts clean
     with mlflow.start_run(), tr.lenient():
         assert tr.send(lambda: "sent") == "sent"
 
@@ -354,3 +356,39 @@ def test_a_fit_that_fails_marks_its_model_failed(tracking, bigbasket_small, tmp_
     assert run.info.status == "FAILED"
     made = MlflowClient().search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
     assert [m.status for m in made] == [LoggedModelStatus.FAILED]  # not left pending
+
+
+def test_lenient_is_each_threads_own_and_a_broken_read_is_named_briefly(tracking):
+    """Found by the hostile review: one thread's failure was raised in another thread's block;
+    a connection broken mid-read fell back to 200 characters of MLflow's message."""
+    from ktt.tracking import lenient, send
+    from ktt.tracking.logs import cause
+
+    got, started = {}, threading.Event()
+
+    def quiet():
+        try:
+            with lenient():
+                started.set()
+                time.sleep(0.5)
+            got["A"] = "ok"
+        except Exception as e:
+            got["A"] = repr(e)
+
+    def failing():
+        try:
+            with lenient():
+                send(lambda: (_ for _ in ()).throw(RuntimeError("thread B")))
+            got["B"] = "ok"
+        except Exception as e:
+            got["B"] = repr(e)
+    a = threading.Thread(target=quiet)
+    a.start()
+    started.wait(5)
+    b = threading.Thread(target=failing)
+    b.start()
+    a.join(), b.join()
+    assert got == {"A": "ok", "B": "RuntimeError('thread B')"}
+    text = ("API request to http://127.0.0.1:5143/api/2.0/mlflow/runs/log-inputs failed with exception ('Connection "
+            "broken: IncompleteRead(0 bytes read, 2 more expected)', IncompleteRead(0 bytes read, 2 more expected))")
+    assert cause(Exception(text)) == "Connection broken: IncompleteRead"

@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ..errors import Unavailable
 from .checkpoints import KINDS, SUFFIX, atomic_write, claim, remove_stale
 from .mlflow_compat import artifact_store, dataset_input
 
-_lost: list | None = None  # inside :func:`lenient`: its first failure; once set, nothing more is sent
+_state = threading.local()  # .lost inside :func:`lenient`: its first failure; once set, nothing more is sent
 
 
 @contextlib.contextmanager
@@ -27,30 +28,30 @@ def lenient(on_failure=None):
     MLflow's bounded retries: ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``) does not stop the fit: nothing
     more is sent, so the fit goes on to its end without waiting out every later request's
     retries, and leaving the block raises that failure, or ``on_failure(error)`` (an exception
-    to raise instead). A nested block: the outer one raises."""
-    global _lost
-    if _lost is not None:
+    to raise instead). A nested block: the outer one raises. Each thread has its own."""
+    if getattr(_state, "lost", None) is not None:
         yield
         return
-    _lost = []
+    _state.lost = []
     try:
         yield
     finally:
-        lost, _lost = _lost, None
+        lost, _state.lost = _state.lost, None
     if lost:
         raise (on_failure(lost[0]) if on_failure else lost[0])
 
 
 def send(work):
     """``work()``'s result; inside :func:`lenient`, None once a call failed (that one included)."""
-    if _lost is None:
+    lost = getattr(_state, "lost", None)
+    if lost is None:
         return work()
-    if _lost:
+    if lost:
         return None
     try:
         return work()
     except Exception as e:
-        _lost.append(e)
+        lost.append(e)
         return None
 
 
@@ -236,7 +237,7 @@ def cause(error: BaseException) -> str:
 
     text = str(error)
     found = re.findall(r"\[Errno -?\d+\] [^'\")\]]+|Read timed out|Connection aborted|RemoteDisconnected[^'\")]*|"
-                       r"Connection reset by peer|Max retries exceeded", text)
+                       r"Connection reset by peer|Connection broken: IncompleteRead|Max retries exceeded", text)
     return found[-1].strip() if found else (text.strip().splitlines() or [type(error).__name__])[0][:200]
 
 
