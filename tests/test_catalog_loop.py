@@ -156,7 +156,8 @@ def test_readme_catalog_loop_runs_as_written_on_bigbasket(tmp_path, tracking, ra
     BigBasket: 2,000 products held out of the catalog are the week's new titles; an oracle reviews
     30 of those sent to review; they come back as bigbasket-v2, the champion is updated with --from
     (the issue's crash: no node needed refitting) and promoted; last year's rows, under a category
-    since renamed, are relabelled into the new version."""
+    since renamed, are relabelled into the new version; a category added with no row is answered
+    from its name after the next update; categories are proposed from the week's titles."""
     import os
     import shlex
     import subprocess
@@ -192,7 +193,7 @@ def test_readme_catalog_loop_runs_as_written_on_bigbasket(tmp_path, tracking, ra
         [c for c in readme_commands("4") if "--register bigbasket" in c]
     loop = readme_commands("8")
     assert len(setup) == 3 and [c.split()[1] for c in loop] == ["predict", "ingest", "taxonomy", "train", "export",
-                                                                 "ingest"]
+                                                                 "ingest", "taxonomy", "train", "discover"]
     for line in setup:
         ktt(line)
     ktt(loop[0])  # predict, the unsure answers to review
@@ -219,6 +220,20 @@ def test_readme_catalog_loop_runs_as_written_on_bigbasket(tmp_path, tracking, ra
     ktt(loop[5])
     old = load_dataset("old", tmp_path / "d")
     assert {p[:2] for s in (old.train, old.val, old.test) for p in s.paths} == {("Beauty & Hygiene", "Hair Care")}
+    # a category added before its rows, answered from its name and description after the update (issue 44)
+    ktt(loop[6])
+    ktt(loop[7])
+    from ktt import registry
+    from ktt.tracking import resolve_source
+
+    new = mlflow.search_runs(experiment_names=["bigbasket-v3"]).iloc[0]
+    model = registry.get("tfidf_hsgd").load(resolve_source(new.run_id).checkpoint)
+    assert [tuple(p) for p in model.predict_paths(["kombucha scoby"])] == [("Beverages", "Tea", "Kombucha")]
+    ktt(loop[8])  # proposals found in the week's titles
+    from ktt.discover import COLUMNS
+
+    found = pd.read_csv(tmp_path / "proposals.csv")
+    assert list(found.columns) == COLUMNS and len(found) > 0 and (found["size"] >= 3).all()
 
 
 def test_reviews_in_file_order_and_no_duplicate_across_splits(tmp_path):

@@ -32,9 +32,10 @@ def test_help_of_every_command(cmd):
 def test_every_command_is_tested():
     from ktt.cli import main
     assert set(main.commands) == {"ingest", "generate", "train", "tune", "export", "serve", "experiment", "models",
-                                  "predict", "compare", "taxonomy", "audit", "figures"}
-    # predict: tests/test_batch.py; compare: tests/test_compare.py; taxonomy: tests/test_taxonomy.py;
-    # audit: tests/test_review_queue.py; figures: tests/test_tracking.py
+                                  "predict", "compare", "taxonomy", "audit", "figures", "discover"}
+    # predict: tests/test_batch.py; compare: tests/test_compare.py; taxonomy: tests/test_taxonomy.py (add:
+    # tests/test_zeroshot.py); audit: tests/test_review_queue.py; figures: tests/test_tracking.py;
+    # discover: tests/test_zeroshot.py
 
 
 def test_models_listed():
