@@ -97,6 +97,8 @@ def log_pyfunc(model_name: str, checkpoint: Path, depth: int, example: list[str]
 
     from mlflow.entities import LoggedModelOutput
 
+    from .tracking.mlflow_compat import no_active_run
+
     with tempfile.TemporaryDirectory() as tmp:
         info = Path(tmp) / "info.json"
         info.write_text(json.dumps({"model": model_name, "depth": depth}))
@@ -109,12 +111,11 @@ def log_pyfunc(model_name: str, checkpoint: Path, depth: int, example: list[str]
                       signature=sig, input_example=pd.DataFrame({"text": example}))
         key = hashlib.sha256(b"".join([model_name.encode(), code.read_bytes(), json.dumps(sig.to_dict()).encode(),
                                        "\n".join(reqs).encode()])).hexdigest()[:24]
-        # ``Model.log`` links the model to this thread's active run, when there is one, and then copies the
-        # run's metrics to it; without one, the model is linked here and names its run in MLmodel (run_id)
-        linked = mlflow.active_run() is not None
-        logged = _checked(key, {**kwargs, "model_id": model_id, "source_run_id": run_id})
-        if not linked:
-            mlflow.MlflowClient().log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+        # linked here, not by ``Model.log`` (it would read every metric of the run back: no_active_run);
+        # the model names its run in MLmodel (source_run_id)
+        with no_active_run():
+            logged = _checked(key, {**kwargs, "model_id": model_id, "source_run_id": run_id})
+        mlflow.MlflowClient().log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
         return logged
 
 

@@ -59,3 +59,13 @@ def test_pyfunc_flavor_hooks_exist():
     # log_model_checked listens for this warning of MLflow's
     assert "Failed to validate serving input" in inspect.getsource(model_module)
 
+
+
+def test_no_active_run_hides_the_run_for_the_block(tracking):
+    """``Model.log`` would read every metric of an active run back (a request per metric)."""
+    from ktt.tracking.mlflow_compat import no_active_run
+
+    with mlflow.start_run() as run:
+        with no_active_run():
+            assert mlflow.active_run() is None
+        assert mlflow.active_run().info.run_id == run.info.run_id

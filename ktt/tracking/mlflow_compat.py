@@ -77,6 +77,22 @@ def _environ(**values):
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def no_active_run():
+    """This thread without an active run for the block. ``Model.log`` links a model to the active
+    run, and then reads every metric of the run back to copy it to the model: a request per metric
+    name to a tracking server (KTT logs the metrics as the model's already, and links the two)."""
+    from mlflow.tracking import fluent
+
+    stack = fluent._active_run_stack.get()
+    saved = list(stack)
+    stack.clear()
+    try:
+        yield
+    finally:
+        stack[:] = saved
+
+
 def dataset_input(path: str, name: str, digest: str, context: str):
     """The MLflow dataset input of a dataset folder (text and labels columns) under its own name and
     digest: ``MetaDataset`` is the only dataset that takes both without reading the data."""
