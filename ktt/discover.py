@@ -79,10 +79,12 @@ def propose(h: Hierarchy, texts, codes: np.ndarray, depths: np.ndarray, *, min_s
         raise BadValue(f"distance must be between 0 and 1 (a cosine distance), not {distance}")
     texts = list(texts)
     out = []
-    stopped = np.flatnonzero(stopped_above(h, codes, depths))
-    where = [tuple(h.levels[d - 1][codes[i, d - 1]]) if d > 0 else () for i, d in zip(stopped, depths[stopped])]
-    for parent in sorted(set(where)):
-        rows = stopped[[w == parent for w in where]]
+    groups: dict[tuple, list[int]] = {}  # the class where each stopped row stopped -> those rows, in one pass
+    for i in np.flatnonzero(stopped_above(h, codes, depths)):
+        d = depths[i]
+        groups.setdefault(tuple(h.levels[d - 1][codes[i, d - 1]]) if d > 0 else (), []).append(i)
+    for parent in sorted(groups):
+        rows = np.asarray(groups[parent])
         if len(rows) < min_size:
             continue
         group = [texts[i] for i in rows]
