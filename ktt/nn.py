@@ -21,6 +21,7 @@ from . import distributed, threads
 from .errors import BadValue, Unavailable
 from .metrics import Monitorable, evaluate, monitor_names
 from .model import Interval, Model, NullLogger, Pattern
+from .zeroshot import name_text, named_only
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 
@@ -176,6 +177,9 @@ class TorchModel(Model):
         # the epochs of an update_scope=new update: each is a pass of the head alone over features
         # encoded once, cheap, and the new classes start from scratch (3 left them half learnt)
         "update_epochs": 10,
+        # a class new to an update that only name rows reach (ktt.zeroshot) starts from its name:
+        # label-embedding initialisation (start_from_names; chosen by measurement, docs/models.md)
+        "name_init": True,
     }
     constraints = {
         **Model.constraints, "pooling": ("mean", "cls"), "decode": ("path", "leaf", "argmax"),
@@ -345,6 +349,9 @@ class TorchModel(Model):
         self._build(old.tokenizer_, old.net_.encoder)
         corr = diff.correspondence()
         transplant(old.net_.head, self.net_.head, corr, old.hierarchy, self.hierarchy)
+        if self.params["name_init"]:  # the new classes no title reaches, only name rows
+            self.start_from_names([np.intersect1d(np.flatnonzero(c < 0), n) for c, n in zip(corr, named_only(train))],
+                                  train.texts)
         changed, classes = row_changes(diff)
         rows, weights = update_rows(diff, train, self.replay, self.params["seed"], changed)
         logger.log_metrics({"update_rows": float(len(rows))})
@@ -364,6 +371,52 @@ class TorchModel(Model):
         part = train.subset(rows)
         part.weights = weights
         return self.fit(part, val, logger)
+
+    @torch.no_grad()
+    def start_from_names(self, classes: list[np.ndarray], texts: list[str], sample: int = 256) -> None:
+        """Label-embedding initialisation (issue 44): each class of ``classes`` (per level, the
+        class indices) gets, in every head layer whose rows are classes (``class_axes`` (level, ...)),
+        the row pointing from where that layer sees typical titles (``sample`` of ``texts``) to
+        where it sees the class's name (:func:`ktt.zeroshot.name_text`), as long as the level's
+        other rows, and the bias that scores a typical title as they do on average:
+        ``logit(r) = |w| û·(r − r̄) + mean(b)``. A title near the name scores above the others."""
+        h, head = self.hierarchy, self.net_.head
+        new = [np.asarray(c, dtype=np.int64) for c in classes]
+        if not sum(map(len, new)):
+            return
+        flat = np.concatenate([c + h.offsets[d] for d, c in enumerate(new)])
+        names = [name_text(h, h.levels[d][i]) for d, c in enumerate(new) for i in c]
+        rows = {name: ax[0] for name, ax in getattr(head, "class_axes", {}).items()
+                if name.endswith("weight") and len(ax) == 2 and ax[0] is not None}
+        seen: dict[str, list] = {name: [] for name in rows}
+        hooks = [head.get_submodule(name.rsplit(".", 1)[0]).register_forward_pre_hook(
+            lambda _, args, name=name: seen[name].append(args[0].float())) for name in rows]
+        pick = np.random.default_rng(self.params["seed"]).permutation(len(texts))[:sample]
+        try:
+            self.net_.eval()
+            head(self._pooled(names))
+            head(self._pooled([texts[i] for i in pick]))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        sd = head.state_dict()
+        for name, level in rows.items():
+            (r_name, r_typical), w = seen[name], sd[name]
+            b = sd.get(name[:-len("weight")] + "bias")
+            levels = range(h.depth) if level == "all" else [level]
+            mean = r_typical.mean(0)
+            for d in levels:
+                shift = h.offsets[d] if level == "all" else 0  # a tensor over all levels' classes
+                at, others = new[d] + shift, np.setdiff1d(np.arange(h.sizes[d]), new[d]) + shift
+                if not len(at):
+                    continue
+                at_t, others = torch.as_tensor(at), torch.as_tensor(others)
+                u = r_name[torch.as_tensor(np.searchsorted(flat, new[d] + h.offsets[d]))] - mean
+                u = u / u.norm(dim=1, keepdim=True).clamp(min=1e-9)
+                scale = w[others].norm(dim=1).mean() if len(others) else w[at_t].norm(dim=1).mean()
+                w[at_t] = (scale * u).to(w.dtype)
+                if b is not None:
+                    b[at_t] = ((b[others].mean() if len(others) else b[at_t].mean()) - (w[at_t].float() @ mean)).to(b.dtype)
 
     def _optimiser(self, n_rows: int, freeze_encoder: bool = False, epochs: int | None = None):
         """AdamW over what trains (the encoder, frozen in part or whole by ``freeze_*``, at

@@ -51,15 +51,21 @@ def with_name_rows(split, copies: int):
     return replace(split, texts=split.texts + texts, paths=split.paths + paths, weights=weights)
 
 
+def named_only(split) -> list[np.ndarray]:
+    """Per level, the classes that only name rows (:func:`with_name_rows`) of ``split`` reach."""
+    h = split.hierarchy
+    titled = np.array([t != name_text(h, p) for t, p in zip(split.texts, split.paths)], dtype=bool)
+    codes = np.asarray(split.codes)[titled]
+    return [np.setdiff1d(np.unique(split.codes[:, d]), codes[:, d]) for d in range(h.depth)]
+
+
 def near(h: Hierarchy, codes: np.ndarray, leaves: list[tuple]) -> np.ndarray:
-    """Per row of predicted paths ``codes``, whether it is routed near one of ``leaves`` (new
-    categories: :func:`unlabelled` of the training rows): its path takes that leaf, or passes
-    through that leaf's parent. The review queue puts these first (``ktt.review.queue(first=)``),
-    so that the first reviewed rounds give the new categories their rows."""
+    """Per row of predicted paths ``codes``, whether it is routed to one of ``leaves`` (new
+    categories: :func:`unlabelled` of the training rows). The review queue puts these first
+    (``ktt.review.queue(first=)``), so that the first reviewed rounds give the new categories their
+    rows. Not the titles routed to a new leaf's parent: most of those are its siblings', and with
+    them first the loop gained nothing (docs/benchmarks.md, "New categories on day one")."""
     hit = np.zeros(len(codes), dtype=bool)
     for leaf in leaves:
-        d = len(leaf) - 1
-        at = h.class_index(leaf[:-1]) if d > 0 else None
-        hit |= (codes[:, d - 1] == at) if d > 0 else (codes[:, 0] == h.class_index(leaf))
-        hit |= codes[:, d] == h.class_index(leaf)
+        hit |= codes[:, len(leaf) - 1] == h.class_index(leaf)
     return hit

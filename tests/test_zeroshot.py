@@ -170,17 +170,18 @@ def test_ktt_discover_proposes_from_a_logged_model_and_names_bad_input(tracking,
     assert bad.exit_code == 2 and "empty.csv: an empty file" in bad.output, bad.output
 
 
-def test_the_review_queue_puts_titles_routed_near_a_new_category_first():
+def test_the_review_queue_puts_titles_routed_to_a_new_category_first():
+    """Routed to the new leaf itself, not to its parent (a sibling's title: Spaghetti, row 1)."""
     from ktt.review import queue
     from ktt.zeroshot import near
 
     h = Hierarchy.from_paths(PATHS)
     codes = h.encode([PATHS[3], PATHS[0], PATHS[2], PATHS[1], PATHS[3]])
-    assert near(h, codes, [("Food", "Pasta", "Penne")]).tolist() == [False, True, False, True, False]
-    assert near(h, codes, [("Home", "Clean", "Soap")]).tolist() == [True, False, False, False, True]
+    assert near(h, codes, [("Food", "Pasta", "Penne")]).tolist() == [False, False, False, True, False]
+    assert near(h, codes, [("Home", "Clean", "Soap"), ("Food", "Dairy")]).tolist() == [True, False, True, False, True]
     conf = np.array([[0.1] * 3, [0.9] * 3, [0.2] * 3, [0.5] * 3, [0.3] * 3])
     assert queue(conf).tolist() == [0, 2, 4, 3, 1]
-    assert queue(conf, first=near(h, codes, [("Food", "Pasta", "Penne")])).tolist() == [3, 1, 0, 2, 4]
+    assert queue(conf, first=near(h, codes, [("Food", "Pasta", "Penne")])).tolist() == [3, 0, 2, 4, 1]
 
 
 def test_an_update_teaches_the_levels_above_a_new_category_its_name(tracking, tmp_path):
@@ -241,3 +242,81 @@ def test_predict_and_discover_refuse_an_empty_file_and_a_missing_folder_before_s
         out = CliRunner().invoke(main, [cmd, "runs:/0123456789abcdef0123456789abcdef/model", str(empty),
                                         str(tmp_path / "no" / "such" / "out.csv")])
         assert out.exit_code == 2 and "no such folder for the output" in out.output, out.output
+
+
+ENCODERS = ["db_linear", "db_bhcn", "db_bhcn_awx", "db_ahmcnf", "db_achmcnn"]
+TYPICAL = ["barilla spaghetti 500 g", "de cecco penne rigate", "amul butter 100 g", "dove soap bar", "lux soap"]
+
+
+def _built(name, tiny_encoder):
+    from ktt import registry
+
+    h = hand_built()
+    model = registry.create(name, h, encoder=tiny_encoder, **registry.get(name).test_params)
+    model._build()
+    return model, h
+
+
+def test_label_embedding_initialisation_by_hand(tiny_encoder):
+    """db_linear's logits are W r + b over the pooled text r: the new leaf's row is the mean norm
+    of the other rows along (r(name) − mean r(typical)), its bias the others' mean bias less that
+    row times the mean: logit = |w| û·(r − r̄) + mean(b), computed here from the encoder's vectors."""
+    import torch
+
+    model, h = _built("db_linear", tiny_encoder)
+    penne = h.class_index(("Food", "Pasta", "Penne"))
+    lin = model.net_.head[1]
+    w0, b0 = lin.weight.detach().clone(), lin.bias.detach().clone()
+    model.start_from_names([np.array([], int), np.array([], int), np.array([penne])], TYPICAL, sample=len(TYPICAL))
+    others = [i for i in range(h.n_leaves) if i != penne]
+    r = model._pooled(["Penne quill tubes", *TYPICAL])
+    r_bar = r[1:].mean(0)
+    u = (r[0] - r_bar) / (r[0] - r_bar).norm()
+    scale = w0[others].norm(dim=1).mean()
+    torch.testing.assert_close(lin.weight[others], w0[others])
+    torch.testing.assert_close(lin.bias[others], b0[others])
+    torch.testing.assert_close(lin.weight[penne], scale * u)
+    model.net_.eval()
+    with torch.no_grad():
+        logits = model.net_.head(r)
+    torch.testing.assert_close(logits[:, penne], scale * (r - r_bar) @ u + b0[others].mean())
+    assert logits[0, penne] > logits[1:, penne].max()  # its name scores it above every typical title
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_label_embedding_initialisation_changes_only_the_new_class_in_every_head(name, tiny_encoder):
+    """In every encoder head, only the rows (and biases) of the new class's class-indexed layers
+    change; each becomes as long as its level's other rows."""
+    import torch
+
+    model, h = _built(name, tiny_encoder)
+    head = model.net_.head
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    penne = h.class_index(("Food", "Pasta", "Penne"))
+    model.start_from_names([np.array([], int), np.array([], int), np.array([penne])], TYPICAL)
+    leaf_rows = {"all": h.offsets[2] + penne, 2: penne}
+    changed = 0
+    for k, v in head.state_dict().items():
+        ax = head.class_axes.get(k, ())
+        row = leaf_rows.get(ax[0]) if ax else None
+        if row is None or (len(ax) == 1 and not k.endswith("bias")):
+            torch.testing.assert_close(v, before[k], msg=f"{name}: {k} changed")
+            continue
+        mask = torch.ones(len(v), dtype=torch.bool)
+        mask[row] = False
+        torch.testing.assert_close(v[mask], before[k][mask], msg=f"{name}: {k}'s other rows changed")
+        changed += not torch.equal(v[row], before[k][row])
+        if v.dim() == 2:
+            span = (torch.arange(h.sizes[2]) + (h.offsets[2] if ax[0] == "all" else 0))
+            others = span[span != row]
+            torch.testing.assert_close(v[row].norm(), before[k][others].norm(dim=1).mean())
+    assert changed >= 2, f"{name}: the new class's weights and bias did not change"
+
+
+def test_an_update_starts_only_the_classes_that_only_name_rows_reach_from_their_names():
+    from ktt.zeroshot import named_only
+
+    h = Hierarchy.from_paths(PATHS + [("Home", "Garden", "Seeds")])
+    split = with_name_rows(Split(["barilla spaghetti", "de cecco penne", "amul milk", "dove soap"], PATHS, h), 2)
+    got = named_only(split)
+    assert [list(g) for g in got] == [[], [h.class_index(("Home", "Garden"))], [h.class_index(("Home", "Garden", "Seeds"))]]
