@@ -64,12 +64,14 @@ def without(name: str, ds, leaves, params: dict):
     from ktt import registry
     from ktt.data import Split
     from ktt.hierarchy import Hierarchy
+    from ktt.zeroshot import with_name_rows
 
     kept = {s: np.flatnonzero(~np.isin(getattr(ds, s).codes[:, -1], leaves)) for s in ("train", "val", "test")}
     h = Hierarchy.from_paths([getattr(ds, s).paths[i] for s, rows in kept.items() for i in rows])
     old = SimpleNamespace(name="old", hierarchy=h, **{
         s: Split([getattr(ds, s).texts[i] for i in kept[s]], [getattr(ds, s).paths[i] for i in kept[s]], h)
         for s in kept})
+    old.train = with_name_rows(old.train, registry.get(name).name_rows)  # as `ktt train` fits it
     model = registry.create(name, h, **params).fit(old.train, old.val)
     model.calibrate(old.val)
     return model, old

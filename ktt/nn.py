@@ -290,6 +290,7 @@ class TorchModel(Model):
                 bad += 1
             logger.checkpoint(self, "last", state={
                 "epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "best": best,
+                "update": bool(upd),  # its held weights and frozen encoder are not in the state: not resumable
                 "bad_epochs": bad, "step": run.step, "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(self.device_) if self.device_.type == "cuda" else None})
             if not upd and distributed.decide(bad >= p["patience"], world):
@@ -376,32 +377,42 @@ class TorchModel(Model):
     def start_from_names(self, classes: list[np.ndarray], texts: list[str], sample: int = 256) -> None:
         """Label-embedding initialisation (issue 44): each class of ``classes`` (per level, the
         class indices) gets, in every head layer whose rows are classes (``class_axes`` (level, ...)),
-        the row pointing from where that layer sees typical titles (``sample`` of ``texts``) to
-        where it sees the class's name (:func:`ktt.zeroshot.name_text`), as long as the level's
-        other rows, and the bias that scores a typical title as they do on average:
-        ``logit(r) = |w| û·(r − r̄) + mean(b)``. A title near the name scores above the others."""
+        the row pointing from where that layer sees typical titles (``sample`` of ``texts``, name
+        rows left out) to where it sees the class's name (:func:`ktt.zeroshot.name_text`), as long
+        as the level's other rows, and the bias at which no sampled title scores it above that
+        title's best other class: ``logit(r) = |w| û·(r − r̄) + c``. Titles nearer the name than
+        any typical title score higher; the training that follows sets the rest."""
         h, head = self.hierarchy, self.net_.head
-        new = [np.asarray(c, dtype=np.int64) for c in classes]
+        new = [np.unique(np.asarray(c, dtype=np.int64)) for c in classes]
         if not sum(map(len, new)):
             return
         flat = np.concatenate([c + h.offsets[d] for d, c in enumerate(new)])
         names = [name_text(h, h.levels[d][i]) for d, c in enumerate(new) for i in c]
+        # the layers whose rows are classes, each a module called once a forward on its input (any
+        # other, a plugin's, keeps its fresh rows: its input is not known)
+        modules = dict(head.named_modules())
         rows = {name: ax[0] for name, ax in getattr(head, "class_axes", {}).items()
-                if name.endswith("weight") and len(ax) == 2 and ax[0] is not None}
+                if name.endswith(".weight") and len(ax) == 2 and ax[0] is not None and name[:-7] in modules}
         seen: dict[str, list] = {name: [] for name in rows}
-        hooks = [head.get_submodule(name.rsplit(".", 1)[0]).register_forward_pre_hook(
-            lambda _, args, name=name: seen[name].append(args[0].float())) for name in rows]
-        pick = np.random.default_rng(self.params["seed"]).permutation(len(texts))[:sample]
+        hooks = [modules[name[:-7]].register_forward_pre_hook(
+            lambda _, args, name=name: seen[name].append(args[0].float() if args else None)) for name in rows]
+        titles = [t for t in texts if t not in set(names)]
+        if not titles:  # nothing to tell a typical title by
+            return
+        pick = np.random.default_rng(self.params["seed"]).permutation(len(titles))[:sample]
         try:
             self.net_.eval()
             head(self._pooled(names))
-            head(self._pooled([texts[i] for i in pick]))
+            head(self._pooled([titles[i] for i in pick]))
         finally:
             for hook in hooks:
                 hook.remove()
         sd = head.state_dict()
         for name, level in rows.items():
-            (r_name, r_typical), w = seen[name], sd[name]
+            w = sd[name]
+            if len(seen[name]) != 2 or any(r is None or r.shape[-1] != w.shape[1] for r in seen[name]):
+                continue
+            r_name, r_typical = seen[name]
             b = sd.get(name[:-len("weight")] + "bias")
             levels = range(h.depth) if level == "all" else [level]
             mean = r_typical.mean(0)
@@ -414,9 +425,19 @@ class TorchModel(Model):
                 u = r_name[torch.as_tensor(np.searchsorted(flat, new[d] + h.offsets[d]))] - mean
                 u = u / u.norm(dim=1, keepdim=True).clamp(min=1e-9)
                 scale = w[others].norm(dim=1).mean() if len(others) else w[at_t].norm(dim=1).mean()
-                w[at_t] = (scale * u).to(w.dtype)
-                if b is not None:
-                    b[at_t] = ((b[others].mean() if len(others) else b[at_t].mean()) - (w[at_t].float() @ mean)).to(b.dtype)
+                row = scale * u
+                w[at_t] = row.to(w.dtype)
+                if b is None:
+                    continue
+                if len(others):
+                    # the offset at which no sampled title scores the class above its best other class:
+                    # a new class must not take the titles the old ones answer (with the others' mean
+                    # bias, db_bhcn's other rows lost 7 points of hF1: docs/models.md)
+                    best = (r_typical @ w[others].float().T + b[others].float()).amax(1)
+                    offset = (best[:, None] - (r_typical - mean) @ row.T).amin(0)
+                else:
+                    offset = b[at_t].float()
+                b[at_t] = (offset - row @ mean).to(b.dtype)
 
     def _optimiser(self, n_rows: int, freeze_encoder: bool = False, epochs: int | None = None):
         """AdamW over what trains (the encoder, frozen in part or whole by ``freeze_*``, at

@@ -166,6 +166,8 @@ def resumed(model: str, ds, resume: str, overrides: dict | None):
     est = cls.load(tracking.resolve_checkpoint(resume))
     if getattr(est, "resume_state_", None) is None:
         raise BadValue(f"{resume} holds no training state; resume from a last_ checkpoint")
+    if est.resume_state_.get("update"):
+        raise BadValue(f"{resume} is an update's (--from): an update cannot be resumed; run it again with --from")
     if est.hierarchy != ds.hierarchy:
         raise BadValue(f"{resume} was trained on another hierarchy than dataset {ds.name!r}")
     wanted = cls.check_params({**est.params, **(overrides or {})})

@@ -66,6 +66,6 @@ def near(h: Hierarchy, codes: np.ndarray, leaves: list[tuple]) -> np.ndarray:
     rows. Not the titles routed to a new leaf's parent: most of those are its siblings', and with
     them first the loop gained nothing (docs/benchmarks.md, "New categories on day one")."""
     hit = np.zeros(len(codes), dtype=bool)
-    for leaf in leaves:
-        hit |= codes[:, len(leaf) - 1] == h.class_index(leaf)
+    for leaf in leaves:  # at the last level: a path that ends at an inner class has its end class there
+        hit |= codes[:, -1] == h.class_index(tuple(leaf) + (END,) * (h.depth - len(leaf)))
     return hit

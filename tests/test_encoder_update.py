@@ -226,3 +226,23 @@ def test_an_update_encodes_its_rows_and_validation_once(old_bhcn):
     finally:
         hook.remove()
     assert sum(calls) == 8 + len(s2)  # 8 update rows, then validation (here the training split)
+
+
+def test_an_updates_last_checkpoint_is_refused_by_resume_in_one_line(old_bhcn, tmp_path):
+    """An update's held weights and frozen encoder are not in its training state: resuming it
+    (which would rebuild the optimiser over the encoder too) is refused by name, not a crash."""
+    from types import SimpleNamespace
+
+    from ktt.errors import BadValue
+    from ktt.train import resumed
+
+    s1, s2, d = versions(MERGED)
+
+    class Last(Recorded):
+        def checkpoint(self, model, kind, state=None):
+            if kind == "last":
+                model.save(tmp_path / "last.pt", state)
+
+    registry.create("db_bhcn", s2.hierarchy, **{**old_bhcn.params, "update_epochs": 1}).update(old_bhcn, d, s2, s2, Last())
+    with pytest.raises(BadValue, match="an update cannot be resumed"):
+        resumed("db_bhcn", SimpleNamespace(hierarchy=s2.hierarchy), str(tmp_path / "last.pt"), None)

@@ -182,6 +182,10 @@ def test_the_review_queue_puts_titles_routed_to_a_new_category_first():
     conf = np.array([[0.1] * 3, [0.9] * 3, [0.2] * 3, [0.5] * 3, [0.3] * 3])
     assert queue(conf).tolist() == [0, 2, 4, 3, 1]
     assert queue(conf, first=near(h, codes, [("Food", "Pasta", "Penne")])).tolist() == [3, 0, 2, 4, 1]
+    # a new category that ends at an inner class: its end class, not its children (hostile review)
+    h = Hierarchy.from_paths([("Home", "Garden", "Seeds"), ("Home", "Garden"), ("Food", "Dairy")])
+    codes = h.encode([("Home", "Garden", "Seeds"), ("Home", "Garden"), ("Food", "Dairy")])
+    assert near(h, codes, [("Home", "Garden")]).tolist() == [False, True, False]
 
 
 def test_an_update_teaches_the_levels_above_a_new_category_its_name(tracking, tmp_path):
@@ -258,9 +262,10 @@ def _built(name, tiny_encoder):
 
 
 def test_label_embedding_initialisation_by_hand(tiny_encoder):
-    """db_linear's logits are W r + b over the pooled text r: the new leaf's row is the mean norm
-    of the other rows along (r(name) − mean r(typical)), its bias the others' mean bias less that
-    row times the mean: logit = |w| û·(r − r̄) + mean(b), computed here from the encoder's vectors."""
+    """db_linear's logits are W r + b over the pooled text r. The new leaf's row is the mean norm
+    of the other rows along u = r(name) − mean r(typical); its logit |w| û·(r − r̄) + c, with c
+    the largest offset at which no typical title scores it above that title's best other leaf:
+    computed here from the encoder's vectors."""
     import torch
 
     model, h = _built("db_linear", tiny_encoder)
@@ -273,13 +278,17 @@ def test_label_embedding_initialisation_by_hand(tiny_encoder):
     r_bar = r[1:].mean(0)
     u = (r[0] - r_bar) / (r[0] - r_bar).norm()
     scale = w0[others].norm(dim=1).mean()
+    best = (r[1:] @ w0[others].T + b0[others]).max(1).values  # each typical title's best other leaf
+    c = (best - scale * (r[1:] - r_bar) @ u).min()
     torch.testing.assert_close(lin.weight[others], w0[others])
     torch.testing.assert_close(lin.bias[others], b0[others])
     torch.testing.assert_close(lin.weight[penne], scale * u)
     model.net_.eval()
     with torch.no_grad():
         logits = model.net_.head(r)
-    torch.testing.assert_close(logits[:, penne], scale * (r - r_bar) @ u + b0[others].mean())
+    torch.testing.assert_close(logits[:, penne], scale * (r - r_bar) @ u + c)
+    assert (logits[1:, penne] <= best + 1e-5).all()  # no typical title goes to it
+    assert torch.isclose(logits[1:, penne] - best, torch.tensor(0.0), atol=1e-5).any()  # one just ties
     assert logits[0, penne] > logits[1:, penne].max()  # its name scores it above every typical title
 
 
@@ -320,3 +329,42 @@ def test_an_update_starts_only_the_classes_that_only_name_rows_reach_from_their_
     split = with_name_rows(Split(["barilla spaghetti", "de cecco penne", "amul milk", "dove soap"], PATHS, h), 2)
     got = named_only(split)
     assert [list(g) for g in got] == [[], [h.class_index(("Home", "Garden"))], [h.class_index(("Home", "Garden", "Seeds"))]]
+
+
+def test_label_embedding_initialisation_skips_layers_it_cannot_read_and_takes_classes_in_any_order(tiny_encoder):
+    """A plugin head whose class rows are a bare parameter, or a layer called twice a forward,
+    keeps its fresh rows (the class trains from them, as with name_init=False), never a crash;
+    classes given out of order get the rows they get in order (hostile review)."""
+    import torch
+    from torch import nn
+
+    from ktt.nn import TorchModel
+
+    class Odd(nn.Module):
+        def __init__(self, hidden, n):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(n, hidden))
+            self.twice = nn.Linear(hidden, n)
+            self.class_axes = {"weight": (2, None), "twice.weight": (2, None), "twice.bias": (2,)}
+
+        def forward(self, x):
+            return x @ self.weight.T + self.twice(x) + self.twice(x)
+
+    class OddModel(TorchModel):
+        name = "odd"
+
+        def build_head(self, hidden):
+            return Odd(hidden, self.hierarchy.n_leaves)
+
+    h = hand_built()
+    model = OddModel(h, **OddModel.check_params({"encoder": tiny_encoder}))
+    model._build()
+    before = {k: v.clone() for k, v in model.net_.head.state_dict().items()}
+    model.start_from_names([np.array([], int), np.array([], int), np.array([1])], TYPICAL)
+    assert all(torch.equal(v, before[k]) for k, v in model.net_.head.state_dict().items())
+
+    a, _ = _built("db_linear", tiny_encoder)
+    b, _ = _built("db_linear", tiny_encoder)
+    a.start_from_names([np.array([], int), np.array([], int), np.array([3, 0])], TYPICAL)
+    b.start_from_names([np.array([], int), np.array([], int), np.array([0, 3])], TYPICAL)
+    assert torch.equal(a.net_.head[1].weight, b.net_.head[1].weight)
