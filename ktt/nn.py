@@ -21,7 +21,7 @@ from . import distributed, threads
 from .errors import BadValue, Unavailable
 from .metrics import Monitorable, evaluate, monitor_names
 from .model import Interval, Model, NullLogger, Pattern
-from .zeroshot import name_text, named_only
+from .zeroshot import is_name_row, name_text, named_only
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 
@@ -351,8 +351,9 @@ class TorchModel(Model):
         corr = diff.correspondence()
         transplant(old.net_.head, self.net_.head, corr, old.hierarchy, self.hierarchy)
         if self.params["name_init"]:  # the new classes no title reaches, only name rows
+            titled = ~is_name_row(train)
             self.start_from_names([np.intersect1d(np.flatnonzero(c < 0), n) for c, n in zip(corr, named_only(train))],
-                                  train.texts)
+                                  [t for t, keep in zip(train.texts, titled) if keep])
         changed, classes = row_changes(diff)
         rows, weights = update_rows(diff, train, self.replay, self.params["seed"], changed)
         logger.log_metrics({"update_rows": float(len(rows))})
@@ -374,70 +375,66 @@ class TorchModel(Model):
         return self.fit(part, val, logger)
 
     @torch.no_grad()
-    def start_from_names(self, classes: list[np.ndarray], texts: list[str], sample: int = 256) -> None:
+    def start_from_names(self, classes: list[np.ndarray], titles: list[str], sample: int = 256) -> None:
         """Label-embedding initialisation (issue 44): each class of ``classes`` (per level, the
         class indices) gets, in every head layer whose rows are classes (``class_axes`` (level, ...)),
-        the row pointing from where that layer sees typical titles (``sample`` of ``texts``, name
-        rows left out) to where it sees the class's name (:func:`ktt.zeroshot.name_text`), as long
-        as the level's other rows, and the bias at which no sampled title scores it above that
-        title's best other class: ``logit(r) = |w| û·(r − r̄) + c``. Titles nearer the name than
-        any typical title score higher; the training that follows sets the rest."""
+        the row pointing from where that layer sees typical titles (``sample`` of ``titles``:
+        training titles, no name row) to where it sees the class's name
+        (:func:`ktt.zeroshot.name_text`), as long as the level's other rows, and the bias just
+        below the one at which a sampled title would score it above that title's best other class:
+        ``logit(r) = |w| û·(r − r̄) + c``. Titles nearer the name than any typical title score
+        higher; the training that follows sets the rest. A level at a time from the top: a layer
+        may see the levels above it (BHCN), whose new rows change what it sees."""
         h, head = self.hierarchy, self.net_.head
         new = [np.unique(np.asarray(c, dtype=np.int64)) for c in classes]
-        if not sum(map(len, new)):
+        if not sum(map(len, new)) or not len(titles):
             return
-        flat = np.concatenate([c + h.offsets[d] for d, c in enumerate(new)])
-        names = [name_text(h, h.levels[d][i]) for d, c in enumerate(new) for i in c]
         # the layers whose rows are classes, each a module called once a forward on its input (any
         # other, a plugin's, keeps its fresh rows: its input is not known)
         modules = dict(head.named_modules())
         rows = {name: ax[0] for name, ax in getattr(head, "class_axes", {}).items()
                 if name.endswith(".weight") and len(ax) == 2 and ax[0] is not None and name[:-7] in modules}
-        seen: dict[str, list] = {name: [] for name in rows}
-        hooks = [modules[name[:-7]].register_forward_pre_hook(
-            lambda _, args, name=name: seen[name].append(args[0].float() if args else None)) for name in rows]
-        titles = [t for t in texts if t not in set(names)]
-        if not titles:  # nothing to tell a typical title by
-            return
+        self.net_.eval()
         pick = np.random.default_rng(self.params["seed"]).permutation(len(titles))[:sample]
-        try:
-            self.net_.eval()
-            head(self._pooled(names))
-            head(self._pooled([titles[i] for i in pick]))
-        finally:
-            for hook in hooks:
-                hook.remove()
+        typical = self._pooled([titles[i] for i in pick])
+        names = self._pooled([name_text(h, h.levels[d][i]) for d, c in enumerate(new) for i in c])
+        first = np.cumsum([0] + [len(c) for c in new])  # where each level's names start in ``names``
         sd = head.state_dict()
-        for name, level in rows.items():
-            w = sd[name]
-            if len(seen[name]) != 2 or any(r is None or r.shape[-1] != w.shape[1] for r in seen[name]):
-                continue
-            r_name, r_typical = seen[name]
-            b = sd.get(name[:-len("weight")] + "bias")
-            levels = range(h.depth) if level == "all" else [level]
-            mean = r_typical.mean(0)
-            for d in levels:
-                shift = h.offsets[d] if level == "all" else 0  # a tensor over all levels' classes
-                at, others = new[d] + shift, np.setdiff1d(np.arange(h.sizes[d]), new[d]) + shift
-                if not len(at):
+        for d in np.flatnonzero([len(c) for c in new]):
+            seen: dict[str, list] = {name: [] for name in rows}
+            hooks = [modules[name[:-7]].register_forward_pre_hook(
+                lambda _, args, name=name: seen[name].append(args[0].float() if args else None)) for name in rows]
+            try:
+                head(names[first[d]:first[d + 1]])
+                head(typical)
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            for name, level in rows.items():
+                w = sd[name]
+                if level not in (d, "all") or len(seen[name]) != 2 or \
+                        any(r is None or r.shape[-1] != w.shape[1] for r in seen[name]):
                     continue
-                at_t, others = torch.as_tensor(at), torch.as_tensor(others)
-                u = r_name[torch.as_tensor(np.searchsorted(flat, new[d] + h.offsets[d]))] - mean
-                u = u / u.norm(dim=1, keepdim=True).clamp(min=1e-9)
-                scale = w[others].norm(dim=1).mean() if len(others) else w[at_t].norm(dim=1).mean()
-                row = scale * u
-                w[at_t] = row.to(w.dtype)
+                r_name, r_typical = seen[name]
+                b = sd.get(name[:-len("weight")] + "bias")
+                shift = h.offsets[d] if level == "all" else 0  # a tensor over all levels' classes
+                at = torch.as_tensor(new[d] + shift)
+                others = torch.as_tensor(np.setdiff1d(np.arange(h.sizes[d]), new[d]) + shift)
+                mean = r_typical.mean(0)
+                u = r_name - mean
+                row = (w[others] if len(others) else w[at]).norm(dim=1).mean() * u / u.norm(dim=1, keepdim=True).clamp(min=1e-9)
+                w[at] = row.to(w.dtype)
                 if b is None:
                     continue
                 if len(others):
-                    # the offset at which no sampled title scores the class above its best other class:
                     # a new class must not take the titles the old ones answer (with the others' mean
-                    # bias, db_bhcn's other rows lost 7 points of hF1: docs/models.md)
+                    # bias, db_bhcn's other rows lost 7 points of hF1: docs/models.md); the margin
+                    # keeps the sampled title at the bound below its best class in float32 too
                     best = (r_typical @ w[others].float().T + b[others].float()).amax(1)
-                    offset = (best[:, None] - (r_typical - mean) @ row.T).amin(0)
+                    offset = (best[:, None] - (r_typical - mean) @ row.T).amin(0) - 1e-3
                 else:
-                    offset = b[at_t].float()
-                b[at_t] = (offset - row @ mean).to(b.dtype)
+                    offset = b[at].float()
+                b[at] = (offset - row @ mean).to(b.dtype)
 
     def _optimiser(self, n_rows: int, freeze_encoder: bool = False, epochs: int | None = None):
         """AdamW over what trains (the encoder, frozen in part or whole by ``freeze_*``, at

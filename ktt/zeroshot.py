@@ -51,11 +51,16 @@ def with_name_rows(split, copies: int):
     return replace(split, texts=split.texts + texts, paths=split.paths + paths, weights=weights)
 
 
+def is_name_row(split) -> np.ndarray:
+    """Per row of ``split``, whether it is a name row (:func:`with_name_rows`): its text is its
+    class's :func:`name_text` (a labelled title that is exactly its class's name counts too)."""
+    return np.array([t == name_text(split.hierarchy, p) for t, p in zip(split.texts, split.paths)], dtype=bool)
+
+
 def named_only(split) -> list[np.ndarray]:
     """Per level, the classes that only name rows (:func:`with_name_rows`) of ``split`` reach."""
     h = split.hierarchy
-    titled = np.array([t != name_text(h, p) for t, p in zip(split.texts, split.paths)], dtype=bool)
-    codes = np.asarray(split.codes)[titled]
+    codes = np.asarray(split.codes)[~is_name_row(split)]
     return [np.setdiff1d(np.unique(split.codes[:, d]), codes[:, d]) for d in range(h.depth)]
 
 
