@@ -71,10 +71,8 @@ def without(name: str, ds, leaves, params: dict):
     old = SimpleNamespace(name="old", hierarchy=h, **{
         s: Split([getattr(ds, s).texts[i] for i in kept[s]], [getattr(ds, s).paths[i] for i in kept[s]], h)
         for s in kept})
-    old.train = with_name_rows(old.train, registry.get(name).name_rows)  # as `ktt train` fits it
-    model = registry.create(name, h, **params).fit(old.train, old.val)
-    model.calibrate(old.val)
-    return model, old
+    old.train = with_name_rows(old.train, registry.get(name).name_rows)  # as `ktt train` fits it, and its diff sees
+    return fit(name, old.train, old.val, params, 0), old
 
 
 def updated(name: str, model, old, ds, train, val, params: dict):

@@ -350,10 +350,10 @@ class TorchModel(Model):
         self._build(old.tokenizer_, old.net_.encoder)
         corr = diff.correspondence()
         transplant(old.net_.head, self.net_.head, corr, old.hierarchy, self.hierarchy)
-        if self.params["name_init"]:  # the new classes no title reaches, only name rows
-            titled = ~is_name_row(train)
-            self.start_from_names([np.intersect1d(np.flatnonzero(c < 0), n) for c, n in zip(corr, named_only(train))],
-                                  [t for t, keep in zip(train.texts, titled) if keep])
+        if self.params["name_init"] and any((c < 0).any() for c in corr):  # new classes only name rows reach
+            named = is_name_row(train)
+            self.start_from_names([np.intersect1d(np.flatnonzero(c < 0), n) for c, n in zip(corr, named_only(train, named))],
+                                  [t for t, name_row in zip(train.texts, named) if not name_row])
         changed, classes = row_changes(diff)
         rows, weights = update_rows(diff, train, self.replay, self.params["seed"], changed)
         logger.log_metrics({"update_rows": float(len(rows))})
@@ -392,8 +392,8 @@ class TorchModel(Model):
         # the layers whose rows are classes, each a module called once a forward on its input (any
         # other, a plugin's, keeps its fresh rows: its input is not known)
         modules = dict(head.named_modules())
-        rows = {name: ax[0] for name, ax in getattr(head, "class_axes", {}).items()
-                if name.endswith(".weight") and len(ax) == 2 and ax[0] is not None and name[:-7] in modules}
+        rows = {name[:-len(".weight")]: ax[0] for name, ax in getattr(head, "class_axes", {}).items()
+                if name.endswith(".weight") and len(ax) == 2 and ax[0] is not None and name[:-len(".weight")] in modules}
         self.net_.eval()
         pick = np.random.default_rng(self.params["seed"]).permutation(len(titles))[:sample]
         typical = self._pooled([titles[i] for i in pick])
@@ -402,7 +402,7 @@ class TorchModel(Model):
         sd = head.state_dict()
         for d in np.flatnonzero([len(c) for c in new]):
             seen: dict[str, list] = {name: [] for name in rows}
-            hooks = [modules[name[:-7]].register_forward_pre_hook(
+            hooks = [modules[name].register_forward_pre_hook(
                 lambda _, args, name=name: seen[name].append(args[0].float() if args else None)) for name in rows]
             try:
                 head(names[first[d]:first[d + 1]])
@@ -410,13 +410,12 @@ class TorchModel(Model):
             finally:
                 for hook in hooks:
                     hook.remove()
-            for name, level in rows.items():
-                w = sd[name]
+            for name, level in rows.items():  # a layer's name: its weight and bias are name.weight, name.bias
+                w, b = sd[f"{name}.weight"], sd.get(f"{name}.bias")
                 if level not in (d, "all") or len(seen[name]) != 2 or \
                         any(r is None or r.shape[-1] != w.shape[1] for r in seen[name]):
                     continue
                 r_name, r_typical = seen[name]
-                b = sd.get(name[:-len("weight")] + "bias")
                 shift = h.offsets[d] if level == "all" else 0  # a tensor over all levels' classes
                 at = torch.as_tensor(new[d] + shift)
                 others = torch.as_tensor(np.setdiff1d(np.arange(h.sizes[d]), new[d]) + shift)

@@ -57,10 +57,11 @@ def is_name_row(split) -> np.ndarray:
     return np.array([t == name_text(split.hierarchy, p) for t, p in zip(split.texts, split.paths)], dtype=bool)
 
 
-def named_only(split) -> list[np.ndarray]:
-    """Per level, the classes that only name rows (:func:`with_name_rows`) of ``split`` reach."""
+def named_only(split, named: np.ndarray | None = None) -> list[np.ndarray]:
+    """Per level, the classes that only name rows (:func:`with_name_rows`) of ``split`` reach
+    (``named``: :func:`is_name_row` of ``split``, when the caller has it already)."""
     h = split.hierarchy
-    codes = np.asarray(split.codes)[~is_name_row(split)]
+    codes = np.asarray(split.codes)[~(is_name_row(split) if named is None else named)]
     return [np.setdiff1d(np.unique(split.codes[:, d]), codes[:, d]) for d in range(h.depth)]
 
 
