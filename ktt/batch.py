@@ -30,7 +30,8 @@ def _chunks(path: Path, fmt: str, rows: int):
         import pyarrow.parquet as pq
 
         f = pq.ParquetFile(path)
-        return (b.to_pandas() for b in f.iter_batches(batch_size=rows)), f.metadata.num_rows
+        return ((b.to_pandas(use_threads=False) for b in f.iter_batches(batch_size=rows, use_threads=False)),
+                f.metadata.num_rows)
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
         return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, chunksize=rows), None

@@ -119,14 +119,13 @@ def of_dataset(ds) -> Side:
                 np.arange(sum(map(len, splits))) < len(ds.train))
 
 
-def read_side(path, name: str) -> Side:
+def read_side(table, name: str) -> Side:
+    """The :class:`Side` a ``taxonomy.parquet`` holds (an Arrow table: ``ktt.data.read_table``)."""
     import pandas as pd
-    import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
     levels = json.loads(table.schema.metadata[b"ktt.hierarchy"])
     h = Hierarchy(tuple(tuple(tuple(p) for p in lv) for lv in levels))
-    leaf = pd.Series(table.column("path").to_pandas().astype(str)).map(
+    leaf = pd.Series(table.column("path").to_pandas(use_threads=False).astype(str)).map(
         {n: i for i, n in enumerate(h.leaf_names)}).to_numpy()
     return Side(name, h, h.leaf_paths()[leaf.astype(np.int64)], table.column("row").to_numpy(),
                 table.column("train").to_numpy() if "train" in table.column_names else None)

@@ -335,3 +335,18 @@ def test_streamed_ingest_judges_the_whole_source(tmp_path):
     with pytest.raises(IngestError, match="label separator"):
         ingest(first, tmp_path, "sep", label_sep="")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["numbers_then_names"]
+
+
+def test_reading_a_dataset_starts_no_thread(bigbasket_small):
+    """A process that exits right after one of Arrow's threaded reads can abort in Arrow's thread
+    pool (apache/arrow#34314: `ktt train nope DATASET` did, about 1 run in 25 under load), so KTT
+    reads Parquet on the calling thread: loading a dataset leaves the process's thread count as it was."""
+    import subprocess
+    import sys
+
+    code = ("import os, ktt.data as d\n"
+            "count = lambda: len(os.listdir('/proc/self/task'))\n"
+            f"before = count(); ds = d.load_dataset('bb_small', {str(bigbasket_small)!r})\n"
+            "print(before, count(), len(ds.train.texts))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == out[1] and int(out[2]) > 500, out

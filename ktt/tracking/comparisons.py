@@ -24,7 +24,7 @@ def log_test_rows(counts: dict, true_leaf) -> None:
 
 def load_test_rows(run_id: str) -> dict:
     """What :func:`log_test_rows` logged for ``run_id``; NotFound for a run without it."""
-    import pandas as pd
+    from ..data import read_parquet
 
     try:
         path = run_artifact(run_id, str(Path(TEST_ROWS).parent), lambda n: n == Path(TEST_ROWS).name)
@@ -37,7 +37,7 @@ def load_test_rows(run_id: str) -> dict:
             raise NotFound(f"run {run_id} is the parent of {len(children)} runs and scored no test rows itself: "
                            f"compare its runs, {','.join(sorted(c.info.run_id for c in children))}")
         raise NotFound(f"run {run_id} logged no {TEST_ROWS} (runs trained before it was logged cannot be compared)")
-    return {k: v.to_numpy() for k, v in pd.read_parquet(path).items()}
+    return {k: v.to_numpy() for k, v in read_parquet(path).items()}
 
 
 def bootstrap_runs(a: list[str], b: list[str], n_boot: int = 2000, seed: int = 0, resample: str = "texts") -> dict:

@@ -235,10 +235,11 @@ def resolve_checkpoint(source: str, kind: str = "last") -> Path:
 
 def run_side(run_id: str, name: str | None = None):
     """What run ``run_id`` logged of its taxonomy (``taxonomy.parquet``: ``ktt.taxonomy.Side``)."""
+    from ..data import read_table
     from ..taxonomy import ARTIFACT, read_side
 
     found = run_artifact(run_id, None, lambda n: n == ARTIFACT)
     if not found:
         raise NotFound(f"MLflow run {run_id} logged no {ARTIFACT} (trained before taxonomy versions); "
                        "diff its dataset instead")
-    return read_side(found, name or run_id)
+    return read_side(read_table(found), name or run_id)
