@@ -26,7 +26,7 @@ def ece_row(model, split) -> dict:
     """Per level, test ECE of the confidence in the predicted class at each stage of calibration:
     T = 1, the temperatures, the temperatures and level maps (what answers report); and the
     share of answers whose confidence ties the split's highest at that level."""
-    from ktt.confidence import recalibrate
+    from ktt.confidence import IDENTITY, map_sides, recalibrate
     from ktt.metrics import level_ece
 
     h = model.hierarchy
@@ -36,8 +36,8 @@ def ece_row(model, split) -> dict:
     row = {f"ece_{k}": list(level_ece(h, split.codes, codes, c).values()) for k, c in stages.items()}
     top = stages["maps"]
     row["tied_top"] = [float((top[:, d] == top[:, d].max()).mean()) for d in range(h.depth)]
-    row["maps"] = "/".join(" ".join("-" if m[i:i + 2] == [1.0, 0.0] else f"{m[i]:.2f},{m[i + 1]:+.2f}"
-                                    for i in range(0, len(m), 2)) for m in (model.level_maps or []))
+    row["maps"] = "/".join(" ".join("-" if list(side) == IDENTITY else f"{side[0]:.2f},{side[1]:+.2f}" + (
+        f",{side[2]:.2f}" if side[2] < 1 else "") for side in map_sides(m)) for m in (model.level_maps or []))
     return row
 
 
@@ -140,11 +140,11 @@ def calibration_table(df: pd.DataFrame, cmd: str, key: str, title: str, notes: s
                      r["temperatures"], r["maps"], f"{max(r['tied_top']):.3f}"])
     write_section(key, f"## {title}", cmd, f"""{notes} ECE: 15 equal-width bins of the confidence in the predicted class at each level, against
 whether the true path takes that class, on test; each cell: T = 1 / the fitted temperatures / the
-temperatures and level maps (`ktt.confidence.fit_level_maps`, what answers report). Goal: at
+temperatures and level maps u sigmoid(a logit(c) + b) (`ktt.confidence.fit_level_maps`, what answers report). Goal: at
 most 0.03 at every level (the last stage). **answers tied at the top**: the largest share, over
 levels, of test answers whose confidence equals the highest one there (confidences a threshold
 cannot order).""", table(["dataset", "model", "test hF1", *(f"L{d + 1} ECE" for d in range(depth)), "largest ECE",
-                          "T per level", "level maps (a,b; -: identity)", "answers tied at the top"], rows))
+                          "T per level", "level maps (a,b[,ceiling u]; -: identity)", "answers tied at the top"], rows))
 
 
 def catalog_section(root: Path, rows: int) -> None:

@@ -225,14 +225,17 @@ def _logit(c) -> np.ndarray:
 
 
 def fit_level_maps(h, conf: np.ndarray, codes: np.ndarray, truth: np.ndarray) -> list[list[float]]:
-    """Per level, ``[a, b, a_end, b_end]``: the (a > 0, b) of ``sigmoid(a logit(c) + b)`` that
-    minimise the Brier score of the mapped confidence in the predicted class (``conf``: ``(n,
-    depth)``, after the temperatures) against whether it is right, for the rows whose predicted
-    path goes on below that level (``a, b``) and those whose path ends there (``a_end, b_end``:
-    :func:`ends_at`): Platt scaling of each level's confidence. Below where a path ends, its
+    """Per level, ``[a, b, u, a_end, b_end, u_end]``: the (a > 0, b, ceiling 0.5 <= u <= 1) of
+    ``u sigmoid(a logit(c) + b)`` that minimise the Brier score of the mapped confidence in the
+    predicted class (``conf``: ``(n, depth)``, after the temperatures) against whether it is right,
+    for the rows whose predicted path goes on below that level (``a, b, u``) and those whose path
+    ends there (``_end``: :func:`ends_at`): Platt scaling of each level's confidence, with a
+    ceiling for answers that tie at exactly 1 (clipped probabilities: tfidf_lsgd on a generated
+    catalog gives half its answers 1 at every level, right 96% of the time at level 7, and no
+    slope on logits brings them there without flattening the rest). Below where a path ends, its
     confidence is its last class's (:func:`recalibrate`). Each side is fitted on its own rows
     when they hold at least ``MIN_MAP_OUTCOMES`` rows of each outcome in each half, else it takes
-    the map fitted on the level's rows of both sides. A map stays (1, 0), the identity, unless
+    the map fitted on the level's rows of both sides. A map stays (1, 0, 1), the identity, unless
     the map fitted on half its rows lowers the Brier score of the other half (both ways round,
     summed): a map must show its gain on rows it was not fitted on.
 
@@ -268,25 +271,39 @@ def _enough(right: np.ndarray) -> bool:
     return min(right[half].sum(), (~right[half]).sum(), right[~half].sum(), (~right[~half]).sum()) >= MIN_MAP_OUTCOMES
 
 
+IDENTITY = [1.0, 0.0, 1.0]  # a level map (a, b, u) that changes nothing
+
+
 def _held_out_map(c: np.ndarray, right: np.ndarray) -> list[float]:
     """:func:`fit_level_maps`'s map of confidences ``c`` against ``right``, or the identity."""
     if not _enough(right):
-        return [1.0, 0.0]
+        return list(IDENTITY)
     z, half = _logit(c), np.arange(len(c)) % 2 == 0
     gain = sum(brier(c[~on], right[~on]) - brier(_mapped(z[~on], _fit_map(z[on], right[on])), right[~on])
                for on in (half, ~half))
-    return _fit_map(z, right) if gain > 0 else [1.0, 0.0]
+    return _fit_map(z, right) if gain > 0 else list(IDENTITY)
 
 
 def _fit_map(z: np.ndarray, right: np.ndarray) -> list[float]:
     from scipy.optimize import minimize
 
-    fit = minimize(lambda v: brier(_mapped(z, v), right), [1.0, 0.0], method="L-BFGS-B", bounds=[(1e-3, 1e3), (-50, 50)])
+    fit = minimize(lambda v: brier(_mapped(z, v), right), IDENTITY, method="L-BFGS-B",
+                   bounds=[(1e-3, 1e3), (-50, 50), (0.5, 1.0)])
     return [float(v) for v in fit.x]
 
 
-def _mapped(z: np.ndarray, ab) -> np.ndarray:
-    return np.exp(-np.logaddexp(0, -(ab[0] * z + ab[1])))  # sigmoid, as ``LinearBlocks``'s: no overflow at a z of 16 x a of 1000
+def _mapped(z: np.ndarray, m) -> np.ndarray:
+    """``u sigmoid(a z + b)`` for map ``m`` = (a, b, u)."""
+    return m[2] * np.exp(-np.logaddexp(0, -(m[0] * z + m[1])))  # sigmoid, as ``LinearBlocks``'s: no overflow at a z of 16 x a of 1000
+
+
+def map_sides(m) -> tuple[list, list]:
+    """A level's maps, ``[a, b, u]`` for paths that go on and for those that end, from what a
+    checkpoint holds: six numbers, four (a, b each: before the ceiling, u = 1) or two (one map:
+    before ends had their own)."""
+    k = 3 if len(m) == 6 else 2
+    on, end = list(m[:k]), list(m[k:] or m[:k])
+    return on + [1.0] * (3 - k), end + [1.0] * (3 - k)
 
 
 def map_level(values, level: int, maps, ends=False) -> np.ndarray:
@@ -296,8 +313,8 @@ def map_level(values, level: int, maps, ends=False) -> np.ndarray:
     values = np.asarray(values, np.float64)
     if maps is None:
         return values
-    m, z = maps[level], _logit(values)
-    return np.where(ends, _mapped(z, m[2:] or m[:2]), _mapped(z, m[:2]))
+    (on, end), z = map_sides(maps[level]), _logit(values)
+    return np.where(ends, _mapped(z, end), _mapped(z, on))
 
 
 def recalibrate(h, codes: np.ndarray, conf: np.ndarray, maps) -> np.ndarray:

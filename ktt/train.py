@@ -32,7 +32,7 @@ def calibrate(model, val, logger) -> None:
     best = cal["curve"].get("level_precision") or []
     logger.log_metrics({**{f"L{d + 1}_temperature": t for d, t in enumerate(cal["temperatures"])},
                         **{f"L{d + 1}_map_{k}": v for d, m in enumerate(cal.get("level_maps") or [])
-                           for k, v in zip(("a", "b", "a_end", "b_end"), m)},
+                           for k, v in zip(("a", "b", "u", "a_end", "b_end", "u_end"), m)},
                         "calibrate_time_s": time.perf_counter() - t0,
                         **{f"L{d + 1}_val_best_precision": b for d, b in enumerate(best) if b is not None},
                         **({"threshold": cal["threshold"], "max_depth": cal["max_depth"]}

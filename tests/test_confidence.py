@@ -458,6 +458,38 @@ def test_level_maps_by_hand():
     np.testing.assert_allclose(recalibrate(h, [b_end, a1], np.array([[0.9, 0.9], [0.9, 0.5]]), maps),
                                [[0.75, 0.75], [0.9, 0.5]])
     np.testing.assert_allclose(map_level([0.9, 0.9], 0, maps, [True, False]), [0.75, 0.9])
+    # six numbers: (a, b, u) per side, u a ceiling: 0.8 sigmoid(ln 9 - ln 3) = 0.6 for the ends; 0.5 sigmoid(0) = 0.25
+    maps6 = [[1.0, 0.0, 0.5, 1.0, -np.log(3), 0.8], [1.0, 0.0, 1.0] * 2]
+    np.testing.assert_allclose(map_level([0.9, 0.5], 0, maps6, [True, False]), [0.6, 0.25])
+    np.testing.assert_allclose(recalibrate(h, [b_end, a1], np.array([[0.9, 0.9], [0.5, 0.4]]), maps6),
+                               [[0.6, 0.6], [0.25, 0.25]])  # a1's level 2, 0.4, capped at its parent's 0.25
+
+
+def test_level_maps_bring_answers_tied_at_one_to_their_accuracy():
+    """Half the answers at exactly 1 and right 96% of the time, the rest calibrated (tfidf_lsgd's
+    clipped probabilities on a generated catalog, issue 41): no slope on logits brings 1 to .96
+    without flattening the rest; the ceiling does, and the calibrated half stays within .02."""
+    from ktt.confidence import IDENTITY, fit_level_maps, recalibrate
+    from ktt.metrics import ece
+
+    h = Hierarchy.from_paths([("A",), ("B",)])
+    rng = np.random.default_rng(2)
+    n = 8000
+    tied = rng.random(n) < 0.5
+    c = np.where(tied, 1.0, rng.uniform(0.5, 0.99, n))
+    right = np.where(tied, rng.random(n) < 0.96, rng.random(n) < c)
+    codes = np.zeros((n, 1), int)
+    truth = np.where(right, 0, 1)[:, None]
+    maps = fit_level_maps(h, c[:, None], codes, truth)
+    assert maps[0][:3] != IDENTITY and 0.94 < maps[0][2] < 0.98
+    out = recalibrate(h, codes, c[:, None], maps)[:, 0]
+    assert abs(out[tied].mean() - right[tied].mean()) < 0.01 and abs(out[~tied] - c[~tied]).mean() < 0.02
+    # the best map without a ceiling (u = 1) leaves ECE where it was (.026); with it, .010
+    from scipy.optimize import minimize
+    from ktt.confidence import _logit, _mapped, brier
+    z = _logit(c)
+    ab = minimize(lambda v: brier(_mapped(z, [*v, 1.0]), right), [1.0, 0.0], bounds=[(1e-3, 1e3), (-50, 50)]).x
+    assert ece(out, right) < 0.015 < 0.02 < ece(_mapped(z, [*ab, 1.0]), right)
 
 
 def test_level_maps_fit_only_where_they_pay_on_held_out_rows():
@@ -475,13 +507,13 @@ def test_level_maps_fit_only_where_they_pay_on_held_out_rows():
     right = np.c_[rng.random(n) < 0.6, rng.random(n) < conf[:, 1], np.arange(n) >= 4]  # 2 wrong a half
     codes, truth = np.zeros((n, 3), int), np.where(right, 0, 1)
     maps = fit_level_maps(h, conf, codes, truth)
-    assert maps[1] == [1.0, 0.0] * 2 and maps[2] == [1.0, 0.0] * 2
-    assert maps[0][:2] != [1.0, 0.0] and abs(recalibrate(h, codes, conf, maps)[:, 0].mean() - right[:, 0].mean()) < 0.01
-    assert maps[0][2:] == maps[0][:2]  # no path ends at level 1: its ends take the map of the level
+    assert maps[1] == [1.0, 0.0, 1.0] * 2 and maps[2] == [1.0, 0.0, 1.0] * 2
+    assert maps[0][:3] != [1.0, 0.0, 1.0] and abs(recalibrate(h, codes, conf, maps)[:, 0].mean() - right[:, 0].mean()) < 0.01
+    assert maps[0][3:] == maps[0][:3]  # no path ends at level 1: its ends take the map of the level
     # level 3 overconfident, but every path ended at level 2: no map
     codes3 = np.tile(ended, (n, 1))
     truth3 = np.where(np.c_[right[:, :2], rng.random(n) < 0.5], codes3, 1 - np.minimum(codes3, 1))
-    assert fit_level_maps(h, conf, codes3, truth3)[2] == [1.0, 0.0] * 2
+    assert fit_level_maps(h, conf, codes3, truth3)[2] == [1.0, 0.0, 1.0] * 2
 
 
 def test_paths_that_end_get_their_own_map():
@@ -503,7 +535,7 @@ def test_paths_that_end_get_their_own_map():
     truth = np.where(right[:, None], codes, wrong)
     conf = np.c_[c1, c1]
     maps = fit_level_maps(h, conf, codes, truth)
-    assert maps[0][:2] == [1.0, 0.0] and maps[0][2:] != [1.0, 0.0]
+    assert maps[0][:3] == [1.0, 0.0, 1.0] and maps[0][3:] != [1.0, 0.0, 1.0]
     out = recalibrate(h, codes, conf, maps)
     assert abs(out[stop, 0].mean() - right[stop].mean()) < 0.01
     np.testing.assert_allclose(out[~stop, 0], c1[~stop])
