@@ -225,7 +225,7 @@ def _logit(c) -> np.ndarray:
 
 
 def fit_level_maps(h, conf: np.ndarray, codes: np.ndarray, truth: np.ndarray) -> list[list[float]]:
-    """Per level, ``[a, b, u, a_end, b_end, u_end]``: the (a > 0, b, ceiling 0.5 <= u <= 1) of
+    """Per level, ``[a, b, u, a_end, b_end, u_end]``: the (a > 0, b, ceiling 0 < u <= 1) of
     ``u sigmoid(a logit(c) + b)`` that minimise the Brier score of the mapped confidence in the
     predicted class (``conf``: ``(n, depth)``, after the temperatures) against whether it is right,
     for the rows whose predicted path goes on below that level (``a, b, u``) and those whose path
@@ -288,7 +288,7 @@ def _fit_map(z: np.ndarray, right: np.ndarray) -> list[float]:
     from scipy.optimize import minimize
 
     fit = minimize(lambda v: brier(_mapped(z, v), right), IDENTITY, method="L-BFGS-B",
-                   bounds=[(1e-3, 1e3), (-50, 50), (0.5, 1.0)])
+                   bounds=[(1e-3, 1e3), (-50, 50), (1e-3, 1.0)])
     return [float(v) for v in fit.x]
 
 
@@ -297,13 +297,32 @@ def _mapped(z: np.ndarray, m) -> np.ndarray:
     return m[2] * np.exp(-np.logaddexp(0, -(m[0] * z + m[1])))  # sigmoid, as ``LinearBlocks``'s: no overflow at a z of 16 x a of 1000
 
 
-def map_sides(m) -> tuple[list, list]:
-    """A level's maps, ``[a, b, u]`` for paths that go on and for those that end, from what a
-    checkpoint holds: six numbers, four (a, b each: before the ceiling, u = 1) or two (one map:
-    before ends had their own)."""
-    k = 3 if len(m) == 6 else 2
-    on, end = list(m[:k]), list(m[k:] or m[:k])
-    return on + [1.0] * (3 - k), end + [1.0] * (3 - k)
+def map_sides(m, level: int = 0) -> tuple[list, list]:
+    """Level ``level``'s maps, ``[a, b, u]`` for paths that go on and for those that end, from what
+    a checkpoint or ``serving.json`` holds: six numbers, four (a, b each: before the ceiling, u = 1)
+    or two (one map: before ends had their own). Anything else is a ValueError that says so: a
+    misread map would report confidences of 0 or above 1."""
+    try:
+        v = [float(x) for x in m]
+    except (TypeError, ValueError):
+        v = []
+    if len(v) not in (2, 4, 6) or not np.all(np.isfinite(v)):
+        raise ValueError(f"level map of level {level + 1}: {m!r} is not 2, 4 or 6 finite numbers")
+    k = 3 if len(v) == 6 else 2
+    sides = [s + [1.0] * (3 - k) for s in (v[:k], v[k:] or v[:k])]
+    if not all(a > 0 and 0 < u <= 1 for a, _, u in sides):
+        raise ValueError(f"level map of level {level + 1}: {m!r} needs a slope a > 0 and a ceiling 0 < u <= 1")
+    return sides[0], sides[1]
+
+
+def check_level_maps(maps, depth: int) -> None:
+    """Raise ValueError unless ``maps`` is None or one readable map (:func:`map_sides`) per level."""
+    if maps is None:
+        return
+    if not isinstance(maps, (list, tuple)) or len(maps) != depth:
+        raise ValueError(f"level_maps must be a list of {depth} maps, one per level")
+    for d, m in enumerate(maps):
+        map_sides(m, d)
 
 
 def map_level(values, level: int, maps, ends=False) -> np.ndarray:
@@ -313,7 +332,7 @@ def map_level(values, level: int, maps, ends=False) -> np.ndarray:
     values = np.asarray(values, np.float64)
     if maps is None:
         return values
-    (on, end), z = map_sides(maps[level]), _logit(values)
+    (on, end), z = map_sides(maps[level], level), _logit(values)
     return np.where(ends, _mapped(z, end), _mapped(z, on))
 
 

@@ -555,3 +555,32 @@ def test_alternatives_share_their_parents_score_by_hand():
     np.testing.assert_allclose(Predictor._shares(q, own, 0.4, 0.9), [0.4, 0.3, 0.2])  # no map: as they were
     np.testing.assert_allclose(Predictor._shares(q, own, 0.6, 0.8), [0.6, 0.12, 0.08])  # (0.8 - 0.6) x 0.3 / 0.5
     np.testing.assert_allclose(Predictor._shares(q[:1], own[:1], 0.7, 0.7), [0.7])
+
+
+def test_level_maps_that_cannot_be_read_are_refused():
+    """A hand-edited serving.json or checkpoint: a map of 3, 5 or 8 numbers, a ceiling above 1 or
+    a slope of 0 is refused by name, never misread (the hostile review: 5 numbers took the fifth
+    as a ceiling of 0, and u = 2 reported confidences of 2)."""
+    from ktt.confidence import check_level_maps, map_level, map_sides
+
+    for bad, why in (([1.0, 0.0, 0.7], "not 2, 4 or 6"), ([2.0, -1.0, 0.7, 0.5, 0.2], "not 2, 4 or 6"), ([], "not 2"),
+                     ([1, 0, 1, 1, 0, 1, 9, 9], "not 2"), ([1, 0, 2, 1, 0, 2], "0 < u <= 1"), ([0, 0], "a > 0"),
+                     ([1.0, float("nan")], "finite"), ("ab", "not 2")):
+        with pytest.raises(ValueError, match=why):
+            map_level([0.5], 0, [bad])
+    with pytest.raises(ValueError, match="list of 2 maps"):
+        check_level_maps([[1.0, 0.0]], 2)
+    check_level_maps(None, 2), check_level_maps([[1.0, 0.0], [1, 0, 1, 1, 0, 0.5]], 2)
+    assert map_sides([2.0, 1.0, 3.0, 4.0]) == ([2.0, 1.0, 1.0], [3.0, 4.0, 1.0])
+
+
+def test_a_level_whose_every_answer_is_one_maps_to_its_accuracy():
+    """Every answer at exactly 1 and right 21% of the time: the ceiling brings them to .21 (the
+    hostile review: a floor of 0.5 on the ceiling left them at .5, Brier .25 instead of .17)."""
+    from ktt.confidence import fit_level_maps, recalibrate
+
+    h = Hierarchy.from_paths([("A",), ("B",)])
+    right = np.random.default_rng(1).random(4000) < 0.21
+    codes, c = np.zeros((4000, 1), int), np.ones((4000, 1))
+    maps = fit_level_maps(h, c, codes, np.where(right, 0, 1)[:, None])
+    assert abs(recalibrate(h, codes, c, maps)[:, 0].mean() - right.mean()) < 0.01

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ktt import threads
-from ktt.confidence import PathChains, recalibrate
+from ktt.confidence import PathChains, check_level_maps, recalibrate
 from ktt.hierarchy import Hierarchy
 from ktt.serving.requests import MAX_TEXT_CHARS
 
@@ -118,6 +118,7 @@ class Predictor:
 
         self.config = json.loads(config) if isinstance(config, str) else config
         self.hierarchy = Hierarchy.from_dict(self.config["hierarchy"])
+        check_level_maps(self.config.get("level_maps"), self.hierarchy.depth)  # at start, not on every request
         self.taxonomy = self.config.get("taxonomy") or digest(self.hierarchy)  # an export from before versions
         self.sparse = None
         if self.config["input"] == "tfidf":
