@@ -36,7 +36,7 @@ def ece_row(model, split) -> dict:
     row = {f"ece_{k}": list(level_ece(h, split.codes, codes, c).values()) for k, c in stages.items()}
     top = stages["maps"]
     row["tied_top"] = [float((top[:, d] == top[:, d].max()).mean()) for d in range(h.depth)]
-    row["maps"] = "/".join(" ".join("-" if list(side) == IDENTITY else f"{side[0]:.2f},{side[1]:+.2f}" + (
+    row["maps"] = "/".join(" ".join("-" if side == IDENTITY else f"{side[0]:.2f},{side[1]:+.2f}" + (
         f",{side[2]:.2f}" if side[2] < 1 else "") for side in map_sides(m)) for m in (model.level_maps or []))
     return row
 

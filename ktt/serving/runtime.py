@@ -118,7 +118,7 @@ class Predictor:
 
         self.config = json.loads(config) if isinstance(config, str) else config
         self.hierarchy = Hierarchy.from_dict(self.config["hierarchy"])
-        check_level_maps(self.config.get("level_maps"), self.hierarchy.depth)  # at start, not on every request
+        check_level_maps(self.config.get("level_maps"), self.hierarchy.depth)  # a bad export fails to load, not per request
         self.taxonomy = self.config.get("taxonomy") or digest(self.hierarchy)  # an export from before versions
         self.sparse = None
         if self.config["input"] == "tfidf":
