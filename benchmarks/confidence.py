@@ -27,7 +27,7 @@ def ece_row(model, split) -> dict:
     T = 1, the temperatures, the temperatures and level maps (what answers report); and the
     share of answers whose confidence ties the split's highest at that level."""
     from ktt.confidence import IDENTITY, map_sides, recalibrate
-    from ktt.metrics import level_ece
+    from ktt.metrics import chance_ece, level_ece
 
     h = model.hierarchy
     codes, chains = model.chains(split.texts)
@@ -36,6 +36,8 @@ def ece_row(model, split) -> dict:
     row = {f"ece_{k}": list(level_ece(h, split.codes, codes, c).values()) for k, c in stages.items()}
     top = stages["maps"]
     row["tied_top"] = [float((top[:, d] == top[:, d].max()).mean()) for d in range(h.depth)]
+    chance = chance_ece(top).max(axis=1)
+    row["chance"] = f"{chance.mean():.3f} [{np.percentile(chance, 95):.3f}]"
     row["maps"] = "/".join(" ".join("-" if side == IDENTITY else f"{side[0]:.2f},{side[1]:+.2f}" + (
         f",{side[2]:.2f}" if side[2] < 1 else "") for side in map_sides(m)) for m in (model.level_maps or []))
     return row
@@ -137,14 +139,15 @@ def calibration_table(df: pd.DataFrame, cmd: str, key: str, title: str, notes: s
         cells = [" / ".join(f"{r[f'ece_{k}'][d]:.3f}" for k in ("plain", "temps", "maps"))
                  if d < len(r["ece_maps"]) else "" for d in range(depth)]
         rows.append([r["dataset"], r["model"], f"{r['h_f1']:.4f}", *cells, f"{max(r['ece_maps']):.3f}",
-                     r["temperatures"], r["maps"], f"{max(r['tied_top']):.3f}"])
-    write_section(key, f"## {title}", cmd, f"""{notes} ECE: 15 equal-width bins of the confidence in the predicted class at each level, against
-whether the true path takes that class, on test; each cell: T = 1 / the fitted temperatures / the
-temperatures and level maps u sigmoid(a logit(c) + b) (`ktt.confidence.fit_level_maps`, what answers report). Goal: at
-most 0.03 at every level (the last stage). **answers tied at the top**: the largest share, over
-levels, of test answers whose confidence equals the highest one there (confidences a threshold
-cannot order).""", table(["dataset", "model", "test hF1", *(f"L{d + 1} ECE" for d in range(depth)), "largest ECE",
-                          "T per level", "level maps (a,b[,ceiling u]; -: identity)", "answers tied at the top"], rows))
+                     r["chance"], r["temperatures"], r["maps"], f"{max(r['tied_top']):.3f}"])
+    write_section(key, f"## {title}", cmd, f"""{notes} ECE: 15 equal-width bins of the confidence in the predicted class at each level against
+whether the true path takes that class, on test; cells: T = 1 / fitted temperatures / temperatures and level maps
+u sigmoid(a logit(c) + b) (`ktt.confidence.fit_level_maps`, what answers report). Goal: at most 0.03 at every level.
+**calibrated by chance**: the largest ECE of a perfectly calibrated model with the same test confidences, mean
+[95th percentile] of 200 draws of its outcomes (`ktt.metrics.chance_ece`). **answers tied at the top**: the
+largest share, over levels, of test answers whose confidence equals the level's highest (a threshold cannot order them).""", table(["dataset", "model", "test hF1", *(f"L{d + 1} ECE" for d in range(depth)), "largest ECE",
+                          "calibrated by chance", "T per level", "level maps (a,b[,ceiling u]; -: identity)",
+                          "answers tied at the top"], rows))
 
 
 def catalog_section(root: Path, rows: int) -> None:

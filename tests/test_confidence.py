@@ -197,6 +197,19 @@ def test_ece_by_hand():
     assert ece(np.array([.7, .7, .7]), np.array([1, 1, 0]), bins=15) == pytest.approx(abs(2 / 3 - .7))
 
 
+def test_chance_ece_by_hand():
+    """Four rows at .5: k of 4 right with probability C(4, k) / 16, ECE |k/4 - .5| (one bin), so a
+    calibrated model's expected ECE is (2 x .5 + 8 x .25) / 16 = .1875; a confidence of 1 is always right."""
+    from ktt.metrics import chance_ece
+
+    draws = chance_ece(np.full((4, 2), .5), draws=4000, bins=1)
+    assert draws.shape == (4000, 2)
+    assert draws.mean(axis=0) == pytest.approx([.1875, .1875], abs=.01)
+    assert set(np.unique(draws)) == {0.0, .25, .5}
+    assert not chance_ece(np.ones(10), draws=5).any()
+    assert np.array_equal(chance_ece(np.full(7, .3), seed=3), chance_ece(np.full(7, .3), seed=3))
+
+
 def test_level_ece_counts_every_row_at_every_level():
     t = TOY.encode([("A", "a1"), ("B", "b1")])
     p = TOY.encode([("A", "a2"), ("B", "b1")])
