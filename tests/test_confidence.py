@@ -202,12 +202,27 @@ def test_chance_ece_by_hand():
     calibrated model's expected ECE is (2 x .5 + 8 x .25) / 16 = .1875; a confidence of 1 is always right."""
     from ktt.metrics import chance_ece
 
-    draws = chance_ece(np.full((4, 2), .5), draws=4000, bins=1)
-    assert draws.shape == (4000, 2)
-    assert draws.mean(axis=0) == pytest.approx([.1875, .1875], abs=.01)
+    draws = chance_ece(np.full(4, .5), draws=4000, bins=1)
+    assert draws.shape == (4000,) and draws.mean() == pytest.approx(.1875, abs=.01)
     assert set(np.unique(draws)) == {0.0, .25, .5}
     assert not chance_ece(np.ones(10), draws=5).any()
     assert np.array_equal(chance_ece(np.full(7, .3), seed=3), chance_ece(np.full(7, .3), seed=3))
+    for bad in (np.zeros(0), np.array([.5, 1.5]), np.array([np.nan])):
+        with pytest.raises(ValueError):
+            chance_ece(bad)
+    with pytest.raises(ValueError):
+        chance_ece(np.full(3, .5), draws=0)
+
+
+def test_chance_ece_draws_paths_nested():
+    """Levels (.8, .4) of 50 paths, one bin: level 1 draws as it does alone, and level 2's ECE is
+    |k/50 - .4| with k ~ Binomial(50, .4) (a row right at level 2 is right at level 1)."""
+    from ktt.metrics import chance_ece
+
+    two = chance_ece(np.tile([.8, .4], (50, 1)), draws=300, bins=1)
+    assert two.shape == (300, 2)
+    assert np.array_equal(two[:, 0], chance_ece(np.full(50, .8), draws=300, bins=1))
+    assert two[:, 1].mean() == pytest.approx(np.abs(np.random.default_rng(1).binomial(50, .4, 20000) / 50 - .4).mean(), abs=.006)
 
 
 def test_level_ece_counts_every_row_at_every_level():
