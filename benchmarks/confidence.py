@@ -145,9 +145,10 @@ whether the true path takes that class, on test; cells: T = 1 / fitted temperatu
 u sigmoid(a logit(c) + b) (`ktt.confidence.fit_level_maps`, what answers report). Goal: at most 0.03 at every level.
 **calibrated by chance**: the largest ECE of a perfectly calibrated model with the same test confidences, mean
 [95th percentile] of 1,000 draws of its outcomes (`ktt.metrics.chance_ece`). **answers tied at the top**: the
-largest share, over levels, of test answers whose confidence equals the level's highest (a threshold cannot order them).""", table(["dataset", "model", "test hF1", *(f"L{d + 1} ECE" for d in range(depth)), "largest ECE",
-                          "calibrated by chance", "T per level", "level maps (a,b[,ceiling u]; -: identity)",
-                          "answers tied at the top"], rows))
+largest share, over levels, of test answers whose confidence equals the level's highest (a threshold cannot order them).""",
+                  table(["dataset", "model", "test hF1", *(f"L{d + 1} ECE" for d in range(depth)), "largest ECE",
+                         "calibrated by chance", "T per level", "level maps (a,b[,ceiling u]; -: identity)",
+                         "answers tied at the top"], rows))
 
 
 def catalog_section(root: Path, rows: int) -> None:
